@@ -1,0 +1,1 @@
+"""zooscape.phase."""
