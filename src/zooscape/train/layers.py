@@ -1,0 +1,231 @@
+"""Population ("wide") versions of standard layers.
+
+A population of N models of one architecture runs as one network whose tensors carry the population in the
+channel dimension: activations are ``[B, N*C, H, W]`` for convolutional maps and ``[B, N*F]`` for features, where
+the block ``[:, n*C:(n+1)*C]`` belongs to model ``n``. Every parameter is stored stacked, with the model axis first
+(a Linear weight is ``[N, out, in]``), so model ``n``'s state dict is ``{k: v[n]}``.
+
+Because channels of different models never mix, the gradient of the *sum* of the models' losses gives each model
+exactly its own gradient; container code (Sequential, residual blocks, ``torch.flatten(x, 1)``) runs unchanged.
+Elementwise modules (activations), pooling and ``Flatten`` need no population version.
+
+References:
+    The grouped-layer formulation of model ensembles follows "wide" ensembling as in Wen et al., 2020
+    (BatchEnsemble) and the independent-ensemble special case of grouped convolutions (Krizhevsky et al., 2012).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    return torch.stack([t.detach() for t in tensors]).contiguous()
+
+
+class PopLinear(nn.Module):
+    """N independent ``nn.Linear`` layers applied to ``[B, N*in]`` giving ``[B, N*out]``.
+
+    Args:
+        layers: the N source layers (same shape).
+    """
+
+    def __init__(self, layers: list[nn.Linear]):
+        super().__init__()
+        self.n = len(layers)
+        self.in_features = layers[0].in_features
+        self.out_features = layers[0].out_features
+        self.weight = nn.Parameter(_stack([m.weight for m in layers]))  # [N, out, in]
+        self.bias = nn.Parameter(_stack([m.bias for m in layers])) if layers[0].bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        xb = x.reshape(-1, self.n, self.in_features).transpose(0, 1)  # [N, B, in]
+        if self.bias is not None:
+            out = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight.transpose(1, 2))
+        else:
+            out = torch.bmm(xb, self.weight.transpose(1, 2))
+        return out.transpose(0, 1).reshape(*lead, self.n * self.out_features)
+
+
+class PopConv2d(nn.Module):
+    """N independent ``nn.Conv2d`` layers as one grouped convolution on ``[B, N*C_in, H, W]``.
+
+    Args:
+        layers: the N source convolutions (same configuration, ``groups`` of the source layers is kept).
+    """
+
+    def __init__(self, layers: list[nn.Conv2d]):
+        super().__init__()
+        m = layers[0]
+        if m.padding_mode != "zeros":
+            raise ValueError(f"population training supports padding_mode='zeros' only, got {m.padding_mode!r}")
+        self.n = len(layers)
+        self.stride, self.padding, self.dilation = m.stride, m.padding, m.dilation
+        self.groups = m.groups
+        self.weight = nn.Parameter(_stack([c.weight for c in layers]))  # [N, Cout, Cin/g, k, k]
+        self.bias = nn.Parameter(_stack([c.bias for c in layers])) if m.bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.reshape(-1, *self.weight.shape[2:])
+        b = self.bias.reshape(-1) if self.bias is not None else None
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * self.n)
+
+
+class PopBatchNorm(nn.Module):
+    """N independent BatchNorm layers (1d or 2d): per-channel statistics are per model and channel.
+
+    Args:
+        layers: the N source ``nn.BatchNorm1d``/``nn.BatchNorm2d`` layers.
+    """
+
+    def __init__(self, layers: list[nn.modules.batchnorm._BatchNorm]):
+        super().__init__()
+        m = layers[0]
+        self.n = len(layers)
+        self.eps, self.momentum = m.eps, m.momentum
+        self.affine, self.track_running_stats = m.affine, m.track_running_stats
+        if m.affine:
+            self.weight = nn.Parameter(_stack([b.weight for b in layers]))
+            self.bias = nn.Parameter(_stack([b.bias for b in layers]))
+        else:
+            self.weight = self.bias = None
+        if m.track_running_stats:
+            self.register_buffer("running_mean", _stack([b.running_mean for b in layers]))
+            self.register_buffer("running_var", _stack([b.running_var for b in layers]))
+            self.register_buffer("num_batches_tracked", _stack([b.num_batches_tracked for b in layers]))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        use_batch = self.training or not self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked[0])
+        rm = self.running_mean.view(-1) if self.running_mean is not None else None
+        rv = self.running_var.view(-1) if self.running_var is not None else None
+        w = self.weight.view(-1) if self.weight is not None else None
+        b = self.bias.view(-1) if self.bias is not None else None
+        return F.batch_norm(x, rm, rv, w, b, use_batch, momentum, self.eps)
+
+
+class PopGroupNorm(nn.Module):
+    """N independent ``nn.GroupNorm`` layers as one GroupNorm with ``N*groups`` groups."""
+
+    def __init__(self, layers: list[nn.GroupNorm]):
+        super().__init__()
+        m = layers[0]
+        self.n, self.num_groups, self.eps = len(layers), m.num_groups, m.eps
+        if m.affine:
+            self.weight = nn.Parameter(_stack([g.weight for g in layers]))
+            self.bias = nn.Parameter(_stack([g.bias for g in layers]))
+        else:
+            self.weight = self.bias = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.view(-1) if self.weight is not None else None
+        b = self.bias.view(-1) if self.bias is not None else None
+        return F.group_norm(x, self.n * self.num_groups, w, b, self.eps)
+
+
+class PopLayerNorm(nn.Module):
+    """N independent ``nn.LayerNorm`` layers over the trailing feature dims of ``[B, N*F]`` or ``[B, N*C, ...]``."""
+
+    def __init__(self, layers: list[nn.LayerNorm]):
+        super().__init__()
+        m = layers[0]
+        self.n, self.shape, self.eps = len(layers), tuple(m.normalized_shape), m.eps
+        if m.elementwise_affine:
+            self.weight = nn.Parameter(_stack([g.weight for g in layers]))
+            self.bias = nn.Parameter(_stack([g.bias for g in layers])) if m.bias is not None else None
+        else:
+            self.weight = self.bias = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = len(self.shape)
+        if k == 1:  # features in the last dim: [..., N*F]
+            lead = x.shape[:-1]
+            xs = x.reshape(*lead, self.n, self.shape[0])
+            y = F.layer_norm(xs, self.shape, None, None, self.eps)
+            if self.weight is not None:
+                y = y * self.weight
+                if self.bias is not None:
+                    y = y + self.bias
+            return y.reshape(*lead, self.n * self.shape[0])
+        # normalised over (C, H, W): x is [B, N*C, H, W]
+        b = x.shape[0]
+        xs = x.reshape(b, self.n, *self.shape)
+        y = F.layer_norm(xs, self.shape, None, None, self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+            if self.bias is not None:
+                y = y + self.bias
+        return y.reshape(x.shape)
+
+
+class PopDropout(nn.Module):
+    """N independent dropout layers whose masks come from each model's own generator.
+
+    Before each training step the trainer calls :meth:`set_generators` with one ``torch.Generator`` per model, so a
+    model's masks do not depend on which population it trains in.
+    """
+
+    def __init__(self, layers: list[nn.Dropout]):
+        super().__init__()
+        self.n, self.p = len(layers), float(layers[0].p)
+        self.generators: list[torch.Generator] | None = None
+
+    def set_generators(self, generators: list[torch.Generator] | None) -> None:
+        self.generators = generators
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.generators is None:
+            raise RuntimeError("PopDropout in training mode needs per-model generators (set_generators)")
+        b = x.shape[0]
+        per = x[0].numel() // self.n
+        masks = torch.stack([torch.rand(b, per, generator=g, device=g.device) for g in self.generators], 1)
+        keep = (masks >= self.p).to(x.dtype).reshape(x.shape).to(x.device)
+        return x * keep / (1.0 - self.p)
+
+
+_ELEMENTWISE = (
+    nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Identity, nn.Flatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.Hardtanh, nn.ReLU6, nn.Mish,
+)
+
+
+def widen_module(layers: list[nn.Module]) -> nn.Module | None:
+    """Return the population version of N corresponding leaf modules, or ``None`` if none is needed.
+
+    Raises:
+        TypeError: for a leaf module type that has parameters and no population version.
+    """
+    m = layers[0]
+    if isinstance(m, nn.Linear):
+        return PopLinear(layers)
+    if isinstance(m, nn.Conv2d):
+        return PopConv2d(layers)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return PopBatchNorm(layers)
+    if isinstance(m, nn.GroupNorm):
+        return PopGroupNorm(layers)
+    if isinstance(m, nn.LayerNorm):
+        return PopLayerNorm(layers)
+    if isinstance(m, nn.Dropout):
+        return PopDropout(layers)
+    if isinstance(m, _ELEMENTWISE):
+        return None
+    if any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False)):
+        raise TypeError(
+            f"population training does not support layer type {type(m).__name__} (it holds parameters or "
+            "buffers); supported: Linear, Conv2d, BatchNorm1d/2d, GroupNorm, LayerNorm, Dropout and parameter-free"
+            " modules"
+        )
+    return None

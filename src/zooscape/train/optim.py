@@ -1,0 +1,124 @@
+"""Vectorised optimisers with per-model hyperparameters.
+
+Each parameter tensor holds a leading model axis ``[N, ...]``; learning rate, weight decay and momentum are
+tensors of shape ``[N]`` broadcast over the rest. The update rules reproduce ``torch.optim.SGD``, ``Adam`` and
+``AdamW`` exactly (up to floating-point summation order), so a model trains the same in any population.
+
+References:
+    Sutskever et al., 2013 (momentum, Nesterov); Kingma & Ba, 2015 (Adam); Loshchilov & Hutter, 2019 (AdamW).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def _b(v: Tensor, like: Tensor) -> Tensor:
+    """Broadcast a per-model ``[N]`` vector against ``like`` of shape ``[N, ...]``."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class PopulationOptimizer:
+    """Per-model SGD / Adam / AdamW over stacked parameters.
+
+    Args:
+        params: list of ``(name, tensor)`` with tensors of shape ``[N, ...]``.
+        kind: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        weight_decay, momentum: ``[N]`` tensors (momentum is beta1 for Adam's first moment only when
+            ``kind == "sgd"``; Adam uses ``betas``).
+        nesterov: Nesterov momentum for SGD.
+        betas, eps: Adam's moment decay rates and epsilon.
+    """
+
+    params: list[tuple[str, Tensor]]
+    kind: str
+    weight_decay: Tensor
+    momentum: Tensor
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    state: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    step_count: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.kind!r}; choose one of {OPTIMIZERS}")
+        n = self.weight_decay.shape[0]
+        if self.step_count is None:
+            self.step_count = torch.zeros(n, dtype=torch.float64)
+        self._any_wd = bool((self.weight_decay != 0).any())
+        self._any_mom = bool((self.momentum != 0).any())
+
+    @torch.no_grad()
+    def step(self, lr: Tensor, active: Tensor) -> None:
+        """Apply one update. ``lr``: ``[N]`` learning rates; ``active``: ``[N]`` bool, frozen models are skipped."""
+        lr = torch.where(active, lr, torch.zeros_like(lr))
+        self.step_count += active.to(self.step_count.dtype).cpu()
+        wd, mom = self.weight_decay, self.momentum
+        for name, p in self.params:
+            g = p.grad
+            if g is None:
+                continue
+            g = torch.where(_b(active, g), g, torch.zeros((), dtype=g.dtype, device=g.device))
+            st = self.state.setdefault(name, {})
+            if self.kind == "sgd":
+                d = g + _b(wd, p) * p if self._any_wd else g
+                if self._any_mom:
+                    buf = st.get("momentum_buffer")
+                    if buf is None:
+                        buf = st["momentum_buffer"] = d.clone()
+                    else:
+                        m = torch.where(_b(active, buf), _b(mom, buf), torch.ones_like(_b(mom, buf)))
+                        buf.mul_(m).add_(torch.where(_b(active, d), d, torch.zeros_like(d)))
+                    d = d + _b(mom, buf) * buf if self.nesterov else torch.where(_b(mom != 0, buf), buf, d)
+                p.add_(-_b(lr, p) * d)
+            else:
+                b1, b2 = self.betas
+                if self.kind == "adamw":
+                    p.mul_(1 - _b(lr * wd, p))
+                elif self._any_wd:
+                    g = g + _b(wd, p) * p
+                if "exp_avg" not in st:
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                ea, eas = st["exp_avg"], st["exp_avg_sq"]
+                a = _b(active, p)
+                ea.copy_(torch.where(a, ea * b1 + g * (1 - b1), ea))
+                eas.copy_(torch.where(a, eas * b2 + g * g * (1 - b2), eas))
+                t = self.step_count.clamp(min=1).to(p.device)
+                bc1 = (1 - b1 ** t).to(p.dtype)
+                bc2 = (1 - b2 ** t).to(p.dtype)
+                denom = (eas.sqrt() / _b(bc2.sqrt(), p)).add_(self.eps)
+                p.add_(-_b(lr / bc1, p) * ea / denom)
+
+    # ---------------------------------------------------------------------------------------- state (per member)
+    def member_state(self, index: int) -> dict[str, Tensor]:
+        """Flat optimizer state of model ``index``: ``{"<param>.<buffer>": tensor, "step": tensor}``."""
+        out = {"step": self.step_count[index].clone().reshape(1)}
+        for name, st in self.state.items():
+            for k, v in st.items():
+                out[f"{name}.{k}"] = v[index].detach().to("cpu", copy=True)
+        return out
+
+    def load_member_state(self, index: int, flat: dict[str, Tensor]) -> None:
+        """Inverse of :meth:`member_state` for model ``index``."""
+        if "step" in flat:
+            self.step_count[index] = float(flat["step"].reshape(-1)[0])
+        names = dict(self.params)
+        for key, v in flat.items():
+            if key == "step":
+                continue
+            pname, _, buf = key.rpartition(".")
+            if pname not in names:
+                raise KeyError(f"optimizer state {key!r} names no parameter of this population")
+            p = names[pname]
+            st = self.state.setdefault(pname, {})
+            if buf not in st:
+                st[buf] = torch.zeros_like(p)
+            st[buf][index].copy_(v)

@@ -1,0 +1,129 @@
+"""Turn N models of one architecture into one population network, and back.
+
+``Population(models)`` deep-copies the first model as a template and swaps every leaf module for its population
+version (:mod:`zooscape.train.layers`), stacking the N models' parameters and buffers along a new leading axis.
+The container code of the template (``Sequential``, residual blocks, ``torch.flatten(x, 1)``) runs unchanged on
+population tensors with the models folded into the channel dimension.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layers import PopDropout, widen_module
+
+
+def _check_same_architecture(models: Sequence[nn.Module]) -> None:
+    ref = {k: (tuple(v.shape), v.dtype) for k, v in models[0].state_dict().items()}
+    for i, m in enumerate(models[1:], 1):
+        got = {k: (tuple(v.shape), v.dtype) for k, v in m.state_dict().items()}
+        if got.keys() != ref.keys():
+            diff = sorted(set(got) ^ set(ref))[:5]
+            raise ValueError(f"models[{i}] has a different architecture from models[0] (keys differ: {diff})")
+        for k in ref:
+            if got[k] != ref[k]:
+                raise ValueError(f"models[{i}] parameter {k!r} has shape/dtype {got[k]}, models[0] has {ref[k]}")
+        if type(m) is not type(models[0]):
+            raise ValueError(f"models[{i}] is a {type(m).__name__}, models[0] a {type(models[0]).__name__}")
+
+
+class Population(nn.Module):
+    """N models of one architecture evaluated as one network.
+
+    Args:
+        models: N >= 1 models with identical architecture (same class, same state-dict keys and shapes).
+
+    Shapes:
+        ``forward`` takes ``x`` of shape ``[B, N, *input_shape]`` (one batch per model) and returns ``[B, N, K]``.
+        ``forward_shared`` takes ``[B, *input_shape]`` (the same batch for every model) and returns ``[B, N, K]``.
+
+    The population's parameter names equal the template model's; each holds a leading model axis of size N.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        if len(models) == 0:
+            raise ValueError("a population needs at least one model")
+        _check_same_architecture(models)
+        self.size = len(models)
+        self.template_class = type(models[0])
+        self._template = (copy.deepcopy(models[0]).cpu(),)  # a tuple, so it is not registered as a submodule
+        net = copy.deepcopy(models[0])
+        self.net = net
+        self._replace(net, [dict(m.named_modules()) for m in models], prefix="")
+        self.dropouts = [m for m in net.modules() if isinstance(m, PopDropout)]
+        self._names = [k for k, _ in models[0].state_dict().items()]
+        own = self.net.state_dict()
+        missing = [k for k in self._names if k not in own]
+        if missing:
+            raise TypeError(f"could not build a population: state-dict entries {missing[:5]} have no population "
+                            "counterpart")
+
+    def _replace(self, module: nn.Module, sources: list[dict[str, nn.Module]], prefix: str) -> None:
+        for name, child in list(module.named_children()):
+            path = f"{prefix}{name}"
+            if len(list(child.children())) == 0:
+                wide = widen_module([s[path] for s in sources])
+                if wide is not None:
+                    setattr(module, name, wide)
+            else:
+                has_own = any(True for _ in child.parameters(recurse=False))
+                if has_own:
+                    raise TypeError(f"module {path!r} ({type(child).__name__}) holds parameters directly and "
+                                    "cannot be trained as a population")
+                self._replace(child, sources, prefix=path + ".")
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        b, n = x.shape[0], x.shape[1]
+        if n != self.size:
+            raise ValueError(f"expected input [B, {self.size}, ...], got shape {tuple(x.shape)}")
+        rest = x.shape[3:] if x.dim() > 3 else ()
+        wide = x.reshape(b, n * x.shape[2], *rest) if x.dim() > 2 else x.reshape(b, n)
+        out = self.net(wide)
+        return out.reshape(b, self.size, -1)
+
+    def forward_shared(self, x: Tensor) -> Tensor:
+        """Evaluate every model on the same batch ``x`` of shape ``[B, *input_shape]``; returns ``[B, N, K]``."""
+        xx = x.unsqueeze(1).expand(x.shape[0], self.size, *x.shape[1:])
+        return self.forward(xx)
+
+    def set_dropout_generators(self, generators: list[torch.Generator] | None) -> None:
+        for d in self.dropouts:
+            d.set_generators(generators)
+
+    # ----------------------------------------------------------------------------------------------- state
+    def member_state_dict(self, index: int) -> dict[str, Tensor]:
+        """State dict of model ``index`` (detached CPU copies, keys as the template model's)."""
+        own = self.net.state_dict()
+        return {k: own[k][index].detach().to("cpu", copy=True) for k in self._names}
+
+    def state_dicts(self) -> list[dict[str, Tensor]]:
+        """One state dict per model, in population order."""
+        own = self.net.state_dict()
+        cpu = {k: own[k].detach().to("cpu") for k in self._names}
+        return [{k: v[i].clone() for k, v in cpu.items()} for i in range(self.size)]
+
+    def load_member_state_dict(self, index: int, state: dict[str, Tensor]) -> None:
+        """Overwrite model ``index`` with ``state`` (keys and shapes as the template model's)."""
+        own = self.net.state_dict()
+        for k in self._names:
+            if k not in state:
+                raise KeyError(f"state dict for member {index} lacks {k!r}")
+            if tuple(state[k].shape) != tuple(own[k].shape[1:]):
+                raise ValueError(f"state {k!r} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape[1:])}")
+            with torch.no_grad():
+                own[k][index].copy_(state[k])
+
+    def export_models(self) -> list[nn.Module]:
+        """Plain single models (copies of the first model's class and structure) holding each member's weights."""
+        out = []
+        for sd in self.state_dicts():
+            m = copy.deepcopy(self._template[0])
+            m.load_state_dict(sd)
+            out.append(m)
+        return out

@@ -1,0 +1,394 @@
+"""Population-first training: N models of one architecture train together in one vectorised computation.
+
+One model is a population of one: there is a single training code path. Each model keeps its own seed (data
+order, dropout masks, augmentation), learning rate, weight decay and momentum, and its results do not depend on
+which population it trained in (tests compare with :func:`zooscape.train.train_sequential`, a plain PyTorch loop).
+
+Randomness is stateless: everything random in epoch ``e`` of a model comes from generators seeded by
+``(data_seed, e, stream)``, so a run resumed from a :class:`PopulationState` continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Member, TrainConfig
+from .optim import PopulationOptimizer
+from .population import Population
+from .schedule import lr_factor
+
+STREAMS = {"order": 1, "dropout": 2, "augment": 3}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else MPS if available, else CPU; anything else -> ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device {device!r}: {e}") from None
+
+
+def derive_seed(seed: int, epoch: int, stream: str) -> int:
+    """A 63-bit seed for ``stream`` ("order", "dropout", "augment") of ``epoch`` of the model with ``seed``."""
+    h = hashlib.blake2b(f"{int(seed)}:{int(epoch)}:{STREAMS[stream]}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def epoch_generator(seed: int, epoch: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator a model with ``seed`` uses for ``stream`` in ``epoch``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(seed, epoch, stream))
+    return g
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The permutation of ``n`` training samples a model with data seed ``seed`` uses in ``epoch``: ``[n]``."""
+    return torch.randperm(n, generator=epoch_generator(seed, epoch, "order"))
+
+
+def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+    """Mean loss per model. ``out``: ``[B, N, K]``; ``y``: ``[B, N]`` (class ids) or ``[B, N, 1]``; returns ``[N]``."""
+    b, n, k = out.shape
+    if task == "regression":
+        return ((out - y.reshape(b, n, -1).to(out.dtype)) ** 2).mean(dim=(0, 2))
+    return F.cross_entropy(out.reshape(b * n, k), y.reshape(b * n), reduction="none").view(b, n).mean(0)
+
+
+@dataclass
+class PopulationState:
+    """Everything needed to resume a population after ``epoch``.
+
+    Attributes:
+        epoch: the last completed epoch.
+        model_states: one state dict per member.
+        optimizer_states: one flat optimizer-state dict per member.
+        member_extra: one dict per member (status, reason, early-stopping bookkeeping).
+    """
+
+    epoch: int
+    model_states: list[dict[str, Tensor]]
+    optimizer_states: list[dict[str, Tensor]]
+    member_extra: list[dict[str, Any]]
+
+    def to_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """Flat ``{key: tensor}`` and string metadata, ready for ``safetensors.torch.save_file``."""
+        tensors: dict[str, Tensor] = {}
+        for i, (ms, os_) in enumerate(zip(self.model_states, self.optimizer_states)):
+            tensors.update({f"{i}/model/{k}": v.contiguous() for k, v in ms.items()})
+            tensors.update({f"{i}/optim/{k}": v.contiguous() for k, v in os_.items()})
+        meta = {"epoch": str(self.epoch), "n": str(len(self.model_states)), "extra": json.dumps(self.member_extra)}
+        return tensors, meta
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], metadata: dict[str, str]) -> PopulationState:
+        """Inverse of :meth:`to_tensors`."""
+        try:
+            n, epoch = int(metadata["n"]), int(metadata["epoch"])
+            extra = json.loads(metadata["extra"])
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"population state metadata is incomplete or corrupt: {e}") from None
+        models: list[dict[str, Tensor]] = [{} for _ in range(n)]
+        optims: list[dict[str, Tensor]] = [{} for _ in range(n)]
+        for key, v in tensors.items():
+            i, kind, name = key.split("/", 2)
+            (models if kind == "model" else optims)[int(i)][name] = v
+        return cls(epoch, models, optims, extra)
+
+
+@dataclass
+class EpochReport:
+    """What the trainer reports after the epoch-0 evaluation and after every epoch (see ``train_population``)."""
+
+    epoch: int
+    metrics: list[dict[str, float]]
+    status: list[str]
+    reasons: list[str | None]
+    _population: Population = field(repr=False)
+    _optimizer: PopulationOptimizer = field(repr=False)
+    _extra: list[dict[str, Any]] = field(repr=False)
+
+    def state_dicts(self) -> list[dict[str, Tensor]]:
+        """One CPU state dict per member."""
+        return self._population.state_dicts()
+
+    def optimizer_states(self) -> list[dict[str, Tensor]]:
+        """One flat optimizer-state dict per member (safetensors-ready)."""
+        return [self._optimizer.member_state(i) for i in range(self._population.size)]
+
+    def state(self) -> PopulationState:
+        """A :class:`PopulationState` to resume after this epoch."""
+        return PopulationState(self.epoch, self.state_dicts(), self.optimizer_states(),
+                               json.loads(json.dumps(self._extra)))
+
+
+@dataclass
+class PopulationResult:
+    """Outcome of :func:`train_population`: per-member metric history, final weights and status."""
+
+    history: list[list[dict[str, float]]]
+    state_dicts: list[dict[str, Tensor]]
+    status: list[str]
+    reasons: list[str | None]
+    models: list[nn.Module]
+
+
+@torch.no_grad()
+def evaluate_population(pop: Population, x: Tensor, y: Tensor, task: str, batch_size: int = 1024) -> dict[str, Tensor]:
+    """Loss (and accuracy) of every member on the same data, in eval mode.
+
+    Args:
+        pop: the population.
+        x: ``[n, *input_shape]`` inputs; y: ``[n]`` labels or ``[n, 1]`` targets.
+        task: ``"classification"`` or ``"regression"``.
+
+    Returns:
+        ``{"loss": [N], "acc": [N]}`` (``acc`` only for classification).
+    """
+    was = pop.training
+    pop.eval()
+    n = x.shape[0]
+    loss_sum = torch.zeros(pop.size, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(pop.size, dtype=torch.float64, device=x.device)
+    for i in range(0, n, batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        out = pop.forward_shared(xb)
+        b = xb.shape[0]
+        yy = yb.unsqueeze(1).expand(b, pop.size, *yb.shape[1:])
+        loss_sum += task_loss(out, yy, task).double() * b
+        if task != "regression":
+            correct += (out.argmax(-1) == yy).double().sum(0)
+    pop.train(was)
+    res = {"loss": loss_sum / max(n, 1)}
+    if task != "regression":
+        res["acc"] = correct / max(n, 1)
+    return res
+
+
+def _clip_grads(params: list[Tensor], max_norm: float) -> None:
+    """Clip each member's global gradient norm (as ``torch.nn.utils.clip_grad_norm_`` does for one model)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    sq = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads]).sum(0)
+    coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+
+
+def _check_data(data: Any) -> None:
+    for attr in ("task", "train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        if not hasattr(data, attr):
+            raise TypeError(f"data must be a zooscape.data.DataSplits-like object; it lacks {attr!r}")
+
+
+def train_population(
+    models: Sequence[nn.Module],
+    data: Any,
+    config: TrainConfig,
+    members: Sequence[Member] | None = None,
+    *,
+    device: str | torch.device = "auto",
+    resume: PopulationState | None = None,
+    callback: Callable[[EpochReport], None] | None = None,
+    progress: bool = False,
+) -> PopulationResult:
+    """Train N models of one architecture together.
+
+    Args:
+        models: N initialised models with identical architecture (their weights are copied; they are not modified).
+        data: a :class:`zooscape.data.DataSplits` (train/val/test tensors and ``task``).
+        config: hyperparameters shared by the population.
+        members: one :class:`Member` per model (seed, own lr/weight decay/momentum, data seed). Default: seeds
+            ``0..N-1``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        resume: continue after ``resume.epoch`` (from a state reported by an earlier run's callback).
+        callback: called with an :class:`EpochReport` after the epoch-0 evaluation and after every epoch.
+        progress: show a tqdm progress bar over epochs.
+
+    Returns:
+        :class:`PopulationResult` with per-member histories (one metric dict per epoch, from epoch 0 or from the
+        resumed epoch + 1), final state dicts, statuses ("done", "failed", "stopped") and reasons.
+
+    Metrics per epoch and member: ``train_loss, train_acc, val_loss, val_acc, test_loss, test_acc`` (accuracies
+    only for classification; regression losses are MSE), ``lr`` (at the epoch's last step), ``epoch_time_s``.
+    """
+    _check_data(data)
+    if len(models) == 0:
+        raise ValueError("train_population needs at least one model")
+    if members is None:
+        members = [Member(seed=i) for i in range(len(models))]
+    if len(members) != len(models):
+        raise ValueError(f"got {len(models)} models but {len(members)} members")
+    config.validate()
+    task = data.task
+    dev = resolve_device(device)
+    mem = [m.resolved(config) for m in members]
+    n = len(models)
+
+    pop = Population([m.to("cpu") for m in models]).to(dev)
+    x_tr, y_tr = data.train_x.to(dev), data.train_y.to(dev)
+    splits = {"train": (x_tr, y_tr), "val": (data.val_x.to(dev), data.val_y.to(dev)),
+              "test": (data.test_x.to(dev), data.test_y.to(dev))}
+    lr0 = torch.tensor([m.lr for m in mem], dtype=torch.float32, device=dev)
+    params = list(pop.net.named_parameters())
+    opt = PopulationOptimizer(
+        params, config.optimizer,
+        weight_decay=torch.tensor([m.weight_decay for m in mem], dtype=torch.float32, device=dev),
+        momentum=torch.tensor([m.momentum for m in mem], dtype=torch.float32, device=dev),
+        nesterov=config.nesterov, betas=config.betas, eps=config.eps,
+    )
+    augment = None
+    if config.augment:
+        from zooscape.data.augment import build_augment
+
+        augment = build_augment(config.augment, padding=config.crop_padding)
+
+    extra: list[dict[str, Any]] = [
+        {"status": "running", "reason": None, "best_val": math.inf, "bad_epochs": 0} for _ in range(n)
+    ]
+    frozen: dict[int, dict[str, Tensor]] = {}
+    start = 1
+    history: list[list[dict[str, float]]] = [[] for _ in range(n)]
+
+    if resume is not None:
+        if len(resume.model_states) != n:
+            raise ValueError(f"resume state holds {len(resume.model_states)} members, population has {n}")
+        for i in range(n):
+            pop.load_member_state_dict(i, resume.model_states[i])
+            opt.load_member_state(i, resume.optimizer_states[i])
+        extra = json.loads(json.dumps(resume.member_extra))
+        for i, e in enumerate(extra):
+            if e["status"] != "running":
+                frozen[i] = pop.member_state_dict(i)
+        start = resume.epoch + 1
+
+    n_train = x_tr.shape[0]
+    bs = config.batch_size
+    steps = n_train // bs if config.drop_last else math.ceil(n_train / bs)
+    if steps == 0:
+        raise ValueError(f"batch_size {bs} exceeds the {n_train} training samples with drop_last=True")
+    total_steps = max(1, config.epochs * steps)
+    sched_kw = dict(warmup_epochs=config.warmup_epochs, step_size=config.step_size, gamma=config.gamma)
+
+    def current_lr(step: int) -> Tensor:
+        return lr0 * lr_factor(config.schedule, min(step, total_steps - 1), total_steps, steps, **sched_kw)
+
+    def report(epoch: int, running: dict[str, Tensor] | None, seconds: float, lr: Tensor) -> None:
+        ev = {}
+        for name, (x, y) in splits.items():
+            if name == "train" and running is not None:
+                ev[name] = running
+            elif x.shape[0] > 0:
+                ev[name] = evaluate_population(pop, x, y, task, config.eval_batch_size)
+        rows = [{} for _ in range(n)]
+        for name, res in ev.items():
+            for key, vals in res.items():
+                for i, v in enumerate(vals.tolist()):
+                    rows[i][f"{name}_{key}"] = float(v)
+        lrs = lr.tolist()
+        for i in range(n):
+            rows[i]["lr"] = float(lrs[i])
+            rows[i]["epoch_time_s"] = seconds
+            e = extra[i]
+            if e["status"] == "running" and epoch > 0:
+                tl = rows[i].get("train_loss", math.nan)
+                if not math.isfinite(tl):
+                    e["status"], e["reason"] = "failed", f"non-finite training loss ({tl}) in epoch {epoch}"
+                    frozen[i] = pop.member_state_dict(i)
+                elif config.early_stopping_patience is not None and "val_loss" in rows[i]:
+                    v = rows[i]["val_loss"]
+                    if v < e["best_val"]:
+                        e["best_val"], e["bad_epochs"] = v, 0
+                    else:
+                        e["bad_epochs"] += 1
+                        if e["bad_epochs"] >= config.early_stopping_patience:
+                            e["status"] = "stopped"
+                            e["reason"] = (f"early stopping: no better val_loss for "
+                                           f"{config.early_stopping_patience} epochs")
+                            frozen[i] = pop.member_state_dict(i)
+            elif epoch == 0 and "val_loss" in rows[i]:
+                e["best_val"] = rows[i]["val_loss"]
+            history[i].append(rows[i])
+        if callback is not None:
+            callback(EpochReport(epoch, rows, [e["status"] for e in extra], [e["reason"] for e in extra],
+                                 pop, opt, extra))
+
+    if resume is None:
+        report(0, None, 0.0, current_lr(0))
+
+    epochs = range(start, config.epochs + 1)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(epochs), desc=f"population of {n}", unit="epoch")
+    pop.train()
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        seeds = [m.data_seed for m in mem]
+        perm = torch.stack([epoch_order(n_train, s, epoch) for s in seeds]).to(dev)  # [N, n_train]
+        if pop.dropouts:
+            pop.set_dropout_generators([epoch_generator(s, epoch, "dropout", dev) for s in seeds])
+        aug_gens = [epoch_generator(s, epoch, "augment", dev) for s in seeds] if augment else None
+        active = torch.tensor([e["status"] == "running" for e in extra], device=dev)
+        run_loss = torch.zeros(n, dtype=torch.float64, device=dev)
+        run_correct = torch.zeros(n, dtype=torch.float64, device=dev)
+        seen = 0
+        lr = lr0
+        for s in range(steps):
+            idx = perm[:, s * bs:(s + 1) * bs].t()  # [b, N]
+            xb, yb = x_tr[idx], y_tr[idx]  # [b, N, ...]
+            if augment is not None:
+                xb = torch.stack([augment(xb[:, i], aug_gens[i]) for i in range(n)], 1)
+            out = pop(xb)
+            loss = task_loss(out, yb, task)
+            pop.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            if config.grad_clip is not None:
+                _clip_grads([p for _, p in params], config.grad_clip)
+            lr = current_lr((epoch - 1) * steps + s)
+            opt.step(lr, active)
+            b = idx.shape[0]
+            with torch.no_grad():
+                run_loss += loss.detach().double() * b
+                if task != "regression":
+                    run_correct += (out.detach().argmax(-1) == yb).double().sum(0)
+            seen += b
+        for i in torch.nonzero(~torch.isfinite(run_loss)).flatten().tolist():
+            if extra[i]["status"] == "running":  # diverged mid-epoch: freeze it where it is, mark it failed
+                extra[i]["status"] = "failed"
+                extra[i]["reason"] = f"non-finite training loss in epoch {epoch}"
+                frozen[i] = pop.member_state_dict(i)
+        for i, state in frozen.items():  # stopped/failed members keep their weights and BN statistics
+            pop.load_member_state_dict(i, state)
+        running = None
+        if config.train_metrics == "running":
+            running = {"loss": run_loss / seen}
+            if task != "regression":
+                running["acc"] = run_correct / seen
+        report(epoch, running, time.perf_counter() - t0, lr)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    pop.set_dropout_generators(None)
+    status = ["done" if e["status"] == "running" else e["status"] for e in extra]
+    return PopulationResult(history, pop.state_dicts(), status, [e["reason"] for e in extra], pop.export_models())
