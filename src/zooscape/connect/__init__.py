@@ -1,1 +1,50 @@
-"""zooscape.connect."""
+"""zooscape.connect: mode connectivity as pure functions of (models, data).
+
+Linear interpolation (:func:`interpolate`), linear paths with loss/error curves, endpoint distance and
+barriers (:func:`linear_path`), the three barrier definitions (:mod:`zooscape.connect.barrier`) and exact
+BatchNorm re-estimation (:mod:`zooscape.connect.bn`). See ``docs/connectivity.md``.
+
+This package never imports ``zooscape.zoo`` or ``zooscape.cli``.
+"""
+
+from zooscape.connect.barrier import (
+    BARRIER_DEFINITIONS,
+    barrier,
+    barrier_linear,
+    barrier_mean,
+    barrier_midpoint,
+    barriers,
+)
+from zooscape.connect.bn import has_batchnorm, recompute_bn_stats, reset_bn_stats
+from zooscape.connect.distance import l2_distance
+from zooscape.connect.interpolate import (
+    BN_MODES,
+    check_compatible,
+    check_compatible_states,
+    interpolate,
+    interpolate_state,
+)
+from zooscape.connect.metrics import evaluate_model
+from zooscape.connect.path import LinearPath, linear_path, path_alphas
+
+__all__ = [
+    "BARRIER_DEFINITIONS",
+    "BN_MODES",
+    "LinearPath",
+    "barrier",
+    "barrier_linear",
+    "barrier_mean",
+    "barrier_midpoint",
+    "barriers",
+    "check_compatible",
+    "check_compatible_states",
+    "evaluate_model",
+    "has_batchnorm",
+    "interpolate",
+    "interpolate_state",
+    "l2_distance",
+    "linear_path",
+    "path_alphas",
+    "recompute_bn_stats",
+    "reset_bn_stats",
+]

@@ -1,0 +1,288 @@
+"""Linear path between two networks: loss and error at every alpha, endpoint distance and barriers.
+
+``linear_path(model_a, model_b, data)`` evaluates ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``
+on an evenly spaced grid of alphas (0 and 1 included, 0.5 always included). By default all alphas are
+evaluated as one vectorized batch (``torch.func.vmap`` over stacked parameters); ``method="loop"`` is the
+slow reference path (one deep-copied interpolated model per alpha), for models that ``vmap`` cannot run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zooscape.connect._data import get_split, infer_task, train_inputs
+from zooscape.connect.barrier import BARRIER_DEFINITIONS, barriers
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
+from zooscape.connect.bn import has_batchnorm
+from zooscape.connect.distance import l2_distance
+from zooscape.connect.interpolate import check_bn_mode, check_compatible, interpolate
+from zooscape.connect.metrics import evaluate_model
+
+__all__ = ["LinearPath", "linear_path", "path_alphas"]
+
+METHODS = ("vmap", "loop")
+
+
+def path_alphas(n_points: int) -> Tensor:
+    """Evenly spaced alphas in [0, 1], with 0.5 added when ``n_points`` is even.
+
+    Args:
+        n_points: number of evenly spaced points including both endpoints (>= 2).
+
+    Returns:
+        Float64 tensor of shape ``[n_points]`` (odd) or ``[n_points + 1]`` (even), strictly increasing.
+    """
+    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
+        raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
+    alphas = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
+    if n_points % 2 == 0:
+        alphas = torch.sort(torch.cat([alphas, torch.tensor([0.5], dtype=torch.float64)])).values
+    return alphas
+
+
+@dataclass
+class LinearPath:
+    """Result of :func:`linear_path`.
+
+    Attributes:
+        alphas: interpolation coefficients, shape ``[n]``.
+        loss: ``{split: mean loss at each alpha, shape [n]}``.
+        error: ``{split: error rate in [0, 1] at each alpha, shape [n]}`` (empty for regression).
+        distance: L2 distance between the endpoints' parameters.
+        barriers: ``{split: {"loss"|"error": {"linear"|"mean"|"midpoint": float}}}``.
+        bn_mode: how BatchNorm statistics were obtained.
+        task: ``"classification"`` or ``"regression"``.
+    """
+
+    alphas: Tensor
+    loss: dict[str, Tensor]
+    error: dict[str, Tensor]
+    distance: float
+    barriers: dict[str, dict[str, dict[str, float]]]
+    bn_mode: str
+    task: str
+    method: str = "vmap"
+    splits: tuple[str, ...] = field(default_factory=tuple)
+
+    def barrier(self, split: str = "test", metric: str = "loss", definition: str = "linear") -> float:
+        """One barrier value.
+
+        Args:
+            split: data split, one of ``self.splits``.
+            metric: ``"loss"`` or ``"error"``.
+            definition: ``"linear"`` (default), ``"mean"`` or ``"midpoint"``.
+
+        Returns:
+            The barrier as a float.
+        """
+        if split not in self.barriers:
+            raise KeyError(f"split {split!r} was not evaluated; available: {sorted(self.barriers)}")
+        if metric not in self.barriers[split]:
+            raise KeyError(f"metric {metric!r} not available; available: {sorted(self.barriers[split])}")
+        if definition not in BARRIER_DEFINITIONS:
+            raise KeyError(f"definition must be one of {BARRIER_DEFINITIONS}, got {definition!r}")
+        return self.barriers[split][metric][definition]
+
+    def flat_barriers(self) -> dict[str, float]:
+        """Barriers as a flat mapping, convenient for catalogs and data frames.
+
+        Returns:
+            ``{"barrier_<metric>_<split>_<definition>": float}``, e.g. ``"barrier_error_test_linear"``.
+        """
+        return {
+            f"barrier_{metric}_{split}_{definition}": value
+            for split, per_metric in self.barriers.items()
+            for metric, per_def in per_metric.items()
+            for definition, value in per_def.items()
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary of the whole result.
+
+        Returns:
+            Dict with lists for the curves and floats for distance and barriers (NaN becomes None).
+        """
+
+        def clean(v: float) -> float | None:
+            return None if math.isnan(v) else float(v)
+
+        return {
+            "alphas": self.alphas.tolist(),
+            "distance": self.distance,
+            "bn_mode": self.bn_mode,
+            "task": self.task,
+            "method": self.method,
+            "loss": {k: v.tolist() for k, v in self.loss.items()},
+            "error": {k: v.tolist() for k, v in self.error.items()},
+            "barriers": {
+                s: {m: {d: clean(v) for d, v in pd.items()} for m, pd in pm.items()}
+                for s, pm in self.barriers.items()
+            },
+        }
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next((t.device for t in model.parameters()), torch.device("cpu"))
+
+
+def _vmap_curves(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    alphas: Tensor,
+    split_data: dict[str, tuple[Tensor, Tensor]],
+    task: str,
+    bn_mode: str,
+    bn_x: Tensor | None,
+    batch_size: int,
+    bn_batch_size: int,
+    alpha_batch_size: int,
+    device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    template = copy.deepcopy(model_a).to(device).eval()
+    params_a = {k: v.detach() for k, v in template.named_parameters()}
+    params_b = {k: v.detach().to(device) for k, v in model_b.named_parameters()}
+    bufs_a = {k: v.detach() for k, v in template.named_buffers()}
+    bufs_b = {k: v.detach().to(device) for k, v in model_b.named_buffers()}
+    losses: dict[str, list[Tensor]] = {s: [] for s in split_data}
+    errors: dict[str, list[Tensor]] = {s: [] for s in split_data}
+    for start in range(0, alphas.shape[0], alpha_batch_size):
+        chunk = alphas[start : start + alpha_batch_size]
+        params = stack_interpolated(params_a, params_b, chunk)
+        if bn_mode == "reset" and bn_x is not None:
+            buffers = batched_bn_stats(template, params, bn_x, batch_size=bn_batch_size)
+        else:
+            buffers = stack_interpolated(bufs_a, bufs_b, chunk)
+        for split, (x, y) in split_data.items():
+            loss, err = batched_evaluate(template, params, buffers, x, y, task, batch_size=batch_size)
+            losses[split].append(loss)
+            if err is not None:
+                errors[split].append(err)
+    return (
+        {s: torch.cat(v) for s, v in losses.items()},
+        {s: torch.cat(v) for s, v in errors.items() if v},
+    )
+
+
+def _loop_curves(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    alphas: Tensor,
+    split_data: dict[str, tuple[Tensor, Tensor]],
+    task: str,
+    bn_mode: str,
+    bn_x: Tensor | None,
+    batch_size: int,
+    bn_batch_size: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    losses: dict[str, list[float]] = {s: [] for s in split_data}
+    errors: dict[str, list[float]] = {s: [] for s in split_data}
+    for alpha in alphas.tolist():
+        model = interpolate(model_a, model_b, alpha, bn_mode=bn_mode, data=bn_x, batch_size=bn_batch_size)
+        for split, (x, y) in split_data.items():
+            loss, err = evaluate_model(model, x, y, task, batch_size=batch_size)
+            losses[split].append(loss)
+            if err is not None:
+                errors[split].append(err)
+    as_t = lambda v: torch.tensor(v, dtype=torch.float64)
+    return {s: as_t(v) for s, v in losses.items()}, {s: as_t(v) for s, v in errors.items() if v}
+
+
+def linear_path(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    n_points: int = 25,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    bn_mode: str = "interpolate",
+    task: str | None = None,
+    batch_size: int = 1024,
+    bn_batch_size: int = 256,
+    alpha_batch_size: int | None = None,
+    method: str = "vmap",
+    device: str | torch.device | None = None,
+) -> LinearPath:
+    """Loss and error along the straight line between two networks, with distance and barriers.
+
+    Args:
+        model_a: ``alpha = 0`` endpoint (not modified).
+        model_b: ``alpha = 1`` endpoint, same architecture and shapes (not modified).
+        data: ``DataSplits``-like object (``.split(name) -> (x, y)``) or mapping ``{split: (x, y)}``.
+        n_points: evenly spaced alphas including both endpoints; 0.5 is added when even.
+        splits: splits to evaluate, e.g. ``("train", "test")``.
+        bn_mode: ``"interpolate"`` BatchNorm running statistics, or ``"reset"`` and re-estimate them per alpha
+            on the ``"train"`` split (exact cumulative average over one pass, no augmentation).
+        task: ``"classification"`` or ``"regression"``; inferred from ``data.task`` or the target dtype.
+        batch_size: evaluation batch size (the vectorized pass holds ``alphas x batch_size`` activations).
+        bn_batch_size: batch size of the BatchNorm re-estimation pass.
+        alpha_batch_size: evaluate at most this many alphas at once (default: all).
+        method: ``"vmap"`` (vectorized, default) or ``"loop"`` (one deep-copied model per alpha).
+        device: where to evaluate (default: ``model_a``'s device).
+
+    Returns:
+        :class:`LinearPath` with ``alphas [n]``, ``loss[split] [n]``, ``error[split] [n]`` (classification),
+        ``distance`` and ``barriers[split][metric][definition]`` for the definitions ``"linear"`` (default),
+        ``"mean"`` and ``"midpoint"``.
+
+    References:
+        Frankle, Dziugaite, Roy, Carbin (2020), "Linear Mode Connectivity and the Lottery Ticket Hypothesis";
+        Entezari, Sedghi, Saukh, Neyshabur (2022), "The Role of Permutation Invariance in Linear Mode
+        Connectivity of Neural Networks".
+    """
+    check_bn_mode(bn_mode)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(splits, str):
+        splits = (splits,)
+    splits = tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    for name, value in (("batch_size", batch_size), ("bn_batch_size", bn_batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_compatible(model_a, model_b)
+    alphas = path_alphas(n_points)
+    if alpha_batch_size is None:
+        alpha_batch_size = alphas.shape[0]
+    if not isinstance(alpha_batch_size, int) or alpha_batch_size < 1:
+        raise ValueError(f"alpha_batch_size must be a positive integer, got {alpha_batch_size!r}")
+    split_data = {s: get_split(data, s) for s in splits}
+    task = infer_task(data, next(iter(split_data.values()))[1], task)
+    bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(model_a) else None
+    dev = torch.device(device) if device is not None else _model_device(model_a)
+
+    if method == "vmap":
+        losses, errors = _vmap_curves(
+            model_a, model_b, alphas, split_data, task, bn_mode, bn_x,
+            batch_size, bn_batch_size, alpha_batch_size, dev,
+        )  # fmt: skip
+    else:
+        a = copy.deepcopy(model_a).to(dev)
+        b = copy.deepcopy(model_b).to(dev)
+        losses, errors = _loop_curves(
+            a, b, alphas, split_data, task, bn_mode, bn_x, batch_size, bn_batch_size
+        )
+
+    result_barriers: dict[str, dict[str, dict[str, float]]] = {}
+    for split in splits:
+        result_barriers[split] = {"loss": barriers(losses[split], alphas)}
+        if split in errors:
+            result_barriers[split]["error"] = barriers(errors[split], alphas)
+    return LinearPath(
+        alphas=alphas,
+        loss=losses,
+        error=errors,
+        distance=l2_distance(model_a, model_b),
+        barriers=result_barriers,
+        bn_mode=bn_mode,
+        task=task,
+        method=method,
+        splits=splits,
+    )
