@@ -1,0 +1,138 @@
+"""Diagonal Fisher information of a model's predictive distribution, and its trace.
+
+``F = E_x E_{y ~ p(y|x)} [g g^T]`` with ``g = grad_theta log p(y | x, theta)``; its diagonal is the mean of
+squared per-sample gradients. Three flavours differ only in which labels ``y`` enter ``g``:
+
+- ``"empirical"``: the data's own labels (the "empirical Fisher"; not the Fisher, but widely used);
+- ``"sampled"``: labels drawn from the model, ``num_samples`` per input (an unbiased Monte Carlo estimate);
+- ``"exact"``: the expectation over ``y`` in closed form (a sum over classes for a categorical likelihood; for a
+  unit-variance Gaussian, ``sum_o (grad f_o)^2``).
+
+Per-sample gradients come from :func:`torch.func.vmap` over :func:`torch.func.grad`, evaluated in eval mode on
+copies of the parameters (the model is not modified).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jacrev, vmap
+
+from zooscape.landscape._hvp import as_generator, eval_mode, functional_state, make_batches
+
+__all__ = ["fisher_diagonal", "fisher_trace"]
+
+KINDS = ("empirical", "sampled", "exact")
+LIKELIHOODS = ("categorical", "gaussian")
+
+
+def _nll(out: Tensor, y: Tensor, likelihood: str) -> Tensor:
+    if likelihood == "categorical":
+        return F.cross_entropy(out.unsqueeze(0), y.reshape(1).long())
+    return 0.5 * (out - y.reshape(out.shape)).pow(2).sum()
+
+
+def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kind: str = "sampled",
+                    likelihood: str = "categorical", num_samples: int = 1, batch_size: int | None = 256,
+                    param_names: Sequence[str] | None = None, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None,
+                    generator: torch.Generator | int | None = None) -> dict[str, Tensor]:
+    """Diagonal of the Fisher information matrix, averaged over the inputs ``x``.
+
+    Args:
+        model: the network; outputs logits ``[n, C]`` (categorical) or means ``[n, ...]`` (Gaussian with unit
+            variance, i.e. the loss ``0.5 ||f(x) - y||^2``).
+        x: inputs ``[n, ...]``.
+        y: labels ``[n]`` (int) or targets ``[n, ...]``; required for ``kind="empirical"`` only.
+        kind: ``"empirical"``, ``"sampled"`` (default) or ``"exact"``.
+        likelihood: ``"categorical"`` (default) or ``"gaussian"``.
+        num_samples: model-label draws per input for ``kind="sampled"``.
+        batch_size: inputs per vmapped per-sample-gradient call (``None``: all).
+        param_names: parameters to include (default: all with ``requires_grad``).
+        device: compute device (default: the model's).
+        dtype: compute dtype (default: the model's).
+        generator: randomness for ``"sampled"`` (Generator or seed; default seed 0).
+
+    Returns:
+        dict parameter name -> Tensor of the parameter's shape (on the compute device).
+
+    References:
+        Amari, 1998; Kunstner, Balles and Hennig, 2019 (limitations of the empirical Fisher);
+        Martens, 2020.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if kind == "empirical" and y is None:
+        raise ValueError("kind='empirical' needs the labels y")
+    if y is None:
+        y = torch.zeros(x.shape[0])
+    gen = as_generator(generator)
+    spec, params, fixed = functional_state(model, param_names=param_names, device=device, dtype=dtype)
+    batches = make_batches(x, y, batch_size, device=params.device, dtype=dtype)
+    n_total = x.shape[0]
+
+    def output(p: Tensor, xi: Tensor) -> Tensor:
+        tensors = spec.unflatten(p)
+        tensors.update(fixed)
+        return functional_call(model, tensors, (xi.unsqueeze(0),), tie_weights=True, strict=False)[0]
+
+    def sample_grad(p: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
+        return grad(lambda q: _nll(output(q, xi), yi, likelihood))(p)
+
+    total = torch.zeros_like(params)
+    with eval_mode(model):
+        for b in batches:
+            if kind == "empirical":
+                g = vmap(sample_grad, in_dims=(None, 0, 0))(params, b.x, b.y)
+                total += g.pow(2).sum(0)
+            elif kind == "exact":
+                if likelihood == "gaussian":
+                    jac = vmap(jacrev(output), in_dims=(None, 0))(params, b.x)  # [b, out..., P]
+                    total += jac.pow(2).reshape(-1, params.numel()).sum(0)
+                else:
+                    with torch.no_grad():
+                        probs = torch.softmax(vmap(output, in_dims=(None, 0))(params, b.x), dim=-1)
+                    num_classes = probs.shape[-1]
+                    labels = torch.arange(num_classes, device=params.device)
+                    per_class = vmap(vmap(sample_grad, in_dims=(None, None, 0)), in_dims=(None, 0, None))
+                    g2 = per_class(params, b.x, labels).pow(2)  # [b, C, P]
+                    total += torch.einsum("bc,bcp->p", probs.to(g2.dtype), g2)
+            else:
+                with torch.no_grad():
+                    out = vmap(output, in_dims=(None, 0))(params, b.x)
+                for _ in range(num_samples):
+                    if likelihood == "categorical":
+                        probs = torch.softmax(out.double(), dim=-1).to(gen.device)
+                        ys = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(params.device)
+                    else:
+                        noise = torch.randn(tuple(out.shape), generator=gen, device=gen.device, dtype=out.dtype)
+                        ys = out + noise.to(out.device)
+                    g = vmap(sample_grad, in_dims=(None, 0, 0))(params, b.x, ys)
+                    total += g.pow(2).sum(0) / num_samples
+    return spec.unflatten(total.detach() / n_total)
+
+
+def fisher_trace(model: nn.Module, x: Tensor, y: Tensor | None = None, **kwargs) -> float:
+    """Trace of the Fisher information (the sum of :func:`fisher_diagonal` over all parameters).
+
+    Args:
+        model: the network.
+        x: inputs ``[n, ...]``.
+        y: labels/targets ``[n, ...]`` (needed for ``kind="empirical"``).
+        **kwargs: passed to :func:`fisher_diagonal` (``kind``, ``likelihood``, ``num_samples``, ...).
+
+    Returns:
+        The trace (float).
+
+    References:
+        Achille, Rovere and Soatto, 2019 (Fisher trace during training).
+    """
+    diag = fisher_diagonal(model, x, y, **kwargs)
+    return float(sum(float(t.sum()) for t in diag.values()))
