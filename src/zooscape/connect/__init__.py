@@ -2,7 +2,9 @@
 
 Linear interpolation (:func:`interpolate`), linear paths with loss/error curves, endpoint distance and
 barriers (:func:`linear_path`), the three barrier definitions (:mod:`zooscape.connect.barrier`) and exact
-BatchNorm re-estimation (:mod:`zooscape.connect.bn`). See ``docs/connectivity.md``.
+BatchNorm re-estimation (:mod:`zooscape.connect.bn`), and the instability (spawn) analysis
+(:func:`instability_analysis`, which trains with ``zooscape.train``). Plots: :mod:`zooscape.connect.plot`.
+See ``docs/connectivity.md``.
 
 This package never imports ``zooscape.zoo`` or ``zooscape.cli``.
 """
@@ -26,20 +28,24 @@ from zooscape.connect.interpolate import (
 )
 from zooscape.connect.metrics import evaluate_model
 from zooscape.connect.path import LinearPath, linear_path, path_alphas
+from zooscape.connect.spawn import InstabilityResult, barrier_table, instability_analysis
 
 __all__ = [
     "BARRIER_DEFINITIONS",
     "BN_MODES",
+    "InstabilityResult",
     "LinearPath",
     "barrier",
     "barrier_linear",
     "barrier_mean",
     "barrier_midpoint",
+    "barrier_table",
     "barriers",
     "check_compatible",
     "check_compatible_states",
     "evaluate_model",
     "has_batchnorm",
+    "instability_analysis",
     "interpolate",
     "interpolate_state",
     "l2_distance",
