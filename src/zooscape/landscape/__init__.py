@@ -3,10 +3,25 @@
 One module per concept:
 
 - :mod:`zooscape.landscape.hessian`  Hessian top eigenvalues, trace and spectral density (matrix-free, torch.func)
+- :mod:`zooscape.landscape.cka`      centred kernel alignment, minibatch CKA, layer-by-layer heatmaps
+- :mod:`zooscape.landscape.fisher`   diagonal Fisher information (empirical, sampled, exact) and its trace
+- :mod:`zooscape.landscape.spectra`  WeightWatcher-style weight spectra (power-law alpha, norms, stable rank)
+- :mod:`zooscape.landscape.surface`  1-D/2-D loss surfaces (filter-normalised, trajectory PCA) and PNG plots
 
-Nothing here imports :mod:`zooscape.zoo` or :mod:`zooscape.cli`, and no function modifies the model it is given.
+Nothing here imports :mod:`zooscape.zoo` or :mod:`zooscape.cli`, and no function modifies the model it is given
+(BatchNorm statistics, train/eval flags, ``requires_grad`` flags, gradients and hooks are as before).
 """
 
+from zooscape.landscape.cka import (
+    MinibatchCKA,
+    cka,
+    cka_heatmap,
+    default_layers,
+    hsic_biased,
+    hsic_unbiased,
+    layer_features,
+)
+from zooscape.landscape.fisher import fisher_diagonal, fisher_trace
 from zooscape.landscape.hessian import (
     DenseOperator,
     EigenResult,
@@ -26,23 +41,70 @@ from zooscape.landscape.hessian import (
     top_eigenvalues,
     trace,
 )
+from zooscape.landscape.spectra import (
+    LayerSpectrum,
+    PowerLawFit,
+    esd,
+    fit_power_law,
+    layer_spectrum,
+    spectra_summary,
+    weight_spectra,
+)
+from zooscape.landscape.surface import (
+    Surface,
+    TrajectoryPCA,
+    loss_surface,
+    loss_surface_1d,
+    loss_surface_2d,
+    loss_surface_pca,
+    normalize_direction,
+    plot_surface,
+    random_direction,
+    trajectory_pca,
+)
 
 __all__ = [
     "DenseOperator",
     "EigenResult",
     "HessianOperator",
     "LanczosResult",
+    "LayerSpectrum",
     "LinearOperator",
+    "MinibatchCKA",
+    "PowerLawFit",
     "SpectralDensity",
+    "Surface",
     "TraceEstimate",
+    "TrajectoryPCA",
+    "cka",
+    "cka_heatmap",
+    "default_layers",
     "dense_matrix",
+    "esd",
+    "fisher_diagonal",
+    "fisher_trace",
+    "fit_power_law",
     "hessian_operator",
+    "hsic_biased",
+    "hsic_unbiased",
     "hutchinson_trace",
     "hutchpp_trace",
     "lanczos",
     "lanczos_eigenvalues",
+    "layer_features",
+    "layer_spectrum",
+    "loss_surface",
+    "loss_surface_1d",
+    "loss_surface_2d",
+    "loss_surface_pca",
+    "normalize_direction",
+    "plot_surface",
     "power_iteration",
+    "random_direction",
+    "spectra_summary",
     "spectral_density",
     "top_eigenvalues",
     "trace",
+    "trajectory_pca",
+    "weight_spectra",
 ]
