@@ -50,28 +50,113 @@ class PopLinear(nn.Module):
         return out.transpose(0, 1).reshape(*lead, self.n * self.out_features)
 
 
+class _BandMatrix(torch.autograd.Function):
+    """Gather a per-model convolution kernel into a banded matrix, with a gather-sum backward."""
+
+    @staticmethod
+    def forward(ctx, w_flat: Tensor, idx: Tensor, pos: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pos)
+        ctx.p = w_flat.shape[1]
+        padded = torch.cat([w_flat, w_flat.new_zeros(w_flat.shape[0], 1)], 1)
+        return padded[:, idx]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (pos,) = ctx.saved_tensors
+        n = grad.shape[0]
+        g = grad.reshape(n, -1)[:, pos.reshape(-1)].view(n, ctx.p, -1).sum(-1)
+        return g, None, None
+
+
+def _band_indices(o: int, c: int, kh: int, kw: int, w_in: int, w_out: int, stride: int) -> tuple[Tensor, Tensor]:
+    """Index maps between a kernel ``[O, C, kh, kw]`` and its row-Toeplitz matrix ``[kh*C*W_in, O*W_out]``.
+
+    Returns ``idx`` (``[K, J]``: flat kernel index of every matrix entry, ``O*C*kh*kw`` for structural zeros) and
+    ``pos`` (``[P, W_out]``: flat matrix positions of every kernel entry).
+    """
+    oo, cc, yy, xx, ww = torch.meshgrid(
+        torch.arange(o), torch.arange(c), torch.arange(kh), torch.arange(kw), torch.arange(w_out), indexing="ij")
+    row = (yy * c + cc) * w_in + ww * stride + xx
+    col = oo * w_out + ww
+    n_cols = o * w_out
+    pos = (row * n_cols + col).reshape(o * c * kh * kw, w_out)
+    idx = torch.full((kh * c * w_in * n_cols,), o * c * kh * kw, dtype=torch.long)
+    idx[pos.reshape(-1)] = torch.arange(o * c * kh * kw).repeat_interleave(w_out)
+    return idx.view(kh * c * w_in, n_cols), pos
+
+
 class PopConv2d(nn.Module):
-    """N independent ``nn.Conv2d`` layers as one grouped convolution on ``[B, N*C_in, H, W]``.
+    """N independent ``nn.Conv2d`` layers on ``[B, N*C_in, H, W]``.
+
+    Two formulations compute the same function:
+
+    - ``"grouped"``: one grouped convolution with ``N*groups`` groups (used on accelerators and for large layers);
+    - ``"rowconv"``: on CPU, small-channel convolutions (the Model Zoos CNNs) are lowered to one batched matrix
+      product per model: the input is unfolded along rows only (``kh`` times the input, not ``kh*kw`` times as in
+      im2col) and multiplied by a banded (row-Toeplitz) matrix built from the kernel. This trades some extra FLOPs
+      for large, well-shaped GEMMs, which oneDNN's small-channel convolution kernels do not reach.
 
     Args:
-        layers: the N source convolutions (same configuration, ``groups`` of the source layers is kept).
+        layers: the N source convolutions (same configuration).
+        strategy: ``"auto"``, ``"grouped"`` or ``"rowconv"``.
     """
 
-    def __init__(self, layers: list[nn.Conv2d]):
+    max_band_entries = 1 << 18
+
+    def __init__(self, layers: list[nn.Conv2d], strategy: str = "auto"):
         super().__init__()
         m = layers[0]
         if m.padding_mode != "zeros":
             raise ValueError(f"population training supports padding_mode='zeros' only, got {m.padding_mode!r}")
+        if strategy not in ("auto", "grouped", "rowconv"):
+            raise ValueError(f"unknown convolution strategy {strategy!r}")
         self.n = len(layers)
         self.stride, self.padding, self.dilation = m.stride, m.padding, m.dilation
         self.groups = m.groups
+        self.strategy = strategy
         self.weight = nn.Parameter(_stack([c.weight for c in layers]))  # [N, Cout, Cin/g, k, k]
         self.bias = nn.Parameter(_stack([c.bias for c in layers])) if m.bias is not None else None
+        self._bands: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+
+    def _use_rowconv(self, x: Tensor) -> bool:
+        if self.strategy == "grouped":
+            return False
+        ok = (self.groups == 1 and self.dilation == (1, 1) and isinstance(self.padding, tuple))
+        if self.strategy == "rowconv":
+            if not ok:
+                raise ValueError("the rowconv strategy needs groups=1, dilation=1 and numeric padding")
+            return True
+        if not ok or x.device.type != "cpu":
+            return False
+        o, c, kh, kw = self.weight.shape[1:]
+        w_in = x.shape[-1] + 2 * self.padding[1]
+        w_out = (w_in - kw) // self.stride[1] + 1
+        return kh * c * w_in * o * w_out <= self.max_band_entries and c * kw <= 64
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.reshape(-1, *self.weight.shape[2:])
-        b = self.bias.reshape(-1) if self.bias is not None else None
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * self.n)
+        if not self._use_rowconv(x):
+            w = self.weight.reshape(-1, *self.weight.shape[2:])
+            b = self.bias.reshape(-1) if self.bias is not None else None
+            return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * self.n)
+        n, (o, c, kh, kw) = self.n, self.weight.shape[1:]
+        ph, pw = self.padding
+        sh, sw = self.stride
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        b, _, h, w_in = x.shape
+        h_out, w_out = (h - kh) // sh + 1, (w_in - kw) // sw + 1
+        key = (w_in, str(x.device))
+        if key not in self._bands:
+            idx, pos = _band_indices(o, c, kh, kw, w_in, w_out, sw)
+            self._bands[key] = (idx.to(x.device), pos.to(x.device))
+        idx, pos = self._bands[key]
+        band = _BandMatrix.apply(self.weight.reshape(n, -1), idx, pos)  # [N, kh*C*W_in, O*W_out]
+        rows = x.view(b, n, c, h, w_in).unfold(3, kh, sh)  # [B, N, C, H_out, W_in, kh]
+        rows = rows.permute(1, 0, 3, 5, 2, 4).reshape(n, b * h_out, kh * c * w_in)
+        y = torch.bmm(rows, band).view(n, b, h_out, o, w_out)
+        if self.bias is not None:
+            y = y + self.bias.view(n, 1, 1, o, 1)
+        return y.permute(1, 0, 3, 2, 4).reshape(b, n * o, h_out, w_out)
 
 
 class PopBatchNorm(nn.Module):

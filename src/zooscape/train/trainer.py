@@ -165,6 +165,7 @@ def evaluate_population(pop: Population, x: Tensor, y: Tensor, task: str, batch_
     was = pop.training
     pop.eval()
     n = x.shape[0]
+    batch_size = max(1, min(batch_size, (1 << 13) // pop.size))  # bound the population batch (b * N rows)
     loss_sum = torch.zeros(pop.size, dtype=torch.float64, device=x.device)
     correct = torch.zeros(pop.size, dtype=torch.float64, device=x.device)
     for i in range(0, n, batch_size):

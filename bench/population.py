@@ -1,0 +1,105 @@
+"""Population training vs one model at a time: ms per model-epoch and the speed-up.
+
+For each model family and population size N the script trains, in one run:
+
+- ``population``: N models together with :func:`zooscape.train.train_population`;
+- ``one-at-a-time (ours)``: populations of one, one after another (the same code path, N = 1);
+- ``one-at-a-time (plain torch)``: :func:`zooscape.train.train_sequential`, an ordinary nn.Module + torch.optim
+  loop (how the reference code bases train: one model per trial).
+
+Every variant does the same work per model-epoch (training steps plus evaluation of train/val/test). The
+one-at-a-time baselines train ``--baseline-models`` models and report the mean per model.
+
+Usage:
+    python bench/population.py                 # full run (MLP and CNN-s, N in 16, 64)
+    python bench/population.py --quick         # a smoke run
+    python bench/population.py --threads 2 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from zooscape.data import load_dataset
+from zooscape.models import create_model
+from zooscape.train import Member, TrainConfig, resolve_device, train_population, train_sequential
+
+CASES = {
+    "mlp": dict(data=dict(name="digits"), model=dict(name="mlp", input_size=64, depth=2, width=32),
+                train=dict(optimizer="adam", lr=1e-3, batch_size=32)),
+    "cnn_s": dict(data=dict(name="digits", resize=28), model=dict(name="cnn_s", in_channels=1),
+                  train=dict(optimizer="adam", lr=1e-3, batch_size=32)),
+}
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def run_case(name: str, sizes: list[int], epochs: int, baseline_models: int, device: str) -> list[dict]:
+    case = CASES[name]
+    dcfg = dict(case["data"])
+    data = load_dataset(dcfg.pop("name"), **dcfg)
+    cfg = TrainConfig(epochs=epochs, **case["train"])
+    mk = dict(case["model"])
+    mname = mk.pop("name")
+    rows = []
+    for n in sizes:
+        models = [create_model(mname, seed=s, **mk) for s in range(n)]
+        members = [Member(seed=s) for s in range(n)]
+        warm = TrainConfig(epochs=1, **case["train"])  # first calls pay one-off costs (imports, allocator)
+        train_population(models[:2], data, warm, members[:2], device=device)
+        train_sequential(models[0], data, warm, members[0], device=device)
+        t_pop = _time(lambda: train_population(models, data, cfg, members, device=device))
+        k = min(n, baseline_models)
+        t_one = _time(lambda: [train_population([models[i]], data, cfg, [members[i]], device=device) for i in range(k)])
+        t_seq = _time(lambda: [train_sequential(models[i], data, cfg, members[i], device=device) for i in range(k)])
+        per = lambda t, m: 1000.0 * t / (m * epochs)  # noqa: E731
+        row = dict(model=name, N=n, population=per(t_pop, n), ours_one=per(t_one, k), torch_one=per(t_seq, k))
+        row["speedup_vs_torch"] = row["torch_one"] / row["population"]
+        row["speedup_vs_ours"] = row["ours_one"] / row["population"]
+        rows.append(row)
+        print(f"{name:6s} N={n:3d}  population {row['population']:8.2f} ms/model-epoch | one at a time: ours "
+              f"{row['ours_one']:8.2f}, plain torch {row['torch_one']:8.2f} | speed-up x{row['speedup_vs_torch']:.1f} "
+              f"(vs plain torch), x{row['speedup_vs_ours']:.1f} (vs population of one)", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--sizes", nargs="+", type=int, default=[16, 64])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--baseline-models", type=int, default=4, help="models trained one at a time per baseline")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.epochs, args.baseline_models = [4], 1, 1
+    torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    desc = torch.cuda.get_device_name() if dev.type == "cuda" else f"{platform.processor() or platform.machine()}"
+    print(f"# torch {torch.__version__}, device {dev} ({desc}), threads {torch.get_num_threads()}, "
+          f"epochs {args.epochs}")
+    rows = []
+    for name in args.models:
+        rows += run_case(name, args.sizes, args.epochs, args.baseline_models, str(dev))
+    print("\n| model | N | population ms/model-epoch | one at a time (plain torch) | one at a time (ours, N=1) | "
+          "speed-up vs plain torch | vs ours N=1 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['N']} | {r['population']:.2f} | {r['torch_one']:.2f} | {r['ours_one']:.2f} | "
+              f"{r['speedup_vs_torch']:.1f}x | {r['speedup_vs_ours']:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
