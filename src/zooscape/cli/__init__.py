@@ -1,1 +1,85 @@
-"""zooscape.cli."""
+"""The ``zooscape`` command line.
+
+Commands are grouped (``zooscape zoo train ...``). A group is a module ``zooscape.cli.<group>`` exposing
+``add_parser(subparsers)``, which adds its parser to ``subparsers`` and sets ``func`` (a callable taking the
+parsed ``argparse.Namespace`` and returning an exit code) on every leaf command with ``set_defaults(func=...)``.
+To add a group, write the module and append its name to :data:`COMMAND_GROUPS`. Group modules should import
+heavy libraries (torch, pandas) inside their command functions, so that ``--help`` stays fast.
+
+Exit codes: 0 success, 1 runtime/user error (message on stderr), 2 invalid spec or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from zooscape import __version__
+
+__all__ = ["COMMAND_GROUPS", "build_parser", "main"]
+
+#: Modules that contribute command groups (each exposes ``add_parser(subparsers)``).
+COMMAND_GROUPS: list[str] = [
+    "zooscape.cli.zoo",
+]
+
+#: Exceptions reported as ``error: <message>`` with exit code 1 (anything else is a bug: full traceback).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    KeyError,
+    ValueError,
+    RuntimeError,
+    PermissionError,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``zooscape`` parser with every group of :data:`COMMAND_GROUPS`.
+
+    Returns:
+        argparse.ArgumentParser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="zooscape",
+        description="Generate, store and analyse model zoos (populations of neural networks).",
+    )
+    parser.add_argument("--version", action="version", version=f"zooscape {__version__}")
+    subparsers = parser.add_subparsers(title="command groups", metavar="GROUP")
+    for name in COMMAND_GROUPS:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zooscape`` command.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        exit code (0 ok, 1 error, 2 invalid spec/usage).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        # a group without a command: show that group's help (or the top-level help)
+        getattr(args, "_group_parser", parser).print_help(sys.stderr)
+        return 2
+    from zooscape.zoo.spec import SpecError
+
+    try:
+        return int(func(args) or 0)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 1

@@ -1,0 +1,151 @@
+"""``zooscape zoo ...``: validate, train, summarise and plot zoos (see ``docs/cli.md``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_parser"]
+
+DEFAULT_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss", "val_acc")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``zoo`` command group.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
+
+    Returns:
+        the group's parser.
+    """
+    p = subparsers.add_parser("zoo", help="generate and inspect model zoos",
+                              description="Generate and inspect model zoos.")
+    p.set_defaults(_group_parser=p)
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train (or resume) the zoo of a spec",
+                       description="Train the zoo of a TOML spec into DIR. Re-running the same command resumes an "
+                                   "interrupted run; finished models are skipped.")
+    t.add_argument("spec", metavar="SPEC", help="TOML spec file")
+    t.add_argument("--out", required=True, metavar="DIR", help="zoo directory (created)")
+    t.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1: in-process)")
+    t.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default auto)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("validate", help="check a spec and show its expansion (writes nothing)",
+                       description="Validate a spec fully (builds each distinct model and data set once) and print "
+                                   "the number of models, groups and model-epochs.")
+    v.add_argument("spec", metavar="SPEC", help="TOML spec file")
+    v.set_defaults(func=cmd_validate)
+
+    i = sub.add_parser("info", help="summary of a zoo directory",
+                       description="Counts by status, grid axes and final-epoch metrics per grid cell "
+                                   "(mean and std over seeds).")
+    i.add_argument("dir", metavar="DIR", help="zoo directory")
+    i.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help=f"comma-separated metrics to summarise (default {','.join(DEFAULT_METRICS)})")
+    i.add_argument("--epoch", type=int, default=None, help="epoch to summarise (default: each model's last)")
+    i.set_defaults(func=cmd_info)
+
+    pl = sub.add_parser("plot", help="heatmap of a metric over two grid axes",
+                        description="Heatmap of METRIC over the grid axes X and Y (mean over seeds and all other "
+                                    "axes), values annotated. Keys are table columns, e.g. training.lr, "
+                                    "model.width, training.batch_size, temperature, load.")
+    pl.add_argument("dir", metavar="DIR", help="zoo directory")
+    pl.add_argument("--x", required=True, metavar="KEY", help="column for the horizontal axis")
+    pl.add_argument("--y", required=True, metavar="KEY", help="column for the vertical axis")
+    pl.add_argument("--metric", default="test_acc", help="metric column (default test_acc)")
+    pl.add_argument("--epoch", type=int, default=None, help="epoch (default: each model's last)")
+    pl.add_argument("--out", default=None, metavar="PNG",
+                    help="output file (default DIR/plots/<metric>_<y>_vs_<x>.png)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``zooscape zoo train``."""
+    from zooscape.zoo import train_zoo
+
+    zoo = train_zoo(args.spec, args.out, workers=args.workers, device=args.device, progress=not args.no_progress)
+    counts = zoo.status_counts()
+    print(f"{zoo.path}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``zooscape zoo validate``."""
+    from zooscape.zoo import load_spec, plan_zoo
+
+    plan = plan_zoo(load_spec(args.spec))
+    spec = plan.spec
+    print(f"{args.spec}: zoo {spec.name!r} is valid")
+    print(f"  models: {len(plan.configs)}  groups: {len(plan.groups)}  model-epochs: {plan.n_model_epochs}")
+    for key, values in spec.grid.items():
+        print(f"  grid {key}: {list(values)}")
+    params = sorted({c['derived']['n_params'] for c in plan.configs})
+    print(f"  parameters per model: {params[0]}" + (f" .. {params[-1]}" if len(params) > 1 else ""))
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``zooscape zoo info``."""
+    import pandas as pd
+
+    from zooscape.zoo import open as open_zoo
+    from zooscape.zoo.summary import at_epoch, cell_axes, cell_summary
+
+    with open_zoo(args.dir) as zoo:
+        spec = zoo.spec
+        counts = zoo.status_counts()
+        print(f"zoo {spec.name!r} at {zoo.path}")
+        if spec.description:
+            print(f"  {spec.description}")
+        print(f"models: {sum(counts.values())}  (" + ", ".join(f"{s}: {n}" for s, n in counts.items()) + ")")
+        print("grid:")
+        for key, values in spec.grid.items():
+            print(f"  {key}: {', '.join(_fmt(v) for v in values)}")
+        table = zoo.table()
+        if table.empty:
+            print("no metrics recorded yet")
+            return 0
+        rows = at_epoch(table, args.epoch)
+        if rows.empty:
+            print(f"no model has metrics at epoch {args.epoch}")
+            return 0
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        summary = cell_summary(rows, cell_axes(list(spec.grid)), metrics)
+        which = "final epoch" if args.epoch is None else f"epoch {args.epoch}"
+        print(f"{which} metrics per grid cell (mean and std over seeds):")
+        with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_rows", 500):
+            print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``zooscape zoo plot``."""
+    from pathlib import Path
+
+    from zooscape.zoo import open as open_zoo
+    from zooscape.zoo.plot import save_heatmap
+    from zooscape.zoo.summary import at_epoch, heatmap_matrix
+
+    with open_zoo(args.dir) as zoo:
+        rows = at_epoch(zoo.table(), args.epoch)
+        if rows.empty:
+            at = "" if args.epoch is None else f" at epoch {args.epoch}"
+            raise ValueError(f"no metrics in zoo {args.dir}{at}")
+        xs, ys, means, _ = heatmap_matrix(rows, args.x, args.y, args.metric)
+        safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+        out = Path(args.out) if args.out else Path(args.dir) / "plots" / (
+            f"{safe(args.metric)}_{safe(args.y)}_vs_{safe(args.x)}.png")
+        which = "final epoch" if args.epoch is None else f"epoch {args.epoch}"
+        save_heatmap(out, xs, ys, means, args.x, args.y, title=f"{zoo.spec.name}: {args.metric} ({which}, mean)")
+    print(out, file=sys.stdout)
+    return 0

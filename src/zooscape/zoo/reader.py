@@ -1,0 +1,340 @@
+"""Read a zoo directory: tables of configs and metrics, model weights, data sets.
+
+>>> import zooscape.zoo
+>>> zoo = zooscape.zoo.open("runs/quickstart")          # doctest: +SKIP
+>>> df = zoo.table()                                    # one row per (model, epoch)   # doctest: +SKIP
+>>> model = zoo.load_model(zoo.model_ids[0], epoch=5)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from zooscape.zoo.build import build_model, load_data
+from zooscape.zoo.catalog import Catalog
+from zooscape.zoo.grid import canonical_json
+from zooscape.zoo.shards import read_model
+from zooscape.zoo.spec import ZooSpec, load_spec
+from zooscape.zoo.store import ZooStore, is_zoo
+
+__all__ = ["Zoo", "open_zoo", "flatten_config"]
+
+#: Columns of :meth:`Zoo.configs` besides the flattened config.
+MODEL_COLUMNS = ("model_id", "group_id", "status", "reason", "n_params", "temperature", "load")
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts with dotted keys (``{"model": {"width": 8}}`` -> ``{"model.width": 8}``).
+
+    Lists are kept as values (lists of scalars become tuples, so that they can be grouped on).
+
+    Args:
+        config: nested dict.
+        prefix: key prefix.
+
+    Returns:
+        flat dict.
+    """
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_config(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = tuple(v) if all(not isinstance(x, list | dict) for x in v) else json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def open_zoo(path: str | Path) -> Zoo:
+    """Open a zoo directory for reading.
+
+    Args:
+        path: directory created by :func:`zooscape.zoo.train_zoo`.
+
+    Returns:
+        Zoo.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a zoo directory.
+    """
+    path = Path(path)
+    if not is_zoo(path):
+        raise FileNotFoundError(f"{path} is not a zoo directory (no catalog.sqlite)")
+    return Zoo(path)
+
+
+class Zoo:
+    """A zoo on disk (read-only view; safe to use while a driver is still training into it).
+
+    Args:
+        path: zoo directory.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.store = ZooStore(self.path)
+        self._catalog = Catalog(self.store.catalog_path, readonly=True)
+        self._models_cache: dict[str, nn.Module] = {}
+
+    def __repr__(self) -> str:
+        return f"Zoo({str(self.path)!r}, models={len(self.model_ids)})"
+
+    def close(self) -> None:
+        """Close the catalog connection."""
+        self._catalog.close()
+
+    def __enter__(self) -> Zoo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The read-only :class:`~zooscape.zoo.catalog.Catalog`."""
+        return self._catalog
+
+    # ------------------------------------------------------------------------------------------- configs
+
+    @cached_property
+    def spec(self) -> ZooSpec:
+        """The spec the zoo was created from (parsed from ``spec.toml``)."""
+        return load_spec(self.store.spec_path)
+
+    @property
+    def model_ids(self) -> list[str]:
+        """All model ids, sorted."""
+        return [r[0] for r in self._catalog.query("SELECT model_id FROM models ORDER BY model_id")]
+
+    def config(self, model_id: str) -> dict[str, Any]:
+        """Nested config of one model (``dataset``, ``model``, ``training``, ``derived``).
+
+        Args:
+            model_id: the model.
+
+        Returns:
+            dict.
+
+        Raises:
+            KeyError: unknown model id.
+        """
+        rows = self._catalog.query("SELECT config FROM models WHERE model_id = ?", (model_id,))
+        if not rows:
+            raise KeyError(f"unknown model_id {model_id!r} in zoo {self.path} ({len(self.model_ids)} models)")
+        return json.loads(rows[0][0])
+
+    def configs(self) -> pd.DataFrame:
+        """One row per model: id, group, status, reason, n_params, temperature, load, the flattened config
+        (``"model.width"``, ``"training.lr"``, ``"dataset.train_fraction"``, ...) and the derived ``width``,
+        ``train_fraction`` (default 1.0 filled in) and ``n_train``.
+
+        Returns:
+            DataFrame indexed 0..n-1, sorted by model_id.
+        """
+        rows = self._catalog.query(
+            "SELECT model_id, group_id, status, reason, n_params, temperature, load, config FROM models"
+            " ORDER BY model_id"
+        )
+        records = []
+        for *head, config in rows:
+            rec = dict(zip(MODEL_COLUMNS, head))
+            cfg = json.loads(config)
+            derived = cfg.pop("derived", {})
+            rec.update(flatten_config(cfg))
+            for k in ("width", "train_fraction", "n_train"):
+                rec[k] = derived.get(k)
+            records.append(rec)
+        return pd.DataFrame.from_records(records, columns=None if records else list(MODEL_COLUMNS))
+
+    # ------------------------------------------------------------------------------------------- metrics
+
+    def metrics(self) -> pd.DataFrame:
+        """Metrics in long format.
+
+        Returns:
+            DataFrame with columns model_id, epoch, name, value.
+        """
+        rows = self._catalog.query("SELECT model_id, epoch, name, value FROM metrics ORDER BY model_id, epoch")
+        return pd.DataFrame(rows, columns=["model_id", "epoch", "name", "value"]).astype({"value": "float64"})
+
+    def table(self) -> pd.DataFrame:
+        """One row per (model, recorded epoch): flattened config columns, status, temperature, load and one column
+        per metric (train_loss, test_acc, ...).
+
+        Returns:
+            DataFrame sorted by model_id and epoch.
+        """
+        configs = self.configs()
+        long = self.metrics()
+        if long.empty:
+            wide = pd.DataFrame(columns=["model_id", "epoch"])
+        else:
+            wide = long.pivot_table(index=["model_id", "epoch"], columns="name", values="value", aggfunc="first",
+                                    dropna=False)
+            wide.columns.name = None
+            wide = wide.reset_index()
+        out = configs.merge(wide, on="model_id", how="inner")
+        cols = ["model_id", "epoch"] + [c for c in out.columns if c not in ("model_id", "epoch")]
+        return out[cols].sort_values(["model_id", "epoch"]).reset_index(drop=True)
+
+    def analyses(self, metric: str | None = None) -> pd.DataFrame:
+        """Analysis results stored in the catalog.
+
+        Args:
+            metric: only this metric (None: all).
+
+        Returns:
+            DataFrame with columns model_id, other_id, epoch, metric, value, params (dict), created.
+        """
+        sql = "SELECT model_id, other_id, epoch, metric, value, params, created FROM analyses"
+        args: tuple[Any, ...] = ()
+        if metric is not None:
+            sql, args = sql + " WHERE metric = ?", (metric,)
+        rows = self._catalog.query(sql + " ORDER BY id", args)
+        df = pd.DataFrame(rows, columns=["model_id", "other_id", "epoch", "metric", "value", "params", "created"])
+        df["params"] = [json.loads(p) for p in df["params"]]
+        return df
+
+    # ------------------------------------------------------------------------------------------- weights
+
+    def epochs(self, model_id: str, kind: str = "weights") -> list[int]:
+        """Checkpointed epochs of a model.
+
+        Args:
+            model_id: the model.
+            kind: ``"weights"`` or ``"optimizer"``.
+
+        Returns:
+            sorted list of epochs.
+        """
+        rows = self._catalog.query(
+            "SELECT epoch FROM checkpoints WHERE model_id = ? AND kind = ? ORDER BY epoch", (model_id, kind)
+        )
+        return [r[0] for r in rows]
+
+    def _shard(self, model_id: str, epoch: int, kind: str) -> Path:
+        self.config(model_id)  # KeyError for unknown ids
+        rows = self._catalog.query(
+            "SELECT file FROM checkpoints WHERE model_id = ? AND epoch = ? AND kind = ?", (model_id, int(epoch), kind)
+        )
+        if not rows:
+            raise KeyError(
+                f"model {model_id!r} has no {kind} checkpoint at epoch {epoch}; "
+                f"available epochs: {self.epochs(model_id, kind)}"
+            )
+        return self.path / rows[0][0]
+
+    def state_dict(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
+        """Weights (and buffers) of a model at a checkpointed epoch, read from its shard.
+
+        Args:
+            model_id: the model.
+            epoch: a checkpointed epoch.
+
+        Returns:
+            state dict of CPU tensors.
+
+        Raises:
+            KeyError: unknown model id, or no checkpoint at that epoch (the message lists the available ones).
+        """
+        return read_model(self._shard(model_id, epoch, "weights"), model_id)
+
+    def optimizer_state(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
+        """Flat optimizer state of a model at a checkpointed epoch.
+
+        Args:
+            model_id: the model.
+            epoch: a checkpointed epoch.
+
+        Returns:
+            dict of CPU tensors.
+        """
+        return read_model(self._shard(model_id, epoch, "optimizer"), model_id)
+
+    def load_model(self, model_id: str, epoch: int, device: str | torch.device = "cpu") -> nn.Module:
+        """Re-create a model with ``create_model`` and load its weights at ``epoch``.
+
+        Args:
+            model_id: the model.
+            epoch: a checkpointed epoch.
+            device: where to put the model.
+
+        Returns:
+            nn.Module in eval mode.
+
+        Raises:
+            KeyError: unknown id or epoch (the message lists the available epochs).
+        """
+        cfg = self.config(model_id)
+        state = self.state_dict(model_id, epoch)
+        model = build_model(cfg["model"], seed=int(cfg["training"].get("seed", 0)),
+                            model_args=cfg.get("derived", {}).get("model_args"))
+        model.load_state_dict(state, strict=True)
+        return model.to(device).eval()
+
+    # ------------------------------------------------------------------------------------------- data
+
+    def dataset(self, model_id: str | None = None) -> Any:
+        """The data set (``DataSplits``) a model was trained on.
+
+        Args:
+            model_id: the model; may be omitted when every model of the zoo uses the same data set.
+
+        Returns:
+            DataSplits.
+
+        Raises:
+            ValueError: ``model_id`` omitted but the zoo's models use different data sets.
+        """
+        if model_id is not None:
+            return load_data(self.config(model_id)["dataset"])
+        distinct = {}
+        for (config,) in self._catalog.query("SELECT config FROM models"):
+            ds = json.loads(config)["dataset"]
+            distinct[canonical_json(ds)] = ds
+        if len(distinct) != 1:
+            raise ValueError(
+                f"the models of zoo {self.path} use {len(distinct)} different data sets; pass model_id"
+            )
+        return load_data(next(iter(distinct.values())))
+
+    def status_counts(self) -> dict[str, int]:
+        """Number of models per status.
+
+        Returns:
+            dict status -> count.
+        """
+        return dict(self._catalog.query("SELECT status, COUNT(*) FROM models GROUP BY status ORDER BY status"))
+
+    def grid_axes(self) -> dict[str, list[Any]]:
+        """The grid of the spec: dotted key -> values.
+
+        Returns:
+            dict.
+        """
+        return {k: list(v) for k, v in self.spec.grid.items()}
+
+    def select(self, model_ids: Sequence[str]) -> pd.DataFrame:
+        """Rows of :meth:`configs` for the given ids (in that order).
+
+        Args:
+            model_ids: ids.
+
+        Returns:
+            DataFrame.
+        """
+        df = self.configs().set_index("model_id")
+        missing = [m for m in model_ids if m not in df.index]
+        if missing:
+            raise KeyError(f"unknown model ids {missing}")
+        return df.loc[list(model_ids)].reset_index()

@@ -1,0 +1,211 @@
+"""The zoo driver: spec -> validated plan -> store -> engine -> catalog.
+
+The driver is the only writer of the catalog. Training tasks (:func:`zooscape.zoo.task.run_group`) run on an
+engine, write their own checkpoint and resume files and send catalog rows back as events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zooscape.zoo.build import build_model, build_train_config, count_parameters, data_model_args, load_data
+from zooscape.zoo.catalog import FINISHED
+from zooscape.zoo.engine import Engine, get_engine
+from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_configs, resolve_sizes
+from zooscape.zoo.spec import SpecError, ZooSpec, load_spec
+from zooscape.zoo.store import ZooExistsError, ZooStore, is_zoo
+from zooscape.zoo.task import GroupTask, run_group
+
+__all__ = ["ZooPlan", "plan_zoo", "train_zoo"]
+
+log = logging.getLogger("zooscape.zoo")
+
+
+@dataclass
+class ZooPlan:
+    """A fully validated zoo: spec, model configs (with sizes) and groups.
+
+    Args:
+        spec: the spec.
+        configs: model configs from :func:`zooscape.zoo.grid.expand_spec` with ``derived`` sizes filled.
+        groups: training populations.
+    """
+
+    spec: ZooSpec
+    configs: list[dict[str, Any]]
+    groups: list[Group]
+
+    @property
+    def n_model_epochs(self) -> int:
+        """Total number of (model, training epoch) pairs."""
+        return sum(int(c["training"].get("epochs", 0)) for c in self.configs)
+
+
+def _count_params(model_section: dict[str, Any], model_args: dict[str, Any]) -> int:
+    return count_parameters(build_model(model_section, seed=0, model_args=model_args))
+
+
+def _describe_data(dataset_section: dict[str, Any]) -> dict[str, Any]:
+    data = load_data(dataset_section)
+    return {"n_train": int(len(data.train_y)), "model_args": data_model_args(data)}
+
+
+def plan_zoo(
+    spec: ZooSpec,
+    describe_data: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    count_params: Callable[[dict[str, Any], dict[str, Any]], int] | None = None,
+) -> ZooPlan:
+    """Expand and fully validate a spec without writing anything (builds each distinct model and data set once).
+
+    Args:
+        spec: validated spec.
+        describe_data: dataset section -> ``{"n_train", "model_args"}`` (default: load the data set).
+        count_params: (model section, model_args) -> parameter count (default: build the model).
+
+    Returns:
+        ZooPlan.
+
+    Raises:
+        SpecError: a model, data set or TrainConfig cannot be built.
+    """
+    configs = expand_spec(spec)
+    seen: set[str] = set()
+    for cfg in configs:
+        key = canonical_json(cfg["training"])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            build_train_config(cfg["training"])
+        except Exception as exc:  # TrainConfig's own validation
+            raise SpecError(spec.path, "[training]", f"invalid TrainConfig {key}: {exc}") from exc
+    resolve_sizes(configs, describe_data or _describe_data, count_params or _count_params, spec.path)
+    groups = group_configs(configs, spec.max_population)
+    return ZooPlan(spec=spec, configs=configs, groups=groups)
+
+
+def _check_out_dir(out_dir: Path, spec: ZooSpec) -> None:
+    """Refuse early (before taking the lock, which creates files) when out_dir cannot hold this zoo."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ZooExistsError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and not is_zoo(out_dir) and any(p.name != ".lock" for p in out_dir.iterdir()):
+        raise ZooExistsError(f"{out_dir} is not empty and is not a zoo directory")
+
+
+class _Driver:
+    """Handles engine events and results: the single writer of the catalog."""
+
+    def __init__(self, store: ZooStore, catalog: Any, bar: Any, epochs_of: dict[str, int]) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.bar = bar
+        self.epochs_of = epochs_of  # group -> epochs
+        self.counted: dict[str, int] = {}
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "start":
+            self.catalog.set_status(event["model_ids"], "running")
+        elif kind == "rows":
+            self.catalog.record(event["metrics"], event["checkpoints"], event["statuses"])
+            gid = event["group_id"]
+            self.counted[gid] = self.counted.get(gid, 0) + event["model_epochs"]
+            self.bar.update(event["model_epochs"])
+        else:
+            raise ValueError(f"unknown engine event type {kind!r}")
+
+    def on_result(self, result: dict[str, Any], n_members: int) -> None:
+        gid = result["group_id"]
+        statuses = result["statuses"]
+        self.catalog.record(statuses=statuses)
+        self.store.delete_resume(gid)
+        remaining = n_members * self.epochs_of[gid] - self.counted.get(gid, 0)
+        if remaining > 0:  # failed / stopped members end early
+            self.bar.update(remaining)
+        for mid, (status, reason) in statuses.items():
+            if status == "failed":
+                log.warning("model %s failed: %s", mid, reason)
+
+
+def train_zoo(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    engine: str | Engine = "local",
+    workers: int = 1,
+    device: str = "auto",
+    progress: bool = True,
+) -> Any:
+    """Train (or finish training) the zoo of a spec into ``out_dir``.
+
+    Validates the spec completely before writing anything, creates the store (or checks that ``out_dir`` holds a
+    zoo of the same spec), skips finished models (done, failed, stopped), resumes partially trained groups from
+    their resume files and trains the rest.
+
+    Args:
+        spec_path: TOML spec.
+        out_dir: zoo directory (created).
+        engine: ``"local"`` or an :class:`~zooscape.zoo.engine.Engine`.
+        workers: worker processes of the local engine.
+        device: torch device passed to the trainer ("auto", "cpu", "cuda:0", ...).
+        progress: show a tqdm bar over model-epochs (stderr).
+
+    Returns:
+        the trained :class:`zooscape.zoo.reader.Zoo`.
+
+    Raises:
+        SpecError: invalid spec (nothing written).
+        ZooExistsError: ``out_dir`` holds another zoo or other files.
+        RuntimeError: another process is training into ``out_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    from zooscape.zoo.reader import open_zoo
+
+    spec_path = Path(spec_path)
+    out_dir = Path(out_dir)
+    spec = load_spec(spec_path)
+    plan = plan_zoo(spec)
+    eng = get_engine(engine, workers)
+    _check_out_dir(out_dir, spec)
+    spec_text = spec_path.read_text(encoding="utf-8")
+
+    store = ZooStore(out_dir)
+    with store.lock():
+        catalog = store.create_or_check(spec_text, spec.fingerprint())
+        try:
+            catalog.add_models(plan.configs)
+            store.remove_temp_files()
+            statuses = catalog.statuses()
+            by_id = {c["model_id"]: c for c in plan.configs}
+            tasks, epochs_of = [], {}
+            for group in plan.groups:
+                if all(statuses.get(m) in FINISHED for m in group.model_ids):
+                    store.delete_resume(group.group_id)  # stale file of a group recorded as finished
+                    continue
+                cfgs = [{k: by_id[m][k] for k in ("dataset", "model", "training", "derived")} for m in group.model_ids]
+                epochs = int(cfgs[0]["training"]["epochs"])
+                epochs_of[group.group_id] = epochs
+                tasks.append(
+                    GroupTask(
+                        root=str(out_dir),
+                        group_id=group.group_id,
+                        model_ids=list(group.model_ids),
+                        configs=cfgs,
+                        checkpoint_epochs=list(checkpoint_epochs(spec.checkpoint_epochs, epochs)),
+                        save_optimizer=spec.save_optimizer,
+                        device=device,
+                    )
+                )
+            total = sum(len(t.model_ids) * epochs_of[t.group_id] for t in tasks)
+            sizes = {t.group_id: len(t.model_ids) for t in tasks}
+            with tqdm(total=total, unit="model-epoch", disable=not progress, desc=spec.name) as bar:
+                driver = _Driver(store, catalog, bar, epochs_of)
+                for result in eng.map(run_group, tasks, on_event=driver.on_event, ordered=False):
+                    driver.on_result(result, sizes[result["group_id"]])
+        finally:
+            catalog.close()
+    return open_zoo(out_dir)

@@ -1,0 +1,157 @@
+"""The training task of one group: runs where the engine puts it (driver or worker process).
+
+It builds the population, resumes from the group's resume file if there is one, trains with
+``zooscape.train.train_population`` and, after every epoch, in this order:
+
+1. writes the checkpoint shards of the epoch (weights, optimizer states) — atomic files;
+2. emits the epoch's catalog rows to the driver (:func:`zooscape.zoo.engine.emit`), which commits them;
+3. overwrites the resume file (PopulationState + the full :class:`GroupRecorder` history) atomically.
+
+If the process dies between 2 and 3 the epoch is simply trained again (same result, rows upserted); if the
+driver had not yet committed the rows of an epoch whose resume file exists (worker processes), they are
+replayed from the resume file's history when the group restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from zooscape.zoo.build import build_member, build_model, build_train_config, load_data
+from zooscape.zoo.engine import emit
+from zooscape.zoo.recorder import GroupRecorder
+from zooscape.zoo.shards import read_tensors, write_tensors
+from zooscape.zoo.store import ZooStore
+
+__all__ = ["GroupTask", "run_group", "read_resume"]
+
+
+@dataclass
+class GroupTask:
+    """Everything a worker needs to train one group (picklable).
+
+    Args:
+        root: zoo directory.
+        group_id: group.
+        model_ids: members in population order.
+        configs: one nested config (``dataset``/``model``/``training``/``derived``) per member.
+        checkpoint_epochs: epochs to checkpoint.
+        save_optimizer: also write optimizer-state shards.
+        device: torch device for training ("auto" lets the trainer choose).
+    """
+
+    root: str
+    group_id: str
+    model_ids: list[str]
+    configs: list[dict[str, Any]]
+    checkpoint_epochs: list[int]
+    save_optimizer: bool = True
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_resume(store: ZooStore, group_id: str) -> tuple[Any, GroupRecorder] | None:
+    """Read a group's resume file.
+
+    Args:
+        store: the zoo store.
+        group_id: group.
+
+    Returns:
+        (PopulationState, GroupRecorder), or None when the group has no resume file.
+    """
+    from safetensors import safe_open
+
+    from zooscape.train import PopulationState
+
+    path = store.resume_path(group_id)
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = dict(fh.metadata() or {})
+    tensors = read_tensors(path)
+    recorder = GroupRecorder.from_tensors(tensors, metadata)
+    state_tensors = {k[len("state/") :]: v for k, v in tensors.items() if k.startswith("state/")}
+    state = PopulationState.from_tensors(state_tensors, json.loads(metadata["state_meta"]))
+    return state, recorder
+
+
+def _write_resume(store: ZooStore, task: GroupTask, state: Any, recorder: GroupRecorder) -> None:
+    state_tensors, state_meta = state.to_tensors()
+    hist_tensors, hist_meta = recorder.to_tensors()
+    tensors = {f"state/{k}": v for k, v in state_tensors.items()}
+    tensors.update(hist_tensors)
+    meta = {
+        "format": "zooscape-resume",
+        "version": "1",
+        "group_id": task.group_id,
+        "epoch": str(recorder.last_epoch),
+        "state_meta": json.dumps(state_meta),
+        **hist_meta,
+    }
+    path = store.resume_path(task.group_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tensors(path, tensors, meta)
+
+
+def _select(items: Sequence[Any], members: Sequence[int], ids: Sequence[str]) -> dict[str, Any]:
+    return {ids[i]: items[i] for i in members}
+
+
+def run_group(task: GroupTask) -> dict[str, Any]:
+    """Train (or resume) one group; see the module docstring for the write order.
+
+    Args:
+        task: the group.
+
+    Returns:
+        dict ``{"type": "done", "group_id", "statuses": {model_id: (status, reason)}}``.
+    """
+    from zooscape.train import train_population
+
+    store = ZooStore(task.root)
+    first = task.configs[0]
+    data = load_data(first["dataset"])
+    train_cfg = build_train_config(first["training"])
+    members = [build_member(c["training"]) for c in task.configs]
+    models = [
+        build_model(c["model"], seed=m.seed, model_args=c.get("derived", {}).get("model_args"))
+        for c, m in zip(task.configs, members)
+    ]
+
+    resumed = read_resume(store, task.group_id)
+    if resumed is None:
+        state, recorder = None, GroupRecorder(task.group_id, task.model_ids, task.checkpoint_epochs)
+        emit({"type": "start", "group_id": task.group_id, "model_ids": list(task.model_ids)})
+    else:
+        state, recorder = resumed
+        if recorder.model_ids != list(task.model_ids):
+            raise ValueError(
+                f"resume file of group {task.group_id} lists models {recorder.model_ids}, expected {task.model_ids}"
+            )
+        emit(recorder.rows())  # replay: idempotent upserts of everything already trained
+
+    ids = task.model_ids
+
+    def callback(report: Any) -> None:
+        recorded, stopped = recorder.observe(report.epoch, report.metrics, report.status, report.reasons)
+        ckpt = recorder.checkpoint_members(report.epoch, stopped)
+        if ckpt:
+            sds = report.state_dicts()
+            rel = store.write_shard(task.group_id, report.epoch, "weights", _select(sds, ckpt, ids))
+            recorder.add_shard(report.epoch, "weights", rel, ckpt)
+            if task.save_optimizer:
+                opt = report.optimizer_states()
+                rel = store.write_shard(task.group_id, report.epoch, "optimizer", _select(opt, ckpt, ids))
+                recorder.add_shard(report.epoch, "optimizer", rel, ckpt)
+        emit(recorder.rows([report.epoch]))
+        _write_resume(store, task, report.state(), recorder)
+
+    epochs = int(train_cfg.epochs)
+    all_finished = all(s != "running" for s in recorder.status)
+    if resumed is None or (recorder.last_epoch < epochs and not all_finished):
+        train_population(models, data, train_cfg, members, device=task.device, resume=state, callback=callback,
+                         progress=False)
+    return {"type": "done", "group_id": task.group_id, "statuses": recorder.final_status()}

@@ -1,0 +1,34 @@
+"""Every shipped config in configs/ is a valid spec (full validation: data sets load, models build)."""
+
+from pathlib import Path
+
+import pytest
+
+from zooscape.zoo import load_spec, plan_zoo
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"quickstart.toml", "mzd_cnn_s_digits.toml", "phase_resnet_width_batch.toml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_validates(path):
+    plan = plan_zoo(load_spec(path))
+    assert plan.configs and plan.groups
+    assert sum(len(g.model_ids) for g in plan.groups) == len(plan.configs)
+    for cfg in plan.configs:
+        d = cfg["derived"]
+        assert d["n_params"] > 0 and d["load"] == pytest.approx(d["n_train"] / d["n_params"])
+
+
+def test_quickstart_is_small():
+    plan = plan_zoo(load_spec(next(p for p in CONFIGS if p.name == "quickstart.toml")))
+    assert len(plan.configs) == 8 and plan.n_model_epochs <= 64
+
+
+def test_mzd_cnn_s_matches_model_zoos_architecture():
+    plan = plan_zoo(load_spec(next(p for p in CONFIGS if p.name == "mzd_cnn_s_digits.toml")))
+    assert {c["derived"]["n_params"] for c in plan.configs} == {2464}  # CNN-s, 1 channel, 28x28

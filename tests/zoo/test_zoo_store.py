@@ -1,0 +1,108 @@
+"""Store: shard round trips, atomic writes, zoo creation checks, the write lock."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from zooscape.zoo import shards
+from zooscape.zoo.shards import read_metadata, read_model, read_tensors, write_tensors
+from zooscape.zoo.store import ZooExistsError, ZooStore
+
+
+def tiny(seed):
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return m
+
+
+def test_shard_roundtrip(tmp_path):
+    store = ZooStore(tmp_path)
+    models = {"aaa": tiny(0), "bbb": tiny(1)}
+    rel = store.write_shard("g1", 3, "weights", {k: m.state_dict() for k, m in models.items()})
+    assert rel == "checkpoints/g1/e000003.weights.safetensors"
+    path = tmp_path / rel
+    meta = read_metadata(path)
+    assert meta["group_id"] == "g1" and meta["epoch"] == "3" and meta["kind"] == "weights"
+    assert meta["model_ids"] == '["aaa", "bbb"]'
+    for mid, m in models.items():
+        sd = read_model(path, mid)
+        assert sd.keys() == m.state_dict().keys()
+        for k, v in m.state_dict().items():
+            assert torch.equal(sd[k], v)
+        fresh = tiny(99)
+        fresh.load_state_dict(sd)
+        x = torch.randn(5, 3)
+        assert torch.equal(fresh.eval()(x), m.eval()(x))
+    with pytest.raises(KeyError, match="ccc"):
+        read_model(path, "ccc")
+
+
+def test_shared_storage_is_written(tmp_path):
+    w = torch.randn(4, 4)
+    path = tmp_path / "x.safetensors"
+    write_tensors(path, {"a": w, "b": w, "c": w[1]}, {"n": 3})
+    got = read_tensors(path)
+    assert torch.equal(got["a"], w) and torch.equal(got["b"], w) and torch.equal(got["c"], w[1])
+    assert read_metadata(path) == {"n": "3"}
+
+
+def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "s.safetensors"
+    write_tensors(path, {"w": torch.ones(3)}, {})
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"half a file")
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(shards, "save_file", crash)
+    with pytest.raises(OSError, match="mid-write"):
+        write_tensors(path, {"w": torch.zeros(3)}, {})
+    assert torch.equal(read_tensors(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def test_create_or_check(tmp_path):
+    root = tmp_path / "zoo"
+    cat = ZooStore(root).create_or_check("spec text", "fp1")
+    cat.close()
+    assert (root / "spec.toml").read_text() == "spec text"
+    assert (root / "checkpoints").is_dir()
+    ZooStore(root).create_or_check("spec text", "fp1").close()  # same spec: fine
+    with pytest.raises(ZooExistsError, match="different spec"):
+        ZooStore(root).create_or_check("other", "fp2")
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "x.txt").write_text("mine")
+    with pytest.raises(ZooExistsError, match="not empty"):
+        ZooStore(other).create_or_check("spec", "fp")
+    assert sorted(p.name for p in other.iterdir()) == ["x.txt"]
+
+
+def test_lock_is_exclusive(tmp_path):
+    store = ZooStore(tmp_path)
+    with store.lock():
+        with pytest.raises(RuntimeError, match="another process"):
+            with ZooStore(tmp_path).lock():
+                pass
+    with store.lock():  # released
+        pass
+
+
+def test_remove_temp_files_and_resume(tmp_path):
+    store = ZooStore(tmp_path)
+    store.write_shard("g", 0, "optimizer", {"m": {"exp_avg": torch.ones(2)}})
+    (tmp_path / "checkpoints" / "g" / ".e000001.weights.safetensors.abc.tmp").write_bytes(b"x")
+    assert store.remove_temp_files() == 1
+    store.resume_path("g").write_bytes(b"r")
+    store.delete_resume("g")
+    store.delete_resume("g")  # idempotent
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "g").iterdir()) == ["e000000.optim.safetensors"]
+    with safe_open(str(tmp_path / "checkpoints/g/e000000.optim.safetensors"), "pt") as fh:
+        assert list(fh.keys()) == ["m/exp_avg"]
+    with pytest.raises(ValueError, match="kind"):
+        store.shard_relpath("g", 0, "grads")
