@@ -23,6 +23,7 @@ __all__ = ["COMMAND_GROUPS", "build_parser", "main"]
 #: Modules that contribute command groups (each exposes ``add_parser(subparsers)``).
 COMMAND_GROUPS: list[str] = [
     "zooscape.cli.zoo",
+    "zooscape.cli.lmc",
 ]
 
 #: Exceptions reported as ``error: <message>`` with exit code 1 (anything else is a bug: full traceback).

@@ -67,6 +67,8 @@ class InstabilityResult:
         main_history: main branch metrics, one dict per epoch from 0.
         child_history: ``{(k1, replicate): [metric dict per epoch after k1]}``.
         main_checkpoints: main branch training state after every ``k1`` (one-member :class:`PopulationState`).
+        main_weights: main branch state dict at every ``k2``.
+        child_final_states: ``{(k1, replicate): state dict after the last epoch}``.
         config: the settings, JSON-ready.
     """
 
@@ -75,6 +77,8 @@ class InstabilityResult:
     main_history: list[dict[str, float]]
     child_history: dict[tuple[int, int], list[dict[str, float]]]
     main_checkpoints: dict[int, PopulationState] = field(repr=False)
+    main_weights: dict[int, dict[str, Tensor]] = field(repr=False, default_factory=dict)
+    child_final_states: dict[tuple[int, int], dict[str, Tensor]] = field(repr=False, default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     def barrier_table(
@@ -242,6 +246,7 @@ def instability_analysis(
     child_history: dict[tuple[int, int], list[dict[str, float]]] = {}
     records: list[dict[str, Any]] = []
     paths: list[LinearPath] = []
+    final_states: dict[tuple[int, int], dict[str, Tensor]] = {}
     state: PopulationState | None = None
 
     def compare(report: Any) -> None:
@@ -290,6 +295,8 @@ def instability_analysis(
             for i, label in enumerate(labels):
                 child_history[label].append(dict(report.metrics[i], epoch=report.epoch))
             compare(report)
+            if report.epoch == config.epochs:
+                final_states.update(zip(labels, report.state_dicts()))
             if stop_at is not None and report.epoch == stop_at:
                 captured["state"] = report.state()
                 raise _Pause
@@ -308,4 +315,6 @@ def instability_analysis(
         "k1s": k1_list, "k2s": k2_list, "seed": seed, "replicates": replicates, "child_data_seeds": seeds,
         "n_points": n_points, "splits": list(splits), "bn_mode": bn_mode, "train": config.to_dict(),
     }  # fmt: skip
-    return InstabilityResult(records, paths, main_history, child_history, main_ckpt, settings)
+    return InstabilityResult(
+        records, paths, main_history, child_history, main_ckpt, main_weights, final_states, settings
+    )

@@ -1,0 +1,184 @@
+"""``zooscape lmc ...``: linear mode connectivity experiments (see ``docs/connectivity.md``).
+
+Commands:
+
+- ``zooscape lmc spawn SPEC --out DIR``: instability analysis (main branch, children spawned at every k1,
+  barriers and distances at every k2); results in DIR's catalog, a plot per main branch in ``DIR/lmc/``.
+- ``zooscape lmc pairs DIR [--epoch E]``: barriers between all seed pairs of every grid cell of a zoo, stored in
+  its catalog.
+- ``zooscape lmc plot DIR``: redraw the instability plot from the catalog of a spawn run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_parser"]
+
+
+def _plot_args(p: argparse.ArgumentParser, default_metric: str = "error") -> None:
+    p.add_argument("--metric", default=default_metric, choices=("loss", "error"),
+                   help=f"barrier of loss or error (default {default_metric})")
+    p.add_argument("--split", default="test", help="data split of the barrier (default test)")
+    p.add_argument("--definition", default="linear", choices=("linear", "mean", "midpoint"),
+                   help="barrier definition (default linear: height above the chord; see docs/connectivity.md)")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``lmc`` command group.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
+
+    Returns:
+        the group's parser.
+    """
+    p = subparsers.add_parser("lmc", help="linear mode connectivity: spawn experiments, pair barriers",
+                              description="Linear mode connectivity experiments.")
+    p.set_defaults(_group_parser=p)
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    s = sub.add_parser("spawn", help="instability analysis: spawn children from a main branch at each k1",
+                       description="Train a main branch of every grid cell of SPEC (a zoo spec with an [lmc] "
+                                   "section), spawn children at each k1 that train with other data orders, and "
+                                   "record barriers and distances to the main branch at each k2 in DIR's catalog. "
+                                   "Re-running the same command skips finished main branches.")
+    s.add_argument("spec", metavar="SPEC", help="TOML spec file (zoo spec + [lmc])")
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory (a zoo store; created)")
+    s.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ... (default auto)")
+    s.add_argument("--quiet", action="store_true", help="no progress messages")
+    _plot_args(s)
+    s.set_defaults(func=cmd_spawn)
+
+    q = sub.add_parser("pairs", help="barriers between all seed pairs of each grid cell of a zoo",
+                       description="For every grid cell of the zoo in DIR (models differing only in training.seed "
+                                   "/ data_seed), evaluate the linear path between every pair at one epoch and "
+                                   "store distances and barriers (three definitions, loss and error) in the "
+                                   "catalog's analyses table.")
+    q.add_argument("dir", metavar="DIR", help="zoo directory")
+    q.add_argument("--epoch", type=int, default=None, help="checkpointed epoch (default: each cell's last)")
+    q.add_argument("--n-points", type=int, default=25, help="alphas per path (default 25)")
+    q.add_argument("--bn-mode", default="interpolate", choices=("interpolate", "reset"),
+                   help="BatchNorm statistics along the path (default interpolate)")
+    q.add_argument("--splits", default="train,test", help="comma-separated splits (default train,test)")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--quiet", action="store_true", help="no progress messages")
+    q.set_defaults(func=cmd_pairs)
+
+    pl = sub.add_parser("plot", help="instability plot (barrier vs k1, one line per k2) from a spawn run",
+                        description="Read the spawn results from DIR's catalog and write one PNG per main branch.")
+    pl.add_argument("dir", metavar="DIR", help="output directory of 'zooscape lmc spawn'")
+    pl.add_argument("--output", default=None, metavar="PNG",
+                    help="file to write (default DIR/lmc/<main_id>_<metric>_<split>_<definition>.png)")
+    _plot_args(pl)
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def _say(quiet: bool):
+    return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
+
+
+def _print_table(records: list[dict[str, Any]], key: str) -> None:
+    from zooscape.connect.spawn import barrier_table
+
+    by_main: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_main.setdefault(r["main_id"], []).append(r)
+    for main_id, rows in by_main.items():
+        metric, split, definition = key.split("_", 3)[1:]
+        table = barrier_table(rows, metric, split, definition)
+        k1s = sorted({k1 for row in table.values() for k1 in row})
+        print(f"{main_id}: {definition} barrier of {split} {metric} (rows k2, columns k1)")
+        print("k2\\k1 " + " ".join(f"{k1:>8d}" for k1 in k1s))
+        for k2, row in table.items():
+            print(f"{k2:5d} " + " ".join(f"{row[k1]:8.4f}" if k1 in row else f"{'':>8s}" for k1 in k1s))
+
+
+def cmd_spawn(args: argparse.Namespace) -> int:
+    """Run ``zooscape lmc spawn``.
+
+    Args:
+        args: parsed arguments.
+
+    Returns:
+        exit code.
+    """
+    from zooscape.zoo.lmc_jobs import run_spawn
+
+    plot = (args.metric, args.split, args.definition)
+    records = run_spawn(args.spec, args.out, device=args.device, plot=plot, progress=_say(args.quiet))
+    key = f"barrier_{args.metric}_{args.split}_{args.definition}"
+    shown = [r for r in records if key in r]
+    if shown:
+        _print_table(shown, key)
+    print(f"{len(records)} records written to {args.out} (plots in {args.out}/lmc/)")
+    return 0
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    """Run ``zooscape lmc pairs``.
+
+    Args:
+        args: parsed arguments.
+
+    Returns:
+        exit code.
+    """
+    from zooscape.zoo.lmc_jobs import pair_barriers
+
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, bn_mode=args.bn_mode, splits=splits,
+                         device=args.device, progress=_say(args.quiet))
+    if not rows:
+        print("no grid cell has two models with a checkpoint at that epoch; nothing stored")
+        return 1
+    keys = [k for k in ("barrier_loss_test_linear", "barrier_error_test_linear") if k in rows[0]]
+    cells: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault(r["cell"], []).append(r)
+    print(f"{'cell':>4s} {'pairs':>5s} {'epoch':>5s} {'distance':>9s} " + " ".join(f"{k[8:]:>22s}" for k in keys))
+    for cell, rs in sorted(cells.items()):
+        means = {k: sum(r[k] for r in rs) / len(rs) for k in ("distance", *keys)}
+        print(f"{cell:4d} {len(rs):5d} {rs[0]['epoch']:5d} {means['distance']:9.3f} "
+              + " ".join(f"{means[k]:22.4f}" for k in keys))
+    print(f"{len(rows)} pairs stored in {args.dir}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Run ``zooscape lmc plot``.
+
+    Args:
+        args: parsed arguments.
+
+    Returns:
+        exit code.
+    """
+    import io
+    from pathlib import Path
+
+    from zooscape.connect.plot import plot_instability
+    from zooscape.zoo.lmc_jobs import spawn_records
+    from zooscape.zoo.shards import atomic_write_bytes
+
+    records = spawn_records(args.dir)
+    if not records:
+        raise ValueError(f"{args.dir} holds no spawn results (run 'zooscape lmc spawn' first)")
+    mains = sorted({r["main_id"] for r in records})
+    if args.output is not None and len(mains) > 1:
+        raise ValueError(f"--output names one file but {args.dir} holds {len(mains)} main branches; omit it")
+    for main_id in mains:
+        rows = [r for r in records if r["main_id"] == main_id]
+        fig = plot_instability(rows, args.metric, args.split, args.definition,
+                               title=f"{main_id}: {args.definition} {args.split} {args.metric} barrier")
+        out = Path(args.output) if args.output else (
+            Path(args.dir) / "lmc" / f"{main_id}_{args.metric}_{args.split}_{args.definition}.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        atomic_write_bytes(out, buf.getvalue())
+        print(out)
+    return 0
