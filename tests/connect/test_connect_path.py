@@ -176,3 +176,25 @@ def test_bad_arguments(mlp_pair, mlp_data):
         linear_path(a, b, [1, 2, 3])
     with pytest.raises(KeyError, match="split 'val'"):
         linear_path(a, b, mlp_data).barrier("val")
+
+
+class Shifted(nn.Module):
+    """Linear -> BatchNorm with a non-BatchNorm float buffer added to the input."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.register_buffer("shift", torch.randn(6))
+        self.lin = nn.Linear(6, 5)
+        self.bn = nn.BatchNorm1d(5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.bn(self.lin(x + self.shift))))
+
+
+def test_other_buffers_are_interpolated_in_reset_mode(mlp_data):
+    a, b = Shifted(0), Shifted(1)
+    fast = linear_path(a, b, mlp_data, n_points=5, bn_mode="reset")
+    slow = linear_path(a, b, mlp_data, n_points=5, bn_mode="reset", method="loop")
+    torch.testing.assert_close(fast.loss["test"], slow.loss["test"], rtol=1e-5, atol=1e-6)

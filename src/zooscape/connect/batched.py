@@ -66,7 +66,11 @@ def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def batched_bn_stats(
-    template: nn.Module, params: Mapping[str, Tensor], x: Tensor, batch_size: int = 256
+    template: nn.Module,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    batch_size: int = 256,
+    buffers: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Re-estimate BatchNorm running statistics for every stacked parameter set in one pass over ``x``.
 
@@ -75,6 +79,8 @@ def batched_bn_stats(
         params: stacked parameters ``{name: [A, *shape]}`` (from :func:`stack_interpolated`).
         x: training inputs, shape ``[n, *input_shape]``; moved to the parameters' device.
         batch_size: batch size of the pass (a trailing batch of one sample is merged).
+        buffers: stacked floating buffers ``{name: [A, *shape]}`` used in the pass (BatchNorm statistics among
+            them are ignored); default: the template's own.
 
     Returns:
         ``{"<bn>.running_mean": [A, C], "<bn>.running_var": [A, C]}`` for every BatchNorm layer with running
@@ -103,10 +109,10 @@ def batched_bn_stats(
 
         return hook
 
-    def forward_stats(p: dict[str, Tensor], xb: Tensor) -> tuple[Tensor, ...]:
+    def forward_stats(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor) -> tuple[Tensor, ...]:
         for v in recorded.values():
             v.clear()
-        functional_call(template, p, (xb,))
+        functional_call(template, (p, b), (xb,))
         missing = [name for name, v in recorded.items() if not v]
         if missing:
             raise ValueError(f"BatchNorm layers {missing} were not called in the forward pass")
@@ -120,11 +126,12 @@ def batched_bn_stats(
             m.train()
             m.track_running_stats = False
             handles.append(m.register_forward_pre_hook(make_hook(name)))
-        run = vmap(forward_stats, in_dims=(0, None))
+        run = vmap(forward_stats, in_dims=(0, 0, None))
+        stacked_buffers = dict(buffers or {})
         for sl in batch_slices(x.shape[0], batch_size):
             xb = x[sl].to(device)
             b = xb.shape[0]
-            stats = run(dict(params), xb)
+            stats = run(dict(params), stacked_buffers, xb)
             weighted = [s.to(torch.float64) * b for s in stats]
             sums = weighted if sums is None else [acc + w for acc, w in zip(sums, weighted)]
             seen += b

@@ -155,10 +155,9 @@ def _vmap_curves(
     for start in range(0, alphas.shape[0], alpha_batch_size):
         chunk = alphas[start : start + alpha_batch_size]
         params = stack_interpolated(params_a, params_b, chunk)
+        buffers = stack_interpolated(bufs_a, bufs_b, chunk)
         if bn_mode == "reset" and bn_x is not None:
-            buffers = batched_bn_stats(template, params, bn_x, batch_size=bn_batch_size)
-        else:
-            buffers = stack_interpolated(bufs_a, bufs_b, chunk)
+            buffers.update(batched_bn_stats(template, params, bn_x, batch_size=bn_batch_size, buffers=buffers))
         for split, (x, y) in split_data.items():
             loss, err = batched_evaluate(template, params, buffers, x, y, task, batch_size=batch_size)
             losses[split].append(loss)
