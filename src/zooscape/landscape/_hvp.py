@@ -372,6 +372,10 @@ class HessianOperator(LinearOperator):
         dtype: compute dtype (default: the model's), e.g. ``torch.float64``.
         mode: ``"rev-rev"`` (vjp of grad, default) or ``"fwd-rev"`` (jvp of grad).
         chunk_size: most probe vectors pushed through one vmap call (``None``: all).
+        cache_graph: keep each chunk's linearised gradient (its autograd graph, like PyHessian's cached
+            ``create_graph`` gradient) between calls, so a product costs one double-backward instead of a
+            forward, a backward and a double-backward; costs the graph's memory per chunk. Default: cache when
+            the data form a single chunk. Only for ``mode="rev-rev"``.
 
     References:
         Pearlmutter, 1994 (fast exact multiplication by the Hessian).
@@ -380,7 +384,7 @@ class HessianOperator(LinearOperator):
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
                  batch_size: int | None = None, param_names: Sequence[str] | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 mode: str = "rev-rev", chunk_size: int | None = None) -> None:
+                 mode: str = "rev-rev", chunk_size: int | None = None, cache_graph: bool | None = None) -> None:
         if mode not in HVP_MODES:
             raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
         if chunk_size is not None and chunk_size <= 0:
@@ -396,6 +400,10 @@ class HessianOperator(LinearOperator):
         self.chunk_size = chunk_size
         self.num_matvecs = 0
         self._f = loss_function(model, loss_fn, self.spec, self._fixed)
+        if cache_graph is None:
+            cache_graph = len(self.batches) == 1
+        self.cache_graph = bool(cache_graph) and mode == "rev-rev"
+        self._pullbacks: list[Callable | None] = [None] * len(self.batches)
 
     def loss(self) -> Tensor:
         """Mean loss over the data at the model's parameters (scalar tensor)."""
@@ -412,11 +420,18 @@ class HessianOperator(LinearOperator):
         vectors = self._check(vectors)
         out = torch.zeros_like(vectors)
         with eval_mode(self.model):
-            for b in self.batches:
+            for i, b in enumerate(self.batches):
                 g = grad(lambda p, b=b: self._f(p, b.x, b.y))
                 if self.mode == "rev-rev":
-                    _, pullback = vjp(g, self.params)
-                    hv = vmap(lambda v, pb=pullback: pb(v)[0], chunk_size=self.chunk_size)(vectors)
+                    pullback = self._pullbacks[i]
+                    if pullback is None:
+                        _, pullback = vjp(g, self.params)
+                        if self.cache_graph:
+                            self._pullbacks[i] = pullback
+                    if vectors.shape[0] == 1:  # a single vector: skip the vmap overhead
+                        hv = pullback(vectors[0])[0].unsqueeze(0)
+                    else:
+                        hv = vmap(lambda v, pb=pullback: pb(v)[0], chunk_size=self.chunk_size)(vectors)
                 else:
                     hv = vmap(lambda v, g=g: jvp(g, (self.params,), (v,))[1],
                               chunk_size=self.chunk_size)(vectors)

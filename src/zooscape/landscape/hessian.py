@@ -56,7 +56,7 @@ __all__ = [
 def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *, batch_size: int | None = None,
                      param_names: Sequence[str] | None = None, device: torch.device | str | None = None,
                      dtype: torch.dtype | None = None, mode: str = "rev-rev",
-                     chunk_size: int | None = None) -> HessianOperator:
+                     chunk_size: int | None = None, cache_graph: bool | None = None) -> HessianOperator:
     """Build the matrix-free Hessian of ``loss_fn(model(x), y)`` with respect to the model's parameters.
 
     ``batch_size=None`` treats ``(x, y)`` as one batch. With a ``batch_size``, HVPs are accumulated over chunks
@@ -73,6 +73,8 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
         dtype: compute dtype (default: the model's); ``torch.float64`` for reference values.
         mode: ``"rev-rev"`` (vjp of grad; fastest on CPU) or ``"fwd-rev"`` (jvp of grad).
         chunk_size: most probe vectors per vmap call (``None``: all at once).
+        cache_graph: keep the linearised gradient between products (default: when there is one chunk); see
+            :class:`HessianOperator`.
 
     Returns:
         A :class:`HessianOperator` of dimension P (the number of differentiated parameters).
@@ -81,7 +83,7 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
         Pearlmutter, 1994; Yao et al., 2020 (PyHessian).
     """
     return HessianOperator(model, loss_fn, x, y, batch_size=batch_size, param_names=param_names, device=device,
-                           dtype=dtype, mode=mode, chunk_size=chunk_size)
+                           dtype=dtype, mode=mode, chunk_size=chunk_size, cache_graph=cache_graph)
 
 
 def dense_matrix(op: LinearOperator, *, chunk_size: int = 256) -> Tensor:
