@@ -137,6 +137,11 @@ def test_bad_spec_writes_nothing(tmp_path):
     with pytest.raises(SpecError, match=r"\[model\]: cannot build model"):
         train_zoo(bad, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+    # so is a model whose output does not fit the data set (5 outputs for 10 classes)
+    bad = write(tmp_path, SPEC.replace("depth = 1", "depth = 1\nnum_classes = 5"), "c.toml")
+    with pytest.raises(SpecError, match=r"\[model\]: .* needs \(2, 10\)"):
+        train_zoo(bad, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_diverging_models_are_marked_failed(tmp_path):

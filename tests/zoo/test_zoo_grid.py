@@ -131,7 +131,8 @@ def test_resolve_sizes_measures_each_distinct_model_once(tmp_path):
     def describe(ds):
         return {"n_train": 1000, "model_args": {"num_classes": 10, "input_size": [64]}}
 
-    def count(model, args):
+    def count(model, args, info):
+        assert info["n_train"] == 1000
         calls.append((model["width"], model.get("init")))
         assert args == {"num_classes": 10, "input_size": [64]}
         return 100 * model["width"]

@@ -67,8 +67,59 @@ class Engine(Protocol):
         ...
 
 
+class _Pool:
+    """Spawned worker processes sharing one task queue and one result queue."""
+
+    def __init__(self, workers: int, threads: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.task_q = ctx.Queue()
+        self.result_q = ctx.Queue()
+        self.procs = [
+            ctx.Process(
+                target=_worker_main,
+                args=(self.task_q, self.result_q, os.getpid(), threads),
+                daemon=True,
+                name=f"zooscape-worker-{k}",
+            )
+            for k in range(workers)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def dead_worker(self) -> mp.process.BaseProcess | None:
+        return next((p for p in self.procs if not p.is_alive()), None)
+
+    def close(self) -> None:
+        for _ in self.procs:
+            try:
+                self.task_q.put(None)
+            except (OSError, ValueError):  # pragma: no cover - queue already broken
+                break
+        for p in self.procs:
+            p.join(timeout=2)
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+        self.task_q.close()
+        self.result_q.close()
+
+    def terminate(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout=5)
+        self.task_q.close()
+        self.result_q.close()
+
+
 class LocalEngine:
     """Run tasks on this machine: in-process (``workers=1``) or in spawned worker processes.
+
+    Used as a context manager (``with LocalEngine(workers=4) as engine: ...``) the worker processes are started
+    once and reused by every ``map`` call (each process pays ``import torch`` only once); otherwise each
+    ``map`` call starts and stops its own workers.
 
     Args:
         workers: number of processes (1 = run in the calling process, no pickling).
@@ -82,9 +133,26 @@ class LocalEngine:
             raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker!r}")
         self.workers = workers
         self.threads_per_worker = threads_per_worker
+        self._pool: _Pool | None = None
+        self._keep = False
+        self._call = 0
 
     def __repr__(self) -> str:
         return f"LocalEngine(workers={self.workers})"
+
+    def __enter__(self) -> LocalEngine:
+        self._keep = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._keep = False
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (if any)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.close()
 
     def map(
         self,
@@ -105,10 +173,11 @@ class LocalEngine:
             iterator of results.
 
         Raises:
-            EngineError: a task raised (the worker's traceback is in the message) or a worker died.
+            EngineError: a task raised in a worker (the worker's traceback is in the message) or a worker died.
+                In-process (``workers=1``) the task's own exception propagates unchanged.
         """
         tasks = list(tasks)
-        if self.workers == 1 or len(tasks) <= 1:
+        if self.workers == 1 or (len(tasks) <= 1 and self._pool is None):
             return self._map_inline(fn, tasks, on_event)
         return self._map_processes(fn, tasks, on_event, ordered)
 
@@ -131,40 +200,30 @@ class LocalEngine:
         on_event: Callable[[Any], None] | None,
         ordered: bool,
     ) -> Iterator[R]:
-        ctx = mp.get_context("spawn")
-        task_q = ctx.Queue()
-        result_q = ctx.Queue()
+        if self._pool is None:
+            n = self.workers if self._keep else min(self.workers, len(tasks))
+            self._pool = _Pool(n, self.threads_per_worker)
+        pool = self._pool
+        self._call += 1
+        call = self._call
         for i, task in enumerate(tasks):
-            task_q.put((i, fn, task))
-        n_workers = min(self.workers, len(tasks))
-        for _ in range(n_workers):
-            task_q.put(None)
-        procs = [
-            ctx.Process(
-                target=_worker_main,
-                args=(task_q, result_q, os.getpid(), self.threads_per_worker),
-                daemon=True,
-                name=f"zooscape-worker-{k}",
-            )
-            for k in range(n_workers)
-        ]
-        for p in procs:
-            p.start()
+            pool.task_q.put((call, i, fn, task))
         pending: dict[int, R] = {}
         next_index = 0
         done = 0
+        finished = False
         try:
             while done < len(tasks):
                 try:
-                    msg = result_q.get(timeout=1.0)
+                    msg = pool.result_q.get(timeout=1.0)
                 except queue.Empty:
-                    dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
-                    if dead:
-                        raise EngineError(
-                            f"worker {dead[0].name} died with exit code {dead[0].exitcode}"
-                        ) from None
+                    dead = pool.dead_worker()
+                    if dead is not None:
+                        raise EngineError(f"worker {dead.name} died with exit code {dead.exitcode}") from None
                     continue
-                kind, index, payload = msg
+                kind, msg_call, index, payload = msg
+                if msg_call != call:  # pragma: no cover - left over from an abandoned call
+                    continue
                 if kind == "event":
                     if on_event is not None:
                         on_event(payload)
@@ -179,14 +238,13 @@ class LocalEngine:
                     while next_index in pending:
                         yield pending.pop(next_index)
                         next_index += 1
+            finished = True
         finally:
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-            for p in procs:
-                p.join(timeout=5)
-            task_q.close()
-            result_q.close()
+            if not finished:  # error or abandoned iterator: workers may still run our tasks
+                self._pool = None
+                pool.terminate()
+            elif not self._keep:
+                self.close()
 
 
 def _worker_main(task_q: Any, result_q: Any, parent_pid: int, threads: int) -> None:
@@ -204,21 +262,21 @@ def _worker_main(task_q: Any, result_q: Any, parent_pid: int, threads: int) -> N
         item = task_q.get()
         if item is None:
             return
-        index, fn, task = item
+        call, index, fn, task = item
 
-        def sink(event: Any, _index: int = index) -> None:
+        def sink(event: Any, _call: int = call, _index: int = index) -> None:
             check_parent()
-            result_q.put(("event", _index, event))
+            result_q.put(("event", _call, _index, event))
 
         token = _SINK.set(sink)
         try:
             result = fn(task)
         except BaseException:  # noqa: BLE001 - forwarded to the driver
-            result_q.put(("error", index, traceback.format_exc()))
+            result_q.put(("error", call, index, traceback.format_exc()))
             continue
         finally:
             _SINK.reset(token)
-        result_q.put(("result", index, result))
+        result_q.put(("result", call, index, result))
 
 
 def get_engine(engine: str | Engine = "local", workers: int = 1) -> Engine:

@@ -223,7 +223,7 @@ def checkpoint_epochs(spec_epochs: str | Sequence[int], epochs: int) -> tuple[in
 def resolve_sizes(
     configs: Sequence[dict[str, Any]],
     describe_data: Callable[[Mapping[str, Any]], Mapping[str, Any]],
-    count_params: Callable[[Mapping[str, Any], Mapping[str, Any]], int],
+    count_params: Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], int],
     spec_path: str = "<memory>",
 ) -> None:
     """Fill ``derived.n_train``, ``derived.model_args``, ``derived.n_params`` and ``derived.load`` in place.
@@ -234,8 +234,9 @@ def resolve_sizes(
 
     Args:
         configs: model configs from :func:`expand_spec`.
-        describe_data: dataset section -> ``{"n_train": int, "model_args": dict}`` (e.g. loads the data set).
-        count_params: (model section, model_args) -> number of parameters (e.g. builds the model).
+        describe_data: dataset section -> ``{"n_train": int, "model_args": dict, ...}`` (e.g. loads the data set).
+        count_params: (model section, model_args, describe_data's dict) -> number of parameters (e.g. builds the
+            model and checks that it accepts the data).
         spec_path: file name for error messages.
 
     Raises:
@@ -257,7 +258,7 @@ def resolve_sizes(
         mkey = canonical_json([{k: v for k, v in cfg["model"].items() if k != "init"}, model_args])
         if mkey not in params_cache:
             try:
-                params_cache[mkey] = int(count_params(cfg["model"], model_args))
+                params_cache[mkey] = int(count_params(cfg["model"], model_args, info))
             except SpecError:
                 raise
             except Exception as exc:

@@ -45,26 +45,49 @@ class ZooPlan:
         return sum(int(c["training"].get("epochs", 0)) for c in self.configs)
 
 
-def _count_params(model_section: dict[str, Any], model_args: dict[str, Any]) -> int:
-    return count_parameters(build_model(model_section, seed=0, model_args=model_args))
+def _count_params(model_section: dict[str, Any], model_args: dict[str, Any], info: dict[str, Any]) -> int:
+    """Build the model, check that it maps two training samples to ``[2, num_outputs]``, count parameters."""
+    import torch
+
+    model = build_model(model_section, seed=0, model_args=model_args)
+    sample, num_outputs = info.get("sample"), info.get("num_outputs")
+    if sample is not None:
+        model.eval()
+        with torch.no_grad():
+            try:
+                out = model(sample)
+            except Exception as exc:
+                raise ValueError(f"the model does not accept inputs of shape {tuple(sample.shape)}: {exc}") from exc
+        if tuple(out.shape) != (sample.shape[0], num_outputs):
+            raise ValueError(
+                f"the model maps inputs {tuple(sample.shape)} to {tuple(out.shape)}, the data set needs "
+                f"{(sample.shape[0], num_outputs)}"
+            )
+    return count_parameters(model)
 
 
 def _describe_data(dataset_section: dict[str, Any]) -> dict[str, Any]:
     data = load_data(dataset_section)
-    return {"n_train": int(len(data.train_y)), "model_args": data_model_args(data)}
+    return {
+        "n_train": int(len(data.train_y)),
+        "model_args": data_model_args(data),
+        "sample": data.train_x[:2],
+        "num_outputs": int(data.num_outputs),
+    }
 
 
 def plan_zoo(
     spec: ZooSpec,
     describe_data: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    count_params: Callable[[dict[str, Any], dict[str, Any]], int] | None = None,
+    count_params: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], int] | None = None,
 ) -> ZooPlan:
     """Expand and fully validate a spec without writing anything (builds each distinct model and data set once).
 
     Args:
         spec: validated spec.
-        describe_data: dataset section -> ``{"n_train", "model_args"}`` (default: load the data set).
-        count_params: (model section, model_args) -> parameter count (default: build the model).
+        describe_data: dataset section -> ``{"n_train", "model_args", ...}`` (default: load the data set).
+        count_params: (model section, model_args, data description) -> parameter count (default: build the model
+            and run it on two training samples).
 
     Returns:
         ZooPlan.
