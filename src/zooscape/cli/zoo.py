@@ -66,7 +66,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``zooscape zoo train``."""
+    """Train (or resume) the zoo of ``args.spec`` into ``args.out`` (``zooscape zoo train``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
+    """
     from zooscape.zoo import train_zoo
 
     zoo = train_zoo(args.spec, args.out, workers=args.workers, device=args.device, progress=not args.no_progress)
@@ -76,7 +83,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """``zooscape zoo validate``."""
+    """Validate ``args.spec`` fully and print its expansion (writes nothing) (``zooscape zoo validate``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
+    """
     from zooscape.zoo import load_spec, plan_zoo
 
     plan = plan_zoo(load_spec(args.spec))
@@ -95,7 +109,14 @@ def _fmt(v: Any) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """``zooscape zoo info``."""
+    """Print counts by status, grid axes and per-cell metric summaries of ``args.dir`` (``zooscape zoo info``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
+    """
     import pandas as pd
 
     from zooscape.zoo import open as open_zoo
@@ -129,7 +150,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """``zooscape zoo plot``."""
+    """Write a heatmap of ``args.metric`` over ``args.x`` x ``args.y`` of ``args.dir`` (``zooscape zoo plot``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
+    """
     from pathlib import Path
 
     from zooscape.zoo import open as open_zoo
