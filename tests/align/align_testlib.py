@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zooscape.models import create_model
 
 
 class MLP(nn.Module):
@@ -44,7 +47,7 @@ def _norm2d(kind: str | None, c: int, hw: int) -> nn.Module:
 class VGG(nn.Module):
     """Small VGG for 1x8x8 inputs: [conv-norm-relu]x2, pool, [conv-norm-relu]x2, pool, flatten, fc-relu-fc."""
 
-    def __init__(self, width: int = 8, norm: str | None = "bn", n_out: int = 10) -> None:
+    def __init__(self, width: int = 8, norm: str | None = "bn", n_out: int = 10, dropout: float = 0.1) -> None:
         super().__init__()
         c1, c2 = width, 2 * width
         self.features = nn.Sequential(
@@ -53,7 +56,7 @@ class VGG(nn.Module):
             nn.Conv2d(c1, c2, 3, padding=1), _norm2d(norm, c2, 4), nn.ReLU(),
             nn.Conv2d(c2, c2, 3, padding=1), _norm2d(norm, c2, 4), nn.ReLU(), nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c2 * 4, 32), nn.ReLU(), nn.Dropout(0.1),
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c2 * 4, 32), nn.ReLU(), nn.Dropout(dropout),
                                         nn.Linear(32, n_out))
 
     def forward(self, x):
@@ -128,16 +131,11 @@ class Exotic(nn.Module):
 
 @functools.lru_cache(maxsize=1)
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """sklearn digits, standardised, split 1400 train / 397 test (fixed order)."""
-    from sklearn.datasets import load_digits
+    """zooscape's digits data set: (train_x [1257, 64], train_y, test_x [270, 64], test_y)."""
+    from zooscape.data import load_dataset
 
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32)
-    y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[perm], y[perm]
-    x = (x - x[:1400].mean(0)) / (x[:1400].std(0) + 1.0)
-    return x[:1400], y[:1400], x[1400:], y[1400:]
+    ds = load_dataset("digits", seed=0)
+    return ds.train_x, ds.train_y, ds.test_x, ds.test_y
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 10, lr: float = 3e-3,
@@ -164,6 +162,34 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
+TRAINED = {
+    "mlp": (lambda: create_model("mlp", input_size=64, depth=3, width=32), False, 6),
+    "mlp_wide": (lambda: create_model("mlp", input_size=64, depth=2, width=64), False, 6),
+    "vgg_bn": (lambda: create_model("vgg11_bn", input_size=8, width=0.25), True, 2),
+    "resnet20": (lambda: create_model("resnet20", input_size=8, width=4), True, 2),
+}
+
+
+@functools.cache
+def _trained(kind: str, seed: int) -> nn.Module:
+    make, image, epochs = TRAINED[kind]
+    x, y, _, _ = digits()
+    return train(seeded(make, seed), x.view(-1, 1, 8, 8) if image else x, y, epochs=epochs, seed=seed)
+
+
+def trained(kind: str, seed: int = 0) -> nn.Module:
+    """A copy of a model of ``kind`` (see TRAINED) trained briefly on digits (cached per process)."""
+    return copy.deepcopy(_trained(kind, seed))
+
+
+def inputs(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits (train_x, test_x) shaped for ``kind``."""
+    x, _, xt, _ = digits()
+    if TRAINED[kind][1]:
+        return x.view(-1, 1, 8, 8), xt.view(-1, 1, 8, 8)
+    return x, xt
+
+
 def seeded(model_fn, seed: int):
     """Build a model under a fixed torch seed without disturbing the caller's RNG state."""
     with torch.random.fork_rng():
@@ -184,4 +210,6 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-__all__ = ["MLP", "VGG", "ResNet", "Exotic", "digits", "train", "evaluate", "seeded", "randomize_bn"]
+__all__ = [
+    "MLP", "VGG", "ResNet", "Exotic", "digits", "train", "evaluate", "seeded", "randomize_bn", "trained", "inputs",
+]

@@ -222,7 +222,7 @@ def repair(
     method: str = "repair",
     batch_size: int = 256,
     device: torch.device | str | None = None,
-    eps: float = 1e-5,
+    eps: float = 1e-6,
 ) -> nn.Module:
     """Correct the channel statistics of an interpolated/merged model towards those of its endpoints.
 
@@ -240,7 +240,7 @@ def repair(
         method: ``"repair"``, ``"rescale"`` or ``"reshift"``.
         batch_size: chunk size when ``data`` is a tensor.
         device: where to run (the model's device when None).
-        eps: added to variances before taking square roots.
+        eps: channels whose std is below ``eps`` keep their scale (they are constant on ``data``).
 
     Returns:
         a new model of the same class with the corrections fused into its parameters.
@@ -267,17 +267,19 @@ def repair(
         st = _point_stats(on_device(e, device), points, data, batch_size, device)
         for p in points:
             goal_mean[p.module] += wk * st[p.module].mean()
-            goal_std[p.module] += wk * (st[p.module].var() + eps).sqrt()
+            goal_std[p.module] += wk * st[p.module].var().sqrt()
     new = on_device(copy.deepcopy(model), device)
     modules = dict(new.named_modules())
     for p in points:
         st = _point_stats(new, [p], data, batch_size, device, stop_after=True)[p.module]
-        mean, std = st.mean(), (st.var() + eps).sqrt()
+        mean, std = st.mean(), st.var().sqrt()
+        # channels that are (almost) constant cannot be rescaled: keep their scale
+        ratio = torch.where(std > eps, goal_std[p.module] / std.clamp_min(eps), torch.ones_like(std))
         if method == "repair":
-            scale = goal_std[p.module] / std
+            scale = ratio
             shift = goal_mean[p.module] - mean * scale
         elif method == "rescale":
-            scale, shift = goal_std[p.module] / std, torch.zeros_like(mean)
+            scale, shift = ratio, torch.zeros_like(mean)
         else:
             scale, shift = torch.ones_like(mean), goal_mean[p.module] - mean
         why = _fuse(modules[p.module], p, scale, shift)
