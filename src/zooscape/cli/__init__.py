@@ -24,6 +24,7 @@ __all__ = ["COMMAND_GROUPS", "build_parser", "main"]
 COMMAND_GROUPS: list[str] = [
     "zooscape.cli.zoo",
     "zooscape.cli.lmc",
+    "zooscape.cli.metrics",
 ]
 
 #: Exceptions reported as ``error: <message>`` with exit code 1 (anything else is a bug: full traceback).

@@ -1,0 +1,403 @@
+"""Loss-landscape metrics as zoo analyses (``zooscape metrics run``).
+
+For one checkpointed epoch, every model of a zoo (single-model metrics ``hessian``, ``fisher``, ``spectra``) or
+every seed pair of each grid cell (pairwise metric ``cka``) is loaded, measured with :mod:`zooscape.landscape`
+(pure functions of model and data) and stored as rows of the catalog's ``analyses`` table: ``model_id``,
+``other_id`` (the second model of a pair, else NULL), ``epoch``, ``metric``, ``value`` and ``params`` (every
+setting used, plus ``"analysis": <metric>``). All models of a zoo that share a data set are measured on the
+same samples (a seeded subset of one split).
+
+Tasks run on the same :class:`~zooscape.zoo.engine.Engine` interface as training (in-process or in worker
+processes); workers only read the zoo and return rows, and the driver, holding the zoo's write lock, commits
+each task's rows in one transaction. A task whose rows are already in the catalog with the same ``params`` is
+skipped, so re-running an interrupted command resumes it, and running with other settings adds new rows.
+
+A grid cell is the set of models whose configs differ only in ``training.seed``, ``training.data_seed`` and
+``dataset.seed``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zooscape.zoo.catalog import Catalog
+from zooscape.zoo.engine import Engine, get_engine
+from zooscape.zoo.grid import canonical_json
+from zooscape.zoo.store import ZooStore, is_zoo
+
+__all__ = [
+    "DEFAULTS",
+    "MARKERS",
+    "PAIRWISE",
+    "MetricPlan",
+    "MetricTask",
+    "cell_key",
+    "compute_metric",
+    "metric_params",
+    "plan_metric_tasks",
+    "run_metric_task",
+    "run_metrics",
+]
+
+#: Settings of each metric and their defaults (``zooscape metrics run --set KEY=VALUE`` overrides them).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "hessian": {"split": "train", "n_samples": 512, "data_seed": 0, "batch_size": None, "dtype": "float32",
+                "method": "lanczos", "top_k": 1, "num_steps": 20, "max_iter": 100, "tol": 1e-3,
+                "trace_method": "hutchinson", "num_probes": 50, "block_size": 10, "seed": 0},
+    "fisher": {"split": "train", "n_samples": 512, "data_seed": 0, "batch_size": 256, "kind": "sampled",
+               "num_samples": 1, "seed": 0},
+    "spectra": {"min_evals": 10, "min_tail": 2},
+    "cka": {"split": "test", "n_samples": 1024, "data_seed": 0, "layer": "", "output": "logits",
+            "kernel": "linear", "debiased": False, "batch_size": None},
+}
+#: Metrics computed on pairs of models (every seed pair of a grid cell).
+PAIRWISE = frozenset({"cka"})
+#: The row whose presence marks a task as done (a task's rows are committed together).
+MARKERS = {"hessian": "hessian_top_eigenvalue", "fisher": "fisher_trace", "spectra": "spectra_alpha", "cka": "cka"}
+
+_CHOICES = {
+    "split": ("train", "val", "test"),
+    "dtype": ("float32", "float64"),
+    "method": ("lanczos", "power"),
+    "trace_method": ("hutchinson", "hutch++"),
+    "kind": ("empirical", "sampled", "exact"),
+    "output": ("logits", "softmax"),
+    "kernel": ("linear", "rbf"),
+}
+_POSITIVE = ("top_k", "num_steps", "max_iter", "num_probes", "block_size", "num_samples", "min_evals")
+
+
+def metric_params(metric: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The validated settings of a metric: its defaults updated with ``overrides``.
+
+    Args:
+        metric: ``"hessian"``, ``"fisher"``, ``"spectra"`` or ``"cka"``.
+        overrides: settings to change.
+
+    Returns:
+        dict of settings.
+
+    Raises:
+        ValueError: unknown metric, unknown setting or invalid value (the message names it).
+    """
+    if metric not in DEFAULTS:
+        raise ValueError(f"metric must be one of {sorted(DEFAULTS)}, got {metric!r}")
+    params = dict(DEFAULTS[metric])
+    for key, value in (overrides or {}).items():
+        if key not in params:
+            raise ValueError(f"unknown setting {key!r} for metric {metric!r} (settings: {', '.join(params)})")
+        params[key] = value
+    for key, value in params.items():
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ValueError(f"setting {key!r} must be one of {_CHOICES[key]}, got {value!r}")
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if key in _POSITIVE and (not is_int or value < 1):
+            raise ValueError(f"setting {key!r} must be an integer >= 1, got {value!r}")
+        if key == "min_tail" and (not is_int or value < 2):
+            raise ValueError(f"setting 'min_tail' must be an integer >= 2, got {value!r}")
+        if key in ("seed", "data_seed") and not is_int:
+            raise ValueError(f"setting {key!r} must be an integer, got {value!r}")
+        if key in ("n_samples", "batch_size") and value is not None and (not is_int or value < 4):
+            raise ValueError(f"setting {key!r} must be an integer >= 4 or null, got {value!r}")
+        if key == "tol" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"setting 'tol' must be a positive number, got {value!r}")
+        if key == "debiased" and not isinstance(value, bool):
+            raise ValueError(f"setting 'debiased' must be true or false, got {value!r}")
+        if key == "layer" and not isinstance(value, str):
+            raise ValueError(f"setting 'layer' must be a module name (\"\" = the output), got {value!r}")
+    if metric == "cka" and params["output"] == "softmax" and params["layer"] != "":
+        raise ValueError("setting output='softmax' applies to the model output only (layer must be \"\")")
+    return params
+
+
+def cell_key(config: Mapping[str, Any]) -> str:
+    """Canonical key of a model's grid cell (its config without the seeds).
+
+    Args:
+        config: nested model config (``dataset``, ``model``, ``training``).
+
+    Returns:
+        JSON string.
+    """
+    training = {k: v for k, v in config["training"].items() if k not in ("seed", "data_seed")}
+    dataset = {k: v for k, v in config["dataset"].items() if k != "seed"}
+    return canonical_json({"dataset": dataset, "model": config["model"], "training": training})
+
+
+# ------------------------------------------------------------------------------------------------ computing
+
+
+def _subset(data: Any, params: Mapping[str, Any]) -> tuple[Any, Any]:
+    import torch
+
+    x, y = data.split(params["split"])
+    n = params.get("n_samples")
+    if n is not None and n < x.shape[0]:
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(params["data_seed"])))[:n]
+        idx = torch.sort(idx).values
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def _loss_fn(data: Any) -> Callable[..., Any]:
+    import torch.nn.functional as F
+
+    return F.cross_entropy if data.task == "classification" else F.mse_loss
+
+
+def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mapping[str, Any],
+                   device: str = "cpu") -> dict[str, float]:
+    """Compute one metric for one model (or one pair, for ``cka``) with :mod:`zooscape.landscape`.
+
+    Args:
+        metric: ``"hessian"``, ``"fisher"``, ``"spectra"`` or ``"cka"``.
+        models: one model (two for ``cka``).
+        data: the ``DataSplits`` the model(s) were trained on.
+        params: settings from :func:`metric_params`.
+        device: torch device.
+
+    Returns:
+        dict metric name -> value (the names stored in the catalog).
+    """
+    import torch
+
+    from zooscape import landscape as ls
+
+    expected = 2 if metric in PAIRWISE else 1
+    if len(models) != expected:
+        raise ValueError(f"metric {metric!r} takes {expected} model(s), got {len(models)}")
+    if metric == "spectra":
+        spectra = ls.weight_spectra(models[0], min_evals=params["min_evals"], min_tail=params["min_tail"])
+        out = {f"spectra_{k}": v for k, v in ls.spectra_summary(spectra).items()}
+        for s in spectra:
+            for key in ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
+                out[f"spectra_{key}/{s.name}"] = getattr(s, key)
+        return out
+    x, y = _subset(data, params)
+    if metric == "hessian":
+        dtype = torch.float64 if params["dtype"] == "float64" else None
+        op = ls.hessian_operator(models[0], _loss_fn(data), x, y, batch_size=params["batch_size"], device=device,
+                                 dtype=dtype)
+        eig = ls.top_eigenvalues(op, k=params["top_k"], method=params["method"], num_steps=params["num_steps"],
+                                 max_iter=params["max_iter"], tol=params["tol"], generator=params["seed"])
+        tr = ls.trace(op, method=params["trace_method"], num_matvecs=params["num_probes"],
+                      block_size=params["block_size"], generator=params["seed"] + 1)
+        out = {"hessian_top_eigenvalue": float(eig.eigenvalues[0]),
+               "hessian_top_eigenvalue_residual": float(eig.residuals[0]),
+               "hessian_trace": tr.estimate, "hessian_trace_se": tr.std_error, "hessian_loss": float(op.loss())}
+        for i in range(1, params["top_k"]):
+            out[f"hessian_eigenvalue_{i + 1}"] = float(eig.eigenvalues[i])
+        return out
+    if metric == "fisher":
+        likelihood = "categorical" if data.task == "classification" else "gaussian"
+        value = ls.fisher_trace(models[0], x, y, kind=params["kind"], likelihood=likelihood,
+                                num_samples=params["num_samples"], batch_size=params["batch_size"], device=device,
+                                generator=params["seed"])
+        return {"fisher_trace": value}
+    if metric == "cka":
+        layer = params["layer"]
+        feats = [ls.layer_features(m, x, [layer], device=device)[layer] for m in models]
+        if params["output"] == "softmax":
+            feats = [torch.softmax(f, dim=1) for f in feats]
+        bs = params["batch_size"]
+        if bs is None:
+            value = ls.cka(feats[0], feats[1], kernel=params["kernel"], debiased=params["debiased"])
+        else:
+            acc = ls.MinibatchCKA(kernel=params["kernel"])
+            n = feats[0].shape[0]
+            starts = list(range(0, n, bs))
+            if len(starts) > 1 and n - starts[-1] < 4:
+                starts.pop()
+            for i, s in enumerate(starts):
+                end = starts[i + 1] if i + 1 < len(starts) else n
+                acc.update(feats[0][s:end], feats[1][s:end])
+            value = acc.compute()[0, 0]
+        return {"cka": float(value)}
+    raise ValueError(f"metric must be one of {sorted(DEFAULTS)}, got {metric!r}")
+
+
+@dataclass
+class MetricTask:
+    """One unit of work: a metric of one model (or pair) at one epoch (picklable).
+
+    Args:
+        root: zoo directory.
+        metric: metric name.
+        epoch: checkpointed epoch.
+        model_ids: one id, or two for pairwise metrics.
+        params: validated settings.
+        device: torch device.
+    """
+
+    root: str
+    metric: str
+    epoch: int
+    model_ids: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def run_metric_task(task: MetricTask) -> dict[str, Any]:
+    """Load the task's model(s) and data from the zoo (read-only), compute the metric, return catalog rows.
+
+    Args:
+        task: the task.
+
+    Returns:
+        dict with ``model_ids`` and ``rows`` (dicts for :meth:`Catalog.add_analyses`).
+    """
+    from zooscape.zoo.reader import open_zoo
+
+    with open_zoo(task.root) as zoo:
+        models = [zoo.load_model(m, task.epoch, device=task.device) for m in task.model_ids]
+        data = None if task.metric == "spectra" else zoo.dataset(task.model_ids[0])
+    values = compute_metric(task.metric, models, data, task.params, device=task.device)
+    params = {"analysis": task.metric, **task.params}
+    other = task.model_ids[1] if len(task.model_ids) > 1 else None
+    rows = [{"model_id": task.model_ids[0], "other_id": other, "epoch": task.epoch, "metric": name,
+             "value": value, "params": params} for name, value in values.items()]
+    return {"model_ids": list(task.model_ids), "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+@dataclass
+class MetricPlan:
+    """Tasks of a metrics run.
+
+    Attributes:
+        tasks: tasks still to compute.
+        done: tasks skipped because their rows are already stored.
+        missing: ``(model_id, reason)`` of models left out (failed, no checkpoint at the epoch, ...).
+        cells: cell index -> model ids (for pairwise metrics and summaries).
+    """
+
+    tasks: list[MetricTask]
+    done: list[MetricTask]
+    missing: list[tuple[str, str]]
+    cells: dict[int, list[str]]
+
+
+def _done_keys(catalog: Catalog, metric: str, params: Mapping[str, Any]) -> set[tuple[str, str | None, int]]:
+    text = json.dumps({"analysis": metric, **params}, sort_keys=True)
+    rows = catalog.query("SELECT model_id, other_id, epoch FROM analyses WHERE metric = ? AND params = ?",
+                         (MARKERS[metric], text))
+    return {(m, o, int(e)) for m, o, e in rows}
+
+
+def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: int | None = None,
+                      model_ids: Sequence[str] | None = None, device: str = "cpu") -> MetricPlan:
+    """Decide which models (or seed pairs) to measure and which are already done.
+
+    Args:
+        zoo: an open :class:`~zooscape.zoo.reader.Zoo`.
+        metric: metric name.
+        params: validated settings.
+        epoch: checkpointed epoch (default: each model's ``training.epochs``).
+        model_ids: restrict to these models (default: all).
+        device: torch device for the tasks.
+
+    Returns:
+        :class:`MetricPlan`.
+    """
+    statuses = zoo.catalog.statuses()
+    ids = zoo.model_ids if model_ids is None else list(model_ids)
+    unknown = [m for m in ids if m not in statuses]
+    if unknown:
+        raise KeyError(f"unknown model ids {unknown[:5]} in zoo {zoo.path}")
+    missing: list[tuple[str, str]] = []
+    usable: dict[str, int] = {}
+    cells_by_key: dict[str, list[str]] = {}
+    for mid in ids:
+        cfg = zoo.config(mid)
+        if "lmc" in cfg.get("derived", {}):
+            continue  # spawned children of an LMC experiment are not grid members
+        e = int(cfg["training"]["epochs"]) if epoch is None else int(epoch)
+        if statuses.get(mid) == "failed":
+            missing.append((mid, "failed"))
+            continue
+        if e not in zoo.epochs(mid, "weights"):
+            missing.append((mid, f"no weights checkpoint at epoch {e}"))
+            continue
+        usable[mid] = e
+        cells_by_key.setdefault(cell_key(cfg), []).append(mid)
+    cells = {i: members for i, (_, members) in enumerate(sorted(cells_by_key.items()))}
+    root = str(zoo.path)
+    done_keys = _done_keys(zoo.catalog, metric, params)
+    tasks, done = [], []
+    candidates: list[tuple[tuple[str, ...], int]] = []
+    if metric in PAIRWISE:
+        for members in cells.values():
+            for a, b in itertools.combinations(members, 2):
+                if usable[a] == usable[b]:
+                    candidates.append(((a, b), usable[a]))
+    else:
+        candidates = [((m,), e) for m, e in usable.items()]
+    for pair, e in candidates:
+        task = MetricTask(root, metric, e, pair, dict(params), device)
+        key = (pair[0], pair[1] if len(pair) > 1 else None, e)
+        (done if key in done_keys else tasks).append(task)
+    return MetricPlan(tasks, done, missing, cells)
+
+
+def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
+                params: Mapping[str, Any] | None = None, model_ids: Sequence[str] | None = None,
+                engine: str | Engine = "local", workers: int = 1, device: str = "cpu",
+                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Compute a landscape metric for every model (or seed pair) of a zoo and store it in the catalog.
+
+    Args:
+        zoo_dir: a trained zoo directory.
+        metric: ``"hessian"``, ``"fisher"``, ``"spectra"`` or ``"cka"``.
+        epoch: checkpointed epoch (default: each model's ``training.epochs``).
+        params: settings overriding :data:`DEFAULTS` (see :func:`metric_params`).
+        model_ids: restrict to these models.
+        engine: ``"local"`` or an :class:`~zooscape.zoo.engine.Engine`.
+        workers: worker processes of the local engine.
+        device: torch device.
+        progress: optional ``fn(message)``.
+
+    Returns:
+        The rows stored by this call (dicts with model_id, other_id, epoch, metric, value, params).
+
+    Raises:
+        FileNotFoundError: not a zoo directory.
+        ValueError: unknown metric or setting, or no model has a checkpoint at ``epoch``.
+        RuntimeError: another process is writing the zoo.
+    """
+    from zooscape.zoo.reader import open_zoo
+
+    settings = metric_params(metric, params)
+    store = ZooStore(zoo_dir)
+    if not is_zoo(store.root):
+        raise FileNotFoundError(f"{zoo_dir} is not a zoo directory (no catalog.sqlite)")
+    say = progress or (lambda message: None)
+    eng = get_engine(engine, workers)
+    with open_zoo(store.root) as zoo:
+        plan = plan_metric_tasks(zoo, metric, settings, epoch=epoch, model_ids=model_ids, device=device)
+    for mid, reason in plan.missing:
+        say(f"{mid}: skipped ({reason})")
+    if not plan.tasks and not plan.done:
+        raise ValueError(f"nothing to measure in {zoo_dir}: no model (pair) has a weights checkpoint at "
+                         f"epoch {epoch if epoch is not None else 'training.epochs'}")
+    if plan.done:
+        say(f"{len(plan.done)} task(s) already stored with these settings, skipped")
+    stored: list[dict[str, Any]] = []
+    with store.lock():
+        with Catalog(store.catalog_path) as catalog:
+            for i, result in enumerate(eng.map(run_metric_task, plan.tasks, ordered=False), start=1):
+                catalog.add_analyses(result["rows"])
+                stored.extend(result["rows"])
+                head = next((r for r in result["rows"] if r["metric"] == MARKERS[metric]), None)
+                value = "nan" if head is None or head["value"] is None or not math.isfinite(head["value"]) \
+                    else f"{head['value']:.6g}"
+                say(f"[{i}/{len(plan.tasks)}] {metric} {' vs '.join(result['model_ids'])}: "
+                    f"{MARKERS[metric]} = {value}")
+    return stored
