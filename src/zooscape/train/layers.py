@@ -16,6 +16,8 @@ References:
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,8 +27,22 @@ def _stack(tensors: list[Tensor]) -> Tensor:
     return torch.stack([t.detach() for t in tensors]).contiguous()
 
 
+def to_channel_layout(x: Tensor, n: int) -> Tensor:
+    """``[N*B, C, ...]`` (stacked layout) -> ``[B, N*C, ...]`` (channel layout)."""
+    b = x.shape[0] // n
+    return x.reshape(n, b, *x.shape[1:]).transpose(0, 1).reshape(b, n * x.shape[1], *x.shape[2:])
+
+
+def to_stacked_layout(x: Tensor, n: int) -> Tensor:
+    """``[B, N*C, ...]`` (channel layout) -> ``[N*B, C, ...]`` (stacked layout)."""
+    b = x.shape[0]
+    return x.reshape(b, n, x.shape[1] // n, *x.shape[2:]).transpose(0, 1).reshape(n * b, x.shape[1] // n,
+                                                                                 *x.shape[2:])
+
+
 class PopLinear(nn.Module):
-    """N independent ``nn.Linear`` layers applied to ``[B, N*in]`` giving ``[B, N*out]``.
+    """N independent ``nn.Linear`` layers: ``[B, N*in] -> [B, N*out]`` (channel layout) or
+    ``[N*B, in] -> [N*B, out]`` (stacked layout, used by networks without convolutions).
 
     Args:
         layers: the N source layers (same shape).
@@ -39,8 +55,16 @@ class PopLinear(nn.Module):
         self.out_features = layers[0].out_features
         self.weight = nn.Parameter(_stack([m.weight for m in layers]))  # [N, out, in]
         self.bias = nn.Parameter(_stack([m.bias for m in layers])) if layers[0].bias is not None else None
+        self.layout = "channel"
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.layout == "stacked":
+            xb = x.view(self.n, -1, self.in_features)
+            if self.bias is not None:
+                out = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight.transpose(1, 2))
+            else:
+                out = torch.bmm(xb, self.weight.transpose(1, 2))
+            return out.view(-1, self.out_features)
         lead = x.shape[:-1]
         xb = x.reshape(-1, self.n, self.in_features).transpose(0, 1)  # [N, B, in]
         if self.bias is not None:
@@ -98,14 +122,15 @@ class PopConv2d(nn.Module):
 
     Args:
         layers: the N source convolutions (same configuration).
-        strategy: ``"auto"``, ``"grouped"`` or ``"rowconv"``.
+        strategy: ``"auto"``, ``"grouped"`` or ``"rowconv"`` (default: ``$ZOOSCAPE_CONV_STRATEGY`` or ``"auto"``).
     """
 
     max_band_entries = 1 << 18
 
-    def __init__(self, layers: list[nn.Conv2d], strategy: str = "auto"):
+    def __init__(self, layers: list[nn.Conv2d], strategy: str | None = None):
         super().__init__()
         m = layers[0]
+        strategy = strategy or os.environ.get("ZOOSCAPE_CONV_STRATEGY", "auto")
         if m.padding_mode != "zeros":
             raise ValueError(f"population training supports padding_mode='zeros' only, got {m.padding_mode!r}")
         if strategy not in ("auto", "grouped", "rowconv"):
@@ -134,6 +159,11 @@ class PopConv2d(nn.Module):
         return kh * c * w_in * o * w_out <= self.max_band_entries and c * kw <= 64
 
     def forward(self, x: Tensor) -> Tensor:
+        if getattr(self, "layout", "channel") == "stacked":
+            return to_stacked_layout(self._forward(to_channel_layout(x, self.n)), self.n)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         if not self._use_rowconv(x):
             w = self.weight.reshape(-1, *self.weight.shape[2:])
             b = self.bias.reshape(-1) if self.bias is not None else None
@@ -195,6 +225,9 @@ class PopBatchNorm(nn.Module):
         rv = self.running_var.view(-1) if self.running_var is not None else None
         w = self.weight.view(-1) if self.weight is not None else None
         b = self.bias.view(-1) if self.bias is not None else None
+        if getattr(self, "layout", "channel") == "stacked":
+            y = F.batch_norm(to_channel_layout(x, self.n), rm, rv, w, b, use_batch, momentum, self.eps)
+            return to_stacked_layout(y, self.n)
         return F.batch_norm(x, rm, rv, w, b, use_batch, momentum, self.eps)
 
 
@@ -214,6 +247,9 @@ class PopGroupNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.view(-1) if self.weight is not None else None
         b = self.bias.view(-1) if self.bias is not None else None
+        if getattr(self, "layout", "channel") == "stacked":
+            y = F.group_norm(to_channel_layout(x, self.n), self.n * self.num_groups, w, b, self.eps)
+            return to_stacked_layout(y, self.n)
         return F.group_norm(x, self.n * self.num_groups, w, b, self.eps)
 
 
@@ -232,6 +268,13 @@ class PopLayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         k = len(self.shape)
+        if getattr(self, "layout", "channel") == "stacked":
+            y = F.layer_norm(x, self.shape, None, None, self.eps).view(self.n, -1, *self.shape)
+            if self.weight is not None:
+                y = y * self.weight.unsqueeze(1)
+                if self.bias is not None:
+                    y = y + self.bias.unsqueeze(1)
+            return y.view(x.shape)
         if k == 1:  # features in the last dim: [..., N*F]
             lead = x.shape[:-1]
             xs = x.reshape(*lead, self.n, self.shape[0])
@@ -272,12 +315,17 @@ class PopDropout(nn.Module):
             return x
         if self.generators is None:
             raise RuntimeError("PopDropout in training mode needs per-model generators (set_generators)")
-        b = x.shape[0]
-        per = x[0].numel() // self.n
-        masks = torch.stack([torch.rand(b, per, generator=g, device=g.device) for g in self.generators], 1)
+        if getattr(self, "layout", "channel") == "stacked":
+            b, per = x.shape[0] // self.n, x[0].numel()
+            masks = torch.stack([torch.rand(b, per, generator=g, device=g.device) for g in self.generators], 0)
+        else:
+            b, per = x.shape[0], x[0].numel() // self.n
+            masks = torch.stack([torch.rand(b, per, generator=g, device=g.device) for g in self.generators], 1)
         keep = (masks >= self.p).to(x.dtype).reshape(x.shape).to(x.device)
         return x * keep / (1.0 - self.p)
 
+
+POP_LAYERS = (PopLinear, PopConv2d, PopBatchNorm, PopGroupNorm, PopLayerNorm, PopDropout)
 
 _ELEMENTWISE = (
     nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Identity, nn.Flatten,

@@ -56,16 +56,32 @@ class PopulationOptimizer:
         self._any_mom = bool((self.momentum != 0).any())
 
     @torch.no_grad()
-    def step(self, lr: Tensor, active: Tensor) -> None:
-        """Apply one update. ``lr``: ``[N]`` learning rates; ``active``: ``[N]`` bool, frozen models are skipped."""
-        lr = torch.where(active, lr, torch.zeros_like(lr))
+    def step(self, lr: Tensor, active: Tensor, all_active: bool | None = None) -> None:
+        """Apply one update.
+
+        Args:
+            lr: ``[N]`` learning rates.
+            active: ``[N]`` bool; inactive (stopped or failed) models are left unchanged.
+            all_active: ``True`` when every model is active (skips the masking); computed if ``None``.
+        """
+        if all_active is None:
+            all_active = bool(active.all())
+        if not all_active:
+            lr = torch.where(active, lr, torch.zeros_like(lr))
         self.step_count += active.to(self.step_count.dtype).cpu()
         wd, mom = self.weight_decay, self.momentum
+        if self.kind != "sgd":
+            b1, b2 = self.betas
+            t = self.step_count.clamp(min=1)
+            bc1 = (1 - b1 ** t).to(lr.dtype).to(lr.device)
+            bc2_sqrt = (1 - b2 ** t).sqrt().to(lr.dtype).to(lr.device)
+            step_size = lr / bc1
         for name, p in self.params:
             g = p.grad
             if g is None:
                 continue
-            g = torch.where(_b(active, g), g, torch.zeros((), dtype=g.dtype, device=g.device))
+            if not all_active:
+                g = torch.where(_b(active, g), g, torch.zeros((), dtype=g.dtype, device=g.device))
             st = self.state.setdefault(name, {})
             if self.kind == "sgd":
                 d = g + _b(wd, p) * p if self._any_wd else g
@@ -73,13 +89,14 @@ class PopulationOptimizer:
                     buf = st.get("momentum_buffer")
                     if buf is None:
                         buf = st["momentum_buffer"] = d.clone()
+                    elif all_active:
+                        buf.mul_(_b(mom, buf)).add_(d)
                     else:
                         m = torch.where(_b(active, buf), _b(mom, buf), torch.ones_like(_b(mom, buf)))
                         buf.mul_(m).add_(torch.where(_b(active, d), d, torch.zeros_like(d)))
                     d = d + _b(mom, buf) * buf if self.nesterov else torch.where(_b(mom != 0, buf), buf, d)
                 p.add_(-_b(lr, p) * d)
             else:
-                b1, b2 = self.betas
                 if self.kind == "adamw":
                     p.mul_(1 - _b(lr * wd, p))
                 elif self._any_wd:
@@ -88,14 +105,15 @@ class PopulationOptimizer:
                     st["exp_avg"] = torch.zeros_like(p)
                     st["exp_avg_sq"] = torch.zeros_like(p)
                 ea, eas = st["exp_avg"], st["exp_avg_sq"]
-                a = _b(active, p)
-                ea.copy_(torch.where(a, ea * b1 + g * (1 - b1), ea))
-                eas.copy_(torch.where(a, eas * b2 + g * g * (1 - b2), eas))
-                t = self.step_count.clamp(min=1).to(p.device)
-                bc1 = (1 - b1 ** t).to(p.dtype)
-                bc2 = (1 - b2 ** t).to(p.dtype)
-                denom = (eas.sqrt() / _b(bc2.sqrt(), p)).add_(self.eps)
-                p.add_(-_b(lr / bc1, p) * ea / denom)
+                if all_active:
+                    ea.lerp_(g, 1 - b1)
+                    eas.mul_(b2).addcmul_(g, g, value=1 - b2)
+                else:
+                    a = _b(active, p)
+                    ea.copy_(torch.where(a, ea + (g - ea) * (1 - b1), ea))
+                    eas.copy_(torch.where(a, eas * b2 + g * g * (1 - b2), eas))
+                denom = (eas.sqrt() / _b(bc2_sqrt, p)).add_(self.eps)
+                p.addcdiv_(ea * _b(-step_size, p), denom)
 
     # ---------------------------------------------------------------------------------------- state (per member)
     def member_state(self, index: int) -> dict[str, Tensor]:

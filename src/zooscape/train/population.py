@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import PopDropout, widen_module
+from .layers import POP_LAYERS, PopConv2d, PopDropout, widen_module
 
 
 def _check_same_architecture(models: Sequence[nn.Module]) -> None:
@@ -36,6 +36,8 @@ class Population(nn.Module):
 
     Args:
         models: N >= 1 models with identical architecture (same class, same state-dict keys and shapes).
+        layout: ``"channel"`` (population in the channel dimension) or ``"stacked"`` (population stacked on the
+            batch dimension, for networks without convolutions); default: chosen from the architecture.
 
     Shapes:
         ``forward`` takes ``x`` of shape ``[B, N, *input_shape]`` (one batch per model) and returns ``[B, N, K]``.
@@ -44,7 +46,7 @@ class Population(nn.Module):
     The population's parameter names equal the template model's; each holds a leading model axis of size N.
     """
 
-    def __init__(self, models: Sequence[nn.Module]):
+    def __init__(self, models: Sequence[nn.Module], layout: str | None = None):
         super().__init__()
         if len(models) == 0:
             raise ValueError("a population needs at least one model")
@@ -56,6 +58,16 @@ class Population(nn.Module):
         self.net = net
         self._replace(net, [dict(m.named_modules()) for m in models], prefix="")
         self.dropouts = [m for m in net.modules() if isinstance(m, PopDropout)]
+        # networks without convolutions or pooling run in the "stacked" layout [N*B, F] (no transposes around
+        # each Linear); convolutional networks keep the population in the channel dimension [B, N*C, H, W]
+        spatial = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                   nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, PopConv2d)
+        self.layout = "channel" if any(isinstance(m, spatial) for m in net.modules()) else "stacked"
+        if layout is not None:
+            self.layout = layout
+        for m in net.modules():
+            if isinstance(m, POP_LAYERS):
+                m.layout = self.layout
         self._names = [k for k, _ in models[0].state_dict().items()]
         own = self.net.state_dict()
         missing = [k for k in self._names if k not in own]
@@ -82,6 +94,9 @@ class Population(nn.Module):
         b, n = x.shape[0], x.shape[1]
         if n != self.size:
             raise ValueError(f"expected input [B, {self.size}, ...], got shape {tuple(x.shape)}")
+        if self.layout == "stacked":
+            out = self.net(x.transpose(0, 1).reshape(n * b, *x.shape[2:]))
+            return out.view(n, b, -1).transpose(0, 1)
         rest = x.shape[3:] if x.dim() > 3 else ()
         wide = x.reshape(b, n * x.shape[2], *rest) if x.dim() > 2 else x.reshape(b, n)
         out = self.net(wide)

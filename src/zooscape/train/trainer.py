@@ -350,6 +350,7 @@ def train_population(
             pop.set_dropout_generators([epoch_generator(s, epoch, "dropout", dev) for s in seeds])
         aug_gens = [epoch_generator(s, epoch, "augment", dev) for s in seeds] if augment else None
         active = torch.tensor([e["status"] == "running" for e in extra], device=dev)
+        all_active = all(e["status"] == "running" for e in extra)
         run_loss = torch.zeros(n, dtype=torch.float64, device=dev)
         run_correct = torch.zeros(n, dtype=torch.float64, device=dev)
         seen = 0
@@ -366,7 +367,7 @@ def train_population(
             if config.grad_clip is not None:
                 _clip_grads([p for _, p in params], config.grad_clip)
             lr = current_lr((epoch - 1) * steps + s)
-            opt.step(lr, active)
+            opt.step(lr, active, all_active)
             b = idx.shape[0]
             with torch.no_grad():
                 run_loss += loss.detach().double() * b
