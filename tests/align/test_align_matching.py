@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from align_testlib import MLP, inputs, seeded, trained
+from align_testlib import MLP, VGG, Exotic, inputs, randomize_bn, seeded, trained
 
 from zooscape.align import (
     Permutation,
@@ -40,6 +40,16 @@ def test_weight_matching_recovers_a_random_permutation_exactly(kind):
             assert torch.equal(v, res.model.state_dict()[k]), k
         sd = model.state_dict()
         assert res.objective == pytest.approx(sum(float((sd[k].double() ** 2).sum()) for k in spec.axes))
+
+
+@pytest.mark.parametrize("make", [lambda: VGG(4, "bn"), lambda: Exotic(6)], ids=["flatten_blocks", "exotic"])
+def test_weight_matching_recovers_permutations_with_unit_blocks(make):
+    model = randomize_bn(seeded(make, 0), seed=1)
+    spec = permutation_spec(model, torch.randn(2, 1, 8, 8))
+    assert any(ap is not None and ap.inner > 1 for axes in spec.axes.values() for ap in axes)
+    perm = Permutation.random(spec, torch.Generator().manual_seed(5))
+    res = weight_matching(model, apply_permutation(model, perm), spec)
+    assert res.perm == perm.inverse()
 
 
 @pytest.mark.parametrize("kind", ["mlp", "resnet20"])

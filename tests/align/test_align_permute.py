@@ -111,3 +111,17 @@ def test_permutation_validation_errors():
         apply_permutation(model, {"net.0": torch.arange(4)})
     with pytest.raises(ValueError, match="spec expects"):
         apply_permutation(MLP((5,)), Permutation.identity(spec))
+
+
+def test_permuted_model_shares_no_storage_with_the_input():
+    model = seeded(lambda: VGG(4, "bn"), 0)
+    spec = permutation_spec(model, X_IMG[:2])
+    permuted = apply_permutation(model, Permutation.random(spec, torch.Generator().manual_seed(0)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for t in list(permuted.parameters()) + list(permuted.buffers()):
+            t.add_(1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in permuted.parameters())
+    assert isinstance(permuted.classifier[4].bias, nn.Parameter)

@@ -148,10 +148,17 @@ def apply_permutation(model: nn.Module, perm: Permutation, spec: PermutationSpec
         if not isinstance(perm, Permutation):
             raise ValueError("spec is required when perm is not a Permutation")
         spec = perm.spec
-    new = copy.deepcopy(model)
     state = permute_state_dict(model.state_dict(), perm, spec)
-    new.load_state_dict(state)
-    return new
+    # deep-copy the module tree but hand it the permuted tensors directly (no second copy of the weights)
+    memo: dict[int, object] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
+        if name in state and id(t) not in memo:
+            new_t = state[name] if name in spec.axes else t.detach().clone()
+            memo[id(t)] = nn.Parameter(new_t, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+                else new_t
+    return copy.deepcopy(model, memo)
 
 
 @dataclass

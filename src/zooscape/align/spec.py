@@ -158,6 +158,8 @@ def expand_index(perm: torch.Tensor, length: int, inner: int) -> torch.Tensor:
         ``[length]`` int64 index ``idx`` with ``idx[(a*n + c)*inner + b] = (a*n + perm[c])*inner + b``.
     """
     n = perm.numel()
+    if length == n and inner == 1:
+        return perm
     if length % (n * inner):
         raise ValueError(f"axis length {length} is not a multiple of n={n} x inner={inner}")
     outer = length // (n * inner)
