@@ -74,7 +74,7 @@ def test_spawn_cli_writes_catalog_checkpoints_and_plot(tmp_path, capsys):
         assert zoo.config(child)["derived"]["lmc"] == {"role": "child", "parent": main_id, "k1": 1, "replicate": 0}
         # stored barriers agree with a fresh evaluation of the stored checkpoints
         a, b = zoo.load_model(main_id, 3), zoo.load_model(child, 3)
-        path = linear_path(a, b, zoo.dataset(main_id), n_points=5)
+        path = linear_path(a, b, zoo.data(main_id), n_points=5)
         rec = next(r for r in records if r["k1"] == 1)
         assert rec["barrier_loss_test_linear"] == pytest.approx(path.barrier("test", "loss"), abs=1e-5)
         assert rec["distance"] == pytest.approx(path.distance, rel=1e-5)
@@ -128,7 +128,7 @@ epochs = "all"
         stored = zoo.analyses("barrier_error_test_linear")
         assert len(stored) == 6 and set(stored.epoch) == {1}
         r = rows[0]
-        path = linear_path(zoo.load_model(r["model_id"], 1), zoo.load_model(r["other_id"], 1), zoo.dataset(),
+        path = linear_path(zoo.load_model(r["model_id"], 1), zoo.load_model(r["other_id"], 1), zoo.data(),
                            n_points=3, splits=("test",))
         assert r["barrier_loss_test_mean"] == pytest.approx(path.barrier("test", "loss", "mean"), abs=1e-6)
     # re-running replaces rather than duplicates

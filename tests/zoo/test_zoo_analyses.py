@@ -70,7 +70,7 @@ def test_hessian_rows_match_the_library_and_store_settings(zoo_dir):
         # independent recomputation through the public library API on the same seeded subset
         mid = tops[0]["model_id"]
         model = zoo.load_model(mid, 1)
-        x, y = zoo.dataset(mid).split("train")
+        x, y = zoo.data(mid).split("train")
         idx = torch.sort(torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:64]).values
         op = ls.hessian_operator(model, F.cross_entropy, x[idx], y[idx])
         expected = ls.top_eigenvalues(op, num_steps=6, generator=0).eigenvalues[0]
@@ -105,7 +105,7 @@ def test_cka_covers_every_seed_pair_within_cells(zoo_dir):
             assert cell_key(zoo.config(r["model_id"])) == cell_key(zoo.config(r["other_id"]))
             assert 0.0 < r["value"] <= 1.0
         r = rows[0]
-        x, _ = zoo.dataset(r["model_id"]).split("test")
+        x, _ = zoo.data(r["model_id"]).split("test")
         idx = torch.sort(torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:128]).values
         with torch.no_grad():
             a = zoo.load_model(r["model_id"], 1)(x[idx])

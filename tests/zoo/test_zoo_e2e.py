@@ -75,7 +75,7 @@ def test_table_has_one_row_per_model_and_epoch(tiny_zoo):
 
 def test_load_model_reproduces_recorded_accuracy(tiny_zoo):
     _, zoo = tiny_zoo
-    data = zoo.dataset()
+    data = zoo.data()
     table = zoo.table().set_index(["model_id", "epoch"])
     n_test = len(data.test_y)
     for mid in zoo.model_ids:

@@ -256,7 +256,7 @@ def run_metric_task(task: MetricTask) -> dict[str, Any]:
 
     with open_zoo(task.root) as zoo:
         models = [zoo.load_model(m, task.epoch, device=task.device) for m in task.model_ids]
-        data = None if task.metric == "spectra" else zoo.dataset(task.model_ids[0])
+        data = None if task.metric == "spectra" else zoo.data(task.model_ids[0])
     values = compute_metric(task.metric, models, data, task.params, device=task.device)
     params = {"analysis": task.metric, **task.params}
     other = task.model_ids[1] if len(task.model_ids) > 1 else None

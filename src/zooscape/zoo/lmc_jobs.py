@@ -478,7 +478,7 @@ def pair_barriers(
                 say(f"cell {index}: {len(ids) - len(usable)} model(s) have no checkpoint at epoch {e}, skipped")
             if len(usable) < 2:
                 continue
-            data = zoo.dataset(usable[0])
+            data = zoo.data(usable[0])
             models = {m: zoo.load_model(m, e, device=device) for m in usable}
             say(f"cell {index}: {len(usable)} models, {len(usable) * (len(usable) - 1) // 2} pairs at epoch {e}")
             params = {"experiment": PAIRS_EXPERIMENT, "n_points": n_points, "bn_mode": bn_mode}

@@ -284,7 +284,7 @@ class Zoo:
 
     # ------------------------------------------------------------------------------------------- data
 
-    def dataset(self, model_id: str | None = None) -> Any:
+    def data(self, model_id: str | None = None) -> Any:
         """The data set (``DataSplits``) a model was trained on.
 
         Args:
@@ -307,6 +307,46 @@ class Zoo:
                 f"the models of zoo {self.path} use {len(distinct)} different data sets; pass model_id"
             )
         return load_data(next(iter(distinct.values())))
+
+    def dataset(
+        self,
+        epochs: int | str | Sequence[int] | None = None,
+        layers: Sequence[int | str] | None = None,
+        properties: Sequence[str] = ("test_acc",),
+        filters: Any = None,
+        split: Sequence[float] = (0.7, 0.15, 0.15),
+        seed: int = 42,
+        **kwargs: Any,
+    ) -> Any:
+        """The zoo as a data set: train/val/test splits (by model) of vectorised weights and properties.
+
+        See :func:`zooscape.zoo.weights.build_datasets` (``categorical``, ``dtype``, ``device`` are passed on).
+        For the data the models were trained on, use :meth:`data`.
+
+        Args:
+            epochs: None (all checkpoints), ``"last"``, an int or a list of ints.
+            layers: layer indices/names/patterns to keep (None: all parameters).
+            properties: metrics (``test_acc``), ``ggap``, ``epoch``, config keys (``training.lr``).
+            filters: ``zooscape.zoo.weights.Filters`` or a dict (nonfinite, max_abs, failed, predicate).
+            split: (train, val, test) fractions of the models.
+            seed: split seed.
+            **kwargs: further arguments of ``build_datasets``.
+
+        Returns:
+            ``ZooDatasets`` (``train, val, test = zoo.dataset(...)``; ``.index_map``, ``.report``).
+
+        References:
+            Schürholt et al. (2022), "Model Zoos: A Dataset of Diverse Populations of Neural Network Models".
+        """
+        if isinstance(epochs, str) and epochs not in ("all", "last"):
+            raise TypeError(
+                f"Zoo.dataset(epochs={epochs!r}): dataset() builds weight data sets; the data a model was trained "
+                "on is Zoo.data(model_id)"
+            )
+        from zooscape.zoo.weights import build_datasets
+
+        return build_datasets(self, epochs=epochs, layers=layers, properties=properties, filters=filters,
+                              split=split, seed=seed, **kwargs)
 
     def status_counts(self) -> dict[str, int]:
         """Number of models per status.

@@ -1,0 +1,883 @@
+"""A zoo as a data set: vectorised weights in, model properties out.
+
+>>> import zooscape.zoo
+>>> zoo = zooscape.zoo.open("runs/mzd")                                       # doctest: +SKIP
+>>> ds = zoo.dataset(epochs=[5, 10], properties=["test_acc", "ggap", "model.activation"],
+...                  filters={"max_abs": 1e3}, split=(0.7, 0.15, 0.15), seed=42)   # doctest: +SKIP
+>>> train, val, test = ds                                                     # doctest: +SKIP
+>>> w, props = train[0]             # w: [D] float32; props: {"test_acc": tensor(0.91), ...}   # doctest: +SKIP
+>>> sd = vector_to_state_dict(w, ds.index_map)                               # doctest: +SKIP
+
+One *sample* is one checkpoint: a (model, epoch) pair. Its weights are the model's parameters (not buffers)
+flattened in state-dict order and concatenated; :class:`IndexMap` records, per parameter, its name, shape,
+offset in the vector, owning layer and the layer's kind, so that :func:`vector_to_state_dict` is the exact
+inverse of :func:`vectorize`. Splits are made *by model*: every epoch of a model lands in the same split, and a
+model's split depends only on the zoo's model ids, ``split`` and ``seed`` (not on epochs, layers or filters).
+
+Models whose parameter names differ but whose parameter shapes agree in order (e.g. CNN-s with Dropout modules,
+which shift the ``module_list`` indices) are aligned by position; the index map carries the names of the
+reference model (the first model, by id, that has a sample).
+
+References:
+    Schürholt, Taskiran, Knyazev, Giró-i-Nieto & Borth (2022), "Model Zoos: A Dataset of Diverse Populations of
+    Neural Network Models" (vectorised weights, index map, splits by model, filters, ggap).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import math
+import numbers
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DatasetReport",
+    "Filters",
+    "IndexMap",
+    "ParamSlot",
+    "WeightsDataset",
+    "ZooDatasets",
+    "build_datasets",
+    "index_map",
+    "layer_kind",
+    "load_weights",
+    "split_models",
+    "vector_to_state_dict",
+    "vectorize",
+]
+
+log = logging.getLogger("zooscape.zoo")
+
+#: Properties computed from other columns.
+DERIVED_PROPERTIES = ("epoch", "ggap")
+SPLIT_NAMES = ("train", "val", "test")
+SHARD_SEP = "/"
+
+
+# ----------------------------------------------------------------------------------------------- index map
+
+
+def layer_kind(module: nn.Module) -> str:
+    """Kind of a layer: ``"conv"``, ``"linear"``, ``"norm"``, ``"embedding"`` or ``"other"``.
+
+    Args:
+        module: a leaf module that owns parameters.
+
+    Returns:
+        str.
+    """
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm
+                  | nn.modules.instancenorm._InstanceNorm):
+        return "norm"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    return "other"
+
+
+def _kind_from_shape(weight_shape: Sequence[int] | None) -> str:
+    if weight_shape is None:
+        return "other"
+    return {2: "linear", 3: "conv", 4: "conv", 5: "conv"}.get(len(weight_shape), "other")
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """Where one parameter lives in the flat weight vector.
+
+    Args:
+        name: state-dict name (``"module_list.0.weight"``).
+        shape: parameter shape.
+        offset: first index in the vector.
+        numel: number of entries (``prod(shape)``).
+        layer: owning module path (``"module_list.0"``; ``""`` for parameters of the root module).
+        kind: the layer's kind (see :func:`layer_kind`).
+        role: last name component (``"weight"``, ``"bias"``, ...).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    numel: int
+    layer: str
+    kind: str
+    role: str
+
+    @property
+    def stop(self) -> int:
+        """End index (exclusive) in the vector."""
+        return self.offset + self.numel
+
+
+class IndexMap:
+    """Layout of a flat weight vector: one :class:`ParamSlot` per parameter, contiguous and in order.
+
+    Args:
+        slots: the parameters, in vector order (offsets are recomputed from the order and shapes).
+    """
+
+    def __init__(self, slots: Sequence[ParamSlot]) -> None:
+        out, offset = [], 0
+        for s in slots:
+            numel = math.prod(s.shape)
+            out.append(ParamSlot(s.name, tuple(int(d) for d in s.shape), offset, numel, s.layer, s.kind, s.role))
+            offset += numel
+        names = [s.name for s in out]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate parameter names in index map: {names}")
+        self.slots: tuple[ParamSlot, ...] = tuple(out)
+        self.size: int = offset
+        self._by_name = {s.name: s for s in out}
+
+    def __repr__(self) -> str:
+        return f"IndexMap({len(self.slots)} parameters, {len(self.layers())} layers, size={self.size})"
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __iter__(self) -> Iterator[ParamSlot]:
+        return iter(self.slots)
+
+    def __getitem__(self, name: str) -> ParamSlot:
+        if name not in self._by_name:
+            raise KeyError(f"no parameter {name!r} in the index map; parameters: {self.names}")
+        return self._by_name[name]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IndexMap) and self.slots == other.slots
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def names(self) -> list[str]:
+        """Parameter names in vector order."""
+        return [s.name for s in self.slots]
+
+    def layers(self) -> dict[str, list[ParamSlot]]:
+        """Parameters grouped by owning layer, in vector order.
+
+        Returns:
+            dict layer path -> list of slots.
+        """
+        out: dict[str, list[ParamSlot]] = {}
+        for s in self.slots:
+            out.setdefault(s.layer, []).append(s)
+        return out
+
+    def select(self, layers: Sequence[int | str] | None) -> IndexMap:
+        """A map of a subset of layers/parameters (vector order is kept, offsets recomputed).
+
+        Args:
+            layers: None (everything) or entries that are each an int (position among the layers that own
+                parameters, negative counts from the end), a layer path, a parameter name, or an ``fnmatch``
+                pattern over layer paths and parameter names (``"module_list.1*"``).
+
+        Returns:
+            IndexMap.
+
+        Raises:
+            KeyError: an entry matches nothing (the message lists the layers).
+            ValueError: ``layers`` is empty.
+        """
+        if layers is None:
+            return self
+        if isinstance(layers, str | int):
+            layers = [layers]
+        if len(layers) == 0:
+            raise ValueError("layers must be None or a non-empty list of layer indices/names")
+        layer_names = list(self.layers())
+        keep: set[str] = set()
+        for entry in layers:
+            if isinstance(entry, numbers.Integral) and not isinstance(entry, bool):
+                i = int(entry)
+                if not -len(layer_names) <= i < len(layer_names):
+                    raise KeyError(f"layers: index {i} out of range for {len(layer_names)} layers {layer_names}")
+                keep |= {s.name for s in self.layers()[layer_names[i]]}
+                continue
+            if not isinstance(entry, str):
+                raise ValueError(f"layers: entries must be ints or strings, got {entry!r}")
+            hits = {s.name for s in self.slots
+                    if entry in (s.name, s.layer) or fnmatch.fnmatchcase(s.name, entry)
+                    or fnmatch.fnmatchcase(s.layer, entry)}
+            if not hits:
+                raise KeyError(f"layers: {entry!r} matches no layer or parameter; layers: {layer_names}")
+            keep |= hits
+        return IndexMap([s for s in self.slots if s.name in keep])
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        """JSON-ready description (one dict per parameter: name, shape, offset, numel, layer, kind, role).
+
+        Returns:
+            list of dicts.
+        """
+        return [{"name": s.name, "shape": list(s.shape), "offset": s.offset, "numel": s.numel, "layer": s.layer,
+                 "kind": s.kind, "role": s.role} for s in self.slots]
+
+    @classmethod
+    def from_dict(cls, entries: Sequence[Mapping[str, Any]]) -> IndexMap:
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            entries: list of dicts with name, shape, layer, kind, role.
+
+        Returns:
+            IndexMap.
+        """
+        return cls([ParamSlot(e["name"], tuple(e["shape"]), 0, 0, e["layer"], e["kind"], e["role"]) for e in entries])
+
+
+def index_map(source: nn.Module | Mapping[str, Tensor], layers: Sequence[int | str] | None = None) -> IndexMap:
+    """Index map of a model's parameters (or of every tensor of a state dict).
+
+    Args:
+        source: a model (parameters only, buffers excluded; layer kinds from the module types) or a state dict
+            (every entry; kinds guessed from the shape of the layer's ``weight``: 2-d linear, 3-5-d conv).
+        layers: optional selection (see :meth:`IndexMap.select`).
+
+    Returns:
+        IndexMap.
+    """
+    slots = []
+    if isinstance(source, nn.Module):
+        modules = dict(source.named_modules())
+        for name, p in source.named_parameters():
+            layer, _, role = name.rpartition(".")
+            slots.append(ParamSlot(name, tuple(p.shape), 0, 0, layer, layer_kind(modules[layer]), role))
+    elif isinstance(source, Mapping):
+        shapes = {k: tuple(v.shape) for k, v in source.items()}
+        for name, shape in shapes.items():
+            layer, _, role = name.rpartition(".")
+            weight = shapes.get(f"{layer}.weight" if layer else "weight")
+            slots.append(ParamSlot(name, shape, 0, 0, layer, _kind_from_shape(weight), role))
+    else:
+        raise ValueError(f"source must be an nn.Module or a state dict, got {type(source).__name__}")
+    return IndexMap(slots).select(layers)
+
+
+def vectorize(state_dict: Mapping[str, Tensor], imap: IndexMap, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Flatten the parameters of ``imap`` from a state dict into one vector.
+
+    Args:
+        state_dict: name -> tensor (may hold more entries than the map).
+        imap: the layout.
+        dtype: vector dtype.
+
+    Returns:
+        ``[imap.size]`` tensor on the device of the first parameter.
+
+    Raises:
+        KeyError: a parameter of the map is missing. ValueError: a shape differs from the map.
+    """
+    parts = []
+    for s in imap.slots:
+        if s.name not in state_dict:
+            raise KeyError(f"state dict lacks parameter {s.name!r} of the index map")
+        t = state_dict[s.name]
+        if tuple(t.shape) != s.shape:
+            raise ValueError(f"parameter {s.name!r} has shape {tuple(t.shape)}, the index map expects {s.shape}")
+        parts.append(t.detach().reshape(-1).to(dtype))
+    if not parts:
+        return torch.zeros(0, dtype=dtype)
+    return torch.cat(parts)
+
+
+def _like_names(imap: IndexMap, like: nn.Module | Mapping[str, Tensor]) -> list[str]:
+    """Names of ``like``'s parameters aligned by position (and shape) with the map."""
+    if isinstance(like, nn.Module):
+        params = [(n, tuple(p.shape)) for n, p in like.named_parameters()]
+    else:
+        params = [(n, tuple(t.shape)) for n, t in like.items()]
+    ref_all = [(s.name, s.shape) for s in imap.slots]
+    if len(params) == len(ref_all) and all(a[1] == b[1] for a, b in zip(params, ref_all)):
+        return [n for n, _ in params]
+    raise ValueError(
+        f"like: its parameters {[(n, list(s)) for n, s in params]} do not match the index map's "
+        f"{[(n, list(s)) for n, s in ref_all]} in order and shape"
+    )
+
+
+def vector_to_state_dict(
+    vector: Tensor, imap: IndexMap, like: nn.Module | Mapping[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Exact inverse of :func:`vectorize`: cut a vector back into named, shaped tensors.
+
+    Args:
+        vector: ``[imap.size]``.
+        imap: the layout.
+        like: optional model or state dict whose parameters (in order, with equal shapes) give the names, for
+            models aligned by position with the map's reference (e.g. CNN-s with Dropout modules).
+
+    Returns:
+        dict name -> tensor (copies, dtype and device of ``vector``), in vector order.
+
+    Raises:
+        ValueError: ``vector`` is not 1-d of length ``imap.size``, or ``like`` does not match.
+    """
+    if not isinstance(vector, Tensor) or vector.dim() != 1 or vector.numel() != imap.size:
+        shape = tuple(vector.shape) if isinstance(vector, Tensor) else type(vector).__name__
+        raise ValueError(f"vector must have shape [{imap.size}], got {shape}")
+    names = imap.names if like is None else _like_names(imap, like)
+    return {n: vector[s.offset:s.stop].reshape(s.shape).clone() for n, s in zip(names, imap.slots)}
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_weights(
+    root: str | Path,
+    samples: Sequence[tuple[str, str]],
+    names: Sequence[Sequence[str]],
+    imap: IndexMap,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Read many checkpoints from shards into one ``[N, D]`` tensor (each shard file is opened once).
+
+    Args:
+        root: zoo directory.
+        samples: one ``(model_id, shard path relative to root)`` per row.
+        names: per row, the model's own parameter names in the order of ``imap`` (aligned by position).
+        imap: the layout (gives offsets and shapes).
+        dtype: result dtype.
+
+    Returns:
+        ``[N, imap.size]`` CPU tensor.
+
+    Raises:
+        KeyError: a shard lacks a tensor. ValueError: a tensor's size differs from the map.
+    """
+    root = Path(root)
+    out = torch.empty((len(samples), imap.size), dtype=dtype)
+    by_file: dict[str, list[int]] = {}
+    for row, (_, rel) in enumerate(samples):
+        by_file.setdefault(rel, []).append(row)
+    slots = imap.slots
+    for rel, rows in by_file.items():
+        path = root / rel
+        with safe_open(str(path), framework="pt") as fh:
+            for row in rows:
+                mid = samples[row][0]
+                for s, name in zip(slots, names[row]):
+                    key = f"{mid}{SHARD_SEP}{name}"
+                    try:
+                        t = fh.get_tensor(key)
+                    except Exception as exc:  # safetensors raises its own error type for missing keys
+                        raise KeyError(f"shard {path} lacks tensor {key!r}") from exc
+                    if t.numel() != s.numel:
+                        raise ValueError(f"shard {path}: {key!r} has shape {tuple(t.shape)}, expected {s.shape}")
+                    out[row, s.offset:s.stop] = t.reshape(-1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- splits
+
+
+def split_models(
+    model_ids: Sequence[str], split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42
+) -> dict[str, str]:
+    """Assign models to train/val/test (a seeded shuffle of the sorted ids, cut by the fractions).
+
+    ``n_train = round(f_train * n)``, ``n_val = round(f_val * n)``, the rest is test.
+
+    Args:
+        model_ids: all model ids of the zoo.
+        split: three fractions ``(train, val, test)`` >= 0 summing to 1.
+        seed: shuffle seed (a private ``torch.Generator``).
+
+    Returns:
+        dict model_id -> ``"train"`` | ``"val"`` | ``"test"``.
+
+    Raises:
+        ValueError: bad ``split``.
+    """
+    split = tuple(float(f) for f in split)
+    if len(split) != 3 or any(not math.isfinite(f) or f < 0 for f in split) or abs(sum(split) - 1.0) > 1e-6:
+        raise ValueError(f"split must be three fractions >= 0 summing to 1, got {split}")
+    ids = sorted(set(model_ids))
+    gen = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(len(ids), generator=gen).tolist()
+    n_train = int(round(split[0] * len(ids)))
+    n_val = min(int(round(split[1] * len(ids))), len(ids) - n_train)
+    out = {}
+    for rank, i in enumerate(order):
+        out[ids[i]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which samples to drop (every dropped sample is counted in :class:`DatasetReport`).
+
+    Args:
+        nonfinite: drop samples with a NaN/inf weight (among the selected parameters).
+        max_abs: drop samples with a weight whose absolute value exceeds this (None: off).
+        failed: drop every sample of models whose run failed (status ``failed``: non-finite training loss).
+        predicate: ``predicate(row, weights) -> bool``, False drops the sample; ``row`` is the sample's row of
+            :meth:`zooscape.zoo.Zoo.table` as a dict (model_id, epoch, config columns, metrics) and ``weights``
+            its ``[D]`` vector.
+    """
+
+    nonfinite: bool = True
+    max_abs: float | None = None
+    failed: bool = True
+    predicate: Callable[[Mapping[str, Any], Tensor], bool] | None = None
+
+    @classmethod
+    def coerce(cls, filters: Filters | Mapping[str, Any] | None) -> Filters:
+        """Filters from None (defaults), a Filters or a dict of its fields.
+
+        Args:
+            filters: the value given by the user.
+
+        Returns:
+            Filters.
+
+        Raises:
+            KeyError: unknown key. ValueError: bad value.
+        """
+        if filters is None:
+            return cls()
+        if isinstance(filters, Filters):
+            out = filters
+        elif isinstance(filters, Mapping):
+            allowed = ("nonfinite", "max_abs", "failed", "predicate")
+            unknown = sorted(set(filters) - set(allowed))
+            if unknown:
+                raise KeyError(f"filters: unknown key(s) {unknown}; allowed: {list(allowed)}")
+            out = cls(**dict(filters))
+        else:
+            raise ValueError(f"filters must be None, a Filters or a dict, got {type(filters).__name__}")
+        if out.max_abs is not None and (not isinstance(out.max_abs, numbers.Real) or not out.max_abs > 0):
+            raise ValueError(f"filters: max_abs must be a number > 0 or None, got {out.max_abs!r}")
+        if out.predicate is not None and not callable(out.predicate):
+            raise ValueError(f"filters: predicate must be callable, got {out.predicate!r}")
+        return out
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`build_datasets` kept and dropped.
+
+    Args:
+        total: candidate samples (model, epoch) considered.
+        kept: samples in the three splits together.
+        dropped: reason -> number of dropped samples (each sample counted once, under its first reason).
+        samples: ``(model_id, epoch, reason)`` of every dropped sample.
+        split_sizes: split -> (models, samples).
+    """
+
+    total: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    samples: list[tuple[str, int, str]] = field(default_factory=list)
+    split_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def drop(self, model_id: str, epoch: int, reason: str) -> None:
+        """Record one dropped sample."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.samples.append((model_id, int(epoch), reason))
+
+    def summary(self) -> str:
+        """Human-readable summary.
+
+        Returns:
+            multi-line str.
+        """
+        lines = [f"{self.kept} of {self.total} samples kept, {self.total - self.kept} dropped"]
+        for reason, n in sorted(self.dropped.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  dropped {n}: {reason}")
+        for name, (m, n) in self.split_sizes.items():
+            lines.append(f"  {name}: {m} models, {n} samples")
+        return "\n".join(lines)
+
+
+class WeightsDataset(Dataset):
+    """One split: weight vectors and property values of its samples.
+
+    ``ds[i]`` is ``(weights[i], {property: value})``: the default collate function batches it into a
+    ``[B, D]`` tensor and a dict of ``[B]`` tensors.
+
+    Args:
+        weights: ``[N, D]``.
+        properties: name -> ``[N]`` tensor (float32 for numeric properties, int64 class indices for
+            categorical ones).
+        model_ids: N model ids.
+        epochs: ``[N]`` int64.
+        imap: the layout of the vectors.
+        classes: categorical property -> class values (class index i is ``classes[name][i]``).
+    """
+
+    def __init__(
+        self,
+        weights: Tensor,
+        properties: Mapping[str, Tensor],
+        model_ids: Sequence[str],
+        epochs: Tensor,
+        imap: IndexMap,
+        classes: Mapping[str, Sequence[Any]] | None = None,
+    ) -> None:
+        n = weights.shape[0]
+        if weights.dim() != 2 or weights.shape[1] != imap.size:
+            raise ValueError(f"weights must have shape [N, {imap.size}], got {tuple(weights.shape)}")
+        for k, v in properties.items():
+            if tuple(v.shape) != (n,):
+                raise ValueError(f"property {k!r} has shape {tuple(v.shape)}, expected [{n}]")
+        if len(model_ids) != n or tuple(epochs.shape) != (n,):
+            raise ValueError(f"model_ids ({len(model_ids)}) and epochs {tuple(epochs.shape)} must have length {n}")
+        self.weights = weights
+        self.properties = dict(properties)
+        self.model_ids = list(model_ids)
+        self.epochs = epochs
+        self.index_map = imap
+        self.classes = {k: list(v) for k, v in (classes or {}).items()}
+
+    def __len__(self) -> int:
+        return self.weights.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.weights[i], {k: v[i] for k, v in self.properties.items()}
+
+    def __repr__(self) -> str:
+        return (f"WeightsDataset({len(self)} samples of {len(set(self.model_ids))} models, D={self.index_map.size}, "
+                f"properties={list(self.properties)})")
+
+    def state_dict(self, i: int, like: nn.Module | Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The weights of sample ``i`` as a state dict (see :func:`vector_to_state_dict`).
+
+        Args:
+            i: sample index.
+            like: optional model giving the parameter names (models aligned by position).
+
+        Returns:
+            dict name -> tensor.
+        """
+        return vector_to_state_dict(self.weights[i], self.index_map, like)
+
+
+@dataclass
+class ZooDatasets:
+    """Train/val/test :class:`WeightsDataset` of a zoo (``train, val, test = zoo.dataset(...)`` unpacks them).
+
+    Args:
+        train: training split.
+        val: validation split.
+        test: test split.
+        index_map: layout of the weight vectors.
+        properties: property names, in the order requested.
+        classes: categorical property -> class values.
+        report: kept/dropped counts.
+        split_of: model_id -> split name, for every model of the zoo.
+    """
+
+    train: WeightsDataset
+    val: WeightsDataset
+    test: WeightsDataset
+    index_map: IndexMap
+    properties: tuple[str, ...]
+    classes: dict[str, list[Any]]
+    report: DatasetReport
+    split_of: dict[str, str]
+
+    def __iter__(self) -> Iterator[WeightsDataset]:
+        return iter((self.train, self.val, self.test))
+
+    def __getitem__(self, name: str) -> WeightsDataset:
+        if name not in SPLIT_NAMES:
+            raise KeyError(f"split must be one of {SPLIT_NAMES}, got {name!r}")
+        return getattr(self, name)
+
+    def is_categorical(self, name: str) -> bool:
+        """Whether a property holds class indices.
+
+        Args:
+            name: property name.
+
+        Returns:
+            bool.
+        """
+        if name not in self.properties:
+            raise KeyError(f"unknown property {name!r}; properties: {list(self.properties)}")
+        return name in self.classes
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def _epoch_selection(epochs: int | str | Sequence[int] | None) -> tuple[str, set[int]]:
+    if epochs is None:
+        return "all", set()
+    if isinstance(epochs, str):
+        if epochs in ("all", "last"):
+            return epochs, set()
+        raise ValueError(f"epochs must be None, 'all', 'last', an int or a list of ints, got {epochs!r}")
+    if isinstance(epochs, numbers.Integral) and not isinstance(epochs, bool):
+        epochs = [int(epochs)]
+    try:
+        values = {int(e) for e in epochs}  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"epochs must be None, 'all', 'last', an int or a list of ints, got {epochs!r}") from None
+    if not values or any(e < 0 for e in values):
+        raise ValueError(f"epochs must be non-empty and >= 0, got {sorted(values)}")
+    return "list", values
+
+
+def _arch_key(config: Mapping[str, Any]) -> str:
+    from zooscape.zoo.grid import canonical_json
+
+    model = {k: v for k, v in config["model"].items() if k != "init"}
+    return canonical_json([model, config.get("derived", {}).get("model_args") or {}])
+
+
+def _arch_params(config: Mapping[str, Any]) -> IndexMap:
+    from zooscape.zoo.build import build_model
+
+    model = build_model(config["model"], seed=0, model_args=config.get("derived", {}).get("model_args"))
+    return index_map(model)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+class _PropertyResolver:
+    """Turns a property name into per-row values (metrics, ggap, epoch, config columns, original keys)."""
+
+    def __init__(self, rows: pd.DataFrame, source_params: Mapping[str, Mapping[str, Any]]) -> None:
+        self.rows = rows
+        self.source = source_params
+
+    def available(self) -> list[str]:
+        cols = [c for c in self.rows.columns if c not in ("model_id",)]
+        orig = sorted({k for p in self.source.values() for k in p})
+        return sorted(set(cols) | set(DERIVED_PROPERTIES)) + orig
+
+    def values(self, name: str) -> list[Any]:
+        rows = self.rows
+        if name == "epoch":
+            return rows["epoch"].astype(int).tolist()
+        if name == "ggap":
+            for c in ("train_acc", "test_acc"):
+                if c not in rows.columns:
+                    raise KeyError(f"property 'ggap' needs the metric {c!r}, which the zoo does not record")
+            return (rows["train_acc"].astype(float) - rows["test_acc"].astype(float)).tolist()
+        if name in rows.columns:
+            return rows[name].tolist()
+        if any(name in p for p in self.source.values()):
+            return [self.source.get(m, {}).get(name) for m in rows["model_id"]]
+        suffix = [c for c in rows.columns if c.endswith("." + name)]
+        if len(suffix) == 1:
+            return rows[suffix[0]].tolist()
+        if len(suffix) > 1:
+            raise KeyError(f"property {name!r} is ambiguous: {suffix}")
+        raise KeyError(f"unknown property {name!r}; available: {self.available()}")
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _class_key(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str) if not isinstance(v, str) else v
+
+
+def build_datasets(
+    zoo: Any,
+    epochs: int | str | Sequence[int] | None = None,
+    layers: Sequence[int | str] | None = None,
+    properties: Sequence[str] = ("test_acc",),
+    filters: Filters | Mapping[str, Any] | None = None,
+    split: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 42,
+    categorical: Sequence[str] = (),
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> ZooDatasets:
+    """Train/val/test data sets of vectorised weights and properties of a zoo (see :meth:`Zoo.dataset`).
+
+    Args:
+        zoo: an open :class:`zooscape.zoo.Zoo`.
+        epochs: None/``"all"`` (every checkpointed epoch), ``"last"`` (each model's last checkpoint), an int or a
+            list of ints (models without a checkpoint at a requested epoch count as dropped samples).
+        layers: parameters to keep (see :meth:`IndexMap.select`); None keeps all parameters (buffers such as
+            BatchNorm running statistics are never included).
+        properties: per-epoch metrics (``test_acc``, ``train_loss``, ...), ``ggap`` (train_acc - test_acc),
+            ``epoch``, config columns (``training.lr``, ``model.activation``; a unique suffix such as ``lr``
+            also works when no metric has that name) and, for imported zoos, original config keys
+            (``optim::lr``). Non-numeric values (and the names in ``categorical``) become class indices.
+        filters: :class:`Filters` or a dict of its fields (default: drop non-finite weights and failed runs).
+        split: ``(train, val, test)`` fractions of the *models*.
+        seed: split seed.
+        categorical: properties to treat as categorical even if numeric (e.g. ``training.seed``).
+        dtype: weight dtype.
+        device: where to put the tensors (default CPU).
+
+    Returns:
+        :class:`ZooDatasets`; ``report`` counts every dropped sample by reason.
+
+    Raises:
+        KeyError: unknown property or layer. ValueError: bad ``epochs``/``split``/``filters``, or models whose
+        parameters cannot be aligned with the reference model.
+
+    References:
+        Schürholt et al. (2022), Model Zoos (ModelDatasetBase: splits by model, NaN and weight-threshold filters).
+    """
+    if isinstance(properties, str):
+        properties = [properties]
+    properties = list(properties)
+    if len(set(properties)) != len(properties):
+        raise ValueError(f"properties must be distinct, got {properties}")
+    flt = Filters.coerce(filters)
+    mode, wanted = _epoch_selection(epochs)
+    split_of = split_models(zoo.model_ids, split, seed)
+    catalog = zoo.catalog
+
+    configs: dict[str, dict[str, Any]] = {}
+    status: dict[str, str] = {}
+    for mid, st, cfg in catalog.query("SELECT model_id, status, config FROM models ORDER BY model_id"):
+        configs[mid] = json.loads(cfg)
+        status[mid] = st
+    shards: dict[str, dict[int, str]] = {}
+    for mid, ep, f in catalog.query("SELECT model_id, epoch, file FROM checkpoints WHERE kind = 'weights'"):
+        shards.setdefault(mid, {})[int(ep)] = f
+
+    report = DatasetReport()
+    candidates: list[tuple[str, int]] = []
+    for mid in sorted(configs):
+        have = shards.get(mid, {})
+        if mode == "all":
+            eps = sorted(have)
+        elif mode == "last":
+            eps = [max(have)] if have else []
+        else:
+            eps = sorted(wanted)
+        for e in eps:
+            report.total += 1
+            if flt.failed and status[mid] == "failed":
+                report.drop(mid, e, "failed run")
+            elif e not in have:
+                report.drop(mid, e, "no checkpoint at that epoch")
+            else:
+                candidates.append((mid, e))
+
+    table = zoo.table()
+    table = table.set_index(["model_id", "epoch"], drop=False)
+    idx = pd.MultiIndex.from_tuples(candidates, names=["model_id", "epoch"]) if candidates else None
+    rows = table.reindex(idx) if idx is not None else table.iloc[:0]
+    rows = rows.assign(model_id=[c[0] for c in candidates], epoch=[c[1] for c in candidates]).reset_index(drop=True)
+    source = {m: (c.get("derived", {}).get("source") or {}).get("params") or {} for m, c in configs.items()}
+    resolver = _PropertyResolver(rows, source)
+    raw = {name: resolver.values(name) for name in properties}
+
+    # architectures: reference = first candidate's; others aligned by position
+    ref_map: IndexMap | None = None
+    names_of_arch: dict[str, list[str]] = {}
+    row_names: list[list[str]] = []
+    ref_full: IndexMap | None = None
+    for mid, _ in candidates:
+        key = _arch_key(configs[mid])
+        if key not in names_of_arch:
+            full = _arch_params(configs[mid])
+            if ref_full is None:
+                ref_full = full
+                ref_map = full.select(layers)
+            ref_sig = [s.shape for s in ref_full.slots]
+            if [s.shape for s in full.slots] != ref_sig:
+                raise ValueError(
+                    f"model {mid!r} has parameters {[(s.name, list(s.shape)) for s in full.slots]} that cannot be "
+                    f"aligned with the reference model's {[(s.name, list(s.shape)) for s in ref_full.slots]}; "
+                    "select models of one architecture (e.g. with filters={'predicate': ...})"
+                )
+            rename = dict(zip(ref_full.names, full.names))
+            names_of_arch[key] = [rename[n] for n in ref_map.names]  # type: ignore[union-attr]
+        row_names.append(names_of_arch[key])
+    if ref_map is None:
+        # no candidate: build the map of any model so that empty data sets still have a layout
+        ref_map = _arch_params(configs[min(configs)]).select(layers) if configs else IndexMap([])
+
+    weights = load_weights(zoo.path, [(m, shards[m][e]) for m, e in candidates], row_names, ref_map, dtype)
+
+    keep = torch.ones(len(candidates), dtype=torch.bool)
+    has_weights = len(candidates) > 0 and ref_map.size > 0
+    finite = torch.isfinite(weights).all(dim=1) if has_weights else keep.clone()
+    too_big = torch.zeros_like(keep)
+    if has_weights and flt.max_abs is not None:
+        too_big = weights.abs().nan_to_num(0.0).amax(dim=1) > flt.max_abs
+    categorical = set(categorical)
+    is_cat = {}
+    for name in properties:
+        vals = [v for v in raw[name] if not _missing(v)]
+        is_cat[name] = name in categorical or any(not _is_number(v) for v in vals)
+    records = rows.to_dict("records") if flt.predicate is not None else None
+    for i, (mid, e) in enumerate(candidates):
+        reason = None
+        if flt.nonfinite and not bool(finite[i]):
+            reason = "non-finite weights"
+        elif flt.max_abs and bool(too_big[i]):
+            reason = f"|w| > {flt.max_abs:g}"
+        else:
+            for name in properties:
+                if _missing(raw[name][i]):
+                    reason = f"missing property {name!r}"
+                    break
+        if reason is None and flt.predicate is not None:
+            if not flt.predicate(records[i], weights[i]):  # type: ignore[index]
+                reason = "predicate"
+        if reason is not None:
+            keep[i] = False
+            report.drop(mid, e, reason)
+
+    classes: dict[str, list[Any]] = {}
+    values: dict[str, Tensor] = {}
+    for name in properties:
+        if is_cat[name]:
+            distinct = {}
+            for v in raw[name]:
+                if not _missing(v):
+                    distinct.setdefault(_class_key(v), v)
+            ordered = [distinct[k] for k in sorted(distinct)]
+            classes[name] = ordered
+            pos = {_class_key(v): j for j, v in enumerate(ordered)}
+            values[name] = torch.tensor([-1 if _missing(v) else pos[_class_key(v)] for v in raw[name]],
+                                        dtype=torch.int64)
+        else:
+            values[name] = torch.tensor([math.nan if _missing(v) else float(v) for v in raw[name]],
+                                        dtype=torch.float32)
+
+    splits = {}
+    epochs_t = torch.tensor([e for _, e in candidates], dtype=torch.int64)
+    for split_name in SPLIT_NAMES:
+        sel = [i for i, (m, _) in enumerate(candidates) if keep[i] and split_of[m] == split_name]
+        ix = torch.tensor(sel, dtype=torch.int64)
+        dev = device if device is not None else "cpu"
+        splits[split_name] = WeightsDataset(
+            weights[ix].to(dev) if len(candidates) else torch.zeros((0, ref_map.size), dtype=dtype, device=dev),
+            {k: v[ix].to(dev) if len(candidates) else v.to(dev) for k, v in values.items()},
+            [candidates[i][0] for i in sel],
+            epochs_t[ix].to(dev) if len(candidates) else epochs_t.to(dev),
+            ref_map,
+            classes,
+        )
+        report.split_sizes[split_name] = (len({candidates[i][0] for i in sel}), len(sel))
+    report.kept = int(keep.sum())
+    if report.total > report.kept:
+        log.info("zoo %s: %s", zoo.path, report.summary().replace("\n", "; "))
+    return ZooDatasets(
+        train=splits["train"], val=splits["val"], test=splits["test"], index_map=ref_map,
+        properties=tuple(properties), classes=classes, report=report, split_of=split_of,
+    )
