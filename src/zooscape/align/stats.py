@@ -17,8 +17,10 @@ def iter_batches(data, batch_size: int = 256, device: torch.device | str | None 
     """Yield input batches from a tensor or from an iterable of batches.
 
     Args:
-        data: a tensor ``[N, ...]`` (split into chunks of ``batch_size``), or an iterable (e.g. a DataLoader)
-            yielding tensors or tuples/lists whose first element is the input tensor.
+        data: a tensor ``[N, ...]`` (split into chunks of ``batch_size``), an ``(x, y)`` tuple of tensors
+            (``x`` is used), a data object with ``train_x`` (e.g. :class:`zooscape.data.DataSplits`: its
+            training inputs are used), or an iterable (e.g. a DataLoader or a list) yielding tensors or
+            tuples/lists whose first element is the input tensor.
         batch_size: chunk size when ``data`` is a tensor.
         device: move every batch there (unchanged when None).
 
@@ -27,6 +29,11 @@ def iter_batches(data, batch_size: int = 256, device: torch.device | str | None 
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if hasattr(data, "train_x") and isinstance(data.train_x, torch.Tensor):
+        data = data.train_x
+    elif (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+          and data[0].ndim > 0 and data[1].ndim > 0 and len(data[0]) == len(data[1])):
+        data = data[0]
     if isinstance(data, torch.Tensor):
         if data.ndim == 0 or len(data) == 0:
             raise ValueError(f"data must be a non-empty tensor [N, ...], got shape {tuple(data.shape)}")

@@ -91,8 +91,10 @@ class _Problem:
                  dtype: torch.dtype) -> None:
         self.spec = spec
         self.groups = list(spec.group_sizes)
-        self.sd_a = {k: sd_a[k].detach().to(dtype) for k in spec.axes}
-        self.sd_b = {k: sd_b[k].detach().to(dtype) for k in spec.axes}
+        # blocks are gathered in the models' own dtype and converted once per chunk
+        self.dtype = dtype
+        self.sd_a = {k: sd_a[k].detach() for k in spec.axes}
+        self.sd_b = {k: sd_b[k].detach() for k in spec.axes}
         self.chunks: dict[str, dict[tuple[str, ...], list[tuple[str, int, int]]]] = {}
         self.a_chunk: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
         for g, entries in spec.group_axes().items():
@@ -104,7 +106,7 @@ class _Problem:
             self.chunks[g] = by_sig
             for sig, members in by_sig.items():
                 blocks = [_unit_major(self.sd_a[k], ax, n, inner) for k, ax, inner in members]
-                self.a_chunk[(g, sig)] = torch.cat(blocks, dim=1)
+                self.a_chunk[(g, sig)] = torch.cat(blocks, dim=1).to(dtype)
         self.neighbours = {g: tuple(sorted({h for sig in self.chunks[g] for h in sig})) for g in self.groups}
         self.cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[int, ...], torch.Tensor]] = {}
 
@@ -124,7 +126,7 @@ class _Problem:
             for ax, ap in enumerate(spec_axes):
                 if ap is not None:
                     t = t.index_select(ax, expand_index(perm[ap.group], t.shape[ax], ap.inner))
-            total += float((self.sd_a[key] * t).sum())
+            total += float((self.sd_a[key].to(self.dtype) * t.to(self.dtype)).sum())
         return total
 
     def cost(self, g: str, perm: Mapping[str, torch.Tensor], version: Mapping[str, int]) -> torch.Tensor:
@@ -135,11 +137,11 @@ class _Problem:
             stamp = tuple(version[h] for h in sig)
             hit = self.cache.get((g, sig))
             if hit is None or hit[0] != stamp:
-                b = torch.cat([self._b_block(k, ax, inner, n, perm) for k, ax, inner in members], dim=1)
+                b = torch.cat([self._b_block(k, ax, inner, n, perm) for k, ax, inner in members], dim=1).to(self.dtype)
                 hit = (stamp, self.a_chunk[(g, sig)] @ b.T)
                 self.cache[(g, sig)] = hit
             total = hit[1] if total is None else total + hit[1]
-        return total if total is not None else torch.zeros(n, n, dtype=next(iter(self.sd_b.values())).dtype)
+        return total if total is not None else torch.zeros(n, n, dtype=self.dtype)
 
 
 def weight_matching_state_dicts(
