@@ -1,0 +1,415 @@
+"""Evaluation along a curve: loss, nll and error at N points, segment lengths, summaries and the mc metric.
+
+``evaluate_curve(curve, data)`` evaluates ``w(t)`` at ``N`` evenly spaced points (default 61, as Garipov et al.'s
+``eval_curve.py``) plus the five points ``t = 0, 0.25, 0.5, 0.75, 1`` of the mc metric when they are not on the
+grid. At every ``t`` the BatchNorm statistics are re-estimated exactly on the training split (default
+``bn_mode="reset"``). All points are evaluated as one vectorized batch (``torch.func.vmap`` over stacked
+weights, :mod:`zooscape.connect.batched`); ``method="loop"`` is the slow reference.
+
+Per split: ``nll`` (cross-entropy, or MSE for regression), ``loss = nll + 0.5 * weight_decay * ||w(t)||^2``
+(the reference's "loss"; equal to ``nll`` with the default ``weight_decay=0``) and ``error`` in [0, 1]. The
+segment lengths are ``dl_i = ||w(t_i) - w(t_{i-1})||`` (parameters only, ``dl_0 = 0``); each metric is
+summarised by its min, max, mean over the points and the length-weighted integral
+``sum_i (v_{i-1} + v_i) / 2 * dl_i / sum_i dl_i``.
+
+Mode connectivity (phase-transition model zoo): with ``v`` the metric at the five points and ``m = (v_0 +
+v_1) / 2`` the endpoint mean, ``t* = argmax_t |v(t) - m|`` and ``mc = m - v(t*)``. A negative mc is a barrier
+(the curve is worse than its ends), a positive one means the interior is better than the ends (e.g.
+under-trained endpoints).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from zooscape.connect._data import get_split, infer_task, train_inputs
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate
+from zooscape.connect.bn import has_batchnorm
+from zooscape.connect.curve import Curve
+from zooscape.connect.interpolate import check_bn_mode
+from zooscape.connect.metrics import evaluate_model
+
+__all__ = [
+    "CURVE_STATS",
+    "CurveEvaluation",
+    "curve_stats",
+    "curve_ts",
+    "evaluate_curve",
+    "mc_index",
+    "mode_connectivity",
+    "segment_lengths",
+]
+
+CURVE_STATS: tuple[str, ...] = ("min", "max", "mean", "int")
+METRICS: tuple[str, ...] = ("loss", "nll", "error")
+METHODS = ("vmap", "loop")
+
+
+def curve_ts(n_points: int = 61, mc_points: int = 5) -> Tensor:
+    """Evenly spaced curve positions, with the ``mc_points`` evenly spaced mc positions added when missing.
+
+    Args:
+        n_points: points including both ends (>= 2).
+        mc_points: points of the mc metric (>= 3; 5 in the phase-transition zoo).
+
+    Returns:
+        Sorted, strictly increasing float64 tensor ``[T]`` with ``T >= n_points``; for ``n_points = 61`` and
+        ``mc_points = 5`` it is ``linspace(0, 1, 61)``.
+    """
+    for name, value, low in (("n_points", n_points, 2), ("mc_points", mc_points, 3)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    grid = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
+    extra = torch.linspace(0.0, 1.0, mc_points, dtype=torch.float64)
+    missing = [v for v in extra.tolist() if not torch.isclose(grid, torch.tensor(v, dtype=torch.float64),
+                                                               atol=1e-12, rtol=0).any()]
+    if missing:
+        grid = torch.sort(torch.cat([grid, torch.tensor(missing, dtype=torch.float64)])).values
+    return grid
+
+
+def _mc_positions(ts: Tensor, mc_points: int) -> Tensor:
+    want = torch.linspace(0.0, 1.0, mc_points, dtype=torch.float64)
+    idx = (ts.to(torch.float64)[None, :] - want[:, None]).abs().argmin(1)
+    if not torch.allclose(ts.to(torch.float64)[idx], want, atol=1e-9, rtol=0):
+        raise ValueError(f"ts must contain the {mc_points} evenly spaced mc positions {want.tolist()}")
+    return idx
+
+
+def mc_index(values: Tensor) -> int:
+    """Index ``argmax_i |v_i - (v_0 + v_last) / 2|`` (the first one on ties).
+
+    Args:
+        values: metric at the mc positions, shape ``[P]`` with ``P >= 2``.
+
+    Returns:
+        The index ``t*`` as an int.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.dim() != 1 or v.shape[0] < 2:
+        raise ValueError(f"values must be 1-D with at least 2 entries, got shape {tuple(v.shape)}")
+    mean = 0.5 * (v[0] + v[-1])
+    return int((v - mean).abs().argmax())
+
+
+def mode_connectivity(values: Tensor, ts: Tensor | None = None, mc_points: int = 5) -> float:
+    """The phase-transition zoo's mc metric ``(v_0 + v_1) / 2 - v(t*)``; negative means a barrier.
+
+    Args:
+        values: the metric (loss or error) along a curve, shape ``[T]``.
+        ts: positions of ``values``, shape ``[T]``; then only the ``mc_points`` evenly spaced positions are used
+            (they must be among ``ts``). None: ``values`` are already the mc positions and all are used.
+        mc_points: number of mc positions (5 in the reference).
+
+    Returns:
+        mc as a float (NaN if any used value is NaN).
+
+    References:
+        Schürholt, Meynent, Zhou, Lu, Yang, Borth (2025), "A Model Zoo on Phase Transitions in Neural Networks";
+        Yang, Hodgkinson, Theisen, Zou, Gonzalez, Ramchandran, Mahoney (2021), "Taxonomizing local versus global
+        structure in neural network loss landscapes".
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if ts is not None:
+        ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
+        if ts.shape != v.shape:
+            raise ValueError(f"ts shape {tuple(ts.shape)} does not match values shape {tuple(v.shape)}")
+        v = v[_mc_positions(ts, mc_points)]
+    if torch.isnan(v).any():
+        return math.nan
+    i = mc_index(v)
+    return float(0.5 * (v[0] + v[-1]) - v[i])
+
+
+def curve_stats(values: Tensor, dl: Tensor) -> dict[str, float]:
+    """Min, max, mean and length-weighted integral of a metric along a curve.
+
+    Args:
+        values: metric at the points, shape ``[T]``.
+        dl: segment lengths, shape ``[T]`` with ``dl[0] = 0`` (``dl[i]`` joins points ``i - 1`` and ``i``).
+
+    Returns:
+        ``{"min", "max", "mean", "int"}``; ``int = sum (v_{i-1} + v_i) / 2 * dl_i / sum dl_i`` (for a curve of
+        length 0 the trapezoid average over the points).
+
+    References:
+        Garipov et al. (2018), "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs" (``eval_curve.py``).
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    d = torch.as_tensor(dl, dtype=torch.float64).reshape(-1)
+    if v.shape != d.shape or v.shape[0] < 2:
+        raise ValueError(f"values {tuple(v.shape)} and dl {tuple(d.shape)} must have the same length >= 2")
+    mid = 0.5 * (v[:-1] + v[1:])
+    total = d[1:].sum()
+    integral = (mid * d[1:]).sum() / total if total > 0 else mid.mean()
+    return {"min": float(v.min()), "max": float(v.max()), "mean": float(v.mean()), "int": float(integral)}
+
+
+@torch.no_grad()
+def segment_lengths(curve: Curve, ts: Tensor) -> Tensor:
+    """Euclidean lengths of the chords between consecutive points, over all parameters.
+
+    Args:
+        curve: the curve.
+        ts: positions, shape ``[T]``.
+
+    Returns:
+        Float64 ``[T]`` with ``dl[0] = 0`` and ``dl[i] = ||w(t_i) - w(t_{i-1})||``.
+    """
+    w = curve.stacked_weights(torch.as_tensor(ts, dtype=torch.float64))
+    sq = None
+    for v in w.values():
+        diff = v[1:].to(torch.float64) - v[:-1].to(torch.float64)
+        part = diff.reshape(diff.shape[0], -1).pow(2).sum(1)
+        sq = part if sq is None else sq + part
+    assert sq is not None
+    return torch.cat([torch.zeros(1, dtype=torch.float64), sq.sqrt().cpu()])
+
+
+@torch.no_grad()
+def _sq_norms(curve: Curve, ts: Tensor) -> Tensor:
+    w = curve.stacked_weights(ts)
+    return sum(v.to(torch.float64).reshape(v.shape[0], -1).pow(2).sum(1) for v in w.values()).cpu()
+
+
+@dataclass
+class CurveEvaluation:
+    """Result of :func:`evaluate_curve`.
+
+    Attributes:
+        ts: positions, ``[T]``.
+        dl: segment lengths, ``[T]`` (``dl[0] = 0``); ``length = dl.sum()``.
+        loss, nll, error: ``{split: [T]}`` (``error`` empty for regression).
+        stats: ``{split: {metric: {"min"|"max"|"mean"|"int": float}}}``.
+        mc: ``{split: {metric: float}}`` (mode connectivity at the ``mc_points`` positions).
+        kind, num_bends, bn_mode, task, weight_decay, mc_points, method: settings.
+    """
+
+    ts: Tensor
+    dl: Tensor
+    loss: dict[str, Tensor]
+    nll: dict[str, Tensor]
+    error: dict[str, Tensor]
+    stats: dict[str, dict[str, dict[str, float]]]
+    mc: dict[str, dict[str, float]]
+    kind: str
+    num_bends: int
+    bn_mode: str
+    task: str
+    weight_decay: float = 0.0
+    mc_points: int = 5
+    method: str = "vmap"
+    splits: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def length(self) -> float:
+        """Total length of the polygon through the evaluated points."""
+        return float(self.dl.sum())
+
+    def values(self, metric: str, split: str) -> Tensor:
+        """One metric curve.
+
+        Args:
+            metric: ``"loss"``, ``"nll"`` or ``"error"``.
+            split: an evaluated split.
+
+        Returns:
+            ``[T]`` float64 tensor.
+        """
+        if metric not in METRICS:
+            raise KeyError(f"metric must be one of {METRICS}, got {metric!r}")
+        table = getattr(self, metric)
+        if split not in table:
+            raise KeyError(f"no {metric!r} values for split {split!r}; available: {sorted(table)}")
+        return table[split]
+
+    def flat(self) -> dict[str, float]:
+        """Summaries as a flat mapping for catalogs and data frames.
+
+        Returns:
+            ``{"length": float, "<stat>_<metric>_<split>": float}`` for stat in ``mc, min, max, mean, int``,
+            e.g. ``"mc_error_test"``, ``"max_loss_train"``.
+        """
+        out = {"length": self.length}
+        for split in self.splits:
+            for metric, value in self.mc.get(split, {}).items():
+                out[f"mc_{metric}_{split}"] = value
+            for metric, st in self.stats.get(split, {}).items():
+                for name, value in st.items():
+                    out[f"{name}_{metric}_{split}"] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN becomes None).
+
+        Returns:
+            dict with the settings, ``ts``, ``dl``, the curves and the summaries.
+        """
+
+        def clean(v: float) -> float | None:
+            return None if isinstance(v, float) and math.isnan(v) else v
+
+        def curves(table: dict[str, Tensor]) -> dict[str, list[float | None]]:
+            return {k: [clean(x) for x in v.tolist()] for k, v in table.items()}
+
+        return {
+            "kind": self.kind, "num_bends": self.num_bends, "bn_mode": self.bn_mode, "task": self.task,
+            "weight_decay": self.weight_decay, "mc_points": self.mc_points, "method": self.method,
+            "length": self.length, "ts": self.ts.tolist(), "dl": self.dl.tolist(),
+            "loss": curves(self.loss), "nll": curves(self.nll), "error": curves(self.error),
+            "stats": {s: {m: {k: clean(v) for k, v in d.items()} for m, d in pm.items()}
+                      for s, pm in self.stats.items()},
+            "mc": {s: {m: clean(v) for m, v in pm.items()} for s, pm in self.mc.items()},
+        }  # fmt: skip
+
+
+def _vmap_metrics(
+    curve: Curve, ts: Tensor, split_data: dict[str, tuple[Tensor, Tensor]], task: str, bn_x: Tensor | None,
+    batch_size: int, bn_batch_size: int, t_batch_size: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    template = curve.template
+    was = template.training
+    template.eval()
+    nll: dict[str, list[Tensor]] = {s: [] for s in split_data}
+    err: dict[str, list[Tensor]] = {s: [] for s in split_data}
+    try:
+        for start in range(0, ts.shape[0], t_batch_size):
+            chunk = ts[start:start + t_batch_size]
+            params = curve.stacked_weights(chunk)
+            buffers = curve.stacked_buffers(chunk)
+            if bn_x is not None:
+                buffers.update(batched_bn_stats(template, params, bn_x, batch_size=bn_batch_size, buffers=buffers))
+            for split, (x, y) in split_data.items():
+                loss, e = batched_evaluate(template, params, buffers, x, y, task, batch_size=batch_size)
+                nll[split].append(loss)
+                if e is not None:
+                    err[split].append(e)
+    finally:
+        template.train(was)
+    return {s: torch.cat(v) for s, v in nll.items()}, {s: torch.cat(v) for s, v in err.items() if v}
+
+
+def _loop_metrics(
+    curve: Curve, ts: Tensor, split_data: dict[str, tuple[Tensor, Tensor]], task: str, bn_x: Tensor | None,
+    batch_size: int, bn_batch_size: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    nll: dict[str, list[float]] = {s: [] for s in split_data}
+    err: dict[str, list[float]] = {s: [] for s in split_data}
+    for t in ts.tolist():
+        model = curve.model_at(t, data=bn_x, batch_size=bn_batch_size)
+        for split, (x, y) in split_data.items():
+            loss, e = evaluate_model(model, x, y, task, batch_size=batch_size)
+            nll[split].append(loss)
+            if e is not None:
+                err[split].append(e)
+    as_t = lambda v: torch.tensor(v, dtype=torch.float64)
+    return {s: as_t(v) for s, v in nll.items()}, {s: as_t(v) for s, v in err.items() if v}
+
+
+def evaluate_curve(
+    curve: Curve,
+    data: Any,
+    n_points: int = 61,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    weight_decay: float = 0.0,
+    bn_mode: str = "reset",
+    mc_points: int = 5,
+    ts: Tensor | None = None,
+    task: str | None = None,
+    batch_size: int = 1024,
+    bn_batch_size: int = 256,
+    t_batch_size: int | None = None,
+    method: str = "vmap",
+    device: str | torch.device | None = None,
+) -> CurveEvaluation:
+    """Loss, nll and error along a curve, segment lengths, summaries and mc.
+
+    Args:
+        curve: the curve (not modified; evaluated in eval mode).
+        data: ``DataSplits``-like object or mapping ``{split: (x, y)}``.
+        n_points: evenly spaced positions including both ends (61 in the reference); the ``mc_points`` mc
+            positions are added when missing (see :func:`curve_ts`).
+        splits: splits to evaluate.
+        weight_decay: ``wd`` of ``loss = nll + 0.5 * wd * ||w(t)||^2`` (0: loss equals nll).
+        bn_mode: ``"reset"`` (default): BatchNorm statistics re-estimated exactly on the ``"train"`` split at every
+            ``t``; ``"interpolate"``: the nodes' statistics blended with the curve coefficients (exact only at
+            the nodes).
+        mc_points: evenly spaced positions of the mc metric (5 in the reference).
+        ts: explicit positions ``[T]`` (sorted, in [0, 1], with the mc positions); overrides ``n_points``.
+        task: ``"classification"`` or ``"regression"``; inferred from the data.
+        batch_size: evaluation batch size (the vectorized pass holds ``T x batch_size`` activations).
+        bn_batch_size: batch size of the BatchNorm re-estimation pass.
+        t_batch_size: evaluate at most this many positions at once (default: all).
+        method: ``"vmap"`` (default) or ``"loop"`` (one standalone network per position; slow reference).
+        device: where to evaluate (default: the curve's device).
+
+    Returns:
+        :class:`CurveEvaluation`.
+
+    References:
+        Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity, and Fast
+        Ensembling of DNNs"; Schürholt et al. (2025), "A Model Zoo on Phase Transitions in Neural Networks" (mc).
+    """
+    if not isinstance(curve, Curve):
+        raise TypeError(f"curve must be a zooscape.connect.Curve, got {type(curve).__name__}")
+    check_bn_mode(bn_mode)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(splits, str):
+        splits = (splits,)
+    splits = tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    for name, value in (("batch_size", batch_size), ("bn_batch_size", bn_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if ts is None:
+        ts = curve_ts(n_points, mc_points)
+    else:
+        ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
+        if ts.shape[0] < 2 or not bool((ts[1:] > ts[:-1]).all()):
+            raise ValueError("ts must be strictly increasing with at least 2 entries")
+        _mc_positions(ts, mc_points)
+    if t_batch_size is None:
+        t_batch_size = ts.shape[0]
+    if isinstance(t_batch_size, bool) or not isinstance(t_batch_size, int) or t_batch_size < 1:
+        raise ValueError(f"t_batch_size must be a positive integer, got {t_batch_size!r}")
+    split_data = {s: get_split(data, s) for s in splits}
+    task = infer_task(data, next(iter(split_data.values()))[1], task)
+    original = next(curve.parameters()).device
+    dev = torch.device(device) if device is not None else original
+    bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(curve.template) else None
+    was = curve.training
+    curve.to(dev).eval()
+    try:
+        if method == "vmap":
+            nll, err = _vmap_metrics(curve, ts, split_data, task, bn_x, batch_size, bn_batch_size, t_batch_size)
+        else:
+            nll, err = _loop_metrics(curve, ts, split_data, task, bn_x, batch_size, bn_batch_size)
+        dl = segment_lengths(curve, ts)
+        reg = 0.5 * float(weight_decay) * _sq_norms(curve, ts) if weight_decay else torch.zeros_like(ts)
+    finally:
+        curve.to(original).train(was)
+    loss = {s: v + reg for s, v in nll.items()}
+    stats: dict[str, dict[str, dict[str, float]]] = {}
+    mc: dict[str, dict[str, float]] = {}
+    for split in splits:
+        tables = {"loss": loss[split], "nll": nll[split]}
+        if split in err:
+            tables["error"] = err[split]
+        stats[split] = {m: curve_stats(v, dl) for m, v in tables.items()}
+        mc[split] = {m: mode_connectivity(v, ts, mc_points) for m, v in tables.items()}
+    return CurveEvaluation(
+        ts=ts, dl=dl, loss=loss, nll=nll, error=err, stats=stats, mc=mc, kind=curve.kind,
+        num_bends=curve.num_bends, bn_mode=bn_mode, task=task, weight_decay=float(weight_decay),
+        mc_points=mc_points, method=method, splits=splits,
+    )  # fmt: skip
