@@ -54,3 +54,53 @@ __all__ = [
     "recompute_bn_stats",
     "reset_bn_stats",
 ]
+
+# Curve mode connectivity (Bezier / PolyChain curves, curve training, evaluation with mc, planes); see docs/curves.md.
+from zooscape.connect.curve import (  # noqa: E402
+    CURVE_KINDS,
+    Curve,
+    bezier_coefficients,
+    curve_coefficients,
+    load_curve,
+    polychain_coefficients,
+    save_curve,
+)
+from zooscape.connect.curve_eval import (  # noqa: E402
+    CurveEvaluation,
+    curve_stats,
+    curve_ts,
+    evaluate_curve,
+    mode_connectivity,
+    segment_lengths,
+)
+from zooscape.connect.curve_train import (  # noqa: E402
+    CurveTrainConfig,
+    CurveTrainResult,
+    garipov_lr_factor,
+    train_curve,
+)
+from zooscape.connect.plane import Plane, PlaneGrid, curve_plane, evaluate_plane  # noqa: E402
+
+__all__ += [
+    "CURVE_KINDS",
+    "Curve",
+    "CurveEvaluation",
+    "CurveTrainConfig",
+    "CurveTrainResult",
+    "Plane",
+    "PlaneGrid",
+    "bezier_coefficients",
+    "curve_coefficients",
+    "curve_plane",
+    "curve_stats",
+    "curve_ts",
+    "evaluate_curve",
+    "evaluate_plane",
+    "garipov_lr_factor",
+    "load_curve",
+    "mode_connectivity",
+    "polychain_coefficients",
+    "save_curve",
+    "segment_lengths",
+    "train_curve",
+]
