@@ -129,6 +129,40 @@ class Exotic(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
+class SeqNet(nn.Module):
+    """Token model: Embedding, Linear on [B, T, C], LayerNorm, transposes around a Conv1d, mean over T."""
+
+    def __init__(self, vocab: int = 11, c: int = 6) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, c)
+        self.fc = nn.Linear(c, 2 * c)
+        self.ln = nn.LayerNorm(2 * c)
+        self.conv = nn.Conv1d(2 * c, c, 3, padding=1)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, tokens):
+        h = self.ln(F.gelu(self.fc(self.emb(tokens))))            # [B, T, 2c]
+        h = torch.relu(self.conv(h.transpose(1, 2))).permute(0, 2, 1)  # [B, T, c]
+        return self.head(h.mean(1))
+
+
+class UpNet(nn.Module):
+    """ConvTranspose2d decoder with a concatenation along the batch dim and spatial slicing."""
+
+    def __init__(self, c: int = 5) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(1, c, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.dec = nn.ConvTranspose2d(c, c, 2, stride=2)
+        self.out = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.enc(x)))
+        h = torch.cat([h, h.flip(0)], dim=0)[: x.shape[0]]
+        h = F.silu(self.dec(h))[:, :, 1:, :]
+        return self.out(h).sum((2, 3))
+
+
 @functools.lru_cache(maxsize=1)
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """zooscape's digits data set: (train_x [1257, 64], train_y, test_x [270, 64], test_y)."""
@@ -211,5 +245,6 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 __all__ = [
-    "MLP", "VGG", "ResNet", "Exotic", "digits", "train", "evaluate", "seeded", "randomize_bn", "trained", "inputs",
+    "MLP", "VGG", "ResNet", "Exotic", "SeqNet", "UpNet", "digits", "train", "evaluate", "seeded", "randomize_bn",
+    "trained", "inputs",
 ]

@@ -132,3 +132,21 @@ def test_matching_errors():
         activation_matching(a, a, 3.0, spec)
     with pytest.raises(ValueError, match="no batches"):
         activation_matching(a, a, [], spec)
+
+
+def test_activation_matching_runs_in_eval_mode_even_for_functional_dropout():
+    class DropNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(64, 16), torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc2(torch.nn.functional.dropout(torch.tanh(self.fc1(x)), 0.9, self.training))
+
+    model = seeded(DropNet, 0).train()
+    spec = permutation_spec(model, torch.randn(2, 64))
+    perm = Permutation.random(spec, torch.Generator().manual_seed(0))
+    res = activation_matching(model, apply_permutation(model, perm), torch.randn(256, 64), spec)
+    assert res.perm == perm.inverse()
+    assert res.info["correlation"]["fc1"] > 0.999
+    assert model.training and res.model.training

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from align_testlib import MLP, VGG, Exotic, ResNet, randomize_bn, seeded
+from align_testlib import MLP, VGG, Exotic, ResNet, SeqNet, UpNet, randomize_bn, seeded
 from torch import nn
 
 from zooscape.align import Permutation, apply_permutation, permutation_spec, permute_state_dict
@@ -26,6 +26,8 @@ FAMILIES = {
     "resnet20": (lambda: ResNet(3, 4), X_IMG),
     "resnet8_gn": (lambda: ResNet(1, 4, norm="gn"), X_IMG),
     "exotic": (lambda: Exotic(6), X_IMG),
+    "seq_tokens": (lambda: SeqNet(), torch.randint(0, 11, (8, 7), generator=torch.Generator().manual_seed(0))),
+    "convtranspose": (lambda: UpNet(), X_IMG),
     "zoo_mlp_bn": (lambda: create_model("mlp", input_size=64, depth=3, width=16, norm="bn"), X_VEC),
     "zoo_cnn_s": (lambda: create_model("cnn_s", input_size=28), torch.randn(4, 1, 28, 28)),
     "zoo_vgg11_bn": (lambda: create_model("vgg11_bn", input_size=8, width=0.125), X_IMG),

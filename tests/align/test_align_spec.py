@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from align_testlib import MLP, VGG, Exotic, ResNet, seeded
+from align_testlib import MLP, VGG, Exotic, ResNet, SeqNet, UpNet, seeded
 from torch import nn
 
 from zooscape.align import AxisPerm, PermutationSpec, permutation_spec
@@ -104,6 +104,18 @@ def test_functional_view_and_unsupported_module():
     spec = permutation_spec(m, X_IMG)
     assert spec.axes["fc.weight"] == (None, AxisPerm("conv", inner=64))
     assert "not consumed" in spec.unpermuted["rnn.weight_ih_l0"]
+
+
+def test_embedding_sequence_and_transposed_conv_specs():
+    spec = permutation_spec(SeqNet(c=6), torch.randint(0, 11, (3, 7)))
+    assert spec.axes["emb.weight"] == (None, AxisPerm("emb"))
+    assert spec.axes["fc.weight"] == (AxisPerm("fc"), AxisPerm("emb"))
+    assert spec.axes["ln.weight"] == (AxisPerm("fc"),)
+    assert spec.axes["conv.weight"] == (AxisPerm("conv"), AxisPerm("fc"), None)  # after transpose(1, 2)
+    assert spec.axes["head.weight"] == (None, AxisPerm("conv"))  # after permute(0, 2, 1) and mean(1)
+    spec = permutation_spec(UpNet(c=5), X_IMG)
+    assert spec.axes["dec.weight"] == (AxisPerm("enc"), AxisPerm("dec"), None, None)  # ConvTranspose: [in, out]
+    assert spec.axes["bn.running_var"] == (AxisPerm("enc"),)
 
 
 def test_reshape_that_splits_units_freezes_group():

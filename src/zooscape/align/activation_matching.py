@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import fx, nn
@@ -33,7 +35,7 @@ def capture_activations(model: nn.Module, x: torch.Tensor, names: set[str]) -> d
     """Run ``model`` on ``x`` and return the outputs of the named torch.fx nodes.
 
     Args:
-        model: a traceable model (run as it is: call ``.eval()`` first for inference behaviour).
+        model: a traceable model, traced and run in its current mode (call ``.eval()`` first for inference).
         x: input batch ``[B, ...]``.
         names: node names, e.g. from ``spec.activation_points``.
 
@@ -52,7 +54,7 @@ def capture_activations(model: nn.Module, x: torch.Tensor, names: set[str]) -> d
 def activation_matching(
     model_a: nn.Module,
     model_b: nn.Module,
-    data,
+    data: Any,
     spec: PermutationSpec | None = None,
     *,
     batch_size: int = 256,
@@ -87,20 +89,20 @@ def activation_matching(
     run_a, run_b = on_device(model_a, device), on_device(model_b, device)
     if spec is None:
         first = next(iter_batches(data, batch_size, device))
-        spec = resolve_spec(model_a, None, first[:2])
+        spec = resolve_spec(run_a, None, first[:2])
     spec.check_state_dict(model_b.state_dict(), "model_b")
     points = {g: pts for g, pts in spec.activation_points.items() if g in spec.group_sizes and pts}
     names = {p.node for pts in points.values() for p in pts}
-    gm_a, gm_b = fx.symbolic_trace(run_a), fx.symbolic_trace(run_b)
-    for gm, who in ((gm_a, "model_a"), (gm_b, "model_b")):
-        missing = names - {n.name for n in gm.graph.nodes}
-        if missing:
-            raise KeyError(f"activation points {sorted(missing)} are not in the traced graph of {who}")
     stats = {g: CrossStats(spec.group_sizes[g], device) for g in points}
     modes = {m: m.training for m in list(run_a.modules()) + list(run_b.modules())}
     try:
-        run_a.eval()
+        run_a.eval()  # before tracing: forward code may branch on self.training
         run_b.eval()
+        gm_a, gm_b = fx.symbolic_trace(run_a), fx.symbolic_trace(run_b)
+        for gm, who in ((gm_a, "model_a"), (gm_b, "model_b")):
+            missing = names - {n.name for n in gm.graph.nodes}
+            if missing:
+                raise KeyError(f"activation points {sorted(missing)} are not in the traced graph of {who}")
         with torch.no_grad():
             for x in iter_batches(data, batch_size, device):
                 cap_a, cap_b = _Capture(gm_a, names), _Capture(gm_b, names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,7 +101,7 @@ def merge(
     weights: Sequence[float] | torch.Tensor | None = None,
     align: str | None = "weight",
     *,
-    data=None,
+    data: Any = None,
     renorm: str | Sequence[str] | None = None,
     spec: PermutationSpec | None = None,
     example_input: torch.Tensor | None = None,

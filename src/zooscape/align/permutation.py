@@ -69,7 +69,14 @@ class Permutation(Mapping[str, torch.Tensor]):
 
     @classmethod
     def identity(cls, spec: PermutationSpec) -> Permutation:
-        """The identity permutation of every group of ``spec``."""
+        """The identity permutation of every group of ``spec``.
+
+        Args:
+            spec: the spec.
+
+        Returns:
+            :class:`Permutation` with ``p[g] = arange(n)`` for every group.
+        """
         return cls(spec)
 
     @classmethod
@@ -86,15 +93,30 @@ class Permutation(Mapping[str, torch.Tensor]):
         return cls(spec, {g: torch.randperm(n, generator=generator) for g, n in spec.group_sizes.items()})
 
     def inverse(self) -> Permutation:
-        """The permutation that undoes this one: ``p.then(p.inverse())`` is the identity."""
+        """The permutation that undoes this one: ``p.then(p.inverse())`` is the identity.
+
+        Returns:
+            :class:`Permutation` with ``inv[g][p[g]] = arange(n)``.
+        """
         return Permutation(self._spec, {g: torch.argsort(p) for g, p in self._perm.items()})
 
     def then(self, other: Mapping[str, torch.Tensor]) -> Permutation:
-        """Apply this permutation, then ``other``: result ``[g] = self[g][other[g]]``."""
+        """Apply this permutation, then ``other``: result ``[g] = self[g][other[g]]``.
+
+        Args:
+            other: mapping group -> ``[n]`` permutation (same groups).
+
+        Returns:
+            :class:`Permutation` ``r`` with ``apply(apply(m, self), other) == apply(m, r)``.
+        """
         return Permutation(self._spec, {g: p[torch.as_tensor(other[g])] for g, p in self._perm.items()})
 
     def is_identity(self) -> bool:
-        """True when every group is the identity."""
+        """Whether every group is the identity.
+
+        Returns:
+            bool.
+        """
         return all(torch.equal(p, torch.arange(p.numel())) for p in self._perm.values())
 
 

@@ -14,6 +14,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -105,7 +106,7 @@ def _restore_modes(modes: dict[nn.Module, bool]) -> None:
 
 
 @torch.no_grad()
-def reset_bn_stats(model: nn.Module, data, *, batch_size: int = 256,
+def reset_bn_stats(model: nn.Module, data: Any, *, batch_size: int = 256,
                    device: torch.device | str | None = None) -> nn.Module:
     """Re-estimate every BatchNorm's running mean/var with one pass over ``data`` (cumulative average).
 
@@ -151,7 +152,7 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def _point_stats(model: nn.Module, points: Sequence[CorrectionPoint], data, batch_size: int,
+def _point_stats(model: nn.Module, points: Sequence[CorrectionPoint], data: Any, batch_size: int,
                  device: torch.device, stop_after: bool = False) -> dict[str, ChannelStats]:
     """Per-channel statistics at ``points`` (eval mode).  ``stop_after`` aborts the forward pass once
     the single requested point is measured."""
@@ -216,7 +217,7 @@ def _fuse(module: nn.Module, point: CorrectionPoint, scale: torch.Tensor, shift:
 def repair(
     model: nn.Module,
     endpoints: Sequence[nn.Module],
-    data,
+    data: Any,
     weights: Sequence[float] | torch.Tensor | None = None,
     *,
     method: str = "repair",
@@ -290,7 +291,7 @@ def repair(
 
 def renormalize(
     model: nn.Module,
-    data,
+    data: Any,
     method: str | Sequence[str],
     endpoints: Sequence[nn.Module] | None = None,
     weights: Sequence[float] | torch.Tensor | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ __all__ = [
 ]
 
 
-def iter_batches(data, batch_size: int = 256, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+def iter_batches(data: Any, batch_size: int = 256, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
     """Yield input batches from a tensor or from an iterable of batches.
 
     Args:

@@ -457,6 +457,17 @@ class _Builder:
             gid = self.groups.union(gid, lab.gid, name)
         self.set(node, _Label(gid, labs[0].dim, labs[0].inner))
 
+    def flip(self, node, x, dims) -> None:
+        lab = self.label(x)
+        nd = len(self.shape(x))
+        dims = dims if isinstance(dims, (list, tuple)) else (dims,)
+        if lab is not None and lab.dim in {int(d) % nd for d in dims}:
+            why = "flip along the permuted dim"
+            self.freeze(x, why)
+            self.set(node, why)
+        else:
+            self.set(node, lab if lab is not None else self.labels.get(x, "not permutable"))
+
     def pad(self, node, x, pad) -> None:
         lab = self.label(x)
         nd = len(self.shape(x))
@@ -557,6 +568,8 @@ class _Builder:
             self.transpose(node, x, "permute" if fn is torch.permute else "transpose")
         elif fn in (torch.cat, torch.concat):
             self.cat(node, list(_arg(node, 0, "tensors")), _arg(node, 1, "dim", 0), name)
+        elif fn is torch.flip:
+            self.flip(node, x, _arg(node, 1, "dims"))
         elif fn is F.pad:
             self.pad(node, x, _arg(node, 1, "pad"))
         elif fn is getattr:
@@ -581,6 +594,9 @@ class _Builder:
             self.reduce(node, x, name)
         elif name in _TRANSPOSE_METHODS:
             self.transpose(node, x, "permute" if name == "permute" else "transpose")
+        elif name == "flip":
+            dims = node.args[1:] if len(node.args) > 1 else (node.kwargs.get("dims"),)
+            self.flip(node, x, dims[0] if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else dims)
         else:
             self.unsupported(node, f"method {name}")
 

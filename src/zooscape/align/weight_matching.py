@@ -59,8 +59,18 @@ def infer_example_input(model: nn.Module) -> torch.Tensor:
     raise ValueError(f"cannot infer an example input for {type(model).__name__}; pass example_input")
 
 
-def resolve_spec(model: nn.Module, spec: PermutationSpec | None, example_input=None) -> PermutationSpec:
-    """Return ``spec`` or derive it with :func:`permutation_spec` (inferring the input when needed)."""
+def resolve_spec(model: nn.Module, spec: PermutationSpec | None,
+                 example_input: torch.Tensor | None = None) -> PermutationSpec:
+    """Return ``spec`` or derive it with :func:`permutation_spec` (inferring the input when needed).
+
+    Args:
+        model: the model the spec describes.
+        spec: an existing spec (returned unchanged) or None.
+        example_input: input ``[B, ...]`` for tracing; inferred by :func:`infer_example_input` when None.
+
+    Returns:
+        :class:`PermutationSpec`.
+    """
     if spec is not None:
         if not isinstance(spec, PermutationSpec):
             raise ValueError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
@@ -93,7 +103,8 @@ class _Problem:
         self.groups = list(spec.group_sizes)
         # blocks are gathered in the models' own dtype and converted once per chunk
         self.dtype = dtype
-        self.sd_a = {k: sd_a[k].detach() for k in spec.axes}
+        device = next(iter(sd_b.values())).device
+        self.sd_a = {k: sd_a[k].detach().to(device) for k in spec.axes}
         self.sd_b = {k: sd_b[k].detach() for k in spec.axes}
         self.chunks: dict[str, dict[tuple[str, ...], list[tuple[str, int, int]]]] = {}
         self.a_chunk: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
