@@ -114,18 +114,19 @@ class PopConv2d(nn.Module):
 
     Two formulations compute the same function:
 
-    - ``"grouped"``: one grouped convolution with ``N*groups`` groups (used on accelerators and for large layers);
-    - ``"rowconv"``: on CPU, small-channel convolutions (the Model Zoos CNNs) are lowered to one batched matrix
-      product per model: the input is unfolded along rows only (``kh`` times the input, not ``kh*kw`` times as in
-      im2col) and multiplied by a banded (row-Toeplitz) matrix built from the kernel. This trades some extra FLOPs
-      for large, well-shaped GEMMs, which oneDNN's small-channel convolution kernels do not reach.
+    - ``"grouped"`` (the default, ``"auto"``): one grouped convolution with ``N*groups`` groups. The population
+      feeds channels-last (NHWC) tensors, on which oneDNN's grouped convolutions and pooling run several times
+      faster than on NCHW (measured in ``bench/RESULTS.md``).
+    - ``"rowconv"`` (opt-in): small-channel convolutions lowered to one batched matrix product per model: the input
+      is unfolded along rows only (``kh`` times the input, not ``kh*kw`` times as in im2col) and multiplied by a
+      banded (row-Toeplitz) matrix built from the kernel. Large, well-shaped GEMMs at the cost of extra FLOPs; on
+      our 2-core CPU it beat NCHW grouped convolutions but not channels-last ones. Needs NCHW-contiguous input
+      (set ``ZOOSCAPE_CHANNELS_LAST=0``).
 
     Args:
         layers: the N source convolutions (same configuration).
         strategy: ``"auto"``, ``"grouped"`` or ``"rowconv"`` (default: ``$ZOOSCAPE_CONV_STRATEGY`` or ``"auto"``).
     """
-
-    max_band_entries = 1 << 18
 
     def __init__(self, layers: list[nn.Conv2d], strategy: str | None = None):
         super().__init__()
@@ -151,12 +152,7 @@ class PopConv2d(nn.Module):
             if not ok:
                 raise ValueError("the rowconv strategy needs groups=1, dilation=1 and numeric padding")
             return True
-        if not ok or x.device.type != "cpu":
-            return False
-        o, c, kh, kw = self.weight.shape[1:]
-        w_in = x.shape[-1] + 2 * self.padding[1]
-        w_out = (w_in - kw) // self.stride[1] + 1
-        return kh * c * w_in * o * w_out <= self.max_band_entries and c * kw <= 64
+        return False
 
     def forward(self, x: Tensor) -> Tensor:
         if getattr(self, "layout", "channel") == "stacked":

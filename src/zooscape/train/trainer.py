@@ -248,12 +248,13 @@ def train_population(
     x_tr, y_tr = data.train_x.to(dev), data.train_y.to(dev)
     splits = {"train": (x_tr, y_tr), "val": (data.val_x.to(dev), data.val_y.to(dev)),
               "test": (data.test_x.to(dev), data.test_y.to(dev))}
-    lr0 = torch.tensor([m.lr for m in mem], dtype=torch.float32, device=dev)
     params = list(pop.net.named_parameters())
+    pdtype = params[0][1].dtype if params else torch.float32
+    lr0 = torch.tensor([m.lr for m in mem], dtype=pdtype, device=dev)
     opt = PopulationOptimizer(
         params, config.optimizer,
-        weight_decay=torch.tensor([m.weight_decay for m in mem], dtype=torch.float32, device=dev),
-        momentum=torch.tensor([m.momentum for m in mem], dtype=torch.float32, device=dev),
+        weight_decay=torch.tensor([m.weight_decay for m in mem], dtype=pdtype, device=dev),
+        momentum=torch.tensor([m.momentum for m in mem], dtype=pdtype, device=dev),
         nesterov=config.nesterov, betas=config.betas, eps=config.eps,
     )
     augment = None
