@@ -58,10 +58,20 @@ def run_case(name: str, sizes: list[int], epochs: int, baseline_models: int, dev
         warm = TrainConfig(epochs=1, **case["train"])  # first calls pay one-off costs (imports, allocator)
         train_population(models[:2], data, warm, members[:2], device=device)
         train_sequential(models[0], data, warm, members[0], device=device)
-        t_pop = _time(lambda: train_population(models, data, cfg, members, device=device))
         k = min(n, baseline_models)
-        t_one = _time(lambda: [train_population([models[i]], data, cfg, [members[i]], device=device) for i in range(k)])
-        t_seq = _time(lambda: [train_sequential(models[i], data, cfg, members[i], device=device) for i in range(k)])
+
+        def population(models=models, members=members):
+            train_population(models, data, cfg, members, device=device)
+
+        def ours_one(models=models, members=members, k=k):
+            for i in range(k):
+                train_population([models[i]], data, cfg, [members[i]], device=device)
+
+        def torch_one(models=models, members=members, k=k):
+            for i in range(k):
+                train_sequential(models[i], data, cfg, members[i], device=device)
+
+        t_pop, t_one, t_seq = _time(population), _time(ours_one), _time(torch_one)
         per = lambda t, m: 1000.0 * t / (m * epochs)  # noqa: E731
         row = dict(model=name, N=n, population=per(t_pop, n), ours_one=per(t_one, k), torch_one=per(t_seq, k))
         row["speedup_vs_torch"] = row["torch_one"] / row["population"]
