@@ -78,15 +78,21 @@ def test_merge_many_of_independent_models_beats_naive_averaging():
         assert not p.is_identity() or m is src
 
 
-@pytest.mark.parametrize("method", ["repair", "rescale", "reshift"])
-def test_renormalisation_hits_the_goal_statistics_exactly(method):
-    a, b = trained("mlp", 0), trained("mlp", 1)
-    x, _ = inputs("mlp")
+@pytest.mark.parametrize("kind,method", [("mlp", "repair"), ("mlp", "rescale"), ("mlp", "reshift"),
+                                         ("vgg_bn", "repair")])
+def test_renormalisation_hits_the_goal_statistics_exactly(kind, method):
+    a, b = trained(kind, 0), trained(kind, 1)
+    x, _ = inputs(kind)
+    x = x[:600]
     b = merge([a, b], align="weight").models[1]
     mid = merge([a, b], weights=[0.3, 0.7], align=None).model
     fixed = repair(mid, [a, b], x, weights=[0.3, 0.7], method=method)
     points = correction_points(mid)
-    assert [p.module for p in points] == ["module_list.0", "module_list.2", "module_list.4"]  # not the classifier
+    if kind == "mlp":
+        assert [p.module for p in points] == ["module_list.0", "module_list.2", "module_list.4"]  # no classifier
+    else:  # corrections sit on the BatchNorm after every conv; fused into its affine parameters
+        assert all(isinstance(dict(mid.named_modules())[p.module], nn.BatchNorm2d) for p in points)
+        assert len(points) == 8
     sa, sb, sm, sf = (_stats(m, points, x) for m in (a, b, mid, fixed))
     for p in points:
         goal_mean = 0.3 * sa[p.module][0] + 0.7 * sb[p.module][0]
