@@ -62,6 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     pl.add_argument("--out", default=None, metavar="PNG",
                     help="output file (default DIR/plots/<metric>_<y>_vs_<x>.png)")
     pl.set_defaults(func=cmd_plot)
+    _add_transfer_parsers(sub)
     return p
 
 
@@ -176,4 +177,94 @@ def cmd_plot(args: argparse.Namespace) -> int:
         which = "final epoch" if args.epoch is None else f"epoch {args.epoch}"
         save_heatmap(out, xs, ys, means, args.x, args.y, title=f"{zoo.spec.name}: {args.metric} ({which}, mean)")
     print(out, file=sys.stdout)
+    return 0
+
+
+def _add_transfer_parsers(sub: Any) -> None:
+    """Add ``zoo import`` and ``zoo export`` (the Ray Tune layout of the published zoos)."""
+    im = sub.add_parser("import", help="import a Ray Tune zoo (Model Zoos / phase-transition layout)",
+                        description="Read a folder of Ray Tune trials (params.json, result.json, "
+                                    "checkpoint_*/checkpoints) into a zoo directory of ours. Checkpoints are read "
+                                    "with weights_only=True; broken trials are reported and skipped.")
+    im.add_argument("source", metavar="RAY_TUNE_DIR", help="folder holding the trial folders (searched recursively)")
+    im.add_argument("--out", required=True, metavar="DIR", help="zoo directory (created)")
+    im.add_argument("--dataset", default=None, metavar="NAME",
+                    help="data set of every trial (default: dataset::name, or guessed from dataset::dump)")
+    im.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="data set option, repeatable (e.g. resize=28, data_root=data); values are JSON or text")
+    im.add_argument("--model-type", action="append", default=[], metavar="TYPE=NAME",
+                    help="map a model::type value onto a registered model, repeatable (CNN and CNN3 are known)")
+    im.add_argument("--name", default=None, help="zoo name (default: the source folder's name)")
+    im.add_argument("--no-optimizer", action="store_true", help="skip optimizer files")
+    im.add_argument("--max-population", type=int, default=64, metavar="N", help="models per shard group (64)")
+    im.add_argument("--no-progress", action="store_true", help="no progress bar")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="write a zoo in the Ray Tune layout of the published zoos",
+                        description="Write one trial folder per model (params.json with Model Zoos keys, "
+                                    "result.json, checkpoint_*/checkpoints and optimizer) for the old tools.")
+    ex.add_argument("dir", metavar="DIR", help="zoo directory")
+    ex.add_argument("--out", required=True, metavar="OUT", help="folder for the trial folders (created)")
+    ex.add_argument("--epochs", default=None, metavar="E,E,...", help="checkpoint epochs to write (default all)")
+    ex.add_argument("--no-optimizer", action="store_true", help="do not write optimizer files")
+    ex.set_defaults(func=cmd_export)
+
+
+def _key_values(items: list[str], what: str) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} must look like KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a Ray Tune zoo folder into ``args.out`` (``zooscape zoo import``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
+    """
+    from zooscape.zoo.raytune import import_raytune
+
+    options = _key_values(args.dataset_option, "--dataset-option")
+    if options and args.dataset is None:
+        raise ValueError("--dataset-option needs --dataset NAME")
+    dataset = None if args.dataset is None else {"name": args.dataset, **options}
+    types = {k: str(v) for k, v in _key_values(args.model_type, "--model-type").items()}
+    report = import_raytune(args.source, args.out, dataset=dataset, model_types=types or None, name=args.name,
+                            optimizer=not args.no_optimizer, max_population=args.max_population,
+                            progress=not args.no_progress)
+    print(report.summary())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the zoo ``args.dir`` in the Ray Tune layout into ``args.out`` (``zooscape zoo export``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
+    """
+    from zooscape.zoo.raytune import export_raytune
+
+    epochs = None
+    if args.epochs:
+        try:
+            epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
+        except ValueError:
+            raise ValueError(f"--epochs must be comma-separated integers, got {args.epochs!r}") from None
+    report = export_raytune(args.dir, args.out, epochs=epochs, optimizer=not args.no_optimizer)
+    print(f"wrote {len(report.trials)} trial folders ({report.n_checkpoints} checkpoints) to {report.out_dir}")
     return 0
