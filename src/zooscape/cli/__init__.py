@@ -25,6 +25,7 @@ COMMAND_GROUPS: list[str] = [
     "zooscape.cli.zoo",
     "zooscape.cli.lmc",
     "zooscape.cli.metrics",
+    "zooscape.cli.curve",
 ]
 
 #: Exceptions reported as ``error: <message>`` with exit code 1 (anything else is a bug: full traceback).

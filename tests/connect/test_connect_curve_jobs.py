@@ -1,0 +1,193 @@
+"""zooscape curve train / eval / pairs: TF-style configs, files, catalog rows (jobs in zooscape.zoo.curve_jobs)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zooscape.cli import main
+from zooscape.connect import evaluate_curve, l2_distance, load_curve
+from zooscape.zoo import open_zoo, train_zoo
+from zooscape.zoo.curve_jobs import curve_pairs, curve_records, load_curve_config, pair_params
+from zooscape.zoo.spec import SpecError
+
+MODEL = """dataset = "digits"
+model = "mlp"
+model-args = { width = 16, depth = 1 }
+"""
+
+CONFIG = f"""
+[base-1]
+dir = "out/base1"
+{MODEL}epochs = 2
+optimizer = "adam"
+batch-size = 64
+lr = 0.01
+seed = 1
+
+[base-2]
+dir = "out/base2"
+{MODEL}epochs = 2
+optimizer = "adam"
+batch-size = 64
+lr = 0.01
+seed = 2
+
+[curve-pretrained]
+dir = "out/curve"
+{MODEL}curve = "PolyChain"
+num-bends = 1
+epochs = 2
+batch-size = 64
+lr = 0.05
+wd = 0.0005
+init-start = "out/base1"
+fix-start = true
+init-end = "out/base2/model.safetensors"
+fix-end = true
+init-linear = true
+
+[curve-evaluate]
+dir = "out/eval"
+{MODEL}curve = "PolyChain"
+num-bends = 1
+wd = 0.0005
+ckpt = "out/curve"
+num-points = 9
+point-on-curve = 0.25
+plane = true
+grid-points = 3
+"""
+
+
+def _template():
+    from zooscape.models import create_model
+
+    return create_model("mlp", num_classes=10, input_size=[64], width=16, depth=1, seed=0)
+
+
+def test_config_train_and_eval_via_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(CONFIG)
+    assert main(["curve", "train", "c.toml", "--quiet"]) == 0
+    assert (tmp_path / "out/base1/model.safetensors").is_file() and (tmp_path / "out/curve/curve.safetensors").is_file()
+    history = json.loads((tmp_path / "out/curve/curve_history.json").read_text())["history"]
+    assert [h["lr"] for h in history] == pytest.approx([0.05, 0.0005])  # Garipov schedule over 2 epochs
+    assert main(["curve", "eval", "c.toml", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "polychain curve, 1 bend(s), 9 points" in printed and "test error (%)" in printed
+
+    from zooscape.data import load_dataset
+
+    ds = load_dataset("digits")
+    curve, extra = load_curve(tmp_path / "out/curve/curve.safetensors", _template())
+    assert curve.kind == "polychain" and extra["train_config"]["weight_decay"] == 0.0005
+    base1 = load_file(str(tmp_path / "out/base1/model.safetensors"))
+    assert torch.equal(curve.node_state(0)["module_list.0.weight"], base1["module_list.0.weight"])
+    stored = json.loads((tmp_path / "out/eval/curve_eval.json").read_text())
+    fresh = evaluate_curve(curve, ds, 9, weight_decay=0.0005)
+    assert stored["summary"]["mc_error_test"] == pytest.approx(fresh.mc["test"]["error"], abs=1e-9)
+    assert stored["curve"]["loss"]["train"] == pytest.approx(fresh.loss["train"].tolist(), abs=1e-6)
+    distance = l2_distance(curve.model_at(0.0), curve.model_at(1.0))
+    assert stored["line_summary"]["length"] == pytest.approx(distance, rel=1e-6)
+    point = load_file(str(tmp_path / "out/eval/point.safetensors"))
+    expected = curve.model_at(0.25).state_dict()
+    assert all(torch.allclose(point[k], expected[k]) for k in expected if k.endswith("weight"))
+    plane = json.loads((tmp_path / "out/eval/plane.json").read_text())
+    assert len(plane["loss"]["test"]) == 3 and plane["dx"] > 0
+    for name in ("curve_error.png", "curve_loss.png", "plane_test_error.png", "plane_train_loss.png"):
+        assert (tmp_path / "out/eval" / name).read_bytes()[:4] == b"\x89PNG"
+    # overriding the number of points from the command line
+    assert main(["curve", "eval", "c.toml", "curve-evaluate", "--num-points", "5", "--quiet"]) == 0
+    assert len(json.loads((tmp_path / "out/eval/curve_eval.json").read_text())["curve"]["ts"]) == 5
+
+
+def test_config_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CONFIG.replace("num-bends = 1\nepochs", "num_bends = 1\nepochs"))
+    with pytest.raises(SpecError, match="num_bends"):
+        load_curve_config(bad)
+    assert main(["curve", "train", str(bad)]) == 2
+    assert "num_bends" in capsys.readouterr().err
+    bad.write_text(CONFIG.replace("num-points = 9", "num-points = 9\nresume-epoch = 3"))
+    assert main(["curve", "eval", str(bad)]) == 2 and "resume-epoch" in capsys.readouterr().err
+    bad.write_text(CONFIG.replace('init-start = "out/base1"\n', ""))
+    assert main(["curve", "train", str(bad), "curve-pretrained"]) == 2
+    assert "fix-start" in capsys.readouterr().err
+    bad.write_text(CONFIG.replace('curve = "PolyChain"\nnum-bends = 1\nepochs', 'curve = "spline"\nepochs'))
+    assert main(["curve", "train", str(bad)]) == 2 and "curve" in capsys.readouterr().err
+    good = tmp_path / "c.toml"
+    good.write_text(CONFIG)
+    assert main(["curve", "train", str(good), "curve-pretrained"]) == 1  # endpoints not trained yet
+    assert "init-start" in capsys.readouterr().err
+    assert main(["curve", "train", str(good), "no-such-table"]) == 1
+    assert main(["curve", "eval", str(good), "base-1"]) == 1 and "ckpt" in capsys.readouterr().err
+    assert main(["curve", "eval", str(tmp_path / "missing.toml")]) == 1
+
+
+ZOO = """
+[zoo]
+name = "curve-pairs"
+
+[dataset]
+name = "digits"
+seed = 0
+
+[model]
+name = "mlp"
+width = 16
+depth = 1
+
+[training]
+epochs = 2
+batch_size = 64
+optimizer = "adam"
+lr = 0.01
+
+[checkpoints]
+epochs = "all"
+
+[grid]
+"training.seed" = [0, 1, 2]
+"""
+
+
+def test_curve_pairs_over_zoo(tmp_path):
+    from zooscape.connect import CurveTrainConfig
+
+    spec = tmp_path / "zoo.toml"
+    spec.write_text(ZOO)
+    out = tmp_path / "zoo"
+    train_zoo(spec, out, device="cpu", progress=False).close()
+    cfg = CurveTrainConfig(epochs=1, batch_size=128, lr=0.05)
+    rows = curve_pairs(out, train_config=cfg, splits=("test",))
+    assert len(rows) == 3 and {r["epoch"] for r in rows} == {2} and {r["cell"] for r in rows} == {0}
+    assert all(r["model_id"] < r["other_id"] for r in rows)
+    params = pair_params("bezier", 1, cfg, 5, 5, "reset", ("test",))
+    with open_zoo(out) as zoo:
+        stored = zoo.analyses("curve_mc_error_test")
+        assert len(stored) == 3 and stored.params.iloc[0] == params
+        assert set(zoo.analyses()["metric"]) >= {"curve_mc_loss_test", "curve_max_error_test", "curve_length"}
+        r = rows[0]
+        files = list((out / "curves").glob(f"{r['model_id']}-{r['other_id']}-e2-*.safetensors"))
+        assert len(files) == 1
+        curve, _ = load_curve(files[0], zoo.load_model(r["model_id"], 2))
+        fresh = evaluate_curve(curve, zoo.data(), 5, splits=("test",), weight_decay=cfg.weight_decay)
+        assert r["curve_mc_error_test"] == pytest.approx(fresh.mc["test"]["error"], abs=1e-9)
+        assert r["curve_mc_loss_test"] == pytest.approx(fresh.mc["test"]["loss"], abs=1e-9)
+        a, b = zoo.load_model(r["model_id"], 2), zoo.load_model(r["other_id"], 2)
+        assert torch.equal(curve.node_state(0)["module_list.0.weight"], a.state_dict()["module_list.0.weight"])
+        assert torch.equal(curve.node_state(-1)["module_list.0.weight"], b.state_dict()["module_list.0.weight"])
+    # re-running skips stored pairs; --force recomputes and replaces (no duplicates)
+    assert curve_pairs(out, train_config=cfg, splits=("test",)) == []
+    assert len(curve_pairs(out, train_config=cfg, splits=("test",), force=True)) == 3
+    records = curve_records(out, params)
+    assert len(records) == 3 and all("curve_mc_error_test" in rec for rec in records)
+    with open_zoo(out) as zoo:
+        assert len(zoo.analyses("curve_mc_error_test")) == 3
+    assert main(["curve", "pairs", str(out), "--epochs", "1", "--epoch", "1", "--splits", "test", "--quiet"]) == 0
+    assert len(curve_records(out)) == 6  # epoch 1 added beside epoch 2
+    with pytest.raises(FileNotFoundError):
+        curve_pairs(tmp_path / "nothing")
