@@ -101,6 +101,12 @@ def test_config_train_and_eval_via_cli(tmp_path, monkeypatch, capsys):
     # overriding the number of points from the command line
     assert main(["curve", "eval", "c.toml", "curve-evaluate", "--num-points", "5", "--quiet"]) == 0
     assert len(json.loads((tmp_path / "out/eval/curve_eval.json").read_text())["curve"]["ts"]) == 5
+    # an evaluation table that names another curve than its checkpoint holds is refused
+    other = CONFIG.replace("num-bends = 1\nwd = 0.0005\nckpt", "num-bends = 2\nwd = 0.0005\nckpt")
+    assert other != CONFIG
+    (tmp_path / "c2.toml").write_text(other)
+    assert main(["curve", "eval", "c2.toml", "--quiet"]) == 1
+    assert "num-bends" in capsys.readouterr().err
 
 
 def test_config_errors(tmp_path, monkeypatch, capsys):
