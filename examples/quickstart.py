@@ -57,7 +57,7 @@ def main() -> None:
     ids = last[last["training.lr"] == lr]["model_id"].tolist()[:2]
     epoch = int(table["epoch"].max())
     a, b = z.load_model(ids[0], epoch), z.load_model(ids[1], epoch)
-    data = z.data() if hasattr(z, "data") else z.dataset()  # renamed to Zoo.data() by the zoo-datasets work
+    data = z.data()  # the zoo's training data (DataSplits)
     path = linear_path(a, b, data, n_points=11, splits=("test",))
     print(f"\nlinear path between {ids[0]} and {ids[1]} (epoch {epoch}):")
     for alpha, loss, err in zip(path.alphas.tolist(), path.loss["test"].tolist(), path.error["test"].tolist()):
