@@ -62,6 +62,6 @@ def test_inline_errors_propagate_unchanged():
 def test_get_engine():
     assert isinstance(get_engine("local", 3), LocalEngine) and get_engine("local", 3).workers == 3
     with pytest.raises(ValueError, match="engine"):
-        get_engine("ray")
+        get_engine("spark")  # "ray" is an engine now (tests/zoo/test_zoo_ray.py)
     with pytest.raises(ValueError, match="workers"):
         LocalEngine(workers=0)

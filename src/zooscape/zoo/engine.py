@@ -6,7 +6,8 @@ progress events (small picklable objects) to the driver, where the engine calls 
 workers report per-epoch metrics while the driver stays the single writer of the catalog.
 
 :class:`LocalEngine` runs tasks in the calling process (``workers=1``) or in ``workers`` spawned processes with
-one torch thread each. A Ray engine can implement the same protocol (events through a Ray queue/actor).
+one torch thread each; :class:`zooscape.zoo.ray_engine.RayEngine` (``get_engine("ray")``) implements the same
+protocol on a Ray cluster (events through a Ray queue actor).
 """
 
 from __future__ import annotations
@@ -279,23 +280,41 @@ def _worker_main(task_q: Any, result_q: Any, parent_pid: int, threads: int) -> N
         result_q.put(("result", call, index, result))
 
 
-def get_engine(engine: str | Engine = "local", workers: int = 1) -> Engine:
+def get_engine(engine: str | Engine = "local", workers: int = 1, **options: Any) -> Engine:
     """Resolve an engine name or instance.
 
     Args:
-        engine: ``"local"`` or an object with a ``map`` method.
-        workers: worker processes for ``"local"``.
+        engine: ``"local"``, ``"ray"`` (:class:`zooscape.zoo.ray_engine.RayEngine`, needs the ``ray`` extra) or
+            an object with a ``map`` method.
+        workers: worker processes for ``"local"`` (must be 1 for ``"ray"``: the cluster's resources decide).
+        options: keyword arguments of the engine's constructor (e.g. ``address``, ``num_cpus``, ``num_gpus``
+            for ``"ray"``; ``threads_per_worker`` for ``"local"``).
 
     Returns:
         Engine.
 
     Raises:
-        ValueError: unknown engine name.
+        ValueError: unknown engine name, or options that the engine does not take.
+        RuntimeError: ``"ray"`` without ``ray`` installed (the message says how to install it).
     """
     if isinstance(engine, str):
         if engine == "local":
-            return LocalEngine(workers=workers)
-        raise ValueError(f"engine must be 'local' or an Engine instance, got {engine!r} (ray: not yet available)")
+            unknown = sorted(set(options) - {"threads_per_worker"})
+            if unknown:
+                raise ValueError(f"options {unknown} do not apply to the local engine (only threads_per_worker)")
+            return LocalEngine(workers=workers, **options)
+        if engine == "ray":
+            if workers != 1:
+                raise ValueError(
+                    f"workers={workers} applies to the local engine only; on Ray the cluster's resources and the "
+                    "per-task num_cpus/num_gpus decide how many tasks run at once"
+                )
+            from zooscape.zoo.ray_engine import RayEngine
+
+            return RayEngine(**options)
+        raise ValueError(f"engine must be 'local', 'ray' or an Engine instance, got {engine!r}")
+    if options:
+        raise ValueError(f"engine options {sorted(options)} given together with an engine instance {engine!r}")
     if not callable(getattr(engine, "map", None)):
         raise ValueError(f"engine {engine!r} has no map method")
     return engine

@@ -6,14 +6,16 @@ engine, write their own checkpoint and resume files and send catalog rows back a
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zooscape.zoo.build import build_model, build_train_config, count_parameters, data_model_args, load_data
-from zooscape.zoo.catalog import FINISHED
+from zooscape.zoo.catalog import FINISHED, Catalog
 from zooscape.zoo.engine import Engine, get_engine
 from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_configs, resolve_sizes
 from zooscape.zoo.spec import SpecError, ZooSpec, load_spec
@@ -119,6 +121,26 @@ def _check_out_dir(out_dir: Path, spec: ZooSpec) -> None:
         raise ZooExistsError(f"{out_dir} is not empty and is not a zoo directory")
 
 
+def _check_chunk_size(out_dir: Path, spec: ZooSpec) -> None:
+    """Refuse (with a clear message) to continue a zoo with another population chunk size than it was made with."""
+    if not is_zoo(out_dir):
+        return
+    with Catalog(out_dir / "catalog.sqlite", readonly=True) as catalog:
+        stored = catalog.meta().get("spec_fingerprint")
+    if not stored or stored == spec.fingerprint():
+        return
+    try:
+        doc = json.loads(stored)
+        size = int(doc["population"]["max_size"])
+    except (ValueError, KeyError, TypeError):
+        return
+    if dataclasses.replace(spec, max_population=size).fingerprint() == stored:
+        raise ZooExistsError(
+            f"{out_dir} was trained in population chunks of at most {size} models, not {spec.max_population}: "
+            f"re-run with --chunk-size {size} (chunk_size={size})"
+        )
+
+
 class _Driver:
     """Handles engine events and results: the single writer of the catalog."""
 
@@ -161,6 +183,8 @@ def train_zoo(
     workers: int = 1,
     device: str = "auto",
     progress: bool = True,
+    chunk_size: int | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Train (or finish training) the zoo of a spec into ``out_dir``.
 
@@ -171,18 +195,25 @@ def train_zoo(
     Args:
         spec_path: TOML spec.
         out_dir: zoo directory (created).
-        engine: ``"local"`` or an :class:`~zooscape.zoo.engine.Engine`.
+        engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engine.Engine` (an engine given by name is
+            closed at the end).
         workers: worker processes of the local engine.
         device: torch device passed to the trainer ("auto", "cpu", "cuda:0", ...).
         progress: show a tqdm bar over model-epochs (stderr).
+        chunk_size: models per task, i.e. the largest training population (overrides ``[population]
+            max_size``). It decides the groups and so the checkpoint files: it is part of the zoo, and a re-run
+            must use the same value.
+        engine_options: keyword arguments of the named engine (for ``"ray"``: ``address``, ``num_cpus``,
+            ``num_gpus``, ``max_retries``, ... of :class:`~zooscape.zoo.ray_engine.RayEngine`).
 
     Returns:
         the trained :class:`zooscape.zoo.reader.Zoo`.
 
     Raises:
         SpecError: invalid spec (nothing written).
-        ZooExistsError: ``out_dir`` holds another zoo or other files.
-        RuntimeError: another process is training into ``out_dir``.
+        ZooExistsError: ``out_dir`` holds another zoo (or the same with another ``chunk_size``) or other files.
+        RuntimeError: another process is training into ``out_dir``; ``engine="ray"`` without ``ray`` installed.
+        ValueError: ``chunk_size`` < 1, or engine options the engine does not take.
     """
     from tqdm.auto import tqdm
 
@@ -191,9 +222,15 @@ def train_zoo(
     spec_path = Path(spec_path)
     out_dir = Path(out_dir)
     spec = load_spec(spec_path)
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        spec = dataclasses.replace(spec, max_population=chunk_size)
     plan = plan_zoo(spec)
-    eng = get_engine(engine, workers)
     _check_out_dir(out_dir, spec)
+    _check_chunk_size(out_dir, spec)
+    eng = get_engine(engine, workers, **dict(engine_options or {}))
+    owned = isinstance(engine, str)
     spec_text = spec_path.read_text(encoding="utf-8")
 
     store = ZooStore(out_dir)
@@ -229,6 +266,9 @@ def train_zoo(
                 driver = _Driver(store, catalog, bar, epochs_of)
                 for result in eng.map(run_group, tasks, on_event=driver.on_event, ordered=False):
                     driver.on_result(result, sizes[result["group_id"]])
+            store.remove_temp_files()  # of task attempts killed mid-write and retried by the engine
         finally:
             catalog.close()
+            if owned and callable(getattr(eng, "close", None)):
+                eng.close()
     return open_zoo(out_dir)
