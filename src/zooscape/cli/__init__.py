@@ -26,6 +26,7 @@ COMMAND_GROUPS: list[str] = [
     "zooscape.cli.lmc",
     "zooscape.cli.metrics",
     "zooscape.cli.curve",
+    "zooscape.cli.predict",
 ]
 
 #: Exceptions reported as ``error: <message>`` with exit code 1 (anything else is a bug: full traceback).
