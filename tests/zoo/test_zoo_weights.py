@@ -76,6 +76,8 @@ def test_vectors_round_trip_exactly_through_the_index_map(zoo):
         assert torch.equal(vectorize(sd, index_map(model)), split.weights[i])
         n += 1
     assert n == ds.report.kept > 0
+    ds64 = zoo.dataset(properties=["test_acc"], dtype=torch.float64)  # the per-tensor (non-gather) read path
+    assert all(torch.equal(a.weights.double(), b.weights) for a, b in zip(ds, ds64))
     v = torch.randn(imap.size, generator=torch.Generator().manual_seed(0))
     assert torch.equal(vectorize(vector_to_state_dict(v, imap), imap), v)
     with pytest.raises(ValueError, match=r"shape \[2464\]"):

@@ -29,7 +29,9 @@ import fnmatch
 import json
 import logging
 import math
+import mmap
 import numbers
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -337,6 +338,84 @@ def vector_to_state_dict(
 # ----------------------------------------------------------------------------------------------- loading
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+class _Shard:
+    """A safetensors file mapped into memory: the JSON header plus zero-copy views of its tensors' bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                raise ValueError(f"shard {path} is not a safetensors file (too short)")
+            n = struct.unpack("<Q", head)[0]
+            self.header = json.loads(fh.read(n))
+            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._start = 8 + n
+        empty = torch.zeros(0, dtype=torch.uint8)
+        self._bytes = torch.frombuffer(self._mm, dtype=torch.uint8) if len(self._mm) else empty
+
+    def tensor(self, key: str) -> Tensor:
+        """A view of tensor ``key`` (valid until :meth:`close`).
+
+        Raises:
+            KeyError: no such tensor.
+        """
+        info = self.header.get(key)
+        if info is None or key == "__metadata__":
+            raise KeyError(f"shard {self.path} lacks tensor {key!r}")
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        a, b = info["data_offsets"]
+        raw = self._bytes[self._start + a:self._start + b]
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if (self._start + a) % itemsize:
+            raw = raw.clone()  # unaligned: copy before reinterpreting
+        return raw.view(dtype).reshape(info["shape"])
+
+    def gather_f32(self, keys: Sequence[str], numels: Sequence[int]) -> Tensor | None:
+        """The float32 tensors ``keys`` flattened and concatenated with one gather, or None when one of them is
+        missing, not float32, misaligned or of another size than ``numels`` says (use :meth:`tensor` then).
+
+        Args:
+            keys: tensor names.
+            numels: expected number of entries of each.
+
+        Returns:
+            ``[sum(numels)]`` float32 tensor (a copy) or None.
+        """
+        if self._start % 4:
+            return None
+        starts = []
+        for key, numel in zip(keys, numels):
+            info = self.header.get(key)
+            if info is None or info["dtype"] != "F32" or key == "__metadata__":
+                return None
+            a, b = info["data_offsets"]
+            if a % 4 or (b - a) // 4 != numel:
+                return None
+            starts.append(a // 4)
+        region = self._bytes[self._start:]
+        data = region[: (region.numel() // 4) * 4].view(torch.float32)
+        lengths = torch.tensor(list(numels), dtype=torch.int64)
+        begin = torch.cumsum(lengths, 0) - lengths
+        total = int(lengths.sum())
+        idx = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64) - begin, lengths) + torch.arange(total)
+        return data[idx]
+
+    def close(self) -> None:
+        """Release the mapping."""
+        del self._bytes
+        try:
+            self._mm.close()
+        except BufferError:  # a view is still referenced; the mapping is released when it is collected
+            pass
+
+
 def load_weights(
     root: str | Path,
     samples: Sequence[tuple[str, str]],
@@ -344,7 +423,8 @@ def load_weights(
     imap: IndexMap,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Read many checkpoints from shards into one ``[N, D]`` tensor (each shard file is opened once).
+    """Read many checkpoints from shards into one ``[N, D]`` tensor (each shard file is mapped once and only
+    the needed tensors are copied).
 
     Args:
         root: zoo directory.
@@ -366,19 +446,26 @@ def load_weights(
         by_file.setdefault(rel, []).append(row)
     slots = imap.slots
     for rel, rows in by_file.items():
-        path = root / rel
-        with safe_open(str(path), framework="pt") as fh:
+        shard = _Shard(root / rel)
+        try:
+            if dtype == torch.float32 and slots:
+                keys = [f"{samples[row][0]}{SHARD_SEP}{name}" for row in rows for name in names[row]]
+                flat = shard.gather_f32(keys, [s.numel for s in slots] * len(rows))
+                if flat is not None:
+                    out[torch.tensor(rows, dtype=torch.int64)] = flat.view(len(rows), imap.size)
+                    continue
             for row in rows:
                 mid = samples[row][0]
+                dst = out[row]
                 for s, name in zip(slots, names[row]):
-                    key = f"{mid}{SHARD_SEP}{name}"
-                    try:
-                        t = fh.get_tensor(key)
-                    except Exception as exc:  # safetensors raises its own error type for missing keys
-                        raise KeyError(f"shard {path} lacks tensor {key!r}") from exc
+                    t = shard.tensor(f"{mid}{SHARD_SEP}{name}")
                     if t.numel() != s.numel:
-                        raise ValueError(f"shard {path}: {key!r} has shape {tuple(t.shape)}, expected {s.shape}")
-                    out[row, s.offset:s.stop] = t.reshape(-1)
+                        raise ValueError(f"shard {root / rel}: {mid}/{name} has shape {tuple(t.shape)}, "
+                                         f"expected {s.shape}")
+                    dst[s.offset:s.stop].copy_(t.reshape(-1))
+                    del t
+        finally:
+            shard.close()
     return out
 
 
