@@ -107,18 +107,40 @@ class LinearClassifier:
         return self
 
     def decision_function(self, x: Tensor) -> Tensor:
-        """Logits ``[N, C]``."""
+        """Class scores (logits).
+
+        Args:
+            x: ``[N, D]`` features.
+
+        Returns:
+            ``[N, C]`` float64.
+        """
         if not hasattr(self, "coef_"):
             raise RuntimeError("LinearClassifier is not fitted; call fit first")
         z = (x.double().to(self.coef_.device) - self._mean) / self._scale
         return z @ self.coef_ + self.intercept_
 
     def predict(self, x: Tensor) -> Tensor:
-        """Class indices ``[N]``."""
+        """Predict classes.
+
+        Args:
+            x: ``[N, D]`` features.
+
+        Returns:
+            ``[N]`` class indices.
+        """
         return self.decision_function(x).argmax(dim=1)
 
     def score(self, x: Tensor, y: Tensor) -> float:
-        """Accuracy on ``(x, y)``."""
+        """Accuracy of the predictions.
+
+        Args:
+            x: ``[N, D]`` features.
+            y: ``[N]`` class indices.
+
+        Returns:
+            float.
+        """
         return accuracy_score(y, self.predict(x))
 
 

@@ -74,7 +74,11 @@ class RidgeRegression:
         self.alpha = alpha
 
     def fit(self, x: Tensor, y: Tensor) -> RidgeRegression:
-        """Fit on ``x`` ``[N, D]`` and ``y`` ``[N]``.
+        """Fit the model.
+
+        Args:
+            x: ``[N, D]`` features.
+            y: ``[N]`` targets.
 
         Returns:
             self.
@@ -109,13 +113,28 @@ class RidgeRegression:
         return out
 
     def predict(self, x: Tensor) -> Tensor:
-        """Predictions ``[N]`` (float64) for ``x`` ``[N, D]``."""
+        """Predict targets.
+
+        Args:
+            x: ``[N, D]`` features.
+
+        Returns:
+            ``[N]`` float64 predictions.
+        """
         if not hasattr(self, "coef_"):
             raise RuntimeError("RidgeRegression is not fitted; call fit first")
         return x.double().to(self.coef_.device) @ self.coef_ + self.intercept_
 
     def score(self, x: Tensor, y: Tensor) -> float:
-        """R² of the predictions for ``x`` against ``y``."""
+        """R² of the predictions.
+
+        Args:
+            x: ``[N, D]`` features.
+            y: ``[N]`` targets.
+
+        Returns:
+            float.
+        """
         return r2_score(y.double().to(self.coef_.device), self.predict(x))
 
 

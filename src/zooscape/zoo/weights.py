@@ -576,7 +576,13 @@ class DatasetReport:
     split_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def drop(self, model_id: str, epoch: int, reason: str) -> None:
-        """Record one dropped sample."""
+        """Record one dropped sample.
+
+        Args:
+            model_id: the model.
+            epoch: the checkpoint's epoch.
+            reason: why it was dropped (the key of :attr:`dropped`).
+        """
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.samples.append((model_id, int(epoch), reason))
 
