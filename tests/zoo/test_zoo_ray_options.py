@@ -68,6 +68,13 @@ def test_ray_engine_rejects_bad_resources_before_importing_ray(no_ray, kwargs, b
         RayEngine(**kwargs)
 
 
+def test_no_tasks_no_ray_instance():
+    ray = pytest.importorskip("ray", reason="needs the optional extra 'ray' (CI installs it)")
+    was = ray.is_initialized()
+    assert list(RayEngine().map(len, [])) == []
+    assert ray.is_initialized() == was
+
+
 def test_get_engine_options():
     with pytest.raises(ValueError, match="workers=2"):
         get_engine("ray", workers=2)

@@ -258,7 +258,8 @@ class RayEngine:
     ) -> Iterator[R]:
         """Run ``fn(task)`` for every task as a Ray task and yield the results (see :class:`Engine`).
 
-        All tasks are submitted at once (Ray queues what does not fit the cluster).
+        All tasks are submitted at once (Ray queues what does not fit the cluster); without tasks Ray is not
+        started.
 
         Args:
             fn: picklable function of one task (module-level functions are shipped by reference: their
@@ -276,6 +277,8 @@ class RayEngine:
                 ``max_retries`` times.
         """
         tasks = list(tasks)
+        if not tasks:  # e.g. re-running a finished zoo: no reason to start Ray
+            return iter(())
         self.start()
         return self._map(fn, tasks, on_event, ordered)
 
