@@ -40,7 +40,54 @@ def to_stacked_layout(x: Tensor, n: int) -> Tensor:
                                                                                  *x.shape[2:])
 
 
-class PopLinear(nn.Module):
+class SharedInput:
+    """Marks the next population layer's input as shared by every model (``[B, ...]`` instead of the population
+    layout), set by :meth:`zooscape.train.Population.forward_shared`.
+
+    The first population layer that runs takes the mark: a Linear or (ungrouped) Conv2d then applies all N models'
+    weights to the shared input as one dense layer (no N-fold copy of the input; for a first convolution with few
+    input channels this is one large GEMM instead of N small ones); any other layer expands the input to the
+    population layout and goes on as usual.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.pending = False
+        self.layout = "channel"
+        self.channels_last = False
+
+    def take(self) -> bool:
+        if self.pending:
+            self.pending = False
+            return True
+        return False
+
+    def expand(self, x: Tensor) -> Tensor:
+        """``[B, ...]`` shared input -> the population layout (``[B, N*C, ...]`` or ``[N*B, ...]``)."""
+        b = x.shape[0]
+        if self.layout == "stacked":
+            return x.unsqueeze(0).expand(self.n, *x.shape).reshape(self.n * b, *x.shape[1:])
+        if x.dim() == 1:
+            return x.unsqueeze(1).expand(b, self.n)
+        wide = x.unsqueeze(1).expand(b, self.n, *x.shape[1:]).reshape(b, self.n * x.shape[1], *x.shape[2:])
+        if wide.dim() == 4 and self.channels_last:
+            wide = wide.contiguous(memory_format=torch.channels_last)
+        return wide
+
+
+class _PopLayer(nn.Module):
+    """Base of the population layers: holds the population's :class:`SharedInput` marker."""
+
+    shared: SharedInput | None = None
+
+    def _enter(self, x: Tensor) -> Tensor:
+        """Expand a shared input if this layer is the first to see it (layers without a dense shared path)."""
+        if self.shared is not None and self.shared.take():
+            return self.shared.expand(x)
+        return x
+
+
+class PopLinear(_PopLayer):
     """N independent ``nn.Linear`` layers: ``[B, N*in] -> [B, N*out]`` (channel layout) or
     ``[N*B, in] -> [N*B, out]`` (stacked layout, used by networks without convolutions).
 
@@ -58,6 +105,8 @@ class PopLinear(nn.Module):
         self.layout = "channel"
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.shared is not None and self.shared.take():
+            return self._forward_shared(x)
         if self.layout == "stacked":
             xb = x.view(self.n, -1, self.in_features)
             if self.bias is not None:
@@ -72,6 +121,15 @@ class PopLinear(nn.Module):
         else:
             out = torch.bmm(xb, self.weight.transpose(1, 2))
         return out.transpose(0, 1).reshape(*lead, self.n * self.out_features)
+
+    def _forward_shared(self, x: Tensor) -> Tensor:
+        """All N layers on one shared input ``[..., in]``: one dense ``[N*out, in]`` product."""
+        w = self.weight.reshape(self.n * self.out_features, self.in_features)
+        out = F.linear(x, w, self.bias.reshape(-1) if self.bias is not None else None)  # [..., N*out]
+        if self.layout == "stacked":
+            b = out.shape[0]
+            return out.view(b, self.n, self.out_features).transpose(0, 1).reshape(self.n * b, self.out_features)
+        return out
 
 
 class _BandMatrix(torch.autograd.Function):
@@ -109,7 +167,7 @@ def _band_indices(o: int, c: int, kh: int, kw: int, w_in: int, w_out: int, strid
     return idx.view(kh * c * w_in, n_cols), pos
 
 
-class PopConv2d(nn.Module):
+class PopConv2d(_PopLayer):
     """N independent ``nn.Conv2d`` layers on ``[B, N*C_in, H, W]``.
 
     Two formulations compute the same function:
@@ -155,9 +213,39 @@ class PopConv2d(nn.Module):
         return False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.shared is not None and self.shared.take():
+            if self.groups == 1:
+                return self._forward_shared(x)
+            x = self.shared.expand(x)
         if getattr(self, "layout", "channel") == "stacked":
             return to_stacked_layout(self._forward(to_channel_layout(x, self.n)), self.n)
         return self._forward(x)
+
+    def _forward_shared(self, x: Tensor) -> Tensor:
+        """All N convolutions on one shared input ``[B, C, H, W]``: one dense convolution with ``N*C_out``
+        output channels, giving the population layout ``[B, N*C_out, H', W']`` directly."""
+        w = self.weight.reshape(-1, *self.weight.shape[2:])
+        b = self.bias.reshape(-1) if self.bias is not None else None
+        cl = self.shared is not None and self.shared.channels_last and x.dim() == 4
+        if cl and isinstance(self.padding, tuple):
+            # im2col of the shared batch (small: few input channels) times [C*k*k, N*C_out] gives the output in
+            # channels-last memory order, which the grouped convolutions and pooling downstream want
+            bsz = x.shape[0]
+            kh, kw = self.weight.shape[-2:]
+            cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # [B, C*k*k, L]
+            h_out = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+            w_out = cols.shape[-1] // h_out
+            flat = cols.transpose(1, 2).reshape(bsz * cols.shape[-1], cols.shape[1])
+            wt = w.reshape(w.shape[0], -1).t()
+            out = flat @ wt if b is None else torch.addmm(b, flat, wt)
+            out = out.view(bsz, h_out, w_out, w.shape[0]).permute(0, 3, 1, 2)
+        else:
+            out = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, 1)
+            if cl:
+                out = out.contiguous(memory_format=torch.channels_last)
+        if getattr(self, "layout", "channel") == "stacked":
+            return to_stacked_layout(out, self.n)
+        return out
 
     def _forward(self, x: Tensor) -> Tensor:
         if not self._use_rowconv(x):
@@ -185,7 +273,7 @@ class PopConv2d(nn.Module):
         return y.permute(1, 0, 3, 2, 4).reshape(b, n * o, h_out, w_out)
 
 
-class PopBatchNorm(nn.Module):
+class PopBatchNorm(_PopLayer):
     """N independent BatchNorm layers (1d or 2d): per-channel statistics are per model and channel.
 
     Args:
@@ -211,6 +299,7 @@ class PopBatchNorm(nn.Module):
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self._enter(x)
         use_batch = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
@@ -227,7 +316,7 @@ class PopBatchNorm(nn.Module):
         return F.batch_norm(x, rm, rv, w, b, use_batch, momentum, self.eps)
 
 
-class PopGroupNorm(nn.Module):
+class PopGroupNorm(_PopLayer):
     """N independent ``nn.GroupNorm`` layers as one GroupNorm with ``N*groups`` groups."""
 
     def __init__(self, layers: list[nn.GroupNorm]):
@@ -241,6 +330,7 @@ class PopGroupNorm(nn.Module):
             self.weight = self.bias = None
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self._enter(x)
         w = self.weight.view(-1) if self.weight is not None else None
         b = self.bias.view(-1) if self.bias is not None else None
         if getattr(self, "layout", "channel") == "stacked":
@@ -249,7 +339,7 @@ class PopGroupNorm(nn.Module):
         return F.group_norm(x, self.n * self.num_groups, w, b, self.eps)
 
 
-class PopLayerNorm(nn.Module):
+class PopLayerNorm(_PopLayer):
     """N independent ``nn.LayerNorm`` layers over the trailing feature dims of ``[B, N*F]`` or ``[B, N*C, ...]``."""
 
     def __init__(self, layers: list[nn.LayerNorm]):
@@ -263,6 +353,7 @@ class PopLayerNorm(nn.Module):
             self.weight = self.bias = None
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self._enter(x)
         k = len(self.shape)
         if getattr(self, "layout", "channel") == "stacked":
             y = F.layer_norm(x, self.shape, None, None, self.eps).view(self.n, -1, *self.shape)
@@ -291,7 +382,7 @@ class PopLayerNorm(nn.Module):
         return y.reshape(x.shape)
 
 
-class PopDropout(nn.Module):
+class PopDropout(_PopLayer):
     """N independent dropout layers whose masks come from each model's own generator.
 
     Before each training step the trainer calls :meth:`set_generators` with one ``torch.Generator`` per model, so a
@@ -307,6 +398,7 @@ class PopDropout(nn.Module):
         self.generators = generators
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self._enter(x)
         if not self.training or self.p == 0.0:
             return x
         if self.generators is None:

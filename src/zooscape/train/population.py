@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import POP_LAYERS, PopConv2d, PopDropout, widen_module
+from .layers import POP_LAYERS, PopConv2d, PopDropout, PopLinear, SharedInput, widen_module
 
 
 def _check_same_architecture(models: Sequence[nn.Module]) -> None:
@@ -68,9 +68,16 @@ class Population(nn.Module):
             self.layout = layout
         # oneDNN's grouped convolutions and pooling are several times faster on channels-last (NHWC) tensors
         self.channels_last = os.environ.get("ZOOSCAPE_CHANNELS_LAST", "1") == "1"
+        self._shared = SharedInput(self.size)
+        self._shared.layout, self._shared.channels_last = self.layout, self.channels_last
         for m in net.modules():
             if isinstance(m, POP_LAYERS):
                 m.layout = self.layout
+                m.shared = self._shared
+        # forward_shared's dense first-layer path: verified once against the expanded path (None = not yet)
+        self._shared_ok: bool | None = None
+        self._shared_enabled = os.environ.get("ZOOSCAPE_SHARED_INPUT", "1") == "1" and any(
+            isinstance(m, (PopLinear, PopConv2d)) for m in net.modules())
         self._names = [k for k, _ in models[0].state_dict().items()]
         own = self.net.state_dict()
         missing = [k for k in self._names if k not in own]
@@ -108,9 +115,48 @@ class Population(nn.Module):
         return out.reshape(b, self.size, -1)
 
     def forward_shared(self, x: Tensor) -> Tensor:
-        """Evaluate every model on the same batch ``x`` of shape ``[B, *input_shape]``; returns ``[B, N, K]``."""
+        """Evaluate every model on the same batch ``x`` of shape ``[B, *input_shape]``; returns ``[B, N, K]``.
+
+        In eval mode the first population layer applies all N models to the shared batch at once (one dense
+        Linear/Conv2d with ``N*out`` outputs) instead of copying the batch N times. The first call checks this path
+        against the copying one on two samples and keeps to the copying path if they differ (an architecture that
+        feeds its input to two layers, say); ``ZOOSCAPE_SHARED_INPUT=0`` turns the dense path off.
+        """
+        if self.training or not self._shared_enabled or self._shared_ok is False or x.shape[0] == 0:
+            return self._forward_expanded(x)
+        if self._shared_ok is None:
+            self._shared_ok = self._probe_shared(x[:2])
+            if not self._shared_ok:
+                return self._forward_expanded(x)
+        return self._forward_dense_first(x)
+
+    def _forward_expanded(self, x: Tensor) -> Tensor:
         xx = x.unsqueeze(1).expand(x.shape[0], self.size, *x.shape[1:])
         return self.forward(xx)
+
+    def _forward_dense_first(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        self._shared.pending = True
+        try:
+            out = self.net(x)
+        finally:
+            self._shared.pending = False
+        if self.layout == "stacked":
+            return out.view(self.size, b, -1).transpose(0, 1)
+        return out.reshape(b, self.size, -1)
+
+    @torch.no_grad()
+    def _probe_shared(self, x: Tensor) -> bool:
+        try:
+            fast = self._forward_dense_first(x)
+        except (RuntimeError, ValueError):
+            return False
+        slow = self._forward_expanded(x)
+        if fast.shape != slow.shape:
+            return False
+        tol = 1e-4 if fast.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
+        scale = float(slow.abs().max()) if slow.numel() else 0.0
+        return bool(torch.allclose(fast, slow, rtol=tol, atol=tol * max(1.0, scale), equal_nan=True))
 
     def set_dropout_generators(self, generators: list[torch.Generator] | None) -> None:
         for d in self.dropouts:
@@ -138,6 +184,11 @@ class Population(nn.Module):
                 raise ValueError(f"state {k!r} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape[1:])}")
             with torch.no_grad():
                 own[k][index].copy_(state[k])
+
+    @property
+    def template(self) -> nn.Module:
+        """The (CPU) copy of the first model this population was built from."""
+        return self._template[0]
 
     def export_models(self) -> list[nn.Module]:
         """Plain single models (copies of the first model's class and structure) holding each member's weights."""

@@ -10,6 +10,8 @@ Randomness is stateless: everything random in epoch ``e`` of a model comes from 
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import math
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Member, TrainConfig
+from .memory import tune_allocator
 from .optim import PopulationOptimizer
 from .population import Population
 from .schedule import lr_factor
@@ -147,7 +150,18 @@ class PopulationResult:
     state_dicts: list[dict[str, Tensor]]
     status: list[str]
     reasons: list[str | None]
-    models: list[nn.Module]
+    template: nn.Module = field(repr=False)
+
+    @functools.cached_property
+    def models(self) -> list[nn.Module]:
+        """Plain single models (copies of the template model) holding each member's final weights, built on first
+        access."""
+        out = []
+        for sd in self.state_dicts:
+            m = copy.deepcopy(self.template)
+            m.load_state_dict(sd)
+            out.append(m)
+        return out
 
 
 @torch.no_grad()
@@ -234,6 +248,7 @@ def train_population(
     _check_data(data)
     if len(models) == 0:
         raise ValueError("train_population needs at least one model")
+    tune_allocator()
     if members is None:
         members = [Member(seed=i) for i in range(len(models))]
     if len(members) != len(models):
@@ -394,4 +409,4 @@ def train_population(
         bar.close()
     pop.set_dropout_generators(None)
     status = ["done" if e["status"] == "running" else e["status"] for e in extra]
-    return PopulationResult(history, pop.state_dicts(), status, [e["reason"] for e in extra], pop.export_models())
+    return PopulationResult(history, pop.state_dicts(), status, [e["reason"] for e in extra], pop.template)

@@ -1,0 +1,104 @@
+"""Fast paths of population training compute exactly what the plain paths compute.
+
+- ``Population.forward_shared`` (eval mode) applies the first layer of all N models to the shared batch as one
+  dense layer; it must equal copying the batch N times (the plain path) for every model family.
+- ``tune_allocator`` changes where memory comes from, not results; it can be switched off.
+- ``PopulationResult.models`` is built on first access and holds the final weights.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from zooscape.models import create_model
+from zooscape.train import Member, Population, TrainConfig, train_population
+from zooscape.train.memory import tune_allocator
+
+FAMILIES = [
+    ("mlp", dict(input_size=64, depth=2, width=16), (64,)),
+    ("mlp", dict(input_size=(1, 8, 8), depth=1, width=16, dropout=0.2), (1, 8, 8)),
+    ("cnn_s", dict(in_channels=1), (1, 28, 28)),
+    ("cnn_l", dict(in_channels=3), (3, 32, 32)),
+    ("lenet5", dict(in_channels=1), (1, 28, 28)),
+    ("resnet20", dict(in_channels=3, width=4), (3, 16, 16)),
+    ("vgg11_bn", dict(in_channels=3, width=0.125), (3, 32, 32)),
+    ("vgg11_ln", dict(in_channels=3, width=0.125), (3, 32, 32)),
+]
+
+
+@pytest.mark.parametrize("name,kw,shape", FAMILIES, ids=[f[0] + str(i) for i, f in enumerate(FAMILIES)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_shared_dense_first_layer_equals_copying(name, kw, shape, dtype):
+    models = [create_model(name, seed=s, **kw).to(dtype) for s in range(3)]
+    pop = Population(models).eval()
+    x = torch.randn(5, *shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    fast = pop.forward_shared(x)
+    assert pop._shared_ok is True, f"{name}: the dense first-layer path was not taken"
+    slow = pop._forward_expanded(x)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(fast, slow, rtol=tol, atol=tol)
+    with torch.no_grad():  # and both equal the members run one at a time
+        for i, m in enumerate(models):
+            torch.testing.assert_close(fast[:, i], m.eval()(x), rtol=tol * 10, atol=tol * 10)
+
+
+class TwoReaders(nn.Module):
+    """Feeds its input to two population layers: the dense path must notice and fall back."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 4)
+        self.b = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+def test_forward_shared_falls_back_when_input_feeds_two_layers():
+    torch.manual_seed(0)
+    models = [TwoReaders() for _ in range(4)]
+    pop = Population(models).eval()
+    x = torch.randn(8, 6)
+    out = pop.forward_shared(x)
+    assert pop._shared_ok is False
+    with torch.no_grad():
+        for i, m in enumerate(models):
+            torch.testing.assert_close(out[:, i], m(x))
+
+
+def test_forward_shared_in_train_mode_uses_copying_path():
+    models = [create_model("mlp", seed=s, input_size=8, depth=1, width=4) for s in range(2)]
+    pop = Population(models).train()
+    pop.forward_shared(torch.randn(3, 8))
+    assert pop._shared_ok is None  # the probe (which would touch BN statistics / dropout RNG) never ran
+
+
+def test_tune_allocator_is_idempotent_and_can_be_switched_off():
+    first = tune_allocator()
+    assert tune_allocator() is first
+    if sys.platform.startswith("linux"):
+        assert first is (os.environ.get("ZOOSCAPE_MALLOC_TUNE", "1") != "0")
+    code = "from zooscape.train.memory import tune_allocator; print(tune_allocator())"
+    env = dict(os.environ, ZOOSCAPE_MALLOC_TUNE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_result_models_are_built_lazily_and_hold_final_weights():
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    data = type("D", (), dict(task="classification", train_x=x[:40], train_y=y[:40], val_x=x[40:52],
+                              val_y=y[40:52], test_x=x[52:], test_y=y[52:]))()
+    models = [create_model("mlp", seed=s, input_size=8, depth=1, width=4, num_classes=2) for s in range(3)]
+    members = [Member(seed=s) for s in range(3)]
+    res = train_population(models, data, TrainConfig(epochs=2, batch_size=8, lr=0.05), members, device="cpu")
+    assert "models" not in res.__dict__  # not built yet
+    for m, sd in zip(res.models, res.state_dicts):
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, sd[k])
+    key = next(iter(res.state_dicts[0]))
+    assert not torch.equal(res.models[0].state_dict()[key], models[0].state_dict()[key])  # trained, not the input
