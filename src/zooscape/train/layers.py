@@ -308,8 +308,8 @@ class PopBatchNorm(_PopLayer):
                 momentum = 1.0 / float(self.num_batches_tracked[0])
         rm = self.running_mean.view(-1) if self.running_mean is not None else None
         rv = self.running_var.view(-1) if self.running_var is not None else None
-        w = self.weight.view(-1) if self.weight is not None else None
-        b = self.bias.view(-1) if self.bias is not None else None
+        w = self.weight.reshape(-1) if self.weight is not None else None
+        b = self.bias.reshape(-1) if self.bias is not None else None
         if getattr(self, "layout", "channel") == "stacked":
             y = F.batch_norm(to_channel_layout(x, self.n), rm, rv, w, b, use_batch, momentum, self.eps)
             return to_stacked_layout(y, self.n)
@@ -331,8 +331,8 @@ class PopGroupNorm(_PopLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._enter(x)
-        w = self.weight.view(-1) if self.weight is not None else None
-        b = self.bias.view(-1) if self.bias is not None else None
+        w = self.weight.reshape(-1) if self.weight is not None else None
+        b = self.bias.reshape(-1) if self.bias is not None else None
         if getattr(self, "layout", "channel") == "stacked":
             y = F.group_norm(to_channel_layout(x, self.n), self.n * self.num_groups, w, b, self.eps)
             return to_stacked_layout(y, self.n)

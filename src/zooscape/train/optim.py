@@ -45,6 +45,7 @@ class PopulationOptimizer:
     eps: float = 1e-8
     state: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     step_count: Tensor | None = None
+    _flat: tuple[Tensor, Tensor, dict[str, Tensor]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in OPTIMIZERS:
@@ -54,6 +55,65 @@ class PopulationOptimizer:
             self.step_count = torch.zeros(n, dtype=torch.float64)
         self._any_wd = bool((self.weight_decay != 0).any())
         self._any_mom = bool((self.momentum != 0).any())
+
+    def use_flat(self, params: Tensor, grads: Tensor) -> None:
+        """Update through whole ``[N, P]`` buffers (from :meth:`Population.flatten_parameters`) when every member
+        is active: a handful of operations per step instead of a handful per parameter tensor.
+
+        The per-parameter state tensors become views into matching ``[N, P]`` state buffers (existing state is
+        kept), so :meth:`member_state` and :meth:`load_member_state` are unchanged. The parameters in
+        ``self.params`` must be views into ``params`` in the same order.
+        """
+        names = ("momentum_buffer",) if self.kind == "sgd" else ("exp_avg", "exp_avg_sq")
+        if self.kind == "sgd" and not self._any_mom:
+            names = ()
+        bufs = {k: torch.zeros_like(params) for k in names}
+        off = 0
+        with torch.no_grad():
+            for name, p in self.params:
+                k = p[0].numel()
+                st = self.state.setdefault(name, {})
+                for key, buf in bufs.items():
+                    view = buf[:, off:off + k].view(p.shape)
+                    if key in st:
+                        view.copy_(st[key])
+                    st[key] = view
+                off += k
+        if off != params.shape[1]:
+            raise ValueError(f"the parameters hold {off} values per model, the flat buffer {params.shape[1]}")
+        self._flat = (params, grads, bufs)
+
+    @torch.no_grad()
+    def _step_flat(self, lr: Tensor) -> None:
+        p, g, bufs = self._flat  # type: ignore[misc]
+        lr_ = lr.view(-1, 1)
+        wd = self.weight_decay.view(-1, 1)
+        if self.kind == "sgd":
+            d = g + wd * p if self._any_wd else g
+            if self._any_mom:
+                mom = self.momentum.view(-1, 1)
+                buf = bufs["momentum_buffer"]
+                buf.mul_(mom).add_(d)  # the first step gives buf = d, as torch.optim.SGD's clone
+                d = d + mom * buf if self.nesterov else torch.where(mom != 0, buf, d)
+            p.add_(-lr_ * d)
+            return
+        b1, b2 = self.betas
+        t = self.step_count.clamp(min=1)
+        t0 = float(t[0])
+        if bool((t == t0).all()):  # every member has taken as many steps: scalar bias corrections
+            bc1, bc2_sqrt = 1 - b1 ** t0, (1 - b2 ** t0) ** 0.5
+        else:
+            bc1 = (1 - b1 ** t).to(lr.dtype).to(lr.device).view(-1, 1)
+            bc2_sqrt = (1 - b2 ** t).sqrt().to(lr.dtype).to(lr.device).view(-1, 1)
+        if self.kind == "adamw":
+            p.mul_(1 - lr_ * wd)
+        elif self._any_wd:
+            g = g + wd * p
+        ea, eas = bufs["exp_avg"], bufs["exp_avg_sq"]
+        ea.lerp_(g, 1 - b1)
+        eas.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = eas.sqrt().div_(bc2_sqrt).add_(self.eps)
+        p.addcdiv_(ea * (-lr_ / bc1), denom)
 
     @torch.no_grad()
     def step(self, lr: Tensor, active: Tensor, all_active: bool | None = None) -> None:
@@ -69,6 +129,9 @@ class PopulationOptimizer:
         if not all_active:
             lr = torch.where(active, lr, torch.zeros_like(lr))
         self.step_count += active.to(self.step_count.dtype).cpu()
+        if all_active and self._flat is not None:
+            self._step_flat(lr)
+            return
         wd, mom = self.weight_decay, self.momentum
         if self.kind != "sgd":
             b1, b2 = self.betas

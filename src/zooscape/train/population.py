@@ -114,6 +114,18 @@ class Population(nn.Module):
         out = self.net(wide)
         return out.reshape(b, self.size, -1)
 
+    def forward_model_major(self, x: Tensor) -> Tensor:
+        """Like :meth:`forward` with the model axis first: ``x`` is ``[N, B, *input_shape]``; returns ``[B, N, K]``.
+
+        For the stacked layout this avoids a transposing copy of the batch (``x`` is already ``[N*B, ...]``).
+        """
+        n, b = x.shape[0], x.shape[1]
+        if n != self.size:
+            raise ValueError(f"expected input [{self.size}, B, ...], got shape {tuple(x.shape)}")
+        if self.layout == "stacked":
+            return self.net(x.reshape(n * b, *x.shape[2:])).view(n, b, -1).transpose(0, 1)
+        return self.forward(x.transpose(0, 1))
+
     def forward_shared(self, x: Tensor) -> Tensor:
         """Evaluate every model on the same batch ``x`` of shape ``[B, *input_shape]``; returns ``[B, N, K]``.
 
@@ -157,6 +169,39 @@ class Population(nn.Module):
         tol = 1e-4 if fast.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
         scale = float(slow.abs().max()) if slow.numel() else 0.0
         return bool(torch.allclose(fast, slow, rtol=tol, atol=tol * max(1.0, scale), equal_nan=True))
+
+    def flatten_parameters(self) -> tuple[Tensor, Tensor] | None:
+        """Move every parameter and its gradient into one model-major buffer each, ``[N, P]`` (``P`` = one
+        model's parameter count), so that optimiser updates and gradient zeroing are a few whole-buffer operations.
+
+        Parameters become strided views into the buffer (their values and names are unchanged); gradients become
+        views into the gradient buffer and are accumulated in place by autograd (zero it with ``grads.zero_()``).
+        Existing gradients are carried over. Idempotent.
+
+        Returns:
+            ``(params, grads)``, both ``[N, P]``, or ``None`` when the parameters do not share one dtype and device.
+        """
+        if getattr(self, "_flat", None) is not None:
+            return self._flat
+        params = list(self.net.parameters())
+        if not params or len({(p.dtype, p.device) for p in params}) != 1:
+            return None
+        n = self.size
+        total = sum(p[0].numel() for p in params)
+        flat = params[0].new_empty(n, total)
+        grads = params[0].new_zeros(n, total)
+        off = 0
+        with torch.no_grad():
+            for p in params:
+                k = p[0].numel()
+                flat[:, off:off + k].copy_(p.detach().reshape(n, k))
+                if p.grad is not None:
+                    grads[:, off:off + k].copy_(p.grad.reshape(n, k))
+                p.data = flat[:, off:off + k].view(p.shape)
+                p.grad = grads[:, off:off + k].view(p.shape)
+                off += k
+        self._flat = (flat, grads)
+        return self._flat
 
     def set_dropout_generators(self, generators: list[torch.Generator] | None) -> None:
         for d in self.dropouts:

@@ -15,7 +15,9 @@ import functools
 import hashlib
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -358,6 +360,9 @@ def train_population(
 
         bar = tqdm(total=len(epochs), desc=f"population of {n}", unit="epoch")
     pop.train()
+    running_acc = config.train_metrics == "running" and task != "regression"
+    flat: tuple[Tensor, Tensor] | None = None
+    try_flat = os.environ.get("ZOOSCAPE_FLAT_OPTIM", "1") == "1"
     for epoch in epochs:
         t0 = time.perf_counter()
         seeds = [m.data_seed for m in mem]
@@ -372,22 +377,33 @@ def train_population(
         seen = 0
         lr = lr0
         for s in range(steps):
-            idx = perm[:, s * bs:(s + 1) * bs].t()  # [b, N]
-            xb, yb = x_tr[idx], y_tr[idx]  # [b, N, ...]
+            idx = perm[:, s * bs:(s + 1) * bs]  # [N, b]
+            xb, yb = x_tr[idx], y_tr[idx].transpose(0, 1)  # [N, b, ...], [b, N, ...]
             if augment is not None:
-                xb = torch.stack([augment(xb[:, i], aug_gens[i]) for i in range(n)], 1)
-            out = pop(xb)
+                xb = torch.stack([augment(xb[i], aug_gens[i]) for i in range(n)], 0)
+            out = pop.forward_model_major(xb)  # [b, N, K]
             loss = task_loss(out, yb, task)
-            pop.zero_grad(set_to_none=True)
-            loss.sum().backward()
+            if flat is not None:
+                flat[1].zero_()
+            else:
+                pop.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # flat-buffer gradients are strided views; autograd warns, then works
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                loss.sum().backward()
+            if try_flat:  # once every parameter has a gradient, update through one flat [N, P] buffer
+                try_flat = False
+                if all(p.grad is not None for _, p in params):
+                    flat = pop.flatten_parameters()
+                    if flat is not None:
+                        opt.use_flat(*flat)
             if config.grad_clip is not None:
                 _clip_grads([p for _, p in params], config.grad_clip)
             lr = current_lr((epoch - 1) * steps + s)
             opt.step(lr, active, all_active)
-            b = idx.shape[0]
+            b = idx.shape[1]
             with torch.no_grad():
-                run_loss += loss.detach().double() * b
-                if task != "regression":
+                run_loss += loss.detach().double() * b  # also how a member diverging mid-epoch is noticed
+                if running_acc:
                     run_correct += (out.detach().argmax(-1) == yb).double().sum(0)
             seen += b
         for i in torch.nonzero(~torch.isfinite(run_loss)).flatten().tolist():
