@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from zooscape.data import load_dataset
 from zooscape.models import create_model
 from zooscape.train import Member, TrainConfig, resolve_device, train_population, train_sequential
+from zooscape.train.memory import tune_allocator
 
 CASES = {
     "mlp": dict(data=dict(name="digits"), model=dict(name="mlp", input_size=64, depth=2, width=32),
@@ -44,7 +46,8 @@ def _time(fn) -> float:
     return time.perf_counter() - t
 
 
-def run_case(name: str, sizes: list[int], epochs: int, baseline_models: int, device: str) -> list[dict]:
+def run_case(name: str, sizes: list[int], epochs: int, baseline_models: int, device: str,
+             repeats: int = 3) -> list[dict]:
     case = CASES[name]
     dcfg = dict(case["data"])
     data = load_dataset(dcfg.pop("name"), **dcfg)
@@ -71,7 +74,8 @@ def run_case(name: str, sizes: list[int], epochs: int, baseline_models: int, dev
             for i in range(k):
                 train_sequential(models[i], data, cfg, members[i], device=device)
 
-        t_pop, t_one, t_seq = _time(population), _time(ours_one), _time(torch_one)
+        runs = [(_time(population), _time(ours_one), _time(torch_one)) for _ in range(repeats)]  # interleaved
+        t_pop, t_one, t_seq = (statistics.median(r[j] for r in runs) for j in range(3))
         per = lambda t, m: 1000.0 * t / (m * epochs)  # noqa: E731
         row = dict(model=name, N=n, population=per(t_pop, n), ours_one=per(t_one, k), torch_one=per(t_seq, k))
         row["speedup_vs_torch"] = row["torch_one"] / row["population"]
@@ -87,22 +91,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--sizes", nargs="+", type=int, default=[16, 64])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5, help="epochs per run (5, as in the reference measurement)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant; the median is reported")
     ap.add_argument("--baseline-models", type=int, default=4, help="models trained one at a time per baseline")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = ap.parse_args()
     if args.quick:
-        args.sizes, args.epochs, args.baseline_models = [4], 1, 1
+        args.sizes, args.epochs, args.baseline_models, args.repeats = [4], 1, 1, 1
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     desc = torch.cuda.get_device_name() if dev.type == "cuda" else f"{platform.processor() or platform.machine()}"
+    # train_population tunes glibc malloc process-wide (zooscape.train.memory); do it first so that every
+    # variant, the plain-torch baseline included, runs under the same allocator settings
+    tuned = tune_allocator()
     print(f"# torch {torch.__version__}, device {dev} ({desc}), threads {torch.get_num_threads()}, "
-          f"epochs {args.epochs}")
+          f"epochs {args.epochs}, median of {args.repeats} runs, malloc tuned for all variants: {tuned}")
     rows = []
     for name in args.models:
-        rows += run_case(name, args.sizes, args.epochs, args.baseline_models, str(dev))
+        rows += run_case(name, args.sizes, args.epochs, args.baseline_models, str(dev), args.repeats)
     print("\n| model | N | population ms/model-epoch | one at a time (plain torch) | one at a time (ours, N=1) | "
           "speed-up vs plain torch | vs ours N=1 |")
     print("|---|---|---|---|---|---|---|")

@@ -235,9 +235,15 @@ class PopConv2d(_PopLayer):
             cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # [B, C*k*k, L]
             h_out = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
             w_out = cols.shape[-1] // h_out
-            flat = cols.transpose(1, 2).reshape(bsz * cols.shape[-1], cols.shape[1])
-            wt = w.reshape(w.shape[0], -1).t()
-            out = flat @ wt if b is None else torch.addmm(b, flat, wt)
+            ckk, n_loc = cols.shape[1], cols.shape[2]
+            wt = w.reshape(w.shape[0], -1).t()  # [C*k*k, N*C_out]
+            if b is None:
+                out = cols.transpose(1, 2).reshape(bsz * n_loc, ckk) @ wt
+            else:  # the bias rides along as a column of ones: addmm would first copy it into the whole output
+                flat = x.new_empty(bsz, n_loc, ckk + 1)
+                flat[..., :ckk] = cols.transpose(1, 2)
+                flat[..., ckk] = 1.0
+                out = flat.view(bsz * n_loc, ckk + 1) @ torch.cat([wt, b.unsqueeze(0)], 0)
             out = out.view(bsz, h_out, w_out, w.shape[0]).permute(0, 3, 1, 2)
         else:
             out = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, 1)
