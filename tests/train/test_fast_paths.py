@@ -138,3 +138,18 @@ def test_flat_optimizer_equals_per_parameter_updates(monkeypatch, opt, extra):
     for sa, sb in zip(fs[-1], ss[-1]):
         for k in sb:
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps,beta2", [(1e-8, 0.999), (1e-8, 0.9999), (1e-6, 0.99), (1e-30, 0.999)])
+def test_adam_denominator_fast_sqrt_is_bitwise_exact(dtype, eps, beta2):
+    from zooscape.train.optim import PopulationOptimizer
+
+    tiny = torch.finfo(dtype).tiny
+    v = torch.tensor([0.0, tiny / 3, tiny / 1e6, tiny, tiny * 10, 1e-30, 1e-12, 1e-6, 1.0, 3e4], dtype=dtype)
+    opt = PopulationOptimizer([], "adam", torch.zeros(1), torch.zeros(1), betas=(0.9, beta2), eps=eps)
+    for t in (1, 2, 10, 1000):
+        bc2 = (1 - beta2 ** t) ** 0.5
+        want = (v.sqrt() / bc2).add_(eps)
+        got = opt._sqrt(v).div_(bc2).add_(eps)
+        assert torch.equal(got, want), (t, got - want)
