@@ -38,9 +38,14 @@ def test_forward_shared_dense_first_layer_equals_copying(name, kw, shape, dtype)
     x = torch.randn(5, *shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
     fast = pop.forward_shared(x)
     assert pop._shared_ok is True, f"{name}: the dense first-layer path was not taken"
-    slow = pop._forward_expanded(x)
+    with torch.no_grad():  # without autograd, a 2x2 max-pool after the first convolution is fused into it
+        fused = pop.forward_shared(x)
+        slow = pop._forward_expanded(x)
+    if name in ("cnn_s", "cnn_l"):
+        assert len(pop._fused_pools) >= 1
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(fast, slow, rtol=tol, atol=tol)
+    torch.testing.assert_close(fused, slow, rtol=tol, atol=tol)
     with torch.no_grad():  # and both equal the members run one at a time
         for i, m in enumerate(models):
             torch.testing.assert_close(fast[:, i], m.eval()(x), rtol=tol * 10, atol=tol * 10)
@@ -68,6 +73,22 @@ def test_forward_shared_falls_back_when_input_feeds_two_layers():
     with torch.no_grad():
         for i, m in enumerate(models):
             torch.testing.assert_close(out[:, i], m(x))
+
+
+def test_fused_pool_matches_max_pool_with_ties_and_nan():
+    """Blank image regions give tied conv outputs; a NaN weight must propagate like max_pool2d does."""
+    models = [create_model("cnn_s", seed=s, in_channels=1) for s in range(2)]
+    with torch.no_grad():
+        models[1].module_list[0].weight[0, 0, 0, 0] = float("nan")
+    pop = Population(models).eval()
+    x = torch.zeros(3, 1, 28, 28)
+    x[0, 0, 10:20, 10:20] = 1.0
+    with torch.no_grad():
+        pop._shared_ok = True  # the probe would reject NaN outputs that differ in position; force the fast path
+        fast = pop.forward_shared(x)
+        slow = pop._forward_expanded(x)
+    torch.testing.assert_close(fast, slow, equal_nan=True)
+    assert torch.isnan(fast[:, 1]).all() and not torch.isnan(fast[:, 0]).any()
 
 
 def test_forward_shared_in_train_mode_uses_copying_path():

@@ -201,6 +201,7 @@ class PopConv2d(_PopLayer):
         self.weight = nn.Parameter(_stack([c.weight for c in layers]))  # [N, Cout, Cin/g, k, k]
         self.bias = nn.Parameter(_stack([c.bias for c in layers])) if m.bias is not None else None
         self._bands: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+        self.fused_pool: FusedPool | None = None  # set by Population when a 2x2 max-pool follows
 
     def _use_rowconv(self, x: Tensor) -> bool:
         if self.strategy == "grouped":
@@ -221,6 +222,29 @@ class PopConv2d(_PopLayer):
             return to_stacked_layout(self._forward(to_channel_layout(x, self.n)), self.n)
         return self._forward(x)
 
+    def _forward_shared_pooled(self, cols: Tensor, wt: Tensor, b: Tensor | None, h_out: int, w_out: int) -> Tensor:
+        """Convolution + 2x2 max-pool on a shared batch: the im2col rows are ordered by position in the pool window,
+        one GEMM gives the four window positions' outputs, and three elementwise maxima pool them
+        (exact: max is exact and propagates NaN as ``max_pool2d`` does)."""
+        bsz, ckk = cols.shape[0], cols.shape[1]
+        h2, w2 = h_out // 2, w_out // 2
+        extra = 0 if b is None else 1
+        rows = cols.new_empty(2, 2, bsz, h2, w2, ckk + extra)
+        rows[..., :ckk] = cols.view(bsz, ckk, h2, 2, w2, 2).permute(3, 5, 0, 2, 4, 1)
+        if b is not None:
+            rows[..., ckk] = 1.0
+            wt = torch.cat([wt, b.unsqueeze(0)], 0)
+        m = bsz * h2 * w2
+        out = (rows.view(4 * m, ckk + extra) @ wt).view(4, m, wt.shape[1])
+        pooled = torch.maximum(out[0], out[1])
+        torch.maximum(pooled, out[2], out=pooled)
+        torch.maximum(pooled, out[3], out=pooled)
+        self.fused_pool.pending = True  # type: ignore[union-attr]
+        out = pooled.view(bsz, h2, w2, wt.shape[1]).permute(0, 3, 1, 2)
+        if getattr(self, "layout", "channel") == "stacked":
+            return to_stacked_layout(out, self.n)
+        return out
+
     def _forward_shared(self, x: Tensor) -> Tensor:
         """All N convolutions on one shared input ``[B, C, H, W]``: one dense convolution with ``N*C_out``
         output channels, giving the population layout ``[B, N*C_out, H', W']`` directly."""
@@ -237,6 +261,9 @@ class PopConv2d(_PopLayer):
             w_out = cols.shape[-1] // h_out
             ckk, n_loc = cols.shape[1], cols.shape[2]
             wt = w.reshape(w.shape[0], -1).t()  # [C*k*k, N*C_out]
+            if self.fused_pool is not None and h_out % 2 == 0 and w_out % 2 == 0 and not torch.is_grad_enabled():
+                # (without autograd only: maximum's gradient splits ties, max_pool2d's picks one input)
+                return self._forward_shared_pooled(cols, wt, b, h_out, w_out)
             if b is None:
                 out = cols.transpose(1, 2).reshape(bsz * n_loc, ckk) @ wt
             else:  # the bias rides along as a column of ones: addmm would first copy it into the whole output
@@ -417,6 +444,36 @@ class PopDropout(_PopLayer):
             masks = torch.stack([torch.rand(b, per, generator=g, device=g.device) for g in self.generators], 1)
         keep = (masks >= self.p).to(x.dtype).reshape(x.shape).to(x.device)
         return x * keep / (1.0 - self.p)
+
+
+class FusedPool(nn.Module):
+    """Stands in for a 2x2 ``MaxPool2d`` whose input comes from a :class:`PopConv2d`.
+
+    When that convolution runs on a shared batch (evaluation, see :class:`SharedInput`) it pools its own output
+    (the max over the four GEMMs of a pool window: no full-resolution pass and no argmax indices) and sets
+    ``pending``; this module then passes its input through. Otherwise it is the original pool.
+    """
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        self.pool = pool
+        self.pending = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pending:
+            self.pending = False
+            return x
+        return self.pool(x)
+
+
+def is_pool2x2(m: nn.Module) -> bool:
+    """Whether ``m`` is ``MaxPool2d(2)`` with stride 2, no padding/dilation/ceil mode/indices."""
+    def pair(v: object) -> tuple:
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    return (type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2) and pair(m.stride or m.kernel_size) == (2, 2)
+            and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode
+            and not m.return_indices)
 
 
 POP_LAYERS = (PopLinear, PopConv2d, PopBatchNorm, PopGroupNorm, PopLayerNorm, PopDropout)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import POP_LAYERS, PopConv2d, PopDropout, PopLinear, SharedInput, widen_module
+from .layers import POP_LAYERS, FusedPool, PopConv2d, PopDropout, PopLinear, SharedInput, is_pool2x2, widen_module
 
 
 def _check_same_architecture(models: Sequence[nn.Module]) -> None:
@@ -74,6 +74,7 @@ class Population(nn.Module):
             if isinstance(m, POP_LAYERS):
                 m.layout = self.layout
                 m.shared = self._shared
+        self._fused_pools = self._fuse_pools(net)
         # forward_shared's dense first-layer path: verified once against the expanded path (None = not yet)
         self._shared_ok: bool | None = None
         self._shared_enabled = os.environ.get("ZOOSCAPE_SHARED_INPUT", "1") == "1" and any(
@@ -84,6 +85,28 @@ class Population(nn.Module):
         if missing:
             raise TypeError(f"could not build a population: state-dict entries {missing[:5]} have no population "
                             "counterpart")
+
+    @staticmethod
+    def _fuse_pools(net: nn.Module) -> list[FusedPool]:
+        """Let a convolution that directly feeds a 2x2 max-pool in a ``Sequential`` (optionally through a ReLU,
+        which commutes with max) pool its own output when it runs on a shared batch."""
+        fused = []
+        for seq in net.modules():
+            if not isinstance(seq, nn.Sequential):
+                continue
+            items = list(seq._modules.items())
+            for i, (_, m) in enumerate(items):
+                if not isinstance(m, PopConv2d):
+                    continue
+                j = i + 1
+                if j < len(items) and type(items[j][1]) is nn.ReLU:
+                    j += 1
+                if j < len(items) and is_pool2x2(items[j][1]):
+                    wrapper = FusedPool(items[j][1])
+                    setattr(seq, items[j][0], wrapper)
+                    m.fused_pool = wrapper
+                    fused.append(wrapper)
+        return fused
 
     def _replace(self, module: nn.Module, sources: list[dict[str, nn.Module]], prefix: str) -> None:
         for name, child in list(module.named_children()):
@@ -153,6 +176,8 @@ class Population(nn.Module):
             out = self.net(x)
         finally:
             self._shared.pending = False
+            for p in self._fused_pools:
+                p.pending = False
         if self.layout == "stacked":
             return out.view(self.size, b, -1).transpose(0, 1)
         return out.reshape(b, self.size, -1)
