@@ -361,6 +361,7 @@ def train_population(
         bar = tqdm(total=len(epochs), desc=f"population of {n}", unit="epoch")
     pop.train()
     running_acc = config.train_metrics == "running" and task != "regression"
+    model_major = pop.layout == "stacked"
     flat: tuple[Tensor, Tensor] | None = None
     try_flat = os.environ.get("ZOOSCAPE_FLAT_OPTIM", "1") == "1"
     for epoch in epochs:
@@ -378,10 +379,17 @@ def train_population(
         lr = lr0
         for s in range(steps):
             idx = perm[:, s * bs:(s + 1) * bs]  # [N, b]
-            xb, yb = x_tr[idx], y_tr[idx].transpose(0, 1)  # [N, b, ...], [b, N, ...]
-            if augment is not None:
-                xb = torch.stack([augment(xb[i], aug_gens[i]) for i in range(n)], 0)
-            out = pop.forward_model_major(xb)  # [b, N, K]
+            yb = y_tr[idx].transpose(0, 1)  # [b, N, ...]
+            if model_major:  # stacked layout: [N, b, ...] is already [N*b, ...]
+                xb = x_tr[idx]
+                if augment is not None:
+                    xb = torch.stack([augment(xb[i], aug_gens[i]) for i in range(n)], 0)
+                out = pop.forward_model_major(xb)  # [b, N, K]
+            else:  # channel layout: [b, N, ...] folds into [b, N*C, ...] without a transposing copy
+                xb = x_tr[idx.t()]
+                if augment is not None:
+                    xb = torch.stack([augment(xb[:, i], aug_gens[i]) for i in range(n)], 1)
+                out = pop(xb)
             loss = task_loss(out, yb, task)
             if flat is not None:
                 flat[1].zero_()
