@@ -82,8 +82,8 @@ def run_case(name: str, sizes: list[int], epochs: int, baseline_models: int, dev
         row["speedup_vs_ours"] = row["ours_one"] / row["population"]
         rows.append(row)
         print(f"{name:6s} N={n:3d}  population {row['population']:8.2f} ms/model-epoch | one at a time: ours "
-              f"{row['ours_one']:8.2f}, plain torch {row['torch_one']:8.2f} | speed-up x{row['speedup_vs_torch']:.1f} "
-              f"(vs plain torch), x{row['speedup_vs_ours']:.1f} (vs population of one)", flush=True)
+              f"{row['ours_one']:8.2f}, plain torch {row['torch_one']:8.2f} | speed-up x{row['speedup_vs_torch']:.2f} "
+              f"(vs plain torch), x{row['speedup_vs_ours']:.2f} (vs population of one)", flush=True)
     return rows
 
 
@@ -116,7 +116,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['N']} | {r['population']:.2f} | {r['torch_one']:.2f} | {r['ours_one']:.2f} | "
-              f"{r['speedup_vs_torch']:.1f}x | {r['speedup_vs_ours']:.1f}x |")
+              f"{r['speedup_vs_torch']:.2f}x | {r['speedup_vs_ours']:.2f}x |")
 
 
 if __name__ == "__main__":
