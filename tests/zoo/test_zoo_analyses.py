@@ -153,6 +153,9 @@ def test_cli_run_and_settings(zoo_dir, capsys):
     assert main(["metrics", "run", str(zoo_dir), "--metric", "fisher", "--set", "kind=true_fisher"]) == 1
     assert "kind" in capsys.readouterr().err
     assert main(["metrics", "run", str(zoo_dir), "--metric", "fisher", "--set", "novalue"]) == 1
+    capsys.readouterr()
+    assert main(["metrics", "run", str(zoo_dir), "--metric", "spectra", "--address", "auto"]) == 1
+    assert "--address only apply with --engine ray" in capsys.readouterr().err
 
 
 class RecordingEngine:

@@ -184,6 +184,17 @@ def test_analysis_jobs_run_on_ray_like_on_the_local_engine(engine, ray_zoo, loca
     assert stored[0][0] == 4  # written by the driver
 
 
+def test_cli_metrics_run_on_ray(ray_address, ray_zoo, capsys):
+    from zooscape.cli import main
+
+    args = ["metrics", "run", str(ray_zoo[0].path), "--metric", "spectra", "--quiet", "--engine", "ray",
+            "--address", ray_address, "--max-retries", "1"]
+    assert main(args) == 0
+    assert "new results" in capsys.readouterr().out
+    n = ray_zoo[0].catalog.query("SELECT COUNT(DISTINCT model_id) FROM analyses WHERE params LIKE '%spectra%'")
+    assert n[0][0] == 4
+
+
 def test_chunk_size_is_a_setting_results_do_not_change(engine, spec_path, local_zoo, tmp_path):
     out = tmp_path / "chunks"
     got = train_zoo(spec_path, out, engine=engine, device="cpu", progress=False, chunk_size=1)

@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Any
 
+from zooscape.cli.zoo import add_engine_arguments, engine_options_from_args
+
 __all__ = ["add_parser", "parse_settings"]
 
 METRIC_NAMES = ("hessian", "fisher", "spectra", "cka")
@@ -51,6 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="worker processes of the local engine (default 1: in-process)")
     r.add_argument("--device", default="cpu", help="torch device (default cpu)")
     r.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_engine_arguments(r, chunk_size=False, what="the per-model (or per-pair) tasks")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("settings", help="list the settings of each metric and their defaults",
@@ -108,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = metric_params(args.metric, overrides)
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     rows = run_metrics(args.dir, args.metric, epoch=args.epoch, params=overrides, model_ids=models,
-                       workers=args.workers, device=args.device, progress=_say(args.quiet))
+                       engine=args.engine, workers=args.workers, device=args.device, progress=_say(args.quiet),
+                       engine_options=engine_options_from_args(args))
     marker = MARKERS[args.metric]
     print(f"{len(rows)} rows stored in {args.dir} ({sum(r['metric'] == marker for r in rows)} new results)")
     with open_zoo(args.dir) as zoo:

@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="worker processes of the local engine (default 1: in-process)")
     t.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default auto)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_engine_arguments(t)
+    add_engine_arguments(t)
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("validate", help="check a spec and show its expansion (writes nothing)",
@@ -68,17 +68,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _add_engine_arguments(t: argparse.ArgumentParser) -> None:
+def add_engine_arguments(t: argparse.ArgumentParser, chunk_size: bool = True,
+                          what: str = "the population chunks") -> None:
     """Add the engine options of ``zoo train`` (``--engine``, ``--address``, ``--chunk-size``, resources)."""
-    g = t.add_argument_group("engine", "where the population chunks run (see docs/scaling.md)")
+    g = t.add_argument_group("engine", f"where {what} run (see docs/scaling.md)")
     g.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this machine (default); ray: Ray tasks (needs pip install \"zooscape[ray]\")")
     g.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster address (auto, HOST:PORT, ray://HOST:10001); default: RAY_ADDRESS or a new "
                         "local Ray instance")
-    g.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="models per task = largest training population (default: the spec's [population] "
-                        "max_size); part of the zoo: re-runs must pass the same value")
+    if chunk_size:
+        g.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                       help="models per task = largest training population (default: the spec's [population] "
+                            "max_size); part of the zoo: re-runs must pass the same value")
     g.add_argument("--cpus-per-task", type=float, default=1.0, metavar="C", help="Ray: CPUs per task (default 1)")
     g.add_argument("--gpus-per-task", type=float, default=0.0, metavar="G",
                    help="Ray: GPUs per task, fractions share a GPU (default 0)")
@@ -86,7 +88,7 @@ def _add_engine_arguments(t: argparse.ArgumentParser) -> None:
                    help="Ray: re-runs of a task whose worker died (default 3)")
 
 
-def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+def engine_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Engine keyword arguments from the command line; Ray-only options with ``--engine local`` are an error."""
     ray_only = {"--address": args.address is not None, "--cpus-per-task": args.cpus_per_task != 1.0,
                 "--gpus-per-task": args.gpus_per_task != 0.0, "--max-retries": args.max_retries != 3}
@@ -111,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from zooscape.zoo import train_zoo
 
     zoo = train_zoo(args.spec, args.out, engine=args.engine, workers=args.workers, device=args.device,
-                    progress=not args.no_progress, chunk_size=args.chunk_size, engine_options=_engine_options(args))
+                    progress=not args.no_progress, chunk_size=args.chunk_size,
+                    engine_options=engine_options_from_args(args))
     counts = zoo.status_counts()
     print(f"{zoo.path}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0

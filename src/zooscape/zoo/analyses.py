@@ -350,7 +350,8 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
 def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
                 params: Mapping[str, Any] | None = None, model_ids: Sequence[str] | None = None,
                 engine: str | Engine = "local", workers: int = 1, device: str = "cpu",
-                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                progress: Callable[[str], None] | None = None,
+                engine_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Compute a landscape metric for every model (or seed pair) of a zoo and store it in the catalog.
 
     Args:
@@ -359,10 +360,12 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         epoch: checkpointed epoch (default: each model's ``training.epochs``).
         params: settings overriding :data:`DEFAULTS` (see :func:`metric_params`).
         model_ids: restrict to these models.
-        engine: ``"local"`` or an :class:`~zooscape.zoo.engine.Engine`.
+        engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engine.Engine`.
         workers: worker processes of the local engine.
         device: torch device.
         progress: optional ``fn(message)``.
+        engine_options: keyword arguments of the engine (Ray: ``address``, ``num_cpus``, ``num_gpus``,
+            ``max_retries``).
 
     Returns:
         The rows stored by this call (dicts with model_id, other_id, epoch, metric, value, params).
@@ -379,7 +382,7 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
     if not is_zoo(store.root):
         raise FileNotFoundError(f"{zoo_dir} is not a zoo directory (no catalog.sqlite)")
     say = progress or (lambda message: None)
-    eng = get_engine(engine, workers)
+    eng = get_engine(engine, workers, **dict(engine_options or {}))
     with open_zoo(store.root) as zoo:
         plan = plan_metric_tasks(zoo, metric, settings, epoch=epoch, model_ids=model_ids, device=device)
     for mid, reason in plan.missing:
