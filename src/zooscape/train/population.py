@@ -106,7 +106,7 @@ class Population(nn.Module):
                 if j < len(items) and is_pool2x2(items[j][1]):
                     wrapper = FusedPool(items[j][1])
                     setattr(seq, items[j][0], wrapper)
-                    m.fused_pool = wrapper
+                    object.__setattr__(m, "fused_pool", wrapper)  # a reference, not a submodule of the conv
                     fused.append(wrapper)
         return fused
 
