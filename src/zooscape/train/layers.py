@@ -167,6 +167,19 @@ def _band_indices(o: int, c: int, kh: int, kw: int, w_in: int, w_out: int, strid
     return idx.view(kh * c * w_in, n_cols), pos
 
 
+def _rows_times(src: Tensor, wt: Tensor, b: Tensor | None) -> Tensor:
+    """``src @ wt + b`` as one GEMM for ``src`` ``[..., K]`` (any strides), ``wt`` ``[K, M]``: the rows are copied
+    once into a contiguous buffer with the bias as an extra column of ones (``addmm`` would first copy the bias
+    into the whole output). Returns ``[prod(...), M]``."""
+    k = src.shape[-1]
+    rows = src.new_empty(*src.shape[:-1], k + (b is not None))
+    rows[..., :k] = src
+    if b is not None:
+        rows[..., k] = 1.0
+        wt = torch.cat([wt, b.unsqueeze(0)], 0)
+    return rows.view(-1, rows.shape[-1]) @ wt
+
+
 _SMALL_CONV_BACKWARD = os.environ.get("ZOOSCAPE_CONV_BACKWARD", "forward") == "forward"
 
 
@@ -276,19 +289,13 @@ class PopConv2d(_PopLayer):
         (exact: max is exact and propagates NaN as ``max_pool2d`` does)."""
         bsz, ckk = cols.shape[0], cols.shape[1]
         h2, w2 = h_out // 2, w_out // 2
-        extra = 0 if b is None else 1
-        rows = cols.new_empty(2, 2, bsz, h2, w2, ckk + extra)
-        rows[..., :ckk] = cols.view(bsz, ckk, h2, 2, w2, 2).permute(3, 5, 0, 2, 4, 1)
-        if b is not None:
-            rows[..., ckk] = 1.0
-            wt = torch.cat([wt, b.unsqueeze(0)], 0)
         m = bsz * h2 * w2
-        out = (rows.view(4 * m, ckk + extra) @ wt).view(4, m, wt.shape[1])
+        out = _rows_times(cols.view(bsz, ckk, h2, 2, w2, 2).permute(3, 5, 0, 2, 4, 1), wt, b).view(4, m, -1)
         pooled = torch.maximum(out[0], out[1])
         torch.maximum(pooled, out[2], out=pooled)
         torch.maximum(pooled, out[3], out=pooled)
         self.fused_pool.pending = True  # type: ignore[union-attr]
-        out = pooled.view(bsz, h2, w2, wt.shape[1]).permute(0, 3, 1, 2)
+        out = pooled.view(bsz, h2, w2, -1).permute(0, 3, 1, 2)
         if getattr(self, "layout", "channel") == "stacked":
             return to_stacked_layout(out, self.n)
         return out
@@ -307,19 +314,11 @@ class PopConv2d(_PopLayer):
             cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # [B, C*k*k, L]
             h_out = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
             w_out = cols.shape[-1] // h_out
-            ckk, n_loc = cols.shape[1], cols.shape[2]
             wt = w.reshape(w.shape[0], -1).t()  # [C*k*k, N*C_out]
             if self.fused_pool is not None and h_out % 2 == 0 and w_out % 2 == 0 and not torch.is_grad_enabled():
                 # (without autograd only: maximum's gradient splits ties, max_pool2d's picks one input)
                 return self._forward_shared_pooled(cols, wt, b, h_out, w_out)
-            if b is None:
-                out = cols.transpose(1, 2).reshape(bsz * n_loc, ckk) @ wt
-            else:  # the bias rides along as a column of ones: addmm would first copy it into the whole output
-                flat = x.new_empty(bsz, n_loc, ckk + 1)
-                flat[..., :ckk] = cols.transpose(1, 2)
-                flat[..., ckk] = 1.0
-                out = flat.view(bsz * n_loc, ckk + 1) @ torch.cat([wt, b.unsqueeze(0)], 0)
-            out = out.view(bsz, h_out, w_out, w.shape[0]).permute(0, 3, 1, 2)
+            out = _rows_times(cols.transpose(1, 2), wt, b).view(bsz, h_out, w_out, -1).permute(0, 3, 1, 2)
         else:
             out = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, 1)
             if cl:

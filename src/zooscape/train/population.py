@@ -264,9 +264,14 @@ class Population(nn.Module):
 
     def export_models(self) -> list[nn.Module]:
         """Plain single models (copies of the first model's class and structure) holding each member's weights."""
-        out = []
-        for sd in self.state_dicts():
-            m = copy.deepcopy(self._template[0])
-            m.load_state_dict(sd)
-            out.append(m)
-        return out
+        return models_from_states(self._template[0], self.state_dicts())
+
+
+def models_from_states(template: nn.Module, state_dicts: Sequence[dict[str, Tensor]]) -> list[nn.Module]:
+    """One copy of ``template`` per state dict, holding those weights."""
+    out = []
+    for sd in state_dicts:
+        m = copy.deepcopy(template)
+        m.load_state_dict(sd)
+        out.append(m)
+    return out

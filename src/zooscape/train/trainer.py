@@ -10,7 +10,6 @@ Randomness is stateless: everything random in epoch ``e`` of a model comes from 
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from .config import Member, TrainConfig
 from .memory import tune_allocator
 from .optim import PopulationOptimizer
-from .population import Population
+from .population import Population, models_from_states
 from .schedule import lr_factor
 
 STREAMS = {"order": 1, "dropout": 2, "augment": 3}
@@ -158,12 +157,7 @@ class PopulationResult:
     def models(self) -> list[nn.Module]:
         """Plain single models (copies of the template model) holding each member's final weights, built on first
         access."""
-        out = []
-        for sd in self.state_dicts:
-            m = copy.deepcopy(self.template)
-            m.load_state_dict(sd)
-            out.append(m)
-        return out
+        return models_from_states(self.template, self.state_dicts)
 
 
 @torch.no_grad()
