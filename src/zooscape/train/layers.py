@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
+
 
 def _stack(tensors: list[Tensor]) -> Tensor:
     return torch.stack([t.detach() for t in tensors]).contiguous()
@@ -180,6 +182,7 @@ def _rows_times(src: Tensor, wt: Tensor, b: Tensor | None) -> Tensor:
     return rows.view(-1, rows.shape[-1]) @ wt
 
 
+_NATIVE_POOL = os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") != "0"
 _SMALL_CONV_BACKWARD = os.environ.get("ZOOSCAPE_CONV_BACKWARD", "forward") == "forward"
 
 
@@ -274,14 +277,38 @@ class PopConv2d(_PopLayer):
             return True
         return False
 
+    def native_pool_ok(self) -> bool:
+        """Whether this layer's configuration suits the native conv + 2x2 max-pool kernels
+        (:mod:`zooscape.train.native`): a fused pool follows, groups 1, stride 1, no padding or dilation, square
+        kernel, a multiple of 8 output channels per model. The input decides the rest (see ``_native_pooled``)."""
+        w = self.weight
+        return (self.fused_pool is not None and _NATIVE_POOL and self.groups == 1 and self.stride == (1, 1)
+                and self.dilation == (1, 1) and self.padding == (0, 0) and w.shape[1] % 8 == 0
+                and w.shape[-1] == w.shape[-2] and getattr(self, "layout", "channel") == "channel")
+
+    def _native_pooled(self, x: Tensor, shared: bool) -> Tensor | None:
+        """Convolution + the following 2x2 max-pool through the native kernels, or ``None`` if they do not apply
+        (an input that needs a gradient, not float32 on the CPU, kernels unavailable)."""
+        if not self.native_pool_ok() or x.requires_grad or not native.supports(x, self.weight):
+            return None
+        if torch.is_grad_enabled() and (self.weight.requires_grad or (self.bias is not None and
+                                                                      self.bias.requires_grad)):
+            out = native.ConvPool2x2.apply(x, self.weight, self.bias, shared)
+        else:
+            out, _ = native.conv_pool_forward(x, self.weight, self.bias, shared=shared, indices=False)
+        self.fused_pool.pending = True  # type: ignore[union-attr]
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         if self.shared is not None and self.shared.take():
             if self.groups == 1:
-                return self._forward_shared(x)
+                out = self._native_pooled(x, shared=True)
+                return out if out is not None else self._forward_shared(x)
             x = self.shared.expand(x)
         if getattr(self, "layout", "channel") == "stacked":
             return to_stacked_layout(self._forward(to_channel_layout(x, self.n)), self.n)
-        return self._forward(x)
+        out = self._native_pooled(x, shared=False)
+        return out if out is not None else self._forward(x)
 
     def _forward_shared_pooled(self, cols: Tensor, wt: Tensor, b: Tensor | None, h_out: int, w_out: int) -> Tensor:
         """Convolution + 2x2 max-pool on a shared batch: the im2col rows are ordered by position in the pool window,
@@ -498,9 +525,11 @@ class PopDropout(_PopLayer):
 class FusedPool(nn.Module):
     """Stands in for a 2x2 ``MaxPool2d`` whose input comes from a :class:`PopConv2d`.
 
-    When that convolution runs on a shared batch (evaluation, see :class:`SharedInput`) it pools its own output
-    (the max over the four GEMMs of a pool window: no full-resolution pass and no argmax indices) and sets
-    ``pending``; this module then passes its input through. Otherwise it is the original pool.
+    When that convolution pools its own output it sets ``pending`` and this module passes its input through;
+    otherwise it is the original pool. The convolution pools itself on a shared batch (evaluation, see
+    :class:`SharedInput`: the max over the four GEMMs of a pool window, no full-resolution pass and no argmax
+    indices) and, with the native kernels (:mod:`zooscape.train.native`), also in training when its input needs
+    no gradient (a population's first layer).
     """
 
     def __init__(self, pool: nn.MaxPool2d):

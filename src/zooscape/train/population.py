@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from . import native
 from .layers import POP_LAYERS, FusedPool, PopConv2d, PopDropout, PopLinear, SharedInput, is_pool2x2, widen_module
 
 
@@ -77,6 +78,8 @@ class Population(nn.Module):
                 m.layout = self.layout
                 m.shared = self._shared
         self._fused_pools = self._fuse_pools(net)
+        first = next((m for m in net.modules() if isinstance(m, POP_LAYERS)), None)
+        self._first_conv = first if isinstance(first, PopConv2d) else None
         # forward_shared's dense first-layer path: verified once against the expanded path (None = not yet)
         self._shared_ok: bool | None = None
         self._shared_enabled = os.environ.get("ZOOSCAPE_SHARED_INPUT", "1") == "1" and any(
@@ -134,10 +137,17 @@ class Population(nn.Module):
             return out.view(n, b, -1).transpose(0, 1)
         rest = x.shape[3:] if x.dim() > 3 else ()
         wide = x.reshape(b, n * x.shape[2], *rest) if x.dim() > 2 else x.reshape(b, n)
-        if wide.dim() == 4 and self.channels_last:
+        if wide.dim() == 4 and self.channels_last and not self._native_input(wide):
             wide = wide.contiguous(memory_format=torch.channels_last)
         out = self.net(wide)
         return out.reshape(b, self.size, -1)
+
+    def _native_input(self, x: Tensor) -> bool:
+        """Whether the first layer takes ``x`` through the native conv + pool kernels, which read NCHW input
+        directly (contiguous per-model images) and write channels-last output: no layout copy needed."""
+        first = self._first_conv
+        return (first is not None and x.device.type == "cpu" and x.dtype == torch.float32
+                and first.native_pool_ok() and native.available())
 
     def forward_model_major(self, x: Tensor) -> Tensor:
         """Like :meth:`forward` with the model axis first: ``x`` is ``[N, B, *input_shape]``; returns ``[B, N, K]``.

@@ -1,0 +1,100 @@
+"""Native conv + 2x2 max-pool kernels vs PyTorch's path, on a population's first layer (CNN-s: Conv2d(1, 8, 5)
+then MaxPool2d(2) on 28x28 inputs, N models).
+
+Columns, per call, in one run:
+
+- ``train``: forward and backward (weight and bias gradients), one batch per model, as in a training step. PyTorch:
+  grouped ``conv2d`` on channels-last input + ``max_pool2d`` + autograd. Native: ``ConvPool2x2``.
+- ``eval``: forward only on one batch shared by all models, as in evaluation. PyTorch: the population's shared
+  path (one im2col GEMM over the pool window and three maxima). Native: ``conv_pool_forward(shared=True)``.
+
+Usage:
+    python bench/native_convpool.py                  # N=64, batch 32 (train) and 128 (eval), 2 threads
+    python bench/native_convpool.py --threads 1 --models 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from zooscape.train import native
+from zooscape.train.layers import _rows_times
+from zooscape.train.memory import tune_allocator
+
+
+def timeit(fn, repeats: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--eval-batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tune_allocator()
+    if not native.available():
+        raise SystemExit(f"native kernels unavailable: {native.why_not()}")
+    g, o, c, k, h = args.models, 8, 1, 5, 28
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
+    b = torch.randn(g, o, generator=gen, requires_grad=True)
+    w2, b2 = w.detach().reshape(g * o, c, k, k).requires_grad_(), b.detach().reshape(-1).requires_grad_()
+    x = torch.randn(args.batch, g * c, h, h, generator=gen)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    h2 = (h - k + 1) // 2
+    grad = torch.randn(args.batch, g * o, h2, h2, generator=gen).contiguous(memory_format=torch.channels_last)
+
+    def torch_train():
+        F.max_pool2d(F.conv2d(x_cl, w2, b2, groups=g), 2).backward(grad)
+
+    def native_train():
+        native.ConvPool2x2.apply(x, w, b, False).backward(grad)
+
+    xs = torch.randn(args.eval_batch, c, h, h, generator=gen)
+    wt = w.detach().reshape(g * o, -1).t()
+
+    @torch.no_grad()
+    def torch_eval():  # the population's PyTorch shared path (PopConv2d._forward_shared_pooled)
+        cols = F.unfold(xs, (k, k))
+        out = _rows_times(cols.view(xs.shape[0], c * k * k, h2, 2, h2, 2).permute(3, 5, 0, 2, 4, 1), wt,
+                          b.detach().reshape(-1)).view(4, -1, g * o)
+        pooled = torch.maximum(out[0], out[1])
+        torch.maximum(pooled, out[2], out=pooled)
+        torch.maximum(pooled, out[3], out=pooled)
+
+    @torch.no_grad()
+    def native_eval():
+        native.conv_pool_forward(xs, w, b, shared=True, indices=False)
+
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, N={g} models, Conv2d({c}, {o}, {k}) + "
+          f"MaxPool2d(2) on {h}x{h}; median of {args.repeats} calls")
+    print("| case | PyTorch ms | native ms | speed-up |")
+    print("|---|---|---|---|")
+    for name, slow, fast in ((f"train (fwd+bwd), batch {args.batch}", torch_train, native_train),
+                             (f"eval (shared fwd), batch {args.eval_batch}", torch_eval, native_eval)):
+        ts, tf = [], []
+        for _ in range(3):  # interleaved
+            ts.append(timeit(slow, args.repeats // 3 + 1))
+            tf.append(timeit(fast, args.repeats // 3 + 1))
+        s, f = statistics.median(ts), statistics.median(tf)
+        print(f"| {name} | {s:.2f} | {f:.2f} | {s / f:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

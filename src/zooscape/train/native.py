@@ -1,0 +1,249 @@
+"""Native CPU kernels for the population trainer: a population's first convolution fused with a 2x2 max-pool.
+
+A population's first layer in Model-Zoos-style CNNs (CNN-s: ``Conv2d(1, 8, 5)`` then ``MaxPool2d(2)``) runs as N
+tiny convolutions with a single input channel. oneDNN computes these at a fraction of the CPU's peak and then
+writes, pools, and in the backward pass zero-fills and scatters a full-resolution map. The C kernels in
+``_native/convpool.c`` (AVX2 + FMA, output channels as SIMD lanes) compute the convolution and the pool in
+registers (forward) and the weight gradient straight from the pooled gradient and the pool's window indices
+(backward). They are compiled with the system C compiler on first use (well under a second) into a cache
+directory and called through ``ctypes``; if the CPU lacks AVX2/FMA, no compiler is found, or the build fails,
+:func:`available` is ``False`` and the population uses its PyTorch path, which computes the same function.
+
+Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off. Cache: ``$ZOOSCAPE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``.
+
+The pool follows ``torch.nn.functional.max_pool2d`` (first maximum of the window in row-major order wins, NaN
+propagates); the convolution sums bias, then taps in ``(c, ky, kx)`` order, so results agree with oneDNN's to
+float32 rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+_SRC = Path(__file__).with_name("_native") / "convpool.c"
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread"]
+_ABI = 2
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_why_not: str | None = None
+
+
+def _cpu_has_avx2_fma() -> bool:
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = set()
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+        return {"avx2", "fma"} <= flags
+    except OSError:
+        return False
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("ZOOSCAPE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "zooscape"
+
+
+def _compile(cc: str, flags: list[str], out: Path) -> None:
+    """Compile the kernels into ``out`` atomically (concurrent builders each write their own temp file)."""
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *flags, "-o", tmp, str(_SRC)], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _build(cc: str) -> Path:
+    """Path of the compiled library, compiling it into the cache if needed: with OpenMP (which then shares
+    PyTorch's libgomp and its threads), else with pthreads."""
+    src = _SRC.read_bytes()
+    errors = []
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    for d in (_cache_dir(), Path(tempfile.gettempdir()) / f"zooscape-{uid}"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            errors.append(str(e))
+            continue
+        for flags in ([*_FLAGS, "-fopenmp"], _FLAGS):
+            key = hashlib.sha256(src + " ".join([cc, *flags]).encode()).hexdigest()[:16]
+            out = d / f"convpool-{key}.so"
+            if out.exists():
+                return out
+            try:
+                _compile(cc, flags, out)
+                for old in d.glob("convpool-*.so"):  # builds of other sources or flags (a process that has
+                    if old != out:                     # one loaded keeps its mapping)
+                        old.unlink(missing_ok=True)
+                return out
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                errors.append(str(e))
+    raise RuntimeError("could not build the native kernels: " + "; ".join(errors)[:800])
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel library, building it on first call; ``None`` when unavailable (see :func:`why_not`)."""
+    global _lib, _tried, _why_not
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        try:
+            if os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") == "0":
+                raise RuntimeError("turned off by ZOOSCAPE_NATIVE_KERNELS=0")
+            if not _cpu_has_avx2_fma():
+                raise RuntimeError("the CPU lacks AVX2/FMA (or is not x86-64 Linux)")
+            cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+            if not cc:
+                raise RuntimeError("no C compiler found (set CC)")
+            lib = ctypes.CDLL(str(_build(cc)))
+            if lib.zs_convpool_abi() != _ABI:
+                raise RuntimeError("stale kernel library")
+            p, i64p, i = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int
+            lib.zs_convpool_forward.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, i]
+            lib.zs_convpool_forward.restype = ctypes.c_int
+            lib.zs_convpool_backward.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, i]
+            lib.zs_convpool_backward.restype = ctypes.c_int
+            _lib = lib
+        except Exception as e:  # any failure: the PyTorch path computes the same function
+            _why_not = str(e)
+            if os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") != "0":
+                warnings.warn(f"zooscape: native kernels unavailable, using the PyTorch path ({e})", stacklevel=2)
+        _tried = True
+    return _lib
+
+
+def available() -> bool:
+    """Whether the native kernels can be used in this process."""
+    return library() is not None
+
+
+def why_not() -> str | None:
+    """Why :func:`available` is ``False`` (``None`` if it is ``True`` or was not asked yet)."""
+    return _why_not
+
+
+def supports(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`conv_pool` handles this input and ``[G, O, C, k, k]`` weight (float32 CPU, 8 | O)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and weight.dim() == 5 and weight.shape[1] % 8 == 0 and weight.shape[-1] == weight.shape[-2]
+            and x.dim() == 4 and x.shape[2] >= weight.shape[-1] + 1 and x.shape[3] >= weight.shape[-1] + 1
+            and available())
+
+
+def _strides(x: Tensor, groups: int, c: int) -> ctypes.Array:
+    """Element strides of x ``[B, G*C, H, W]`` (or a shared ``[B, C, H, W]`` when ``groups`` is 0) as
+    ``(batch, model, channel, row, column)``."""
+    s0, s1, s2, s3 = x.stride()
+    return (ctypes.c_int64 * 5)(s0, c * s1 if groups else 0, s1, s2, s3)
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("native convolution kernel: out of memory for its per-thread buffers")
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def conv_pool_forward(x: Tensor, weight: Tensor, bias: Tensor | None, *, shared: bool = False,
+                      indices: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``max_pool2d(conv2d(x_g, W_g, b_g), 2)`` for G models at once (stride 1, no padding).
+
+    Args:
+        x: ``[B, G*C, H, W]`` (any strides), or ``[B, C, H, W]`` shared by all models if ``shared``.
+        weight: ``[G, O, C, k, k]`` with ``O % 8 == 0``; bias: ``[G, O]`` or ``None``.
+        indices: also return the winning window position (0..3) of every output, for the backward pass.
+
+    Returns:
+        ``(out, idx)``: ``out`` ``[B, G*O, H', W']`` in channels-last memory order with ``H' = (H-k+1)//2``,
+        ``idx`` a ``uint8`` tensor ``[B, H', W', G*O]`` or ``None``.
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_why_not}")
+    g, o, c, k, _ = weight.shape
+    bsz, _, h, w = x.shape
+    if x.shape[1] != (c if shared else g * c):
+        raise ValueError(f"x has {x.shape[1]} channels, expected {c if shared else g * c}")
+    h2, w2 = (h - k + 1) // 2, (w - k + 1) // 2
+    wt = weight.detach().permute(0, 2, 3, 4, 1).contiguous()  # [G, C, k, k, O]
+    bt = bias.detach().contiguous() if bias is not None else None
+    out = x.new_empty(bsz, h2, w2, g * o)
+    idx = torch.empty(bsz, h2, w2, g * o, dtype=torch.uint8) if indices else None
+    xd = x.detach()
+    _check(lib.zs_convpool_forward(xd.data_ptr(), _strides(xd, 0 if shared else g, c), bsz, g, c, h, w, k, o,
+                            wt.data_ptr(), bt.data_ptr() if bt is not None else None, out.data_ptr(),
+                            idx.data_ptr() if idx is not None else None, _threads()))
+    return out.permute(0, 3, 1, 2), idx
+
+
+def conv_pool_backward(x: Tensor, weight_shape: torch.Size, grad_out: Tensor, idx: Tensor, *, shared: bool = False,
+                       bias: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Weight and bias gradients of :func:`conv_pool_forward` given ``grad_out`` ``[B, G*O, H', W']`` and the
+    forward's indices (``x`` and ``shared`` as there). Returns ``([G, O, C, k, k], [G, O] or None)``."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_why_not}")
+    g, o, c, k, _ = weight_shape
+    bsz, _, h, w = x.shape
+    gout = grad_out.permute(0, 2, 3, 1).contiguous()  # [B, H', W', G*O] (free if already channels-last)
+    dw = x.new_empty(g, c, k, k, o)
+    db = x.new_empty(g, o) if bias else None
+    _check(lib.zs_convpool_backward(x.data_ptr(), _strides(x, 0 if shared else g, c), bsz, g, c, h, w, k, o,
+                                    gout.data_ptr(), idx.data_ptr(), dw.data_ptr(),
+                                    db.data_ptr() if db is not None else None, _threads()))
+    return dw.permute(0, 4, 1, 2, 3), db
+
+
+class ConvPool2x2(torch.autograd.Function):
+    """Autograd wrapper of the fused kernels: gradients for the weight and bias, none for the input (a
+    population's first layer sees data). Call as ``ConvPool2x2.apply(x, weight, bias, shared)``; ``bias`` may be
+    ``None``; ``shared`` as in :func:`conv_pool_forward`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool = False) -> Tensor:  # type: ignore[override]
+        out, idx = conv_pool_forward(x, weight, bias, shared=shared, indices=True)
+        ctx.save_for_backward(x, idx)
+        ctx.weight_shape, ctx.has_bias, ctx.shared = weight.shape, bias is not None, shared
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, idx = ctx.saved_tensors
+        if ctx.needs_input_grad[0]:
+            raise RuntimeError("ConvPool2x2 computes no input gradient (use it only on inputs without grad)")
+        dw, db = conv_pool_backward(x, ctx.weight_shape, grad, idx, shared=ctx.shared,
+                                    bias=ctx.has_bias and ctx.needs_input_grad[2])
+        return None, dw if ctx.needs_input_grad[1] else None, db, None

@@ -1,0 +1,169 @@
+"""The native conv + 2x2 max-pool kernels compute what conv2d followed by max_pool2d computes.
+
+Forward values, the pool's choice of window position (first maximum wins, NaN propagates), and the weight and
+bias gradients are compared with PyTorch's own path for several shapes and memory layouts; population training
+through the kernels is compared with the PyTorch path and with one model at a time.
+"""
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zooscape.data import load_dataset
+from zooscape.models import create_model
+from zooscape.train import Member, Population, TrainConfig, layers, native, train_population, train_sequential
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_not()}")
+
+
+def _reference(x, w, b, shared):
+    g, o, c, k, _ = w.shape
+    if shared:
+        x = x.repeat(1, g, 1, 1)
+    z = F.conv2d(x, w.reshape(g * o, c, k, k), b.reshape(-1) if b is not None else None, groups=g)
+    return F.max_pool2d(z, 2)
+
+
+CASES = [  # G, C, O, K, H, W
+    (3, 1, 8, 5, 28, 28),
+    (2, 3, 16, 3, 13, 11),   # odd sizes: the last conv row/column is dropped by the pool
+    (4, 1, 8, 2, 9, 10),     # a kernel size without a specialised path
+    (1, 2, 8, 5, 12, 12),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("g,c,o,k,h,w", CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "shared"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_pool_forward_and_gradients_equal_pytorch(g, c, o, k, h, w, layout, bias):
+    gen = torch.Generator().manual_seed(g * 100 + k)
+    shared = layout == "shared"
+    x = torch.randn(5, c if shared else g * c, h, w, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
+    bs = torch.randn(g, o, generator=gen, requires_grad=True) if bias else None
+    out = native.ConvPool2x2.apply(x, wt, bs, shared)
+    ref = _reference(x, wt, bs, shared)
+    assert out.shape == ref.shape == (5, g * o, (h - k + 1) // 2, (w - k + 1) // 2)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(ref.shape, generator=gen)
+    params = (wt, bs) if bias else (wt,)
+    got = torch.autograd.grad(out, params, grad)
+    want = torch.autograd.grad(ref, params, grad)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+    # no-grad forward (evaluation) gives the same values
+    with torch.no_grad():
+        fast, idx = native.conv_pool_forward(x, wt, bs, shared=shared, indices=False)
+    assert idx is None
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_pool_ties_pick_the_first_position_and_nan_propagates():
+    g, o, c, k = 2, 8, 1, 3
+    x = torch.zeros(2, g * c, 8, 8)
+    x[0, 0, 3, 3] = float("nan")
+    wt = torch.zeros(g, o, c, k, k)
+    wt[:, :4] = 1.0  # channels 0-3 see the input (NaN spreads), channels 4-7 are constant: every window ties
+    wt.requires_grad_(True)
+    bs = torch.full((g, o), 0.5, requires_grad=True)
+    out = native.ConvPool2x2.apply(x, wt, bs, False)
+    ref = _reference(x, wt, bs, False)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out).any()
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    x2 = torch.randn(2, g * c, 8, 8, generator=torch.Generator().manual_seed(0))
+    x2[:, :, 4:, :] = 1.0  # ties inside windows: the gradient must go where max_pool2d sends it
+    out = native.ConvPool2x2.apply(x2, wt, bs, False)
+    ref = _reference(x2, wt, bs, False)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    for a, e in zip(torch.autograd.grad(out, (wt, bs), grad), torch.autograd.grad(ref, (wt, bs), grad)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_input_gradient_is_refused():
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    wt = torch.randn(1, 8, 8, 3, 3, requires_grad=True)
+    out = native.ConvPool2x2.apply(x, wt, None, False)
+    with pytest.raises(RuntimeError, match="no input gradient"):
+        out.sum().backward()
+
+
+@needs_native
+def test_population_layer_takes_the_native_path_only_where_it_applies():
+    pop = Population([create_model("cnn_s", seed=s, in_channels=1) for s in range(3)])
+    first = pop.net.module_list[0]
+    second = pop.net.module_list[3]
+    assert first.native_pool_ok() and pop._native_input(torch.zeros(1, 3, 28, 28))
+    assert not second.native_pool_ok()  # 6 output channels per model: not a multiple of 8
+    assert not pop._native_input(torch.zeros(1, 3, 28, 28, dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    d = load_dataset("digits", resize=28)
+    return SimpleNamespace(task=d.task, train_x=d.train_x[:128], train_y=d.train_y[:128], val_x=d.val_x[:40],
+                           val_y=d.val_y[:40], test_x=d.test_x[:40], test_y=d.test_y[:40])
+
+
+CFG = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=32)
+
+
+def _train_cnn(data, n, cfg, native_on, monkeypatch):
+    monkeypatch.setattr(layers, "_NATIVE_POOL", native_on)
+    models = [create_model("cnn_s", seed=s, in_channels=1) for s in range(n)]
+    return train_population(models, data, cfg, [Member(seed=s) for s in range(n)], device="cpu")
+
+
+def _max_diff(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@needs_native
+def test_population_training_through_native_kernels_equals_pytorch_path(small_digits, monkeypatch):
+    fast = _train_cnn(small_digits, 3, CFG, True, monkeypatch)
+    slow = _train_cnn(small_digits, 3, CFG, False, monkeypatch)
+    for hf, hs in zip(fast.history, slow.history):
+        for rf, rs in zip(hf, hs):
+            for key in ("train_loss", "val_loss", "test_acc"):
+                assert rf[key] == pytest.approx(rs[key], rel=1e-4, abs=1e-5), key
+    for sf, ss in zip(fast.state_dicts, slow.state_dicts):
+        assert _max_diff(sf, ss) < 1e-4
+    assert _max_diff(fast.state_dicts[0], fast.state_dicts[1]) > 1e-2  # the members really differ
+
+
+@needs_native
+def test_population_with_native_kernels_equals_one_model_at_a_time(small_digits, monkeypatch):
+    res = _train_cnn(small_digits, 2, CFG, True, monkeypatch)
+    for i in range(2):
+        model, hist = train_sequential(create_model("cnn_s", seed=i, in_channels=1), small_digits, CFG,
+                                       Member(seed=i), device="cpu")
+        assert _max_diff(res.state_dicts[i], model.state_dict()) < 1e-4
+        assert res.history[i][-1]["test_acc"] == pytest.approx(hist[-1]["test_acc"], abs=1 / 40)
+
+
+def test_switch_turns_the_kernels_off():
+    code = ("from zooscape.train import native; import torch; "
+            "print(native.available(), native.why_not())")
+    env = dict(os.environ, ZOOSCAPE_NATIVE_KERNELS="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False") and "ZOOSCAPE_NATIVE_KERNELS=0" in out
+
+
+def test_build_failure_falls_back_with_a_warning(tmp_path):
+    code = ("import warnings; warnings.simplefilter('always'); from zooscape.train import native; "
+            "print(native.available()); print(native.why_not())")
+    env = dict(os.environ, CC=str(tmp_path / "no-such-compiler"), ZOOSCAPE_CACHE_DIR=str(tmp_path / "cache"),
+               TMPDIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert proc.stdout.startswith("False")
+    assert "PyTorch path" in proc.stderr or "could not" in proc.stdout
