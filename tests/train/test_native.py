@@ -90,12 +90,32 @@ def test_pool_ties_pick_the_first_position_and_nan_propagates():
 
 
 @needs_native
-def test_input_gradient_is_refused():
-    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+@pytest.mark.parametrize("g,c,o,k,h,w", [(3, 8, 6, 5, 12, 12), (2, 16, 15, 3, 13, 11), (2, 8, 8, 2, 9, 10)])
+def test_input_gradient_equals_pytorch(g, c, o, k, h, w):
+    gen = torch.Generator().manual_seed(c + o)
+    x = torch.randn(4, g * c, h, w, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+    wt = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
+    bs = torch.randn(g, o, generator=gen, requires_grad=True)
+    out = native.ConvPool2x2.apply(x, wt, bs, False)
+    ref = _reference(x, wt, bs, False)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(ref.shape, generator=gen)
+    got = torch.autograd.grad(out, (x, wt, bs), grad)
+    want = torch.autograd.grad(ref, (x, wt, bs), grad)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_input_gradient_needs_channels_last_input_with_8k_channels():
     wt = torch.randn(1, 8, 8, 3, 3, requires_grad=True)
-    out = native.ConvPool2x2.apply(x, wt, None, False)
-    with pytest.raises(RuntimeError, match="no input gradient"):
-        out.sum().backward()
+    with pytest.raises(ValueError, match="input gradient"):
+        native.ConvPool2x2.apply(torch.randn(2, 8, 8, 8, requires_grad=True), wt, None, False)  # NCHW
+    wt3 = torch.randn(1, 8, 3, 3, 3, requires_grad=True)
+    x3 = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with pytest.raises(ValueError, match="input gradient"):
+        native.ConvPool2x2.apply(x3, wt3, None, False)  # 3 channels per model
 
 
 @needs_native
@@ -104,7 +124,8 @@ def test_population_layer_takes_the_native_path_only_where_it_applies():
     first = pop.net.module_list[0]
     second = pop.net.module_list[3]
     assert first.native_pool_ok() and pop._native_input(torch.zeros(1, 3, 28, 28))
-    assert not second.native_pool_ok()  # 6 output channels per model: not a multiple of 8
+    assert second.native_pool_ok()  # conv2 (8 -> 6 channels, then a pool) too, with its input gradient
+    assert not pop.net.module_list[6].native_pool_ok()  # conv3: no pool follows
     assert not pop._native_input(torch.zeros(1, 3, 28, 28, dtype=torch.float64))
 
 

@@ -283,16 +283,19 @@ class PopConv2d(_PopLayer):
         kernel, a multiple of 8 output channels per model. The input decides the rest (see ``_native_pooled``)."""
         w = self.weight
         return (self.fused_pool is not None and _NATIVE_POOL and self.groups == 1 and self.stride == (1, 1)
-                and self.dilation == (1, 1) and self.padding == (0, 0) and w.shape[1] % 8 == 0
-                and w.shape[-1] == w.shape[-2] and getattr(self, "layout", "channel") == "channel")
+                and self.dilation == (1, 1) and self.padding == (0, 0) and w.shape[-1] == w.shape[-2]
+                and getattr(self, "layout", "channel") == "channel")
 
     def _native_pooled(self, x: Tensor, shared: bool) -> Tensor | None:
         """Convolution + the following 2x2 max-pool through the native kernels, or ``None`` if they do not apply
-        (an input that needs a gradient, not float32 on the CPU, kernels unavailable)."""
-        if not self.native_pool_ok() or x.requires_grad or not native.supports(x, self.weight):
+        (not float32 on the CPU, kernels unavailable, an input that needs a gradient but is not channels-last
+        with a multiple of 8 channels per model)."""
+        if not self.native_pool_ok() or not native.supports(x, self.weight):
             return None
-        if torch.is_grad_enabled() and (self.weight.requires_grad or (self.bias is not None and
-                                                                      self.bias.requires_grad)):
+        if x.requires_grad and torch.is_grad_enabled() and (shared or not native.supports_input_grad(x, self.weight)):
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or (
+                self.bias is not None and self.bias.requires_grad)):
             out = native.ConvPool2x2.apply(x, self.weight, self.bias, shared)
         else:
             out, _ = native.conv_pool_forward(x, self.weight, self.bias, shared=shared, indices=False)

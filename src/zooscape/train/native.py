@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 
 _SRC = Path(__file__).with_name("_native") / "convpool.c"
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread"]
-_ABI = 2
+_ABI = 3
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -133,6 +133,8 @@ def library() -> ctypes.CDLL | None:
             lib.zs_convpool_forward.restype = ctypes.c_int
             lib.zs_convpool_backward.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, i]
             lib.zs_convpool_backward.restype = ctypes.c_int
+            lib.zs_convpool_backward_full.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, p, i]
+            lib.zs_convpool_backward_full.restype = ctypes.c_int
             _lib = lib
         except Exception as e:  # any failure: the PyTorch path computes the same function
             _why_not = str(e)
@@ -153,11 +155,20 @@ def why_not() -> str | None:
 
 
 def supports(x: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`conv_pool` handles this input and ``[G, O, C, k, k]`` weight (float32 CPU, 8 | O)."""
+    """Whether the kernels handle this input ``[B, G*C, H, W]`` and ``[G, O, C, k, k]`` weight (float32 on the
+    CPU, square kernel, at least one pooled output). An input that needs a gradient must also satisfy
+    :func:`supports_input_grad`."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and weight.dim() == 5 and weight.shape[1] % 8 == 0 and weight.shape[-1] == weight.shape[-2]
+            and weight.dim() == 5 and weight.shape[-1] == weight.shape[-2]
             and x.dim() == 4 and x.shape[2] >= weight.shape[-1] + 1 and x.shape[3] >= weight.shape[-1] + 1
             and available())
+
+
+def supports_input_grad(x: Tensor, weight: Tensor) -> bool:
+    """Whether :class:`ConvPool2x2` can also return the input gradient: input channels per model a multiple of 8
+    (the SIMD lanes of that kernel), contiguous in memory (channels-last input), kernel size at most 8."""
+    return (weight.shape[2] % 8 == 0 and weight.shape[-1] <= 8 and x.stride(1) == 1
+            and x.shape[1] == weight.shape[0] * weight.shape[2])
 
 
 def _strides(x: Tensor, groups: int, c: int) -> ctypes.Array:
@@ -197,8 +208,13 @@ def conv_pool_forward(x: Tensor, weight: Tensor, bias: Tensor | None, *, shared:
     if x.shape[1] != (c if shared else g * c):
         raise ValueError(f"x has {x.shape[1]} channels, expected {c if shared else g * c}")
     h2, w2 = (h - k + 1) // 2, (w - k + 1) // 2
-    wt = weight.detach().permute(0, 2, 3, 4, 1).contiguous()  # [G, C, k, k, O]
-    bt = bias.detach().contiguous() if bias is not None else None
+    op = (o + 7) // 8 * 8  # output channels are SIMD lanes: weights and bias zero-padded to a multiple of 8
+    wt = weight.new_zeros(g, c, k, k, op)
+    wt[..., :o] = weight.detach().permute(0, 2, 3, 4, 1)  # [G, C, k, k, O(p)]
+    bt = None
+    if bias is not None:
+        bt = bias.new_zeros(g, op)
+        bt[:, :o] = bias.detach()
     out = x.new_empty(bsz, h2, w2, g * o)
     idx = torch.empty(bsz, h2, w2, g * o, dtype=torch.uint8) if indices else None
     xd = x.detach()
@@ -226,24 +242,49 @@ def conv_pool_backward(x: Tensor, weight_shape: torch.Size, grad_out: Tensor, id
     return dw.permute(0, 4, 1, 2, 3), db
 
 
+def conv_pool_backward_full(x: Tensor, weight: Tensor, grad_out: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Input and weight gradients of :func:`conv_pool_forward` (not shared) for an input that satisfies
+    :func:`supports_input_grad`. Returns ``(dx [B, G*C, H, W] channels-last, dw [G, O, C, k, k])``."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_why_not}")
+    g, o, c, k, _ = weight.shape
+    bsz, _, h, w = x.shape
+    gout = grad_out.permute(0, 2, 3, 1).contiguous()
+    wc = weight.detach().permute(0, 1, 3, 4, 2).contiguous()  # [G, O, k, k, C]
+    dx = x.new_empty(bsz, h, w, g * c)
+    dw = x.new_empty(g, o, k, k, c)
+    status = lib.zs_convpool_backward_full(x.data_ptr(), _strides(x, g, c), bsz, g, c, h, w, k, o, gout.data_ptr(),
+                                           idx.data_ptr(), wc.data_ptr(), dx.data_ptr(), dw.data_ptr(), _threads())
+    if status == -2:
+        raise ValueError("conv_pool_backward_full needs 8 | C, channels-last input and a kernel size <= 8")
+    _check(status)
+    return dx.permute(0, 3, 1, 2), dw.permute(0, 1, 4, 2, 3)
+
+
 class ConvPool2x2(torch.autograd.Function):
-    """Autograd wrapper of the fused kernels: gradients for the weight and bias, none for the input (a
-    population's first layer sees data). Call as ``ConvPool2x2.apply(x, weight, bias, shared)``; ``bias`` may be
-    ``None``; ``shared`` as in :func:`conv_pool_forward`."""
+    """Autograd wrapper of the fused kernels. Call as ``ConvPool2x2.apply(x, weight, bias, shared)``; ``bias`` may
+    be ``None``; ``shared`` as in :func:`conv_pool_forward`. Weight and bias gradients always; the input gradient
+    only for inputs that satisfy :func:`supports_input_grad` (checked here)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool = False) -> Tensor:  # type: ignore[override]
+        if x.requires_grad and (shared or not supports_input_grad(x, weight)):
+            raise ValueError("ConvPool2x2 computes an input gradient only for channels-last inputs with a multiple "
+                             "of 8 channels per model")
         out, idx = conv_pool_forward(x, weight, bias, shared=shared, indices=True)
-        ctx.save_for_backward(x, idx)
-        ctx.weight_shape, ctx.has_bias, ctx.shared = weight.shape, bias is not None, shared
+        ctx.save_for_backward(x, weight, idx)
+        ctx.has_bias, ctx.shared = bias is not None, shared
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, idx = ctx.saved_tensors
-        if ctx.needs_input_grad[0]:
-            raise RuntimeError("ConvPool2x2 computes no input gradient (use it only on inputs without grad)")
-        dw, db = conv_pool_backward(x, ctx.weight_shape, grad, idx, shared=ctx.shared,
-                                    bias=ctx.has_bias and ctx.needs_input_grad[2])
-        return None, dw if ctx.needs_input_grad[1] else None, db, None
+        x, weight, idx = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if need_x:
+            dx, dw = conv_pool_backward_full(x, weight, grad, idx)
+            db = grad.sum((0, 2, 3)).view(weight.shape[:2]) if ctx.has_bias and need_b else None
+            return dx, dw if need_w else None, db, None
+        dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=ctx.shared, bias=ctx.has_bias and need_b)
+        return None, dw if need_w else None, db, None
