@@ -163,6 +163,31 @@ def test_population_training_through_native_kernels_equals_pytorch_path(small_di
 
 
 @needs_native
+def test_cnn_l_population_through_native_kernels_equals_pytorch_path(monkeypatch):
+    # CNN-l: 3x3 convolutions 3 -> 16 -> 32 -> 15, each followed by a 2x2 max-pool: the first layer takes the
+    # weight-gradient kernel, the other two the input-gradient kernel (16 and 32 channels per model); the last
+    # has 15 outputs (a partial SIMD block)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(96, 3, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (96,), generator=gen)
+    data = SimpleNamespace(task="classification", train_x=x[:64], train_y=y[:64], val_x=x[64:80], val_y=y[64:80],
+                           test_x=x[80:], test_y=y[80:])
+    cfg = TrainConfig(epochs=1, optimizer="adam", lr=1e-3, batch_size=16)
+    res = {}
+    for on in (True, False):
+        monkeypatch.setattr(layers, "_NATIVE_POOL", on)
+        models = [create_model("cnn_l", seed=s, in_channels=3, input_size=28) for s in range(2)]
+        if on:
+            pop = Population(models)
+            assert [m.native_pool_ok() for m in pop.net.modules() if hasattr(m, "native_pool_ok")] == [True] * 3
+        res[on] = train_population(models, data, cfg, [Member(seed=s) for s in range(2)], device="cpu")
+    for sf, ss in zip(res[True].state_dicts, res[False].state_dicts):
+        assert _max_diff(sf, ss) < 1e-4
+    for hf, hs in zip(res[True].history, res[False].history):
+        assert hf[-1]["val_loss"] == pytest.approx(hs[-1]["val_loss"], rel=1e-4)
+
+
+@needs_native
 def test_population_with_native_kernels_equals_one_model_at_a_time(small_digits, monkeypatch):
     res = _train_cnn(small_digits, 2, CFG, True, monkeypatch)
     for i in range(2):

@@ -144,7 +144,10 @@ class PopulationOptimizer:
             all_active = bool(active.all())
         if not all_active:
             lr = torch.where(active, lr, torch.zeros_like(lr))
-        self.step_count += active.to(self.step_count.dtype).cpu()
+        if all_active:  # (no device-to-host copy: on a GPU that would wait for the step's kernels)
+            self.step_count += 1
+        else:
+            self.step_count += active.to(self.step_count.dtype).cpu()
         if all_active and self._flat is not None:
             self._step_flat(lr)
             return
