@@ -1,7 +1,7 @@
 """Native conv + 2x2 max-pool kernels vs PyTorch's path, on a population's first layer (CNN-s: Conv2d(1, 8, 5)
 then MaxPool2d(2) on 28x28 inputs, N models).
 
-Columns, per call, in one run:
+Columns, per call, in one run (plus CNN-s's second layer, whose input needs a gradient):
 
 - ``train``: forward and backward (weight and bias gradients), one batch per model, as in a training step. PyTorch:
   grouped ``conv2d`` on channels-last input + ``max_pool2d`` + autograd. Native: ``ConvPool2x2``.
@@ -82,12 +82,32 @@ def main() -> None:
     def native_eval():
         native.conv_pool_forward(xs, w, b, shared=True, indices=False)
 
-    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, N={g} models, Conv2d({c}, {o}, {k}) + "
-          f"MaxPool2d(2) on {h}x{h}; median of {args.repeats} calls")
+    # CNN-s's second layer, Conv2d(8, 6, 5) + MaxPool2d(2) on 12x12 channels-last input that needs a gradient
+    c2, o2, h2in = 8, 6, 12
+    w2b = torch.randn(g, o2, c2, k, k, generator=gen, requires_grad=True)
+    b2b = torch.randn(g, o2, generator=gen, requires_grad=True)
+    w2f = w2b.detach().reshape(g * o2, c2, k, k).requires_grad_()
+    b2f = b2b.detach().reshape(-1).requires_grad_()
+    x2 = torch.randn(args.batch, g * c2, h2in, h2in, generator=gen).contiguous(memory_format=torch.channels_last)
+    x2.requires_grad_(True)
+    hp = (h2in - k + 1) // 2
+    grad2 = torch.randn(args.batch, g * o2, hp, hp, generator=gen).contiguous(memory_format=torch.channels_last)
+
+    def torch_train2():
+        F.max_pool2d(F.conv2d(x2, w2f, b2f, groups=g), 2).backward(grad2)
+
+    def native_train2():
+        native.ConvPool2x2.apply(x2, w2b, b2b, False).backward(grad2)
+
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, N={g} models; first layer Conv2d({c}, "
+          f"{o}, {k}) + MaxPool2d(2) on {h}x{h}, second layer Conv2d({c2}, {o2}, {k}) + MaxPool2d(2) on "
+          f"{h2in}x{h2in} (CNN-s); median of {args.repeats} calls")
     print("| case | PyTorch ms | native ms | speed-up |")
     print("|---|---|---|---|")
-    for name, slow, fast in ((f"train (fwd+bwd), batch {args.batch}", torch_train, native_train),
-                             (f"eval (shared fwd), batch {args.eval_batch}", torch_eval, native_eval)):
+    for name, slow, fast in ((f"first layer, train (fwd+bwd), batch {args.batch}", torch_train, native_train),
+                             (f"first layer, eval (shared fwd), batch {args.eval_batch}", torch_eval, native_eval),
+                             (f"second layer, train (fwd+bwd incl. input grad), batch {args.batch}", torch_train2,
+                              native_train2)):
         ts, tf = [], []
         for _ in range(3):  # interleaved
             ts.append(timeit(slow, args.repeats // 3 + 1))

@@ -44,6 +44,10 @@ _tried = False
 _why_not: str | None = None
 
 
+class _Unsupported(RuntimeError):
+    """The kernels are switched off or not meant for this machine (no warning)."""
+
+
 def _cpu_has_avx2_fma() -> bool:
     if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
@@ -119,9 +123,9 @@ def library() -> ctypes.CDLL | None:
             return _lib
         try:
             if os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") == "0":
-                raise RuntimeError("turned off by ZOOSCAPE_NATIVE_KERNELS=0")
+                raise _Unsupported("turned off by ZOOSCAPE_NATIVE_KERNELS=0")
             if not _cpu_has_avx2_fma():
-                raise RuntimeError("the CPU lacks AVX2/FMA (or is not x86-64 Linux)")
+                raise _Unsupported("the CPU lacks AVX2/FMA (or is not x86-64 Linux)")
             cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
             if not cc:
                 raise RuntimeError("no C compiler found (set CC)")
@@ -136,10 +140,11 @@ def library() -> ctypes.CDLL | None:
             lib.zs_convpool_backward_full.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, p, i]
             lib.zs_convpool_backward_full.restype = ctypes.c_int
             _lib = lib
-        except Exception as e:  # any failure: the PyTorch path computes the same function
+        except _Unsupported as e:  # switched off, or a CPU the kernels are not for: quietly the PyTorch path
             _why_not = str(e)
-            if os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") != "0":
-                warnings.warn(f"zooscape: native kernels unavailable, using the PyTorch path ({e})", stacklevel=2)
+        except Exception as e:  # a failed build: the PyTorch path computes the same function, but say so
+            _why_not = str(e)
+            warnings.warn(f"zooscape: native kernels unavailable, using the PyTorch path ({e})", stacklevel=2)
         _tried = True
     return _lib
 
