@@ -38,6 +38,29 @@ def timeit(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def training_step(g: int, c: int, o: int, k: int, h: int, batch: int, input_grad: bool, gen: torch.Generator):
+    """One training step of a population layer Conv2d(c, o, k) + MaxPool2d(2) of g models on h x h inputs, both
+    ways: PyTorch (grouped conv2d on channels-last input, max_pool2d, autograd) and the native kernels. Returns
+    ``(torch_step, native_step, weight, bias)``."""
+    w = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
+    b = torch.randn(g, o, generator=gen, requires_grad=True)
+    w_flat, b_flat = w.detach().reshape(g * o, c, k, k).requires_grad_(), b.detach().reshape(-1).requires_grad_()
+    x = torch.randn(batch, g * c, h, h, generator=gen)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    if input_grad:  # a later layer: channels-last input (as the population feeds it) that needs a gradient
+        x = x_cl.requires_grad_(True)
+    hp = (h - k + 1) // 2
+    grad = torch.randn(batch, g * o, hp, hp, generator=gen).contiguous(memory_format=torch.channels_last)
+
+    def torch_step():
+        F.max_pool2d(F.conv2d(x_cl, w_flat, b_flat, groups=g), 2).backward(grad)
+
+    def native_step():
+        native.ConvPool2x2.apply(x, w, b, False).backward(grad)
+
+    return torch_step, native_step, w, b
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=64)
@@ -52,22 +75,14 @@ def main() -> None:
         raise SystemExit(f"native kernels unavailable: {native.why_not()}")
     g, o, c, k, h = args.models, 8, 1, 5, 28
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
-    b = torch.randn(g, o, generator=gen, requires_grad=True)
-    w2, b2 = w.detach().reshape(g * o, c, k, k).requires_grad_(), b.detach().reshape(-1).requires_grad_()
-    x = torch.randn(args.batch, g * c, h, h, generator=gen)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    h2 = (h - k + 1) // 2
-    grad = torch.randn(args.batch, g * o, h2, h2, generator=gen).contiguous(memory_format=torch.channels_last)
-
-    def torch_train():
-        F.max_pool2d(F.conv2d(x_cl, w2, b2, groups=g), 2).backward(grad)
-
-    def native_train():
-        native.ConvPool2x2.apply(x, w, b, False).backward(grad)
+    # CNN-s's first layer (input: data) and second layer (Conv2d(8, 6, 5) on 12x12, input needs a gradient)
+    torch_train, native_train, w, b = training_step(g, c, o, k, h, args.batch, False, gen)
+    c2, o2, h2in = 8, 6, 12
+    torch_train2, native_train2, _, _ = training_step(g, c2, o2, k, h2in, args.batch, True, gen)
 
     xs = torch.randn(args.eval_batch, c, h, h, generator=gen)
     wt = w.detach().reshape(g * o, -1).t()
+    h2 = (h - k + 1) // 2
 
     @torch.no_grad()
     def torch_eval():  # the population's PyTorch shared path (PopConv2d._forward_shared_pooled)
@@ -81,23 +96,6 @@ def main() -> None:
     @torch.no_grad()
     def native_eval():
         native.conv_pool_forward(xs, w, b, shared=True, indices=False)
-
-    # CNN-s's second layer, Conv2d(8, 6, 5) + MaxPool2d(2) on 12x12 channels-last input that needs a gradient
-    c2, o2, h2in = 8, 6, 12
-    w2b = torch.randn(g, o2, c2, k, k, generator=gen, requires_grad=True)
-    b2b = torch.randn(g, o2, generator=gen, requires_grad=True)
-    w2f = w2b.detach().reshape(g * o2, c2, k, k).requires_grad_()
-    b2f = b2b.detach().reshape(-1).requires_grad_()
-    x2 = torch.randn(args.batch, g * c2, h2in, h2in, generator=gen).contiguous(memory_format=torch.channels_last)
-    x2.requires_grad_(True)
-    hp = (h2in - k + 1) // 2
-    grad2 = torch.randn(args.batch, g * o2, hp, hp, generator=gen).contiguous(memory_format=torch.channels_last)
-
-    def torch_train2():
-        F.max_pool2d(F.conv2d(x2, w2f, b2f, groups=g), 2).backward(grad2)
-
-    def native_train2():
-        native.ConvPool2x2.apply(x2, w2b, b2b, False).backward(grad2)
 
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, N={g} models; first layer Conv2d({c}, "
           f"{o}, {k}) + MaxPool2d(2) on {h}x{h}, second layer Conv2d({c2}, {o2}, {k}) + MaxPool2d(2) on "

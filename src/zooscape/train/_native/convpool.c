@@ -78,6 +78,35 @@ static inline __attribute__((always_inline)) void pool4(__m256 a0, __m256 a1, __
     }
 }
 
+/* The convolution outputs of two pool windows, at columns x0 and x0 + d2/sw of rows y0 and y0 + 1, into
+   acc[0..3] (row y0: x0, x0+1, then the second window's two) and acc[4..7] (row y0 + 1). With d2 = 0 both
+   windows are the same one (the last window of an odd row). */
+static inline __attribute__((always_inline)) void conv_windows(const float *xg, const float *wg, int64_t sc,
+                                                               int64_t sh, const int64_t sw, const int64_t d2,
+                                                               int C, const int K, int Op, int y0, int x0,
+                                                               __m256 bias, __m256 *acc) {
+    for (int i = 0; i < 8; i++) acc[i] = bias;
+    const float *wt = wg;
+    for (int c = 0; c < C; c++) {
+        for (int ky = 0; ky < K; ky++) {
+            const float *r0 = xg + c * sc + (y0 + ky) * sh + x0 * sw;
+            const float *r1 = r0 + sh;
+            for (int kx = 0; kx < K; kx++, wt += Op) {
+                const __m256 wv = _mm256_loadu_ps(wt);
+                const float *p0 = r0 + kx * sw, *p1 = r1 + kx * sw;
+                acc[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(p0), wv, acc[0]);
+                acc[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + sw), wv, acc[1]);
+                acc[2] = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + d2), wv, acc[2]);
+                acc[3] = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + d2 + sw), wv, acc[3]);
+                acc[4] = _mm256_fmadd_ps(_mm256_broadcast_ss(p1), wv, acc[4]);
+                acc[5] = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + sw), wv, acc[5]);
+                acc[6] = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + d2), wv, acc[6]);
+                acc[7] = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + d2 + sw), wv, acc[7]);
+            }
+        }
+    }
+}
+
 /* one model, one image: all pooled outputs (K and sw are passed separately so that the common cases can be
    compiled with them as constants: fully unrolled taps and immediate address offsets) */
 static inline __attribute__((always_inline)) void fwd_block(const job_t *a, int g, int b, const int K,
@@ -90,51 +119,14 @@ static inline __attribute__((always_inline)) void fwd_block(const job_t *a, int 
         const __m256 bias = a->bias ? _mm256_loadu_ps(a->bias + (int64_t)g * Op + ob) : _mm256_setzero_ps();
         for (int py = 0; py < a->H2; py++) {
             const int64_t orow = (((int64_t)b * a->H2 + py) * W2) * GO + (int64_t)g * O + ob;
-            int px = 0;
-            for (; px + 1 < W2; px += 2) {  /* two pool windows side by side: 2 rows x 4 columns of outputs */
-                __m256 a00 = bias, a01 = bias, a02 = bias, a03 = bias;
-                __m256 a10 = bias, a11 = bias, a12 = bias, a13 = bias;
-                const float *wt = wg;
-                for (int c = 0; c < C; c++) {
-                    for (int ky = 0; ky < K; ky++) {
-                        const float *r0 = xg + c * a->sc + (2 * py + ky) * sh + (2 * px) * sw;
-                        const float *r1 = r0 + sh;
-                        for (int kx = 0; kx < K; kx++, wt += Op) {
-                            const __m256 wv = _mm256_loadu_ps(wt);
-                            const float *p0 = r0 + kx * sw, *p1 = r1 + kx * sw;
-                            a00 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0), wv, a00);
-                            a01 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + sw), wv, a01);
-                            a02 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + 2 * sw), wv, a02);
-                            a03 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + 3 * sw), wv, a03);
-                            a10 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1), wv, a10);
-                            a11 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + sw), wv, a11);
-                            a12 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + 2 * sw), wv, a12);
-                            a13 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + 3 * sw), wv, a13);
-                        }
-                    }
-                }
+            for (int px = 0; px < W2; px += 2) {  /* two pool windows side by side: 2 rows x 4 columns */
+                __m256 acc[8];
+                const int two = px + 1 < W2;
+                if (two) conv_windows(xg, wg, a->sc, sh, sw, 2 * sw, C, K, Op, 2 * py, 2 * px, bias, acc);
+                else conv_windows(xg, wg, a->sc, sh, sw, 0, C, K, Op, 2 * py, 2 * px, bias, acc);  /* odd W2 */
                 const int64_t o0 = orow + (int64_t)px * GO;
-                pool4(a00, a01, a10, a11, a->out + o0, a->idx ? a->idx + o0 : NULL, n);
-                pool4(a02, a03, a12, a13, a->out + o0 + GO, a->idx ? a->idx + o0 + GO : NULL, n);
-            }
-            for (; px < W2; px++) {
-                __m256 a00 = bias, a01 = bias, a10 = bias, a11 = bias;
-                const float *wt = wg;
-                for (int c = 0; c < C; c++) {
-                    for (int ky = 0; ky < K; ky++) {
-                        const float *r0 = xg + c * a->sc + (2 * py + ky) * sh + (2 * px) * sw;
-                        const float *r1 = r0 + sh;
-                        for (int kx = 0; kx < K; kx++, wt += Op) {
-                            const __m256 wv = _mm256_loadu_ps(wt);
-                            a00 = _mm256_fmadd_ps(_mm256_broadcast_ss(r0 + kx * sw), wv, a00);
-                            a01 = _mm256_fmadd_ps(_mm256_broadcast_ss(r0 + (kx + 1) * sw), wv, a01);
-                            a10 = _mm256_fmadd_ps(_mm256_broadcast_ss(r1 + kx * sw), wv, a10);
-                            a11 = _mm256_fmadd_ps(_mm256_broadcast_ss(r1 + (kx + 1) * sw), wv, a11);
-                        }
-                    }
-                }
-                const int64_t o0 = orow + (int64_t)px * GO;
-                pool4(a00, a01, a10, a11, a->out + o0, a->idx ? a->idx + o0 : NULL, n);
+                pool4(acc[0], acc[1], acc[4], acc[5], a->out + o0, a->idx ? a->idx + o0 : NULL, n);
+                if (two) pool4(acc[2], acc[3], acc[6], acc[7], a->out + o0 + GO, a->idx ? a->idx + o0 + GO : NULL, n);
             }
         }
     }
