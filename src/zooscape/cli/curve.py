@@ -11,29 +11,17 @@ Commands:
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from zooscape.cli._common import add_group, say
 
 __all__ = ["add_parser"]
 
 
-def _say(quiet: bool):
-    return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``curve`` command group.
-
-    Args:
-        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
-
-    Returns:
-        the group's parser.
-    """
-    p = subparsers.add_parser("curve", help="curve mode connectivity: Bezier/PolyChain curves, mc, planes",
-                              description="Curve mode connectivity (Garipov et al. 2018) between any two models.")
-    p.set_defaults(_group_parser=p)
-    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    """Add the ``curve`` command group to ``subparsers``; returns the group's parser."""
+    p, sub = add_group(subparsers, "curve", help="curve mode connectivity: Bezier/PolyChain curves, mc, planes",
+                       description="Curve mode connectivity (Garipov et al. 2018) between any two models.")
 
     t = sub.add_parser("train", help="train the base models and curves of a config",
                        description="Run the training tables of CONFIG (TF-port keys: dir, dataset, model, curve, "
@@ -107,32 +95,18 @@ def _print_evaluation(name: str, summary: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Run ``zooscape curve train``.
-
-    Args:
-        args: parsed arguments.
-
-    Returns:
-        exit code.
-    """
+    """Run ``zooscape curve train``; returns the exit code."""
     from zooscape.zoo.curve_jobs import run_config
 
     results = run_config(args.config, args.tables or None, roles=("base", "curve"), device=args.device,
-                         progress=_say(args.quiet))
+                         progress=say(args.quiet))
     for r in results:
         print(f"{r['role']:5s} -> {r['dir']}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Run ``zooscape curve eval``.
-
-    Args:
-        args: parsed arguments.
-
-    Returns:
-        exit code.
-    """
+    """Run ``zooscape curve eval``; returns the exit code."""
     from zooscape.zoo.curve_jobs import load_curve_config, run_config, section_role
 
     if args.tables:
@@ -142,7 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"table(s) {wrong} have no 'ckpt': use 'zooscape curve train' for them")
     overrides = {"num-points": args.num_points, "plane": args.plane}
     results = run_config(args.config, args.tables or None, roles=("eval",), device=args.device,
-                         overrides=overrides, progress=_say(args.quiet))
+                         overrides=overrides, progress=say(args.quiet))
     names = args.tables or [None] * len(results)
     for name, r in zip(names, results):
         _print_evaluation(name or r["dir"], r)
@@ -150,14 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    """Run ``zooscape curve pairs``.
-
-    Args:
-        args: parsed arguments.
-
-    Returns:
-        exit code.
-    """
+    """Run ``zooscape curve pairs``; returns the exit code."""
     from zooscape.connect.curve_train import CurveTrainConfig
     from zooscape.zoo.curve_jobs import curve_pairs, curve_records, pair_params
 
@@ -166,7 +133,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     rows = curve_pairs(args.dir, args.epoch, kind=args.curve, num_bends=args.num_bends, train_config=cfg,
                        n_points=args.n_points, splits=splits, device=args.device, force=args.force,
-                       progress=_say(args.quiet))
+                       progress=say(args.quiet))
     params = pair_params(args.curve, args.num_bends, cfg, args.n_points, 5, "reset", splits)
     stored = curve_records(args.dir, params)
     if not stored:

@@ -12,8 +12,9 @@ Commands:
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from zooscape.cli._common import add_group, say
 
 __all__ = ["add_parser"]
 
@@ -27,18 +28,9 @@ def _plot_args(p: argparse.ArgumentParser, default_metric: str = "error") -> Non
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``lmc`` command group.
-
-    Args:
-        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
-
-    Returns:
-        the group's parser.
-    """
-    p = subparsers.add_parser("lmc", help="linear mode connectivity: spawn experiments, pair barriers",
-                              description="Linear mode connectivity experiments.")
-    p.set_defaults(_group_parser=p)
-    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    """Add the ``lmc`` command group to ``subparsers``; returns the group's parser."""
+    p, sub = add_group(subparsers, "lmc", help="linear mode connectivity: spawn experiments, pair barriers",
+                       description="Linear mode connectivity experiments.")
 
     s = sub.add_parser("spawn", help="instability analysis: spawn children from a main branch at each k1",
                        description="Train a main branch of every grid cell of SPEC (a zoo spec with an [lmc] "
@@ -77,10 +69,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _say(quiet: bool):
-    return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
-
-
 def _print_table(records: list[dict[str, Any]], key: str) -> None:
     from zooscape.connect.spawn import barrier_table
 
@@ -98,18 +86,11 @@ def _print_table(records: list[dict[str, Any]], key: str) -> None:
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
-    """Run ``zooscape lmc spawn``.
-
-    Args:
-        args: parsed arguments.
-
-    Returns:
-        exit code.
-    """
+    """Run ``zooscape lmc spawn``; returns the exit code."""
     from zooscape.zoo.lmc_jobs import run_spawn
 
     plot = (args.metric, args.split, args.definition)
-    records = run_spawn(args.spec, args.out, device=args.device, plot=plot, progress=_say(args.quiet))
+    records = run_spawn(args.spec, args.out, device=args.device, plot=plot, progress=say(args.quiet))
     key = f"barrier_{args.metric}_{args.split}_{args.definition}"
     shown = [r for r in records if key in r]
     if shown:
@@ -119,19 +100,12 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    """Run ``zooscape lmc pairs``.
-
-    Args:
-        args: parsed arguments.
-
-    Returns:
-        exit code.
-    """
+    """Run ``zooscape lmc pairs``; returns the exit code."""
     from zooscape.zoo.lmc_jobs import pair_barriers
 
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, bn_mode=args.bn_mode, splits=splits,
-                         device=args.device, progress=_say(args.quiet))
+                         device=args.device, progress=say(args.quiet))
     if not rows:
         print("no grid cell has two models with a checkpoint at that epoch; nothing stored")
         return 1
@@ -149,14 +123,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Run ``zooscape lmc plot``.
-
-    Args:
-        args: parsed arguments.
-
-    Returns:
-        exit code.
-    """
+    """Run ``zooscape lmc plot``; returns the exit code."""
     import io
     from pathlib import Path
 

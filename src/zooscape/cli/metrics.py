@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
+from zooscape.cli._common import add_group, say
 from zooscape.cli.zoo import add_engine_arguments, engine_options_from_args
 
 __all__ = ["add_parser", "parse_settings"]
@@ -23,18 +23,9 @@ METRIC_NAMES = ("hessian", "fisher", "spectra", "cka")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``metrics`` command group.
-
-    Args:
-        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
-
-    Returns:
-        the group's parser.
-    """
-    p = subparsers.add_parser("metrics", help="loss-landscape metrics of a zoo: Hessian, Fisher, spectra, CKA",
-                              description="Loss-landscape metrics of every model of a zoo.")
-    p.set_defaults(_group_parser=p)
-    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    """Add the ``metrics`` command group to ``subparsers``; returns the group's parser."""
+    p, sub = add_group(subparsers, "metrics", help="loss-landscape metrics of a zoo: Hessian, Fisher, spectra, CKA",
+                       description="Loss-landscape metrics of every model of a zoo.")
 
     r = sub.add_parser("run", help="compute a metric for every model (or seed pair) and store it",
                        description="Compute METRIC at one checkpointed epoch for every model of the zoo in DIR "
@@ -88,10 +79,6 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _say(quiet: bool):
-    return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Run ``zooscape metrics run``: compute, store, then print a per-cell summary of the stored values.
 
@@ -111,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = metric_params(args.metric, overrides)
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     rows = run_metrics(args.dir, args.metric, epoch=args.epoch, params=overrides, model_ids=models,
-                       engine=args.engine, workers=args.workers, device=args.device, progress=_say(args.quiet),
+                       engine=args.engine, workers=args.workers, device=args.device, progress=say(args.quiet),
                        engine_options=engine_options_from_args(args))
     marker = MARKERS[args.metric]
     print(f"{len(rows)} rows stored in {args.dir} ({sum(r['metric'] == marker for r in rows)} new results)")

@@ -6,24 +6,17 @@ import argparse
 import sys
 from typing import Any
 
+from zooscape.cli._common import add_group
+
 __all__ = ["add_parser"]
 
 DEFAULT_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss", "val_acc")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``zoo`` command group.
-
-    Args:
-        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
-
-    Returns:
-        the group's parser.
-    """
-    p = subparsers.add_parser("zoo", help="generate and inspect model zoos",
-                              description="Generate and inspect model zoos.")
-    p.set_defaults(_group_parser=p)
-    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    """Add the ``zoo`` command group to ``subparsers``; returns the group's parser."""
+    p, sub = add_group(subparsers, "zoo", help="generate and inspect model zoos",
+                       description="Generate and inspect model zoos.")
 
     t = sub.add_parser("train", help="train (or resume) the zoo of a spec",
                        description="Train the zoo of a TOML spec into DIR. Re-running the same command resumes an "
