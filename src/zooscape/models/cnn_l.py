@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from zooscape.models.activations import get_activation
 from zooscape.models.registry import register_model
 from zooscape.models.shapes import InputSize, check_spatial, conv_out, image_size
+from zooscape.models.zoo_cnn import ModuleListCNN
 
 
-class CNNLarge(nn.Module):
+class CNNLarge(ModuleListCNN):
     """The exact Model Zoos CNN-l ("CNN3") layout, kept in ``module_list`` with the reference's indices.
 
     ``module_list`` = 3 x [Conv2d(., ., 3), MaxPool2d(2), act, Dropout] with channels C->16->32->15, then
@@ -44,17 +45,6 @@ class CNNLarge(nn.Module):
         layers += [nn.Flatten(), nn.Linear(channels[-1] * h * w, 20), get_activation(activation),
                    nn.Dropout(dropout), nn.Linear(20, num_classes)]
         self.module_list = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits.
-
-        Args:
-            x: ``[B, C, H, W]``.
-
-        Returns:
-            ``[B, num_classes]``.
-        """
-        return self.module_list(x)
 
 
 @register_model("cnn_l", init_bias=0.01)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from zooscape.models.activations import get_activation
 from zooscape.models.registry import register_model
 from zooscape.models.shapes import InputSize, check_spatial, conv_out, image_size
+from zooscape.models.zoo_cnn import ModuleListCNN
 
 
-class CNNSmall(nn.Module):
+class CNNSmall(ModuleListCNN):
     """The exact Model Zoos CNN-s layout, kept in ``module_list`` with the reference's indices.
 
     ``module_list`` = [Conv2d(C,8,5), MaxPool2d(2), act, (Dropout), Conv2d(8,6,5), MaxPool2d(2), act,
@@ -51,17 +52,6 @@ class CNNSmall(nn.Module):
             nn.Linear(4 * h * w, 20), get_activation(activation), *drop(),
             nn.Linear(20, num_classes),
         )  # fmt: skip
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits.
-
-        Args:
-            x: ``[B, C, H, W]``.
-
-        Returns:
-            ``[B, num_classes]``.
-        """
-        return self.module_list(x)
 
 
 @register_model("cnn_s", init_bias=0.01)
