@@ -68,6 +68,53 @@ def test_conv_pool_forward_and_gradients_equal_pytorch(g, c, o, k, h, w, layout,
 
 
 @needs_native
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_results_do_not_depend_on_the_thread_count(input_grad):
+    # each model's outputs and gradients are computed by one thread in a fixed order: any split of the models
+    # over threads (uneven ones included) gives bitwise the same numbers; a race would not
+    gen = torch.Generator().manual_seed(5)
+    g, c, o, k = 5, 8 if input_grad else 1, 6, 3
+    x = torch.randn(7, g * c, 11, 12, generator=gen)
+    if input_grad:
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    wt = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
+    bs = torch.randn(g, o, generator=gen, requires_grad=True)
+    grad = torch.randn(7, g * o, 4, 5, generator=gen)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3, 8):
+            torch.set_num_threads(threads)
+            out = native.ConvPool2x2.apply(x, wt, bs, False)
+            params = (x, wt, bs) if input_grad else (wt, bs)
+            results.append((out.detach(), *torch.autograd.grad(out, params, grad)))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@needs_native
+def test_population_training_really_uses_the_kernels(small_digits, monkeypatch):
+    calls = {"forward": 0, "backward": 0, "backward_full": 0}
+    for name in calls:
+        fn = getattr(native, f"conv_pool_{name}")
+
+        def counted(*a, _fn=fn, _name=name, **kw):
+            calls[_name] += 1
+            return _fn(*a, **kw)
+
+        monkeypatch.setattr(native, f"conv_pool_{name}", counted)
+    cfg = TrainConfig(epochs=1, optimizer="sgd", lr=0.05, batch_size=64)
+    _train_cnn(small_digits, 2, cfg, True, monkeypatch)
+    steps = 2  # 128 training samples, batch 64
+    assert calls["backward"] == steps  # conv1: weight gradient only (its input is data)
+    assert calls["backward_full"] == steps  # conv2: input gradient too
+    assert calls["forward"] >= 2 * steps  # both layers in training, and again in every evaluation
+
+
+@needs_native
 def test_pool_ties_pick_the_first_position_and_nan_propagates():
     g, o, c, k = 2, 8, 1, 3
     x = torch.zeros(2, g * c, 8, 8)
