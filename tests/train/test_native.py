@@ -21,12 +21,13 @@ from zooscape.train import Member, Population, TrainConfig, layers, native, trai
 needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_not()}")
 
 
-def _reference(x, w, b, shared):
+def _reference(x, w, b, shared, relu=False):
     g, o, c, k, _ = w.shape
     if shared:
         x = x.repeat(1, g, 1, 1)
     z = F.conv2d(x, w.reshape(g * o, c, k, k), b.reshape(-1) if b is not None else None, groups=g)
-    return F.max_pool2d(z, 2)
+    z = F.max_pool2d(z, 2)
+    return F.relu(z) if relu else z
 
 
 CASES = [  # G, C, O, K, H, W
@@ -40,8 +41,8 @@ CASES = [  # G, C, O, K, H, W
 @needs_native
 @pytest.mark.parametrize("g,c,o,k,h,w", CASES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "shared"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_conv_pool_forward_and_gradients_equal_pytorch(g, c, o, k, h, w, layout, bias):
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, False), (True, True)])
+def test_conv_pool_forward_and_gradients_equal_pytorch(g, c, o, k, h, w, layout, bias, relu):
     gen = torch.Generator().manual_seed(g * 100 + k)
     shared = layout == "shared"
     x = torch.randn(5, c if shared else g * c, h, w, generator=gen)
@@ -49,9 +50,11 @@ def test_conv_pool_forward_and_gradients_equal_pytorch(g, c, o, k, h, w, layout,
         x = x.contiguous(memory_format=torch.channels_last)
     wt = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
     bs = torch.randn(g, o, generator=gen, requires_grad=True) if bias else None
-    out = native.ConvPool2x2.apply(x, wt, bs, shared)
-    ref = _reference(x, wt, bs, shared)
+    out = native.ConvPool2x2.apply(x, wt, bs, shared, relu)
+    ref = _reference(x, wt, bs, shared, relu)
     assert out.shape == ref.shape == (5, g * o, (h - k + 1) // 2, (w - k + 1) // 2)
+    if relu:
+        assert (out == 0).float().mean() > 0.02  # the ReLU really cut something
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn(ref.shape, generator=gen)
@@ -62,7 +65,7 @@ def test_conv_pool_forward_and_gradients_equal_pytorch(g, c, o, k, h, w, layout,
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
     # no-grad forward (evaluation) gives the same values
     with torch.no_grad():
-        fast, idx = native.conv_pool_forward(x, wt, bs, shared=shared, indices=False)
+        fast, idx = native.conv_pool_forward(x, wt, bs, shared=shared, indices=False, relu=relu)
     assert idx is None
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
@@ -138,13 +141,14 @@ def test_pool_ties_pick_the_first_position_and_nan_propagates():
 
 @needs_native
 @pytest.mark.parametrize("g,c,o,k,h,w", [(3, 8, 6, 5, 12, 12), (2, 16, 15, 3, 13, 11), (2, 8, 8, 2, 9, 10)])
-def test_input_gradient_equals_pytorch(g, c, o, k, h, w):
+@pytest.mark.parametrize("relu", [False, True])
+def test_input_gradient_equals_pytorch(g, c, o, k, h, w, relu):
     gen = torch.Generator().manual_seed(c + o)
     x = torch.randn(4, g * c, h, w, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
     wt = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
     bs = torch.randn(g, o, generator=gen, requires_grad=True)
-    out = native.ConvPool2x2.apply(x, wt, bs, False)
-    ref = _reference(x, wt, bs, False)
+    out = native.ConvPool2x2.apply(x, wt, bs, False, relu)
+    ref = _reference(x, wt, bs, False, relu)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn(ref.shape, generator=gen)
     got = torch.autograd.grad(out, (x, wt, bs), grad)

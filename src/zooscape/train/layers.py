@@ -255,6 +255,7 @@ class PopConv2d(_PopLayer):
         self.bias = nn.Parameter(_stack([c.bias for c in layers])) if m.bias is not None else None
         self._bands: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
         self.fused_pool: FusedPool | None = None  # set by Population when a 2x2 max-pool follows
+        self.fused_relu: FusedPool | None = None  # ... and when a ReLU follows that pool
 
     def _input_grad_as_forward(self, x: Tensor, w: Tensor) -> bool:
         """Whether to train through :class:`_SmallGroupedConv` (measured faster: few channels per model, stride 1,
@@ -294,12 +295,15 @@ class PopConv2d(_PopLayer):
             return None
         if x.requires_grad and torch.is_grad_enabled() and (shared or not native.supports_input_grad(x, self.weight)):
             return None
+        relu = self.fused_relu is not None
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or (
                 self.bias is not None and self.bias.requires_grad)):
-            out = native.ConvPool2x2.apply(x, self.weight, self.bias, shared)
+            out = native.ConvPool2x2.apply(x, self.weight, self.bias, shared, relu)
         else:
-            out, _ = native.conv_pool_forward(x, self.weight, self.bias, shared=shared, indices=False)
+            out, _ = native.conv_pool_forward(x, self.weight, self.bias, shared=shared, indices=False, relu=relu)
         self.fused_pool.pending = True  # type: ignore[union-attr]
+        if relu:
+            self.fused_relu.pending = True  # type: ignore[union-attr]
         return out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -526,16 +530,17 @@ class PopDropout(_PopLayer):
 
 
 class FusedPool(nn.Module):
-    """Stands in for a 2x2 ``MaxPool2d`` whose input comes from a :class:`PopConv2d`.
+    """Stands in for a 2x2 ``MaxPool2d`` whose input comes from a :class:`PopConv2d` (or for a ``ReLU`` right
+    after that pool).
 
-    When that convolution pools its own output it sets ``pending`` and this module passes its input through;
-    otherwise it is the original pool. The convolution pools itself on a shared batch (evaluation, see
-    :class:`SharedInput`: the max over the four GEMMs of a pool window, no full-resolution pass and no argmax
-    indices) and, with the native kernels (:mod:`zooscape.train.native`), also in training when its input needs
-    no gradient (a population's first layer).
+    When that convolution pools its own output (and applies the ReLU) it sets ``pending`` and this module passes
+    its input through; otherwise it is the original module. The convolution pools itself on a shared batch
+    (evaluation, see :class:`SharedInput`: the max over the four GEMMs of a pool window, no full-resolution pass
+    and no argmax indices; the ReLU then runs as usual) and, with the native kernels
+    (:mod:`zooscape.train.native`), in training and evaluation, ReLU included.
     """
 
-    def __init__(self, pool: nn.MaxPool2d):
+    def __init__(self, pool: nn.Module):
         super().__init__()
         self.pool = pool
         self.pending = False

@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 
 _SRC = Path(__file__).with_name("_native") / "convpool.c"
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread"]
-_ABI = 3
+_ABI = 4
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _lib_path: Path | None = None
@@ -135,11 +135,11 @@ def library() -> ctypes.CDLL | None:
             if lib.zs_convpool_abi() != _ABI:
                 raise RuntimeError("stale kernel library")
             p, i64p, i = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int
-            lib.zs_convpool_forward.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, i]
+            lib.zs_convpool_forward.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, i, i]
             lib.zs_convpool_forward.restype = ctypes.c_int
-            lib.zs_convpool_backward.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, i]
+            lib.zs_convpool_backward.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, p, i]
             lib.zs_convpool_backward.restype = ctypes.c_int
-            lib.zs_convpool_backward_full.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, p, i]
+            lib.zs_convpool_backward_full.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, p, p, i]
             lib.zs_convpool_backward_full.restype = ctypes.c_int
             _lib, _lib_path = lib, path
         except _Unsupported as e:  # switched off, or a CPU the kernels are not for: quietly the PyTorch path
@@ -200,13 +200,15 @@ def _threads() -> int:
 
 
 def conv_pool_forward(x: Tensor, weight: Tensor, bias: Tensor | None, *, shared: bool = False,
-                      indices: bool = True) -> tuple[Tensor, Tensor | None]:
-    """``max_pool2d(conv2d(x_g, W_g, b_g), 2)`` for G models at once (stride 1, no padding).
+                      indices: bool = True, relu: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``max_pool2d(conv2d(x_g, W_g, b_g), 2)`` for G models at once (stride 1, no padding), optionally followed by
+    a ReLU.
 
     Args:
         x: ``[B, G*C, H, W]`` (any strides), or ``[B, C, H, W]`` shared by all models if ``shared``.
-        weight: ``[G, O, C, k, k]`` with ``O % 8 == 0``; bias: ``[G, O]`` or ``None``.
+        weight: ``[G, O, C, k, k]``; bias: ``[G, O]`` or ``None``.
         indices: also return the winning window position (0..3) of every output, for the backward pass.
+        relu: apply ``relu`` to the pooled output (a ReLU module right after the pool, fused).
 
     Returns:
         ``(out, idx)``: ``out`` ``[B, G*O, H', W']`` in channels-last memory order with ``H' = (H-k+1)//2``,
@@ -231,15 +233,21 @@ def conv_pool_forward(x: Tensor, weight: Tensor, bias: Tensor | None, *, shared:
     idx = torch.empty(bsz, h2, w2, g * o, dtype=torch.uint8) if indices else None
     xd = x.detach()
     _check(lib.zs_convpool_forward(xd.data_ptr(), _strides(xd, 0 if shared else g, c), bsz, g, c, h, w, k, o,
-                            wt.data_ptr(), bt.data_ptr() if bt is not None else None, out.data_ptr(),
-                            idx.data_ptr() if idx is not None else None, _threads()))
+                                   wt.data_ptr(), bt.data_ptr() if bt is not None else None, out.data_ptr(),
+                                   idx.data_ptr() if idx is not None else None, int(relu), _threads()))
     return out.permute(0, 3, 1, 2), idx
 
 
+def _act(act: Tensor | None) -> Tensor | None:
+    """A fused ReLU's forward output ``[B, G*O, H', W']`` as the kernels read it: ``[B, H', W', G*O]``."""
+    return act.permute(0, 2, 3, 1).contiguous() if act is not None else None
+
+
 def conv_pool_backward(x: Tensor, weight_shape: torch.Size, grad_out: Tensor, idx: Tensor, *, shared: bool = False,
-                       bias: bool = True) -> tuple[Tensor, Tensor | None]:
+                       bias: bool = True, act: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Weight and bias gradients of :func:`conv_pool_forward` given ``grad_out`` ``[B, G*O, H', W']`` and the
-    forward's indices (``x`` and ``shared`` as there). Returns ``([G, O, C, k, k], [G, O] or None)``."""
+    forward's indices (``x`` and ``shared`` as there; ``act``: the forward output when a ReLU was fused, whose
+    gradient is then zero where ``act <= 0``). Returns ``([G, O, C, k, k], [G, O] or None)``."""
     lib = library()
     if lib is None:
         raise RuntimeError(f"native kernels unavailable: {_why_not}")
@@ -248,15 +256,18 @@ def conv_pool_backward(x: Tensor, weight_shape: torch.Size, grad_out: Tensor, id
     gout = grad_out.permute(0, 2, 3, 1).contiguous()  # [B, H', W', G*O] (free if already channels-last)
     dw = x.new_empty(g, c, k, k, o)
     db = x.new_empty(g, o) if bias else None
+    a = _act(act)
     _check(lib.zs_convpool_backward(x.data_ptr(), _strides(x, 0 if shared else g, c), bsz, g, c, h, w, k, o,
-                                    gout.data_ptr(), idx.data_ptr(), dw.data_ptr(),
-                                    db.data_ptr() if db is not None else None, _threads()))
+                                    gout.data_ptr(), idx.data_ptr(), a.data_ptr() if a is not None else None,
+                                    dw.data_ptr(), db.data_ptr() if db is not None else None, _threads()))
     return dw.permute(0, 4, 1, 2, 3), db
 
 
-def conv_pool_backward_full(x: Tensor, weight: Tensor, grad_out: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+def conv_pool_backward_full(x: Tensor, weight: Tensor, grad_out: Tensor, idx: Tensor,
+                            act: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Input and weight gradients of :func:`conv_pool_forward` (not shared) for an input that satisfies
-    :func:`supports_input_grad`. Returns ``(dx [B, G*C, H, W] channels-last, dw [G, O, C, k, k])``."""
+    :func:`supports_input_grad` (``act`` as in :func:`conv_pool_backward`). Returns
+    ``(dx [B, G*C, H, W] channels-last, dw [G, O, C, k, k])``."""
     lib = library()
     if lib is None:
         raise RuntimeError(f"native kernels unavailable: {_why_not}")
@@ -266,8 +277,10 @@ def conv_pool_backward_full(x: Tensor, weight: Tensor, grad_out: Tensor, idx: Te
     wc = weight.detach().permute(0, 1, 3, 4, 2).contiguous()  # [G, O, k, k, C]
     dx = x.new_empty(bsz, h, w, g * c)
     dw = x.new_empty(g, o, k, k, c)
+    a = _act(act)
     status = lib.zs_convpool_backward_full(x.data_ptr(), _strides(x, g, c), bsz, g, c, h, w, k, o, gout.data_ptr(),
-                                           idx.data_ptr(), wc.data_ptr(), dx.data_ptr(), dw.data_ptr(), _threads())
+                                           idx.data_ptr(), a.data_ptr() if a is not None else None, wc.data_ptr(),
+                                           dx.data_ptr(), dw.data_ptr(), _threads())
     if status == -2:
         raise ValueError("conv_pool_backward_full needs 8 | C, channels-last input and a kernel size <= 8")
     _check(status)
@@ -275,28 +288,41 @@ def conv_pool_backward_full(x: Tensor, weight: Tensor, grad_out: Tensor, idx: Te
 
 
 class ConvPool2x2(torch.autograd.Function):
-    """Autograd wrapper of the fused kernels. Call as ``ConvPool2x2.apply(x, weight, bias, shared)``; ``bias`` may
-    be ``None``; ``shared`` as in :func:`conv_pool_forward`. Weight and bias gradients always; the input gradient
-    only for inputs that satisfy :func:`supports_input_grad` (checked here)."""
+    """Autograd wrapper of the fused kernels. Call as ``ConvPool2x2.apply(x, weight, bias, shared, relu)``;
+    ``bias`` may be ``None``; ``shared`` and ``relu`` as in :func:`conv_pool_forward`. Weight and bias gradients
+    always; the input gradient only for inputs that satisfy :func:`supports_input_grad` (checked here).
+
+    With ``relu``, an output that is not positive passes no gradient (``threshold_backward``); the kernels then skip
+    that output's contributions instead of multiplying them by zero, which differs from PyTorch only if weights or
+    inputs are infinite or NaN (where PyTorch's gradient would be NaN rather than 0)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool = False) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool = False,  # type: ignore[override]
+                relu: bool = False) -> Tensor:
         if x.requires_grad and (shared or not supports_input_grad(x, weight)):
             raise ValueError("ConvPool2x2 computes an input gradient only for channels-last inputs with a multiple "
                              "of 8 channels per model")
-        out, idx = conv_pool_forward(x, weight, bias, shared=shared, indices=True)
-        ctx.save_for_backward(x, weight, idx)
+        out, idx = conv_pool_forward(x, weight, bias, shared=shared, indices=True, relu=relu)
+        if relu:
+            ctx.save_for_backward(x, weight, idx, out)
+        else:
+            ctx.save_for_backward(x, weight, idx)
         ctx.has_bias, ctx.shared = bias is not None, shared
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, weight, idx = ctx.saved_tensors
+        x, weight, idx, *act = ctx.saved_tensors
+        act = act[0] if act else None
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if need_x:
-            dx, dw = conv_pool_backward_full(x, weight, grad, idx)
-            db = grad.sum((0, 2, 3)).view(weight.shape[:2]) if ctx.has_bias and need_b else None
-            return dx, dw if need_w else None, db, None
-        dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=ctx.shared, bias=ctx.has_bias and need_b)
-        return None, dw if need_w else None, db, None
+            dx, dw = conv_pool_backward_full(x, weight, grad, idx, act=act)
+            db = None
+            if ctx.has_bias and need_b:
+                g = grad if act is None else grad * (act > 0)
+                db = g.sum((0, 2, 3)).view(weight.shape[:2])
+            return dx, dw if need_w else None, db, None, None
+        dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=ctx.shared, bias=ctx.has_bias and need_b,
+                                    act=act)
+        return None, dw if need_w else None, db, None, None

@@ -94,7 +94,8 @@ class Population(nn.Module):
     @staticmethod
     def _fuse_pools(net: nn.Module) -> list[FusedPool]:
         """Let a convolution that directly feeds a 2x2 max-pool in a ``Sequential`` (optionally through a ReLU,
-        which commutes with max) pool its own output when it runs on a shared batch."""
+        which commutes with max) pool its own output when it can (shared-batch evaluation, native kernels), and
+        a ReLU right after that pool be applied by the native kernels too."""
         fused = []
         for seq in net.modules():
             if not isinstance(seq, nn.Sequential):
@@ -111,6 +112,12 @@ class Population(nn.Module):
                     setattr(seq, items[j][0], wrapper)
                     object.__setattr__(m, "fused_pool", wrapper)  # a reference, not a submodule of the conv
                     fused.append(wrapper)
+                    if j == i + 1 and j + 1 < len(items) and type(items[j + 1][1]) is nn.ReLU:
+                        # conv -> pool -> ReLU (CNN-s, CNN-l with relu): the native kernels apply the ReLU too
+                        relu = FusedPool(items[j + 1][1])
+                        setattr(seq, items[j + 1][0], relu)
+                        object.__setattr__(m, "fused_relu", relu)
+                        fused.append(relu)
         return fused
 
     def _replace(self, module: nn.Module, sources: list[dict[str, nn.Module]], prefix: str) -> None:

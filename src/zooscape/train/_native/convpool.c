@@ -17,6 +17,9 @@
  * which is the gradient of the convolution through max_pool2d's backward, without writing the
  * full-resolution gradient (mostly zeros) and without a second pass over it.
  *
+ * A ReLU right after the pool can be fused: the forward applies it before storing, and the backward passes no
+ * gradient where the stored output is not positive.
+ *
  * Work is split over threads with OpenMP (PyTorch's own runtime, see run()) or pthreads; the caller passes
  * torch's thread count.
  */
@@ -39,6 +42,8 @@ typedef struct {
     float *out;                      /* [B, H2, W2, G*O] */
     uint8_t *idx;                    /* [B, H2, W2, G*O] or NULL */
     const float *dout;               /* backward: [B, H2, W2, G*O] */
+    int relu;                        /* forward: apply ReLU after the pool (a fused activation) */
+    const float *act;                /* backward: the ReLU'd forward output ([B, H2, W2, G*O]) or NULL */
     float *dw;                       /* backward: [G, C, K, K, O] (weights only) or [G, O, K, K, C] (full) */
     float *db;                       /* backward: [G, O] or NULL */
     int64_t begin, end;              /* work items of one thread */
@@ -50,7 +55,8 @@ static inline __attribute__((always_inline)) __m256i lane_mask(int n) { /* first
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-static inline __attribute__((always_inline)) void pool4(__m256 a0, __m256 a1, __m256 a2, __m256 a3, float *dst, uint8_t *idst, int n) {
+static inline __attribute__((always_inline)) void pool4(__m256 a0, __m256 a1, __m256 a2, __m256 a3, float *dst,
+                                                        uint8_t *idst, int n, int relu) {
     /* first maximum wins; NaN wins (and stays), as in torch's max_pool2d: (v > m) || isnan(v) */
     __m256 m = a0, id = _mm256_setzero_ps();
     __m256 c = _mm256_or_ps(_mm256_cmp_ps(a1, m, _CMP_GT_OQ), _mm256_cmp_ps(a1, a1, _CMP_UNORD_Q));
@@ -63,6 +69,7 @@ static inline __attribute__((always_inline)) void pool4(__m256 a0, __m256 a1, __
     m = _mm256_blendv_ps(m, a3, c);
     id = _mm256_blendv_ps(id, _mm256_set1_ps(3.f), c);
     /* a NaN in an earlier position followed by a number: torch keeps the NaN (NaN > x is false, x is not NaN) */
+    if (relu) m = _mm256_max_ps(_mm256_setzero_ps(), m);  /* (max_ps returns its second operand for NaN) */
     if (n == 8) _mm256_storeu_ps(dst, m);
     else _mm256_maskstore_ps(dst, lane_mask(n), m);
     if (idst) {
@@ -125,8 +132,10 @@ static inline __attribute__((always_inline)) void fwd_block(const job_t *a, int 
                 if (two) conv_windows(xg, wg, a->sc, sh, sw, 2 * sw, C, K, Op, 2 * py, 2 * px, bias, acc);
                 else conv_windows(xg, wg, a->sc, sh, sw, 0, C, K, Op, 2 * py, 2 * px, bias, acc);  /* odd W2 */
                 const int64_t o0 = orow + (int64_t)px * GO;
-                pool4(acc[0], acc[1], acc[4], acc[5], a->out + o0, a->idx ? a->idx + o0 : NULL, n);
-                if (two) pool4(acc[2], acc[3], acc[6], acc[7], a->out + o0 + GO, a->idx ? a->idx + o0 + GO : NULL, n);
+                pool4(acc[0], acc[1], acc[4], acc[5], a->out + o0, a->idx ? a->idx + o0 : NULL, n, a->relu);
+                if (two)
+                    pool4(acc[2], acc[3], acc[6], acc[7], a->out + o0 + GO, a->idx ? a->idx + o0 + GO : NULL, n,
+                          a->relu);
             }
         }
     }
@@ -225,6 +234,12 @@ static inline __m256 load_d(const float *p, int n) {  /* n lanes; the others zer
     return n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(n));
 }
 
+/* the gradient through a fused ReLU: zero where the forward output is not positive (as threshold_backward) */
+static inline __attribute__((always_inline)) __m256 relu_mask(const job_t *a, __m256 d, int64_t pos, int n) {
+    if (!a->act) return d;
+    return _mm256_and_ps(d, _mm256_cmp_ps(load_d(a->act + pos, n), _mm256_setzero_ps(), _CMP_GT_OQ));
+}
+
 static inline __m256i load_idx(const uint8_t *p, int n) {  /* n pool indices as int32 lanes, never over-reading */
     if (n == 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
     uint8_t tmp[16] = {0};
@@ -258,7 +273,7 @@ static inline __attribute__((always_inline)) void bwd_block(const job_t *a, int 
                     int64_t pos = pos0 + (int64_t)py * W2 * GO;
                     const float *r0 = xg + c * a->sc + (2 * py + ky) * sh;
                     for (int px = 0; px < W2; px++, pos += GO) {
-                        const __m256 d = load_d(a->dout + pos, n);
+                        const __m256 d = relu_mask(a, load_d(a->dout + pos, n), pos, n);
                         if (row == 0) dbias = _mm256_add_ps(dbias, d);
                         const __m256i iv = load_idx(a->idx + pos, n);
                         const __m256 cx = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(iv, one), one));
@@ -309,7 +324,7 @@ static void bwd_model_any(const job_t *a, int g, float *accbuf) {
             for (int py = 0; py < a->H2; py++) {
                 int64_t pos = (((int64_t)b * a->H2 + py) * W2) * GO + (int64_t)g * O + ob;
                 for (int px = 0; px < W2; px++, pos += GO) {
-                    const __m256 d = load_d(a->dout + pos, n);
+                    const __m256 d = relu_mask(a, load_d(a->dout + pos, n), pos, n);
                     dbias = _mm256_add_ps(dbias, d);
                     const __m256i iv = load_idx(a->idx + pos, n);
                     const __m256 cx = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(iv, one), one));
@@ -383,6 +398,7 @@ static inline __attribute__((always_inline)) void bwd_full_image_k(const job_t *
                 for (int py = 0; py < a->H2; py++) {
                     for (int px = 0; px < W2; px++) {
                         const int64_t pos = pos0 + ((int64_t)py * W2 + px) * GO + o;
+                        if (a->act && !(a->act[pos] > 0.f)) continue;  /* a fused ReLU passed no gradient */
                         const int j = a->idx[pos];
                         const __m256 d = _mm256_set1_ps(a->dout[pos]);
                         const int64_t off = (2 * py + (j >> 1) + ky) * sh + (2 * px + (j & 1)) * sw + c;
@@ -487,42 +503,43 @@ static int run(job_t *base, int64_t items, int nthreads, void *(*fn)(void *)) {
 }
 #endif
 
-int zs_convpool_abi(void) { return 3; }
+int zs_convpool_abi(void) { return 4; }
 
 int zs_convpool_forward(const float *x, const int64_t *xs, int B, int G, int C, int H, int W, int K, int O,
-                         const float *w, const float *bias, float *out, uint8_t *idx, int nthreads) {
+                         const float *w, const float *bias, float *out, uint8_t *idx, int relu, int nthreads) {
     job_t a;
     memset(&a, 0, sizeof a);
     a.Op = (O + 7) / 8 * 8;
     a.x = x; a.sb = xs[0]; a.sg = xs[1]; a.sc = xs[2]; a.sh = xs[3]; a.sw = xs[4];
     a.B = B; a.G = G; a.C = C; a.H = H; a.W = W; a.K = K; a.O = O;
     a.H2 = (H - K + 1) / 2; a.W2 = (W - K + 1) / 2;
-    a.w = w; a.bias = bias; a.out = out; a.idx = idx;
+    a.w = w; a.bias = bias; a.out = out; a.idx = idx; a.relu = relu;
     if (needs_gather(&a)) return run(&a, G, nthreads, fwd_gather_worker);
     return run(&a, (int64_t)G * B, nthreads, fwd_worker);
 }
 
 int zs_convpool_backward(const float *x, const int64_t *xs, int B, int G, int C, int H, int W, int K, int O,
-                          const float *dout, const uint8_t *idx, float *dw, float *db, int nthreads) {
+                          const float *dout, const uint8_t *idx, const float *act, float *dw, float *db,
+                          int nthreads) {
     job_t a;
     memset(&a, 0, sizeof a);
     a.x = x; a.sb = xs[0]; a.sg = xs[1]; a.sc = xs[2]; a.sh = xs[3]; a.sw = xs[4];
     a.B = B; a.G = G; a.C = C; a.H = H; a.W = W; a.K = K; a.O = O;
     a.H2 = (H - K + 1) / 2; a.W2 = (W - K + 1) / 2;
-    a.dout = dout; a.idx = (uint8_t *)idx; a.dw = dw; a.db = db;
+    a.dout = dout; a.idx = (uint8_t *)idx; a.act = act; a.dw = dw; a.db = db;
     return run(&a, G, nthreads, bwd_worker);
 }
 
 /* dx must be [B, H, W, G*C] (contiguous), wc [G, O, K, K, C], dw [G, O, K, K, C]; x channels contiguous, C % 8 == 0 */
 int zs_convpool_backward_full(const float *x, const int64_t *xs, int B, int G, int C, int H, int W, int K, int O,
-                              const float *dout, const uint8_t *idx, const float *wc, float *dx, float *dw,
-                              int nthreads) {
+                              const float *dout, const uint8_t *idx, const float *act, const float *wc, float *dx,
+                              float *dw, int nthreads) {
     job_t a;
     memset(&a, 0, sizeof a);
     if (C % 8 != 0 || xs[2] != 1 || K > 8) return -2;
     a.x = x; a.sb = xs[0]; a.sg = xs[1]; a.sc = xs[2]; a.sh = xs[3]; a.sw = xs[4];
     a.B = B; a.G = G; a.C = C; a.H = H; a.W = W; a.K = K; a.O = O;
     a.H2 = (H - K + 1) / 2; a.W2 = (W - K + 1) / 2;
-    a.dout = dout; a.idx = (uint8_t *)idx; a.wc = wc; a.dx = dx; a.dw = dw;
+    a.dout = dout; a.idx = (uint8_t *)idx; a.act = act; a.wc = wc; a.dx = dx; a.dw = dw;
     return run(&a, G, nthreads, bwd_full_worker);
 }
