@@ -1,6 +1,9 @@
 """zooscape curve train / eval / pairs: TF-style configs, files, catalog rows (jobs in zooscape.zoo.curve_jobs)."""
 
+import dataclasses
+import itertools
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,8 +11,16 @@ from safetensors.torch import load_file
 
 from zooscape.cli import main
 from zooscape.connect import evaluate_curve, l2_distance, load_curve
-from zooscape.zoo import open_zoo, train_zoo
-from zooscape.zoo.curve_jobs import curve_pairs, curve_records, load_curve_config, pair_params
+from zooscape.zoo import EngineError, LocalEngine, open_zoo, train_zoo
+from zooscape.zoo.curve_jobs import (
+    CurvePairTask,
+    curve_pairs,
+    curve_records,
+    default_pair_config,
+    load_curve_config,
+    pair_params,
+    pair_train_config,
+)
 from zooscape.zoo.spec import SpecError
 
 MODEL = """dataset = "digits"
@@ -197,3 +208,114 @@ def test_curve_pairs_over_zoo(tmp_path):
     assert len(curve_records(out)) == 6  # epoch 1 added beside epoch 2
     with pytest.raises(FileNotFoundError):
         curve_pairs(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------------------- pairs on the zoo's engines
+
+#: The command line's settings with one curve epoch and 3 points (the 5 mc positions are added: 5 evaluated).
+FAST_CONFIG = dataclasses.replace(default_pair_config(), epochs=1)
+FAST = {"train_config": FAST_CONFIG, "splits": ("test",), "n_points": 3}
+FAST_ARGS = ["--epochs", "1", "--n-points", "3", "--splits", "test"]
+FAST_PARAMS = pair_params("bezier", 1, FAST_CONFIG, 3, 5, "reset", ("test",))
+
+
+@pytest.fixture(scope="module")
+def seed_zoo(tmp_path_factory):
+    """The 3-seed zoo of ZOO (one cell, 3 pairs), trained once; tests work on copies."""
+    root = tmp_path_factory.mktemp("seeds")
+    (root / "zoo.toml").write_text(ZOO)
+    train_zoo(root / "zoo.toml", root / "zoo", device="cpu", progress=False).close()
+    return root / "zoo"
+
+
+def _copies_and_reference(seed_zoo, tmp_path):
+    """Two copies of the zoo; the in-process records of the first (the reference)."""
+    ref_dir, other = tmp_path / "reference", tmp_path / "zoo"
+    shutil.copytree(seed_zoo, ref_dir)
+    shutil.copytree(seed_zoo, other)
+    return ref_dir, other, curve_pairs(ref_dir, **FAST)
+
+
+def _curve_files(zoo_dir):
+    """``{file name: (tensors, metadata)}`` of the stored curves (bytes differ: safetensors orders its header
+    metadata by hash)."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted((zoo_dir / "curves").glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            out[f.name] = ({k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata())
+    return out
+
+
+def _assert_same_curves(got, ref):
+    assert got.keys() == ref.keys() and len(ref) > 0
+    for name, (tensors, meta) in ref.items():
+        assert got[name][1] == meta
+        assert got[name][0].keys() == tensors.keys()
+        assert all(torch.equal(got[name][0][k], v) for k, v in tensors.items()), name
+
+
+def test_pair_task_settings_round_trip():
+    task = CurvePairTask("zoo", "a", "b", 2, 0, FAST_PARAMS)
+    assert pair_train_config(task.params) == FAST_CONFIG
+    assert pair_params("bezier", 1, pair_train_config(FAST_PARAMS), 3, 5, "reset", ("test",)) == FAST_PARAMS
+
+
+@pytest.mark.slow
+def test_curve_pairs_in_worker_processes_equal_in_process(seed_zoo, tmp_path):
+    ref_dir, par_dir, ref = _copies_and_reference(seed_zoo, tmp_path)
+    messages = []
+    got = curve_pairs(par_dir, **FAST, workers=2, progress=messages.append)
+    with open_zoo(seed_zoo) as zoo:
+        ids = sorted(zoo.model_ids)
+    # same values to the bit (seeded, one torch thread each), returned in cell and pair order
+    assert [(r["model_id"], r["other_id"]) for r in ref] == list(itertools.combinations(ids, 2))
+    assert got == ref
+    assert curve_records(par_dir, FAST_PARAMS) == curve_records(ref_dir, FAST_PARAMS)
+    _assert_same_curves(_curve_files(par_dir), _curve_files(ref_dir))
+    assert sum(m.startswith("[") and "mc test error" in m for m in messages) == 3
+    assert not list(par_dir.rglob(".*.tmp"))
+
+
+class StopAfter:
+    """An engine that runs tasks in-process and fails (like a lost worker) after ``n`` results."""
+
+    def __init__(self, n):
+        self.n = n
+        self.tasks = []
+
+    def map(self, fn, tasks, on_event=None, ordered=True):
+        self.tasks = list(tasks)
+        for i, result in enumerate(LocalEngine(workers=1).map(fn, tasks, on_event=on_event, ordered=ordered)):
+            if i == self.n:
+                raise EngineError("worker died")
+            yield result
+
+
+@pytest.mark.slow
+def test_interrupted_curve_pairs_resume_in_workers_from_the_cli(seed_zoo, tmp_path, capsys):
+    ref_dir, out, ref = _copies_and_reference(seed_zoo, tmp_path)
+    stop = StopAfter(1)
+    with pytest.raises(EngineError, match="worker died"):
+        curve_pairs(out, **FAST, engine=stop)
+    assert len(stop.tasks) == 3 and all(isinstance(t, CurvePairTask) for t in stop.tasks)
+    first = curve_records(out, FAST_PARAMS)
+    assert len(first) == 1 and len(list((out / "curves").glob("*.safetensors"))) == 1  # committed as it came
+    # the command line resumes: only the two missing pairs run, in two worker processes
+    assert main(["curve", "pairs", str(out), *FAST_ARGS, "--workers", "2"]) == 0
+    printed = capsys.readouterr()
+    assert "1 pair(s) already stored with these settings, skipped" in printed.err
+    assert "2 pair(s) computed now, 3 stored with these settings" in printed.out
+    assert curve_records(out, FAST_PARAMS) == curve_records(ref_dir, FAST_PARAMS)
+    assert [{k: v for k, v in r.items() if k != "params"} for r in curve_records(out, FAST_PARAMS)] == ref
+    _assert_same_curves(_curve_files(out), _curve_files(ref_dir))
+    with open_zoo(out) as zoo:
+        assert len(zoo.analyses("curve_mc_error_test")) == 3  # nothing stored twice
+    # nothing left: no task runs; Ray options need --engine ray
+    assert main(["curve", "pairs", str(out), *FAST_ARGS, "--workers", "2", "--quiet"]) == 0
+    assert "0 pair(s) computed now, 3 stored" in capsys.readouterr().out
+    assert main(["curve", "pairs", str(out), *FAST_ARGS, "--cpus-per-task", "2"]) == 1
+    assert "--cpus-per-task only apply with --engine ray" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers"):
+        curve_pairs(out, **FAST, engine="ray", workers=2)

@@ -195,6 +195,25 @@ def test_cli_metrics_run_on_ray(ray_address, ray_zoo, capsys):
     assert n[0][0] == 4
 
 
+def test_cli_curve_pairs_on_ray_equal_in_process(ray_address, ray_zoo, capsys):
+    import dataclasses
+
+    from zooscape.cli import main
+    from zooscape.zoo.curve_jobs import curve_pairs, curve_records, default_pair_config, pair_params
+
+    path = ray_zoo[0].path
+    args = ["curve", "pairs", str(path), "--epoch", "2", "--epochs", "1", "--n-points", "3", "--splits", "test",
+            "--quiet", "--engine", "ray", "--address", ray_address, "--max-retries", "1"]
+    assert main(args) == 0
+    assert "2 pair(s) computed now, 2 stored" in capsys.readouterr().out  # 2 healthy cells x 1 seed pair
+    cfg = dataclasses.replace(default_pair_config(), epochs=1)
+    params = pair_params("bezier", 1, cfg, 3, 5, "reset", ("test",))
+    on_ray = [{k: v for k, v in r.items() if k != "params"} for r in curve_records(path, params)]
+    ref = curve_pairs(path, 2, train_config=cfg, splits=("test",), n_points=3, force=True)  # in-process, replaces
+    assert on_ray == ref and {r["cell"] for r in ref} == {0, 1}
+    assert len(curve_records(path, params)) == 2 and len(list((path / "curves").glob("*.safetensors"))) == 2
+
+
 def test_chunk_size_is_a_setting_results_do_not_change(engine, spec_path, local_zoo, tmp_path):
     out = tmp_path / "chunks"
     got = train_zoo(spec_path, out, engine=engine, device="cpu", progress=False, chunk_size=1)

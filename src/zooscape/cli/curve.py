@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from zooscape.cli._common import add_group, say
+from zooscape.cli.zoo import add_engine_arguments, engine_options_from_args
 
 __all__ = ["add_parser"]
 
@@ -52,8 +53,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        description="For every grid cell of the zoo in DIR, train a curve between every pair of "
                                    "models at one epoch, evaluate it, and store mc (loss/nll/error, train/test) "
                                    "and the curve summaries in the catalog's analyses table (metric "
-                                   "curve_<stat>_<metric>_<split>). Pairs already stored with the same settings "
-                                   "are skipped.")
+                                   "curve_<stat>_<metric>_<split>). Each pair is one task on the zoo's engine "
+                                   "(in-process, --workers N local processes, or --engine ray); pairs already "
+                                   "stored with the same settings are skipped (resume).")
     q.add_argument("dir", metavar="DIR", help="zoo directory")
     q.add_argument("--epoch", type=int, default=None, help="checkpointed epoch (default: each cell's last)")
     q.add_argument("--curve", default="bezier", choices=("bezier", "polychain"), help="curve kind (default bezier)")
@@ -68,8 +70,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     q.add_argument("--n-points", type=int, default=5, help="evaluated positions (default 5)")
     q.add_argument("--splits", default="train,test", help="comma-separated splits (default train,test)")
     q.add_argument("--force", action="store_true", help="recompute pairs that are already stored")
+    q.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes of the local engine (default 1: in-process)")
     q.add_argument("--device", default="cpu", help="torch device (default cpu)")
     q.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_engine_arguments(q, chunk_size=False, what="the per-pair tasks")
     q.set_defaults(func=cmd_pairs)
     return p
 
@@ -133,7 +138,8 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     rows = curve_pairs(args.dir, args.epoch, kind=args.curve, num_bends=args.num_bends, train_config=cfg,
                        n_points=args.n_points, splits=splits, device=args.device, force=args.force,
-                       progress=say(args.quiet))
+                       progress=say(args.quiet), engine=args.engine, workers=args.workers,
+                       engine_options=engine_options_from_args(args))
     params = pair_params(args.curve, args.num_bends, cfg, args.n_points, 5, "reset", splits)
     stored = curve_records(args.dir, params)
     if not stored:

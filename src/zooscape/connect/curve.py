@@ -42,6 +42,7 @@ __all__ = [
     "CURVE_INITS",
     "Curve",
     "bezier_coefficients",
+    "curve_bytes",
     "curve_coefficients",
     "load_curve",
     "polychain_coefficients",
@@ -557,6 +558,24 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def curve_bytes(curve: Curve, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """The safetensors file of a curve as bytes (what :func:`save_curve` writes; e.g. to return from a worker).
+
+    Args:
+        curve: the curve.
+        metadata: extra JSON-compatible entries stored under the ``"extra"`` metadata key.
+
+    Returns:
+        The file's bytes (read back with :func:`load_curve` once written).
+    """
+    from safetensors.torch import save
+
+    tensors, meta = curve.to_tensors()
+    if metadata is not None:
+        meta["extra"] = json.dumps(dict(metadata), sort_keys=True)
+    return save(tensors, metadata=meta)
+
+
 def save_curve(curve: Curve, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write a curve to a safetensors file atomically (temp file in the same directory + ``os.replace``).
 
@@ -568,13 +587,8 @@ def save_curve(curve: Curve, path: str | Path, metadata: Mapping[str, Any] | Non
     Returns:
         The path written.
     """
-    from safetensors.torch import save
-
-    tensors, meta = curve.to_tensors()
-    if metadata is not None:
-        meta["extra"] = json.dumps(dict(metadata), sort_keys=True)
     path = Path(path)
-    _atomic_write(path, save(tensors, metadata=meta))
+    _atomic_write(path, curve_bytes(curve, metadata))
     return path
 
 

@@ -9,8 +9,9 @@ same samples (a seeded subset of one split).
 
 Tasks run on the same :class:`~zooscape.zoo.engine.Engine` interface as training (in-process or in worker
 processes); workers only read the zoo and return rows, and the driver, holding the zoo's write lock, commits
-each task's rows in one transaction. A task whose rows are already in the catalog with the same ``params`` is
-skipped, so re-running an interrupted command resumes it, and running with other settings adds new rows.
+each task's rows in one transaction (:mod:`zooscape.zoo.jobs`, shared with ``zooscape curve pairs``). A task
+whose rows are already in the catalog with the same ``params`` is skipped, so re-running an interrupted command
+resumes it, and running with other settings adds new rows.
 
 A grid cell is the set of models whose configs differ only in ``training.seed``, ``training.data_seed`` and
 ``dataset.seed``.
@@ -19,17 +20,15 @@ A grid cell is the set of models whose configs differ only in ``training.seed``,
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.engine import Engine, get_engine
 from zooscape.zoo.grid import canonical_json
-from zooscape.zoo.store import ZooStore, is_zoo
+from zooscape.zoo.jobs import commit_task_results, stored_keys, zoo_store
 
 __all__ = [
     "DEFAULTS",
@@ -285,13 +284,6 @@ class MetricPlan:
     cells: dict[int, list[str]]
 
 
-def _done_keys(catalog: Catalog, metric: str, params: Mapping[str, Any]) -> set[tuple[str, str | None, int]]:
-    text = json.dumps({"analysis": metric, **params}, sort_keys=True)
-    rows = catalog.query("SELECT model_id, other_id, epoch FROM analyses WHERE metric = ? AND params = ?",
-                         (MARKERS[metric], text))
-    return {(m, o, int(e)) for m, o, e in rows}
-
-
 def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: int | None = None,
                       model_ids: Sequence[str] | None = None, device: str = "cpu") -> MetricPlan:
     """Decide which models (or seed pairs) to measure and which are already done.
@@ -330,7 +322,7 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
         cells_by_key.setdefault(cell_key(cfg), []).append(mid)
     cells = {i: members for i, (_, members) in enumerate(sorted(cells_by_key.items()))}
     root = str(zoo.path)
-    done_keys = _done_keys(zoo.catalog, metric, params)
+    done_keys = stored_keys(zoo.catalog, MARKERS[metric], {"analysis": metric, **params})
     tasks, done = [], []
     candidates: list[tuple[tuple[str, ...], int]] = []
     if metric in PAIRWISE:
@@ -378,9 +370,7 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
     from zooscape.zoo.reader import open_zoo
 
     settings = metric_params(metric, params)
-    store = ZooStore(zoo_dir)
-    if not is_zoo(store.root):
-        raise FileNotFoundError(f"{zoo_dir} is not a zoo directory (no catalog.sqlite)")
+    store = zoo_store(zoo_dir)
     say = progress or (lambda message: None)
     eng = get_engine(engine, workers, **dict(engine_options or {}))
     with open_zoo(store.root) as zoo:
@@ -392,15 +382,12 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
                          f"epoch {epoch if epoch is not None else 'training.epochs'}")
     if plan.done:
         say(f"{len(plan.done)} task(s) already stored with these settings, skipped")
-    stored: list[dict[str, Any]] = []
-    with store.lock():
-        with Catalog(store.catalog_path) as catalog:
-            for i, result in enumerate(eng.map(run_metric_task, plan.tasks, ordered=False), start=1):
-                catalog.add_analyses(result["rows"])
-                stored.extend(result["rows"])
-                head = next((r for r in result["rows"] if r["metric"] == MARKERS[metric]), None)
-                value = "nan" if head is None or head["value"] is None or not math.isfinite(head["value"]) \
-                    else f"{head['value']:.6g}"
-                say(f"[{i}/{len(plan.tasks)}] {metric} {' vs '.join(result['model_ids'])}: "
-                    f"{MARKERS[metric]} = {value}")
-    return stored
+
+    def report(i: int, result: dict[str, Any]) -> None:
+        head = next((r for r in result["rows"] if r["metric"] == MARKERS[metric]), None)
+        value = "nan" if head is None or head["value"] is None or not math.isfinite(head["value"]) \
+            else f"{head['value']:.6g}"
+        say(f"[{i}/{len(plan.tasks)}] {metric} {' vs '.join(result['model_ids'])}: {MARKERS[metric]} = {value}")
+
+    results = commit_task_results(store, eng, run_metric_task, plan.tasks, on_result=report)
+    return [row for result in results for row in result["rows"]]

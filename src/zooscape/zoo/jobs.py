@@ -1,0 +1,96 @@
+"""The driver side of zoo analysis jobs: what is stored already, and committing task results as they arrive.
+
+Shared by ``zooscape metrics run`` (:func:`zooscape.zoo.analyses.run_metrics`) and ``zooscape curve pairs``
+(:func:`zooscape.zoo.curve_jobs.curve_pairs`). Their tasks are plain picklable descriptions; a task function
+runs wherever the :class:`~zooscape.zoo.engine.Engine` puts it (in-process, a worker process, a Ray task), only
+reads the zoo, and returns a dict whose ``"rows"`` are :meth:`~zooscape.zoo.catalog.Catalog.add_analyses` rows.
+The driver holds the zoo's write lock for the whole run and commits each task's rows in one transaction as soon
+as the task finishes, so an interrupted run keeps every finished task; a task counts as done when its *marker*
+row is stored with exactly the same ``params``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from zooscape.zoo.catalog import Catalog
+from zooscape.zoo.engine import Engine
+from zooscape.zoo.store import ZooStore, is_zoo
+
+__all__ = ["commit_task_results", "stored_keys", "zoo_store"]
+
+
+def zoo_store(zoo_dir: str | Path) -> ZooStore:
+    """The store of an existing zoo directory.
+
+    Args:
+        zoo_dir: a zoo directory.
+
+    Returns:
+        :class:`~zooscape.zoo.store.ZooStore`.
+
+    Raises:
+        FileNotFoundError: ``zoo_dir`` is not a zoo directory.
+    """
+    store = ZooStore(zoo_dir)
+    if not is_zoo(store.root):
+        raise FileNotFoundError(f"{zoo_dir} is not a zoo directory (no catalog.sqlite)")
+    return store
+
+
+def stored_keys(catalog: Catalog, metric: str, params: Mapping[str, Any]) -> set[tuple[str, str | None, int]]:
+    """The ``(model_id, other_id, epoch)`` of every analyses row of one metric stored with exactly ``params``.
+
+    Args:
+        catalog: the zoo's catalog.
+        metric: the marker metric of a task (a task's rows are committed together).
+        params: the settings stored with the rows (compared as the catalog stores them: sorted-key JSON).
+
+    Returns:
+        set of keys (``other_id`` is None for single-model rows).
+    """
+    text = json.dumps(dict(params), sort_keys=True)
+    rows = catalog.query("SELECT model_id, other_id, epoch FROM analyses WHERE metric = ? AND params = ?",
+                         (metric, text))
+    return {(m, o, int(e)) for m, o, e in rows}
+
+
+def commit_task_results(
+    store: ZooStore,
+    engine: Engine,
+    fn: Callable[[Any], dict[str, Any]],
+    tasks: Sequence[Any],
+    before_commit: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``fn`` on every task through ``engine`` and commit each result's rows as it arrives (single writer).
+
+    Args:
+        store: the zoo's store (its write lock is held for the whole run).
+        engine: where the tasks run.
+        fn: picklable module-level function of one task returning a dict with ``"rows"``.
+        tasks: picklable tasks.
+        before_commit: ``fn(result)`` called in the driver before the result's rows are committed (e.g. to write
+            the files that the rows describe).
+        on_result: ``fn(count, result)`` called after each commit (``count`` = results committed so far).
+
+    Returns:
+        The results in completion order.
+
+    Raises:
+        RuntimeError: another process is writing the zoo.
+        EngineError: a task failed in a worker (rows of tasks finished before it stay committed).
+    """
+    results: list[dict[str, Any]] = []
+    with store.lock(), Catalog(store.catalog_path) as catalog:
+        for result in engine.map(fn, list(tasks), ordered=False):
+            if before_commit is not None:
+                before_commit(result)
+            catalog.add_analyses(result["rows"])
+            results.append(result)
+            if on_result is not None:
+                on_result(len(results), result)
+    return results
