@@ -248,6 +248,36 @@ def test_population_with_native_kernels_equals_one_model_at_a_time(small_digits,
         assert res.history[i][-1]["test_acc"] == pytest.approx(hist[-1]["test_acc"], abs=1 / 40)
 
 
+class _ReusesConvOutput(torch.nn.Module):
+    """A model whose forward feeds a convolution's output to the pool after it *and* elsewhere: fusing the pool
+    into the convolution would change what the second use sees."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.seq = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.MaxPool2d(2), torch.nn.ReLU(),
+                                       torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10))
+        self.other = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+    def forward(self, x):
+        z = self.seq[0](x)
+        return self.seq[4](self.seq[3](self.seq[2](self.seq[1](z)))) + self.other(z)
+
+
+@needs_native
+def test_population_checks_the_fused_path_and_falls_back_for_a_model_that_reuses_the_conv_output():
+    models = [_ReusesConvOutput(s) for s in range(2)]
+    pop = Population(models).train()
+    x = torch.randn(4, 2, 1, 10, 10, generator=torch.Generator().manual_seed(0))
+    out = pop(x)
+    assert pop._native_ok is False and not pop.net.seq[0].native_pool_ok()
+    for i, m in enumerate(models):
+        torch.testing.assert_close(out[:, i], m(x[:, i]), rtol=1e-5, atol=1e-5)
+    ok = Population([create_model("cnn_s", seed=s, in_channels=1) for s in range(2)]).train()
+    ok(torch.randn(3, 2, 1, 28, 28))
+    assert ok._native_ok is True  # the usual Sequential models pass the check
+
+
 def test_switch_turns_the_kernels_off():
     code = ("from zooscape.train import native; import torch; "
             "print(native.available(), native.why_not())")

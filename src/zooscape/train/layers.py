@@ -256,6 +256,7 @@ class PopConv2d(_PopLayer):
         self._bands: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
         self.fused_pool: FusedPool | None = None  # set by Population when a 2x2 max-pool follows
         self.fused_relu: FusedPool | None = None  # ... and when a ReLU follows that pool
+        self.native_allowed = True  # cleared by Population when its check of the native path fails
 
     def _input_grad_as_forward(self, x: Tensor, w: Tensor) -> bool:
         """Whether to train through :class:`_SmallGroupedConv` (measured faster: few channels per model, stride 1,
@@ -281,11 +282,12 @@ class PopConv2d(_PopLayer):
     def native_pool_ok(self) -> bool:
         """Whether this layer's configuration suits the native conv + 2x2 max-pool kernels
         (:mod:`zooscape.train.native`): a fused pool follows, groups 1, stride 1, no padding or dilation, square
-        kernel, a multiple of 8 output channels per model. The input decides the rest (see ``_native_pooled``)."""
+        kernel, and the population's check of the native path passed (or has not run yet). The input decides the
+        rest (see ``_native_pooled``)."""
         w = self.weight
-        return (self.fused_pool is not None and _NATIVE_POOL and self.groups == 1 and self.stride == (1, 1)
-                and self.dilation == (1, 1) and self.padding == (0, 0) and w.shape[-1] == w.shape[-2]
-                and getattr(self, "layout", "channel") == "channel")
+        return (self.fused_pool is not None and _NATIVE_POOL and self.native_allowed and self.groups == 1
+                and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding == (0, 0)
+                and w.shape[-1] == w.shape[-2] and getattr(self, "layout", "channel") == "channel")
 
     def _native_pooled(self, x: Tensor, shared: bool) -> Tensor | None:
         """Convolution + the following 2x2 max-pool through the native kernels, or ``None`` if they do not apply

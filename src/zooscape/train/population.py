@@ -78,6 +78,8 @@ class Population(nn.Module):
                 m.layout = self.layout
                 m.shared = self._shared
         self._fused_pools = self._fuse_pools(net)
+        # native conv + pool kernels: verified once against the PyTorch path (None = not yet)
+        self._native_ok: bool | None = None
         first = next((m for m in net.modules() if isinstance(m, POP_LAYERS)), None)
         self._first_conv = first if isinstance(first, PopConv2d) else None
         # forward_shared's dense first-layer path: verified once against the expanded path (None = not yet)
@@ -144,10 +146,51 @@ class Population(nn.Module):
             return out.view(n, b, -1).transpose(0, 1)
         rest = x.shape[3:] if x.dim() > 3 else ()
         wide = x.reshape(b, n * x.shape[2], *rest) if x.dim() > 2 else x.reshape(b, n)
+        if self._fused_pools:
+            for p in self._fused_pools:  # never carry a mark over from an interrupted pass
+                p.pending = False
+            if self._native_ok is None and wide.shape[0] > 0 and self._native_relevant(wide):
+                self._native_ok = self._probe_native(wide[:2])
         if wide.dim() == 4 and self.channels_last and not self._native_input(wide):
             wide = wide.contiguous(memory_format=torch.channels_last)
         out = self.net(wide)
         return out.reshape(b, self.size, -1)
+
+    def _native_relevant(self, x: Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and native.available()
+                and any(isinstance(m, PopConv2d) and m.native_pool_ok() for m in self.net.modules()))
+
+    def _set_native(self, allowed: bool) -> None:
+        for m in self.net.modules():
+            if isinstance(m, PopConv2d):
+                m.native_allowed = allowed
+
+    @torch.no_grad()
+    def _probe_native(self, x: Tensor) -> bool:
+        """Check once, in eval mode on two samples, that the native conv + pool (+ ReLU) path gives what the
+        PyTorch path gives, and keep to the PyTorch path otherwise. The fusion assumes that a convolution's output
+        goes only to the pool after it (and the pool's only to the ReLU) in module order, as in a ``Sequential``
+        run front to back; a model whose ``forward`` uses those modules otherwise is caught here."""
+        was = self.training
+        self.eval()
+        try:
+            try:
+                fast = self.net(x)
+            except (RuntimeError, ValueError):
+                fast = None
+            self._set_native(False)
+            for p in self._fused_pools:
+                p.pending = False
+            slow = self.net(x)
+        finally:
+            for p in self._fused_pools:
+                p.pending = False
+            self.train(was)
+        ok = fast is not None and fast.shape == slow.shape and bool(torch.allclose(
+            fast, slow, rtol=1e-4, atol=1e-4 * max(1.0, float(slow.abs().max()) if slow.numel() else 0.0),
+            equal_nan=True))
+        self._set_native(ok)
+        return ok
 
     def _native_input(self, x: Tensor) -> bool:
         """Whether the first layer takes ``x`` through the native conv + pool kernels, which read NCHW input
