@@ -171,7 +171,7 @@ class Population(nn.Module):
         PyTorch path gives, and keep to the PyTorch path otherwise. The fusion assumes that a convolution's output
         goes only to the pool after it (and the pool's only to the ReLU) in module order, as in a ``Sequential``
         run front to back; a model whose ``forward`` uses those modules otherwise is caught here."""
-        was = self.training
+        modes = [(m, m.training) for m in self.modules()]  # restored exactly (a frozen BN stays in eval mode)
         self.eval()
         try:
             try:
@@ -185,7 +185,8 @@ class Population(nn.Module):
         finally:
             for p in self._fused_pools:
                 p.pending = False
-            self.train(was)
+            for m, mode in modes:
+                m.training = mode
         ok = fast is not None and fast.shape == slow.shape and bool(torch.allclose(
             fast, slow, rtol=1e-4, atol=1e-4 * max(1.0, float(slow.abs().max()) if slow.numel() else 0.0),
             equal_nan=True))
