@@ -278,6 +278,46 @@ def test_population_checks_the_fused_path_and_falls_back_for_a_model_that_reuses
     assert ok._native_ok is True  # the usual Sequential models pass the check
 
 
+@needs_native
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+@pytest.mark.parametrize("eps", [1e-8, 1e-30])  # 1e-30: no sqrt floor
+def test_fused_adam_step_equals_the_pytorch_whole_buffer_update(kind, eps, monkeypatch):
+    """The fused step follows PyTorch's operations and roundings; PyTorch itself rounds some elements of a
+    division by a Python scalar differently (scalar vs vectorised loops), so they agree to an ulp per step."""
+    from zooscape.train.optim import PopulationOptimizer
+
+    n, p = 5, 103  # rows not a multiple of 8 long
+    lr = torch.tensor([1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
+    wd = torch.tensor([0.0, 1e-3, 1e-2, 0.1, 0.5])
+
+    def run(use_native: bool, rows: slice) -> tuple[torch.Tensor, ...]:
+        monkeypatch.setattr(native, "available", lambda: use_native)
+        params = torch.randn(n, p, generator=torch.Generator().manual_seed(1))[rows].contiguous()
+        grads = torch.zeros_like(params)
+        k = params.shape[0]
+        opt = PopulationOptimizer([("w", params)], kind, weight_decay=wd[rows], momentum=torch.zeros(k), eps=eps)
+        opt.use_flat(params, grads)
+        g = torch.Generator().manual_seed(2)
+        for step in range(6):
+            full = torch.randn(n, p, generator=g) * 10.0 ** (-step)
+            full[:, :7] = 0.0  # always-zero gradients: exp_avg_sq stays 0 (the sqrt floor's case)
+            if step == 3:
+                full[4, 50] = float("nan")  # a diverging member: NaN must reach its weights
+            grads.copy_(full[rows])
+            opt.step(lr[rows], torch.ones(k, dtype=torch.bool), True)
+        return params.clone(), opt._flat[2]["exp_avg"].clone(), opt._flat[2]["exp_avg_sq"].clone()
+
+    fast, slow = run(True, slice(None)), run(False, slice(None))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
+    assert torch.isnan(fast[0][4, 50]) and not torch.isnan(fast[0][:4]).any()
+    # a model's update does not depend on its population: each row alone gives bitwise the same numbers
+    for i in range(n):
+        alone = run(True, slice(i, i + 1))
+        for a, b in zip(alone, fast):
+            assert torch.equal(torch.nan_to_num(a[0], nan=7.0), torch.nan_to_num(b[i], nan=7.0))
+
+
 def test_switch_turns_the_kernels_off():
     code = ("from zooscape.train import native; import torch; "
             "print(native.available(), native.why_not())")

@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-_SRC = Path(__file__).with_name("_native") / "convpool.c"
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread"]
-_ABI = 4
+_SRCS = [Path(__file__).with_name("_native") / name for name in ("convpool.c", "adam.c")]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
+_ABI = 5
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _lib_path: Path | None = None
@@ -77,7 +77,8 @@ def _compile(cc: str, flags: list[str], out: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, str(_SRC)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, _SRCS)], capture_output=True, text=True,
+                              timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
         os.replace(tmp, out)
@@ -89,7 +90,7 @@ def _compile(cc: str, flags: list[str], out: Path) -> None:
 def _build(cc: str) -> Path:
     """Path of the compiled library, compiling it into the cache if needed: with OpenMP (which then shares
     PyTorch's libgomp and its threads), else with pthreads."""
-    src = _SRC.read_bytes()
+    src = b"".join(f.read_bytes() for f in _SRCS)
     errors = []
     uid = os.getuid() if hasattr(os, "getuid") else 0
     for d in (_cache_dir(), Path(tempfile.gettempdir()) / f"zooscape-{uid}"):
@@ -100,13 +101,14 @@ def _build(cc: str) -> Path:
             continue
         for flags in ([*_FLAGS, "-fopenmp"], _FLAGS):
             key = hashlib.sha256(src + " ".join([cc, *flags]).encode()).hexdigest()[:16]
-            out = d / f"convpool-{key}.so"
+            out = d / f"kernels-{key}.so"
             if out.exists():
                 return out
             try:
                 _compile(cc, flags, out)
-                for old in d.glob("convpool-*.so"):  # builds of other sources or flags (a process that has
-                    if old != out:                     # one loaded keeps its mapping)
+                # builds of other sources or flags go (a process that has one loaded keeps its mapping)
+                for old in [*d.glob("convpool-*.so"), *d.glob("kernels-*.so")]:
+                    if old != out:
                         old.unlink(missing_ok=True)
                 return out
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
@@ -141,6 +143,9 @@ def library() -> ctypes.CDLL | None:
             lib.zs_convpool_backward.restype = ctypes.c_int
             lib.zs_convpool_backward_full.argtypes = [p, i64p, i, i, i, i, i, i, i, p, p, p, p, p, p, i]
             lib.zs_convpool_backward_full.restype = ctypes.c_int
+            f, i64 = ctypes.c_float, ctypes.c_int64
+            lib.zs_adam_step.argtypes = [p, p, p, p, i64, i64, i64, p, p, f, f, f, f, f, f, f, i, i, i]
+            lib.zs_adam_step.restype = ctypes.c_int
             _lib, _lib_path = lib, path
         except _Unsupported as e:  # switched off, or a CPU the kernels are not for: quietly the PyTorch path
             _why_not = str(e)
@@ -285,6 +290,38 @@ def conv_pool_backward_full(x: Tensor, weight: Tensor, grad_out: Tensor, idx: Te
         raise ValueError("conv_pool_backward_full needs 8 | C, channels-last input and a kernel size <= 8")
     _check(status)
     return dx.permute(0, 3, 1, 2), dw.permute(0, 1, 4, 2, 3)
+
+
+def adam_step(params: Tensor, grads: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, lr: Tensor, weight_decay: Tensor,
+              *, betas: tuple[float, float], eps: float, bias_correction1: float, bias_correction2_sqrt: float,
+              sqrt_floor: float, adamw: bool) -> None:
+    """One Adam/AdamW step in place over flat ``[N, P]`` float32 CPU buffers in a single pass (``_native/adam.c``).
+
+    Args:
+        params, grads, exp_avg, exp_avg_sq: ``[N, P]`` with unit column stride and a common row stride.
+        lr, weight_decay: ``[N]`` per-model values.
+        betas, eps: Adam's hyperparameters; ``bias_correction1`` = ``1 - b1^t``, ``bias_correction2_sqrt`` =
+            ``sqrt(1 - b2^t)`` (one step count for all models).
+        sqrt_floor: ``exp_avg_sq`` is raised to this before the square root (see
+            ``PopulationOptimizer._sqrt``; 0 for a plain square root).
+        adamw: decoupled weight decay (AdamW) instead of L2 added to the gradient (Adam).
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_why_not}")
+    bufs = (params, grads, exp_avg, exp_avg_sq)
+    ld = params.stride(0)
+    if any(b.dtype != torch.float32 or b.device.type != "cpu" or b.stride(1) != 1 or b.stride(0) != ld
+           or b.shape != params.shape for b in bufs):
+        raise ValueError("adam_step needs float32 CPU buffers of one shape and layout")
+    lr32 = lr.detach().to(torch.float32).contiguous()
+    wd32 = weight_decay.detach().to(torch.float32).contiguous()
+    use_wd = bool((wd32 != 0).any()) if not adamw else True
+    b1, b2 = betas
+    _check(lib.zs_adam_step(params.data_ptr(), grads.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
+                            params.shape[0], params.shape[1], ld, lr32.data_ptr(), wd32.data_ptr(), 1 - b1, b2, 1 - b2,
+                            eps, bias_correction1, bias_correction2_sqrt, sqrt_floor, int(adamw), int(use_wd),
+                            _threads()))
 
 
 class ConvPool2x2(torch.autograd.Function):

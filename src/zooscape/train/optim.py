@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from . import native
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -66,11 +68,15 @@ class PopulationOptimizer:
         ``eps`` even after division by the smallest bias correction ``sqrt(1 - beta2)``, so the denominator is
         unchanged. When ``eps`` is too small for that argument, plain ``sqrt`` is used.
         """
-        tiny = torch.finfo(v.dtype).tiny
+        floor = self._sqrt_floor(v.dtype)
+        return v.clamp_min(floor).sqrt_() if floor > 0 else v.sqrt()
+
+    def _sqrt_floor(self, dtype: torch.dtype) -> float:
+        """The value ``exp_avg_sq`` may be raised to before its square root without changing the denominator
+        (see :meth:`_sqrt`), or 0 when ``eps`` is too small for that."""
+        tiny = torch.finfo(dtype).tiny
         bound = math.sqrt(tiny) / math.sqrt(1 - self.betas[1]) if self.betas[1] < 1 else math.inf
-        if self.eps * torch.finfo(v.dtype).eps / 4 > bound:  # below a quarter of eps's ulp
-            return v.clamp_min(tiny).sqrt_()
-        return v.sqrt()
+        return tiny if self.eps * torch.finfo(dtype).eps / 4 > bound else 0.0  # below a quarter of eps's ulp
 
     def use_flat(self, params: Tensor, grads: Tensor) -> None:
         """Update through whole ``[N, P]`` buffers (from :meth:`Population.flatten_parameters`) when every member
@@ -118,6 +124,14 @@ class PopulationOptimizer:
         t0 = float(t[0])
         if bool((t == t0).all()):  # every member has taken as many steps: scalar bias corrections
             bc1, bc2_sqrt = 1 - b1 ** t0, (1 - b2 ** t0) ** 0.5
+            if (p.device.type == "cpu" and p.dtype == torch.float32 and native.available()
+                    and p.stride(1) == 1 and all(b.stride() == p.stride() for b in (g, *bufs.values()))):
+                # one fused pass instead of eight (same update to float32 rounding; _native/adam.c)
+                native.adam_step(p, g, bufs["exp_avg"], bufs["exp_avg_sq"], lr, self.weight_decay,
+                                 betas=self.betas, eps=self.eps, bias_correction1=bc1,
+                                 bias_correction2_sqrt=bc2_sqrt, sqrt_floor=self._sqrt_floor(p.dtype),
+                                 adamw=self.kind == "adamw")
+                return
         else:
             bc1 = (1 - b1 ** t).to(lr.dtype).to(lr.device).view(-1, 1)
             bc2_sqrt = (1 - b2 ** t).sqrt().to(lr.dtype).to(lr.device).view(-1, 1)

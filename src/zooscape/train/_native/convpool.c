@@ -503,7 +503,7 @@ static int run(job_t *base, int64_t items, int nthreads, void *(*fn)(void *)) {
 }
 #endif
 
-int zs_convpool_abi(void) { return 4; }
+int zs_convpool_abi(void) { return 5; }
 
 int zs_convpool_forward(const float *x, const int64_t *xs, int B, int G, int C, int H, int W, int K, int O,
                          const float *w, const float *bias, float *out, uint8_t *idx, int relu, int nthreads) {
