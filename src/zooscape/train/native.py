@@ -1,20 +1,22 @@
-"""Native CPU kernels for the population trainer: a population's first convolution fused with a 2x2 max-pool.
+"""Native CPU kernels for the population trainer: convolution + 2x2 max-pool (+ ReLU), and Adam's step.
 
-A population's first layer in Model-Zoos-style CNNs (CNN-s: ``Conv2d(1, 8, 5)`` then ``MaxPool2d(2)``) runs as N
-tiny convolutions with a single input channel. oneDNN computes these at a fraction of the CPU's peak and then
+Model-Zoos-style CNNs (CNN-s: ``Conv2d(1, 8, 5)``, ``MaxPool2d(2)``, ReLU, ``Conv2d(8, 6, 5)``, ...) run in a
+population as N tiny convolutions per layer. oneDNN computes these at a fraction of the CPU's peak and then
 writes, pools, and in the backward pass zero-fills and scatters a full-resolution map. The C kernels in
-``_native/convpool.c`` (AVX2 + FMA, output channels as SIMD lanes) compute the convolution and the pool in
-registers (forward) and the weight gradient straight from the pooled gradient and the pool's window indices
-(backward). They are compiled with the system C compiler on first use (well under a second) into a cache
-directory and called through ``ctypes``; if the CPU lacks AVX2/FMA, no compiler is found, or the build fails,
-:func:`available` is ``False`` and the population uses its PyTorch path, which computes the same function.
+``_native/convpool.c`` (AVX2 + FMA) compute the convolution, the pool and an optional ReLU in registers (forward)
+and the weight, bias and input gradients straight from the pooled gradient and the pool's window indices
+(backward); ``_native/adam.c`` does a population's whole Adam/AdamW step in one pass. They are compiled with the
+system C compiler on first use (about a second) into a cache directory and called through ``ctypes``; if the CPU
+lacks AVX2/FMA, no compiler is found, or the build fails, :func:`available` is ``False`` and the population uses
+its PyTorch path, which computes the same function.
 
 Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off. Cache: ``$ZOOSCAPE_CACHE_DIR``, else
-``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``.
+``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``. ``zooscape doctor`` says whether they are on.
 
 The pool follows ``torch.nn.functional.max_pool2d`` (first maximum of the window in row-major order wins, NaN
 propagates); the convolution sums bias, then taps in ``(c, ky, kx)`` order, so results agree with oneDNN's to
-float32 rounding.
+float32 rounding. References: the population ("wide") formulation of :mod:`zooscape.train.layers`; Adam: Kingma &
+Ba, 2015; AdamW: Loshchilov & Hutter, 2019.
 """
 
 from __future__ import annotations
