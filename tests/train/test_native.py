@@ -318,6 +318,34 @@ def test_fused_adam_step_equals_the_pytorch_whole_buffer_update(kind, eps, monke
             assert torch.equal(torch.nan_to_num(a[0], nan=7.0), torch.nan_to_num(b[i], nan=7.0))
 
 
+@needs_native
+def test_the_pthreads_build_computes_the_same(tmp_path):
+    # where -fopenmp does not build, the kernels are compiled with pthreads instead: same results
+    code = """
+import torch
+from zooscape.train import native
+torch.set_num_threads(2)
+assert native.available(), native.why_not()
+g = torch.Generator().manual_seed(0)
+x = torch.randn(6, 3 * 8, 12, 12, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+w = torch.randn(3, 6, 8, 5, 5, generator=g, requires_grad=True)
+b = torch.randn(3, 6, generator=g, requires_grad=True)
+out = native.ConvPool2x2.apply(x, w, b, False, True)
+grads = torch.autograd.grad(out, (x, w, b), torch.randn(out.shape, generator=g))
+torch.save([out.detach(), *grads], {path!r})
+"""
+    results = []
+    for openmp in ("1", "0"):
+        path = str(tmp_path / f"out{openmp}.pt")
+        env = dict(os.environ, ZOOSCAPE_NATIVE_OPENMP=openmp, ZOOSCAPE_CACHE_DIR=str(tmp_path / f"cache{openmp}"))
+        subprocess.run([sys.executable, "-c", code.format(path=path)], env=env, check=True, capture_output=True)
+        results.append(torch.load(path, weights_only=True))
+    builds = [sorted(p.name for p in (tmp_path / f"cache{o}").glob("kernels-*.so")) for o in ("1", "0")]
+    assert len(builds[0]) == len(builds[1]) == 1 and builds[0] != builds[1]  # two builds (other flags)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_switch_turns_the_kernels_off():
     code = ("from zooscape.train import native; import torch; "
             "print(native.available(), native.why_not())")

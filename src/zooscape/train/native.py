@@ -101,7 +101,10 @@ def _build(cc: str) -> Path:
         except OSError as e:
             errors.append(str(e))
             continue
-        for flags in ([*_FLAGS, "-fopenmp"], _FLAGS):
+        variants = ([*_FLAGS, "-fopenmp"], _FLAGS)
+        if os.environ.get("ZOOSCAPE_NATIVE_OPENMP", "1") == "0":  # (the pthreads build, for tests)
+            variants = (_FLAGS,)
+        for flags in variants:
             key = hashlib.sha256(src + " ".join([cc, *flags]).encode()).hexdigest()[:16]
             out = d / f"kernels-{key}.so"
             if out.exists():
