@@ -187,9 +187,7 @@ class Population(nn.Module):
                 p.pending = False
             for m, mode in modes:
                 m.training = mode
-        ok = fast is not None and fast.shape == slow.shape and bool(torch.allclose(
-            fast, slow, rtol=1e-4, atol=1e-4 * max(1.0, float(slow.abs().max()) if slow.numel() else 0.0),
-            equal_nan=True))
+        ok = fast is not None and _outputs_agree(fast, slow)
         self._set_native(ok)
         return ok
 
@@ -252,11 +250,7 @@ class Population(nn.Module):
         except (RuntimeError, ValueError):
             return False
         slow = self._forward_expanded(x)
-        if fast.shape != slow.shape:
-            return False
-        tol = 1e-4 if fast.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
-        scale = float(slow.abs().max()) if slow.numel() else 0.0
-        return bool(torch.allclose(fast, slow, rtol=tol, atol=tol * max(1.0, scale), equal_nan=True))
+        return _outputs_agree(fast, slow)
 
     def flatten_parameters(self) -> tuple[Tensor, Tensor] | None:
         """Move every parameter and its gradient into one model-major buffer each, ``[N, P]`` (``P`` = one
@@ -326,6 +320,15 @@ class Population(nn.Module):
     def export_models(self) -> list[nn.Module]:
         """Plain single models (copies of the first model's class and structure) holding each member's weights."""
         return models_from_states(self._template[0], self.state_dicts())
+
+
+def _outputs_agree(fast: Tensor, slow: Tensor) -> bool:
+    """Whether a fast path's output equals the plain path's up to rounding (the populations' one-time checks)."""
+    if fast.shape != slow.shape:
+        return False
+    tol = 1e-4 if fast.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
+    scale = float(slow.abs().max()) if slow.numel() else 0.0
+    return bool(torch.allclose(fast, slow, rtol=tol, atol=tol * max(1.0, scale), equal_nan=True))
 
 
 def models_from_states(template: nn.Module, state_dicts: Sequence[dict[str, Tensor]]) -> list[nn.Module]:
