@@ -85,7 +85,7 @@ def bench_zoo(quick: bool, tmp: Path) -> dict:
     import ray
 
     from zooscape.zoo import LocalEngine, train_zoo
-    from zooscape.zoo.ray_engine import RayEngine
+    from zooscape.zoo.engines.ray_engine import RayEngine
 
     epochs, seeds, chunk = (3, [0, 1], 2) if quick else (5, list(range(8)), 8)
     spec = tmp / "zoo.toml"
@@ -146,7 +146,7 @@ def _noop(task: int) -> int:
 
 def _emit_rows(task: tuple[int, int, int]) -> int:
     """Emit ``epochs`` synthetic catalog events of a ``models``-model chunk (as a training task would)."""
-    from zooscape.zoo.engine import emit
+    from zooscape.zoo.engines import emit
 
     chunk, models, epochs = task
     ids = [_mid(f"c{chunk}/", i) for i in range(models)]
@@ -177,7 +177,7 @@ def bench_ray(quick: bool, tmp: Path, prefill: int) -> dict:
     """Empty-task cost and the driver's event ingest rate (Ray queue + Catalog.record), plus bare Catalog.record."""
     import ray
 
-    from zooscape.zoo.ray_engine import RayEngine
+    from zooscape.zoo.engines.ray_engine import RayEngine
 
     out = {}
     # bare catalog writes: one transaction per chunk-epoch event (64 models x (8 metrics + 2 checkpoint rows))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from zooscape.zoo.engine import Engine, EngineError, LocalEngine, emit, get_engine
+from zooscape.zoo.engines import Engine, EngineError, LocalEngine, emit, get_engine
 
 
 def square_with_events(task):

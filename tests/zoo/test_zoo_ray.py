@@ -19,11 +19,11 @@ ray = pytest.importorskip(
     "ray", reason="the Ray engine tests need the optional extra 'ray' (pip install -e '.[ray]'; CI installs it)"
 )
 
-from zooscape.zoo import engine as engine_module  # noqa: E402
 from zooscape.zoo import train_zoo  # noqa: E402
 from zooscape.zoo.analyses import run_metrics  # noqa: E402
-from zooscape.zoo.engine import EngineError, emit  # noqa: E402
-from zooscape.zoo.ray_engine import RayEngine  # noqa: E402
+from zooscape.zoo.engines import EngineError, emit  # noqa: E402
+from zooscape.zoo.engines import base as engine_module  # noqa: E402
+from zooscape.zoo.engines.ray_engine import RayEngine  # noqa: E402
 from zooscape.zoo.store import ZooExistsError  # noqa: E402
 
 # 8 MLPs in 2 populations (the widths) of 4; lr = 1e30 diverges (NaN loss) in epoch 1.

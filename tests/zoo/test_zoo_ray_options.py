@@ -7,8 +7,8 @@ import pytest
 
 from zooscape.cli import main
 from zooscape.zoo import train_zoo
-from zooscape.zoo.engine import LocalEngine, get_engine
-from zooscape.zoo.ray_engine import INSTALL_HINT, RayEngine
+from zooscape.zoo.engines import LocalEngine, get_engine
+from zooscape.zoo.engines.ray_engine import INSTALL_HINT, RayEngine
 from zooscape.zoo.store import ZooExistsError
 
 SPEC = """

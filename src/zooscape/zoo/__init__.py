@@ -14,7 +14,7 @@ Public API:
 """
 
 from zooscape.zoo.catalog import Catalog
-from zooscape.zoo.engine import Engine, EngineError, LocalEngine, emit, get_engine
+from zooscape.zoo.engines import Engine, EngineError, LocalEngine, emit, get_engine
 from zooscape.zoo.grid import Group, checkpoint_epochs, expand_spec, group_configs, model_id
 from zooscape.zoo.raytune import ImportReport, export_raytune, import_raytune
 from zooscape.zoo.reader import Zoo, open_zoo

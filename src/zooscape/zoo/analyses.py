@@ -7,7 +7,7 @@ every seed pair of each grid cell (pairwise metric ``cka``) is loaded, measured 
 setting used, plus ``"analysis": <metric>``). All models of a zoo that share a data set are measured on the
 same samples (a seeded subset of one split).
 
-Tasks run on the same :class:`~zooscape.zoo.engine.Engine` interface as training (in-process or in worker
+Tasks run on the same :class:`~zooscape.zoo.engines.Engine` interface as training (in-process or in worker
 processes); workers only read the zoo and return rows, and the driver, holding the zoo's write lock, commits
 each task's rows in one transaction (:mod:`zooscape.zoo.jobs`, shared with ``zooscape curve pairs``). A task
 whose rows are already in the catalog with the same ``params`` is skipped, so re-running an interrupted command
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zooscape.zoo.engine import Engine, get_engine
+from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import canonical_json
 from zooscape.zoo.jobs import commit_task_results, stored_keys, zoo_store
 
@@ -352,7 +352,7 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         epoch: checkpointed epoch (default: each model's ``training.epochs``).
         params: settings overriding :data:`DEFAULTS` (see :func:`metric_params`).
         model_ids: restrict to these models.
-        engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engine.Engine`.
+        engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engines.Engine`.
         workers: worker processes of the local engine.
         device: torch device.
         progress: optional ``fn(message)``.

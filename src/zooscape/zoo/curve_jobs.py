@@ -52,7 +52,7 @@ from typing import Any
 
 import tomllib
 
-from zooscape.zoo.engine import Engine, get_engine
+from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import canonical_json
 from zooscape.zoo.jobs import commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.shards import atomic_write_bytes
@@ -724,7 +724,7 @@ def curve_pairs(
         device: torch device.
         force: recompute pairs already stored with the same settings.
         progress: optional ``fn(message)``.
-        engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engine.Engine`.
+        engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engines.Engine`.
         workers: worker processes of the local engine (1 = in this process).
         engine_options: keyword arguments of the engine (Ray: ``address``, ``num_cpus``, ``num_gpus``,
             ``max_retries``).

@@ -2,7 +2,7 @@
 
 Shared by ``zooscape metrics run`` (:func:`zooscape.zoo.analyses.run_metrics`) and ``zooscape curve pairs``
 (:func:`zooscape.zoo.curve_jobs.curve_pairs`). Their tasks are plain picklable descriptions; a task function
-runs wherever the :class:`~zooscape.zoo.engine.Engine` puts it (in-process, a worker process, a Ray task), only
+runs wherever the :class:`~zooscape.zoo.engines.Engine` puts it (in-process, a worker process, a Ray task), only
 reads the zoo, and returns a dict whose ``"rows"`` are :meth:`~zooscape.zoo.catalog.Catalog.add_analyses` rows.
 The driver holds the zoo's write lock for the whole run and commits each task's rows in one transaction as soon
 as the task finishes, so an interrupted run keeps every finished task; a task counts as done when its *marker*
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zooscape.zoo.catalog import Catalog
-from zooscape.zoo.engine import Engine
+from zooscape.zoo.engines import Engine
 from zooscape.zoo.store import ZooStore, is_zoo
 
 __all__ = ["commit_task_results", "stored_keys", "zoo_store"]

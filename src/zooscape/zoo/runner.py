@@ -16,7 +16,7 @@ from typing import Any
 
 from zooscape.zoo.build import build_model, build_train_config, count_parameters, data_model_args, load_data
 from zooscape.zoo.catalog import FINISHED, Catalog
-from zooscape.zoo.engine import Engine, get_engine
+from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_configs, resolve_sizes
 from zooscape.zoo.spec import SpecError, ZooSpec, load_spec
 from zooscape.zoo.store import ZooExistsError, ZooStore, is_zoo
@@ -195,7 +195,7 @@ def train_zoo(
     Args:
         spec_path: TOML spec.
         out_dir: zoo directory (created).
-        engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engine.Engine` (an engine given by name is
+        engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engines.Engine` (an engine given by name is
             closed at the end).
         workers: worker processes of the local engine.
         device: torch device passed to the trainer ("auto", "cpu", "cuda:0", ...).
@@ -204,7 +204,7 @@ def train_zoo(
             max_size``). It decides the groups and so the checkpoint files: it is part of the zoo, and a re-run
             must use the same value.
         engine_options: keyword arguments of the named engine (for ``"ray"``: ``address``, ``num_cpus``,
-            ``num_gpus``, ``max_retries``, ... of :class:`~zooscape.zoo.ray_engine.RayEngine`).
+            ``num_gpus``, ``max_retries``, ... of :class:`~zooscape.zoo.engines.ray_engine.RayEngine`).
 
     Returns:
         the trained :class:`zooscape.zoo.reader.Zoo`.

@@ -4,7 +4,7 @@ It builds the population, resumes from the group's resume file if there is one, 
 ``zooscape.train.train_population`` and, after every epoch, in this order:
 
 1. writes the checkpoint shards of the epoch (weights, optimizer states) — atomic files;
-2. emits the epoch's catalog rows to the driver (:func:`zooscape.zoo.engine.emit`), which commits them;
+2. emits the epoch's catalog rows to the driver (:func:`zooscape.zoo.engines.emit`), which commits them;
 3. overwrites the resume file (PopulationState + the full :class:`GroupRecorder` history) atomically.
 
 If the process dies between 2 and 3 the epoch is simply trained again (same result, rows upserted); if the
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zooscape.zoo.build import build_member, build_model, build_train_config, load_data
-from zooscape.zoo.engine import emit
+from zooscape.zoo.engines import emit
 from zooscape.zoo.recorder import GroupRecorder
 from zooscape.zoo.shards import read_tensors, write_tensors
 from zooscape.zoo.store import ZooStore

@@ -1,10 +1,10 @@
 """The Ray engine: zoo tasks (training population chunks, analysis jobs) as Ray tasks on a cluster.
 
-:class:`RayEngine` implements the :class:`~zooscape.zoo.engine.Engine` protocol, so ``train_zoo`` and the
+:class:`RayEngine` implements the :class:`~zooscape.zoo.engines.Engine` protocol, so ``train_zoo`` and the
 analysis drivers (``zooscape.zoo.analyses.run_metrics``) run on Ray unchanged::
 
     from zooscape.zoo import train_zoo
-    from zooscape.zoo.ray_engine import RayEngine
+    from zooscape.zoo.engines.ray_engine import RayEngine
 
     with RayEngine(address="auto", num_cpus=1, num_gpus=0.25) as engine:
         train_zoo("configs/mzd_cnn_s_digits.toml", "/shared/zoos/mzd", engine=engine, chunk_size=64)
@@ -15,7 +15,7 @@ How it works:
   zoo group), submitted with ``num_cpus``/``num_gpus``/``resources``/``memory`` per task and ``max_retries``.
   The Ray scheduler packs them onto the cluster; a GPU task sees only its GPU (``CUDA_VISIBLE_DEVICES``), so
   ``device="auto"`` picks it.
-- :func:`~zooscape.zoo.engine.emit` inside a task sends ``(call, index, attempt, seq, event)`` to one Ray
+- :func:`~zooscape.zoo.engines.emit` inside a task sends ``(call, index, attempt, seq, event)`` to one Ray
   queue actor (``ray.util.queue.Queue``, 0 CPUs) without waiting: a task that blocked in ``ray.get`` would
   lend its CPU back to Ray, which then starts extra worker processes (each paying ``import torch``). The
   driver polls the queue every ``poll_interval`` seconds, puts each task attempt's events back in ``seq``
@@ -29,7 +29,7 @@ How it works:
   replaying the catalog rows of every finished epoch (upserts: nothing duplicated). When the driver dies, Ray
   kills the workers of its job ("owner died"); re-running the driver resumes every group from its resume file.
   Exceptions raised by a task itself are not retried (they are deterministic): they become
-  :class:`~zooscape.zoo.engine.EngineError` in the driver.
+  :class:`~zooscape.zoo.engines.EngineError` in the driver.
 
 Checkpoints are written by the tasks straight into the zoo directory, which must therefore be on a file system
 that every Ray node mounts at the same path (or a single-node cluster). ``ray`` is an optional dependency:
@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from zooscape.zoo.engine import _SINK, EngineError
+from zooscape.zoo.engines.base import _SINK, EngineError
 
 __all__ = ["INSTALL_HINT", "RayEngine", "import_ray"]
 
@@ -135,7 +135,7 @@ class RayEngine:
             0 = leave Ray's setting).
         poll_interval: seconds between polls of the event queue in the driver.
         event_timeout: seconds the driver waits, once a task's result is in, for that task's last events
-            before it gives up with :class:`~zooscape.zoo.engine.EngineError`.
+            before it gives up with :class:`~zooscape.zoo.engines.EngineError`.
         init_options: extra ``ray.init`` keywords when this engine starts Ray (e.g. ``num_cpus`` of a local
             instance, ``object_store_memory``, ``runtime_env``).
 
@@ -265,7 +265,7 @@ class RayEngine:
             fn: picklable function of one task (module-level functions are shipped by reference: their
                 package must be importable on every node).
             tasks: picklable tasks.
-            on_event: driver-side handler of :func:`~zooscape.zoo.engine.emit` events; all events of a task
+            on_event: driver-side handler of :func:`~zooscape.zoo.engines.emit` events; all events of a task
                 are handled before its result is yielded.
             ordered: yield in task order (True) or completion order (False).
 

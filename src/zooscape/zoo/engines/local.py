@@ -1,13 +1,7 @@
-"""Engines run independent tasks (training groups, analysis jobs) and stream their results to the driver.
+"""The local engine: tasks in the calling process (``workers=1``) or in spawned worker processes.
 
-An engine has one method, ``map(fn, tasks, on_event=None, ordered=True) -> Iterator[result]``. ``fn`` must be a
-picklable (module-level) function and each task picklable. Inside ``fn``, code may call :func:`emit` to send
-progress events (small picklable objects) to the driver, where the engine calls ``on_event(event)`` — this is how
-workers report per-epoch metrics while the driver stays the single writer of the catalog.
-
-:class:`LocalEngine` runs tasks in the calling process (``workers=1``) or in ``workers`` spawned processes with
-one torch thread each; :class:`zooscape.zoo.ray_engine.RayEngine` (``get_engine("ray")``) implements the same
-protocol on a Ray cluster (events through a Ray queue actor).
+Each worker process runs with one torch thread by default (``threads_per_worker``), so parallelism comes from
+processes, never from oversubscribed threads. See :mod:`zooscape.zoo.engines.base` for the protocol.
 """
 
 from __future__ import annotations
@@ -17,55 +11,14 @@ import os
 import queue
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
-__all__ = ["Engine", "EngineError", "LocalEngine", "emit", "get_engine"]
+from zooscape.zoo.engines.base import _SINK, EngineError
+
+__all__ = ["LocalEngine"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_SINK: ContextVar[Callable[[Any], None] | None] = ContextVar("zooscape_engine_sink", default=None)
-
-
-def emit(event: Any) -> None:
-    """Send a progress event from inside a task to the driver (no-op when not running under an engine).
-
-    Args:
-        event: a small picklable object (e.g. a dict of metrics).
-    """
-    sink = _SINK.get()
-    if sink is not None:
-        sink(event)
-
-
-class EngineError(RuntimeError):
-    """A task raised or a worker process died."""
-
-
-@runtime_checkable
-class Engine(Protocol):
-    """Runs ``fn(task)`` for every task; see the module docstring."""
-
-    def map(
-        self,
-        fn: Callable[[T], R],
-        tasks: Sequence[T],
-        on_event: Callable[[Any], None] | None = None,
-        ordered: bool = True,
-    ) -> Iterator[R]:
-        """Yield ``fn(task)`` for each task.
-
-        Args:
-            fn: picklable function of one task.
-            tasks: picklable tasks.
-            on_event: called in the driver for every :func:`emit` of a task, in emission order per task.
-            ordered: yield results in task order (True) or as they complete (False).
-
-        Returns:
-            iterator of results.
-        """
-        ...
 
 
 class _Pool:
@@ -278,43 +231,3 @@ def _worker_main(task_q: Any, result_q: Any, parent_pid: int, threads: int) -> N
         finally:
             _SINK.reset(token)
         result_q.put(("result", call, index, result))
-
-
-def get_engine(engine: str | Engine = "local", workers: int = 1, **options: Any) -> Engine:
-    """Resolve an engine name or instance.
-
-    Args:
-        engine: ``"local"``, ``"ray"`` (:class:`zooscape.zoo.ray_engine.RayEngine`, needs the ``ray`` extra) or
-            an object with a ``map`` method.
-        workers: worker processes for ``"local"`` (must be 1 for ``"ray"``: the cluster's resources decide).
-        options: keyword arguments of the engine's constructor (e.g. ``address``, ``num_cpus``, ``num_gpus``
-            for ``"ray"``; ``threads_per_worker`` for ``"local"``).
-
-    Returns:
-        Engine.
-
-    Raises:
-        ValueError: unknown engine name, or options that the engine does not take.
-        RuntimeError: ``"ray"`` without ``ray`` installed (the message says how to install it).
-    """
-    if isinstance(engine, str):
-        if engine == "local":
-            unknown = sorted(set(options) - {"threads_per_worker"})
-            if unknown:
-                raise ValueError(f"options {unknown} do not apply to the local engine (only threads_per_worker)")
-            return LocalEngine(workers=workers, **options)
-        if engine == "ray":
-            if workers != 1:
-                raise ValueError(
-                    f"workers={workers} applies to the local engine only; on Ray the cluster's resources and the "
-                    "per-task num_cpus/num_gpus decide how many tasks run at once"
-                )
-            from zooscape.zoo.ray_engine import RayEngine
-
-            return RayEngine(**options)
-        raise ValueError(f"engine must be 'local', 'ray' or an Engine instance, got {engine!r}")
-    if options:
-        raise ValueError(f"engine options {sorted(options)} given together with an engine instance {engine!r}")
-    if not callable(getattr(engine, "map", None)):
-        raise ValueError(f"engine {engine!r} has no map method")
-    return engine
