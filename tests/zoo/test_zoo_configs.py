@@ -30,7 +30,7 @@ def test_config_validates(path):
 
 @pytest.mark.parametrize("path", CURVES, ids=lambda p: p.name)
 def test_curve_config_validates(path):
-    from zooscape.zoo.curve_jobs import load_curve_config
+    from zooscape.studies.curve_runs import load_curve_config
 
     assert load_curve_config(path)
 

@@ -19,8 +19,8 @@ ray = pytest.importorskip(
     "ray", reason="the Ray engine tests need the optional extra 'ray' (pip install -e '.[ray]'; CI installs it)"
 )
 
+from zooscape.studies.metrics import run_metrics  # noqa: E402
 from zooscape.zoo import train_zoo  # noqa: E402
-from zooscape.zoo.analyses import run_metrics  # noqa: E402
 from zooscape.zoo.engines import EngineError, emit  # noqa: E402
 from zooscape.zoo.engines import base as engine_module  # noqa: E402
 from zooscape.zoo.engines.ray_engine import RayEngine  # noqa: E402
@@ -199,7 +199,7 @@ def test_cli_curve_pairs_on_ray_equal_in_process(ray_address, ray_zoo, capsys):
     import dataclasses
 
     from zooscape.cli import main
-    from zooscape.zoo.curve_jobs import curve_pairs, curve_records, default_pair_config, pair_params
+    from zooscape.studies.curves import curve_pairs, curve_records, default_pair_config, pair_params
 
     path = ray_zoo[0].path
     args = ["curve", "pairs", str(path), "--epoch", "2", "--epochs", "1", "--n-points", "3", "--splits", "test",

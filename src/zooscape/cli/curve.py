@@ -101,7 +101,7 @@ def _print_evaluation(name: str, summary: dict[str, Any]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``zooscape curve train``; returns the exit code."""
-    from zooscape.zoo.curve_jobs import run_config
+    from zooscape.studies.curve_runs import run_config
 
     results = run_config(args.config, args.tables or None, roles=("base", "curve"), device=args.device,
                          progress=say(args.quiet))
@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run ``zooscape curve eval``; returns the exit code."""
-    from zooscape.zoo.curve_jobs import load_curve_config, run_config, section_role
+    from zooscape.studies.curve_runs import load_curve_config, run_config, section_role
 
     if args.tables:
         config = load_curve_config(args.config)
@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_pairs(args: argparse.Namespace) -> int:
     """Run ``zooscape curve pairs``; returns the exit code."""
     from zooscape.connect.curve_train import CurveTrainConfig
-    from zooscape.zoo.curve_jobs import curve_pairs, curve_records, pair_params
+    from zooscape.studies.curves import curve_pairs, curve_records, pair_params
 
     cfg = CurveTrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                            momentum=args.momentum, weight_decay=args.wd, seed=args.seed)

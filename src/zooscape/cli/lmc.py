@@ -87,7 +87,7 @@ def _print_table(records: list[dict[str, Any]], key: str) -> None:
 
 def cmd_spawn(args: argparse.Namespace) -> int:
     """Run ``zooscape lmc spawn``; returns the exit code."""
-    from zooscape.zoo.lmc_jobs import run_spawn
+    from zooscape.studies.lmc import run_spawn
 
     plot = (args.metric, args.split, args.definition)
     records = run_spawn(args.spec, args.out, device=args.device, plot=plot, progress=say(args.quiet))
@@ -101,7 +101,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 def cmd_pairs(args: argparse.Namespace) -> int:
     """Run ``zooscape lmc pairs``; returns the exit code."""
-    from zooscape.zoo.lmc_jobs import pair_barriers
+    from zooscape.studies.lmc import pair_barriers
 
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, bn_mode=args.bn_mode, splits=splits,
@@ -127,9 +127,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     import io
     from pathlib import Path
 
+    from zooscape._io import atomic_write_bytes
     from zooscape.connect.plot import plot_instability
-    from zooscape.zoo.lmc_jobs import spawn_records
-    from zooscape.zoo.shards import atomic_write_bytes
+    from zooscape.studies.lmc import spawn_records
 
     records = spawn_records(args.dir)
     if not records:

@@ -90,8 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     import pandas as pd
 
+    from zooscape.studies.metrics import MARKERS, metric_params, run_metrics
     from zooscape.zoo import open as open_zoo
-    from zooscape.zoo.analyses import MARKERS, metric_params, run_metrics
     from zooscape.zoo.summary import cell_axes
 
     overrides = parse_settings(args.settings)
@@ -133,7 +133,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
     Returns:
         exit code 0.
     """
-    from zooscape.zoo.analyses import DEFAULTS, PAIRWISE
+    from zooscape.studies.metrics import DEFAULTS, PAIRWISE
 
     for metric in [args.metric] if args.metric else METRIC_NAMES:
         kind = "pairwise: every seed pair of a grid cell" if metric in PAIRWISE else "per model"

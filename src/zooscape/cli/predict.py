@@ -58,9 +58,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """
     from pathlib import Path
 
+    from zooscape._io import atomic_write_bytes
     from zooscape.predict import format_scores, predict_properties, scores_frame
     from zooscape.zoo import open as open_zoo
-    from zooscape.zoo.shards import atomic_write_bytes
 
     epochs: Any
     if args.epochs in ("all", "last"):

@@ -23,8 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from zooscape._io import atomic_write_bytes
 from zooscape.connect._data import train_inputs
 from zooscape.connect.bn import has_batchnorm, recompute_bn_stats
 from zooscape.connect.interpolate import check_compatible
@@ -544,20 +543,6 @@ class Curve(nn.Module):
         return curve
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
 def curve_bytes(curve: Curve, metadata: Mapping[str, Any] | None = None) -> bytes:
     """The safetensors file of a curve as bytes (what :func:`save_curve` writes; e.g. to return from a worker).
 
@@ -588,7 +573,7 @@ def save_curve(curve: Curve, path: str | Path, metadata: Mapping[str, Any] | Non
         The path written.
     """
     path = Path(path)
-    _atomic_write(path, curve_bytes(curve, metadata))
+    atomic_write_bytes(path, curve_bytes(curve, metadata))
     return path
 
 

@@ -5,13 +5,12 @@ Functions return matplotlib ``Figure`` objects (no global pyplot state); :func:`
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from zooscape.connect.curve import _atomic_write
+from zooscape._io import save_figure
 from zooscape.connect.curve_eval import CurveEvaluation
 from zooscape.connect.path import LinearPath
 from zooscape.connect.plane import PlaneGrid
@@ -30,11 +29,7 @@ def save_png(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     Returns:
         The path written.
     """
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    path = Path(path)
-    _atomic_write(path, buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=dpi, format="png")
 
 
 def plot_curve(

@@ -16,7 +16,6 @@ loss-landscapes which mutates the model in place.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from zooscape._io import save_figure
 from zooscape.landscape._hvp import (
     LossFn,
     ParamSpec,
@@ -451,13 +451,5 @@ def plot_surface(surface: Surface, path: str | os.PathLike, *, title: str | None
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_figure(fig, path, dpi=dpi, format="png")
     return path

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from zooscape.zoo.weights import IndexMap
+from zooscape.models.vectors import IndexMap
 
 __all__ = ["FEATURE_KINDS", "PERCENTILES", "STAT_NAMES", "make_features", "quantiles", "weight_stats"]
 

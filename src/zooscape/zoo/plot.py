@@ -6,13 +6,12 @@ References:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from zooscape.zoo.shards import atomic_write_bytes
+from zooscape._io import save_figure
 
 __all__ = ["save_heatmap"]
 
@@ -74,9 +73,4 @@ def save_heatmap(
     ax.set_ylabel(y_label)
     if title:
         ax.set_title(title, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=120, format="png")

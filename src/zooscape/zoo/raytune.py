@@ -870,7 +870,7 @@ def _params_of(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from zooscape.zoo.shards import atomic_write_bytes
+    from zooscape._io import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -908,8 +908,8 @@ def export_raytune(
     Returns:
         :class:`ExportReport`.
     """
+    from zooscape._io import atomic_write_bytes
     from zooscape.zoo.reader import Zoo, open_zoo
-    from zooscape.zoo.shards import atomic_write_bytes
 
     own = not isinstance(zoo, Zoo)
     z = open_zoo(zoo) if own else zoo

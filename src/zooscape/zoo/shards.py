@@ -1,21 +1,20 @@
 """Safetensors shards: one file holds the tensors of many models, keyed ``"{model_id}/{param}"``.
 
-All writes are atomic: the file is written to a temporary name in the same directory, flushed to disk with
-``fsync`` and renamed over the target with ``os.replace``; a reader sees either the old or the new file.
+All writes are atomic (:func:`zooscape._io.atomic_write_bytes`): a reader sees either the old or the new file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from zooscape._io import atomic_write_bytes
 
 __all__ = [
     "atomic_write_bytes",
@@ -27,46 +26,6 @@ __all__ = [
 ]
 
 SEP = "/"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_path(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``).
-
-    Args:
-        path: target file; its directory must exist.
-        data: content.
-    """
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _detach_unique(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,16 +55,7 @@ def write_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadat
     """
     path = Path(path)
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    tmp = _tmp_path(path)
-    try:
-        save_file(_detach_unique(tensors), str(tmp), metadata=meta)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write_bytes(path, save(_detach_unique(tensors), metadata=meta))
 
 
 def pack_models(state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

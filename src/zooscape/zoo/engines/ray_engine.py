@@ -1,7 +1,7 @@
 """The Ray engine: zoo tasks (training population chunks, analysis jobs) as Ray tasks on a cluster.
 
 :class:`RayEngine` implements the :class:`~zooscape.zoo.engines.Engine` protocol, so ``train_zoo`` and the
-analysis drivers (``zooscape.zoo.analyses.run_metrics``) run on Ray unchanged::
+analysis drivers (``zooscape.studies.metrics.run_metrics``) run on Ray unchanged::
 
     from zooscape.zoo import train_zoo
     from zooscape.zoo.engines.ray_engine import RayEngine

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 import zooscape.zoo as zz
 from zooscape import landscape as ls
 from zooscape.cli import main
+from zooscape.studies.cells import cell_key
+from zooscape.studies.metrics import DEFAULTS, metric_params, run_metrics
 from zooscape.zoo import train_zoo
-from zooscape.zoo.analyses import DEFAULTS, cell_key, metric_params, run_metrics
 
 SPEC = """
 [zoo]

@@ -1,4 +1,4 @@
-"""zooscape curve train / eval / pairs: TF-style configs, files, catalog rows (jobs in zooscape.zoo.curve_jobs)."""
+"""zooscape curve train / eval / pairs: TF-style configs, files, catalog rows (jobs in zooscape.studies.curves)."""
 
 import dataclasses
 import itertools
@@ -11,16 +11,16 @@ from safetensors.torch import load_file
 
 from zooscape.cli import main
 from zooscape.connect import evaluate_curve, l2_distance, load_curve
-from zooscape.zoo import EngineError, LocalEngine, open_zoo, train_zoo
-from zooscape.zoo.curve_jobs import (
+from zooscape.studies.curve_runs import load_curve_config
+from zooscape.studies.curves import (
     CurvePairTask,
     curve_pairs,
     curve_records,
     default_pair_config,
-    load_curve_config,
     pair_params,
     pair_train_config,
 )
+from zooscape.zoo import EngineError, LocalEngine, open_zoo, train_zoo
 from zooscape.zoo.spec import SpecError
 
 MODEL = """dataset = "digits"

@@ -9,12 +9,11 @@ same samples (a seeded subset of one split).
 
 Tasks run on the same :class:`~zooscape.zoo.engines.Engine` interface as training (in-process or in worker
 processes); workers only read the zoo and return rows, and the driver, holding the zoo's write lock, commits
-each task's rows in one transaction (:mod:`zooscape.zoo.jobs`, shared with ``zooscape curve pairs``). A task
+each task's rows in one transaction (:mod:`zooscape.studies.jobs`, shared with ``zooscape curve pairs``). A task
 whose rows are already in the catalog with the same ``params`` is skipped, so re-running an interrupted command
 resumes it, and running with other settings adds new rows.
 
-A grid cell is the set of models whose configs differ only in ``training.seed``, ``training.data_seed`` and
-``dataset.seed``.
+Grid cells (for the pairwise metrics) are defined once for every study in :mod:`zooscape.studies.cells`.
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zooscape.studies.cells import grid_cells, is_grid_member
+from zooscape.studies.jobs import commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.engines import Engine, get_engine
-from zooscape.zoo.grid import canonical_json
-from zooscape.zoo.jobs import commit_task_results, stored_keys, zoo_store
 
 __all__ = [
     "DEFAULTS",
@@ -36,7 +35,6 @@ __all__ = [
     "PAIRWISE",
     "MetricPlan",
     "MetricTask",
-    "cell_key",
     "compute_metric",
     "metric_params",
     "plan_metric_tasks",
@@ -113,20 +111,6 @@ def metric_params(metric: str, overrides: Mapping[str, Any] | None = None) -> di
     if metric == "cka" and params["output"] == "softmax" and params["layer"] != "":
         raise ValueError("setting output='softmax' applies to the model output only (layer must be \"\")")
     return params
-
-
-def cell_key(config: Mapping[str, Any]) -> str:
-    """Canonical key of a model's grid cell (its config without the seeds).
-
-    Args:
-        config: nested model config (``dataset``, ``model``, ``training``).
-
-    Returns:
-        JSON string.
-    """
-    training = {k: v for k, v in config["training"].items() if k not in ("seed", "data_seed")}
-    dataset = {k: v for k, v in config["dataset"].items() if k != "seed"}
-    return canonical_json({"dataset": dataset, "model": config["model"], "training": training})
 
 
 # ------------------------------------------------------------------------------------------------ computing
@@ -306,11 +290,10 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
         raise KeyError(f"unknown model ids {unknown[:5]} in zoo {zoo.path}")
     missing: list[tuple[str, str]] = []
     usable: dict[str, int] = {}
-    cells_by_key: dict[str, list[str]] = {}
-    for mid in ids:
-        cfg = zoo.config(mid)
-        if "lmc" in cfg.get("derived", {}):
-            continue  # spawned children of an LMC experiment are not grid members
+    configs = {mid: zoo.config(mid) for mid in ids}
+    for mid, cfg in configs.items():
+        if not is_grid_member(cfg):
+            continue  # spawned children, twins and merges are not grid members
         e = int(cfg["training"]["epochs"]) if epoch is None else int(epoch)
         if statuses.get(mid) == "failed":
             missing.append((mid, "failed"))
@@ -319,8 +302,7 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
             missing.append((mid, f"no weights checkpoint at epoch {e}"))
             continue
         usable[mid] = e
-        cells_by_key.setdefault(cell_key(cfg), []).append(mid)
-    cells = {i: members for i, (_, members) in enumerate(sorted(cells_by_key.items()))}
+    cells = {c.index: [m for m in c.model_ids if m in usable] for c in grid_cells(configs, statuses)}
     root = str(zoo.path)
     done_keys = stored_keys(zoo.catalog, MARKERS[metric], {"analysis": metric, **params})
     tasks, done = [], []

@@ -1,7 +1,7 @@
 """The driver side of zoo analysis jobs: what is stored already, and committing task results as they arrive.
 
-Shared by ``zooscape metrics run`` (:func:`zooscape.zoo.analyses.run_metrics`) and ``zooscape curve pairs``
-(:func:`zooscape.zoo.curve_jobs.curve_pairs`). Their tasks are plain picklable descriptions; a task function
+Shared by ``zooscape metrics run`` (:func:`zooscape.studies.metrics.run_metrics`) and ``zooscape curve pairs``
+(:func:`zooscape.studies.curves.curve_pairs`). Their tasks are plain picklable descriptions; a task function
 runs wherever the :class:`~zooscape.zoo.engines.Engine` puts it (in-process, a worker process, a Ray task), only
 reads the zoo, and returns a dict whose ``"rows"`` are :meth:`~zooscape.zoo.catalog.Catalog.add_analyses` rows.
 The driver holds the zoo's write lock for the whole run and commits each task's rows in one transaction as soon

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import itertools
 import json
 import math
@@ -43,11 +42,12 @@ from typing import Any
 
 import tomllib
 
+from zooscape._io import atomic_write_bytes, json_ready, save_figure
+from zooscape.studies.cells import zoo_cells
 from zooscape.zoo.build import build_member, build_model, build_train_config, load_data
 from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.grid import canonical_json
 from zooscape.zoo.runner import plan_zoo
-from zooscape.zoo.shards import atomic_write_bytes
 from zooscape.zoo.spec import SpecError, ZooSpec, dump_spec, parse_spec
 from zooscape.zoo.store import ZooStore, is_zoo
 
@@ -196,22 +196,6 @@ def _epochs_for(lmc: Mapping[str, Any], epochs: int, file: str) -> tuple[list[in
         if bad:
             raise SpecError(file, "[lmc] 'k2s'", f"comparison epochs must lie in [1, {epochs}], got {bad}")
     return k1s, k2s
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    return obj
 
 
 def _numeric(row: Mapping[str, Any]) -> dict[str, float]:
@@ -369,11 +353,11 @@ def _spawn_one(
     lmc_dir.mkdir(exist_ok=True)
     payload = {"main_id": main_id, "settings": result.config, "records": records,
                "paths": [p.to_dict() for p in result.paths]}
-    atomic_write_bytes(lmc_dir / f"{main_id}.json", json.dumps(_json_ready(payload), indent=1).encode())
+    atomic_write_bytes(lmc_dir / f"{main_id}.json", json.dumps(json_ready(payload), indent=1).encode())
     metric, split, definition = plot
     if any(f"barrier_{metric}_{split}_{definition}" in r for r in records):
         fig = plotter(records, metric, split, definition, title=f"{main_id}: {definition} {split} {metric} barrier")
-        _save_figure(fig, lmc_dir / f"{main_id}_instability.png")
+        save_figure(fig, lmc_dir / f"{main_id}_instability.png")
     catalog.add_analyses(analyses)
     catalog.record(metrics=metric_rows, checkpoints=ckpt_rows,
                    statuses={m: s for m, s in statuses.items() if m != main_id})
@@ -413,11 +397,6 @@ def spawn_records(zoo_dir: str | Path, main_id: str | None = None) -> list[dict[
     return sorted(records.values(), key=lambda r: (r["main_id"], r["k1"], r["replicate"], r["k2"]))
 
 
-def _cell_key(config: Mapping[str, Any]) -> str:
-    training = {k: v for k, v in config["training"].items() if k not in ("seed", "data_seed")}
-    return canonical_json({"dataset": config["dataset"], "model": config["model"], "training": training})
-
-
 def pair_barriers(
     zoo_dir: str | Path,
     epoch: int | None = None,
@@ -429,7 +408,7 @@ def pair_barriers(
 ) -> list[dict[str, Any]]:
     """Barriers and distances between all seed pairs of every grid cell of a zoo, stored in its catalog.
 
-    A grid cell is the set of models whose configs differ only in ``training.seed`` and ``training.data_seed``.
+    Grid cells are those of :mod:`zooscape.studies.cells` (models equal up to their seeds of training).
     Models without a weights checkpoint at ``epoch`` (or that failed) are skipped.
 
     Args:
@@ -462,25 +441,17 @@ def pair_barriers(
     results: list[dict[str, Any]] = []
     analyses: list[dict[str, Any]] = []
     with open_zoo(store.root) as zoo:
-        cells: dict[str, list[str]] = {}
-        configs: dict[str, dict[str, Any]] = {}
-        statuses = zoo.catalog.statuses()
-        for mid in zoo.model_ids:
-            cfg = zoo.config(mid)
-            if "lmc" in cfg.get("derived", {}) or statuses.get(mid) == "failed":
-                continue
-            configs[mid] = cfg
-            cells.setdefault(_cell_key(cfg), []).append(mid)
-        for index, (_, ids) in enumerate(sorted(cells.items())):
-            e = int(configs[ids[0]]["training"]["epochs"]) if epoch is None else int(epoch)
+        for cell in zoo_cells(zoo):
+            ids, index = list(cell.model_ids), cell.index
+            e = int(zoo.config(ids[0])["training"]["epochs"]) if epoch is None else int(epoch)
             usable = [m for m in ids if e in zoo.epochs(m, "weights")]
             if len(ids) - len(usable):
-                say(f"cell {index}: {len(ids) - len(usable)} model(s) have no checkpoint at epoch {e}, skipped")
+                say(f"{cell.label}: {len(ids) - len(usable)} model(s) have no checkpoint at epoch {e}, skipped")
             if len(usable) < 2:
                 continue
             data = zoo.data(usable[0])
             models = {m: zoo.load_model(m, e, device=device) for m in usable}
-            say(f"cell {index}: {len(usable)} models, {len(usable) * (len(usable) - 1) // 2} pairs at epoch {e}")
+            say(f"{cell.label}: {len(usable)} models, {len(usable) * (len(usable) - 1) // 2} pairs at epoch {e}")
             params = {"experiment": PAIRS_EXPERIMENT, "n_points": n_points, "bn_mode": bn_mode}
             for a, b in itertools.combinations(usable, 2):
                 path = linear_path(models[a], models[b], data, n_points, splits=tuple(splits), bn_mode=bn_mode,

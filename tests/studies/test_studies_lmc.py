@@ -1,4 +1,4 @@
-"""zooscape lmc spawn / pairs / plot: specs, catalog rows, checkpoints, plots (jobs in zooscape.zoo.lmc_jobs)."""
+"""zooscape lmc spawn / pairs / plot: specs, catalog rows, checkpoints, plots (jobs in zooscape.studies.lmc)."""
 
 import json
 
@@ -7,8 +7,8 @@ import torch
 
 from zooscape.cli import main
 from zooscape.connect import linear_path
+from zooscape.studies.lmc import load_spawn_spec, pair_barriers, spawn_records
 from zooscape.zoo import open_zoo, train_zoo
-from zooscape.zoo.lmc_jobs import load_spawn_spec, pair_barriers, spawn_records
 from zooscape.zoo.spec import SpecError
 
 BASE = """
