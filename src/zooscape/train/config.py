@@ -109,6 +109,15 @@ class Member:
     momentum: float | None = None
     data_seed: int | None = None
 
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """Names of the per-model settings (the ``[training]`` keys that may differ within one population).
+
+        This is the one source of the per-model keys: the zoo's grouping (``zoo/grid.py``) and builders
+        (``zoo/build.py``) derive theirs from it, so a new per-model knob is one new field here.
+        """
+        return tuple(f.name for f in fields(cls))
+
     def resolved(self, cfg: TrainConfig) -> Member:
         """A copy with every ``None`` replaced by the config default."""
         return Member(

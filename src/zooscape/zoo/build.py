@@ -27,8 +27,6 @@ __all__ = [
 
 _DATA_CACHE: OrderedDict[str, Any] = OrderedDict()
 _DATA_CACHE_SIZE = 2
-#: training keys that are not TrainConfig fields.
-MEMBER_ONLY = ("seed", "data_seed")
 
 
 def load_data(dataset: Mapping[str, Any], cache: bool = True) -> Any:
@@ -125,12 +123,14 @@ def build_train_config(training: Mapping[str, Any]) -> Any:
     Returns:
         TrainConfig.
     """
-    from zooscape.train import TrainConfig
+    from zooscape.train import Member, TrainConfig
 
+    config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    member_only = {k for k in Member.keys() if k not in config_fields}  # seed, data_seed
     tuples = _tuple_fields()
     kwargs = {}
     for k, v in training.items():
-        if k in MEMBER_ONLY:
+        if k in member_only:
             continue
         kwargs[k] = tuple(v) if k in tuples and isinstance(v, list) else v
     return TrainConfig(**kwargs)
@@ -147,10 +147,6 @@ def build_member(training: Mapping[str, Any]) -> Any:
     """
     from zooscape.train import Member
 
-    return Member(
-        seed=int(training.get("seed", 0)),
-        lr=training.get("lr"),
-        weight_decay=training.get("weight_decay"),
-        momentum=training.get("momentum"),
-        data_seed=training.get("data_seed"),
-    )
+    values = {k: training[k] for k in Member.keys() if k in training}
+    values["seed"] = int(values.get("seed", 0))
+    return Member(**values)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from zooscape.train.config import Member
 from zooscape.zoo.spec import SpecError, ZooSpec
 
 __all__ = [
@@ -47,14 +48,7 @@ __all__ = [
 ]
 
 #: Config keys that may differ between members of one training population.
-MEMBER_KEYS: tuple[tuple[str, str], ...] = (
-    ("training", "seed"),
-    ("training", "data_seed"),
-    ("training", "lr"),
-    ("training", "weight_decay"),
-    ("training", "momentum"),
-    ("model", "init"),
-)
+MEMBER_KEYS: tuple[tuple[str, str], ...] = tuple(("training", k) for k in Member.keys())
 ID_LENGTH = 12
 CONFIG_SECTIONS = ("dataset", "model", "training")
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from zooscape._io import atomic_write_bytes, pack_models, write_tensors
+from zooscape._io import atomic_write_bytes
 from zooscape.zoo.catalog import Catalog
+from zooscape.zoo.shards import pack_models, write_tensors
 
 __all__ = ["KINDS", "ZooExistsError", "ZooStore", "is_zoo"]
 
