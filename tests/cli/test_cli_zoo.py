@@ -89,7 +89,7 @@ def test_entry_point_is_declared_and_module_runs():
 def test_bad_spec_exit_2_and_nothing_written(tmp_path, capsys, old, new, key):
     spec = write(tmp_path, SPEC.replace(old, new))
     out = tmp_path / "zoo"
-    assert main(["zoo", "train", str(spec), "--out", str(out), "--no-progress"]) == 2
+    assert main(["zoo", "train", str(spec), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {spec}: {key}")
     assert not out.exists()
@@ -107,7 +107,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     spec = write(tmp, SPEC)
     out = tmp / "zoo"
-    assert main(["zoo", "train", str(spec), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert main(["zoo", "train", str(spec), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     return spec, out
 
 
@@ -166,3 +166,11 @@ def test_command_groups_are_pluggable(monkeypatch, capsys):
     assert "fake" in build_parser().format_help()
     assert main(["fake", "hello", "--name", "world"]) == 0
     assert capsys.readouterr().out == "hello world\n"
+
+
+def test_python_dash_m_zooscape_runs_the_cli():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "zooscape", "--version"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("zooscape ")

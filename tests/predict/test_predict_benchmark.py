@@ -113,7 +113,7 @@ def test_cli_predict_on_an_imported_zoo(zoo_runs, tmp_path, capsys):
     for seed in range(5):
         csv = tmp_path / f"s{seed}.csv"
         args = ["predict", str(tmp_path / "zoo"), "--properties", "test_acc,model.init", "--features", "wstats",
-                "--epochs", "1,2,3", "--split", "0.5,0.25,0.25", "--seed", str(seed), "--csv", str(csv)]
+                "--epochs", "1,2,3", "--fractions", "0.5,0.25,0.25", "--seed", str(seed), "--out", str(csv)]
         assert main(args) == 0
         out = capsys.readouterr().out
         assert "96 of 96 samples kept" in out and "test_acc" in out and "model.init" in out

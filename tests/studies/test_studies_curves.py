@@ -110,7 +110,7 @@ def test_config_train_and_eval_via_cli(tmp_path, monkeypatch, capsys):
     for name in ("curve_error.png", "curve_loss.png", "plane_test_error.png", "plane_train_loss.png"):
         assert (tmp_path / "out/eval" / name).read_bytes()[:4] == b"\x89PNG"
     # overriding the number of points from the command line
-    assert main(["curve", "eval", "c.toml", "curve-evaluate", "--num-points", "5", "--quiet"]) == 0
+    assert main(["curve", "eval", "c.toml", "curve-evaluate", "--n-points", "5", "--quiet"]) == 0
     assert len(json.loads((tmp_path / "out/eval/curve_eval.json").read_text())["curve"]["ts"]) == 5
     # an evaluation table that names another curve than its checkpoint holds is refused
     other = CONFIG.replace("num-bends = 1\nwd = 0.0005\nckpt", "num-bends = 2\nwd = 0.0005\nckpt")

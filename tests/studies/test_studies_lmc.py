@@ -89,7 +89,7 @@ def test_spawn_cli_writes_catalog_checkpoints_and_plot(tmp_path, capsys):
     assert main(["lmc", "spawn", str(spec), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     assert len(spawn_records(out)) == 2
     png = tmp_path / "inst.png"
-    assert main(["lmc", "plot", str(out), "--metric", "loss", "--output", str(png)]) == 0
+    assert main(["lmc", "plot", str(out), "--metric", "loss", "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -60,7 +60,7 @@ def count(db: Path, sql: str) -> int:
 
 def cli(spec: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "zooscape.cli", "zoo", "train", str(spec), "--out", str(out), "--device", "cpu",
-            "--no-progress"]
+            "--quiet"]
 
 
 def env() -> dict:

@@ -294,7 +294,7 @@ def count(db: Path, sql: str) -> int:
 def test_driver_killed_mid_run_then_rerun_resumes(ray_address, engine, spec_path, local_zoo, tmp_path):
     out = tmp_path / "zoo"
     cmd = [sys.executable, "-m", "zooscape.cli", "zoo", "train", str(spec_path), "--out", str(out), "--device",
-           "cpu", "--no-progress", "--engine", "ray", "--address", ray_address]
+           "cpu", "--quiet", "--engine", "ray", "--address", ray_address]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

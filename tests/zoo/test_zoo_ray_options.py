@@ -52,7 +52,7 @@ def test_missing_ray_says_how_to_install_it(no_ray, spec, tmp_path, capsys):
     with pytest.raises(RuntimeError, match="optional dependency 'ray'"):
         RayEngine()
     out = tmp_path / "zoo"
-    code = main(["zoo", "train", str(spec), "--out", str(out), "--engine", "ray", "--no-progress"])
+    code = main(["zoo", "train", str(spec), "--out", str(out), "--engine", "ray", "--quiet"])
     assert code == 1
     assert INSTALL_HINT in capsys.readouterr().err
     assert not out.exists(), "nothing may be written when the engine is unavailable"
@@ -109,6 +109,6 @@ def test_chunk_size_sets_models_per_task_and_belongs_to_the_zoo(spec, tmp_path, 
     # the chunking decides the checkpoint files: a re-run must use the same chunk size
     with pytest.raises(ZooExistsError, match="--chunk-size 2"):
         train_zoo(spec, out, device="cpu", progress=False)
-    assert main(["zoo", "train", str(spec), "--out", str(out), "--chunk-size", "3", "--no-progress"]) == 1
+    assert main(["zoo", "train", str(spec), "--out", str(out), "--chunk-size", "3", "--quiet"]) == 1
     assert "--chunk-size 2" in capsys.readouterr().err
-    assert main(["zoo", "train", str(spec), "--out", str(out), "--chunk-size", "2", "--no-progress"]) == 0
+    assert main(["zoo", "train", str(spec), "--out", str(out), "--chunk-size", "2", "--quiet"]) == 0

@@ -166,13 +166,13 @@ def test_cli_import_reports_skipped_trials(ray_zoo, tmp_path, capsys):
     root, info, _, _ = ray_zoo
     code = main(["zoo", "import", str(root / "src"), "--out", str(tmp_path / "z"), "--dataset", "digits",
                  "--dataset-option", "seed=42", "--dataset-option", "resize=28", "--dataset-option",
-                 "train_fraction=0.2", "--no-progress"])
+                 "train_fraction=0.2", "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     assert f"imported {len(info['good'])} trials" in out and f"skipped {len(BROKEN)}" in out
     assert zz.open(tmp_path / "z").spec.dataset == DATASET
     # no data set given and none in params.json: every trial is reported, and the import fails cleanly
-    assert main(["zoo", "import", str(root / "src"), "--out", str(tmp_path / "z2"), "--no-progress"]) == 1
+    assert main(["zoo", "import", str(root / "src"), "--out", str(tmp_path / "z2"), "--quiet"]) == 1
     assert "cannot tell which data set" in capsys.readouterr().err
     assert not (tmp_path / "z2").exists()
 

@@ -23,3 +23,106 @@ def add_group(subparsers: Any, name: str, help: str, description: str) -> tuple[
 def say(quiet: bool) -> Callable[[str], None]:
     """A progress printer (to stderr), or one that prints nothing if ``quiet``."""
     return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
+
+
+# ------------------------------------------------------------------------------------------ shared options
+# The one vocabulary of the command line (docs/glossary.md): every group adds its common options through these
+# helpers, so the same thing has the same name everywhere. Old spellings stay for one release as hidden aliases
+# that print a deprecation warning.
+
+
+class _DeprecatedAlias(argparse.Action):
+    """A hidden old spelling of an option: stores into the new option's ``dest`` and warns once."""
+
+    def __init__(self, option_strings: Any, dest: str, new: str = "", store_const: Any = None, **kwargs: Any):
+        self.new = new
+        self.store_const = store_const
+        if store_const is not None:
+            kwargs["nargs"] = 0
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        print(f"warning: {option_string} is deprecated and will be removed in the next release; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, self.store_const if self.store_const is not None else values)
+
+
+def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, *, flag: bool = False,
+                     type: Callable[[str], Any] | None = None) -> None:  # noqa: A002
+    """Accept ``old`` as a hidden, warning alias of ``new`` (``flag``: a store-true option)."""
+    kwargs: dict[str, Any] = {"dest": dest, "new": new, "default": argparse.SUPPRESS}
+    if flag:
+        kwargs["store_const"] = True
+    elif type is not None:
+        kwargs["type"] = type
+    p.add_argument(old, action=_DeprecatedAlias, **kwargs)
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress bar and no progress messages (old spelling ``--no-progress``)."""
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    deprecated_alias(p, "--no-progress", "--quiet", "quiet", flag=True)
+
+
+def add_out(p: argparse.ArgumentParser, *, required: bool = False, metavar: str = "DIR", help: str) -> None:  # noqa: A002
+    """``--out PATH``: where a command writes (old spelling ``--output``)."""
+    p.add_argument("--out", required=required, default=None, metavar=metavar, help=help)
+    deprecated_alias(p, "--output", "--out", "out")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """``--device``: torch device, ``auto`` by default (CUDA, else MPS, else CPU)."""
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, ... (default auto)")
+
+
+def add_n_points(p: argparse.ArgumentParser, default: int | None, help: str) -> None:  # noqa: A002
+    """``--n-points N``: points along a path or curve (old spelling ``--num-points``)."""
+    p.add_argument("--n-points", type=int, default=default, metavar="N", help=help)
+    deprecated_alias(p, "--num-points", "--n-points", "n_points", type=int)
+
+
+def add_splits(p: argparse.ArgumentParser, default: str, help: str | None = None) -> None:  # noqa: A002
+    """``--splits A,B``: comma-separated data splits (old spelling ``--split``)."""
+    p.add_argument("--splits", default=default, metavar="SPLIT,...",
+                   help=help or f"comma-separated data splits (default {default})")
+    deprecated_alias(p, "--split", "--splits", "splits")
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    """``"train, test"`` -> ``("train", "test")``."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def add_workers_engine(p: argparse.ArgumentParser, *, chunk_size: bool = False, what: str = "the tasks") -> None:
+    """``--workers N`` and the engine options (``--engine local|ray``, ``--address``, Ray resources)."""
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes of the local engine (default 1: in-process)")
+    g = p.add_argument_group("engine", f"where {what} run (see docs/scaling.md)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this machine (default); ray: Ray tasks (needs pip install \"zooscape[ray]\")")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster address (auto, HOST:PORT, ray://HOST:10001); default: RAY_ADDRESS or a new "
+                        "local Ray instance")
+    if chunk_size:
+        g.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                       help="models per task = largest training population (default: the spec's [population] "
+                            "max_size); part of the zoo: re-runs must pass the same value")
+    g.add_argument("--cpus-per-task", type=float, default=1.0, metavar="C", help="Ray: CPUs per task (default 1)")
+    g.add_argument("--gpus-per-task", type=float, default=0.0, metavar="G",
+                   help="Ray: GPUs per task, fractions share a GPU (default 0)")
+    g.add_argument("--max-retries", type=int, default=3, metavar="K",
+                   help="Ray: re-runs of a task whose worker died (default 3)")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine keyword arguments from the command line; Ray-only options with ``--engine local`` are an error."""
+    ray_only = {"--address": args.address is not None, "--cpus-per-task": args.cpus_per_task != 1.0,
+                "--gpus-per-task": args.gpus_per_task != 0.0, "--max-retries": args.max_retries != 3}
+    if args.engine != "ray":
+        given = [k for k, v in ray_only.items() if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --engine ray")
+        return {}
+    return {"address": args.address, "num_cpus": args.cpus_per_task, "num_gpus": args.gpus_per_task,
+            "max_retries": args.max_retries}

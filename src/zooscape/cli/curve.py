@@ -13,8 +13,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zooscape.cli._common import add_group, say
-from zooscape.cli.zoo import add_engine_arguments, engine_options_from_args
+from zooscape.cli._common import (
+    add_device,
+    add_group,
+    add_n_points,
+    add_quiet,
+    add_splits,
+    add_workers_engine,
+    deprecated_alias,
+    engine_options,
+    say,
+)
 
 __all__ = ["add_parser"]
 
@@ -32,8 +41,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                    "training tables run in file order.")
     t.add_argument("config", metavar="CONFIG", help="TOML config")
     t.add_argument("tables", nargs="*", metavar="TABLE", help="tables to run (default: all training tables)")
-    t.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    t.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_device(t)
+    add_quiet(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate trained curves (summaries, mc, plots, plane)",
@@ -43,10 +52,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                    "DIR/curve_<metric>.png and, with --plane or plane = true, the plane contours.")
     e.add_argument("config", metavar="CONFIG", help="TOML config")
     e.add_argument("tables", nargs="*", metavar="TABLE", help="tables to run (default: all evaluation tables)")
-    e.add_argument("--num-points", type=int, default=None, help="positions along the curve (default: the table's)")
+    add_n_points(e, None, help="positions along the curve (default: the table's num-points)")
     e.add_argument("--plane", action="store_true", default=None, help="also evaluate and plot the plane")
-    e.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    e.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_device(e)
+    add_quiet(e)
     e.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("pairs", help="curves and mc between all seed pairs of each grid cell of a zoo",
@@ -65,16 +74,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     q.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="optimizer (default sgd)")
     q.add_argument("--lr", type=float, default=0.1, help="base learning rate (default 0.1)")
     q.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    q.add_argument("--wd", type=float, default=1e-4, help="regulariser 0.5 wd ||w(t)||^2 (default 1e-4)")
+    q.add_argument("--weight-decay", type=float, default=1e-4, metavar="WD",
+                   help="regulariser 0.5 WD ||w(t)||^2 (default 1e-4)")
+    deprecated_alias(q, "--wd", "--weight-decay", "weight_decay", type=float)
     q.add_argument("--seed", type=int, default=0, help="seed of data order and sampled t (default 0)")
-    q.add_argument("--n-points", type=int, default=5, help="evaluated positions (default 5)")
-    q.add_argument("--splits", default="train,test", help="comma-separated splits (default train,test)")
+    add_n_points(q, 5, help="evaluated positions (default 5)")
+    add_splits(q, "train,test")
     q.add_argument("--force", action="store_true", help="recompute pairs that are already stored")
-    q.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes of the local engine (default 1: in-process)")
-    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    q.add_argument("--quiet", action="store_true", help="no progress messages")
-    add_engine_arguments(q, chunk_size=False, what="the per-pair tasks")
+    add_device(q)
+    add_quiet(q)
+    add_workers_engine(q, what="the per-pair tasks")
     q.set_defaults(func=cmd_pairs)
     return p
 
@@ -134,12 +143,12 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     from zooscape.studies.curves import curve_pairs, curve_records, pair_params
 
     cfg = CurveTrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                           momentum=args.momentum, weight_decay=args.wd, seed=args.seed)
+                           momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     rows = curve_pairs(args.dir, args.epoch, kind=args.curve, num_bends=args.num_bends, train_config=cfg,
                        n_points=args.n_points, splits=splits, device=args.device, force=args.force,
                        progress=say(args.quiet), engine=args.engine, workers=args.workers,
-                       engine_options=engine_options_from_args(args))
+                       engine_options=engine_options(args))
     params = pair_params(args.curve, args.num_bends, cfg, args.n_points, 5, "reset", splits)
     stored = curve_records(args.dir, params)
     if not stored:

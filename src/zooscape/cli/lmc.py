@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zooscape.cli._common import add_group, say
+from zooscape.cli._common import add_device, add_group, add_n_points, add_out, add_quiet, add_splits, say, split_list
 
 __all__ = ["add_parser"]
 
@@ -22,7 +22,7 @@ __all__ = ["add_parser"]
 def _plot_args(p: argparse.ArgumentParser, default_metric: str = "error") -> None:
     p.add_argument("--metric", default=default_metric, choices=("loss", "error"),
                    help=f"barrier of loss or error (default {default_metric})")
-    p.add_argument("--split", default="test", help="data split of the barrier (default test)")
+    add_splits(p, "test", help="comma-separated data splits of the barrier, one table or plot each (default test)")
     p.add_argument("--definition", default="linear", choices=("linear", "mean", "midpoint"),
                    help="barrier definition (default linear: height above the chord; see docs/connectivity.md)")
 
@@ -38,9 +38,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                    "record barriers and distances to the main branch at each k2 in DIR's catalog. "
                                    "Re-running the same command skips finished main branches.")
     s.add_argument("spec", metavar="SPEC", help="TOML spec file (zoo spec + [lmc])")
-    s.add_argument("--out", required=True, metavar="DIR", help="output directory (a zoo store; created)")
-    s.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ... (default auto)")
-    s.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_out(s, required=True, help="output directory (a zoo store; created)")
+    add_device(s)
+    add_quiet(s)
     _plot_args(s)
     s.set_defaults(func=cmd_spawn)
 
@@ -51,19 +51,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                    "catalog's analyses table.")
     q.add_argument("dir", metavar="DIR", help="zoo directory")
     q.add_argument("--epoch", type=int, default=None, help="checkpointed epoch (default: each cell's last)")
-    q.add_argument("--n-points", type=int, default=25, help="alphas per path (default 25)")
+    add_n_points(q, 25, help="alphas per path (default 25)")
     q.add_argument("--bn-mode", default="interpolate", choices=("interpolate", "reset"),
                    help="BatchNorm statistics along the path (default interpolate)")
-    q.add_argument("--splits", default="train,test", help="comma-separated splits (default train,test)")
-    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    q.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_splits(q, "train,test")
+    add_device(q)
+    add_quiet(q)
     q.set_defaults(func=cmd_pairs)
 
     pl = sub.add_parser("plot", help="instability plot (barrier vs k1, one line per k2) from a spawn run",
                         description="Read the spawn results from DIR's catalog and write one PNG per main branch.")
     pl.add_argument("dir", metavar="DIR", help="output directory of 'zooscape lmc spawn'")
-    pl.add_argument("--output", default=None, metavar="PNG",
-                    help="file to write (default DIR/lmc/<main_id>_<metric>_<split>_<definition>.png)")
+    add_out(pl, metavar="PNG", help="file to write (default DIR/lmc/<main_id>_<metric>_<split>_<definition>.png)")
     _plot_args(pl)
     pl.set_defaults(func=cmd_plot)
     return p
@@ -89,12 +88,14 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     """Run ``zooscape lmc spawn``; returns the exit code."""
     from zooscape.studies.lmc import run_spawn
 
-    plot = (args.metric, args.split, args.definition)
+    splits = split_list(args.splits)
+    plot = (args.metric, splits[0], args.definition)
     records = run_spawn(args.spec, args.out, device=args.device, plot=plot, progress=say(args.quiet))
-    key = f"barrier_{args.metric}_{args.split}_{args.definition}"
-    shown = [r for r in records if key in r]
-    if shown:
-        _print_table(shown, key)
+    for split in splits:
+        key = f"barrier_{args.metric}_{split}_{args.definition}"
+        shown = [r for r in records if key in r]
+        if shown:
+            _print_table(shown, key)
     print(f"{len(records)} records written to {args.out} (plots in {args.out}/lmc/)")
     return 0
 
@@ -103,7 +104,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     """Run ``zooscape lmc pairs``; returns the exit code."""
     from zooscape.studies.lmc import pair_barriers
 
-    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    splits = split_list(args.splits)
     rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, bn_mode=args.bn_mode, splits=splits,
                          device=args.device, progress=say(args.quiet))
     if not rows:
@@ -124,10 +125,9 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Run ``zooscape lmc plot``; returns the exit code."""
-    import io
     from pathlib import Path
 
-    from zooscape._io import atomic_write_bytes
+    from zooscape._io import save_figure
     from zooscape.connect.plot import plot_instability
     from zooscape.studies.lmc import spawn_records
 
@@ -135,17 +135,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not records:
         raise ValueError(f"{args.dir} holds no spawn results (run 'zooscape lmc spawn' first)")
     mains = sorted({r["main_id"] for r in records})
-    if args.output is not None and len(mains) > 1:
-        raise ValueError(f"--output names one file but {args.dir} holds {len(mains)} main branches; omit it")
+    splits = split_list(args.splits)
+    if args.out is not None and len(mains) * len(splits) > 1:
+        raise ValueError(f"--out names one file but {args.dir} holds {len(mains)} main branch(es) and "
+                         f"{len(splits)} split(s) were asked for; omit --out")
     for main_id in mains:
         rows = [r for r in records if r["main_id"] == main_id]
-        fig = plot_instability(rows, args.metric, args.split, args.definition,
-                               title=f"{main_id}: {args.definition} {args.split} {args.metric} barrier")
-        out = Path(args.output) if args.output else (
-            Path(args.dir) / "lmc" / f"{main_id}_{args.metric}_{args.split}_{args.definition}.png")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        atomic_write_bytes(out, buf.getvalue())
-        print(out)
+        for split in splits:
+            fig = plot_instability(rows, args.metric, split, args.definition,
+                                   title=f"{main_id}: {args.definition} {split} {args.metric} barrier")
+            out = Path(args.out) if args.out else (
+                Path(args.dir) / "lmc" / f"{main_id}_{args.metric}_{split}_{args.definition}.png")
+            print(save_figure(fig, out))
     return 0

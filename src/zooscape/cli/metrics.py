@@ -14,8 +14,14 @@ import argparse
 import json
 from typing import Any
 
-from zooscape.cli._common import add_group, say
-from zooscape.cli.zoo import add_engine_arguments, engine_options_from_args
+from zooscape.cli._common import (
+    add_device,
+    add_group,
+    add_quiet,
+    add_workers_engine,
+    engine_options,
+    say,
+)
 
 __all__ = ["add_parser", "parse_settings"]
 
@@ -40,11 +46,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="change a setting, e.g. --set n_samples=256 --set dtype=float64 (values are JSON: "
                         "numbers, true/false, null; anything else is a string); repeatable")
     r.add_argument("--models", default=None, metavar="IDS", help="comma-separated model ids (default: all)")
-    r.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes of the local engine (default 1: in-process)")
-    r.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    r.add_argument("--quiet", action="store_true", help="no progress messages")
-    add_engine_arguments(r, chunk_size=False, what="the per-model (or per-pair) tasks")
+    add_device(r)
+    add_quiet(r)
+    add_workers_engine(r, what="the per-model (or per-pair) tasks")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("settings", help="list the settings of each metric and their defaults",
@@ -99,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     rows = run_metrics(args.dir, args.metric, epoch=args.epoch, params=overrides, model_ids=models,
                        engine=args.engine, workers=args.workers, device=args.device, progress=say(args.quiet),
-                       engine_options=engine_options_from_args(args))
+                       engine_options=engine_options(args))
     marker = MARKERS[args.metric]
     print(f"{len(rows)} rows stored in {args.dir} ({sum(r['metric'] == marker for r in rows)} new results)")
     with open_zoo(args.dir) as zoo:

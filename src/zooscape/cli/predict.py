@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from zooscape.cli._common import add_out, deprecated_alias
+
 __all__ = ["add_parser", "cmd_predict"]
 
 
@@ -32,13 +34,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="all (default), last, or comma-separated epochs used as samples")
     p.add_argument("--layers", default=None, metavar="L,L,...",
                    help="layers to vectorise: indices, names or patterns (default all)")
-    p.add_argument("--split", default="0.7,0.15,0.15", metavar="TR,VA,TE", help="fractions of models (0.7,0.15,0.15)")
+    p.add_argument("--fractions", default="0.7,0.15,0.15", metavar="TR,VA,TE",
+                   help="fractions of models in the train, val and test splits (default 0.7,0.15,0.15)")
+    deprecated_alias(p, "--split", "--fractions", "fractions")
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
     p.add_argument("--max-abs", type=float, default=None, metavar="T", help="drop samples with a |weight| > T")
     p.add_argument("--keep-failed", action="store_true", help="keep checkpoints of failed runs")
     p.add_argument("--categorical", default="", metavar="P,P,...",
                    help="numeric properties to treat as classes (e.g. training.seed)")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write the scores as CSV")
+    add_out(p, metavar="CSV", help="also write the scores to this CSV file")
+    deprecated_alias(p, "--csv", "--out", "out")
     p.set_defaults(func=cmd_predict, _group_parser=p)
     return p
 
@@ -71,9 +76,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--epochs must be all, last or comma-separated integers, got {args.epochs!r}") from None
     try:
-        split = tuple(float(f) for f in _list(args.split))
+        split = tuple(float(f) for f in _list(args.fractions))
     except ValueError:
-        raise ValueError(f"--split must be three comma-separated fractions, got {args.split!r}") from None
+        raise ValueError(f"--fractions must be three comma-separated fractions, got {args.fractions!r}") from None
     layers = [int(x) if x.lstrip("-").isdigit() else x for x in _list(args.layers)] or None
     properties = _list(args.properties)
     if not properties:
@@ -86,9 +91,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(ds.report.summary())
         scores = predict_properties(ds, features=_list(args.features))
     print(format_scores(scores))
-    if args.csv:
-        out = Path(args.csv)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out:
+        out = Path(args.out)
         atomic_write_bytes(out, scores_frame(scores).to_csv(index=False).encode("utf-8"))
         print(f"scores written to {out}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from zooscape.cli._common import add_group
+from zooscape.cli._common import add_device, add_group, add_out, add_quiet, add_workers_engine, engine_options
 
 __all__ = ["add_parser"]
 
@@ -22,12 +22,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        description="Train the zoo of a TOML spec into DIR. Re-running the same command resumes an "
                                    "interrupted run; finished models are skipped.")
     t.add_argument("spec", metavar="SPEC", help="TOML spec file")
-    t.add_argument("--out", required=True, metavar="DIR", help="zoo directory (created)")
-    t.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes of the local engine (default 1: in-process)")
-    t.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default auto)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_engine_arguments(t)
+    add_out(t, required=True, help="zoo directory (created)")
+    add_device(t)
+    add_quiet(t)
+    add_workers_engine(t, chunk_size=True, what="the population chunks")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("validate", help="check a spec and show its expansion (writes nothing)",
@@ -54,44 +52,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     pl.add_argument("--y", required=True, metavar="KEY", help="column for the vertical axis")
     pl.add_argument("--metric", default="test_acc", help="metric column (default test_acc)")
     pl.add_argument("--epoch", type=int, default=None, help="epoch (default: each model's last)")
-    pl.add_argument("--out", default=None, metavar="PNG",
-                    help="output file (default DIR/plots/<metric>_<y>_vs_<x>.png)")
+    add_out(pl, metavar="PNG", help="output file (default DIR/plots/<metric>_<y>_vs_<x>.png)")
     pl.set_defaults(func=cmd_plot)
     _add_transfer_parsers(sub)
     return p
-
-
-def add_engine_arguments(t: argparse.ArgumentParser, chunk_size: bool = True,
-                          what: str = "the population chunks") -> None:
-    """Add the engine options of ``zoo train`` (``--engine``, ``--address``, ``--chunk-size``, resources)."""
-    g = t.add_argument_group("engine", f"where {what} run (see docs/scaling.md)")
-    g.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local: this machine (default); ray: Ray tasks (needs pip install \"zooscape[ray]\")")
-    g.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster address (auto, HOST:PORT, ray://HOST:10001); default: RAY_ADDRESS or a new "
-                        "local Ray instance")
-    if chunk_size:
-        g.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                       help="models per task = largest training population (default: the spec's [population] "
-                            "max_size); part of the zoo: re-runs must pass the same value")
-    g.add_argument("--cpus-per-task", type=float, default=1.0, metavar="C", help="Ray: CPUs per task (default 1)")
-    g.add_argument("--gpus-per-task", type=float, default=0.0, metavar="G",
-                   help="Ray: GPUs per task, fractions share a GPU (default 0)")
-    g.add_argument("--max-retries", type=int, default=3, metavar="K",
-                   help="Ray: re-runs of a task whose worker died (default 3)")
-
-
-def engine_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Engine keyword arguments from the command line; Ray-only options with ``--engine local`` are an error."""
-    ray_only = {"--address": args.address is not None, "--cpus-per-task": args.cpus_per_task != 1.0,
-                "--gpus-per-task": args.gpus_per_task != 0.0, "--max-retries": args.max_retries != 3}
-    if args.engine != "ray":
-        given = [k for k, v in ray_only.items() if v]
-        if given:
-            raise ValueError(f"{', '.join(given)} only apply with --engine ray")
-        return {}
-    return {"address": args.address, "num_cpus": args.cpus_per_task, "num_gpus": args.gpus_per_task,
-            "max_retries": args.max_retries}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -106,8 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from zooscape.zoo import train_zoo
 
     zoo = train_zoo(args.spec, args.out, engine=args.engine, workers=args.workers, device=args.device,
-                    progress=not args.no_progress, chunk_size=args.chunk_size,
-                    engine_options=engine_options_from_args(args))
+                    progress=not args.quiet, chunk_size=args.chunk_size,
+                    engine_options=engine_options(args))
     counts = zoo.status_counts()
     print(f"{zoo.path}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0
@@ -217,7 +181,7 @@ def _add_transfer_parsers(sub: Any) -> None:
                                     "checkpoint_*/checkpoints) into a zoo directory of ours. Checkpoints are read "
                                     "with weights_only=True; broken trials are reported and skipped.")
     im.add_argument("source", metavar="RAY_TUNE_DIR", help="folder holding the trial folders (searched recursively)")
-    im.add_argument("--out", required=True, metavar="DIR", help="zoo directory (created)")
+    add_out(im, required=True, help="zoo directory (created)")
     im.add_argument("--dataset", default=None, metavar="NAME",
                     help="data set of every trial (default: dataset::name, or guessed from dataset::dump)")
     im.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
@@ -227,14 +191,14 @@ def _add_transfer_parsers(sub: Any) -> None:
     im.add_argument("--name", default=None, help="zoo name (default: the source folder's name)")
     im.add_argument("--no-optimizer", action="store_true", help="skip optimizer files")
     im.add_argument("--max-population", type=int, default=64, metavar="N", help="models per shard group (64)")
-    im.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(im)
     im.set_defaults(func=cmd_import)
 
     ex = sub.add_parser("export", help="write a zoo in the Ray Tune layout of the published zoos",
                         description="Write one trial folder per model (params.json with Model Zoos keys, "
                                     "result.json, checkpoint_*/checkpoints and optimizer) for the old tools.")
     ex.add_argument("dir", metavar="DIR", help="zoo directory")
-    ex.add_argument("--out", required=True, metavar="OUT", help="folder for the trial folders (created)")
+    add_out(ex, required=True, metavar="OUT", help="folder for the trial folders (created)")
     ex.add_argument("--epochs", default=None, metavar="E,E,...", help="checkpoint epochs to write (default all)")
     ex.add_argument("--no-optimizer", action="store_true", help="do not write optimizer files")
     ex.set_defaults(func=cmd_export)
@@ -273,7 +237,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     types = {k: str(v) for k, v in _key_values(args.model_type, "--model-type").items()}
     report = import_raytune(args.source, args.out, dataset=dataset, model_types=types or None, name=args.name,
                             optimizer=not args.no_optimizer, max_population=args.max_population,
-                            progress=not args.no_progress)
+                            progress=not args.quiet)
     print(report.summary())
     return 0
 

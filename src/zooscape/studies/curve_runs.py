@@ -262,7 +262,7 @@ def _train_config(section: Mapping[str, Any]) -> Any:
 def run_section(
     section: Mapping[str, Any],
     file: str = "<memory>",
-    device: str = "cpu",
+    device: str = "auto",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run one parsed table: train a base model, train a curve, or evaluate a curve.
@@ -276,6 +276,9 @@ def run_section(
     Returns:
         Summary dict with ``role``, ``dir`` and the written ``files`` (and, for evaluations, ``evaluation``).
     """
+    from zooscape.train.trainer import resolve_device
+
+    device = str(resolve_device(device))
     say = progress or (lambda message: None)
     role = section_role(section)
     out_dir = Path(section["dir"])
@@ -414,7 +417,7 @@ def run_config(
     path: str | Path,
     sections: Sequence[str] | None = None,
     roles: Sequence[str] = ("base", "curve", "eval"),
-    device: str = "cpu",
+    device: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:

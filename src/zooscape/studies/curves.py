@@ -129,7 +129,7 @@ class CurvePairTask:
     epoch: int
     cell: int
     params: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
+    device: str = "auto"
 
 
 def run_curve_pair_task(task: CurvePairTask) -> dict[str, Any]:
@@ -152,6 +152,7 @@ def run_curve_pair_task(task: CurvePairTask) -> dict[str, Any]:
     from zooscape.connect.curve import Curve, curve_bytes
     from zooscape.connect.curve_eval import evaluate_curve
     from zooscape.connect.curve_train import train_curve
+    from zooscape.train.trainer import resolve_device
     from zooscape.zoo.reader import open_zoo
 
     params = task.params
@@ -159,7 +160,7 @@ def run_curve_pair_task(task: CurvePairTask) -> dict[str, Any]:
     with open_zoo(task.root) as zoo:
         start, end = zoo.load_model(task.model_id, task.epoch), zoo.load_model(task.other_id, task.epoch)
         data = zoo.data(task.model_id)
-    curve = Curve(params["kind"], start, end, params["num_bends"]).to(task.device)
+    curve = Curve(params["kind"], start, end, params["num_bends"]).to(resolve_device(task.device))
     train_curve(curve, data, cfg)
     ev = evaluate_curve(curve, data, params["n_points"], splits=tuple(params["splits"]), bn_mode=params["bn_mode"],
                         mc_points=params["mc_points"], weight_decay=cfg.weight_decay)
@@ -189,7 +190,7 @@ class CurvePairPlan:
 
 
 def plan_curve_pairs(zoo: Any, params: Mapping[str, Any], epoch: int | None = None, force: bool = False,
-                     device: str = "cpu") -> CurvePairPlan:
+                     device: str = "auto") -> CurvePairPlan:
     """Decide which seed pairs to compute: every pair of each grid cell not yet stored with ``params``.
 
     Args:
@@ -239,7 +240,7 @@ def curve_pairs(
     mc_points: int = 5,
     splits: Sequence[str] = ("train", "test"),
     bn_mode: str = "reset",
-    device: str = "cpu",
+    device: str = "auto",
     force: bool = False,
     progress: Callable[[str], None] | None = None,
     engine: str | Engine = "local",

@@ -403,7 +403,7 @@ def pair_barriers(
     n_points: int = 25,
     bn_mode: str = "interpolate",
     splits: Sequence[str] = ("train", "test"),
-    device: str = "cpu",
+    device: str = "auto",
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Barriers and distances between all seed pairs of every grid cell of a zoo, stored in its catalog.
@@ -432,7 +432,10 @@ def pair_barriers(
         Frankle et al. (2020); Entezari et al. (2022).
     """
     from zooscape.connect.path import linear_path
+    from zooscape.train.trainer import resolve_device
     from zooscape.zoo.reader import open_zoo
+
+    device = str(resolve_device(device))
 
     store = ZooStore(zoo_dir)
     if not is_zoo(store.root):

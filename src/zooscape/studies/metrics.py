@@ -135,7 +135,7 @@ def _loss_fn(data: Any) -> Callable[..., Any]:
 
 
 def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mapping[str, Any],
-                   device: str = "cpu") -> dict[str, float]:
+                   device: str = "auto") -> dict[str, float]:
     """Compute one metric for one model (or one pair, for ``cka``) with :mod:`zooscape.landscape`.
 
     Args:
@@ -223,7 +223,7 @@ class MetricTask:
     epoch: int
     model_ids: tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
+    device: str = "auto"
 
 
 def run_metric_task(task: MetricTask) -> dict[str, Any]:
@@ -235,12 +235,14 @@ def run_metric_task(task: MetricTask) -> dict[str, Any]:
     Returns:
         dict with ``model_ids`` and ``rows`` (dicts for :meth:`Catalog.add_analyses`).
     """
+    from zooscape.train.trainer import resolve_device
     from zooscape.zoo.reader import open_zoo
 
     with open_zoo(task.root) as zoo:
-        models = [zoo.load_model(m, task.epoch, device=task.device) for m in task.model_ids]
+        device = str(resolve_device(task.device))
+        models = [zoo.load_model(m, task.epoch, device=device) for m in task.model_ids]
         data = None if task.metric == "spectra" else zoo.data(task.model_ids[0])
-    values = compute_metric(task.metric, models, data, task.params, device=task.device)
+    values = compute_metric(task.metric, models, data, task.params, device=device)
     params = {"analysis": task.metric, **task.params}
     other = task.model_ids[1] if len(task.model_ids) > 1 else None
     rows = [{"model_id": task.model_ids[0], "other_id": other, "epoch": task.epoch, "metric": name,
@@ -269,7 +271,7 @@ class MetricPlan:
 
 
 def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: int | None = None,
-                      model_ids: Sequence[str] | None = None, device: str = "cpu") -> MetricPlan:
+                      model_ids: Sequence[str] | None = None, device: str = "auto") -> MetricPlan:
     """Decide which models (or seed pairs) to measure and which are already done.
 
     Args:
@@ -323,7 +325,7 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
 
 def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
                 params: Mapping[str, Any] | None = None, model_ids: Sequence[str] | None = None,
-                engine: str | Engine = "local", workers: int = 1, device: str = "cpu",
+                engine: str | Engine = "local", workers: int = 1, device: str = "auto",
                 progress: Callable[[str], None] | None = None,
                 engine_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Compute a landscape metric for every model (or seed pair) of a zoo and store it in the catalog.

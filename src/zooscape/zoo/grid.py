@@ -48,7 +48,9 @@ __all__ = [
 ]
 
 #: Config keys that may differ between members of one training population.
-MEMBER_KEYS: tuple[tuple[str, str], ...] = tuple(("training", k) for k in Member.keys())
+#: The ``[training]`` ones come from :meth:`zooscape.train.Member.keys` (the one source of per-model settings);
+#: ``model.init`` only changes how each member's weights are drawn (every member is built on its own).
+MEMBER_KEYS: tuple[tuple[str, str], ...] = (*(("training", k) for k in Member.keys()), ("model", "init"))
 ID_LENGTH = 12
 CONFIG_SECTIONS = ("dataset", "model", "training")
 
