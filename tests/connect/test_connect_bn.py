@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from connect_helpers import make_mlp, perturb_bn_stats
 from torch import nn
 
-from zooscape.connect import has_batchnorm, recompute_bn_stats, reset_bn_stats
+from zooscape.connect import clear_bn_stats, has_batchnorm, recompute_bn_stats, reset_bn_stats
 from zooscape.connect.bn import batch_slices
 
 
@@ -71,7 +71,7 @@ def test_recompute_differs_from_default_momentum_update():
     model = make_mlp(2)
     x = torch.randn(40, 6, generator=torch.Generator().manual_seed(2))
     ema = copy.deepcopy(model)
-    reset_bn_stats(ema)
+    clear_bn_stats(ema)
     ema.train()
     with torch.no_grad():
         for sl in batch_slices(40, 10):
@@ -91,7 +91,7 @@ def test_batch_slices_merge_single_sample_tail():
 def test_reset_and_has_batchnorm():
     model = perturb_bn_stats(make_mlp(0), 5)
     assert has_batchnorm(model) and not has_batchnorm(make_mlp(0, bn=False))
-    reset_bn_stats(model)
+    clear_bn_stats(model)
     assert torch.equal(model[1].running_mean, torch.zeros(8))
     assert torch.equal(model[1].running_var, torch.ones(8))
     assert int(model[1].num_batches_tracked) == 0
@@ -101,3 +101,32 @@ def test_untracked_batchnorm_is_left_alone():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False))
     assert not has_batchnorm(model)
     assert recompute_bn_stats(model, torch.randn(5, 3)) is model
+
+
+def test_one_bn_reestimator_for_align_and_connect():
+    """align.reset_bn_stats is connect's: a re-estimated copy, equal to recompute_bn_stats on a copy."""
+    import copy
+
+    from zooscape import align
+
+    assert align.reset_bn_stats is reset_bn_stats
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3))
+    x = torch.randn(50, 5) * 3 + 1
+    fresh = reset_bn_stats(model, x, batch_size=16)
+    assert fresh is not model and torch.equal(model[1].running_mean, torch.zeros(7))
+    ref = recompute_bn_stats(copy.deepcopy(model), x, batch_size=16)
+    assert torch.equal(fresh[1].running_mean, ref[1].running_mean)
+    # an iterable of (x, y) batches gives the same sample-weighted estimate as the tensor
+    loader = [(x[i:i + 16], torch.zeros(len(x[i:i + 16]))) for i in range(0, 48, 16)] + [(x[48:], torch.zeros(2))]
+    via_loader = reset_bn_stats(model, loader)
+    assert torch.allclose(via_loader[1].running_mean, ref[1].running_mean, atol=1e-6)
+    assert torch.allclose(via_loader[1].running_mean, (x @ model[0].weight.T + model[0].bias).mean(0), atol=1e-5)
+
+
+def test_reset_bn_stats_without_data_is_the_deprecated_in_place_reset():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model[1].running_mean.fill_(5.0)
+    with pytest.warns(DeprecationWarning, match="clear_bn_stats"):
+        assert reset_bn_stats(model) is model
+    assert torch.equal(model[1].running_mean, torch.zeros(4))

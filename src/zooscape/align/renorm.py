@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from zooscape.connect.bn import reset_bn_stats
+
 from .stats import ChannelStats, iter_batches, model_device, normalize_weights, on_device, unit_columns
 
 __all__ = ["RENORM_METHODS", "CorrectionPoint", "correction_points", "renormalize", "repair", "reset_bn_stats"]
@@ -103,48 +105,6 @@ def correction_points(model: nn.Module) -> list[CorrectionPoint]:
 def _restore_modes(modes: dict[nn.Module, bool]) -> None:
     for m, mode in modes.items():
         m.training = mode
-
-
-@torch.no_grad()
-def reset_bn_stats(model: nn.Module, data: Any, *, batch_size: int = 256,
-                   device: torch.device | str | None = None) -> nn.Module:
-    """Re-estimate every BatchNorm's running mean/var with one pass over ``data`` (cumulative average).
-
-    Only BatchNorm layers run in train mode (dropout etc. stay in eval mode).
-
-    Args:
-        model: the model (not modified).
-        data: input tensor ``[N, ...]`` or iterable of batches.
-        batch_size: chunk size when ``data`` is a tensor.
-        device: where to run (the model's device when None).
-
-    Returns:
-        a new model with fresh BatchNorm statistics (same modes as ``model``).
-
-    References:
-        Jordan et al. (2023), "REPAIR: REnormalizing Permuted Activations for Interpolation Repair".
-    """
-    new = copy.deepcopy(model)
-    device = torch.device(device) if device is not None else model_device(model)
-    run = on_device(new, device)
-    bns = [m for m in run.modules() if isinstance(m, _BN) and m.track_running_stats]
-    if not bns:
-        return new
-    modes = {m: m.training for m in run.modules()}
-    momenta = {m: m.momentum for m in bns}
-    try:
-        run.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        for x in iter_batches(data, batch_size, device):
-            run(x)
-    finally:
-        _restore_modes(modes)
-        for m, mom in momenta.items():
-            m.momentum = mom
-    return run if run is new else run.to(model_device(model))
 
 
 class _Stop(Exception):

@@ -3,55 +3,15 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
-from typing import Any
 
 import torch
 from torch import nn
 
+from zooscape.data.adapt import iter_batches
+
 __all__ = [
     "ChannelStats", "CrossStats", "iter_batches", "model_device", "normalize_weights", "on_device", "unit_columns",
 ]
-
-
-def iter_batches(data: Any, batch_size: int = 256, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
-    """Yield input batches from a tensor or from an iterable of batches.
-
-    Args:
-        data: a tensor ``[N, ...]`` (split into chunks of ``batch_size``), an ``(x, y)`` tuple of tensors
-            (``x`` is used), a data object with ``train_x`` (e.g. :class:`zooscape.data.DataSplits`: its
-            training inputs are used), or an iterable (e.g. a DataLoader or a list) yielding tensors or
-            tuples/lists whose first element is the input tensor.
-        batch_size: chunk size when ``data`` is a tensor.
-        device: move every batch there (unchanged when None).
-
-    Returns:
-        iterator over input tensors ``[B, ...]``.
-    """
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if hasattr(data, "train_x") and isinstance(data.train_x, torch.Tensor):
-        data = data.train_x
-    elif (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
-          and data[0].ndim > 0 and data[1].ndim > 0 and len(data[0]) == len(data[1])):
-        data = data[0]
-    if isinstance(data, torch.Tensor):
-        if data.ndim == 0 or len(data) == 0:
-            raise ValueError(f"data must be a non-empty tensor [N, ...], got shape {tuple(data.shape)}")
-        for i in range(0, len(data), int(batch_size)):
-            yield data[i:i + int(batch_size)].to(device) if device is not None else data[i:i + int(batch_size)]
-        return
-    if not isinstance(data, Iterable):
-        raise ValueError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
-    empty = True
-    for batch in data:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"data yielded a batch of type {type(x).__name__}; expected a tensor")
-        empty = False
-        yield x.to(device) if device is not None else x
-    if empty:
-        raise ValueError("data yielded no batches")
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -17,7 +17,7 @@ from zooscape.connect.barrier import (
     barrier_midpoint,
     barriers,
 )
-from zooscape.connect.bn import has_batchnorm, recompute_bn_stats, reset_bn_stats
+from zooscape.connect.bn import clear_bn_stats, has_batchnorm, recompute_bn_stats, reset_bn_stats
 from zooscape.connect.distance import l2_distance
 from zooscape.connect.interpolate import (
     BN_MODES,
@@ -51,6 +51,7 @@ __all__ = [
     "l2_distance",
     "linear_path",
     "path_alphas",
+    "clear_bn_stats",
     "recompute_bn_stats",
     "reset_bn_stats",
 ]

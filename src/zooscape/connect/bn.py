@@ -14,11 +14,19 @@ evaluation mode, and all modes and momenta are restored afterwards.
 
 from __future__ import annotations
 
+import copy
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["batch_slices", "batchnorm_modules", "has_batchnorm", "recompute_bn_stats", "reset_bn_stats"]
+from zooscape.data.adapt import iter_batches
+
+__all__ = ["batch_slices", "batchnorm_modules", "clear_bn_stats", "has_batchnorm", "recompute_bn_stats",
+           "reset_bn_stats"]
 
 
 def batchnorm_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
@@ -45,7 +53,7 @@ def has_batchnorm(model: nn.Module) -> bool:
     return len(batchnorm_modules(model)) > 0
 
 
-def reset_bn_stats(model: nn.Module) -> nn.Module:
+def clear_bn_stats(model: nn.Module) -> nn.Module:
     """Reset running mean to 0, running variance to 1 and the batch counter to 0, in place.
 
     Args:
@@ -57,6 +65,39 @@ def reset_bn_stats(model: nn.Module) -> nn.Module:
     for _, module in batchnorm_modules(model):
         module.reset_running_stats()
     return model
+
+
+def reset_bn_stats(model: nn.Module, data: Any = None, *, batch_size: int = 256,
+                   device: torch.device | str | None = None) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm's running statistics re-estimated on ``data`` ("reset BN").
+
+    The copy goes through :func:`recompute_bn_stats` (exact cumulative average over one pass); ``model`` is not
+    modified. This is the Rethink Re-Basin seed's ``--reset-bn`` and REPAIR's "reset BN" baseline.
+
+    Args:
+        model: the model (not modified).
+        data: inputs: a tensor ``[N, ...]``, an ``(x, y)`` pair, a ``DataSplits`` (its training inputs) or an
+            iterable of batches (:func:`zooscape.data.adapt.iter_batches`).
+        batch_size: batch size when ``data`` holds tensors.
+        device: where to run the pass (default: the model's device); the copy is returned on the model's device.
+
+    Returns:
+        a new model with fresh BatchNorm statistics (same modes as ``model``).
+
+    References:
+        Jordan et al. (2023), "REPAIR: REnormalizing Permuted Activations for Interpolation Repair".
+    """
+    if data is None:  # the old in-place meaning of this name in zooscape.connect
+        warnings.warn("reset_bn_stats(model) without data is deprecated: use clear_bn_stats(model) to reset "
+                      "BatchNorm statistics in place; reset_bn_stats(model, data) returns a re-estimated copy",
+                      DeprecationWarning, stacklevel=2)
+        return clear_bn_stats(model)
+    new = copy.deepcopy(model)
+    home = _model_device(model)
+    if device is not None and torch.device(device) != home:
+        new.to(device)
+    recompute_bn_stats(new, data, batch_size=batch_size)
+    return new.to(home)
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
@@ -91,13 +132,19 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def recompute_bn_stats(model: nn.Module, x: Tensor, batch_size: int = 256) -> nn.Module:
+def recompute_bn_stats(model: nn.Module, data: Any, batch_size: int = 256) -> nn.Module:
     """Reset BatchNorm statistics and re-estimate them as an exact cumulative average over one pass, in place.
+
+    This is zooscape's one BatchNorm re-estimator: ``align`` (reset BN, REPAIR), ``connect`` (paths, curves) and
+    the studies all use it (:func:`~zooscape.connect.batched.batched_bn_stats` is its vmapped form for many
+    models at once, tested equal).
 
     Args:
         model: the network; inputs are moved to its device.
-        x: training inputs, shape ``[n, *input_shape]``, visited once in order (no augmentation).
-        batch_size: batch size of the pass; a trailing batch of one sample is merged (see
+        data: inputs, visited once in order (no augmentation): a tensor ``[n, *input_shape]``, an ``(x, y)``
+            pair, a ``DataSplits`` (training inputs) or an iterable of batches (see
+            :func:`zooscape.data.adapt.iter_batches`).
+        batch_size: batch size of the pass over tensors; a trailing batch of one sample is merged (see
             :func:`batch_slices`).
 
     Returns:
@@ -112,9 +159,13 @@ def recompute_bn_stats(model: nn.Module, x: Tensor, batch_size: int = 256) -> nn
     layers = [m for _, m in batchnorm_modules(model)]
     if not layers:
         return model
-    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch tensor, got {getattr(x, 'shape', type(x).__name__)}")
     device = _model_device(model)
+    if isinstance(data, Tensor):
+        if data.dim() < 1 or data.shape[0] == 0:
+            raise ValueError(f"data must be a non-empty batch tensor, got shape {tuple(data.shape)}")
+        batches: Iterable[Tensor] = (data[sl] for sl in batch_slices(data.shape[0], batch_size))
+    else:
+        batches = iter_batches(data, batch_size)
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in layers}
     try:
@@ -123,8 +174,8 @@ def recompute_bn_stats(model: nn.Module, x: Tensor, batch_size: int = 256) -> nn
             m.reset_running_stats()
             m.train()
         seen = 0
-        for sl in batch_slices(x.shape[0], batch_size):
-            xb = x[sl].to(device)
+        for xb in batches:
+            xb = xb.to(device)
             b = xb.shape[0]
             for m in layers:
                 m.momentum = b / (seen + b)

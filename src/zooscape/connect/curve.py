@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from zooscape._io import atomic_write_bytes
-from zooscape.connect._data import train_inputs
 from zooscape.connect.bn import has_batchnorm, recompute_bn_stats
 from zooscape.connect.interpolate import check_compatible
+from zooscape.data.adapt import train_inputs
 
 __all__ = [
     "CURVE_KINDS",

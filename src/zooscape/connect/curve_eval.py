@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zooscape.connect._data import get_split, infer_task, train_inputs
 from zooscape.connect.batched import batched_bn_stats, batched_evaluate
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.curve import Curve
 from zooscape.connect.interpolate import check_bn_mode
 from zooscape.connect.metrics import evaluate_model
+from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 __all__ = [
     "CURVE_STATS",

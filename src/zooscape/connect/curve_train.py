@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zooscape.connect._data import get_split, infer_task
 from zooscape.connect.bn import batch_slices
 from zooscape.connect.curve import Curve
+from zooscape.data.adapt import get_split, infer_task
 from zooscape.train import SCHEDULES, epoch_order, lr_factor
 
 __all__ = [

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zooscape.connect._data import train_inputs
 from zooscape.connect.bn import has_batchnorm, recompute_bn_stats
+from zooscape.data.adapt import train_inputs
 
 __all__ = ["BN_MODES", "check_compatible", "check_compatible_states", "interpolate", "interpolate_state"]
 

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zooscape.connect._data import get_split, infer_task, train_inputs
 from zooscape.connect.barrier import BARRIER_DEFINITIONS, barriers
 from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.distance import l2_distance
 from zooscape.connect.interpolate import check_bn_mode, check_compatible, interpolate
 from zooscape.connect.metrics import evaluate_model
+from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 __all__ = ["LinearPath", "linear_path", "path_alphas"]
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zooscape.connect._data import get_split, infer_task, train_inputs
 from zooscape.connect.batched import batched_bn_stats, batched_evaluate
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.curve import Curve
+from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 __all__ = ["Plane", "PlaneGrid", "curve_plane", "evaluate_plane"]
 
