@@ -217,11 +217,11 @@ def curve_loss(
 
 
 class CurveOptimizer:
-    """SGD (momentum, Nesterov) or Adam over a list of tensors, with the update rules of ``torch.optim``.
+    """SGD (momentum, Nesterov) or Adam over a curve's tensors: the population optimiser with a population of one.
 
-    Written out here because importing ``torch.optim`` pulls in ``torch._dynamo`` (seconds on a busy CPU); the
-    tests compare it with ``torch.optim.SGD`` / ``torch.optim.Adam``. No weight decay: curve training
-    regularises explicitly at the sampled point.
+    A curve is trained with :class:`zooscape.train.optim.PopulationOptimizer` (the project's one optimiser, the
+    update rules of ``torch.optim``): each tensor is seen through a ``[1, ...]`` view that shares its storage, so
+    updates land in place. No weight decay: curve training regularises explicitly at the sampled point.
 
     Args:
         params: tensors with ``requires_grad=True``.
@@ -232,14 +232,16 @@ class CurveOptimizer:
     """
 
     def __init__(self, params: list[nn.Parameter], config: CurveTrainConfig) -> None:
+        from zooscape.train.optim import PopulationOptimizer
+
         self.params = list(params)
-        self.kind = config.optimizer
-        self.momentum = float(config.momentum)
-        self.nesterov = bool(config.nesterov)
-        self.betas = config.betas
-        self.eps = float(config.eps)
-        self.steps = 0
-        self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
+        self._views = [p.data.unsqueeze(0) for p in self.params]
+        like = {"dtype": self.params[0].dtype, "device": self.params[0].device}
+        self._opt = PopulationOptimizer(
+            [(str(i), v) for i, v in enumerate(self._views)], config.optimizer, weight_decay=torch.zeros(1, **like),
+            momentum=torch.full((1,), float(config.momentum), **like), nesterov=bool(config.nesterov),
+            betas=tuple(config.betas), eps=float(config.eps))
+        self._active = torch.ones(1, dtype=torch.bool, device=like["device"])
 
     def zero_grad(self) -> None:
         """Drop the gradients."""
@@ -253,31 +255,10 @@ class CurveOptimizer:
         Args:
             lr: learning rate of this step.
         """
-        self.steps += 1
-        b1, b2 = self.betas
-        for p, st in zip(self.params, self.state):
-            g = p.grad
-            if g is None:
-                continue
-            if self.kind == "sgd":
-                d = g
-                if self.momentum:
-                    buf = st.get("momentum")
-                    if buf is None:
-                        buf = st["momentum"] = g.clone()
-                    else:
-                        buf.mul_(self.momentum).add_(g)
-                    d = g + self.momentum * buf if self.nesterov else buf
-                p.add_(d, alpha=-lr)
-            else:
-                if "m" not in st:
-                    st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
-                m, v = st["m"], st["v"]
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
-                p.addcdiv_(m, denom, value=-lr / bc1)
+        for p, v in zip(self.params, self._views):
+            v.grad = None if p.grad is None else p.grad.unsqueeze(0)
+        self._opt.step(torch.full((1,), float(lr), dtype=self.params[0].dtype, device=self.params[0].device),
+                       self._active, all_active=True)
 
 
 def _has_dropout(model: nn.Module) -> bool:
