@@ -72,7 +72,7 @@ def test_2d_surface_matches_slow_copy_and_load_oracle_and_model_is_untouched():
     model[1].running_mean.uniform_()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(24, 1, 6, 6), torch.randint(0, 4, (24,))
-    surf = loss_surface_2d(model, F.cross_entropy, x, y, num_points=4, span=(-0.5, 0.5), generator=3,
+    surf = loss_surface_2d(model, F.cross_entropy, x, y, n_points=4, span=(-0.5, 0.5), seed=3,
                            points_per_call=5, batch_size=10)
     assert surf.losses.shape == (4, 4)
     d1, d2 = surf.directions
@@ -92,7 +92,7 @@ def test_2d_surface_matches_slow_copy_and_load_oracle_and_model_is_untouched():
 def test_surface_centre_is_model_loss_and_validation():
     model = _cnn()
     x, y = torch.randn(10, 1, 6, 6), torch.randint(0, 4, (10,))
-    surf = loss_surface_1d(model, F.cross_entropy, x, y, num_points=5)
+    surf = loss_surface_1d(model, F.cross_entropy, x, y, n_points=5)
     with torch.no_grad():
         model.eval()
         centre = float(F.cross_entropy(model(x), y))
@@ -101,7 +101,7 @@ def test_surface_centre_is_model_loss_and_validation():
     with pytest.raises(ValueError, match="1 or 2 directions"):
         loss_surface(model, F.cross_entropy, x, y, [d, d, d], [torch.zeros(1)] * 3)
     with pytest.raises(ValueError, match="grid points"):
-        loss_surface_1d(model, F.cross_entropy, x, y, num_points=1)
+        loss_surface_1d(model, F.cross_entropy, x, y, n_points=1)
 
 
 def _planar_trajectory():
@@ -138,17 +138,27 @@ def test_trajectory_pca_of_planar_path():
 def test_pca_surface_and_png_output(tmp_path):
     model, traj = _planar_trajectory()
     x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
-    surf = loss_surface_pca(model, F.cross_entropy, x, y, traj, num_points=5)
+    surf = loss_surface_pca(model, F.cross_entropy, x, y, traj, n_points=5)
     assert surf.losses.shape == (5, 5) and surf.trajectory.shape == (5, 2)
     for k in range(2):  # the grid covers the projected trajectory
         assert float(surf.coords[k].min()) <= float(surf.trajectory[:, k].min())
         assert float(surf.coords[k].max()) >= float(surf.trajectory[:, k].max())
     out = plot_surface(surf, tmp_path / "pca.png", title="pca", log_scale=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    line = loss_surface_1d(model, F.cross_entropy, x, y, num_points=7)
+    line = loss_surface_1d(model, F.cross_entropy, x, y, n_points=7)
     assert plot_surface(line, tmp_path / "line.png").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["line.png", "pca.png"]  # no temp files left
     with pytest.raises(ValueError, match=".png"):
         plot_surface(line, tmp_path / "line.jpg")
     with pytest.raises(FileNotFoundError, match="missing"):
         plot_surface(line, tmp_path / "missing" / "x.png")
+
+
+def test_old_parameter_names_warn_and_still_work():
+    model = nn.Sequential(nn.Linear(3, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    with pytest.warns(DeprecationWarning) as record:
+        old = loss_surface_1d(model, F.cross_entropy, x, y, num_points=3, generator=1)
+    assert {str(w.message).split("(")[1].split("=")[0] for w in record} == {"num_points", "generator"}
+    new = loss_surface_1d(model, F.cross_entropy, x, y, n_points=3, seed=1)
+    assert torch.equal(old.losses, new.losses)

@@ -128,7 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         wrong = [t for t in args.tables if t in config and section_role(config[t]) != "eval"]
         if wrong:
             raise ValueError(f"table(s) {wrong} have no 'ckpt': use 'zooscape curve train' for them")
-    overrides = {"num-points": args.num_points, "plane": args.plane}
+    overrides = {"num-points": args.n_points, "plane": args.plane}
     results = run_config(args.config, args.tables or None, roles=("eval",), device=args.device,
                          overrides=overrides, progress=say(args.quiet))
     names = args.tables or [None] * len(results)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zooscape._deprecate import renamed_kwargs
 from zooscape.connect.batched import batched_bn_stats, batched_evaluate
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.curve import Curve
@@ -209,11 +210,12 @@ def _margins(margin: float | Sequence[float]) -> tuple[float, float, float, floa
     return m  # type: ignore[return-value]
 
 
+@renamed_kwargs(grid_points="n_points")
 @torch.no_grad()
 def evaluate_plane(
     curve: Curve,
     data: Any,
-    grid_points: int | tuple[int, int] = 21,
+    n_points: int | tuple[int, int] = 21,
     *,
     margin: float | Sequence[float] = 0.2,
     splits: Sequence[str] = ("train", "test"),
@@ -231,7 +233,7 @@ def evaluate_plane(
     Args:
         curve: a curve with at least one bend (not modified).
         data: ``DataSplits``-like object or mapping ``{split: (x, y)}``.
-        grid_points: points per axis (``G`` or ``(Gx, Gy)``, each >= 2).
+        n_points: points per axis (``G`` or ``(Gx, Gy)``, each >= 2).
         margin: extension beyond ``[0, 1]`` in units of ``dx`` / ``dy``: one number or (left, right, bottom, top).
         splits: splits to evaluate.
         weight_decay: ``loss = nll + 0.5 * weight_decay * ||w||^2``.
@@ -250,8 +252,8 @@ def evaluate_plane(
         Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity, and Fast
         Ensembling of DNNs".
     """
-    gx, gy = (grid_points, grid_points) if isinstance(grid_points, int) else tuple(grid_points)
-    for name, value, low in (("grid_points", gx, 2), ("grid_points", gy, 2), ("curve_points", curve_points, 2),
+    gx, gy = (n_points, n_points) if isinstance(n_points, int) else tuple(n_points)
+    for name, value, low in (("n_points", gx, 2), ("n_points", gy, 2), ("curve_points", curve_points, 2),
                              ("point_batch_size", point_batch_size, 1), ("batch_size", batch_size, 1),
                              ("bn_batch_size", bn_batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

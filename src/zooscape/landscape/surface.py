@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from zooscape._deprecate import renamed_kwargs
 from zooscape._io import save_figure
 from zooscape.landscape._hvp import (
     LossFn,
@@ -212,10 +213,11 @@ def _default_coords(num: int, span: tuple[float, float]) -> Tensor:
     return torch.linspace(span[0], span[1], num, dtype=torch.float64)
 
 
+@renamed_kwargs(num_points="n_points", generator="seed")
 def loss_surface_1d(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
                     direction: Mapping[str, Tensor] | None = None, coords: Tensor | None = None,
-                    num_points: int = 51, span: tuple[float, float] = (-1.0, 1.0), normalization: str = "filter",
-                    ignore_bias_bn: bool = True, generator: torch.Generator | int | None = None,
+                    n_points: int = 51, span: tuple[float, float] = (-1.0, 1.0), normalization: str = "filter",
+                    ignore_bias_bn: bool = True, seed: int | torch.Generator | None = None,
                     **kwargs) -> Surface:
     """1-D loss curve along a (filter-normalised random) direction.
 
@@ -225,12 +227,12 @@ def loss_surface_1d(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
         x: inputs ``[N, ...]``.
         y: targets ``[N, ...]``.
         direction: a direction (default: :func:`random_direction`).
-        coords: step sizes ``[g]`` (default ``num_points`` evenly in ``span``).
-        num_points: grid size when ``coords`` is not given (Li et al. use 51 in [-1, 1]).
+        coords: step sizes ``[g]`` (default ``n_points`` evenly in ``span``).
+        n_points: grid size when ``coords`` is not given (Li et al. use 51 in [-1, 1]).
         span: coordinate range when ``coords`` is not given.
         normalization: for the random direction (see :func:`normalize_direction`).
         ignore_bias_bn: for the random direction.
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness: an int seed or a ``torch.Generator`` (default seed 0).
         **kwargs: passed to :func:`loss_surface` (``batch_size``, ``device``, ``dtype``, ...).
 
     Returns:
@@ -241,15 +243,16 @@ def loss_surface_1d(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
     """
     if direction is None:
         direction = random_direction(model, normalization=normalization, ignore_bias_bn=ignore_bias_bn,
-                                     param_names=kwargs.get("param_names"), generator=generator)
-    coords = _default_coords(num_points, span) if coords is None else coords
+                                     param_names=kwargs.get("param_names"), generator=seed)
+    coords = _default_coords(n_points, span) if coords is None else coords
     return loss_surface(model, loss_fn, x, y, [direction], [coords], **kwargs)
 
 
+@renamed_kwargs(num_points="n_points", generator="seed")
 def loss_surface_2d(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
                     directions: Sequence[Mapping[str, Tensor]] | None = None, coords: Sequence[Tensor] | None = None,
-                    num_points: int = 21, span: tuple[float, float] = (-1.0, 1.0), normalization: str = "filter",
-                    ignore_bias_bn: bool = True, generator: torch.Generator | int | None = None,
+                    n_points: int = 21, span: tuple[float, float] = (-1.0, 1.0), normalization: str = "filter",
+                    ignore_bias_bn: bool = True, seed: int | torch.Generator | None = None,
                     **kwargs) -> Surface:
     """2-D loss surface over two (filter-normalised random) directions.
 
@@ -259,12 +262,12 @@ def loss_surface_2d(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
         x: inputs ``[N, ...]``.
         y: targets ``[N, ...]``.
         directions: two directions (default: two independent :func:`random_direction` draws).
-        coords: two step-size vectors (default ``num_points`` evenly in ``span`` on both axes).
-        num_points: grid size per axis when ``coords`` is not given.
+        coords: two step-size vectors (default ``n_points`` evenly in ``span`` on both axes).
+        n_points: grid size per axis when ``coords`` is not given.
         span: coordinate range when ``coords`` is not given.
         normalization: for random directions.
         ignore_bias_bn: for random directions.
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness: an int seed or a ``torch.Generator`` (default seed 0).
         **kwargs: passed to :func:`loss_surface`.
 
     Returns:
@@ -274,13 +277,13 @@ def loss_surface_2d(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
         Li, Xu, Taylor, Studer and Goldstein, 2018.
     """
     if directions is None:
-        gen = as_generator(generator)
+        gen = as_generator(seed)
         directions = [random_direction(model, normalization=normalization, ignore_bias_bn=ignore_bias_bn,
                                        param_names=kwargs.get("param_names"), generator=gen) for _ in range(2)]
     if len(directions) != 2:
         raise ValueError(f"directions must hold 2 directions, got {len(directions)}")
     if coords is None:
-        coords = [_default_coords(num_points, span)] * 2
+        coords = [_default_coords(n_points, span)] * 2
     return loss_surface(model, loss_fn, x, y, list(directions), list(coords), **kwargs)
 
 
@@ -353,8 +356,9 @@ def trajectory_pca(trajectory: Sequence[Mapping[str, Tensor]], center: Mapping[s
     return TrajectoryPCA((d1, d2), coords.float(), ratio.float())
 
 
+@renamed_kwargs(num_points="n_points", generator="seed")
 def loss_surface_pca(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
-                     trajectory: Sequence[Mapping[str, Tensor]], *, num_points: int = 21, margin: float = 0.2,
+                     trajectory: Sequence[Mapping[str, Tensor]], *, n_points: int = 21, margin: float = 0.2,
                      ignore_bias_bn: bool = False, **kwargs) -> Surface:
     """2-D loss surface on the PCA plane of a training trajectory, centred on ``model``, with the path projected.
 
@@ -366,7 +370,7 @@ def loss_surface_pca(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
         x: inputs ``[N, ...]``.
         y: targets ``[N, ...]``.
         trajectory: state dicts along training (>= 3).
-        num_points: grid points per axis.
+        n_points: grid points per axis.
         margin: extra room around the trajectory, as a fraction of its extent.
         ignore_bias_bn: leave 1-D parameters out of the PCA.
         **kwargs: passed to :func:`loss_surface`.
@@ -377,8 +381,8 @@ def loss_surface_pca(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
     References:
         Li, Xu, Taylor, Studer and Goldstein, 2018.
     """
-    if num_points < 2:
-        raise ValueError(f"num_points must be >= 2, got {num_points}")
+    if n_points < 2:
+        raise ValueError(f"n_points must be >= 2, got {n_points}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     center = {n: p.detach() for n, p in model.named_parameters()}
@@ -390,7 +394,7 @@ def loss_surface_pca(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
         lo = min(float(pca.coords[:, k].min()), 0.0)
         hi = max(float(pca.coords[:, k].max()), 0.0)
         pad = margin * (hi - lo) if hi > lo else 1.0
-        axes.append(torch.linspace(lo - pad, hi + pad, num_points, dtype=torch.float64))
+        axes.append(torch.linspace(lo - pad, hi + pad, n_points, dtype=torch.float64))
     surf = loss_surface(model, loss_fn, x, y, list(pca.directions), axes, param_names=names, **kwargs)
     return Surface(surf.coords, surf.losses, surf.directions, pca.coords, pca.explained_variance_ratio)
 
