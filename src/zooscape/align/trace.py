@@ -6,6 +6,10 @@ normalisation layers, activations, dropout, pooling, reshapes and reductions pro
 binary ops (residual adds, gating products) merge them with a union-find, and anything the tracer does
 not understand *freezes* the groups that reach it (they are kept as the identity).  This is conservative:
 a spec derived here never breaks the function of the model; at worst it permutes fewer units.
+
+This module is one piece on purpose (over 500 lines): the label rules of every operator live in one walker
+(``_Builder``) whose cases share the union-find state; split by operator family they would have to pass that
+state around and the conservative freezing rule would no longer be visible in one place.
 """
 
 from __future__ import annotations

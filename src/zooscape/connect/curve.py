@@ -16,6 +16,10 @@ so any model works without per-layer curve classes. Floating-point buffers (Batc
 them) are carried on the nodes and blended like parameters, so ``t = 0`` and ``t = 1`` reproduce the
 endpoints exactly in train and eval mode; at inner points, BatchNorm statistics should be re-estimated
 (:func:`zooscape.connect.curve_eval.evaluate_curve` does so at every evaluated ``t`` by default).
+
+This module is one piece on purpose (over 500 lines): :class:`Curve` is one concept whose node storage,
+weights at ``t``, BatchNorm handling and (de)serialisation share private layout; the coefficient functions sit
+beside it because the class is their only user.
 """
 
 from __future__ import annotations
