@@ -1,11 +1,13 @@
-"""Benchmark: vectorized linear-path evaluation vs a loop over deep-copied interpolated models.
+"""Benchmark: vectorized linear-path evaluation vs a loop over deep-copied interpolated models, and the default.
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python bench/lmc.py --quick
 
 Both methods evaluate the same path (same alphas, splits, BatchNorm mode) through
 ``zooscape.connect.linear_path(method="vmap" | "loop")``; the script checks that the curves agree and prints
-wall time per path and the speed-up ratio for each (model, BatchNorm mode).
+wall time per path, the ratio loop/vmap, and which one ``method="auto"`` (the default) picks, for small
+digits networks and for registry models at MNIST size (MLP 784-512x3, LeNet-5, CNN-s; random data).
+The default must never be the slower one.
 """
 
 from __future__ import annotations
@@ -73,17 +75,36 @@ def main() -> None:
     if args.quick:
         data = {k: (x[:400], y[:400]) for k, (x, y) in data.items()}
     models = {"mlp": (mlp, 32 if args.quick else 128), "cnn": (cnn, 4 if args.quick else 16)}
+    from zooscape.connect.batched import choose_method
+    from zooscape.models import create_model
+
+    registry = {
+        "mlp784-512x3": (dict(name="mlp", width=512, depth=3, input_size=[784]), (784,)),
+        "lenet5": (dict(name="lenet5", in_channels=1, input_size=[1, 28, 28]), (1, 28, 28)),
+        "cnn_s": (dict(name="cnn_s", in_channels=1, input_size=[1, 28, 28]), (1, 28, 28)),
+    }
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, n_points {n_points}, "
           f"train {data['train'][0].shape[0]}, test {data['test'][0].shape[0]}")  # fmt: skip
-    print(f"{'model':6s} {'bn_mode':12s} {'loop s':>8s} {'vmap s':>8s} {'ratio':>7s} {'max |dloss|':>12s}")
-    for name, (factory, width) in models.items():
-        a, b = factory(0, width), factory(1, width)
+    print(f"{'model':13s} {'bn_mode':12s} {'loop s':>8s} {'vmap s':>8s} {'loop/vmap':>9s} {'auto':>5s} "
+          f"{'max |dloss|':>12s}")
+    cases = [(name, factory(0, width), factory(1, width), data) for name, (factory, width) in models.items()]
+    g = torch.Generator().manual_seed(0)
+    n = 256 if args.quick else 1024
+    for name, (kw, shape) in registry.items():
+        kw = dict(kw)
+        factory = kw.pop("name")
+        fake = {s: (torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
+                for s in ("train", "test")}
+        cases.append((name, create_model(factory, seed=0, num_classes=10, **kw),
+                      create_model(factory, seed=1, num_classes=10, **kw), fake))
+    for name, a, b, case_data in cases:
         for bn_mode in ("interpolate", "reset"):
             kw = dict(n_points=n_points, bn_mode=bn_mode, splits=("train", "test"))
-            t_loop, slow = time_path(a, b, data, "loop", repeats, **kw)
-            t_vmap, fast = time_path(a, b, data, "vmap", repeats, **kw)
+            t_loop, slow = time_path(a, b, case_data, "loop", repeats, **kw)
+            t_vmap, fast = time_path(a, b, case_data, "vmap", repeats, **kw)
             diff = max(float((fast.loss[s] - slow.loss[s]).abs().max()) for s in ("train", "test"))
-            print(f"{name:6s} {bn_mode:12s} {t_loop:8.3f} {t_vmap:8.3f} {t_loop / t_vmap:6.2f}x {diff:12.2e}")
+            print(f"{name:13s} {bn_mode:12s} {t_loop:8.3f} {t_vmap:8.3f} {t_loop / t_vmap:8.2f}x "
+                  f"{choose_method(a, case_data['test'][0]):>5s} {diff:12.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -198,3 +198,18 @@ def test_other_buffers_are_interpolated_in_reset_mode(mlp_data):
     fast = linear_path(a, b, mlp_data, n_points=5, bn_mode="reset")
     slow = linear_path(a, b, mlp_data, n_points=5, bn_mode="reset", method="loop")
     torch.testing.assert_close(fast.loss["test"], slow.loss["test"], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_method_picks_vmap_for_small_dense_nets_and_loop_for_real_convolutions():
+    from zooscape.connect.batched import choose_method, macs_per_sample
+    from zooscape.models import create_model
+
+    small = create_model("mlp", seed=0, num_classes=10, width=32, depth=2, input_size=[64])
+    x = torch.randn(4, 64)
+    assert macs_per_sample(small, x) == 64 * 32 + 32 * 32 + 32 * 10
+    assert choose_method(small, x) == "vmap" and choose_method(small, x, "loop") == "loop"
+    cnn = create_model("cnn_s", seed=0, num_classes=10, in_channels=1, input_size=[1, 28, 28])
+    assert choose_method(cnn, torch.randn(2, 1, 28, 28)) == "loop"
+    data = {"test": (x, torch.randint(0, 10, (4,)))}
+    other = create_model("mlp", seed=1, num_classes=10, width=32, depth=2, input_size=[64])
+    assert linear_path(small, other, data, 3, splits=("test",)).method == "vmap"

@@ -24,7 +24,69 @@ from torch.func import functional_call, vmap
 from zooscape.connect.bn import batch_slices, batchnorm_modules
 from zooscape.connect.metrics import loss_error_sums
 
-__all__ = ["batched_bn_stats", "batched_evaluate", "stack_interpolated"]
+__all__ = ["VMAP_MAX_MACS", "batched_bn_stats", "batched_evaluate", "choose_method", "macs_per_sample",
+           "stack_interpolated"]
+
+#: ``method="auto"`` vectorises over alphas only for networks below this many multiply-adds per sample.
+VMAP_MAX_MACS = 100_000
+
+
+@torch.no_grad()
+def macs_per_sample(model: nn.Module, example: Tensor) -> int:
+    """Multiply-adds of one forward pass per sample, counted over Linear and convolution layers.
+
+    Args:
+        model: the network (run once in eval mode on ``example[:1]``; modes are restored).
+        example: a batch of inputs ``[B, *input_shape]`` (only the first sample is used).
+
+    Returns:
+        int.
+    """
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            k = module.weight[0].numel()  # in_channels / groups * prod(kernel)
+            total += int(output[0].numel()) * k
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        model(example[:1].to(next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return total
+
+
+def choose_method(model: nn.Module, example: Tensor, method: str = "auto") -> str:
+    """Resolve ``method="auto"`` to the faster evaluation of many interpolated networks: ``"vmap"`` or ``"loop"``.
+
+    ``vmap`` runs the network once per batch with a leading alpha axis. That saves per-call overhead, which is
+    what small networks are made of, but PyTorch lowers a vmapped convolution to a grouped one that is 2-3x
+    slower than ``A`` plain calls on the CPU once the convolutions do real work (LeNet-5, CNN-s, VGG), and for
+    large dense layers it is at best even. ``bench/lmc.py`` measures both (``bench/RESULTS.md``); ``auto`` picks
+    ``vmap`` below :data:`VMAP_MAX_MACS` multiply-adds per sample (digits MLPs, tiny CNNs) and ``loop`` above.
+    The rule is deterministic, so a study computes the same numbers in every process.
+
+    Args:
+        model: the template network.
+        example: a batch of inputs ``[B, *input_shape]`` (for :func:`macs_per_sample`).
+        method: ``"auto"``, ``"vmap"`` or ``"loop"``.
+
+    Returns:
+        ``"vmap"`` or ``"loop"``.
+    """
+    if method != "auto":
+        return method
+    return "vmap" if macs_per_sample(model, example) <= VMAP_MAX_MACS else "loop"
 
 
 @torch.no_grad()

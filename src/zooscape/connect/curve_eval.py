@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, choose_method
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.curve import Curve
 from zooscape.connect.interpolate import check_bn_mode
@@ -48,7 +48,7 @@ __all__ = [
 
 CURVE_STATS: tuple[str, ...] = ("min", "max", "mean", "int")
 METRICS: tuple[str, ...] = ("loss", "nll", "error")
-METHODS = ("vmap", "loop")
+METHODS = ("auto", "vmap", "loop")
 
 
 def curve_ts(n_points: int = 61, mc_points: int = 5) -> Tensor:
@@ -326,7 +326,7 @@ def evaluate_curve(
     batch_size: int = 1024,
     bn_batch_size: int = 256,
     t_batch_size: int | None = None,
-    method: str = "vmap",
+    method: str = "auto",
     device: str | torch.device | None = None,
 ) -> CurveEvaluation:
     """Loss, nll and error along a curve, segment lengths, summaries and mc.
@@ -347,7 +347,9 @@ def evaluate_curve(
         batch_size: evaluation batch size (the vectorized pass holds ``T x batch_size`` activations).
         bn_batch_size: batch size of the BatchNorm re-estimation pass.
         t_batch_size: evaluate at most this many positions at once (default: all).
-        method: ``"vmap"`` (default) or ``"loop"`` (one standalone network per position; slow reference).
+        method: ``"auto"`` (default: the faster for this network, see
+            :func:`~zooscape.connect.batched.choose_method`), ``"vmap"`` (all positions in one vectorised pass) or
+            ``"loop"`` (one standalone network per position).
         device: where to evaluate (default: the curve's device).
 
     Returns:
@@ -385,6 +387,7 @@ def evaluate_curve(
         raise ValueError(f"t_batch_size must be a positive integer, got {t_batch_size!r}")
     split_data = {s: get_split(data, s) for s in splits}
     task = infer_task(data, next(iter(split_data.values()))[1], task)
+    method = choose_method(curve.template, next(iter(split_data.values()))[0], method)
     original = next(curve.parameters()).device
     dev = torch.device(device) if device is not None else original
     bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(curve.template) else None

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from zooscape.connect.barrier import BARRIER_DEFINITIONS, barriers
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, choose_method, stack_interpolated
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.distance import l2_distance
 from zooscape.connect.interpolate import check_bn_mode, check_compatible, interpolate
@@ -27,7 +27,7 @@ from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 __all__ = ["LinearPath", "linear_path", "path_alphas"]
 
-METHODS = ("vmap", "loop")
+METHODS = ("auto", "vmap", "loop")
 
 
 def path_alphas(n_points: int) -> Tensor:
@@ -205,7 +205,7 @@ def linear_path(
     batch_size: int = 1024,
     bn_batch_size: int = 256,
     alpha_batch_size: int | None = None,
-    method: str = "vmap",
+    method: str = "auto",
     device: str | torch.device | None = None,
 ) -> LinearPath:
     """Loss and error along the straight line between two networks, with distance and barriers.
@@ -222,7 +222,9 @@ def linear_path(
         batch_size: evaluation batch size (the vectorized pass holds ``alphas x batch_size`` activations).
         bn_batch_size: batch size of the BatchNorm re-estimation pass.
         alpha_batch_size: evaluate at most this many alphas at once (default: all).
-        method: ``"vmap"`` (vectorized, default) or ``"loop"`` (one deep-copied model per alpha).
+        method: ``"auto"`` (default: the faster of the two for this network, see
+            :func:`~zooscape.connect.batched.choose_method`), ``"vmap"`` (all alphas in one vectorised pass) or
+            ``"loop"`` (one deep-copied model per alpha).
         device: where to evaluate (default: ``model_a``'s device).
 
     Returns:
@@ -254,6 +256,7 @@ def linear_path(
         raise ValueError(f"alpha_batch_size must be a positive integer, got {alpha_batch_size!r}")
     split_data = {s: get_split(data, s) for s in splits}
     task = infer_task(data, next(iter(split_data.values()))[1], task)
+    method = choose_method(model_a, next(iter(split_data.values()))[0], method)
     bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(model_a) else None
     dev = torch.device(device) if device is not None else _model_device(model_a)
 
