@@ -54,6 +54,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     pl.add_argument("--epoch", type=int, default=None, help="epoch (default: each model's last)")
     add_out(pl, metavar="PNG", help="output file (default DIR/plots/<metric>_<y>_vs_<x>.png)")
     pl.set_defaults(func=cmd_plot)
+
+    ve = sub.add_parser("verify", help="check every shard of a zoo (checksums, headers, spec); --repair re-trains",
+                        description="Check every checkpoint shard against the SHA-256 and size recorded in the "
+                                    "catalog and against the catalog's rows (epoch, group, kind, models), and "
+                                    "spec.toml against the catalog's fingerprint. Exit code 1 if anything is "
+                                    "wrong. With --repair, the groups of damaged or missing shards are re-trained "
+                                    "up to the last damaged epoch and exactly those shards are rewritten (only if "
+                                    "the new bytes match the recorded checksums). See docs/security.md.")
+    ve.add_argument("dir", metavar="DIR", help="zoo directory")
+    ve.add_argument("--repair", action="store_true", help="re-train and rewrite missing/damaged shards")
+    ve.add_argument("--device", default="cpu",
+                    help="torch device for --repair (default cpu; use the kind of device the zoo was trained on)")
+    ve.add_argument("--quiet", action="store_true", help="print only problems")
+    ve.set_defaults(func=cmd_verify)
     _add_transfer_parsers(sub)
     return p
 
@@ -87,16 +101,52 @@ def cmd_validate(args: argparse.Namespace) -> int:
         exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
     """
     from zooscape.zoo import load_spec, plan_zoo
+    from zooscape.zoo.runner import estimate_zoo
 
     plan = plan_zoo(load_spec(args.spec))
     spec = plan.spec
+    est = estimate_zoo(plan)
     print(f"{args.spec}: zoo {spec.name!r} is valid")
     print(f"  models: {len(plan.configs)}  groups: {len(plan.groups)}  model-epochs: {plan.n_model_epochs}")
+    print(f"  on disk (estimate): files: {est.files:,} shards  bytes: {est.bytes:,} ({_human(est.bytes)})")
     for key, values in spec.grid.items():
-        print(f"  grid {key}: {list(values)}")
+        shown = list(values) if len(values) <= 12 else [*values[:5], "...", *values[-5:]]
+        print(f"  grid {key}: {shown}" + (f" ({len(values)} values)" if len(values) > 12 else ""))
     params = sorted({c['derived']['n_params'] for c in plan.configs})
     print(f"  parameters per model: {params[0]}" + (f" .. {params[-1]}" if len(params) > 1 else ""))
     return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check (and with ``--repair`` re-train) the shards of ``args.dir`` (``zooscape zoo verify``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 when the zoo is intact (or fully repaired), 1 otherwise.
+    """
+    from zooscape.zoo.verify import repair_zoo, verify_zoo
+
+    report = verify_zoo(args.dir)
+    if args.repair and report.problems:
+        report = repair_zoo(args.dir, report, device=args.device, progress=not args.quiet)
+    lines = report.lines()
+    if args.quiet and report.ok:
+        lines = []
+    for line in lines:
+        print(line)
+    if report.problems and not args.repair:
+        print(f"run `zooscape zoo verify --repair {args.dir}` to re-train the damaged shards")
+    return 0 if report.ok else 1
 
 
 def _fmt(v: Any) -> str:
@@ -116,6 +166,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from zooscape.zoo import open as open_zoo
     from zooscape.zoo.summary import at_epoch, cell_axes, cell_summary
+    from zooscape.zoo.verify import quick_check
 
     with open_zoo(args.dir) as zoo:
         spec = zoo.spec
@@ -124,6 +175,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if spec.description:
             print(f"  {spec.description}")
         print(f"models: {sum(counts.values())}  (" + ", ".join(f"{s}: {n}" for s, n in counts.items()) + ")")
+        damaged = quick_check(zoo.path, zoo.catalog)
+        if damaged:
+            print(f"WARNING: {damaged.summary()}: " + "; ".join(f"{p.file} {p.problem}" for p in
+                                                              damaged.problems[:5])
+                  + f"; run `zooscape zoo verify --repair {args.dir}`")
         print("grid:")
         for key, values in spec.grid.items():
             print(f"  {key}: {', '.join(_fmt(v) for v in values)}")

@@ -7,6 +7,7 @@ These are the only places where the zoo layer calls ``zooscape.data``, ``zooscap
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from torch import nn
 from zooscape.zoo.grid import canonical_json
 
 __all__ = [
+    "check_fits",
     "data_model_args",
     "build_member",
     "build_model",
@@ -87,6 +89,48 @@ def build_model(model: Mapping[str, Any], seed: int, model_args: Mapping[str, An
     return create_model(model["name"], seed=int(seed), **kwargs)
 
 
+def _first_layer(model: nn.Module) -> str | None:
+    for name, mod in model.named_modules():
+        for attr in ("in_features", "in_channels"):
+            if isinstance(getattr(mod, attr, None), int):
+                return f"its first layer {name or type(mod).__name__} ({type(mod).__name__}) takes {attr} = " \
+                       f"{getattr(mod, attr)}"
+    return None
+
+
+def check_fits(model: nn.Module, data: Any, n: int = 2) -> None:
+    """Check that a model maps ``n`` training samples of a data set to ``[n, num_outputs]`` (before training).
+
+    Args:
+        model: the model (run in eval mode, then restored to its previous mode).
+        data: DataSplits (``train_x`` ``[N, ...]``, ``num_outputs``), or a tuple ``(sample, num_outputs)``.
+        n: number of samples to try.
+
+    Raises:
+        ValueError: the model rejects the inputs or gives another output shape; the message names the input
+            shape, what the model's first layer takes and the output shape needed.
+    """
+    import torch
+
+    sample, num_outputs = data if isinstance(data, tuple) else (data.train_x[:n], int(data.num_outputs))
+    need = (int(sample.shape[0]), int(num_outputs))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample.to(next(model.parameters()).device) if any(True for _ in model.parameters())
+                        else sample)
+    except Exception as exc:
+        layer = _first_layer(model)
+        raise ValueError(f"the model does not fit the data: inputs of shape {tuple(sample.shape)}"
+                         + (f", but {layer}" if layer else "") + f" ({type(exc).__name__}: {exc})") from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != need:
+        raise ValueError(f"the model maps inputs {tuple(sample.shape)} to {tuple(out.shape)}, the data set needs "
+                         f"{need}")
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable-or-not parameters (buffers excluded).
 
@@ -99,7 +143,9 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _tuple_fields() -> set[str]:
+@functools.cache
+def _tuple_fields() -> frozenset[str]:
+    """TrainConfig fields typed as tuples (the type hints are evaluated once per process)."""
     from zooscape.train import TrainConfig
 
     try:
@@ -111,7 +157,7 @@ def _tuple_fields() -> set[str]:
         ann = hints.get(f.name)
         if isinstance(f.default, tuple) or typing.get_origin(ann) is tuple:
             out.add(f.name)
-    return out
+    return frozenset(out)
 
 
 def build_train_config(training: Mapping[str, Any]) -> Any:

@@ -7,24 +7,37 @@ Tables (see ``docs/zoo-format.md``)::
     metrics(model_id, epoch, name, value)             PK (model_id, epoch, name), long format
     checkpoints(model_id, epoch, kind, file)          PK (model_id, epoch, kind); file relative to the zoo
     analyses(id PK, model_id, other_id NULL, epoch, metric, value, params JSON, created)
+    shards(file PK, group_id, epoch, kind, size, sha256)   one row per shard file (integrity record)
 
-Every write method runs in one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on error), so a
+A catalog is created complete (schema and meta rows, fingerprint included) in a temporary file that is renamed into
+place, so a directory holds either no catalog or a finished one. Every write method runs in one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on error), so a
 killed writer leaves the catalog as it was before or after the call, never in between. One process (the driver)
-writes; any number of processes may read (``Catalog(path, readonly=True)``).
+writes; any number of processes may read (``Catalog(path, readonly=True)``); a reader opens the file read-only
+(``mode=ro``, and ``immutable=1`` where even that is refused, e.g. on read-only media), so zoos can be read from
+read-only storage. Closing the writer returns the file to rollback-journal mode, so a finished zoo needs no
+``-wal``/``-shm`` files. SQLite errors are raised as :class:`CatalogError` naming the file.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
+import os
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUSES", "FINISHED", "SCHEMA_VERSION", "Catalog"]
+from zooscape._io import fsync_dir
+from zooscape.zoo.shards import ShardError, ShardRecord, describe_shard
+
+__all__ = ["STATUSES", "FINISHED", "SCHEMA_VERSION", "Catalog", "CatalogError", "catalog_uri"]
+
+log = logging.getLogger("zooscape.zoo")
 
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "done", "failed", "stopped")
@@ -73,7 +86,33 @@ CREATE TABLE IF NOT EXISTS analyses (
     created  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS analyses_key ON analyses(metric, model_id, other_id, epoch);
+CREATE TABLE IF NOT EXISTS shards (
+    file     TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL,
+    epoch    INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    sha256   TEXT NOT NULL
+) WITHOUT ROWID;
 """
+
+
+class CatalogError(RuntimeError):
+    """The catalog file is unreadable, corrupt, unfinished or locked (the message names the file)."""
+
+
+def catalog_uri(path: str | Path, **params: str) -> str:
+    """SQLite URI of a file, with ``%``, ``#``, ``?`` and other special characters of the path escaped.
+
+    Args:
+        path: the database file.
+        **params: URI parameters (``mode="ro"``, ``immutable="1"``).
+
+    Returns:
+        ``file:///...`` URI.
+    """
+    uri = Path(os.path.abspath(path)).as_uri()
+    return uri + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
 
 
 def _now() -> str:
@@ -93,39 +132,106 @@ class Catalog:
 
     Args:
         path: database file.
-        readonly: open read-only (for readers while a driver writes).
-        create: create the file and schema if missing (ignored when ``readonly``).
+        readonly: open read-only (for readers while a driver writes, or on read-only storage).
+        create: create the file and schema if missing (ignored when ``readonly``); prefer :meth:`create`, which
+            also records the initial meta rows in the same step.
+        immutable: readers only: None tries ``mode=ro`` and falls back to ``immutable=1`` when SQLite cannot open
+            the file that way (read-only media, a WAL catalog whose ``-shm`` cannot be created); True forces
+            ``immutable=1`` (the file must not change while it is open).
 
     Raises:
         FileNotFoundError: the file is missing and ``create`` is False.
+        CatalogError: the file is not a readable zoo catalog.
     """
 
-    def __init__(self, path: str | Path, readonly: bool = False, create: bool = False) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False, create: bool = False,
+                 immutable: bool | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
         if not self.path.exists() and (readonly or not create):
             raise FileNotFoundError(f"catalog {self.path} does not exist")
-        if readonly:
-            self._con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=30)
-        else:
-            self._con = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
-            self._con.execute("PRAGMA journal_mode=WAL")
-            self._con.execute("PRAGMA synchronous=FULL")
-            with self.transaction() as con:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        con.execute(stmt)
-                if con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is None:
-                    con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                    con.execute("INSERT INTO meta VALUES ('created', ?)", (_now(),))
-        version = self.meta().get("schema_version")
+        try:
+            if readonly:
+                self._con = self._open_readonly(immutable)
+            else:
+                self._con = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+                self._con.execute("PRAGMA journal_mode=WAL")
+                self._con.execute("PRAGMA synchronous=FULL")
+                with self.transaction() as con:
+                    _create_schema(con)
+            has_meta = self._con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            version = self.meta().get("schema_version") if has_meta else None
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
         if version is not None and int(version) != SCHEMA_VERSION:
-            raise ValueError(f"catalog {self.path} has schema_version {version}; this zooscape reads {SCHEMA_VERSION}")
+            raise CatalogError(f"catalog {self.path} has schema_version {version}; this zooscape reads "
+                               f"{SCHEMA_VERSION}")
+
+    def _open_readonly(self, immutable: bool | None) -> sqlite3.Connection:
+        if not immutable:
+            con = sqlite3.connect(catalog_uri(self.path, mode="ro"), uri=True, isolation_level=None, timeout=30)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return con
+            except sqlite3.OperationalError as exc:
+                con.close()
+                if immutable is False or "unable to open" not in str(exc) and "readonly" not in str(exc):
+                    raise
+                log.debug("catalog %s: read-only open refused (%s); opening it as immutable", self.path, exc)
+        con = sqlite3.connect(catalog_uri(self.path, mode="ro", immutable="1"), uri=True, isolation_level=None)
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
+
+    def _error(self, exc: BaseException) -> CatalogError:
+        text = str(exc)
+        if "no such table" in text:
+            text += " (an unfinished catalog: its creation was interrupted; re-run the command that creates it)"
+        return CatalogError(f"catalog {self.path}: {text}")
+
+    @classmethod
+    def create(cls, path: str | Path, meta: Mapping[str, Any]) -> Catalog:
+        """Create a complete catalog in one step: schema and meta rows are written to a temporary file, which is
+        renamed into place (a kill leaves either no catalog or a finished one).
+
+        Args:
+            path: the database file (must not exist).
+            meta: initial meta rows (e.g. ``{"spec_fingerprint": ...}``); values as in :meth:`set_meta`.
+
+        Returns:
+            writable Catalog.
+        """
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            con = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                _create_schema(con)
+                con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", _meta_rows(meta))
+                con.execute("COMMIT")
+            finally:
+                con.close()
+            with tmp.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except sqlite3.Error as exc:
+            raise CatalogError(f"catalog {path}: cannot create it ({exc})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp.with_name(tmp.name + "-journal").unlink(missing_ok=True)
+        fsync_dir(path.parent)
+        return cls(path)
 
     # ------------------------------------------------------------------------------------------- plumbing
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (a writer first returns the file to rollback-journal mode when no one else has it
+        open, so that the finished catalog can be read from read-only storage)."""
+        if not self.readonly:
+            try:
+                self._con.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.Error:  # another connection is open: it stays in WAL mode; readers fall back
+                pass
         self._con.close()
 
     def __enter__(self) -> Catalog:
@@ -143,13 +249,22 @@ class Catalog:
         """
         if self.readonly:
             raise PermissionError(f"catalog {self.path} was opened read-only")
-        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            self._con.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
         try:
             yield self._con
+        except sqlite3.Error as exc:
+            self._con.execute("ROLLBACK")
+            raise self._error(exc) from None
         except BaseException:
             self._con.execute("ROLLBACK")
             raise
-        self._con.execute("COMMIT")
+        try:
+            self._con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query.
@@ -160,14 +275,32 @@ class Catalog:
 
         Returns:
             list of row tuples.
+
+        Raises:
+            CatalogError: SQLite failed (corrupt file, missing table, ...).
         """
-        return self._con.execute(sql, tuple(params)).fetchall()
+        try:
+            return self._con.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
 
     # ------------------------------------------------------------------------------------------- meta
 
     def meta(self) -> dict[str, str]:
         """Return the ``meta`` table as a dict."""
-        return dict(self._con.execute("SELECT key, value FROM meta").fetchall())
+        return dict(self.query("SELECT key, value FROM meta"))
+
+    def is_finished(self) -> bool:
+        """Whether the catalog was created completely (has its meta table and a spec fingerprint).
+
+        Returns:
+            bool; False for catalogs whose creation was interrupted (by zooscape versions that created them in
+            several steps).
+        """
+        try:
+            return "spec_fingerprint" in self.meta()
+        except CatalogError:
+            return False
 
     def set_meta(self, values: Mapping[str, Any]) -> None:
         """Insert or replace ``meta`` entries (values stored as text; non-strings JSON-encoded).
@@ -175,9 +308,8 @@ class Catalog:
         Args:
             values: key -> value.
         """
-        rows = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()]
         with self.transaction() as con:
-            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", _meta_rows(values))
 
     # ------------------------------------------------------------------------------------------- models
 
@@ -222,7 +354,7 @@ class Catalog:
         Returns:
             dict model_id -> status.
         """
-        rows = self._con.execute("SELECT model_id, status FROM models").fetchall()
+        rows = self.query("SELECT model_id, status FROM models")
         if model_ids is None:
             return dict(rows)
         wanted = set(model_ids)
@@ -251,8 +383,16 @@ class Catalog:
             checkpoints: rows ``(model_id, epoch, kind, file)``; ``file`` relative to the zoo directory and
                 already on disk.
             statuses: model_id -> (status, reason).
+
+        Shard files named by ``checkpoints`` that have no :class:`ShardRecord` yet are measured (size, SHA-256,
+        header) before the transaction and recorded in it; a header that contradicts the rows raises.
+
+        Raises:
+            ShardError: a checkpoint row names a file that is missing, unreadable or holds another epoch/kind.
         """
         statuses = statuses or {}
+        checkpoints = [(m, int(e), k, str(f)) for m, e, k, f in checkpoints]
+        shard_rows = self._new_shard_records(checkpoints)
         for mid, (status, _) in statuses.items():
             if status not in STATUSES:
                 raise ValueError(f"status of {mid!r} must be one of {STATUSES}, got {status!r}")
@@ -262,14 +402,55 @@ class Catalog:
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?)",
                 [(m, int(e), n, _real(v)) for m, e, n, v in metrics],
             )
-            con.executemany(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
-                [(m, int(e), k, str(f)) for m, e, k, f in checkpoints],
-            )
+            con.executemany("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", checkpoints)
+            con.executemany("INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?, ?, ?)", shard_rows)
             con.executemany(
                 "UPDATE models SET status = ?, reason = ?, updated = ? WHERE model_id = ?",
                 [(s, r, now, m) for m, (s, r) in statuses.items()],
             )
+
+    # ------------------------------------------------------------------------------------------- shards
+
+    def _new_shard_records(self, checkpoints: Sequence[tuple[str, int, str, str]]) -> list[tuple[Any, ...]]:
+        by_file: dict[str, tuple[int, str]] = {}
+        for _, epoch, kind, file in checkpoints:
+            by_file.setdefault(file, (epoch, kind))
+        if not by_file:
+            return []
+        known = set(self.shard_records(list(by_file)))
+        rows = []
+        for file, (epoch, kind) in sorted(by_file.items()):
+            if file in known:
+                continue
+            rec = describe_shard(self.path.parent, file)
+            if (rec.epoch, rec.kind) != (epoch, kind):
+                raise ShardError(f"shard {self.path.parent / file}: its header says epoch {rec.epoch}, kind "
+                                 f"{rec.kind}; the rows to record say epoch {epoch}, kind {kind}")
+            rows.append((rec.file, rec.group_id, rec.epoch, rec.kind, rec.size, rec.sha256))
+        return rows
+
+    def shard_records(self, files: Sequence[str] | None = None) -> dict[str, ShardRecord]:
+        """Integrity records of shard files.
+
+        Args:
+            files: restrict to these paths (relative to the zoo); None = all.
+
+        Returns:
+            dict file -> :class:`~zooscape.zoo.shards.ShardRecord` (empty for catalogs written before records
+            existed).
+        """
+        if not self.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='shards'"):
+            return {}
+        sql = "SELECT file, group_id, epoch, kind, size, sha256 FROM shards"
+        if files is None:
+            rows = self.query(sql)
+        else:
+            rows = []
+            files = list(files)
+            for i in range(0, len(files), 500):
+                chunk = files[i:i + 500]
+                rows += self.query(sql + f" WHERE file IN ({','.join('?' * len(chunk))})", chunk)
+        return {r[0]: ShardRecord(r[0], r[1], int(r[2]), r[3], int(r[4]), r[5]) for r in rows}
 
     # ------------------------------------------------------------------------------------------- analyses
 
@@ -306,3 +487,16 @@ class Catalog:
                 [p + (now,) for p in prepared],
             )
         return len(prepared)
+
+
+def _create_schema(con: sqlite3.Connection) -> None:
+    for stmt in _SCHEMA.split(";"):
+        if stmt.strip():
+            con.execute(stmt)
+    if con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is None:
+        con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        con.execute("INSERT INTO meta VALUES ('created', ?)", (_now(),))
+
+
+def _meta_rows(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()]

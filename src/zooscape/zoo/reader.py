@@ -21,8 +21,8 @@ from torch import nn
 from zooscape.zoo.build import build_model, load_data
 from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.grid import canonical_json
-from zooscape.zoo.shards import read_model
-from zooscape.zoo.spec import ZooSpec, load_spec
+from zooscape.zoo.shards import ShardError, ShardRecord, check_shard, read_model
+from zooscape.zoo.spec import ZooSpec, load_spec, spec_matches
 from zooscape.zoo.store import ZooStore, is_zoo
 
 __all__ = ["Zoo", "open_zoo", "flatten_config"]
@@ -85,6 +85,7 @@ class Zoo:
         self.store = ZooStore(self.path)
         self._catalog = Catalog(self.store.catalog_path, readonly=True)
         self._models_cache: dict[str, nn.Module] = {}
+        self._checked: set[tuple[str, int, int, int]] = set()  # (file, inode, size, mtime_ns) already verified
 
     def __repr__(self) -> str:
         return f"Zoo({str(self.path)!r}, models={len(self.model_ids)})"
@@ -108,8 +109,18 @@ class Zoo:
 
     @cached_property
     def spec(self) -> ZooSpec:
-        """The spec the zoo was created from (parsed from ``spec.toml``)."""
-        return load_spec(self.store.spec_path)
+        """The spec the zoo was created from (parsed from ``spec.toml``, checked against the catalog's fingerprint).
+
+        Raises:
+            SpecError: ``spec.toml`` is missing or invalid.
+            ValueError: ``spec.toml`` describes another zoo than the catalog's fingerprint (edited or replaced).
+        """
+        spec = load_spec(self.store.spec_path)
+        stored = self._catalog.meta().get("spec_fingerprint")
+        if stored is not None and not spec_matches(spec, stored):
+            raise ValueError(f"{self.store.spec_path} does not match the spec this zoo was created from (the "
+                             "catalog's fingerprint): it was edited or replaced")
+        return spec
 
     @property
     def model_ids(self) -> list[str]:
@@ -232,7 +243,50 @@ class Zoo:
                 f"model {model_id!r} has no {kind} checkpoint at epoch {epoch}; "
                 f"available epochs: {self.epochs(model_id, kind)}"
             )
-        return self.path / rows[0][0]
+        rel = rows[0][0]
+        self.check_shard(rel, int(epoch), kind)
+        return self.path / rel
+
+    def shard_records(self) -> dict[str, ShardRecord]:
+        """Integrity records (size, SHA-256, group/epoch/kind) of every shard, by file relative to the zoo.
+
+        Returns:
+            dict file -> ShardRecord (empty for zoos written before records existed).
+        """
+        return self._catalog.shard_records()
+
+    def check_shard(self, rel: str, epoch: int | None = None, kind: str | None = None,
+                    record: ShardRecord | None = None, data: Any = None) -> None:
+        """Verify a shard before its tensors are used: size and SHA-256 against the catalog's record and its header's
+        group/epoch/kind against the catalog (each file once per unchanged inode, size and mtime).
+
+        Args:
+            rel: shard path relative to the zoo.
+            epoch: epoch the catalog's rows expect (None: the record's).
+            kind: kind the catalog's rows expect (None: the record's).
+            record: the catalog's record if already fetched (else it is looked up).
+            data: the file's bytes if already in memory (a memory map).
+
+        Raises:
+            ShardError: missing, truncated, corrupt, or holding another group/epoch/kind.
+        """
+        path = self.path / rel
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ShardError(f"shard {path}: missing (run `zooscape zoo verify --repair {self.path}`)") from None
+        key = (rel, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in self._checked:
+            return
+        if record is None:
+            record = self._catalog.shard_records([rel]).get(rel)
+        if epoch is None or kind is None:
+            if record is None:
+                return
+            epoch, kind = record.epoch, record.kind
+        group = record.group_id if record is not None else Path(rel).parent.name
+        check_shard(path, record, (group, epoch, kind), data=data)
+        self._checked.add(key)
 
     def state_dict(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:
         """Weights (and buffers) of a model at a checkpointed epoch, read from its shard.

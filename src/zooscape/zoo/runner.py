@@ -14,15 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zooscape.zoo.build import build_model, build_train_config, count_parameters, data_model_args, load_data
+from zooscape.zoo.build import (
+    build_model,
+    build_train_config,
+    check_fits,
+    count_parameters,
+    data_model_args,
+    load_data,
+)
 from zooscape.zoo.catalog import FINISHED, Catalog
 from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_configs, resolve_sizes
 from zooscape.zoo.spec import SpecError, ZooSpec, load_spec
 from zooscape.zoo.store import ZooExistsError, ZooStore, is_zoo
 from zooscape.zoo.task import GroupTask, run_group
+from zooscape.zoo.verify import quick_check
 
-__all__ = ["ZooPlan", "plan_zoo", "train_zoo"]
+__all__ = ["ZooEstimate", "ZooPlan", "estimate_zoo", "plan_zoo", "train_zoo"]
 
 log = logging.getLogger("zooscape.zoo")
 
@@ -49,23 +57,84 @@ class ZooPlan:
 
 def _count_params(model_section: dict[str, Any], model_args: dict[str, Any], info: dict[str, Any]) -> int:
     """Build the model, check that it maps two training samples to ``[2, num_outputs]``, count parameters."""
-    import torch
-
     model = build_model(model_section, seed=0, model_args=model_args)
     sample, num_outputs = info.get("sample"), info.get("num_outputs")
     if sample is not None:
-        model.eval()
-        with torch.no_grad():
-            try:
-                out = model(sample)
-            except Exception as exc:
-                raise ValueError(f"the model does not accept inputs of shape {tuple(sample.shape)}: {exc}") from exc
-        if tuple(out.shape) != (sample.shape[0], num_outputs):
-            raise ValueError(
-                f"the model maps inputs {tuple(sample.shape)} to {tuple(out.shape)}, the data set needs "
-                f"{(sample.shape[0], num_outputs)}"
-            )
+        check_fits(model, (sample, num_outputs))
     return count_parameters(model)
+
+
+@dataclass(frozen=True)
+class ZooEstimate:
+    """What a planned zoo will hold on disk.
+
+    Args:
+        models: number of models.
+        groups: training populations.
+        files: checkpoint shard files.
+        bytes: bytes of those shards (exact for the weights, estimated for optimizer states) plus the catalog.
+    """
+
+    models: int
+    groups: int
+    files: int
+    bytes: int
+
+
+def _model_bytes(model_section: dict[str, Any], model_args: dict[str, Any], optimizer: str,
+                 momentum: bool) -> tuple[int, int]:
+    """Bytes one model adds to a weights shard and to an optimizer shard (safetensors, with its header entries)."""
+    import torch
+    from safetensors.torch import save
+
+    with torch.device("meta"):
+        model = build_model(model_section, seed=0, model_args=model_args)
+    mid = "0" * 12
+    state = {f"{mid}/{k}": torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+    names = ("momentum_buffer",) if optimizer == "sgd" else ("exp_avg", "exp_avg_sq")
+    if optimizer == "sgd" and not momentum:
+        names = ()
+    opt = {f"{mid}/step": torch.empty(1, dtype=torch.float64)}
+    for k, p in model.named_parameters():
+        for b in names:
+            opt[f"{mid}/{k}.{b}"] = torch.empty(p.shape, dtype=p.dtype)
+    empty = len(save({}))
+    return len(save(state)) - empty, len(save(opt)) - empty
+
+
+def estimate_zoo(plan: ZooPlan) -> ZooEstimate:
+    """Count the models, shard files and bytes a planned zoo will take (no training, models built on the meta
+    device once per architecture).
+
+    Args:
+        plan: from :func:`plan_zoo`.
+
+    Returns:
+        ZooEstimate.
+    """
+    spec = plan.spec
+    by_id = {c["model_id"]: c for c in plan.configs}
+    cache: dict[str, tuple[int, int]] = {}
+    files, total = 0, 0
+    for group in plan.groups:
+        cfg = by_id[group.model_ids[0]]
+        tr = cfg["training"]
+        optimizer = str(tr.get("optimizer", "sgd"))
+        momentum = any(float(by_id[m]["training"].get("momentum", 0.0) or 0.0) != 0.0 for m in group.model_ids)
+        args = cfg["derived"].get("model_args") or {}
+        key = canonical_json([{k: v for k, v in cfg["model"].items() if k != "init"}, args, optimizer, momentum])
+        if key not in cache:
+            cache[key] = _model_bytes({k: v for k, v in cfg["model"].items() if k != "init"}, args, optimizer,
+                                      momentum)
+        w, o = cache[key]
+        n_ckpt = len(checkpoint_epochs(spec.checkpoint_epochs, int(tr["epochs"])))
+        per_file = 300  # 8-byte length + metadata (format, group, epoch, model ids)
+        files += n_ckpt * (2 if spec.save_optimizer else 1)
+        total += n_ckpt * (len(group.model_ids) * (w + 16) + per_file)
+        if spec.save_optimizer:
+            total += n_ckpt * (len(group.model_ids) * (o + 16) + per_file)
+    catalog = 4096 + len(plan.configs) * 600 + plan.n_model_epochs * 200  # configs + metric rows
+    return ZooEstimate(models=len(plan.configs), groups=len(plan.groups), files=files, bytes=total + catalog)
 
 
 def _describe_data(dataset_section: dict[str, Any]) -> dict[str, Any]:
@@ -99,13 +168,15 @@ def plan_zoo(
     """
     configs = expand_spec(spec)
     seen: set[str] = set()
+    member_only = {"seed", "data_seed"}  # not TrainConfig fields: values never change the TrainConfig
     for cfg in configs:
-        key = canonical_json(cfg["training"])
+        training = {k: v for k, v in cfg["training"].items() if k not in member_only}
+        key = canonical_json(training)
         if key in seen:
             continue
         seen.add(key)
         try:
-            build_train_config(cfg["training"])
+            build_train_config(training)
         except Exception as exc:  # TrainConfig's own validation
             raise SpecError(spec.path, "[training]", f"invalid TrainConfig {key}: {exc}") from exc
     resolve_sizes(configs, describe_data or _describe_data, count_params or _count_params, spec.path)
@@ -117,13 +188,14 @@ def _check_out_dir(out_dir: Path, spec: ZooSpec) -> None:
     """Refuse early (before taking the lock, which creates files) when out_dir cannot hold this zoo."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ZooExistsError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and not is_zoo(out_dir) and any(p.name != ".lock" for p in out_dir.iterdir()):
+    if out_dir.is_dir() and not is_zoo(out_dir) and any(
+            p.name != ".lock" and not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in out_dir.iterdir()):
         raise ZooExistsError(f"{out_dir} is not empty and is not a zoo directory")
 
 
 def _check_chunk_size(out_dir: Path, spec: ZooSpec) -> None:
     """Refuse (with a clear message) to continue a zoo with another population chunk size than it was made with."""
-    if not is_zoo(out_dir):
+    if not is_zoo(out_dir) or ZooStore(out_dir).unfinished():
         return
     with Catalog(out_dir / "catalog.sqlite", readonly=True) as catalog:
         stored = catalog.meta().get("spec_fingerprint")
@@ -237,6 +309,10 @@ def train_zoo(
     with store.lock():
         catalog = store.create_or_check(spec_text, spec.fingerprint())
         try:
+            damaged = quick_check(out_dir, catalog)
+            if damaged:
+                log.warning("%s: %s; they are not re-trained by `zoo train`: run `zooscape zoo verify --repair %s`",
+                            out_dir, damaged.summary(), out_dir)
             catalog.add_models(plan.configs)
             store.remove_temp_files()
             statuses = catalog.statuses()

@@ -1,24 +1,37 @@
 """Safetensors shards: one file holds the tensors of many models, keyed ``"{model_id}/{param}"``.
 
 All writes are atomic (:func:`zooscape._io.atomic_write_bytes`): a reader sees either the old or the new file.
+Every shard of a zoo is described in the catalog by a :class:`ShardRecord` (size and SHA-256 of the file, and the
+group/epoch/kind of its header), recorded when the shard's rows are committed and checked by :func:`check_shard`
+before its tensors are used. Read errors are raised as :class:`ShardError`, naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import struct
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from zooscape._io import atomic_write_bytes
 
 __all__ = [
+    "ShardError",
+    "ShardRecord",
     "atomic_write_bytes",
+    "check_shard",
+    "describe_shard",
+    "encode_tensors",
     "pack_models",
+    "read_header",
     "read_metadata",
     "read_model",
     "read_tensors",
@@ -26,6 +39,152 @@ __all__ = [
 ]
 
 SEP = "/"
+#: Largest safetensors header we parse (the format's own limit is 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+_CHUNK = 1 << 22
+
+
+class ShardError(ValueError):
+    """A shard file is missing, unreadable, corrupt or not the shard the catalog expects (names the file)."""
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """What the catalog knows about one shard file.
+
+    Args:
+        file: path relative to the zoo directory (POSIX).
+        group_id: group in the shard's header.
+        epoch: epoch in the shard's header.
+        kind: ``"weights"`` or ``"optimizer"``.
+        size: file size in bytes.
+        sha256: hex SHA-256 of the whole file.
+    """
+
+    file: str
+    group_id: str
+    epoch: int
+    kind: str
+    size: int
+    sha256: str
+
+
+def _sha256_file(fh: Any) -> str:
+    h = hashlib.sha256()
+    while chunk := fh.read(_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Parse the JSON header of a safetensors file without reading its tensors.
+
+    Args:
+        path: the file.
+
+    Returns:
+        the header (tensor name -> {dtype, shape, data_offsets}, plus ``"__metadata__"``).
+
+    Raises:
+        ShardError: missing file, not a regular file, not a safetensors header.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                raise ShardError(f"shard {path}: not a safetensors file (only {len(head)} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise ShardError(f"shard {path}: header of {n} bytes, not a safetensors file")
+            raw = fh.read(n)
+    except FileNotFoundError:
+        raise ShardError(f"shard {path}: missing") from None
+    except OSError as exc:
+        raise ShardError(f"shard {path}: unreadable ({exc.strerror or exc})") from None
+    if len(raw) != n:
+        raise ShardError(f"shard {path}: truncated header ({len(raw)} of {n} bytes)")
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ShardError(f"shard {path}: corrupt header ({exc})") from None
+    if not isinstance(header, dict):
+        raise ShardError(f"shard {path}: corrupt header (not a JSON object)")
+    return header
+
+
+def describe_shard(root: str | Path, rel: str) -> ShardRecord:
+    """Measure a shard file: size, SHA-256 and the group/epoch/kind of its header.
+
+    Args:
+        root: zoo directory.
+        rel: the shard's path relative to ``root``.
+
+    Returns:
+        ShardRecord.
+
+    Raises:
+        ShardError: unreadable, or its header lacks the zoo metadata.
+    """
+    path = Path(root) / rel
+    meta = read_header(path).get("__metadata__") or {}
+    try:
+        epoch = int(meta["epoch"])
+        group_id, kind = str(meta["group_id"]), str(meta["kind"])
+    except (KeyError, ValueError, TypeError):
+        raise ShardError(f"shard {path}: header lacks the zoo metadata (group_id, epoch, kind)") from None
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            digest = _sha256_file(fh)
+    except OSError as exc:
+        raise ShardError(f"shard {path}: unreadable ({exc.strerror or exc})") from None
+    return ShardRecord(rel, group_id, epoch, kind, size, digest)
+
+
+def check_shard(
+    path: str | Path,
+    record: ShardRecord | None = None,
+    expect: tuple[str | None, int, str] | None = None,
+    data: Any = None,
+) -> None:
+    """Check a shard against its catalog record (size, SHA-256) and/or the group/epoch/kind the catalog expects.
+
+    Args:
+        path: the file.
+        record: the catalog's record (None: zoos written before records existed; only the header is checked).
+        expect: ``(group_id or None, epoch, kind)`` the catalog's checkpoint rows say the shard holds.
+        data: the file's bytes (a buffer, e.g. a memory map) if already in memory; else the file is read.
+
+    Raises:
+        ShardError: missing, truncated, checksum mismatch, or a header naming another group/epoch/kind.
+    """
+    path = Path(path)
+    if record is not None:
+        try:
+            size = len(data) if data is not None else path.stat().st_size
+        except FileNotFoundError:
+            raise ShardError(f"shard {path}: missing") from None
+        if size != record.size:
+            raise ShardError(f"shard {path}: {size} bytes, the catalog recorded {record.size} (truncated or "
+                             "replaced; run `zooscape zoo verify --repair`)")
+        if data is not None:
+            digest = hashlib.sha256(data).hexdigest()
+        else:
+            with path.open("rb") as fh:
+                digest = _sha256_file(fh)
+        if digest != record.sha256:
+            raise ShardError(f"shard {path}: checksum mismatch (SHA-256 {digest[:16]}..., the catalog recorded "
+                             f"{record.sha256[:16]}...; corrupt or replaced; run `zooscape zoo verify --repair`)")
+    if expect is not None:
+        group_id, epoch, kind = expect
+        meta = read_header(path).get("__metadata__") or {}
+        got = (meta.get("group_id"), meta.get("epoch"), meta.get("kind"))
+        want = (group_id if group_id is not None else got[0], str(epoch), kind)
+        if got != want:
+            raise ShardError(f"shard {path}: its header says group {got[0]}, epoch {got[1]}, kind {got[2]}; "
+                             f"expected group {want[0]}, epoch {want[1]}, kind {want[2]} (a shard copied over "
+                             "another?)")
 
 
 def _detach_unique(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -53,9 +212,31 @@ def write_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadat
         tensors: name -> tensor (any device; moved to CPU).
         metadata: JSON-compatible values; stored as strings (non-strings are JSON-encoded).
     """
-    path = Path(path)
+    atomic_write_bytes(Path(path), encode_tensors(tensors, metadata))
+
+
+def encode_tensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> bytes:
+    """The bytes of a safetensors file (what :func:`write_tensors` writes; deterministic for equal inputs).
+
+    Args:
+        tensors: name -> tensor (any device; moved to CPU).
+        metadata: JSON-compatible values; stored as strings (non-strings are JSON-encoded).
+
+    Returns:
+        bytes (the header's keys sorted: equal inputs give equal bytes in every process).
+    """
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    atomic_write_bytes(path, save(_detach_unique(tensors), metadata=meta))
+    return _canonical_header(save(_detach_unique(tensors), metadata=meta))
+
+
+def _canonical_header(blob: bytes) -> bytes:
+    """Rewrite a safetensors header with sorted keys (the library writes its metadata map in a random order per
+    process), so that equal tensors and metadata always give the same bytes and the same SHA-256."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # keep the tensor data 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + blob[8 + n:]
 
 
 def pack_models(state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -85,7 +266,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     Returns:
         dict of str -> str (empty if none).
     """
-    with safe_open(str(path), framework="pt") as fh:
+    with _opened(path) as fh:
         return dict(fh.metadata() or {})
 
 
@@ -99,7 +280,7 @@ def read_tensors(path: str | Path, keys: Iterable[str] | None = None) -> dict[st
     Returns:
         dict name -> tensor.
     """
-    with safe_open(str(path), framework="pt") as fh:
+    with _opened(path) as fh:
         names = list(fh.keys()) if keys is None else list(keys)
         return {k: fh.get_tensor(k) for k in names}
 
@@ -118,8 +299,44 @@ def read_model(path: str | Path, model_id: str) -> dict[str, torch.Tensor]:
         KeyError: the shard holds no tensor of ``model_id``.
     """
     prefix = model_id + SEP
-    with safe_open(str(path), framework="pt") as fh:
+    with _opened(path) as fh:
         out = {k[len(prefix) :]: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}
     if not out:
         raise KeyError(f"shard {path} holds no tensors of model {model_id!r}")
     return out
+
+
+class _opened:
+    """``safe_open`` whose errors (missing file, corrupt header or data) are :class:`ShardError` naming the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> Any:
+        try:
+            self._cm = safe_open(str(self.path), framework="pt")
+            return _Guarded(self._cm.__enter__(), self.path)
+        except FileNotFoundError:
+            raise ShardError(f"shard {self.path}: missing") from None
+        except (SafetensorError, OSError) as exc:
+            raise ShardError(f"shard {self.path}: unreadable ({exc})") from None
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
+
+
+class _Guarded:
+    def __init__(self, fh: Any, path: Path) -> None:
+        self._fh, self._path = fh, path
+
+    def metadata(self) -> Any:
+        return self._fh.metadata()
+
+    def keys(self) -> Any:
+        return self._fh.keys()
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._fh.get_tensor(key)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ShardError(f"shard {self._path}: cannot read tensor {key!r} ({exc})") from None

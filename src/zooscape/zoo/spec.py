@@ -34,6 +34,7 @@ __all__ = [
     "dump_spec",
     "load_spec",
     "parse_spec",
+    "spec_matches",
 ]
 
 SECTIONS = ("zoo", "dataset", "model", "training", "checkpoints", "grid", "population")
@@ -239,7 +240,7 @@ def _coerce(value: Any, ann: Any) -> tuple[bool, Any]:
     if ann is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if ann is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return False, value
         return True, float(value)
     if ann is str:
@@ -341,6 +342,8 @@ class _Checker:
         return None
 
     def value(self, section: str, key: str, value: Any, base: Mapping[str, Any], where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(where, f"must be a finite number, got {value!r}")
         ann = self.key_type(section, key, base)
         if ann is not None:
             ok, v = _coerce(value, ann)
@@ -377,6 +380,8 @@ def _check_range(chk: _Checker, where: str, key: str, value: Any) -> None:
         chk.fail(where, f"must be >= 1, got {value!r}")
     if key == "lr" and isinstance(value, float) and value <= 0:
         chk.fail(where, f"must be > 0, got {value!r}")
+    if key in ("seed", "data_seed") and isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        chk.fail(where, f"must be >= 0, got {value!r}")
 
 
 def _check_options(
@@ -546,11 +551,40 @@ def load_spec(path: str | Path, schema: SpecSchema | None = None) -> ZooSpec:
     if not path.is_file():
         raise SpecError(path, "<file>", "no such file")
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(path, "<file>", f"unreadable ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError(path, "<file>", f"not UTF-8 text (byte {exc.start}, line {line}); TOML files are UTF-8") \
+            from None
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(path, "<toml>", f"invalid TOML: {exc}") from None
     return parse_spec(doc, path, schema)
+
+
+def spec_matches(spec: ZooSpec, fingerprint: str) -> bool:
+    """Whether ``spec`` describes the zoo of a catalog's stored fingerprint (also when the zoo was trained with
+    another population chunk size than the spec's ``[population] max_size``, e.g. ``--chunk-size``).
+
+    Args:
+        spec: a parsed spec (e.g. a zoo's ``spec.toml``).
+        fingerprint: :meth:`ZooSpec.fingerprint` stored in the catalog.
+
+    Returns:
+        bool.
+    """
+    if spec.fingerprint() == fingerprint:
+        return True
+    try:
+        size = int(json.loads(fingerprint)["population"]["max_size"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return dataclasses.replace(spec, max_population=size).fingerprint() == fingerprint
 
 
 def dump_spec(spec: ZooSpec) -> str:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,8 +22,8 @@ from typing import Any
 import torch
 
 from zooscape._io import atomic_write_bytes
-from zooscape.zoo.catalog import Catalog
-from zooscape.zoo.shards import pack_models, write_tensors
+from zooscape.zoo.catalog import Catalog, CatalogError
+from zooscape.zoo.shards import encode_tensors, pack_models
 
 __all__ = ["KINDS", "ZooExistsError", "ZooStore", "is_zoo"]
 
@@ -33,6 +34,13 @@ LOCK_FILE = ".lock"
 RESUME_FILE = "resume.safetensors"
 #: Checkpoint kinds and their file suffixes.
 KINDS = {"weights": "weights", "optimizer": "optim"}
+
+log = logging.getLogger("zooscape.zoo")
+
+
+def _is_temp(path: Path) -> bool:
+    """Leftover of an interrupted atomic write (``.<name>.<random>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 class ZooExistsError(FileExistsError):
@@ -101,7 +109,11 @@ class ZooStore:
     # ------------------------------------------------------------------------------------------- creation
 
     def create_or_check(self, spec_text: str, fingerprint: str) -> Catalog:
-        """Create the zoo (catalog, then spec copy) or check that an existing zoo has the same spec.
+        """Create the zoo (complete catalog in one step, then the spec copy) or check that an existing zoo has the
+        same spec.
+
+        A store whose creation was interrupted (an empty or unfinished catalog without models, left by a kill
+        during creation) is re-initialised; a missing ``spec.toml`` next to a finished catalog is written.
 
         Args:
             spec_text: text of the spec file (copied to ``spec.toml``).
@@ -112,9 +124,14 @@ class ZooStore:
 
         Raises:
             ZooExistsError: the directory holds a zoo with another spec, or is a non-empty non-zoo directory.
+            CatalogError: the catalog is unreadable (corrupt file).
         """
         if self.root.exists() and not self.root.is_dir():
             raise ZooExistsError(f"{self.root} exists and is not a directory")
+        if is_zoo(self.root) and self.unfinished():
+            log.warning("%s: re-initialising a store whose creation was interrupted", self.root)
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.catalog_path}{suffix}").unlink(missing_ok=True)
         if is_zoo(self.root):
             catalog = Catalog(self.catalog_path)
             stored = catalog.meta().get("spec_fingerprint")
@@ -125,15 +142,37 @@ class ZooStore:
                     "use another --out directory or the original spec"
                 )
         else:
-            if self.root.exists() and any(p.name != LOCK_FILE for p in self.root.iterdir()):
+            if self.root.exists() and any(p.name != LOCK_FILE and not _is_temp(p) for p in self.root.iterdir()):
                 raise ZooExistsError(f"{self.root} is not empty and is not a zoo directory")
             self.root.mkdir(parents=True, exist_ok=True)
-            catalog = Catalog(self.catalog_path, create=True)
-            catalog.set_meta({"spec_fingerprint": fingerprint})
+            catalog = Catalog.create(self.catalog_path, {"spec_fingerprint": fingerprint})
         if not self.spec_path.exists():
             atomic_write_bytes(self.spec_path, spec_text.encode("utf-8"))
         (self.root / CHECKPOINT_DIR).mkdir(exist_ok=True)
         return catalog
+
+    def unfinished(self) -> bool:
+        """Whether the catalog is an interrupted creation: empty file, no meta table or no fingerprint, and no
+        models (nothing to lose by re-creating it).
+
+        Returns:
+            bool.
+        """
+        path = self.catalog_path
+        if not path.is_file():
+            return False
+        if path.stat().st_size == 0:
+            return True
+        try:
+            with Catalog(path, readonly=True) as catalog:
+                if catalog.is_finished():
+                    return False
+                try:
+                    return not catalog.query("SELECT 1 FROM models LIMIT 1")
+                except CatalogError:
+                    return True
+        except CatalogError:
+            return False
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -195,9 +234,29 @@ class ZooStore:
         Returns:
             path of the shard relative to the zoo root.
         """
-        rel = self.shard_relpath(group_id, epoch, kind)
+        rel, data = self.encode_shard(group_id, epoch, kind, tensors_by_model, metadata)
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        return rel
+
+    def encode_shard(
+        self,
+        group_id: str,
+        epoch: int,
+        kind: str,
+        tensors_by_model: Mapping[str, Mapping[str, torch.Tensor]],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bytes]:
+        """The path (relative to the root) and the bytes :meth:`write_shard` writes, without writing them.
+
+        Args:
+            group_id, epoch, kind, tensors_by_model, metadata: as in :meth:`write_shard`.
+
+        Returns:
+            (relative path, file content).
+        """
+        rel = self.shard_relpath(group_id, epoch, kind)
         meta = {
             "format": "zooscape-shard",
             "version": "1",
@@ -207,8 +266,7 @@ class ZooStore:
             "model_ids": sorted(tensors_by_model),
             **(metadata or {}),
         }
-        write_tensors(path, pack_models(tensors_by_model), meta)
-        return rel
+        return rel, encode_tensors(pack_models(tensors_by_model), meta)
 
     def delete_resume(self, group_id: str) -> None:
         """Remove a group's resume file (after its models are recorded as finished)."""

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zooscape.models.vectors import IndexMap, ParamSlot, index_map, layer_kind, vector_to_state_dict, vectorize
+from zooscape.zoo.shards import MAX_HEADER_BYTES, ShardError
 
 __all__ = [
     "DatasetReport",
@@ -81,13 +82,22 @@ class _Shard:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) != 8:
-                raise ValueError(f"shard {path} is not a safetensors file (too short)")
-            n = struct.unpack("<Q", head)[0]
-            self.header = json.loads(fh.read(n))
-            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(8)
+                if len(head) != 8:
+                    raise ShardError(f"shard {path}: not a safetensors file (too short)")
+                n = struct.unpack("<Q", head)[0]
+                if n > MAX_HEADER_BYTES:
+                    raise ShardError(f"shard {path}: header of {n} bytes, not a safetensors file")
+                self.header = json.loads(fh.read(n))
+                self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        except FileNotFoundError:
+            raise ShardError(f"shard {path}: missing") from None
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, ShardError):
+                raise
+            raise ShardError(f"shard {path}: unreadable ({exc})") from None
         self._start = 8 + n
         empty = torch.zeros(0, dtype=torch.uint8)
         self._bytes = torch.frombuffer(self._mm, dtype=torch.uint8) if len(self._mm) else empty
@@ -154,6 +164,7 @@ def load_weights(
     names: Sequence[Sequence[str]],
     imap: IndexMap,
     dtype: torch.dtype = torch.float32,
+    check: Callable[..., None] | None = None,
 ) -> Tensor:
     """Read many checkpoints from shards into one ``[N, D]`` tensor (each shard file is mapped once and only
     the needed tensors are copied).
@@ -164,12 +175,15 @@ def load_weights(
         names: per row, the model's own parameter names in the order of ``imap`` (aligned by position).
         imap: the layout (gives offsets and shapes).
         dtype: result dtype.
+        check: ``check(rel, data=<the mapped file>)`` is called once per shard before its tensors are read
+            (e.g. :meth:`zooscape.zoo.Zoo.check_shard`: SHA-256 against the catalog); None: no check.
 
     Returns:
         ``[N, imap.size]`` CPU tensor.
 
     Raises:
         KeyError: a shard lacks a tensor. ValueError: a tensor's size differs from the map.
+        ShardError: a shard is missing, unreadable or fails ``check``.
     """
     root = Path(root)
     out = torch.empty((len(samples), imap.size), dtype=dtype)
@@ -180,6 +194,8 @@ def load_weights(
     for rel, rows in by_file.items():
         shard = _Shard(root / rel)
         try:
+            if check is not None:
+                check(rel, data=shard._mm)
             if dtype == torch.float32 and slots:
                 keys = [f"{samples[row][0]}{SHARD_SEP}{name}" for row in rows for name in names[row]]
                 flat = shard.gather_f32(keys, [s.numel for s in slots] * len(rows))
@@ -635,7 +651,8 @@ def build_datasets(
         # no candidate: build the map of any model so that empty data sets still have a layout
         ref_map = _arch_params(configs[min(configs)]).select(layers) if configs else IndexMap([])
 
-    weights = load_weights(zoo.path, [(m, shards[m][e]) for m, e in candidates], row_names, ref_map, dtype)
+    weights = load_weights(zoo.path, [(m, shards[m][e]) for m, e in candidates], row_names, ref_map, dtype,
+                           check=getattr(zoo, "check_shard", None))
 
     keep = torch.ones(len(candidates), dtype=torch.bool)
     has_weights = len(candidates) > 0 and ref_map.size > 0
