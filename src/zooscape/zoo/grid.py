@@ -64,7 +64,15 @@ def canonical_json(obj: Any) -> str:
     Returns:
         str.
     """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _ENCODER.encode(obj)
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _fresh(value: Any) -> Any:
+    """A private copy of a mutable TOML value (lists, tables); scalars as they are."""
+    return copy.deepcopy(value) if isinstance(value, list | dict) else value
 
 
 def _digest(text: str) -> str:
@@ -132,13 +140,13 @@ def expand_spec(spec: ZooSpec, training_defaults: Mapping[str, Any] | None = Non
     if training_defaults is None:
         training_defaults = _train_defaults()
     keys = sorted(spec.grid)
+    split = [tuple(k.split(".")) for k in keys]
     base = {"dataset": spec.dataset, "model": spec.model, "training": spec.training}
     configs: dict[str, dict[str, Any]] = {}
     for values in itertools.product(*(spec.grid[k] for k in keys)):
-        cfg = copy.deepcopy(base)
-        for key, value in zip(keys, values):
-            section, sub = key.split(".")
-            cfg[section][sub] = copy.deepcopy(value)
+        cfg = {s: {k: _fresh(v) for k, v in sec.items()} for s, sec in base.items()}
+        for (section, sub), value in zip(split, values):
+            cfg[section][sub] = _fresh(value)
         mid = model_id(cfg)
         if mid in configs:
             raise SpecError(spec.path, "[grid]", f"two grid points give the same model config {canonical_json(cfg)}")

@@ -24,7 +24,7 @@ from zooscape.zoo.build import (
 )
 from zooscape.zoo.catalog import FINISHED, Catalog
 from zooscape.zoo.engines import Engine, get_engine
-from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_configs, resolve_sizes
+from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_key, resolve_sizes
 from zooscape.zoo.spec import SpecError, ZooSpec, load_spec
 from zooscape.zoo.store import ZooExistsError, ZooStore, is_zoo
 from zooscape.zoo.task import GroupTask, run_group
@@ -180,8 +180,18 @@ def plan_zoo(
         except Exception as exc:  # TrainConfig's own validation
             raise SpecError(spec.path, "[training]", f"invalid TrainConfig {key}: {exc}") from exc
     resolve_sizes(configs, describe_data or _describe_data, count_params or _count_params, spec.path)
-    groups = group_configs(configs, spec.max_population)
+    groups = _groups_of(configs)
     return ZooPlan(spec=spec, configs=configs, groups=groups)
+
+
+def _groups_of(configs: list[dict[str, Any]]) -> list[Group]:
+    """The groups :func:`expand_spec` assigned (same as ``group_configs(configs, max_population)``, without
+    hashing every config again)."""
+    members: dict[str, list[dict[str, Any]]] = {}
+    for cfg in configs:
+        members.setdefault(cfg["group_id"], []).append(cfg)
+    return [Group(group_id=gid, model_ids=tuple(sorted(c["model_id"] for c in cfgs)), key=group_key(cfgs[0]))
+            for gid, cfgs in sorted(members.items())]
 
 
 def _check_out_dir(out_dir: Path, spec: ZooSpec) -> None:
