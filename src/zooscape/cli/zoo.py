@@ -248,6 +248,15 @@ def _add_transfer_parsers(sub: Any) -> None:
     im.add_argument("--no-optimizer", action="store_true", help="skip optimizer files")
     im.add_argument("--max-population", type=int, default=64, metavar="N", help="models per shard group (64)")
     add_quiet(im)
+    lim = im.add_argument_group("limits", "a trial over a limit is skipped and reported (see docs/security.md)")
+    lim.add_argument("--max-json-bytes", type=int, default=None, metavar="N",
+                     help="largest params.json/result.json (default 16 MiB)")
+    lim.add_argument("--max-checkpoint-bytes", type=int, default=None, metavar="N",
+                     help="largest checkpoint or optimizer file (default 4 GiB)")
+    lim.add_argument("--max-epoch", type=int, default=None, metavar="E",
+                     help="largest checkpoint epoch number (default 1,000,000)")
+    lim.add_argument("--follow-symlinks", action="store_true",
+                     help="follow symbolic links that stay inside RAY_TUNE_DIR (default: follow none)")
     im.set_defaults(func=cmd_import)
 
     ex = sub.add_parser("export", help="write a zoo in the Ray Tune layout of the published zoos",
@@ -291,9 +300,14 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise ValueError("--dataset-option needs --dataset NAME")
     dataset = None if args.dataset is None else {"name": args.dataset, **options}
     types = {k: str(v) for k, v in _key_values(args.model_type, "--model-type").items()}
+    from zooscape.zoo.raytune import ImportLimits
+
+    given = {"max_json_bytes": args.max_json_bytes, "max_checkpoint_bytes": args.max_checkpoint_bytes,
+             "max_epoch": args.max_epoch}
+    limits = ImportLimits(**{k: v for k, v in given.items() if v is not None})
     report = import_raytune(args.source, args.out, dataset=dataset, model_types=types or None, name=args.name,
                             optimizer=not args.no_optimizer, max_population=args.max_population,
-                            progress=not args.quiet)
+                            progress=not args.quiet, limits=limits, follow_symlinks=args.follow_symlinks)
     print(report.summary())
     return 0
 

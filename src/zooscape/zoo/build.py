@@ -18,6 +18,7 @@ from torch import nn
 from zooscape.zoo.grid import canonical_json
 
 __all__ = [
+    "build_meta_model",
     "check_fits",
     "data_model_args",
     "build_member",
@@ -129,6 +130,26 @@ def check_fits(model: nn.Module, data: Any, n: int = 2) -> None:
     if tuple(out.shape) != need:
         raise ValueError(f"the model maps inputs {tuple(sample.shape)} to {tuple(out.shape)}, the data set needs "
                          f"{need}")
+
+
+def build_meta_model(model: Mapping[str, Any], model_args: Mapping[str, Any] | None = None) -> nn.Module:
+    """The model of a ``[model]`` section on the ``meta`` device: shapes and names only, no memory allocated
+    (for checks of untrusted configs and size estimates; ``init`` is ignored).
+
+    Args:
+        model: section with ``name`` and the keyword arguments of ``create_model``.
+        model_args: data-dependent arguments (the section's own values win).
+
+    Returns:
+        nn.Module whose parameters and buffers live on ``meta``.
+    """
+    import torch
+
+    from zooscape.models import create_model
+
+    kwargs = {**(model_args or {}), **{k: v for k, v in model.items() if k not in ("name", "init")}}
+    with torch.device("meta"):
+        return create_model(model["name"], **kwargs)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -15,7 +15,12 @@ onto our ``dataset``/``model``/``training`` sections (:data:`PARAM_MAP`) and kee
 ``derived.source.params``; CNN-s ("CNN") and CNN-l ("CNN3") are re-instantiated with ``create_model`` and every
 checkpoint must load into that model strictly, so ``zoo.load_model`` evaluates to the recorded accuracy on the same
 data. Broken trials (missing or truncated files, unreadable or non-finite checkpoints, checkpoints that do not fit
-the model) are reported in :class:`ImportReport` and skipped. :func:`export_raytune` writes a zoo of ours back in
+the model) are reported in :class:`ImportReport` and skipped, and so are hostile ones: symbolic links are not
+followed (by default; on request only those that stay inside the import root), only regular files are opened
+(never blocking on a FIFO), JSON and checkpoint files are capped in size and JSON in nesting depth, epoch numbers
+are bounded, and checkpoints are checked against the model's shapes computed on the ``meta`` device (no model is
+ever allocated from a trial's ``params.json``). See :class:`ImportLimits` and ``docs/security.md``.
+:func:`export_raytune` writes a zoo of ours back in
 that layout for users of the old tools (with a ``zooscape::config`` key, so that re-importing gives the same model
 ids).
 
@@ -33,8 +38,11 @@ import json
 import logging
 import math
 import numbers
+import os
 import re
+import stat
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +55,7 @@ __all__ = [
     "MODEL_TYPES",
     "PARAM_MAP",
     "ExportReport",
+    "ImportLimits",
     "ImportReport",
     "RayTrial",
     "TrialError",
@@ -125,6 +134,116 @@ class TrialError(ValueError):
     """A trial folder is broken (the message says what is wrong, naming the file)."""
 
 
+@dataclass(frozen=True)
+class ImportLimits:
+    """Limits on what :func:`import_raytune` reads from a trial folder (a trial over a limit is skipped).
+
+    Args:
+        max_json_bytes: largest ``params.json`` / ``result.json`` (default 16 MiB).
+        max_json_depth: deepest nesting of JSON arrays/objects (default 64).
+        max_checkpoint_bytes: largest checkpoint or optimizer file, and largest total of the tensors inside one
+            (default 4 GiB).
+        max_epoch: largest epoch number of a ``checkpoint_<epoch>`` folder and of ``training::epochs_train``
+            (default 1,000,000).
+    """
+
+    max_json_bytes: int = 16 << 20
+    max_json_depth: int = 64
+    max_checkpoint_bytes: int = 4 << 30
+    max_epoch: int = 1_000_000
+
+
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+_INT64_MAX = 2**63 - 1
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON text (strings ignored), without recursion."""
+    import numpy as np
+
+    raw = np.frombuffer(_STRING_RE.sub('""', text).encode("utf-8"), dtype=np.uint8)
+    step = np.zeros(raw.shape, dtype=np.int32)
+    step[(raw == ord("[")) | (raw == ord("{"))] = 1
+    step[(raw == ord("]")) | (raw == ord("}"))] = -1
+    return int(np.cumsum(step).max(initial=0))
+
+
+@dataclass(frozen=True)
+class _Guard:
+    """How files below an import root are opened: no symlinks (or only inside the root), regular files only,
+    size caps."""
+
+    root: Path
+    limits: ImportLimits = ImportLimits()
+    follow_symlinks: bool = False
+
+    def name(self, path: Path) -> str:
+        """``<trial-relative name>`` for messages (checkpoint_000001/checkpoints, params.json)."""
+        parts = path.parts
+        return "/".join(parts[-2:]) if CHECKPOINT_RE.match(path.parent.name) else path.name
+
+    def check_link(self, path: Path) -> None:
+        """Refuse a symbolic link (or, when following, one that leads outside the root)."""
+        if not path.is_symlink():
+            return
+        if not self.follow_symlinks:
+            raise TrialError(f"{self.name(path)}: symbolic link to {os.readlink(path)} (not followed; "
+                             "follow_symlinks=True / --follow-symlinks follows links inside the import root)")
+        target = path.resolve()
+        root = self.root.resolve()
+        if target != root and root not in target.parents:
+            raise TrialError(f"{self.name(path)}: symbolic link to {target}, outside the import root {root}")
+
+    def open(self, path: Path, max_bytes: int, what: str) -> Any:
+        """Open a regular file for reading without blocking (FIFOs, devices, directories are refused).
+
+        Returns:
+            binary file object.
+        """
+        self.check_link(path)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        if not self.follow_symlinks:
+            flags |= getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise TrialError(f"missing {self.name(path)}") from None
+        except OSError as exc:
+            raise TrialError(f"{self.name(path)}: cannot open ({exc.strerror or exc})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise TrialError(f"{self.name(path)}: not a regular file (a FIFO, device or directory)")
+            if st.st_size > max_bytes:
+                raise TrialError(f"{self.name(path)}: {st.st_size} bytes, over the limit of {max_bytes} bytes "
+                                 f"({what}; see ImportLimits / docs/security.md)")
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "rb")
+
+    def read_text(self, path: Path) -> str:
+        """A JSON file's text (size- and depth-checked)."""
+        limit = self.limits.max_json_bytes
+        with self.open(path, limit, "max_json_bytes, --max-json-bytes") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise TrialError(f"{self.name(path)}: over the limit of {limit} bytes (max_json_bytes)")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TrialError(f"{self.name(path)}: unreadable (not UTF-8: {exc})") from None
+        depth = _json_depth(text)
+        if depth > self.limits.max_json_depth:
+            raise TrialError(f"{self.name(path)}: JSON nested deeper than {self.limits.max_json_depth} levels "
+                             f"({depth}; max_json_depth)")
+        return text
+
+
+def _guard_for(path: Path, guard: _Guard | None) -> _Guard:
+    return guard if guard is not None else _Guard(root=path)
+
+
 # ----------------------------------------------------------------------------------------------- reading
 
 
@@ -147,11 +266,16 @@ class RayTrial:
     optimizers: dict[int, Path]
 
 
-def find_trials(root: str | Path) -> list[Path]:
+def find_trials(root: str | Path, follow_symlinks: bool = False, warnings: list[str] | None = None) -> list[Path]:
     """Trial folders below ``root``: folders holding params.json, result.json or checkpoint_* folders.
+
+    Symbolic links are not followed (each one is noted in ``warnings``); with ``follow_symlinks`` links to
+    directories inside ``root`` are followed, each directory at most once (no loops).
 
     Args:
         root: a trial folder, an experiment folder or any folder above them.
+        follow_symlinks: follow directory links that stay inside ``root``.
+        warnings: list to append notes about links not followed to.
 
     Returns:
         sorted list of folders (checkpoint folders are not searched).
@@ -162,44 +286,68 @@ def find_trials(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
-    out = []
+    real_root = root.resolve()
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    notes = warnings if warnings is not None else []
+
+    def note(path: Path, why: str) -> None:
+        notes.append(f"{path.relative_to(root)}: symbolic link, {why}")
 
     def walk(d: Path) -> None:
-        children = sorted(d.iterdir())
-        names = {c.name for c in children}
+        st = d.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as exc:
+            notes.append(f"{d.relative_to(root) if d != root else '.'}: unreadable ({exc.strerror or exc})")
+            return
+        names = {e.name for e in entries}
         is_trial = PARAMS_FILE in names or RESULT_FILE in names or any(
-            c.is_dir() and CHECKPOINT_RE.match(c.name) for c in children)
+            CHECKPOINT_RE.match(e.name) and e.is_dir(follow_symlinks=False) for e in entries)
         if is_trial:
             out.append(d)
             return
-        for c in children:
-            if c.is_dir() and not c.name.startswith("."):
-                walk(c)
+        links = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_symlink():
+                links.append(e)
+            elif e.is_dir(follow_symlinks=False):
+                walk(Path(e.path))
+        for e in links:  # after the real directories, so that a link to one of them is a duplicate
+            path = Path(e.path)
+            if not follow_symlinks:
+                if e.is_dir():
+                    note(path, "not followed")
+                continue
+            target = path.resolve()
+            if not target.is_dir():
+                continue
+            if target != real_root and real_root not in target.parents:
+                note(path, f"leads outside the import root ({target}), not followed")
+                continue
+            walk(path)
 
     walk(root)
     return sorted(out)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrialError(f"missing {path.name}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrialError(f"{path.name}: unreadable ({exc})") from None
+def _read_json(path: Path, guard: _Guard | None = None) -> Any:
+    text = _guard_for(path.parent, guard).read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise TrialError(f"{path.name}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise TrialError(f"{path.name}: JSON nested too deeply") from None
 
 
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrialError(f"missing {path.name}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrialError(f"{path.name}: unreadable ({exc})") from None
+def _read_results(path: Path, guard: _Guard | None = None) -> list[dict[str, Any]]:
+    text = _guard_for(path.parent, guard).read_text(path)
     lines = []
     for i, line in enumerate(text.splitlines()):
         if not line.strip():
@@ -208,6 +356,8 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TrialError(f"{path.name} line {i + 1}: invalid JSON (truncated?) ({exc})") from None
+        except RecursionError:
+            raise TrialError(f"{path.name} line {i + 1}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise TrialError(f"{path.name} line {i + 1}: expected a JSON object, got {type(obj).__name__}")
         lines.append(obj)
@@ -216,35 +366,48 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def read_trial(path: str | Path) -> RayTrial:
+def read_trial(path: str | Path, guard: _Guard | None = None) -> RayTrial:
     """Parse the JSON files of a trial folder and list its checkpoint files.
 
     Args:
         path: trial folder.
+        guard: how files are opened (import root, :class:`ImportLimits`, symlink policy); default: the trial
+            folder as root, default limits, no symlinks.
 
     Returns:
         RayTrial.
 
     Raises:
-        TrialError: missing params.json/result.json, invalid or truncated JSON, no checkpoint, a checkpoint
-            folder without its ``checkpoints`` file.
+        TrialError: missing params.json/result.json, invalid, truncated, oversized or too deeply nested JSON, a
+            symbolic link or non-regular file, an epoch number over the limit, no checkpoint, a checkpoint folder
+            without its ``checkpoints`` file.
     """
     path = Path(path)
-    params = _read_json(path / PARAMS_FILE)
+    guard = _guard_for(path, guard)
+    params = _read_json(path / PARAMS_FILE, guard)
     if not isinstance(params, dict):
         raise TrialError(f"{PARAMS_FILE}: expected a JSON object, got {type(params).__name__}")
-    results = _read_results(path / RESULT_FILE)
+    results = _read_results(path / RESULT_FILE, guard)
     checkpoints: dict[int, Path] = {}
     optimizers: dict[int, Path] = {}
-    for d in sorted(path.iterdir()):
-        m = CHECKPOINT_RE.match(d.name)
-        if not (m and d.is_dir()):
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        m = CHECKPOINT_RE.match(entry.name)
+        if not m:
+            continue
+        d = Path(entry.path)
+        if entry.is_symlink():
+            guard.check_link(d)
+        if not d.is_dir():
             continue
         epoch = int(m.group(1))
-        if not (d / WEIGHTS_FILE).is_file():
+        if epoch > guard.limits.max_epoch:
+            raise TrialError(f"{d.name}: epoch {epoch} over the limit of {guard.limits.max_epoch} (max_epoch)")
+        weights = d / WEIGHTS_FILE
+        guard.check_link(weights)
+        if not weights.is_file():
             raise TrialError(f"{d.name}: missing {WEIGHTS_FILE} file")
-        checkpoints[epoch] = d / WEIGHTS_FILE
-        if (d / OPTIMIZER_FILE).is_file():
+        checkpoints[epoch] = weights
+        if (d / OPTIMIZER_FILE).is_file() or (d / OPTIMIZER_FILE).is_symlink():
             optimizers[epoch] = d / OPTIMIZER_FILE
     if not checkpoints:
         raise TrialError("no checkpoint_* folders")
@@ -261,29 +424,44 @@ def _load_error(exc: Exception) -> str:
     return (lines[0][:200] if lines else type(exc).__name__) + f" [{type(exc).__name__}]"
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling/format error: the file is unusable
-        raise TrialError(f"{path.parent.name}/{path.name}: unreadable ({_load_error(exc)})") from None
+def _torch_load(path: Path, guard: _Guard | None = None) -> Any:
+    guard = _guard_for(path.parent.parent, guard)
+    where = f"{path.parent.name}/{path.name}"
+    limit = guard.limits.max_checkpoint_bytes
+    with guard.open(path, limit, "max_checkpoint_bytes, --max-checkpoint-bytes") as fh:
+        if zipfile.is_zipfile(fh):
+            try:
+                total = sum(i.file_size for i in zipfile.ZipFile(fh).infolist())
+            except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                raise TrialError(f"{where}: unreadable ({exc})") from None
+            if total > limit:
+                raise TrialError(f"{where}: holds {total} bytes of tensors, over the limit of {limit} bytes "
+                                 "(max_checkpoint_bytes)")
+        fh.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unpickling/format error: the file is unusable
+            raise TrialError(f"{where}: unreadable ({_load_error(exc)})") from None
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, guard: _Guard | None = None) -> dict[str, Tensor]:
     """Read a torch-saved state dict with ``weights_only=True`` and strip a ``module.`` prefix from its keys.
 
     Args:
         path: the file (e.g. ``checkpoint_000005/checkpoints``).
+        guard: how the file is opened (see :func:`read_trial`).
 
     Returns:
         dict name -> CPU tensor.
 
     Raises:
-        TrialError: unreadable, or not a dict of tensors.
+        TrialError: unreadable, a symbolic link, not a regular file, over the size limit, or not a dict of
+            tensors.
     """
     path = Path(path)
-    obj = _torch_load(path)
+    obj = _torch_load(path, guard)
     if isinstance(obj, Mapping) and len(obj) == 1:
         (only,) = obj.values()
         if isinstance(only, Mapping) and next(iter(obj)) in ("state_dict", "model_state_dict", "model"):
@@ -364,8 +542,10 @@ def _num(value: Any, kind: type, key: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TrialError(f"{PARAMS_FILE}: {key!r} must be a number, got {value!r}")
     if kind is int:
-        if float(value) != int(value):
+        if not math.isfinite(float(value)) or float(value) != int(value):
             raise TrialError(f"{PARAMS_FILE}: {key!r} must be an integer, got {value!r}")
+        if abs(int(value)) > _INT64_MAX:
+            raise TrialError(f"{PARAMS_FILE}: {key!r} = {value!r} does not fit in 64 bits")
         return int(value)
     if not math.isfinite(float(value)):
         raise TrialError(f"{PARAMS_FILE}: {key!r} must be finite, got {value!r}")
@@ -590,20 +770,21 @@ def _status(results: Sequence[Mapping[str, Any]], epochs_planned: int | None) ->
 
 
 class _Models:
-    """Builds and caches the reference model of each architecture (for strict shape checks)."""
+    """Builds (on the ``meta`` device) and caches the reference model of each architecture (for strict shape
+    checks)."""
 
     def __init__(self) -> None:
         self.cache: dict[str, tuple[dict[str, tuple[int, ...]], list[str], int]] = {}
 
     def spec(self, model: Mapping[str, Any], model_args: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]],
                                                                                   list[str], int]:
-        from zooscape.zoo.build import build_model, count_parameters
+        from zooscape.zoo.build import build_meta_model, count_parameters
         from zooscape.zoo.grid import canonical_json
 
         key = canonical_json([{k: v for k, v in model.items() if k != "init"}, dict(model_args)])
         if key not in self.cache:
             try:
-                m = build_model({k: v for k, v in model.items() if k != "init"}, seed=0, model_args=model_args)
+                m = build_meta_model(model, model_args)  # shapes only: nothing allocated, whatever params.json says
             except Exception as exc:
                 raise TrialError(f"cannot build model {canonical_json(dict(model))}: {exc}") from None
             self.cache[key] = ({k: tuple(v.shape) for k, v in m.state_dict().items()},
@@ -648,21 +829,39 @@ class _DataInfo:
         return self.cache[key]
 
 
+def _check_sections(sections: Mapping[str, Any], schema: Any) -> None:
+    """Validate one trial's sections as a one-model spec (types, ranges, names), so that one bad trial cannot
+    make the whole import's spec invalid."""
+    from zooscape.zoo.spec import SpecError, parse_spec
+
+    try:
+        parse_spec({s: dict(sections[s]) for s in ("dataset", "model", "training")}, PARAMS_FILE, schema)
+    except SpecError as exc:
+        raise TrialError(f"{PARAMS_FILE} maps to an invalid config: {exc.key}: {exc.problem}") from None
+
+
 def _parse(path: Path, root: Path, dataset: Mapping[str, Any] | None, model_types: Any, models: _Models,
-           datainfo: _DataInfo, with_optimizer: bool, report: ImportReport) -> _Parsed:
-    trial = read_trial(path)
+           datainfo: _DataInfo, with_optimizer: bool, report: ImportReport, guard: _Guard,
+           schema: Any) -> _Parsed:
+    trial = read_trial(path, guard)
     sections = map_params(trial.params, dataset, model_types, n_epochs=len(trial.results) - 1)
+    epochs = sections["training"].get("epochs")
+    if isinstance(epochs, int) and epochs > guard.limits.max_epoch:
+        raise TrialError(f"{PARAMS_FILE}: {epochs} training epochs, over the limit of {guard.limits.max_epoch} "
+                         "(max_epoch)")
+    _check_sections(sections, schema)
     model_args_all, n_train = datainfo.get(sections["dataset"])
     model_args = {k: v for k, v in model_args_all.items() if k not in sections["model"]}
     shapes, param_names, n_params = models.spec(sections["model"], model_args)
     for _epoch, file in sorted(trial.checkpoints.items()):
-        sd = read_state_dict(file)
+        sd = read_state_dict(file, guard)
         _check_state(sd, shapes, f"{file.parent.name}/{file.name}", sections["model"]["name"])
+        del sd
     optim_epochs = []
     if with_optimizer:
         for epoch, file in sorted(trial.optimizers.items()):
             try:
-                optimizer_from_torch(_torch_load(file), param_names)
+                optimizer_from_torch(_torch_load(file, guard), param_names)
                 optim_epochs.append(epoch)
             except (TrialError, ValueError, TypeError, AttributeError) as exc:
                 report.warnings.append(f"{path.relative_to(root)}: optimizer at epoch {epoch} skipped ({exc})")
@@ -721,6 +920,8 @@ def import_raytune(
     optimizer: bool = True,
     max_population: int = 64,
     progress: bool = False,
+    limits: ImportLimits | None = None,
+    follow_symlinks: bool = False,
 ) -> ImportReport:
     """Import a Ray Tune zoo directory (Model Zoos / phase-transition layout) as a zoo of ours.
 
@@ -740,6 +941,9 @@ def import_raytune(
         optimizer: import optimizer files too.
         max_population: models per shard group.
         progress: tqdm bar over trials (stderr).
+        limits: size, depth and epoch limits (default :class:`ImportLimits`); a trial over a limit is skipped.
+        follow_symlinks: follow symbolic links that stay inside ``source`` (default: no link is followed; a trial
+            with a linked file is skipped, a linked directory is not searched).
 
     Returns:
         :class:`ImportReport` (imported and skipped trials with reasons).
@@ -757,15 +961,18 @@ def import_raytune(
     from zooscape.zoo.spec import dump_spec, parse_spec
     from zooscape.zoo.store import ZooStore
 
+    from zooscape.zoo.spec import default_schema
+
     source, out_dir = Path(source), Path(out_dir)
-    trials = find_trials(source)
     report = ImportReport(out_dir=out_dir)
-    models, datainfo = _Models(), _DataInfo(report)
+    guard = _Guard(root=source, limits=limits or ImportLimits(), follow_symlinks=follow_symlinks)
+    trials = find_trials(source, follow_symlinks=follow_symlinks, warnings=report.warnings)
+    models, datainfo, schema = _Models(), _DataInfo(report), default_schema()
     parsed: dict[str, _Parsed] = {}
     for path in tqdm(trials, desc="checking trials", unit="trial", disable=not progress):
         rel = str(path.relative_to(source)) or "."
         try:
-            p = _parse(path, source, dataset, model_types, models, datainfo, optimizer, report)
+            p = _parse(path, source, dataset, model_types, models, datainfo, optimizer, report, guard, schema)
         except TrialError as exc:
             report.skipped.append((rel, str(exc)))
             log.info("skipped trial %s: %s", rel, exc)
@@ -807,13 +1014,13 @@ def import_raytune(
                 ck_rows, mt_rows = [], []
                 for epoch in sorted({e for p in members for e in p.epochs}):
                     have = [p for p in members if epoch in p.epochs]
-                    tensors = {p.model_id: read_state_dict(p.trial.checkpoints[epoch]) for p in have}
+                    tensors = {p.model_id: read_state_dict(p.trial.checkpoints[epoch], guard) for p in have}
                     rel = store.write_shard(g.group_id, epoch, "weights", tensors, {"source": "ray_tune"})
                     ck_rows += [(p.model_id, epoch, "weights", rel) for p in have]
                     report.n_checkpoints += len(have)
                     opt = [p for p in members if epoch in p.optim_epochs]
                     if opt:
-                        states = {p.model_id: optimizer_from_torch(_torch_load(p.trial.optimizers[epoch]),
+                        states = {p.model_id: optimizer_from_torch(_torch_load(p.trial.optimizers[epoch], guard),
                                                                    p.param_names) for p in opt}
                         rel = store.write_shard(g.group_id, epoch, "optimizer", states, {"source": "ray_tune"})
                         ck_rows += [(p.model_id, epoch, "optimizer", rel) for p in opt]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zooscape.zoo.build import (
+    build_meta_model,
     build_model,
     build_train_config,
     check_fits,
@@ -87,8 +88,7 @@ def _model_bytes(model_section: dict[str, Any], model_args: dict[str, Any], opti
     import torch
     from safetensors.torch import save
 
-    with torch.device("meta"):
-        model = build_model(model_section, seed=0, model_args=model_args)
+    model = build_meta_model(model_section, model_args)
     mid = "0" * 12
     state = {f"{mid}/{k}": torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
     names = ("momentum_buffer",) if optimizer == "sgd" else ("exp_avg", "exp_avg_sq")
