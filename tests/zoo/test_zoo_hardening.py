@@ -485,6 +485,6 @@ def test_validate_estimate_matches_a_trained_zoo(trained, capsys):
     line = next(ln for ln in out.splitlines() if "files:" in ln)
     n_files = int(line.split("files:")[1].split()[0].replace(",", ""))
     assert n_files == len(list(root.rglob("*.safetensors")))
-    size = sum(p.stat().st_size for p in root.rglob("*.safetensors"))
+    size = sum(p.stat().st_size for p in root.rglob("*.safetensors")) + (root / "catalog.sqlite").stat().st_size
     est = float(line.split("bytes:")[1].split()[0].replace(",", ""))
     assert math.isclose(est, size, rel_tol=0.25), (est, size)

@@ -5,7 +5,6 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from zooscape.zoo import shards
 from zooscape.zoo.shards import read_metadata, read_model, read_tensors, write_tensors
 from zooscape.zoo.store import ZooExistsError, ZooStore
 
@@ -51,17 +50,18 @@ def test_shared_storage_is_written(tmp_path):
 
 
 def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
+    import zooscape._io as io_mod
+
     path = tmp_path / "s.safetensors"
     write_tensors(path, {"w": torch.ones(3)}, {})
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as fh:
-            fh.write(b"half a file")
-        raise OSError("killed mid-write")
+    def crash(src, dst):
+        raise OSError("killed before the rename")
 
-    monkeypatch.setattr(shards, "save_file", crash)
-    with pytest.raises(OSError, match="mid-write"):
+    monkeypatch.setattr(io_mod.os, "replace", crash)
+    with pytest.raises(OSError, match="before the rename"):
         write_tensors(path, {"w": torch.zeros(3)}, {})
+    monkeypatch.undo()
     assert torch.equal(read_tensors(path)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
 

@@ -160,6 +160,12 @@ def test_non_finite_weights_are_dropped(zoo, tmp_path):
     tensors, meta = read_tensors(shard), read_metadata(shard)
     tensors[f"{mid}/module_list.3.weight"][0, 0, 0, 0] = float("inf")
     write_tensors(shard, tensors, meta)
+    import sqlite3
+
+    con = sqlite3.connect(copy / "catalog.sqlite")  # as if training had written the inf: forget the old checksum
+    con.execute("DELETE FROM shards WHERE file = ?", (rel[0][0],))
+    con.commit()
+    con.close()
     ds = z.dataset()
     assert ds.report.dropped["non-finite weights"] == 1
     assert (mid, 1, "non-finite weights") in ds.report.samples

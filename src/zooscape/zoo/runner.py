@@ -128,12 +128,14 @@ def estimate_zoo(plan: ZooPlan) -> ZooEstimate:
                                       momentum)
         w, o = cache[key]
         n_ckpt = len(checkpoint_epochs(spec.checkpoint_epochs, int(tr["epochs"])))
-        per_file = 300  # 8-byte length + metadata (format, group, epoch, model ids)
+        n = len(group.model_ids)
+        per_file = 200 + 16 * n  # 8-byte length + metadata (format, group, epoch, model ids)
         files += n_ckpt * (2 if spec.save_optimizer else 1)
-        total += n_ckpt * (len(group.model_ids) * (w + 16) + per_file)
-        if spec.save_optimizer:
-            total += n_ckpt * (len(group.model_ids) * (o + 16) + per_file)
-    catalog = 4096 + len(plan.configs) * 600 + plan.n_model_epochs * 200  # configs + metric rows
+        total += n_ckpt * (n * w + per_file)
+        if spec.save_optimizer:  # at epoch 0 an optimizer shard holds only the step counters
+            total += (n_ckpt - 1) * (n * o + per_file) + n * 64 + per_file
+    # catalog: schema pages, one config row per model, metric rows (about 7 metrics per model-epoch)
+    catalog = 12 * 4096 + len(plan.configs) * 700 + (plan.n_model_epochs + len(plan.configs)) * 7 * 40
     return ZooEstimate(models=len(plan.configs), groups=len(plan.groups), files=files, bytes=total + catalog)
 
 
