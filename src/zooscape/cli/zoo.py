@@ -29,8 +29,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("validate", help="check a spec and show its expansion (writes nothing)",
-                       description="Validate a spec fully (builds each distinct model and data set once) and print "
-                                   "the number of models, groups and model-epochs.")
+                       description="Validate a spec fully (builds each distinct model, data set and TrainConfig "
+                                   "once) and print the number of models, groups and model-epochs and an estimate "
+                                   "of the files and bytes the zoo will take.")
     v.add_argument("spec", metavar="SPEC", help="TOML spec file")
     v.set_defaults(func=cmd_validate)
 
@@ -100,14 +101,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     Returns:
         exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
     """
-    from zooscape.zoo import load_spec, plan_zoo
-    from zooscape.zoo.runner import estimate_zoo
+    from zooscape.zoo import load_spec
+    from zooscape.zoo.runner import summarize_spec
 
-    plan = plan_zoo(load_spec(args.spec))
-    spec = plan.spec
-    est = estimate_zoo(plan)
+    spec = load_spec(args.spec)
+    plan, est = summarize_spec(spec)
+    factor = est.models // max(len(plan.configs), 1)
     print(f"{args.spec}: zoo {spec.name!r} is valid")
-    print(f"  models: {len(plan.configs)}  groups: {len(plan.groups)}  model-epochs: {plan.n_model_epochs}")
+    print(f"  models: {est.models}  groups: {est.groups}  model-epochs: {plan.n_model_epochs * factor}")
     print(f"  on disk (estimate): files: {est.files:,} shards  bytes: {est.bytes:,} ({_human(est.bytes)})")
     for key, values in spec.grid.items():
         shown = list(values) if len(values) <= 12 else [*values[:5], "...", *values[-5:]]

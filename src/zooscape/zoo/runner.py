@@ -31,7 +31,7 @@ from zooscape.zoo.store import ZooExistsError, ZooStore, is_zoo
 from zooscape.zoo.task import GroupTask, run_group
 from zooscape.zoo.verify import quick_check
 
-__all__ = ["ZooEstimate", "ZooPlan", "estimate_zoo", "plan_zoo", "train_zoo"]
+__all__ = ["ZooEstimate", "ZooPlan", "estimate_zoo", "plan_zoo", "summarize_spec", "train_zoo"]
 
 log = logging.getLogger("zooscape.zoo")
 
@@ -102,41 +102,77 @@ def _model_bytes(model_section: dict[str, Any], model_args: dict[str, Any], opti
     return len(save(state)) - empty, len(save(opt)) - empty
 
 
-def estimate_zoo(plan: ZooPlan) -> ZooEstimate:
+def estimate_zoo(plan: ZooPlan, seed_factor: int = 1) -> ZooEstimate:
     """Count the models, shard files and bytes a planned zoo will take (no training, models built on the meta
     device once per architecture).
 
     Args:
         plan: from :func:`plan_zoo`.
+        seed_factor: the plan stands for a zoo with this many times as many models per group key (see
+            :func:`summarize_spec`: seed axes collapsed to one value).
 
     Returns:
         ZooEstimate.
     """
     spec = plan.spec
     by_id = {c["model_id"]: c for c in plan.configs}
-    cache: dict[str, tuple[int, int]] = {}
-    files, total = 0, 0
+    keys: dict[str, list[str]] = {}
     for group in plan.groups:
-        cfg = by_id[group.model_ids[0]]
+        keys.setdefault(group.key, []).extend(group.model_ids)
+    cache: dict[str, tuple[int, int]] = {}
+    files, total, n_groups = 0, 0, 0
+    for ids in keys.values():
+        cfg = by_id[ids[0]]
         tr = cfg["training"]
         optimizer = str(tr.get("optimizer", "sgd"))
-        momentum = any(float(by_id[m]["training"].get("momentum", 0.0) or 0.0) != 0.0 for m in group.model_ids)
+        momentum = any(float(by_id[m]["training"].get("momentum", 0.0) or 0.0) != 0.0 for m in ids)
         args = cfg["derived"].get("model_args") or {}
-        key = canonical_json([{k: v for k, v in cfg["model"].items() if k != "init"}, args, optimizer, momentum])
+        model = {k: v for k, v in cfg["model"].items() if k != "init"}
+        key = canonical_json([model, args, optimizer, momentum])
         if key not in cache:
-            cache[key] = _model_bytes({k: v for k, v in cfg["model"].items() if k != "init"}, args, optimizer,
-                                      momentum)
+            cache[key] = _model_bytes(model, args, optimizer, momentum)
         w, o = cache[key]
         n_ckpt = len(checkpoint_epochs(spec.checkpoint_epochs, int(tr["epochs"])))
-        n = len(group.model_ids)
-        per_file = 200 + 16 * n  # 8-byte length + metadata (format, group, epoch, model ids)
-        files += n_ckpt * (2 if spec.save_optimizer else 1)
-        total += n_ckpt * (n * w + per_file)
-        if spec.save_optimizer:  # at epoch 0 an optimizer shard holds only the step counters
-            total += (n_ckpt - 1) * (n * o + per_file) + n * 64 + per_file
+        members = len(ids) * seed_factor
+        for start in range(0, members, spec.max_population):
+            n = min(spec.max_population, members - start)
+            n_groups += 1
+            per_file = 200 + 16 * n  # 8-byte length + metadata (format, group, epoch, model ids)
+            files += n_ckpt * (2 if spec.save_optimizer else 1)
+            total += n_ckpt * (n * w + per_file)
+            if spec.save_optimizer:  # at epoch 0 an optimizer shard holds only the step counters
+                total += (n_ckpt - 1) * (n * o + per_file) + n * 64 + per_file
+    n_models, n_model_epochs = len(plan.configs) * seed_factor, plan.n_model_epochs * seed_factor
     # catalog: schema pages, one config row per model, metric rows (about 7 metrics per model-epoch)
-    catalog = 12 * 4096 + len(plan.configs) * 700 + (plan.n_model_epochs + len(plan.configs)) * 7 * 40
-    return ZooEstimate(models=len(plan.configs), groups=len(plan.groups), files=files, bytes=total + catalog)
+    catalog = 12 * 4096 + n_models * 700 + (n_model_epochs + n_models) * 7 * 40
+    return ZooEstimate(models=n_models, groups=n_groups, files=files, bytes=total + catalog)
+
+
+#: Grid axes that never change what is validated (not TrainConfig fields, no effect on data or model).
+SEED_AXES = ("training.seed", "training.data_seed")
+
+
+def summarize_spec(spec: ZooSpec) -> tuple[ZooPlan, ZooEstimate]:
+    """Validate a spec as :func:`plan_zoo` does, without expanding its seed axes (fast for huge grids).
+
+    ``training.seed`` and ``training.data_seed`` only pick random streams: their values are range-checked by the
+    spec parser and every other axis is expanded and validated in full (each distinct TrainConfig, data set and
+    model built once). The counts are then scaled by the number of seed combinations.
+
+    Args:
+        spec: validated spec.
+
+    Returns:
+        (the plan of the spec with each seed axis cut to its first value, the estimate for the full zoo).
+    """
+    factor = 1
+    grid = dict(spec.grid)
+    for key in SEED_AXES:
+        if key in grid:
+            factor *= len(grid[key])
+            grid[key] = grid[key][:1]
+    plan = plan_zoo(dataclasses.replace(spec, grid=grid))
+    return plan, estimate_zoo(plan, seed_factor=factor)
 
 
 def _describe_data(dataset_section: dict[str, Any]) -> dict[str, Any]:
