@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PY) examples/quickstart.py --out demo_zoo
+	$(VENV)/bin/zooscape zoo verify demo_zoo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
