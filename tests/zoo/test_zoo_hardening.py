@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import zooscape.zoo as zz
 from zooscape.cli import main as cli_main
@@ -168,7 +167,8 @@ def _make_readonly(root: Path) -> str:
         p.chmod(p.stat().st_mode & ~0o222)
     if os.geteuid() != 0:
         return "chmod"
-    if shutil.which("chattr") and subprocess.run(["chattr", "-R", "+i", str(root)], capture_output=True).returncode == 0:
+    chattr = shutil.which("chattr")
+    if chattr and subprocess.run([chattr, "-R", "+i", str(root)], capture_output=True).returncode == 0:
         try:
             (root / "probe").touch()
         except OSError:
@@ -346,7 +346,7 @@ def test_stored_spec_is_compared_with_the_fingerprint(trained, tmp_path):
     spec.write_text(spec.read_text().replace("lr = 0.05", "lr = 0.5"))
     with zz.open(root) as zoo:
         with pytest.raises(ValueError, match="spec.toml.*does not match"):
-            zoo.spec
+            _ = zoo.spec
 
 
 def test_verify_finds_and_repair_retrains_exactly_the_bad_shards(trained, tmp_path, capsys):

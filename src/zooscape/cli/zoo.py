@@ -65,9 +65,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                     "the new bytes match the recorded checksums). See docs/security.md.")
     ve.add_argument("dir", metavar="DIR", help="zoo directory")
     ve.add_argument("--repair", action="store_true", help="re-train and rewrite missing/damaged shards")
-    ve.add_argument("--device", default="cpu",
-                    help="torch device for --repair (default cpu; use the kind of device the zoo was trained on)")
-    ve.add_argument("--quiet", action="store_true", help="print only problems")
+    add_device(ve)  # --repair: use the kind of device the zoo was trained on (training is deterministic per device)
+    add_quiet(ve)
     ve.set_defaults(func=cmd_verify)
     _add_transfer_parsers(sub)
     return p

@@ -10,12 +10,13 @@ Tables (see ``docs/zoo-format.md``)::
     shards(file PK, group_id, epoch, kind, size, sha256)   one row per shard file (integrity record)
 
 A catalog is created complete (schema and meta rows, fingerprint included) in a temporary file that is renamed into
-place, so a directory holds either no catalog or a finished one. Every write method runs in one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on error), so a
-killed writer leaves the catalog as it was before or after the call, never in between. One process (the driver)
-writes; any number of processes may read (``Catalog(path, readonly=True)``); a reader opens the file read-only
-(``mode=ro``, and ``immutable=1`` where even that is refused, e.g. on read-only media), so zoos can be read from
-read-only storage. Closing the writer returns the file to rollback-journal mode, so a finished zoo needs no
-``-wal``/``-shm`` files. SQLite errors are raised as :class:`CatalogError` naming the file.
+place, so a directory holds either no catalog or a finished one. Every write method runs in one transaction
+(``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on error), so a killed writer leaves the catalog as it was before
+or after the call, never in between. One process (the driver) writes; any number of processes may read
+(``Catalog(path, readonly=True)``); a reader opens the file read-only (``mode=ro``, and ``immutable=1`` where even
+that is refused, e.g. on read-only media), so zoos can be read from read-only storage. Closing the writer returns
+the file to rollback-journal mode, so a finished zoo needs no ``-wal``/``-shm`` files. SQLite errors are raised as
+:class:`CatalogError` naming the file.
 """
 
 from __future__ import annotations

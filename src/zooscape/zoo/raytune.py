@@ -958,10 +958,8 @@ def import_raytune(
     from tqdm.auto import tqdm
 
     from zooscape.zoo.grid import group_configs, model_id
-    from zooscape.zoo.spec import dump_spec, parse_spec
+    from zooscape.zoo.spec import default_schema, dump_spec, parse_spec
     from zooscape.zoo.store import ZooStore
-
-    from zooscape.zoo.spec import default_schema
 
     source, out_dir = Path(source), Path(out_dir)
     report = ImportReport(out_dir=out_dir)

@@ -210,7 +210,7 @@ class _Stop(Exception):
     """Ends a repair's training after the last damaged epoch."""
 
 
-def repair_zoo(root: str | Path, report: VerifyReport | None = None, device: str = "cpu",
+def repair_zoo(root: str | Path, report: VerifyReport | None = None, device: str = "auto",
                progress: bool = False) -> VerifyReport:
     """Re-train the groups of damaged shards and rewrite exactly those shards.
 
@@ -222,7 +222,8 @@ def repair_zoo(root: str | Path, report: VerifyReport | None = None, device: str
     Args:
         root: zoo directory.
         report: from :func:`verify_zoo` (default: run it).
-        device: torch device of the re-training (default ``"cpu"``).
+        device: torch device of the re-training (``"auto"``: CUDA, else MPS, else CPU; use the kind of device the
+            zoo was trained on).
         progress: tqdm bar over the damaged groups (stderr).
 
     Returns:
