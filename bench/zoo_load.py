@@ -8,6 +8,9 @@ and epoch), then times, best of ``--repeats``:
 - ``torch.load``: ``torch.load(file, weights_only=True)`` of every file + :func:`vectorize`, stacked to ``[N, D]``
   (how the reference code bases build their weight data sets);
 - ``store``: :func:`zooscape.zoo.weights.load_weights` of the same checkpoints from the shards into ``[N, D]``;
+- ``store, checked``: the same with every shard checked against its catalog record first (SHA-256 of the whole
+  file and the header's group/epoch/kind), as ``Zoo.dataset`` and ``Zoo.state_dict`` do; the reader's cache of
+  checked files is cleared before each repeat, so every repeat hashes every shard (a first load);
 - ``zoo.dataset``: the whole ``zoo.dataset(properties=["epoch"])`` (catalog queries, table, filters, splits).
 
 Both paths read from the page cache (the files were just written). The two weight tensors are checked to be
@@ -109,14 +112,22 @@ def main(argv: list[str] | None = None) -> int:
         def store():
             return load_weights(zoo.path, samples, names, imap)
 
+        def store_checked():
+            zoo._checked.clear()  # hash every shard again, as a first load does
+            return load_weights(zoo.path, samples, names, imap, check=zoo.check_shard)
+
         t_pickle, a = best_of(args.repeats, pickles)
         t_store, b = best_of(args.repeats, store)
+        t_checked, c = best_of(args.repeats, store_checked)
+        assert torch.equal(b, c)
         t_ds, ds = best_of(args.repeats, lambda: zoo.dataset(properties=["epoch"], split=(1.0, 0.0, 0.0)))
         assert torch.equal(a, b), "the two loaders disagree"
         assert len(ds.train) == n
         zoo.close()
         print(f"  torch.load, one file per checkpoint : {t_pickle:8.3f} s  ({1e6 * t_pickle / n:7.1f} us/checkpoint)")
         print(f"  store (safetensors shards)          : {t_store:8.3f} s  ({1e6 * t_store / n:7.1f} us/checkpoint)")
+        print(f"  store, shards checked (SHA-256)     : {t_checked:8.3f} s  ({1e6 * t_checked / n:7.1f} us/checkpoint)"
+              f"  overhead {100 * (t_checked / t_store - 1):+.1f} %")
         print(f"  zoo.dataset(...) end to end         : {t_ds:8.3f} s  ({1e6 * t_ds / n:7.1f} us/checkpoint)")
         print(f"  ratio torch.load / store: {t_pickle / t_store:.1f}x   (torch.load / zoo.dataset: "
               f"{t_pickle / t_ds:.1f}x)")

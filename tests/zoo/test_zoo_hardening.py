@@ -287,10 +287,12 @@ def test_checksums_recorded_for_every_shard(trained):
         files = {f for (f,) in zoo.catalog.query("SELECT DISTINCT file FROM checkpoints")}
     assert set(records) == files and len(files) == 6
     import hashlib
+    import zlib
 
     for rel, rec in records.items():
         data = (root / rel).read_bytes()
         assert rec.size == len(data) and rec.sha256 == hashlib.sha256(data).hexdigest()
+        assert rec.crc32 == zlib.crc32(data)
         assert rec.kind in ("weights", "optimizer") and rec.epoch in (0, 1, 2)
 
 

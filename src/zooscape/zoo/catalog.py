@@ -7,7 +7,7 @@ Tables (see ``docs/zoo-format.md``)::
     metrics(model_id, epoch, name, value)             PK (model_id, epoch, name), long format
     checkpoints(model_id, epoch, kind, file)          PK (model_id, epoch, kind); file relative to the zoo
     analyses(id PK, model_id, other_id NULL, epoch, metric, value, params JSON, created)
-    shards(file PK, group_id, epoch, kind, size, sha256)   one row per shard file (integrity record)
+    shards(file PK, group_id, epoch, kind, size, sha256, crc32)   one row per shard file (integrity record)
 
 A catalog is created complete (schema and meta rows, fingerprint included) in a temporary file that is renamed into
 place, so a directory holds either no catalog or a finished one. Every write method runs in one transaction
@@ -93,7 +93,8 @@ CREATE TABLE IF NOT EXISTS shards (
     epoch    INTEGER NOT NULL,
     kind     TEXT NOT NULL,
     size     INTEGER NOT NULL,
-    sha256   TEXT NOT NULL
+    sha256   TEXT NOT NULL,
+    crc32    INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -404,7 +405,7 @@ class Catalog:
                 [(m, int(e), n, _real(v)) for m, e, n, v in metrics],
             )
             con.executemany("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", checkpoints)
-            con.executemany("INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?, ?, ?)", shard_rows)
+            con.executemany("INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)", shard_rows)
             con.executemany(
                 "UPDATE models SET status = ?, reason = ?, updated = ? WHERE model_id = ?",
                 [(s, r, now, m) for m, (s, r) in statuses.items()],
@@ -427,7 +428,7 @@ class Catalog:
             if (rec.epoch, rec.kind) != (epoch, kind):
                 raise ShardError(f"shard {self.path.parent / file}: its header says epoch {rec.epoch}, kind "
                                  f"{rec.kind}; the rows to record say epoch {epoch}, kind {kind}")
-            rows.append((rec.file, rec.group_id, rec.epoch, rec.kind, rec.size, rec.sha256))
+            rows.append((rec.file, rec.group_id, rec.epoch, rec.kind, rec.size, rec.sha256, rec.crc32))
         return rows
 
     def shard_records(self, files: Sequence[str] | None = None) -> dict[str, ShardRecord]:
@@ -442,7 +443,7 @@ class Catalog:
         """
         if not self.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='shards'"):
             return {}
-        sql = "SELECT file, group_id, epoch, kind, size, sha256 FROM shards"
+        sql = "SELECT file, group_id, epoch, kind, size, sha256, crc32 FROM shards"
         if files is None:
             rows = self.query(sql)
         else:
@@ -451,7 +452,7 @@ class Catalog:
             for i in range(0, len(files), 500):
                 chunk = files[i:i + 500]
                 rows += self.query(sql + f" WHERE file IN ({','.join('?' * len(chunk))})", chunk)
-        return {r[0]: ShardRecord(r[0], r[1], int(r[2]), r[3], int(r[4]), r[5]) for r in rows}
+        return {r[0]: ShardRecord(r[0], r[1], int(r[2]), r[3], int(r[4]), r[5], int(r[6])) for r in rows}
 
     # ------------------------------------------------------------------------------------------- analyses
 

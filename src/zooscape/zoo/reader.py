@@ -86,6 +86,7 @@ class Zoo:
         self._catalog = Catalog(self.store.catalog_path, readonly=True)
         self._models_cache: dict[str, nn.Module] = {}
         self._checked: set[tuple[str, int, int, int]] = set()  # (file, inode, size, mtime_ns) already verified
+        self._records: dict[str, ShardRecord] = {}
 
     def __repr__(self) -> str:
         return f"Zoo({str(self.path)!r}, models={len(self.model_ids)})"
@@ -256,9 +257,11 @@ class Zoo:
         return self._catalog.shard_records()
 
     def check_shard(self, rel: str, epoch: int | None = None, kind: str | None = None,
-                    record: ShardRecord | None = None, data: Any = None) -> None:
-        """Verify a shard before its tensors are used: size and SHA-256 against the catalog's record and its header's
-        group/epoch/kind against the catalog (each file once per unchanged inode, size and mtime).
+                    record: ShardRecord | None = None, data: Any = None,
+                    header: dict[str, Any] | None = None) -> None:
+        """Verify a shard before its tensors are used: size and CRC-32 against the catalog's record and its
+        header's group/epoch/kind against the catalog (each file once per unchanged inode, size and mtime;
+        ``zoo verify`` checks the SHA-256).
 
         Args:
             rel: shard path relative to the zoo.
@@ -266,6 +269,7 @@ class Zoo:
             kind: kind the catalog's rows expect (None: the record's).
             record: the catalog's record if already fetched (else it is looked up).
             data: the file's bytes if already in memory (a memory map).
+            header: the file's parsed safetensors header if already read.
 
         Raises:
             ShardError: missing, truncated, corrupt, or holding another group/epoch/kind.
@@ -279,13 +283,15 @@ class Zoo:
         if key in self._checked:
             return
         if record is None:
-            record = self._catalog.shard_records([rel]).get(rel)
+            if rel not in self._records:
+                self._records.update(self._catalog.shard_records())  # one query for all (new) records
+            record = self._records.get(rel)
         if epoch is None or kind is None:
             if record is None:
                 return
             epoch, kind = record.epoch, record.kind
         group = record.group_id if record is not None else Path(rel).parent.name
-        check_shard(path, record, (group, epoch, kind), data=data)
+        check_shard(path, record, (group, epoch, kind), data=data, header=header)
         self._checked.add(key)
 
     def state_dict(self, model_id: str, epoch: int) -> dict[str, torch.Tensor]:

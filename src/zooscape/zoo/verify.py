@@ -186,7 +186,7 @@ def verify_zoo(root: str | Path, progress: Callable[[str], None] | None = None) 
         rec = records.get(rel)
         path = root / rel
         try:
-            check_shard(path, rec, (_group_of(rel, rec), epoch, kind))
+            check_shard(path, rec, (_group_of(rel, rec), epoch, kind), strong=True)
             if rec is None:
                 report.unrecorded += 1
                 _structure(path)

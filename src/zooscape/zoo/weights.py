@@ -175,8 +175,9 @@ def load_weights(
         names: per row, the model's own parameter names in the order of ``imap`` (aligned by position).
         imap: the layout (gives offsets and shapes).
         dtype: result dtype.
-        check: ``check(rel, data=<the mapped file>)`` is called once per shard before its tensors are read
-            (e.g. :meth:`zooscape.zoo.Zoo.check_shard`: SHA-256 against the catalog); None: no check.
+        check: ``check(rel, data=<the mapped file>, header=<its parsed header>)`` is called once per shard before
+            its tensors are read (e.g. :meth:`zooscape.zoo.Zoo.check_shard`: size, CRC-32 and header against the
+            catalog); None: no check.
 
     Returns:
         ``[N, imap.size]`` CPU tensor.
@@ -195,7 +196,7 @@ def load_weights(
         shard = _Shard(root / rel)
         try:
             if check is not None:
-                check(rel, data=shard._mm)
+                check(rel, data=shard._mm, header=shard.header)
             if dtype == torch.float32 and slots:
                 keys = [f"{samples[row][0]}{SHARD_SEP}{name}" for row in rows for name in names[row]]
                 flat = shard.gather_f32(keys, [s.numel for s in slots] * len(rows))
