@@ -9,7 +9,7 @@ and epoch), then times, best of ``--repeats``:
   (how the reference code bases build their weight data sets);
 - ``store``: :func:`zooscape.zoo.weights.load_weights` of the same checkpoints from the shards into ``[N, D]``;
 - ``store, checked``: the same with every shard checked against its catalog record first (SHA-256 of the whole
-  file and the header's group/epoch/kind), as ``Zoo.dataset`` and ``Zoo.state_dict`` do; the reader's cache of
+  file's CRC-32 and the header's group/epoch/kind), as ``Zoo.dataset`` and ``Zoo.state_dict`` do; the reader's cache of
   checked files is cleared before each repeat, so every repeat hashes every shard (a first load);
 - ``zoo.dataset``: the whole ``zoo.dataset(properties=["epoch"])`` (catalog queries, table, filters, splits).
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         zoo.close()
         print(f"  torch.load, one file per checkpoint : {t_pickle:8.3f} s  ({1e6 * t_pickle / n:7.1f} us/checkpoint)")
         print(f"  store (safetensors shards)          : {t_store:8.3f} s  ({1e6 * t_store / n:7.1f} us/checkpoint)")
-        print(f"  store, shards checked (SHA-256)     : {t_checked:8.3f} s  ({1e6 * t_checked / n:7.1f} us/checkpoint)"
+        print(f"  store, shards checked (CRC-32)      : {t_checked:8.3f} s  ({1e6 * t_checked / n:7.1f} us/checkpoint)"
               f"  overhead {100 * (t_checked / t_store - 1):+.1f} %")
         print(f"  zoo.dataset(...) end to end         : {t_ds:8.3f} s  ({1e6 * t_ds / n:7.1f} us/checkpoint)")
         print(f"  ratio torch.load / store: {t_pickle / t_store:.1f}x   (torch.load / zoo.dataset: "

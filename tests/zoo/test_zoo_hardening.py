@@ -509,3 +509,12 @@ def test_validate_of_a_1e6_cell_grid_counts_like_the_full_plan(tmp_path, capsys)
     assert cli_main(["zoo", "validate", str(big)]) == 0
     assert time.perf_counter() - t < 10
     assert "models: 1000000" in capsys.readouterr().out
+
+
+def test_os_errors_are_reported_with_the_file(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert cli_main(["zoo", "train", str(spec), "--out", str(blocker / "zoo"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(blocker) in err and "Traceback" not in err

@@ -38,6 +38,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     RuntimeError,
     PermissionError,
+    OSError,  # disk full, not a directory, read-only file system, ...: the message names the file
 )
 
 
