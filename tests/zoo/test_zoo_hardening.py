@@ -3,6 +3,7 @@ checks and repair, error messages, large grids. Each test reproduces one reporte
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -10,7 +11,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -157,50 +157,42 @@ READER = textwrap.dedent("""
 """)
 
 
-def _make_readonly(root: Path) -> str:
-    """chmod -R a-w; as root (whom chmod does not stop) also ``chattr -R +i`` (immutable even for root).
-
-    Returns:
-        how the directory was made read-only ("chmod", "chattr"), or "" when it could not be for this user.
-    """
+@contextlib.contextmanager
+def readonly(root: Path):
+    """chmod -R a-w; as root (whom chmod does not stop) ``chattr -R +i`` (immutable even for root); skips the test
+    where neither makes the directory read-only. Restores write access afterwards."""
+    chattr = shutil.which("chattr")
+    immutable = False
     for p in [root, *root.rglob("*")]:
         p.chmod(p.stat().st_mode & ~0o222)
-    if os.geteuid() != 0:
-        return "chmod"
-    chattr = shutil.which("chattr")
-    if chattr and subprocess.run([chattr, "-R", "+i", str(root)], capture_output=True).returncode == 0:
-        try:
-            (root / "probe").touch()
-        except OSError:
-            return "chattr"
-        (root / "probe").unlink()
-    return ""
+    try:
+        if os.geteuid() == 0:
+            if chattr and subprocess.run([chattr, "-R", "+i", str(root)], capture_output=True).returncode == 0:
+                immutable = True
+            try:
+                (root / "probe").touch()
+                pytest.skip("running as root and chattr +i is not available: chmod cannot make a directory read-only")
+            except OSError:
+                pass
+        yield root
+    finally:
+        if immutable:
+            subprocess.run([chattr, "-R", "-i", str(root)], capture_output=True)
+        for p in [root, *root.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
 
 
-def test_readonly_zoo_reads_fully(trained):
+def test_readonly_zoo_reads_fully(trained, tmp_path):
     """A read-only zoo directory: info/open/load/dataset/plot/verify all work and nothing is written into it."""
     _, src = trained
-    base = Path(tempfile.mkdtemp(prefix="zoo-ro-"))
-    out = Path(tempfile.mkdtemp(prefix="zoo-ro-out-"))
-    root = base / "zoo"
-    how = ""
-    try:
-        copy_zoo(src, root)
-        how = _make_readonly(root)
-        if not how:
-            pytest.skip("running as root and chattr +i is not available: chmod cannot make a directory read-only")
+    out = tmp_path / "out"
+    out.mkdir()
+    with readonly(copy_zoo(src, tmp_path / "zoo")) as root:
         env = {**os.environ, "MPLCONFIGDIR": str(out), "HOME": str(out)}
         res = subprocess.run([sys.executable, "-c", READER, str(root), "-1", str(out)], capture_output=True,
                              text=True, env=env, timeout=300)
         assert res.returncode == 0 and "READ-OK" in res.stdout, res.stdout + res.stderr
         assert not (root / "catalog.sqlite-shm").exists()
-    finally:
-        if how == "chattr":
-            subprocess.run(["chattr", "-R", "-i", str(root)], capture_output=True)
-        for p in [base, *base.rglob("*")]:
-            p.chmod(p.stat().st_mode | 0o200)
-        shutil.rmtree(base, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_readonly_wal_catalog_left_by_a_killed_writer(trained, tmp_path):
@@ -210,17 +202,8 @@ def test_readonly_wal_catalog_left_by_a_killed_writer(trained, tmp_path):
     con = sqlite3.connect(root / "catalog.sqlite")
     con.execute("PRAGMA journal_mode=WAL")
     con.close()
-    how = _make_readonly(root)
-    try:
-        if not how:
-            pytest.skip("running as root and chattr +i is not available")
-        with zz.open(root) as zoo:
-            assert len(zoo.table()) == 6
-    finally:
-        if how == "chattr":
-            subprocess.run(["chattr", "-R", "-i", str(root)], capture_output=True)
-        for p in [root, *root.rglob("*")]:
-            p.chmod(p.stat().st_mode | 0o200)
+    with readonly(root), zz.open(root) as zoo:
+        assert len(zoo.table()) == 6
 
 
 # ----------------------------------------------------------------------------------------------- 5: half-created
