@@ -9,14 +9,11 @@ Tables (see ``docs/zoo-format.md``)::
     analyses(id PK, model_id, other_id NULL, epoch, metric, value, params JSON, created)
     shards(file PK, group_id, epoch, kind, size, sha256, crc32)   one row per shard file (integrity record)
 
-A catalog is created complete (schema and meta rows, fingerprint included) in a temporary file that is renamed into
-place, so a directory holds either no catalog or a finished one. Every write method runs in one transaction
-(``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on error), so a killed writer leaves the catalog as it was before
-or after the call, never in between. One process (the driver) writes; any number of processes may read
-(``Catalog(path, readonly=True)``); a reader opens the file read-only (``mode=ro``, and ``immutable=1`` where even
-that is refused, e.g. on read-only media), so zoos can be read from read-only storage. Closing the writer returns
-the file to rollback-journal mode, so a finished zoo needs no ``-wal``/``-shm`` files. SQLite errors are raised as
-:class:`CatalogError` naming the file.
+Created complete (schema, meta, fingerprint) in a temporary file renamed into place; every write is one
+transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), so a killed writer leaves the catalog as before or after a call.
+One process (the driver) writes; readers (``readonly=True``) open it with ``mode=ro`` (``immutable=1`` where that is
+refused: read-only media); a closing writer leaves rollback-journal mode (no ``-wal``/``-shm`` needed to read).
+SQLite errors are raised as :class:`CatalogError` naming the file.
 """
 
 from __future__ import annotations
@@ -185,10 +182,8 @@ class Catalog:
         return con
 
     def _error(self, exc: BaseException) -> CatalogError:
-        text = str(exc)
-        if "no such table" in text:
-            text += " (an unfinished catalog: its creation was interrupted; re-run the command that creates it)"
-        return CatalogError(f"catalog {self.path}: {text}")
+        hint = " (an unfinished catalog: re-run the command that creates it)" if "no such table" in str(exc) else ""
+        return CatalogError(f"catalog {self.path}: {exc}{hint}")
 
     @classmethod
     def create(cls, path: str | Path, meta: Mapping[str, Any]) -> Catalog:
