@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from zooscape.zoo import train_zoo
+from zooscape.zoo.catalog import catalog_uri
 
 SPEC = """
 [zoo]
@@ -49,7 +50,7 @@ def count(db: Path, sql: str) -> int:
     if not db.exists():
         return 0
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        con = sqlite3.connect(catalog_uri(db, mode="ro"), uri=True, timeout=5)
         try:
             return con.execute(sql).fetchone()[0]
         finally:

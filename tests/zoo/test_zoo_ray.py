@@ -21,6 +21,7 @@ ray = pytest.importorskip(
 
 from zooscape.studies.metrics import run_metrics  # noqa: E402
 from zooscape.zoo import train_zoo  # noqa: E402
+from zooscape.zoo.catalog import catalog_uri  # noqa: E402
 from zooscape.zoo.engines import EngineError, emit  # noqa: E402
 from zooscape.zoo.engines import base as engine_module  # noqa: E402
 from zooscape.zoo.engines.ray_engine import RayEngine  # noqa: E402
@@ -282,7 +283,7 @@ def count(db: Path, sql: str) -> int:
     if not db.exists():
         return 0
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        con = sqlite3.connect(catalog_uri(db, mode="ro"), uri=True, timeout=5)
         try:
             return con.execute(sql).fetchone()[0]
         finally:
