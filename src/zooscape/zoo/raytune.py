@@ -266,16 +266,16 @@ class RayTrial:
     optimizers: dict[int, Path]
 
 
-def find_trials(root: str | Path, follow_symlinks: bool = False, warnings: list[str] | None = None) -> list[Path]:
+def find_trials(root: str | Path, follow_symlinks: bool = False, notes: list[str] | None = None) -> list[Path]:
     """Trial folders below ``root``: folders holding params.json, result.json or checkpoint_* folders.
 
-    Symbolic links are not followed (each one is noted in ``warnings``); with ``follow_symlinks`` links to
+    Symbolic links are not followed (each one is noted in ``notes``); with ``follow_symlinks`` links to
     directories inside ``root`` are followed, each directory at most once (no loops).
 
     Args:
         root: a trial folder, an experiment folder or any folder above them.
         follow_symlinks: follow directory links that stay inside ``root``.
-        warnings: list to append notes about links not followed to.
+        notes: list to append notes about links not followed (and unreadable folders) to.
 
     Returns:
         sorted list of folders (checkpoint folders are not searched).
@@ -289,7 +289,7 @@ def find_trials(root: str | Path, follow_symlinks: bool = False, warnings: list[
     real_root = root.resolve()
     out: list[Path] = []
     seen: set[tuple[int, int]] = set()
-    notes = warnings if warnings is not None else []
+    notes = notes if notes is not None else []
 
     def note(path: Path, why: str) -> None:
         notes.append(f"{path.relative_to(root)}: symbolic link, {why}")
@@ -964,7 +964,7 @@ def import_raytune(
     source, out_dir = Path(source), Path(out_dir)
     report = ImportReport(out_dir=out_dir)
     guard = _Guard(root=source, limits=limits or ImportLimits(), follow_symlinks=follow_symlinks)
-    trials = find_trials(source, follow_symlinks=follow_symlinks, warnings=report.warnings)
+    trials = find_trials(source, follow_symlinks=follow_symlinks, notes=report.warnings)
     models, datainfo, schema = _Models(), _DataInfo(report), default_schema()
     parsed: dict[str, _Parsed] = {}
     for path in tqdm(trials, desc="checking trials", unit="trial", disable=not progress):
