@@ -123,13 +123,19 @@ def test_finished_catalog_needs_no_wal_files(trained):
     assert (root / "catalog.sqlite").read_bytes()[18:20] == b"\x01\x01"  # legacy (non-WAL) file format
 
 
-def test_reader_opens_a_wal_catalog_on_readonly_storage(trained, tmp_path):
-    """Even a catalog still in WAL mode (a copy taken while training) reads without a -shm file: immutable open."""
-    _, src = trained
-    root = copy_zoo(src, tmp_path / "zoo")
+def wal_copy(src: Path, dst: Path) -> Path:
+    """A copy of a zoo whose catalog is still in WAL mode (as one copied while training, or left by a killed
+    writer)."""
+    root = copy_zoo(src, dst)
     con = sqlite3.connect(root / "catalog.sqlite")
     con.execute("PRAGMA journal_mode=WAL")
     con.close()
+    return root
+
+
+def test_reader_opens_a_wal_catalog_on_readonly_storage(trained, tmp_path):
+    """Even a catalog still in WAL mode (a copy taken while training) reads without a -shm file: immutable open."""
+    root = wal_copy(trained[1], tmp_path / "zoo")
     assert (root / "catalog.sqlite").read_bytes()[18:20] == b"\x02\x02"
     cat = Catalog(root / "catalog.sqlite", readonly=True, immutable=True)
     assert len(cat.query("SELECT * FROM models")) == 2
@@ -197,11 +203,7 @@ def test_readonly_zoo_reads_fully(trained, tmp_path):
 
 def test_readonly_wal_catalog_left_by_a_killed_writer(trained, tmp_path):
     """The automatic fallback: mode=ro is refused (no -shm can be created), the immutable open works."""
-    _, src = trained
-    root = copy_zoo(src, tmp_path / "zoo")
-    con = sqlite3.connect(root / "catalog.sqlite")
-    con.execute("PRAGMA journal_mode=WAL")
-    con.close()
+    root = wal_copy(trained[1], tmp_path / "zoo")
     with readonly(root), zz.open(root) as zoo:
         assert len(zoo.table()) == 6
 
