@@ -7,11 +7,15 @@ writes, pools, and in the backward pass zero-fills and scatters a full-resolutio
 and the weight, bias and input gradients straight from the pooled gradient and the pool's window indices
 (backward); ``_native/adam.c`` does a population's whole Adam/AdamW step in one pass. They are compiled with the
 system C compiler on first use (about a second) into a cache directory and called through ``ctypes``; if the CPU
-lacks AVX2/FMA, no compiler is found, or the build fails, :func:`available` is ``False`` and the population uses
-its PyTorch path, which computes the same function.
+lacks AVX2/FMA (or is not x86-64 Linux), no compiler is found, or the build fails, :func:`available` is ``False``
+and the population uses its PyTorch path, which computes the same function.
 
-Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off. Cache: ``$ZOOSCAPE_CACHE_DIR``, else
-``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``. ``zooscape doctor`` says whether they are on.
+Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off. Cache: ``kernels/`` in ``$ZOOSCAPE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``; it must be private (owned by the user, mode 0700), every
+library is verified (size + SHA-256 recorded at build time) before it is loaded, and the key covers everything that
+changes the binary (:mod:`zooscape.train._native.cache`; ``docs/security.md``). ``zooscape doctor`` says whether
+the kernels are on, the cache directory, its check and the key; ``zooscape doctor --build-kernels`` builds them
+(``make venv`` does, after installing).
 
 The pool follows ``torch.nn.functional.max_pool2d`` (first maximum of the window in row-major order wins, NaN
 propagates); the convolution sums bias, then taps in ``(c, ky, kx)`` order, so results agree with oneDNN's to
@@ -22,11 +26,9 @@ Ba, 2015; AdamW: Loshchilov & Hutter, 2019.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,13 +39,18 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-_SRCS = [Path(__file__).with_name("_native") / name for name in ("convpool.c", "adam.c")]
+from .. import __version__
+from ._native import cache as _cache
+from ._native.cache import CacheInfo
+
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
 _ABI = 5
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _lib_path: Path | None = None
+_info: CacheInfo | None = None
 _tried = False
+_failed = False
 _why_not: str | None = None
 
 
@@ -51,19 +58,36 @@ class _Unsupported(RuntimeError):
     """The kernels are switched off or not meant for this machine (no warning)."""
 
 
-def _cpu_has_avx2_fma() -> bool:
-    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty if unreadable)."""
     try:
-        flags = set()
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-        return {"avx2", "fma"} <= flags
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
+
+
+def _platform_reason() -> str | None:
+    """Why this machine cannot run the kernels (``None`` if it can): they are x86-64 AVX2 + FMA code for Linux.
+    Everywhere else (aarch64, ppc64le, macOS, Windows, an x86-64 CPU without AVX2/FMA) the population takes its
+    PyTorch path, which computes the same function; no compiler is run."""
+    machine = platform.machine().lower()
+    if not sys.platform.startswith("linux"):
+        return f"the kernels are built for Linux only, not {sys.platform} ({machine or 'unknown machine'})"
+    if machine not in ("x86_64", "amd64"):
+        return f"the kernels are x86-64 (AVX2/FMA) code; this machine is {machine or 'unknown'}"
+    missing = sorted({"avx2", "fma"} - _cpu_flags())
+    if missing:
+        return f"the CPU lacks {'/'.join(m.upper() for m in missing)} (x86-64 without AVX2/FMA)"
+    return None
+
+
+def _cpu_has_avx2_fma() -> bool:
+    """Whether this is an x86-64 Linux machine whose CPU has AVX2 and FMA (see :func:`_platform_reason`)."""
+    return _platform_reason() is None
 
 
 def _cache_dir() -> Path:
@@ -74,56 +98,43 @@ def _cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "zooscape"
 
 
-def _compile(cc: str, flags: list[str], out: Path) -> None:
-    """Compile the kernels into ``out`` atomically (concurrent builders each write their own temp file)."""
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
+def _cache_candidates() -> list[Path]:
+    """Directories the library may live in, in order (each must be private: see :mod:`._native.cache`)."""
     try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, _SRCS)], capture_output=True, text=True,
-                              timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        first = [_cache_dir() / "kernels"]
+    except RuntimeError:  # no home directory
+        first = []
+    return [*first, Path(tempfile.gettempdir()) / f"zooscape-{os.getuid()}"]
 
 
-def _build(cc: str) -> Path:
-    """Path of the compiled library, compiling it into the cache if needed: with OpenMP (which then shares
-    PyTorch's libgomp and its threads), else with pthreads."""
-    src = b"".join(f.read_bytes() for f in _SRCS)
-    errors = []
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    for d in (_cache_dir(), Path(tempfile.gettempdir()) / f"zooscape-{uid}"):
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            errors.append(str(e))
-            continue
-        variants = ([*_FLAGS, "-fopenmp"], _FLAGS)
-        if os.environ.get("ZOOSCAPE_NATIVE_OPENMP", "1") == "0":  # (the pthreads build, for tests)
-            variants = (_FLAGS,)
-        for flags in variants:
-            key = hashlib.sha256(src + " ".join([cc, *flags]).encode()).hexdigest()[:16]
-            out = d / f"kernels-{key}.so"
-            if out.exists():
-                return out
-            try:
-                _compile(cc, flags, out)
-                # builds of other sources or flags go (a process that has one loaded keeps its mapping)
-                for old in [*d.glob("convpool-*.so"), *d.glob("kernels-*.so")]:
-                    if old != out:
-                        old.unlink(missing_ok=True)
-                return out
-            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                errors.append(str(e))
-    raise RuntimeError("could not build the native kernels: " + "; ".join(errors)[:800])
+def _variants() -> list[tuple[str, list[str]]]:
+    """Builds to try, in order: with OpenMP (which then shares PyTorch's libgomp and its threads), else with
+    pthreads."""
+    variants = [("openmp", [*_FLAGS, "-fopenmp"]), ("pthreads", _FLAGS)]
+    if os.environ.get("ZOOSCAPE_NATIVE_OPENMP", "1") == "0":  # (the pthreads build, for tests)
+        variants = [("pthreads", _FLAGS)]
+    return variants
+
+
+def _compiler_or_none() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _compiler() -> str:
+    cc = _compiler_or_none()
+    if not cc:
+        raise RuntimeError("no C compiler found (set CC)")
+    return cc
+
+
+def _build(cc: str) -> tuple[ctypes.CDLL, CacheInfo]:
+    """The compiled library, loaded from the private cache after verification, compiling it if needed."""
+    return _cache.load(_cache_candidates(), cc, _variants(), version=__version__, abi=_ABI)
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernel library, building it on first call; ``None`` when unavailable (see :func:`why_not`)."""
-    global _lib, _lib_path, _tried, _why_not
+    global _lib, _lib_path, _info, _tried, _failed, _why_not
     if _tried:
         return _lib
     with _lock:
@@ -132,13 +143,10 @@ def library() -> ctypes.CDLL | None:
         try:
             if os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") == "0":
                 raise _Unsupported("turned off by ZOOSCAPE_NATIVE_KERNELS=0")
-            if not _cpu_has_avx2_fma():
-                raise _Unsupported("the CPU lacks AVX2/FMA (or is not x86-64 Linux)")
-            cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-            if not cc:
-                raise RuntimeError("no C compiler found (set CC)")
-            path = _build(cc)
-            lib = ctypes.CDLL(str(path))
+            reason = _platform_reason()
+            if reason is not None:
+                raise _Unsupported(reason)
+            lib, info = _build(_compiler())
             if lib.zs_convpool_abi() != _ABI:
                 raise RuntimeError("stale kernel library")
             p, i64p, i = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int
@@ -151,14 +159,31 @@ def library() -> ctypes.CDLL | None:
             f, i64 = ctypes.c_float, ctypes.c_int64
             lib.zs_adam_step.argtypes = [p, p, p, p, i64, i64, i64, p, p, f, f, f, f, f, f, f, i, i, i]
             lib.zs_adam_step.restype = ctypes.c_int
-            _lib, _lib_path = lib, path
+            _lib, _lib_path, _info = lib, Path(info.library or ""), info
         except _Unsupported as e:  # switched off, or a CPU the kernels are not for: quietly the PyTorch path
             _why_not = str(e)
         except Exception as e:  # a failed build: the PyTorch path computes the same function, but say so
-            _why_not = str(e)
+            _why_not, _failed = str(e), True
             warnings.warn(f"zooscape: native kernels unavailable, using the PyTorch path ({e})", stacklevel=2)
         _tried = True
     return _lib
+
+
+def build_failed() -> bool:
+    """Whether the kernels are unavailable because building or loading them failed (as opposed to switched off or
+    not meant for this machine); builds on first call, like :func:`available`."""
+    return library() is None and _failed
+
+
+def cache_info() -> CacheInfo:
+    """Where the kernel library was loaded from: the cache directory, its ownership/mode check, the directories
+    rejected before it, the cache key and what it hashes (see :mod:`zooscape.train._native.cache`). Before a load
+    (or when the kernels are off, unsupported or failed) what a load would find, without creating anything."""
+    if _info is not None:
+        return _info
+    cc = _compiler_or_none()
+    return _cache.describe(_cache_candidates(), cc if _platform_reason() is None else None, _variants()[0],
+                           version=__version__, abi=_ABI)
 
 
 def available() -> bool:
