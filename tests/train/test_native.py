@@ -427,3 +427,52 @@ torch.save(res.state_dicts, {str(out)!r})
     for got, ref in zip(torch.load(out, weights_only=True), want):
         for k in ref:
             torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+def _op_inputs(shared: bool, input_grad: bool, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    g, c = 2, 8 if input_grad else 1
+    x = torch.randn(3, c if shared else g * c, 10, 9, generator=gen)
+    if input_grad:
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(g, 7, c, 3, 3, generator=gen, requires_grad=True)  # 7 outputs: a partial SIMD block
+    b = torch.randn(g, 7, generator=gen, requires_grad=True)
+    return x, w, b
+
+
+@needs_native
+@pytest.mark.parametrize("shared,relu,input_grad", [(False, True, False), (True, False, False), (False, True, True),
+                                                    (False, False, True)])
+def test_the_kernels_are_a_torch_library_custom_op_with_fake_and_autograd(shared, relu, input_grad):
+    x, w, b = _op_inputs(shared, input_grad)
+    # schema, fake (shape/stride) implementation, autograd registration, AOT dispatch: torch's own checks
+    torch.library.opcheck(torch.ops.zooscape.conv_pool2x2.default, (x, w, b, shared, relu))
+    # the op and the eager path compute bitwise the same values and gradients
+    out_op = torch.ops.zooscape.conv_pool2x2.default(x, w, b, shared, relu)[0]
+    out_eager = native.ConvPool2x2.apply(x, w, b, shared, relu)
+    assert torch.equal(out_op, out_eager)
+    params = (x, w, b) if input_grad else (w, b)
+    grad = torch.randn(out_op.shape, generator=torch.Generator().manual_seed(1))
+    for a, e in zip(torch.autograd.grad(out_op, params, grad), torch.autograd.grad(out_eager, params, grad)):
+        assert torch.equal(a, e)
+
+
+@needs_native
+def test_torch_compile_and_fx_see_the_custom_op():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, w, b = _op_inputs(False, True)
+    graph = make_fx(lambda x, w, b: native.ConvPool2x2.apply(x, w, b, False, True))(x.detach(), w.detach(),
+                                                                                    b.detach())
+    targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    assert torch.ops.zooscape.conv_pool2x2.default in targets
+
+    def loss(x, w, b):
+        return native.ConvPool2x2.apply(x, w, b, False, True).square().sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)  # fullgraph: no graph break on the kernels
+    got = compiled(x, w, b)
+    want = loss(x, w, b)
+    assert torch.equal(got, want)
+    for a, e in zip(torch.autograd.grad(got, (x, w, b)), torch.autograd.grad(want, (x, w, b))):
+        assert torch.equal(a, e)

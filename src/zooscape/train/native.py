@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import __version__
 from ._native import cache as _cache
@@ -354,42 +355,132 @@ def adam_step(params: Tensor, grads: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
                             _threads()))
 
 
-class ConvPool2x2(torch.autograd.Function):
-    """Autograd wrapper of the fused kernels. Call as ``ConvPool2x2.apply(x, weight, bias, shared, relu)``;
-    ``bias`` may be ``None``; ``shared`` and ``relu`` as in :func:`conv_pool_forward`. Weight and bias gradients
-    always; the input gradient only for inputs that satisfy :func:`supports_input_grad` (checked here).
+# torch.library custom ops: torch.compile / fx / export see one opaque ``zooscape::conv_pool2x2`` node with a fake
+# (shape-only) implementation and an autograd formula, instead of failing on a ctypes call with fake tensors. Eager
+# calls take a plain autograd.Function over the same kernels: the custom op's eager autograd wrapper costs ~0.1-0.4 ms
+# of Python per training call (bench/native_convpool.py, "op / no op"), up to a third of a small population's layer.
+
+@torch.library.custom_op("zooscape::conv_pool2x2", mutates_args=(), device_types="cpu")
+def _conv_pool_op(x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool, relu: bool) -> tuple[Tensor, Tensor]:
+    out, idx = conv_pool_forward(x, weight, bias, shared=shared, indices=True, relu=relu)
+    assert idx is not None
+    return out, idx
+
+
+@_conv_pool_op.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool, relu: bool) -> tuple[Tensor, Tensor]:
+    g, o, _, k, _ = weight.shape
+    h2, w2 = (x.shape[2] - k + 1) // 2, (x.shape[3] - k + 1) // 2
+    out = x.new_empty(x.shape[0], h2, w2, g * o).permute(0, 3, 1, 2)
+    return out, x.new_empty(x.shape[0], h2, w2, g * o, dtype=torch.uint8)
+
+
+@torch.library.custom_op("zooscape::conv_pool2x2_backward", mutates_args=(), device_types="cpu")
+def _conv_pool_backward_op(x: Tensor, weight: Tensor, grad: Tensor, idx: Tensor, act: Tensor | None,
+                           shared: bool) -> tuple[Tensor, Tensor]:
+    dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=shared, bias=True, act=act)
+    assert db is not None
+    return dw, db
+
+
+@_conv_pool_backward_op.register_fake
+def _(x: Tensor, weight: Tensor, grad: Tensor, idx: Tensor, act: Tensor | None, shared: bool) -> tuple[Tensor, Tensor]:
+    g, o, c, k, _ = weight.shape
+    return x.new_empty(g, c, k, k, o).permute(0, 4, 1, 2, 3), x.new_empty(g, o)
+
+
+@torch.library.custom_op("zooscape::conv_pool2x2_backward_full", mutates_args=(), device_types="cpu")
+def _conv_pool_backward_full_op(x: Tensor, weight: Tensor, grad: Tensor, idx: Tensor,
+                                act: Tensor | None) -> tuple[Tensor, Tensor]:
+    return conv_pool_backward_full(x, weight, grad, idx, act=act)
+
+
+@_conv_pool_backward_full_op.register_fake
+def _(x: Tensor, weight: Tensor, grad: Tensor, idx: Tensor, act: Tensor | None) -> tuple[Tensor, Tensor]:
+    g, o, c, k, _ = weight.shape
+    b, _, h, w = x.shape
+    return x.new_empty(b, h, w, g * c).permute(0, 3, 1, 2), x.new_empty(g, o, k, k, c).permute(0, 1, 4, 2, 3)
+
+
+def _grads(grad: Tensor, saved: tuple[Tensor, ...], needs: tuple[bool, ...], has_bias: bool, shared: bool,
+           through_ops: bool) -> tuple[Tensor | None, ...]:
+    """Gradients of ``(x, weight, bias, shared, relu)`` from the pooled gradient ``grad``; ``saved`` is
+    ``(x, weight, idx, act or None)``; the kernels are called through the backward custom ops if ``through_ops``."""
+    x, weight, idx, act = saved
+    need_x, need_w, need_b = needs[:3]
+    need_b = need_b and has_bias
+    if need_x:
+        full = torch.ops.zooscape.conv_pool2x2_backward_full.default if through_ops else conv_pool_backward_full
+        dx, dw = full(x, weight, grad, idx, act)
+        db = None
+        if need_b:
+            g = grad if act is None else grad * (act > 0)
+            db = g.sum((0, 2, 3)).view(weight.shape[:2])
+        return dx, dw if need_w else None, db, None, None
+    if through_ops:
+        dw, db = torch.ops.zooscape.conv_pool2x2_backward.default(x, weight, grad, idx, act, shared)
+    else:
+        dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=shared, bias=need_b, act=act)
+    return None, dw if need_w else None, db if need_b else None, None, None
+
+
+def _conv_pool_setup(ctx, inputs, output) -> None:
+    x, weight, bias, shared, relu = inputs
+    out, idx = output
+    ctx.save_for_backward(x, weight, idx, out if relu else None)
+    ctx.has_bias, ctx.shared = bias is not None, shared
+
+
+def _conv_pool_op_grad(ctx, grad: Tensor, _grad_idx: Tensor | None) -> tuple[Tensor | None, ...]:
+    return _grads(grad, ctx.saved_tensors, ctx.needs_input_grad, ctx.has_bias, ctx.shared, through_ops=True)
+
+
+_conv_pool_op.register_autograd(_conv_pool_op_grad, setup_context=_conv_pool_setup)
+
+
+class _EagerConvPool(torch.autograd.Function):
+    """The same kernels and formulas as the custom op, without its dispatch (the eager path)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool,  # type: ignore[override]
+                relu: bool) -> Tensor:
+        output = conv_pool_forward(x, weight, bias, shared=shared, indices=True, relu=relu)
+        _conv_pool_setup(ctx, (x, weight, bias, shared, relu), output)
+        return output[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _grads(grad, ctx.saved_tensors, ctx.needs_input_grad, ctx.has_bias, ctx.shared, through_ops=False)
+
+
+def _traced(x: Tensor) -> bool:
+    """Whether a compiler or tracer is looking (dynamo, export, make_fx, fake tensors, any dispatch mode)."""
+    return torch.compiler.is_compiling() or type(x) is not Tensor or _get_current_dispatch_mode() is not None
+
+
+class ConvPool2x2:
+    """The fused kernels with autograd. Call as ``ConvPool2x2.apply(x, weight, bias, shared, relu)``; ``bias`` may
+    be ``None``; ``shared`` and ``relu`` as in :func:`conv_pool_forward`. Weight and bias gradients always; the
+    input gradient only for inputs that satisfy :func:`supports_input_grad` (checked here). Once differentiable.
+
+    Under ``torch.compile``, ``torch.export``, fx tracing or fake tensors this is the custom op
+    ``torch.ops.zooscape.conv_pool2x2`` (with its fake implementation and autograd formula; gradients through
+    ``zooscape::conv_pool2x2_backward`` / ``_backward_full``); eager calls skip the custom-op dispatch and run the
+    same kernels and formulas through a plain ``torch.autograd.Function``.
 
     With ``relu``, an output that is not positive passes no gradient (``threshold_backward``); the kernels then skip
     that output's contributions instead of multiplying them by zero, which differs from PyTorch only if weights or
     inputs are infinite or NaN (where PyTorch's gradient would be NaN rather than 0)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool = False,  # type: ignore[override]
-                relu: bool = False) -> Tensor:
+    def apply(x: Tensor, weight: Tensor, bias: Tensor | None = None, shared: bool = False,
+              relu: bool = False) -> Tensor:
+        """``[B, G*C, H, W]`` (or shared ``[B, C, H, W]``) -> ``[B, G*O, H', W']`` channels-last, as
+        :func:`conv_pool_forward`."""
         if x.requires_grad and (shared or not supports_input_grad(x, weight)):
             raise ValueError("ConvPool2x2 computes an input gradient only for channels-last inputs with a multiple "
                              "of 8 channels per model")
-        out, idx = conv_pool_forward(x, weight, bias, shared=shared, indices=True, relu=relu)
-        if relu:
-            ctx.save_for_backward(x, weight, idx, out)
-        else:
-            ctx.save_for_backward(x, weight, idx)
-        ctx.has_bias, ctx.shared = bias is not None, shared
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, weight, idx, *act = ctx.saved_tensors
-        act = act[0] if act else None
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if need_x:
-            dx, dw = conv_pool_backward_full(x, weight, grad, idx, act=act)
-            db = None
-            if ctx.has_bias and need_b:
-                g = grad if act is None else grad * (act > 0)
-                db = g.sum((0, 2, 3)).view(weight.shape[:2])
-            return dx, dw if need_w else None, db, None, None
-        dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=ctx.shared, bias=ctx.has_bias and need_b,
-                                    act=act)
-        return None, dw if need_w else None, db, None, None
+        if _traced(x):
+            return torch.ops.zooscape.conv_pool2x2.default(x, weight, bias, shared, relu)[0]
+        return _EagerConvPool.apply(x, weight, bias, shared, relu)
