@@ -120,8 +120,8 @@ def main() -> None:
             if op is not None:
                 to.append(timeit(op, args.repeats // 3 + 1))
         s, f = statistics.median(ts), statistics.median(tf)
-        o = f"{statistics.median(to):.2f} | {statistics.median(to) / f:.3f}" if to else "- | -"
-        print(f"| {name} | {s:.2f} | {f:.2f} | {s / f:.2f}x | {o} |", flush=True)
+        op_ms = f"{statistics.median(to):.2f} | {statistics.median(to) / f:.3f}" if to else "- | -"
+        print(f"| {name} | {s:.2f} | {f:.2f} | {s / f:.2f}x | {op_ms} |", flush=True)
 
 
 if __name__ == "__main__":
