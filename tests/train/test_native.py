@@ -410,6 +410,9 @@ cfg = TrainConfig(epochs=1, optimizer="adam", lr=1e-3, batch_size=32)
 res = train_population([create_model("cnn_s", seed=s, in_channels=1) for s in range(2)], data, cfg,
                        [Member(seed=s) for s in range(2)], device="cpu")
 assert calls == [], calls
+from zooscape.cli.doctor import _kernels
+report = _kernels()  # doctor's lines: the reason, and no cache
+assert "aarch64" in report["native_kernels_reason"] and report["native_kernels_cache"] is None, report
 torch.save(res.state_dicts, {str(out)!r})
 """
     env = dict(os.environ, CC=str(cc), ZOOSCAPE_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")

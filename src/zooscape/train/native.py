@@ -182,9 +182,10 @@ def cache_info() -> CacheInfo:
     (or when the kernels are off, unsupported or failed) what a load would find, without creating anything."""
     if _info is not None:
         return _info
-    cc = _compiler_or_none()
-    return _cache.describe(_cache_candidates(), cc if _platform_reason() is None else None, _variants()[0],
-                           version=__version__, abi=_ABI)
+    reason = _platform_reason()
+    if reason is not None:  # no cache on a machine the kernels are not for (and no uid on Windows)
+        return CacheInfo(check=f"not used: {reason}")
+    return _cache.describe(_cache_candidates(), _compiler_or_none(), _variants()[0], version=__version__, abi=_ABI)
 
 
 def available() -> bool:
