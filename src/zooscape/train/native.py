@@ -6,16 +6,17 @@ writes, pools, and in the backward pass zero-fills and scatters a full-resolutio
 ``_native/convpool.c`` (AVX2 + FMA) compute the convolution, the pool and an optional ReLU in registers (forward)
 and the weight, bias and input gradients straight from the pooled gradient and the pool's window indices
 (backward); ``_native/adam.c`` does a population's whole Adam/AdamW step in one pass. They are compiled with the
-system C compiler on first use (about a second) into a cache directory and called through ``ctypes``; if the CPU
-lacks AVX2/FMA (or is not x86-64 Linux), no compiler is found, or the build fails, :func:`available` is ``False``
-and the population uses its PyTorch path, which computes the same function.
+system C compiler at install time or on first use (a few seconds) into a cache directory and called through
+``ctypes``; if the CPU lacks AVX2/FMA (or is not x86-64 Linux), no compiler is found, or the build fails,
+:func:`available` is ``False`` and the population uses its PyTorch path, which computes the same function.
 
 Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off. Cache: ``kernels/`` in ``$ZOOSCAPE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``; it must be private (owned by the user, mode 0700), every
 library is verified (size + SHA-256 recorded at build time) before it is loaded, and the key covers everything that
 changes the binary (:mod:`zooscape.train._native.cache`; ``docs/security.md``). ``zooscape doctor`` says whether
 the kernels are on, the cache directory, its check and the key; ``zooscape doctor --build-kernels`` builds them
-(``make venv`` does, after installing).
+(``make venv`` does, after installing). Under ``torch.compile``, export, fx or fake tensors the conv + pool kernels
+are the ``torch.library`` custom op ``zooscape::conv_pool2x2`` (see :class:`ConvPool2x2`).
 
 The pool follows ``torch.nn.functional.max_pool2d`` (first maximum of the window in row-major order wins, NaN
 propagates); the convolution sums bias, then taps in ``(c, ky, kx)`` order, so results agree with oneDNN's to
