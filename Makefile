@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e ".[dev,ray]"
+	@# the native kernels, now rather than on first use (cheap; never fails the install)
+	-@$(PY) -m zooscape.cli doctor --build-kernels >/dev/null 2>&1 || echo "note: native kernels not built now (\`zooscape doctor\` says why; the PyTorch path works)"
 	touch $(STAMP)
 
 demo: $(STAMP)

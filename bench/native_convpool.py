@@ -7,6 +7,9 @@ Columns, per call, in one run (plus CNN-s's second layer, whose input needs a gr
   grouped ``conv2d`` on channels-last input + ``max_pool2d`` + autograd. Native: ``ConvPool2x2``.
 - ``eval``: forward only on one batch shared by all models, as in evaluation. PyTorch: the population's shared
   path (one im2col GEMM over the pool window and three maxima). Native: ``conv_pool_forward(shared=True)``.
+- ``custom op`` (training rows): the same kernels called through the ``torch.library`` custom op
+  ``torch.ops.zooscape.conv_pool2x2`` (what ``torch.compile`` and fx see) instead of the eager path's plain
+  autograd.Function; the last column is the ratio, i.e. the eager cost of the custom-op dispatch.
 
 Usage:
     python bench/native_convpool.py                  # N=64, batch 32 (train) and 128 (eval), 2 threads
@@ -40,8 +43,8 @@ def timeit(fn, repeats: int) -> float:
 
 def training_step(g: int, c: int, o: int, k: int, h: int, batch: int, input_grad: bool, gen: torch.Generator):
     """One training step of a population layer Conv2d(c, o, k) + MaxPool2d(2) of g models on h x h inputs, both
-    ways: PyTorch (grouped conv2d on channels-last input, max_pool2d, autograd) and the native kernels. Returns
-    ``(torch_step, native_step, weight, bias)``."""
+    ways: PyTorch (grouped conv2d on channels-last input, max_pool2d, autograd) and the native kernels (eager path,
+    and through the custom op). Returns ``(torch_step, native_step, op_step, weight, bias)``."""
     w = torch.randn(g, o, c, k, k, generator=gen, requires_grad=True)
     b = torch.randn(g, o, generator=gen, requires_grad=True)
     w_flat, b_flat = w.detach().reshape(g * o, c, k, k).requires_grad_(), b.detach().reshape(-1).requires_grad_()
@@ -58,7 +61,10 @@ def training_step(g: int, c: int, o: int, k: int, h: int, batch: int, input_grad
     def native_step():
         native.ConvPool2x2.apply(x, w, b, False).backward(grad)
 
-    return torch_step, native_step, w, b
+    def op_step():
+        torch.ops.zooscape.conv_pool2x2.default(x, w, b, False, False)[0].backward(grad)
+
+    return torch_step, native_step, op_step, w, b
 
 
 def main() -> None:
@@ -76,9 +82,9 @@ def main() -> None:
     g, o, c, k, h = args.models, 8, 1, 5, 28
     gen = torch.Generator().manual_seed(0)
     # CNN-s's first layer (input: data) and second layer (Conv2d(8, 6, 5) on 12x12, input needs a gradient)
-    torch_train, native_train, w, b = training_step(g, c, o, k, h, args.batch, False, gen)
+    torch_train, native_train, op_train, w, b = training_step(g, c, o, k, h, args.batch, False, gen)
     c2, o2, h2in = 8, 6, 12
-    torch_train2, native_train2, _, _ = training_step(g, c2, o2, k, h2in, args.batch, True, gen)
+    torch_train2, native_train2, op_train2, _, _ = training_step(g, c2, o2, k, h2in, args.batch, True, gen)
 
     xs = torch.randn(args.eval_batch, c, h, h, generator=gen)
     wt = w.detach().reshape(g * o, -1).t()
@@ -100,18 +106,22 @@ def main() -> None:
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, N={g} models; first layer Conv2d({c}, "
           f"{o}, {k}) + MaxPool2d(2) on {h}x{h}, second layer Conv2d({c2}, {o2}, {k}) + MaxPool2d(2) on "
           f"{h2in}x{h2in} (CNN-s); median of {args.repeats} calls")
-    print("| case | PyTorch ms | native ms | speed-up |")
-    print("|---|---|---|---|")
-    for name, slow, fast in ((f"first layer, train (fwd+bwd), batch {args.batch}", torch_train, native_train),
-                             (f"first layer, eval (shared fwd), batch {args.eval_batch}", torch_eval, native_eval),
-                             (f"second layer, train (fwd+bwd incl. input grad), batch {args.batch}", torch_train2,
-                              native_train2)):
-        ts, tf = [], []
+    print("| case | PyTorch ms | native ms | speed-up | custom op ms | op / native |")
+    print("|---|---|---|---|---|---|")
+    for name, slow, fast, op in (
+            (f"first layer, train (fwd+bwd), batch {args.batch}", torch_train, native_train, op_train),
+            (f"first layer, eval (shared fwd), batch {args.eval_batch}", torch_eval, native_eval, None),
+            (f"second layer, train (fwd+bwd incl. input grad), batch {args.batch}", torch_train2, native_train2,
+             op_train2)):
+        ts, tf, to = [], [], []
         for _ in range(3):  # interleaved
             ts.append(timeit(slow, args.repeats // 3 + 1))
             tf.append(timeit(fast, args.repeats // 3 + 1))
+            if op is not None:
+                to.append(timeit(op, args.repeats // 3 + 1))
         s, f = statistics.median(ts), statistics.median(tf)
-        print(f"| {name} | {s:.2f} | {f:.2f} | {s / f:.2f}x |", flush=True)
+        op_ms = f"{statistics.median(to):.2f} | {statistics.median(to) / f:.3f}" if to else "- | -"
+        print(f"| {name} | {s:.2f} | {f:.2f} | {s / f:.2f}x | {op_ms} |", flush=True)
 
 
 if __name__ == "__main__":

