@@ -191,3 +191,73 @@ def test_cka_heatmap_diagonal_of_self_comparison_and_agreement_with_features():
     torch.testing.assert_close(cross, acc.compute())
     rbf = cka_heatmap(a, b, x[:64], layers_a=[""], layers_b=[""], batch_size=64, kernel="rbf")
     torch.testing.assert_close(rbf[0, 0], cka(fa["6"][:64], fb[""][:64], kernel="rbf", debiased=True))
+
+
+# --- Kornblith et al.'s reference notebook, written independently in numpy from its formulas -----------------
+
+
+def _np_gram_rbf(x, threshold):
+    """The notebook's ``gram_rbf``: sigma^2 = threshold^2 * numpy.median of all n^2 squared distances."""
+    import numpy as np
+
+    dot = x @ x.T
+    sq = np.diag(dot)
+    d2 = -2 * dot + sq[:, None] + sq[None, :]
+    return np.exp(-d2 / (2 * threshold ** 2 * np.median(d2)))
+
+
+def _np_cka(gx, gy):
+    """The notebook's biased ``cka``: <HKH, HLH>_F / (||HKH||_F ||HLH||_F)."""
+    import numpy as np
+
+    def center(g):
+        h = np.eye(g.shape[0]) - 1.0 / g.shape[0]
+        return h @ g @ h
+
+    gx, gy = center(gx), center(gy)
+    return float(gx.ravel() @ gy.ravel() / (np.linalg.norm(gx) * np.linalg.norm(gy)))
+
+
+def _golden_pair():
+    import numpy as np
+
+    rs = np.random.RandomState(1337)
+    x = rs.randn(100, 10)
+    y = rs.randn(100, 10) + x
+    return x, y
+
+
+def test_rbf_cka_reproduces_the_reference_notebook_golden_value():
+    x, y = _golden_pair()
+    ours = float(cka(torch.from_numpy(x), torch.from_numpy(y), kernel="rbf", threshold=0.5))
+    reference = _np_cka(_np_gram_rbf(x, 0.5), _np_gram_rbf(y, 0.5))
+    assert round(reference, 5) == 0.65483  # the value the notebook prints
+    assert ours == pytest.approx(reference, abs=1e-12)
+    for threshold in (0.2, 1.0, 3.0):
+        assert float(cka(torch.from_numpy(x), torch.from_numpy(y), kernel="rbf", threshold=threshold)) == \
+            pytest.approx(_np_cka(_np_gram_rbf(x, threshold), _np_gram_rbf(y, threshold)), abs=1e-12)
+
+
+def test_rbf_bandwidth_rules_are_named_and_differ_as_documented():
+    import numpy as np
+
+    x, y = _golden_pair()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    distinct = float(cka(xt, yt, kernel="rbf", threshold=0.5, bandwidth="distinct_pairs"))
+    assert round(distinct, 5) == 0.65403  # zooscape's former rule
+    # distinct_pairs: the lower middle value of the i < j distances (torch.median semantics)
+    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
+    pairs = np.sort(d2[np.triu_indices(100, 1)])
+    lower_mid = pairs[(len(pairs) - 1) // 2]
+    k = torch.exp(-torch.from_numpy(d2) / (2 * 0.25 * lower_mid))
+    torch.testing.assert_close(gram_rbf(xt, 0.5, "distinct_pairs"), k)
+    torch.testing.assert_close(gram_rbf(xt, 0.5), torch.from_numpy(_np_gram_rbf(x, 0.5)))
+    with pytest.raises(ValueError, match="bandwidth"):
+        cka(xt, yt, kernel="rbf", bandwidth="mean")
+
+
+def test_median_of_all_pairs_averages_the_two_middle_values():
+    from zooscape.landscape.cka import _median_all
+
+    assert float(_median_all(torch.tensor([[4.0, 1.0], [3.0, 2.0]]))) == 2.5
+    assert float(_median_all(torch.tensor([5.0, 1.0, 3.0]))) == 3.0

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from zooscape.landscape._hvp import eval_mode, model_device
 
 __all__ = [
+    "BANDWIDTHS",
     "MinibatchCKA",
     "cka",
     "cka_heatmap",
@@ -60,24 +61,46 @@ def gram_linear(x: Tensor) -> Tensor:
     return x @ x.T
 
 
-def gram_rbf(x: Tensor, threshold: float = 1.0) -> Tensor:
-    """RBF kernel matrix ``exp(-d_ij^2 / (2 sigma^2))`` with ``sigma^2 = threshold^2 * median_{i<j} d_ij^2``.
+BANDWIDTHS = ("all_pairs", "distinct_pairs")
 
-    The median runs over distinct pairs only; Kornblith et al.'s code includes the zero diagonal, which biases
-    the bandwidth down for small n.
+
+def _median_all(d2: Tensor) -> Tensor:
+    """numpy.median of all entries: the mean of the two middle values for an even count."""
+    flat = d2.reshape(-1)
+    k = flat.numel()
+    hi = torch.kthvalue(flat, k // 2 + 1).values
+    if k % 2:
+        return hi
+    return (torch.kthvalue(flat, k // 2).values + hi) / 2
+
+
+def gram_rbf(x: Tensor, threshold: float = 1.0, bandwidth: str = "all_pairs") -> Tensor:
+    """RBF kernel matrix ``exp(-d_ij^2 / (2 sigma^2))`` with ``sigma^2 = threshold^2 * median(d^2)``.
+
+    Two rules for the median of the squared distances ``d^2``:
+
+    - ``"all_pairs"`` (default, Kornblith et al.'s reference notebook): ``numpy.median`` over all ``n^2``
+      entries of the distance matrix, the zero diagonal included; for an even count the two middle values are
+      averaged. Published RBF-CKA numbers use this rule.
+    - ``"distinct_pairs"``: ``torch.median`` over the ``n (n - 1) / 2`` distinct pairs ``i < j``, which returns
+      the *lower* of the two middle values for an even count. Without the zeros the bandwidth is not biased
+      down for small n (zooscape's rule before 2026-12).
 
     Args:
         x: Tensor ``[n, p]`` (or ``[n, ...]``, flattened).
         threshold: bandwidth as a fraction of the median distance.
+        bandwidth: ``"all_pairs"`` or ``"distinct_pairs"``.
 
     Returns:
-        Tensor ``[n, n]`` (float64); all NaN when all points coincide.
+        Tensor ``[n, n]`` (float64); all NaN when the median squared distance is 0 (e.g. all points coincide).
 
     References:
-        Kornblith, Norouzi, Lee and Hinton, 2019.
+        Kornblith, Norouzi, Lee and Hinton, 2019 (``gram_rbf`` of their CKA notebook).
     """
     if threshold <= 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
+    if bandwidth not in BANDWIDTHS:
+        raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
     x = _as_matrix(x, "x")
     n = x.shape[0]
     if n < 2:
@@ -85,8 +108,11 @@ def gram_rbf(x: Tensor, threshold: float = 1.0) -> Tensor:
     sq = (x * x).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
     d2.fill_diagonal_(0)
-    iu = torch.triu_indices(n, n, 1)
-    med = d2[iu[0], iu[1]].median()
+    if bandwidth == "all_pairs":
+        med = _median_all(d2)
+    else:
+        iu = torch.triu_indices(n, n, 1)
+        med = d2[iu[0], iu[1]].median()
     if float(med) <= 0:
         return torch.full_like(d2, float("nan"))
     return torch.exp(-d2 / (2 * threshold ** 2 * med))
@@ -150,11 +176,11 @@ def hsic_unbiased(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
     return out if stacked else out[0, 0]
 
 
-def _kernel(x: Tensor, kernel: str, threshold: float) -> Tensor:
+def _kernel(x: Tensor, kernel: str, threshold: float, bandwidth: str = "all_pairs") -> Tensor:
     if kernel == "linear":
         return gram_linear(x)
     if kernel == "rbf":
-        return gram_rbf(x, threshold)
+        return gram_rbf(x, threshold, bandwidth)
     raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
 
 
@@ -165,7 +191,7 @@ def _ratio(num: Tensor, kk: Tensor, ll: Tensor) -> Tensor:
 
 
 def cka(x: Tensor, y: Tensor, *, kernel: str = "linear", debiased: bool = False,
-        threshold: float = 1.0) -> Tensor:
+        threshold: float = 1.0, bandwidth: str = "all_pairs") -> Tensor:
     """Centred kernel alignment between two representations of the same n inputs.
 
     ``CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``; invariant to orthogonal maps, isotropic scaling and
@@ -180,6 +206,8 @@ def cka(x: Tensor, y: Tensor, *, kernel: str = "linear", debiased: bool = False,
         debiased: use the unbiased HSIC estimator (needs n >= 4; removes the finite-sample bias towards 1
             that biased CKA shows when features outnumber samples).
         threshold: RBF bandwidth relative to the median pairwise distance.
+        bandwidth: RBF median rule, ``"all_pairs"`` (Kornblith et al.'s notebook; default) or
+            ``"distinct_pairs"`` (see :func:`gram_rbf`).
 
     Returns:
         Scalar float64 tensor in [0, 1] (debiased CKA may be slightly negative); NaN for a constant
@@ -200,7 +228,9 @@ def cka(x: Tensor, y: Tensor, *, kernel: str = "linear", debiased: bool = False,
         xc, yc = xm - xm.mean(0), ym - ym.mean(0)
         num = (yc.T @ xc).pow(2).sum()
         return _ratio(num, (xc.T @ xc).pow(2).sum(), (yc.T @ yc).pow(2).sum())
-    k, l = _kernel(xm, kernel, threshold), _kernel(ym, kernel, threshold)  # noqa: E741
+    if bandwidth not in BANDWIDTHS:
+        raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
+    k, l = _kernel(xm, kernel, threshold, bandwidth), _kernel(ym, kernel, threshold, bandwidth)  # noqa: E741
     hsic = hsic_unbiased if debiased else hsic_biased
     return _ratio(hsic(k, l), hsic(k, k), hsic(l, l))
 
@@ -216,17 +246,21 @@ class MinibatchCKA:
         num_y: number of representations on the y side (layers of model B).
         kernel: ``"linear"`` or ``"rbf"`` (the RBF bandwidth is set per batch).
         threshold: RBF bandwidth relative to the median pairwise distance.
+        bandwidth: RBF median rule (see :func:`gram_rbf`).
 
     References:
         Nguyen, Raghu and Kornblith, 2021.
     """
 
-    def __init__(self, num_x: int = 1, num_y: int = 1, *, kernel: str = "linear", threshold: float = 1.0) -> None:
+    def __init__(self, num_x: int = 1, num_y: int = 1, *, kernel: str = "linear", threshold: float = 1.0,
+                 bandwidth: str = "all_pairs") -> None:
         if num_x < 1 or num_y < 1:
             raise ValueError(f"num_x and num_y must be >= 1, got {num_x}, {num_y}")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        self.kernel, self.threshold = kernel, threshold
+        if bandwidth not in BANDWIDTHS:
+            raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
+        self.kernel, self.threshold, self.bandwidth = kernel, threshold, bandwidth
         self.num_x, self.num_y = num_x, num_y
         self.xy = torch.zeros(num_x, num_y, dtype=torch.float64)
         self.xx = torch.zeros(num_x, dtype=torch.float64)
@@ -252,8 +286,8 @@ class MinibatchCKA:
         b = sizes.pop()
         if b < 4:
             raise ValueError(f"minibatch CKA needs batches of >= 4 samples (unbiased HSIC), got {b}")
-        k = torch.stack([_kernel(_as_matrix(t, "xs"), self.kernel, self.threshold).cpu() for t in xs])
-        l = torch.stack([_kernel(_as_matrix(t, "ys"), self.kernel, self.threshold).cpu() for t in ys])  # noqa: E741
+        k = torch.stack([_kernel(_as_matrix(t, "xs"), self.kernel, self.threshold, self.bandwidth).cpu() for t in xs])
+        l = torch.stack([_kernel(_as_matrix(t, "ys"), self.kernel, self.threshold, self.bandwidth).cpu() for t in ys])  # noqa: E741
         self.xy += hsic_unbiased(k, l)
         self.xx += torch.diagonal(hsic_unbiased(k, k))
         self.yy += torch.diagonal(hsic_unbiased(l, l))
@@ -355,7 +389,8 @@ def _chunks(n: int, batch_size: int) -> Iterable[slice]:
 
 def cka_heatmap(model_a: nn.Module, model_b: nn.Module, x: Tensor, *, layers_a: Sequence[str] | None = None,
                 layers_b: Sequence[str] | None = None, batch_size: int = 256, kernel: str = "linear",
-                threshold: float = 1.0, device: torch.device | str | None = None) -> Tensor:
+                threshold: float = 1.0, bandwidth: str = "all_pairs",
+                device: torch.device | str | None = None) -> Tensor:
     """Layer-by-layer minibatch CKA between two models on the same inputs (one pass over ``x``).
 
     Args:
@@ -367,6 +402,7 @@ def cka_heatmap(model_a: nn.Module, model_b: nn.Module, x: Tensor, *, layers_a: 
         batch_size: inputs per batch (>= 4; a final remainder of < 4 inputs joins the previous batch).
         kernel: ``"linear"`` or ``"rbf"``.
         threshold: RBF bandwidth relative to the median distance.
+        bandwidth: RBF median rule (see :func:`gram_rbf`).
         device: compute device (default: each model's own).
 
     Returns:
@@ -383,7 +419,8 @@ def cka_heatmap(model_a: nn.Module, model_b: nn.Module, x: Tensor, *, layers_a: 
         raise ValueError(f"batch_size must be >= 4 (unbiased HSIC), got {batch_size}")
     if x.shape[0] < 4:
         raise ValueError(f"x must hold at least 4 inputs, got {x.shape[0]}")
-    acc = MinibatchCKA(len(layers_a), len(layers_b), kernel=kernel, threshold=threshold)
+    acc = MinibatchCKA(len(layers_a), len(layers_b), kernel=kernel, threshold=threshold,
+                       bandwidth=bandwidth)
     dev_a = model_device(model_a) if device is None else torch.device(device)
     dev_b = model_device(model_b) if device is None else torch.device(device)
     with eval_mode(model_a), eval_mode(model_b), torch.no_grad():
