@@ -1,19 +1,30 @@
-"""Weight-matrix spectra in the style of WeightWatcher (heavy-tailed self-regularisation).
+"""Weight-matrix spectra in the style of WeightWatcher 0.7.7 (heavy-tailed self-regularisation).
 
 For each Linear / Conv layer the empirical spectral density (ESD) is the set of eigenvalues
 ``lambda = sigma^2`` of ``W^T W`` (squared singular values of W). A Conv layer with a ``k_h x k_w`` kernel is
-treated as WeightWatcher does: its ``k_h k_w`` slices ``W[:, :, i, j]`` (each ``out x in``) contribute their
-eigenvalues to one pooled ESD. From the ESD:
+treated as WeightWatcher 0.7.7 does by default (``pool=True``): its ``k_h k_w`` slices ``W[:, :, i, j]`` (each
+``out x in``) contribute their eigenvalues to one pooled ESD, and ``min_evals`` is compared with the pooled
+count (so all three conv layers of CNN-s are analysed). From the ESD:
 
 - ``alpha``: exponent of a power law ``p(lambda) ~ lambda^-alpha`` fitted to the tail ``lambda >= xmin`` by
-  maximum likelihood, with ``xmin`` chosen to minimise the Kolmogorov-Smirnov distance (Clauset et al.);
+  maximum likelihood, ``xmin`` chosen by the Kolmogorov-Smirnov distance with WeightWatcher's rule (including
+  its small-sample rule below 20 eigenvalues), and its standard error ``sigma = (alpha - 1) / sqrt(num_tail)``;
 - ``alpha_weighted = alpha * log10(lambda_max)``, ``log_norm = log10(sum lambda)`` (= 2 log10 ||W||_F),
   ``log_spectral_norm = log10(lambda_max)``, ``log_alpha_norm = log10(sum lambda^alpha)``,
-  ``stable_rank = sum lambda / lambda_max``.
+  ``stable_rank = sum lambda / lambda_max``;
+- ``matrix_rank``, ``rank_loss``, ``entropy`` (spectral entropy), a Marchenko-Pastur fit of the bulk
+  (``num_spikes``, ``sigma_mp``, ``bulk_min``, ``bulk_max``, ``mp_softrank``) and ``rand_distance`` (Jensen-Shannon
+  distance to the ESD of the shuffled weight), as in WeightWatcher's ``details``;
+- ``warning`` (WeightWatcher's over-/under-trained thresholds) and ``flags`` for fits on too few eigenvalues,
+  which :func:`spectra_summary` leaves out of the alpha means.
 
-Differences from WeightWatcher: no rescaling of Conv eigenvalues (WeightWatcher's ``conv2d_norm`` multiplies
-them by a version-dependent factor; ``alpha`` is unaffected, the log norms shift by a constant); the KS search
-over ``xmin`` is vectorised (milliseconds instead of seconds per layer); no logging or warning side effects.
+``tests/landscape/test_landscape_spectra.py`` compares every deterministic column with WeightWatcher 0.7.7 on
+the five layers of CNN-s and a dense layer (numbers recorded by ``tests/landscape/fixtures/
+weightwatcher_reference.py``). Differences: conv eigenvalues are not rescaled unless ``conv2d_norm=True``
+(WeightWatcher's default multiplies them by 1/2; alpha and ranks are unaffected, log norms shift by
+``log10 2``); the MP fit uses ``Q = n / m >= 1`` for every conv layer (0.7.7 uses ``m / n`` when a layer has an
+even number of wide kernel slices); the KS search is vectorised (milliseconds per layer); randomness comes from
+a seed, not numpy's global RNG; no logging or warning side effects.
 """
 
 from __future__ import annotations
@@ -22,16 +33,25 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from zooscape.landscape._hvp import as_generator
+
 __all__ = [
     "LayerSpectrum",
+    "MPFit",
     "PowerLawFit",
     "esd",
     "fit_power_law",
+    "jensen_shannon_distance",
     "layer_spectrum",
+    "matrix_rank",
+    "mp_fit",
+    "randomized_esd",
     "spectra_summary",
+    "spectral_entropy",
     "weight_matrices",
     "weight_spectra",
 ]
@@ -48,17 +68,40 @@ class PowerLawFit:
         alpha: the exponent (NaN when no fit is possible, e.g. all eigenvalues equal).
         xmin: lower end of the fitted tail.
         ks_distance: Kolmogorov-Smirnov distance between the tail and the fit.
-        num_tail: number of eigenvalues in the tail.
+        num_tail: number of eigenvalues in the tail (``x >= xmin``).
+        sigma: standard error of alpha, ``(alpha - 1) / sqrt(num_tail)`` (Clauset et al., eq. 3.2; the
+            ``sigma`` of WeightWatcher and ``powerlaw``).
+        method: the rule that chose ``xmin`` (``"weightwatcher"``, ``"clauset"`` or ``"fixed"``).
     """
 
     alpha: float
     xmin: float
     ks_distance: float
     num_tail: int
+    sigma: float = float("nan")
+    method: str = "weightwatcher"
 
 
-def _ks_for_candidates(x: Tensor, cand: Tensor, min_tail: int, block: int = 256) -> tuple[Tensor, Tensor]:
-    """alpha and KS distance for every candidate start index in ``cand`` of the ascending sample ``x``."""
+FIT_METHODS = ("weightwatcher", "clauset")
+#: WeightWatcher 0.7.7's constants: eigenvalues at or below EVALS_THRESH are left out of the fit; samples of
+#: fewer than SMALL_N eigenvalues use the small-sample rule, whose tails have at least SMALL_N_MIN_TAIL points.
+EVALS_THRESH = 1e-5
+SMALL_N = 20
+SMALL_N_MIN_TAIL = 8
+
+
+def _nan_fit(method: str, num_tail: int = 0, xmin: float = float("nan")) -> PowerLawFit:
+    nan = float("nan")
+    return PowerLawFit(nan, xmin, nan, num_tail, nan, method)
+
+
+def _ks_for_candidates(x: Tensor, cand: Tensor, min_tail: int, block: int = 256, *, two_sided: bool = True,
+                       bias_corrected: bool = False) -> tuple[Tensor, Tensor]:
+    """alpha and KS distance for every candidate start index in ``cand`` of the ascending sample ``x``.
+
+    ``two_sided``: compare the model CDF with both ends of each empirical step (``k/m`` and ``(k+1)/m``, the
+    exact supremum); otherwise with ``k/m`` only (WeightWatcher). ``bias_corrected``: ``1 + (m - 1) / s``.
+    """
     n = x.shape[0]
     logx = torch.log(x)
     suffix = torch.flip(torch.cumsum(torch.flip(logx, [0]), 0), [0])  # sum_{i >= j} log x_i
@@ -72,12 +115,15 @@ def _ks_for_candidates(x: Tensor, cand: Tensor, min_tail: int, block: int = 256)
         # a tail whose values agree to rounding (e.g. a scaled orthogonal matrix) has no power law
         ok = (denom > m * _SPREAD) & (m >= min_tail)
         safe = torch.where(ok, denom, torch.ones_like(denom))
-        alpha = torch.where(ok, 1 + m / safe, torch.full_like(m, float("nan")))
+        alpha = torch.where(ok, 1 + (m - 1 if bias_corrected else m) / safe, torch.full_like(m, float("nan")))
+        ok = ok & (alpha > 1)
         k = (pos[None, :] - j[:, None]).to(x.dtype)  # rank within the tail
         inside = k >= 0
         ratio = torch.exp(logx[None, :] - logx[j][:, None])
         model_cdf = 1 - ratio.pow(1 - alpha[:, None])
-        diff = torch.maximum((model_cdf - (k + 1) / m[:, None]).abs(), (model_cdf - k / m[:, None]).abs())
+        diff = (model_cdf - k / m[:, None]).abs()
+        if two_sided:
+            diff = torch.maximum((model_cdf - (k + 1) / m[:, None]).abs(), diff)
         diff = torch.where(inside, diff, torch.zeros_like(diff))
         d = diff.max(dim=1).values
         alphas[s:s + block] = alpha
@@ -85,31 +131,71 @@ def _ks_for_candidates(x: Tensor, cand: Tensor, min_tail: int, block: int = 256)
     return alphas, dists
 
 
-def fit_power_law(eigenvalues: Tensor, *, xmin: float | None = None, min_tail: int = 2) -> PowerLawFit:
-    """Fit a power law to the tail of a positive sample (an ESD), choosing ``xmin`` by minimal KS distance.
+def _fit_weightwatcher(x: Tensor, num_all: Tensor) -> PowerLawFit:
+    """WeightWatcher 0.7.7's ``WWFit`` on the ascending positive sample ``x`` (``num_all``: every eigenvalue)."""
+    n = x.shape[0]
+    if n < 2:
+        return _nan_fit("weightwatcher")
+    cand = torch.arange(n - 1)  # every value but the largest, ties included (as the reference loops)
+    if n < SMALL_N:
+        # WWFit.fit_powerlaw_smallN ranks candidates by D - 0.868 / sqrt(m), but WWFit.__init__ then re-selects
+        # xmin by the smallest D over the same arrays; the released 0.7.7 behaviour (reproduced) is the latter
+        alphas, dists = _ks_for_candidates(x, cand, SMALL_N_MIN_TAIL, two_sided=False, bias_corrected=True)
+        objective = dists
+        if not bool(torch.isfinite(objective).any()):  # no tail of SMALL_N_MIN_TAIL points: the whole sample
+            alphas, dists = _ks_for_candidates(x, cand[:1], 2, two_sided=False, bias_corrected=True)
+            objective = dists
+    else:
+        alphas, dists = _ks_for_candidates(x, cand, 2, two_sided=False)
+        objective = dists
+    if not bool(torch.isfinite(objective).any()):
+        return _nan_fit("weightwatcher")
+    best = int(torch.argmin(objective))
+    xmin = float(x[best])
+    alpha = float(alphas[best])
+    num_tail = int((num_all >= xmin).sum())
+    return PowerLawFit(alpha, xmin, float(dists[best]), num_tail, (alpha - 1) / math.sqrt(n - best), "weightwatcher")
 
-    ``alpha = 1 + m / sum_{x_i >= xmin} ln(x_i / xmin)`` (continuous MLE, m tail points); every distinct sample
-    value with at least ``min_tail`` points at or above it is tried as ``xmin`` unless ``xmin`` is given.
+
+def fit_power_law(eigenvalues: Tensor, *, xmin: float | None = None, method: str = "weightwatcher",
+                  min_tail: int = 2) -> PowerLawFit:
+    """Fit a power law to the tail of a positive sample (an ESD), choosing ``xmin`` by the KS distance.
+
+    ``alpha = 1 + m / sum_{x_i >= xmin} ln(x_i / xmin)`` (continuous MLE on the m tail points), with standard
+    error ``sigma = (alpha - 1) / sqrt(m)``. Two rules choose ``xmin``:
+
+    - ``"weightwatcher"`` (default; WeightWatcher 0.7.7's ``WWFit``, its default fitter, reproduced exactly):
+      eigenvalues ``<= 1e-5`` are dropped; every remaining value but the largest is a candidate and the one with
+      the smallest one-sided KS distance ``max_k |F(x_k) - k/m|`` wins. Samples of fewer than 20 values use its
+      small-sample rule: tails of at least 8 points and the bias-corrected ``alpha = 1 + (m - 1) / sum ln``,
+      again by the smallest D (its code also computes ``D - 0.868 / sqrt(m)``, but the released fitter
+      re-selects by D, and that is what is reproduced); if no tail has 8 points, the whole sample is the tail.
+      ``min_tail`` is not used.
+    - ``"clauset"`` (zooscape's former rule): every distinct value with at least ``min_tail`` points at or
+      above it is a candidate, with the two-sided (exact supremum) KS distance.
+
+    ``sigma`` is always ``(alpha - 1) / sqrt(m)`` with the fitted alpha (as both references report it).
 
     Args:
         eigenvalues: Tensor ``[n]``; non-positive values are ignored.
-        xmin: fixed lower cut-off (default: chosen by KS distance).
-        min_tail: fewest tail points a candidate ``xmin`` may leave (>= 2).
+        xmin: fixed lower cut-off (default: chosen by the rule above).
+        method: ``"weightwatcher"`` or ``"clauset"``.
+        min_tail: fewest tail points a candidate ``xmin`` may leave (>= 2; ``"clauset"`` and fixed ``xmin``).
 
     Returns:
-        :class:`PowerLawFit` (alpha NaN when fewer than ``min_tail`` positive values or all equal).
+        :class:`PowerLawFit` (alpha NaN when no fit is possible: too few values or all equal).
 
     References:
-        Clauset, Shalizi and Newman, 2009; Martin and Mahoney, 2021 (WeightWatcher).
+        Clauset, Shalizi and Newman, 2009; Martin and Mahoney, 2021 (WeightWatcher 0.7.7, ``WW_powerlaw.py``).
     """
     if min_tail < 2:
         raise ValueError(f"min_tail must be >= 2, got {min_tail}")
+    if method not in FIT_METHODS:
+        raise ValueError(f"method must be one of {FIT_METHODS}, got {method!r}")
     x = eigenvalues.detach().double().reshape(-1).cpu()
+    every = x
     x = torch.sort(x[x > 0]).values
     n = x.shape[0]
-    nan = PowerLawFit(float("nan"), float("nan"), float("nan"), 0)
-    if n < min_tail:
-        return nan
     if xmin is not None:
         if xmin <= 0:
             raise ValueError(f"xmin must be positive, got {xmin}")
@@ -120,24 +206,29 @@ def fit_power_law(eigenvalues: Tensor, *, xmin: float | None = None, min_tail: i
         m = tail.shape[0]
         denom = float(torch.log(tail / xmin).sum())
         if denom <= m * _SPREAD:
-            return PowerLawFit(float("nan"), float(xmin), float("nan"), m)
+            return _nan_fit("fixed", m, float(xmin))
         alpha = 1 + m / denom
         cdf = 1 - (tail / xmin).pow(1 - alpha)
         k = torch.arange(m, dtype=x.dtype)
         d = float(torch.maximum((cdf - (k + 1) / m).abs(), (cdf - k / m).abs()).max())
-        return PowerLawFit(alpha, float(xmin), d, m)
+        return PowerLawFit(alpha, float(xmin), d, m, (alpha - 1) / math.sqrt(m), "fixed")
+    if method == "weightwatcher":
+        return _fit_weightwatcher(x[x > EVALS_THRESH], every)
+    if n < min_tail:
+        return _nan_fit("clauset")
     first = torch.ones(n, dtype=torch.bool)
     first[1:] = x[1:] != x[:-1]
     cand = torch.nonzero(first).reshape(-1)
     cand = cand[n - cand >= min_tail]
     if cand.numel() == 0:
-        return nan
+        return _nan_fit("clauset")
     alphas, dists = _ks_for_candidates(x, cand, min_tail)
     if not bool(torch.isfinite(dists).any()):
-        return nan
+        return _nan_fit("clauset")
     best = int(torch.argmin(dists))
     j = int(cand[best])
-    return PowerLawFit(float(alphas[best]), float(x[j]), float(dists[best]), n - j)
+    alpha = float(alphas[best])
+    return PowerLawFit(alpha, float(x[j]), float(dists[best]), n - j, (alpha - 1) / math.sqrt(n - j), "clauset")
 
 
 def _matrices(weight: Tensor) -> list[Tensor]:
@@ -149,11 +240,18 @@ def _matrices(weight: Tensor) -> list[Tensor]:
     raise ValueError(f"weight must be 2-D (dense) or 3/4-D (conv), got shape {tuple(w.shape)}")
 
 
-def esd(weight: Tensor) -> Tensor:
+#: WeightWatcher 0.7.7 multiplies the slices of a pooled conv layer by ``sqrt(conv2d_count / 2)`` with
+#: ``conv2d_count = 1`` (its ``conv2d_norm``, on by default), i.e. their eigenvalues by 1/2.
+CONV2D_NORM_FACTOR = 0.5
+
+
+def esd(weight: Tensor, *, conv2d_norm: bool = False) -> Tensor:
     """Empirical spectral density: eigenvalues of ``W^T W`` (squared singular values), pooled over conv slices.
 
     Args:
         weight: Tensor ``[N, M]`` (dense) or ``[out, in, k...]`` (conv).
+        conv2d_norm: scale conv eigenvalues by WeightWatcher 0.7.7's ``conv2d_norm`` factor 1/2 (changes the
+            log norms by ``log10(1/2)``; alpha and ranks are scale-free).
 
     Returns:
         Tensor ``[num_evals]`` ascending, float64 (``min(N, M)`` values per matrix/slice).
@@ -161,14 +259,221 @@ def esd(weight: Tensor) -> Tensor:
     References:
         Martin and Mahoney, 2021.
     """
+    return torch.sort(_singular_values(weight, conv2d_norm).reshape(-1).pow(2)).values
+
+
+def _singular_values(weight: Tensor, conv2d_norm: bool) -> Tensor:
+    """Singular values ``[num_matrices, m]`` (float64) of each matrix / conv slice."""
     mats = _matrices(weight)
-    sv = torch.cat([torch.linalg.svdvals(m.double().cpu()) for m in mats])
-    return torch.sort(sv.pow(2)).values
+    sv = torch.linalg.svdvals(torch.stack([m.double().cpu() for m in mats]))
+    if conv2d_norm and weight.ndim > 2:
+        sv = sv * math.sqrt(CONV2D_NORM_FACTOR)
+    return sv
+
+
+def matrix_rank(singular_values: Tensor, n: int) -> int:
+    """Numerical rank: singular values above ``max(sv) * n * eps(float64)`` (``numpy.linalg.matrix_rank``).
+
+    Args:
+        singular_values: Tensor ``[m]`` (or pooled conv slices, flattened).
+        n: the larger side of the matrix.
+
+    Returns:
+        The rank (int).
+    """
+    sv = singular_values.double().reshape(-1)
+    if sv.numel() == 0:
+        return 0
+    return int((sv > sv.max() * n * torch.finfo(torch.float64).eps).sum())
+
+
+def spectral_entropy(singular_values: Tensor, n: int) -> float:
+    """WeightWatcher's matrix entropy ``-sum p_i ln p_i / ln(rank)``, ``p_i = lambda_i / sum lambda + 1e-10``.
+
+    1 for a flat spectrum of full rank, near 0 for a rank-one matrix.
+
+    Args:
+        singular_values: Tensor ``[m]`` (pooled over conv slices).
+        n: the larger side of the matrix (for :func:`matrix_rank`).
+
+    Returns:
+        The entropy (NaN for a zero matrix or rank one, where ``ln(rank)`` vanishes).
+
+    References:
+        Martin and Mahoney, 2021 (``RMT_Util.matrix_entropy`` of WeightWatcher 0.7.7).
+    """
+    sv = singular_values.double().reshape(-1)
+    lam = sv * sv
+    total = float(lam.sum())
+    rank = matrix_rank(sv, n)
+    if total <= 0 or rank <= 1:
+        return float("nan")
+    p = lam / total + 1e-10
+    return float(-(p * torch.log(p)).sum() / math.log(rank + 1e-10))
+
+
+# ------------------------------------------------------------------------------------- Marchenko-Pastur fit
+
+
+@dataclass(frozen=True)
+class MPFit:
+    """A Marchenko-Pastur fit of the bulk of an ESD (rescaled to mean eigenvalue 1).
+
+    Attributes:
+        sigma_mp: fitted MP scale sigma.
+        bulk_min: lower bulk edge ``(sigma (1 - 1/sqrt(Q)))^2 / w_scale^2`` (in the units of the eigenvalues).
+        bulk_max: upper bulk edge ``lambda_+ = (sigma (1 + 1/sqrt(Q)))^2 / w_scale^2``.
+        num_spikes: eigenvalues above ``bulk_max + sqrt(TW)``, ``TW = Q^-1/2 bulk_max^(2/3) M^(-2/3)``
+            (the Tracy-Widom width; WeightWatcher's rule).
+        mp_softrank: ``bulk_max / lambda_max`` (rescaled).
+        w_scale: the factor ``sqrt(num_evals / sum lambda)`` applied to W before the fit.
+    """
+
+    sigma_mp: float
+    bulk_min: float
+    bulk_max: float
+    num_spikes: int
+    mp_softrank: float
+    w_scale: float
+
+
+def _linear_kde(samples: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Density of a linear-kernel KDE, ``mean_i max(0, 1 - |x - x_i| / h) / h``, on a grid."""
+    out = np.zeros_like(grid)
+    for start in range(0, samples.shape[0], 512):
+        u = np.abs(grid[:, None] - samples[None, start:start + 512]) / bandwidth
+        out += np.clip(1.0 - u, 0.0, None).sum(1)
+    return out / (samples.shape[0] * bandwidth)
+
+
+def _mp_density(x: np.ndarray, q: float, sigma: float) -> tuple[np.ndarray, float, float]:
+    b = (sigma * (1 + math.sqrt(1 / q))) ** 2
+    a = (sigma * (1 - math.sqrt(1 / q))) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        val = np.nan_to_num((1 / (2 * np.pi * sigma * sigma * x / q)) * np.sqrt((b - x) * (x - a)))
+    return val, a, b
+
+
+def _qc_density(x: np.ndarray, sigma: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num((1 / (np.pi * sigma * sigma)) * np.sqrt(4 - x ** 2))
+
+
+def mp_fit(eigenvalues: Tensor, n: int, m: int, *, bandwidth: float = 0.1) -> MPFit:
+    """Fit a Marchenko-Pastur law to an ESD, as WeightWatcher 0.7.7's ``mp_fit`` does.
+
+    The eigenvalues are rescaled to mean 1 (``W -> W sqrt(num_evals / sum lambda)``); a linear-kernel density
+    estimate (bandwidth 0.1) on 1,000 points of ``[0, lambda_max + 0.5]``, restricted to where it exceeds 0.01,
+    is compared with the MP density of aspect ratio ``Q = n / m`` (for ``Q = 1`` the quarter-circle law of the
+    singular values); sigma minimises the squared residual over a grid of ``[0.05, 2) s0`` in steps of
+    ``0.01 s0`` (``s0 = sqrt(lambda_max) / (1 + Q^-1/2)``), polished by Nelder-Mead (``scipy.optimize.brute``
+    with ``fmin``). An MP law whose upper edge lies left of the density peak or beyond the grid, or whose lower
+    edge lies right of the peak, is rejected (residual 1000 per point), as in the reference.
+
+    Args:
+        eigenvalues: Tensor ``[num_evals]`` (pooled over conv slices).
+        n: larger side of each matrix.
+        m: smaller side of each matrix.
+        bandwidth: KDE bandwidth (on the rescaled eigenvalues).
+
+    Returns:
+        :class:`MPFit`.
+
+    References:
+        Martin and Mahoney, 2021 (JMLR, "Implicit self-regularization"); WeightWatcher 0.7.7
+        (``RMT_Util.fit_density_with_range``, ``resid_mp``).
+    """
+    from scipy import optimize
+
+    evals = eigenvalues.detach().double().reshape(-1).cpu().numpy()
+    if evals.size == 0 or float(evals.sum()) <= 0:
+        raise ValueError("mp_fit needs a non-zero spectrum")
+    q = n / m
+    w_scale = math.sqrt(evals.size) / math.sqrt(float(evals.sum()))
+    lam = evals * w_scale ** 2
+    lam_max = float(lam.max())
+    s0 = math.sqrt(lam_max / (1 + 1 / math.sqrt(q)) ** 2)
+    to_fit = np.sqrt(lam) if q == 1 else lam
+    grid = np.linspace(0, float(to_fit.max()) + 0.5, 1000)
+    dens = _linear_kde(to_fit, grid, bandwidth)
+    good = dens > 0.01
+    xde, yde = grid[good], dens[good]
+    peak = xde[np.argmax(yde)] if xde.size else 0.0
+
+    def residual(p: np.ndarray) -> float:
+        sigma = float(np.asarray(p).reshape(-1)[0])
+        if q == 1:
+            r = _qc_density(xde, sigma) - yde
+        else:
+            val, a, b = _mp_density(xde, q, sigma)
+            if b < peak or b > xde.max() or a > peak:
+                return 1000.0 ** 2 * yde.size
+            r = val - yde
+        return float(np.sum(r ** 2))
+
+    sigma = float(np.asarray(optimize.brute(residual, (slice(0.05 * s0, 2.0 * s0, 0.01 * s0),),
+                                            finish=optimize.fmin)).reshape(-1)[0])
+    bulk_max = (sigma * (1 + 1 / math.sqrt(q))) ** 2
+    bulk_min = (sigma * (1 - 1 / math.sqrt(q))) ** 2
+    tw = 1 / math.sqrt(q) * bulk_max ** (2 / 3) * m ** (-2 / 3)
+    spikes = int((lam > bulk_max + math.sqrt(tw)).sum())
+    # the edges are reported on the scale of the input eigenvalues (as the reference does)
+    return MPFit(sigma, bulk_min / w_scale ** 2, bulk_max / w_scale ** 2, spikes, bulk_max / lam_max, w_scale)
+
+
+def jensen_shannon_distance(p: Tensor, q: Tensor) -> float:
+    """Jensen-Shannon distance ``sqrt((KL(p||m) + KL(q||m)) / 2)``, ``m = (p + q) / 2``, natural log.
+
+    Each vector is normalised to sum 1 (as ``scipy.stats.entropy`` does); terms with ``p_i = 0`` are 0.
+
+    Args:
+        p: Tensor ``[k]`` of non-negative weights.
+        q: Tensor ``[k]``.
+
+    Returns:
+        The distance in ``[0, sqrt(ln 2)]``.
+    """
+    p, q = p.double().reshape(-1), q.double().reshape(-1)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same length, got {p.numel()} and {q.numel()}")
+    mid = (p + q) / 2
+    pn, qn, mn = p / p.sum(), q / q.sum(), mid / mid.sum()
+
+    def kl(a: Tensor) -> Tensor:
+        return torch.where(a > 0, a * torch.log(a / torch.where(a > 0, mn, torch.ones_like(mn))),
+                           torch.zeros_like(a)).sum()
+
+    return float(torch.sqrt((kl(pn) + kl(qn)) / 2))
+
+
+def randomized_esd(weight: Tensor, *, conv2d_norm: bool = False,
+                   generator: torch.Generator | int | None = None) -> Tensor:
+    """ESD of the weight with its entries shuffled (each matrix / conv slice permuted on its own).
+
+    Args:
+        weight: Tensor ``[N, M]`` or conv ``[out, in, k...]``.
+        conv2d_norm: as in :func:`esd`.
+        generator: randomness (Generator or seed; default seed 0).
+
+    Returns:
+        Tensor ``[num_evals]`` ascending (float64).
+
+    References:
+        Martin and Mahoney, 2021; WeightWatcher 0.7.7 (``random_eigenvalues``).
+    """
+    gen = as_generator(generator)
+    mats = _matrices(weight)
+    shuffled = torch.stack([m.reshape(-1)[torch.randperm(m.numel(), generator=gen)].reshape(m.shape).double().cpu()
+                            for m in mats])
+    sv = torch.linalg.svdvals(shuffled)
+    if conv2d_norm and weight.ndim > 2:
+        sv = sv * math.sqrt(CONV2D_NORM_FACTOR)
+    return torch.sort(sv.reshape(-1).pow(2)).values
 
 
 @dataclass(frozen=True)
 class LayerSpectrum:
-    """Spectral metrics of one layer's weight.
+    """Spectral metrics of one layer's weight (the columns of WeightWatcher's ``details``).
 
     Attributes:
         name: layer (module) name.
@@ -176,10 +481,22 @@ class LayerSpectrum:
         num_matrices: 1 for dense layers, ``k_h k_w`` for conv slices.
         n: larger side of each matrix.
         m: smaller side (eigenvalues per matrix).
-        eigenvalues: Tensor ``[num_evals]`` ascending (float64).
-        skipped: True when ``m < min_evals`` (no power-law fit; excluded from summaries, as in WeightWatcher).
-        alpha, xmin, ks_distance, num_tail: the power-law fit (NaN when skipped).
+        eigenvalues: Tensor ``[num_evals]`` ascending (float64), pooled over conv slices.
+        skipped: True when the layer has fewer than ``min_evals`` eigenvalues in all (pooled over slices, as
+            WeightWatcher 0.7.7 counts them): no fits; excluded from summaries.
+        alpha, xmin, ks_distance, num_tail, sigma: the power-law fit (:class:`PowerLawFit`; ``sigma`` is the
+            standard error of alpha; NaN when skipped).
         alpha_weighted, log_norm, log_spectral_norm, log_alpha_norm, stable_rank: see module docstring.
+        matrix_rank: numerical rank of the pooled singular values (:func:`matrix_rank`).
+        rank_loss: ``sum over slices (m - rank)``.
+        entropy: :func:`spectral_entropy`.
+        num_spikes, sigma_mp, bulk_min, bulk_max, mp_softrank, w_scale: the Marchenko-Pastur fit
+            (:func:`mp_fit`; NaN / -1 when not computed).
+        rand_distance: Jensen-Shannon distance between the ESD and that of the shuffled weight (NaN when not
+            computed); ``ww_softrank``: ``max(randomised ESD) / lambda_max``.
+        warning: WeightWatcher's ``"over-trained"`` (alpha < 2), ``"under-trained"`` (alpha > 6) or ``""``.
+        flags: reasons the alpha fit is unreliable: ``"few_evals"`` (fewer than 20 eigenvalues: WeightWatcher's
+            small-sample rule), ``"small_tail"`` (fewer than ``min_tail`` tail points), ``"fit_failed"``.
     """
 
     name: str
@@ -198,53 +515,114 @@ class LayerSpectrum:
     log_spectral_norm: float
     log_alpha_norm: float
     stable_rank: float
+    sigma: float = float("nan")
+    matrix_rank: int = 0
+    rank_loss: int = 0
+    entropy: float = float("nan")
+    num_spikes: int = -1
+    sigma_mp: float = float("nan")
+    bulk_min: float = float("nan")
+    bulk_max: float = float("nan")
+    mp_softrank: float = float("nan")
+    w_scale: float = float("nan")
+    rand_distance: float = float("nan")
+    ww_softrank: float = float("nan")
+    warning: str = ""
+    flags: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, float | int | str | bool]:
-        """Scalar fields as a flat dict (for tables and catalogs)."""
-        return {"name": self.name, "shape": "x".join(map(str, self.shape)), "num_matrices": self.num_matrices,
-                "n": self.n, "m": self.m, "num_evals": int(self.eigenvalues.numel()), "skipped": self.skipped,
-                "alpha": self.alpha, "xmin": self.xmin, "ks_distance": self.ks_distance,
-                "num_tail": self.num_tail, "alpha_weighted": self.alpha_weighted, "log_norm": self.log_norm,
-                "log_spectral_norm": self.log_spectral_norm, "log_alpha_norm": self.log_alpha_norm,
-                "stable_rank": self.stable_rank}
+        """Scalar fields as a flat dict (for tables and catalogs); ``flags`` joined by commas."""
+        out: dict[str, float | int | str | bool] = {
+            "name": self.name, "shape": "x".join(map(str, self.shape)), "num_matrices": self.num_matrices,
+            "n": self.n, "m": self.m, "num_evals": int(self.eigenvalues.numel())}
+        for key in LAYER_KEYS:
+            out[key] = getattr(self, key)
+        out["flags"] = ",".join(self.flags)
+        return out
+
+
+#: Scalar per-layer outputs (besides name, shape and sizes).
+LAYER_KEYS = ("skipped", "alpha", "sigma", "xmin", "ks_distance", "num_tail", "alpha_weighted", "log_norm",
+              "log_spectral_norm", "log_alpha_norm", "stable_rank", "matrix_rank", "rank_loss", "entropy",
+              "num_spikes", "sigma_mp", "bulk_min", "bulk_max", "mp_softrank", "w_scale", "rand_distance",
+              "ww_softrank", "warning")
+#: WeightWatcher 0.7.7's ``warning`` thresholds on alpha.
+OVER_TRAINED_ALPHA, UNDER_TRAINED_ALPHA = 2.0, 6.0
 
 
 def _log10(v: float) -> float:
     return math.log10(v) if v > 0 else float("-inf")
 
 
-def layer_spectrum(weight: Tensor, name: str = "", *, min_evals: int = 10, min_tail: int = 2) -> LayerSpectrum:
+def layer_spectrum(weight: Tensor, name: str = "", *, min_evals: int = 8, fit: str = "weightwatcher",
+                   min_tail: int = 10, conv2d_norm: bool = False, mp: bool = True, randomize: bool = True,
+                   generator: torch.Generator | int | None = None) -> LayerSpectrum:
     """ESD and WeightWatcher metrics of one weight tensor.
 
     Args:
         weight: Tensor ``[N, M]`` or conv ``[out, in, k...]``.
         name: label stored in the result.
-        min_evals: layers whose matrices have fewer than this many eigenvalues each are marked ``skipped``.
-        min_tail: passed to :func:`fit_power_law`.
+        min_evals: layers with fewer eigenvalues in all (pooled over conv slices) are ``skipped``
+            (WeightWatcher 0.7.7's default 8).
+        fit: power-law rule, ``"weightwatcher"`` or ``"clauset"`` (see :func:`fit_power_law`).
+        min_tail: tails shorter than this are flagged ``"small_tail"``; with ``fit="clauset"`` also the
+            shortest tail tried.
+        conv2d_norm: WeightWatcher's conv scaling (see :func:`esd`); on to reproduce its log norms.
+        mp: fit the Marchenko-Pastur bulk (:func:`mp_fit`).
+        randomize: compare with the ESD of the shuffled weight (``rand_distance``, ``ww_softrank``).
+        generator: randomness of the shuffle (Generator or seed; default seed 0).
 
     Returns:
         :class:`LayerSpectrum`.
 
     References:
-        Martin and Mahoney, 2021; Martin, Peng and Mahoney, 2021.
+        Martin and Mahoney, 2021; Martin, Peng and Mahoney, 2021; WeightWatcher 0.7.7.
     """
+    if min_tail < 2:
+        raise ValueError(f"min_tail must be >= 2, got {min_tail}")
     mats = _matrices(weight)
     n, m = max(mats[0].shape), min(mats[0].shape)
-    evals = esd(weight)
+    sv = _singular_values(weight, conv2d_norm)  # [num_matrices, m]
+    evals = torch.sort(sv.reshape(-1).pow(2)).values
     lam_max = float(evals[-1]) if evals.numel() else 0.0
     total = float(evals.sum())
-    skipped = m < min_evals
-    fit = PowerLawFit(float("nan"), float("nan"), float("nan"), 0) if skipped else \
-        fit_power_law(evals, min_tail=min_tail)
-    alpha = fit.alpha
+    skipped = evals.numel() < min_evals
     nan = float("nan")
+    if skipped:
+        pl = _nan_fit(fit)
+    else:
+        pl = fit_power_law(evals, method=fit, min_tail=2 if fit == "weightwatcher" else min_tail)
+    alpha = pl.alpha
+    flags: list[str] = []
+    warning = ""
+    if not skipped:
+        if evals.numel() < SMALL_N:
+            flags.append("few_evals")
+        if not math.isfinite(alpha):
+            flags.append("fit_failed")
+        elif pl.num_tail < min_tail:
+            flags.append("small_tail")
+        if math.isfinite(alpha):
+            warning = "over-trained" if alpha < OVER_TRAINED_ALPHA else \
+                "under-trained" if alpha > UNDER_TRAINED_ALPHA else ""
+    extra: dict[str, float | int] = {}
+    if mp and not skipped and total > 0:
+        f = mp_fit(evals, n, m)
+        extra.update(num_spikes=f.num_spikes, sigma_mp=f.sigma_mp, bulk_min=f.bulk_min, bulk_max=f.bulk_max,
+                     mp_softrank=f.mp_softrank, w_scale=f.w_scale)
+    if randomize and not skipped and total > 0:
+        rand = randomized_esd(weight, conv2d_norm=conv2d_norm, generator=generator)
+        extra.update(rand_distance=jensen_shannon_distance(evals, rand), ww_softrank=float(rand[-1]) / lam_max)
+    rank_loss = sum(int(row.numel()) - matrix_rank(row, n) for row in sv)
     return LayerSpectrum(
         name=name, shape=tuple(weight.shape), num_matrices=len(mats), n=n, m=m, eigenvalues=evals, skipped=skipped,
-        alpha=alpha, xmin=fit.xmin, ks_distance=fit.ks_distance, num_tail=fit.num_tail,
+        alpha=alpha, xmin=pl.xmin, ks_distance=pl.ks_distance, num_tail=pl.num_tail,
         alpha_weighted=alpha * _log10(lam_max) if math.isfinite(alpha) else nan,
         log_norm=_log10(total), log_spectral_norm=_log10(lam_max),
         log_alpha_norm=_log10(float(evals.pow(alpha).sum())) if math.isfinite(alpha) else nan,
-        stable_rank=total / lam_max if lam_max > 0 else nan)
+        stable_rank=total / lam_max if lam_max > 0 else nan, sigma=pl.sigma,
+        matrix_rank=matrix_rank(sv, n), rank_loss=rank_loss, entropy=spectral_entropy(sv, n),
+        warning=warning, flags=tuple(flags), **extra)  # type: ignore[arg-type]
 
 
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -279,14 +657,16 @@ def weight_matrices(model: nn.Module | Mapping[str, Tensor],
 
 
 def weight_spectra(model: nn.Module | Mapping[str, Tensor], *, layers: Sequence[str] | None = None,
-                   min_evals: int = 10, min_tail: int = 2) -> list[LayerSpectrum]:
+                   min_evals: int = 8, fit: str = "weightwatcher", min_tail: int = 10, conv2d_norm: bool = False,
+                   mp: bool = True, randomize: bool = True,
+                   generator: torch.Generator | int | None = None) -> list[LayerSpectrum]:
     """Per-layer weight spectra of a model or state dict.
 
     Args:
         model: an ``nn.Module`` or a state dict.
         layers: restrict to these layers (default: every Linear/Conv weight).
-        min_evals: see :func:`layer_spectrum`.
-        min_tail: see :func:`fit_power_law`.
+        min_evals, fit, min_tail, conv2d_norm, mp, randomize: see :func:`layer_spectrum`.
+        generator: randomness of the shuffles (one generator for all layers; default seed 0).
 
     Returns:
         list of :class:`LayerSpectrum`, in model order.
@@ -294,24 +674,44 @@ def weight_spectra(model: nn.Module | Mapping[str, Tensor], *, layers: Sequence[
     References:
         Martin and Mahoney, 2021.
     """
-    return [layer_spectrum(w, name, min_evals=min_evals, min_tail=min_tail)
+    gen = as_generator(generator)
+    return [layer_spectrum(w, name, min_evals=min_evals, fit=fit, min_tail=min_tail, conv2d_norm=conv2d_norm,
+                           mp=mp, randomize=randomize, generator=gen)
             for name, w in weight_matrices(model, layers).items()]
 
 
-def spectra_summary(spectra: Sequence[LayerSpectrum]) -> dict[str, float]:
-    """Model-level averages over the non-skipped layers (WeightWatcher's summary).
+#: Summary keys derived from the alpha fit: averaged over unflagged layers only.
+ALPHA_KEYS = ("alpha", "alpha_weighted", "log_alpha_norm")
+
+
+def spectra_summary(spectra: Sequence[LayerSpectrum], *, include_flagged: bool = False) -> dict[str, float]:
+    """Model-level averages (WeightWatcher's ``get_summary``), honest about unreliable fits.
+
+    The norm metrics (``log_norm``, ``log_spectral_norm``, ``stable_rank``, ``mp_softrank``) are averaged over
+    every layer that was not skipped, as WeightWatcher does. The alpha metrics (``alpha``, ``alpha_weighted``,
+    ``log_alpha_norm``) are averaged only over layers without ``flags`` (unless ``include_flagged``), because a
+    fit on a handful of eigenvalues can dominate the mean (a 10-eigenvalue classifier can double it).
+    ``alpha_se`` is the standard error of the mean alpha from the layers' ``sigma``:
+    ``sqrt(sum sigma_i^2) / k``.
 
     Args:
         spectra: output of :func:`weight_spectra`.
+        include_flagged: average the alpha metrics over flagged layers too (WeightWatcher's summary).
 
     Returns:
-        dict with the mean ``alpha``, ``alpha_weighted``, ``log_norm``, ``log_spectral_norm``,
-        ``log_alpha_norm``, ``stable_rank`` (NaN when every layer was skipped) and ``num_layers`` used.
+        dict with the means above (NaN when no layer qualifies), ``alpha_se``, ``num_layers`` (layers analysed,
+        i.e. not skipped), ``num_alpha_layers`` (layers in the alpha means) and ``num_flagged``.
     """
     used = [s for s in spectra if not s.skipped]
+    fitted = [s for s in used if include_flagged or not s.flags]
     out: dict[str, float] = {}
-    for key in SUMMARY_KEYS:
-        vals = [getattr(s, key) for s in used if math.isfinite(getattr(s, key))]
+    for key in SUMMARY_KEYS + ("mp_softrank",):
+        pool = fitted if key in ALPHA_KEYS else used
+        vals = [getattr(s, key) for s in pool if math.isfinite(getattr(s, key))]
         out[key] = sum(vals) / len(vals) if vals else float("nan")
+    sig = [s.sigma for s in fitted if math.isfinite(s.alpha) and math.isfinite(s.sigma)]
+    out["alpha_se"] = math.sqrt(sum(v * v for v in sig)) / len(sig) if sig else float("nan")
     out["num_layers"] = float(len(used))
+    out["num_alpha_layers"] = float(len([s for s in fitted if math.isfinite(s.alpha)]))
+    out["num_flagged"] = float(len([s for s in used if s.flags]))
     return out
