@@ -1,11 +1,13 @@
 """Tests for zooscape.landscape.fisher: closed forms, the Hessian identity for linear models, a slow loop."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zooscape.landscape.fisher import fisher_diagonal, fisher_trace
+from zooscape.landscape.fisher import fisher_diagonal, fisher_trace, fisher_trace_estimate
 from zooscape.landscape.hessian import dense_matrix, hessian_operator
 
 D64 = torch.float64
@@ -107,3 +109,32 @@ def test_input_validation():
         fisher_diagonal(model, x, likelihood="poisson")
     with pytest.raises(ValueError, match="num_samples"):
         fisher_diagonal(model, x, num_samples=0)
+
+
+def _confident_net():
+    """A classifier with peaked predictions, where label draws are heavy-tailed (the hard case for the SE)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 5)).double()
+    with torch.no_grad():
+        model[2].weight.mul_(4.0)
+    return model
+
+
+def test_sampled_fisher_standard_error_is_calibrated_over_seeds():
+    model = _confident_net()
+    x = torch.randn(48, 4, dtype=D64, generator=torch.Generator().manual_seed(5))
+    exact = fisher_trace_estimate(model, x, kind="exact")
+    assert exact.std_error == 0.0 and exact.num_draws == 1 and exact.samples.shape == (48, 1)
+    assert exact.estimate == pytest.approx(fisher_trace(model, x, kind="exact"))
+    runs = [fisher_trace_estimate(model, x, kind="sampled", num_samples=8, generator=s) for s in range(60)]
+    values = torch.tensor([r.estimate for r in runs], dtype=D64)
+    empirical = float(values.std())
+    reported = float(torch.tensor([r.std_error for r in runs]).pow(2).mean().sqrt())
+    assert 1 / 1.5 < reported / empirical < 1.5  # the SE matches the spread across seeds
+    # the seeds scatter around the exact (noise-free) trace by the reported error
+    assert abs(float(values.mean()) - exact.estimate) < 4 * reported / math.sqrt(60)
+    assert runs[0].samples.shape == (48, 8) and runs[0].estimate == pytest.approx(float(runs[0].samples.mean()))
+    # one draw per input: the within-input variance is not identifiable; the reported SE is conservative
+    ones = [fisher_trace_estimate(model, x, kind="sampled", num_samples=1, generator=s) for s in range(60)]
+    spread = float(torch.tensor([r.estimate for r in ones], dtype=D64).std())
+    assert float(torch.tensor([r.std_error for r in ones]).mean()) >= 0.8 * spread

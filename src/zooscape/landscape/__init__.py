@@ -21,7 +21,7 @@ from zooscape.landscape.cka import (
     hsic_unbiased,
     layer_features,
 )
-from zooscape.landscape.fisher import fisher_diagonal, fisher_trace
+from zooscape.landscape.fisher import FisherTrace, fisher_diagonal, fisher_trace, fisher_trace_estimate
 from zooscape.landscape.hessian import (
     DenseOperator,
     EigenResult,
@@ -43,11 +43,17 @@ from zooscape.landscape.hessian import (
 )
 from zooscape.landscape.spectra import (
     LayerSpectrum,
+    MPFit,
     PowerLawFit,
     esd,
     fit_power_law,
+    jensen_shannon_distance,
     layer_spectrum,
+    matrix_rank,
+    mp_fit,
+    randomized_esd,
     spectra_summary,
+    spectral_entropy,
     weight_spectra,
 )
 from zooscape.landscape.surface import (
@@ -66,10 +72,12 @@ from zooscape.landscape.surface import (
 __all__ = [
     "DenseOperator",
     "EigenResult",
+    "FisherTrace",
     "HessianOperator",
     "LanczosResult",
     "LayerSpectrum",
     "LinearOperator",
+    "MPFit",
     "MinibatchCKA",
     "PowerLawFit",
     "SpectralDensity",
@@ -83,6 +91,7 @@ __all__ = [
     "esd",
     "fisher_diagonal",
     "fisher_trace",
+    "fisher_trace_estimate",
     "fit_power_law",
     "hessian_operator",
     "hsic_biased",
@@ -91,7 +100,10 @@ __all__ = [
     "hutchpp_trace",
     "lanczos",
     "lanczos_eigenvalues",
+    "matrix_rank",
+    "mp_fit",
     "layer_features",
+    "jensen_shannon_distance",
     "layer_spectrum",
     "loss_surface",
     "loss_surface_1d",
@@ -101,8 +113,10 @@ __all__ = [
     "plot_surface",
     "power_iteration",
     "random_direction",
+    "randomized_esd",
     "spectra_summary",
     "spectral_density",
+    "spectral_entropy",
     "top_eigenvalues",
     "trace",
     "trajectory_pca",

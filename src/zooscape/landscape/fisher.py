@@ -14,7 +14,9 @@ copies of the parameters (the model is not modified).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 from zooscape.landscape._hvp import as_generator, eval_mode, functional_state, make_batches
 
-__all__ = ["fisher_diagonal", "fisher_trace"]
+__all__ = ["FisherTrace", "fisher_diagonal", "fisher_trace", "fisher_trace_estimate"]
 
 KINDS = ("empirical", "sampled", "exact")
 LIKELIHOODS = ("categorical", "gaussian")
@@ -33,6 +35,73 @@ def _nll(out: Tensor, y: Tensor, likelihood: str) -> Tensor:
     if likelihood == "categorical":
         return F.cross_entropy(out.unsqueeze(0), y.reshape(1).long())
     return 0.5 * (out - y.reshape(out.shape)).pow(2).sum()
+
+
+def _fisher_pass(model: nn.Module, x: Tensor, y: Tensor | None, *, kind: str, likelihood: str, num_samples: int,
+                 batch_size: int | None, param_names: Sequence[str] | None, device: torch.device | str | None,
+                 dtype: torch.dtype | None, generator: torch.Generator | int | None):
+    """The Fisher diagonal (parameter dict) and the per-input squared gradient norms ``[n, draws]``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if kind == "empirical" and y is None:
+        raise ValueError("kind='empirical' needs the labels y")
+    if y is None:
+        y = torch.zeros(x.shape[0])
+    gen = as_generator(generator)
+    spec, params, fixed = functional_state(model, param_names=param_names, device=device, dtype=dtype)
+    batches = make_batches(x, y, batch_size, device=params.device, dtype=dtype)
+    n_total = x.shape[0]
+
+    def output(p: Tensor, xi: Tensor) -> Tensor:
+        tensors = spec.unflatten(p)
+        tensors.update(fixed)
+        return functional_call(model, tensors, (xi.unsqueeze(0),), tie_weights=True, strict=False)[0]
+
+    def sample_grad(p: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
+        return grad(lambda q: _nll(output(q, xi), yi, likelihood))(p)
+
+    total = torch.zeros_like(params)
+    norms: list[Tensor] = []  # per input: [b, draws] squared gradient norms (their mean is the trace)
+    with eval_mode(model):
+        for b in batches:
+            if kind == "empirical":
+                g = vmap(sample_grad, in_dims=(None, 0, 0))(params, b.x, b.y)
+                total += g.pow(2).sum(0)
+                norms.append(g.pow(2).sum(1, keepdim=True).detach().double().cpu())
+            elif kind == "exact":
+                if likelihood == "gaussian":
+                    jac = vmap(jacrev(output), in_dims=(None, 0))(params, b.x)  # [b, out..., P]
+                    total += jac.pow(2).reshape(-1, params.numel()).sum(0)
+                    norms.append(jac.pow(2).reshape(jac.shape[0], -1).sum(1, keepdim=True).detach().double().cpu())
+                else:
+                    with torch.no_grad():
+                        probs = torch.softmax(vmap(output, in_dims=(None, 0))(params, b.x), dim=-1)
+                    num_classes = probs.shape[-1]
+                    labels = torch.arange(num_classes, device=params.device)
+                    per_class = vmap(vmap(sample_grad, in_dims=(None, None, 0)), in_dims=(None, 0, None))
+                    g2 = per_class(params, b.x, labels).pow(2)  # [b, C, P]
+                    total += torch.einsum("bc,bcp->p", probs.to(g2.dtype), g2)
+                    norms.append(torch.einsum("bc,bcp->b", probs.to(g2.dtype), g2)[:, None].detach().double().cpu())
+            else:
+                with torch.no_grad():
+                    out = vmap(output, in_dims=(None, 0))(params, b.x)
+                draws = []
+                for _ in range(num_samples):
+                    if likelihood == "categorical":
+                        probs = torch.softmax(out.double(), dim=-1).to(gen.device)
+                        ys = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(params.device)
+                    else:
+                        noise = torch.randn(tuple(out.shape), generator=gen, device=gen.device, dtype=out.dtype)
+                        ys = out + noise.to(out.device)
+                    g = vmap(sample_grad, in_dims=(None, 0, 0))(params, b.x, ys)
+                    total += g.pow(2).sum(0) / num_samples
+                    draws.append(g.pow(2).sum(1).detach().double().cpu())
+                norms.append(torch.stack(draws, 1))
+    return spec.unflatten(total.detach() / n_total), torch.cat(norms)
 
 
 def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kind: str = "sampled",
@@ -63,60 +132,75 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kin
         Amari, 1998; Kunstner, Balles and Hennig, 2019 (limitations of the empirical Fisher);
         Martens, 2020.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if kind == "empirical" and y is None:
-        raise ValueError("kind='empirical' needs the labels y")
-    if y is None:
-        y = torch.zeros(x.shape[0])
-    gen = as_generator(generator)
-    spec, params, fixed = functional_state(model, param_names=param_names, device=device, dtype=dtype)
-    batches = make_batches(x, y, batch_size, device=params.device, dtype=dtype)
-    n_total = x.shape[0]
+    diag, _ = _fisher_pass(model, x, y, kind=kind, likelihood=likelihood, num_samples=num_samples,
+                           batch_size=batch_size, param_names=param_names, device=device, dtype=dtype,
+                           generator=generator)
+    return diag
 
-    def output(p: Tensor, xi: Tensor) -> Tensor:
-        tensors = spec.unflatten(p)
-        tensors.update(fixed)
-        return functional_call(model, tensors, (xi.unsqueeze(0),), tie_weights=True, strict=False)[0]
 
-    def sample_grad(p: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
-        return grad(lambda q: _nll(output(q, xi), yi, likelihood))(p)
+@dataclass(frozen=True)
+class FisherTrace:
+    """A Fisher trace with the Monte Carlo standard error of its label sampling.
 
-    total = torch.zeros_like(params)
-    with eval_mode(model):
-        for b in batches:
-            if kind == "empirical":
-                g = vmap(sample_grad, in_dims=(None, 0, 0))(params, b.x, b.y)
-                total += g.pow(2).sum(0)
-            elif kind == "exact":
-                if likelihood == "gaussian":
-                    jac = vmap(jacrev(output), in_dims=(None, 0))(params, b.x)  # [b, out..., P]
-                    total += jac.pow(2).reshape(-1, params.numel()).sum(0)
-                else:
-                    with torch.no_grad():
-                        probs = torch.softmax(vmap(output, in_dims=(None, 0))(params, b.x), dim=-1)
-                    num_classes = probs.shape[-1]
-                    labels = torch.arange(num_classes, device=params.device)
-                    per_class = vmap(vmap(sample_grad, in_dims=(None, None, 0)), in_dims=(None, 0, None))
-                    g2 = per_class(params, b.x, labels).pow(2)  # [b, C, P]
-                    total += torch.einsum("bc,bcp->p", probs.to(g2.dtype), g2)
-            else:
-                with torch.no_grad():
-                    out = vmap(output, in_dims=(None, 0))(params, b.x)
-                for _ in range(num_samples):
-                    if likelihood == "categorical":
-                        probs = torch.softmax(out.double(), dim=-1).to(gen.device)
-                        ys = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(params.device)
-                    else:
-                        noise = torch.randn(tuple(out.shape), generator=gen, device=gen.device, dtype=out.dtype)
-                        ys = out + noise.to(out.device)
-                    g = vmap(sample_grad, in_dims=(None, 0, 0))(params, b.x, ys)
-                    total += g.pow(2).sum(0) / num_samples
-    return spec.unflatten(total.detach() / n_total)
+    Attributes:
+        estimate: the trace, ``mean_{i, s} ||g(x_i, y_is)||^2``.
+        std_error: standard error of ``estimate`` over the label draws, the inputs held fixed (0 for the
+            ``"exact"`` and ``"empirical"`` kinds, which draw nothing); see :func:`fisher_trace_estimate`.
+        num_draws: label draws per input (``num_samples``; 1 for the other kinds).
+        samples: Tensor ``[n, num_draws]`` of the squared gradient norms (float64; for ``"exact"`` the
+            per-input expectation).
+    """
+
+    estimate: float
+    std_error: float
+    num_draws: int
+    samples: Tensor
+
+    @property
+    def relative_error(self) -> float:
+        """``std_error / |estimate|`` (NaN for a zero trace)."""
+        return self.std_error / abs(self.estimate) if self.estimate else float("nan")
+
+
+def fisher_trace_estimate(model: nn.Module, x: Tensor, y: Tensor | None = None, **kwargs) -> FisherTrace:
+    """Trace of the Fisher information with its standard error.
+
+    The trace is the mean of the squared per-sample gradient norms ``t_is = ||g(x_i, y_is)||^2``. For
+    ``kind="sampled"`` it is random through the model-drawn labels ``y_is``; with the inputs held fixed (as a
+    zoo run holds its seeded subset) its standard error is ``sqrt(sum_i v_i / S) / n``, ``v_i`` the unbiased
+    variance of the ``S = num_samples`` draws of input i. With one draw per input the within-input variance is
+    not identifiable and ``std(t) / sqrt(n)`` is reported instead, which also counts the spread between inputs
+    and so overstates the error (conservative). Draws of a confident classifier are heavy-tailed (a rare
+    unlikely label gives a large gradient): ``kind="exact"`` sums the C classes instead and has no sampling
+    error at C gradients per input.
+
+    Args:
+        model: the network.
+        x: inputs ``[n, ...]``.
+        y: labels/targets ``[n, ...]`` (needed for ``kind="empirical"``).
+        **kwargs: as :func:`fisher_diagonal` (``kind``, ``likelihood``, ``num_samples``, ``generator``, ...).
+
+    Returns:
+        :class:`FisherTrace`.
+
+    References:
+        Achille, Rovere and Soatto, 2019 (Fisher trace during training); Kunstner, Balles and Hennig, 2019.
+    """
+    kind = kwargs.get("kind", "sampled")
+    _, t = _fisher_pass(model, x, y, **{**_PASS_DEFAULTS, **kwargs})
+    n, draws = t.shape
+    estimate = float(t.mean())
+    if kind != "sampled":
+        se = 0.0
+    elif draws >= 2:
+        se = math.sqrt(float(t.var(dim=1, unbiased=True).sum()) / draws) / n
+    else:
+        se = float(t.std()) / math.sqrt(n) if n > 1 else float("nan")
+    return FisherTrace(estimate, se, draws, t)
+
+
+_PASS_DEFAULTS = {"kind": "sampled", "likelihood": "categorical", "num_samples": 1, "batch_size": 256,
+                  "param_names": None, "device": None, "dtype": None, "generator": None}
 
 
 def fisher_trace(model: nn.Module, x: Tensor, y: Tensor | None = None, **kwargs) -> float:
@@ -129,10 +213,9 @@ def fisher_trace(model: nn.Module, x: Tensor, y: Tensor | None = None, **kwargs)
         **kwargs: passed to :func:`fisher_diagonal` (``kind``, ``likelihood``, ``num_samples``, ...).
 
     Returns:
-        The trace (float).
+        The trace (float); :func:`fisher_trace_estimate` also gives its standard error.
 
     References:
         Achille, Rovere and Soatto, 2019 (Fisher trace during training).
     """
-    diag = fisher_diagonal(model, x, y, **kwargs)
-    return float(sum(float(t.sum()) for t in diag.values()))
+    return fisher_trace_estimate(model, x, y, **kwargs).estimate
