@@ -118,7 +118,13 @@ def test_cka_covers_every_seed_pair_within_cells(zoo_dir):
 
 def test_fisher_and_spectra(zoo_dir):
     fisher = run_metrics(zoo_dir, "fisher", params={"n_samples": 32, "kind": "exact"})
-    assert len(fisher) == 6 and all(r["value"] > 0 for r in fisher)
+    traces = [r for r in fisher if r["metric"] == "fisher_trace"]
+    assert len(traces) == 6 and all(r["value"] > 0 for r in traces)
+    assert [r["value"] for r in fisher if r["metric"] == "fisher_trace_se"] == [0.0] * 6  # exact: no sampling
+    sampled = run_metrics(zoo_dir, "fisher", params={"n_samples": 32, "num_samples": 2},
+                          model_ids=[traces[0]["model_id"]])
+    se = next(r["value"] for r in sampled if r["metric"] == "fisher_trace_se")
+    assert 0 < se < next(r["value"] for r in sampled if r["metric"] == "fisher_trace")
     spectra = run_metrics(zoo_dir, "spectra", params={"min_evals": 1})
     names = {r["metric"] for r in spectra}
     assert {"spectra_alpha", "spectra_log_norm", "spectra_stable_rank"} <= names

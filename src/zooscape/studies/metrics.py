@@ -48,10 +48,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 "method": "lanczos", "top_k": 1, "num_steps": 20, "max_iter": 100, "tol": 1e-3,
                 "trace_method": "hutchinson", "num_probes": 50, "block_size": 10, "seed": 0},
     "fisher": {"split": "train", "n_samples": 512, "data_seed": 0, "batch_size": 256, "kind": "sampled",
-               "num_samples": 1, "seed": 0},
-    "spectra": {"min_evals": 10, "min_tail": 2},
+               "num_samples": 32, "seed": 0},
+    "spectra": {"min_evals": 8, "min_tail": 10, "fit": "weightwatcher", "seed": 0},
     "cka": {"split": "test", "n_samples": 1024, "data_seed": 0, "layer": "", "output": "logits",
-            "kernel": "linear", "debiased": False, "batch_size": None},
+            "kernel": "linear", "debiased": False, "batch_size": None, "bandwidth": "all_pairs"},
 }
 #: Metrics computed on pairs of models (every seed pair of a grid cell).
 PAIRWISE = frozenset({"cka"})
@@ -66,6 +66,8 @@ _CHOICES = {
     "kind": ("empirical", "sampled", "exact"),
     "output": ("logits", "softmax"),
     "kernel": ("linear", "rbf"),
+    "fit": ("weightwatcher", "clauset"),
+    "bandwidth": ("all_pairs", "distinct_pairs"),
 }
 _POSITIVE = ("top_k", "num_steps", "max_iter", "num_probes", "block_size", "num_samples", "min_evals")
 
@@ -156,11 +158,14 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
     if len(models) != expected:
         raise ValueError(f"metric {metric!r} takes {expected} model(s), got {len(models)}")
     if metric == "spectra":
-        spectra = ls.weight_spectra(models[0], min_evals=params["min_evals"], min_tail=params["min_tail"])
+        spectra = ls.weight_spectra(models[0], min_evals=params["min_evals"], min_tail=params["min_tail"],
+                                    fit=params["fit"], generator=params["seed"])
         out = {f"spectra_{k}": v for k, v in ls.spectra_summary(spectra).items()}
         for s in spectra:
-            for key in ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
-                out[f"spectra_{key}/{s.name}"] = getattr(s, key)
+            for key in ("alpha", "sigma", "num_tail", "alpha_weighted", "log_norm", "log_spectral_norm",
+                        "stable_rank", "matrix_rank", "entropy", "num_spikes", "mp_softrank", "rand_distance"):
+                out[f"spectra_{key}/{s.name}"] = float(getattr(s, key))
+            out[f"spectra_num_flags/{s.name}"] = float(len(s.flags))
         return out
     x, y = _subset(data, params)
     if metric == "hessian":
@@ -179,10 +184,10 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
         return out
     if metric == "fisher":
         likelihood = "categorical" if data.task == "classification" else "gaussian"
-        value = ls.fisher_trace(models[0], x, y, kind=params["kind"], likelihood=likelihood,
-                                num_samples=params["num_samples"], batch_size=params["batch_size"], device=device,
-                                generator=params["seed"])
-        return {"fisher_trace": value}
+        est = ls.fisher_trace_estimate(models[0], x, y, kind=params["kind"], likelihood=likelihood,
+                                       num_samples=params["num_samples"], batch_size=params["batch_size"],
+                                       device=device, generator=params["seed"])
+        return {"fisher_trace": est.estimate, "fisher_trace_se": est.std_error}
     if metric == "cka":
         layer = params["layer"]
         feats = [ls.layer_features(m, x, [layer], device=device)[layer] for m in models]
@@ -190,9 +195,10 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
             feats = [torch.softmax(f, dim=1) for f in feats]
         bs = params["batch_size"]
         if bs is None:
-            value = ls.cka(feats[0], feats[1], kernel=params["kernel"], debiased=params["debiased"])
+            value = ls.cka(feats[0], feats[1], kernel=params["kernel"], debiased=params["debiased"],
+                           bandwidth=params["bandwidth"])
         else:
-            acc = ls.MinibatchCKA(kernel=params["kernel"])
+            acc = ls.MinibatchCKA(kernel=params["kernel"], bandwidth=params["bandwidth"])
             n = feats[0].shape[0]
             starts = list(range(0, n, bs))
             if len(starts) > 1 and n - starts[-1] < 4:
