@@ -282,3 +282,27 @@ def test_input_validation():
     with pytest.raises(ValueError, match="num_probes"):
         hutchinson_trace(op, num_probes=1)
     assert math.isfinite(float(op.loss()))
+
+
+def test_float32_lanczos_residual_is_the_true_residual_and_bounds_the_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))  # float32
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 5, (64,))
+    h = dense_matrix(hessian_operator(model, F.cross_entropy, x, y, dtype=D64))  # the truth
+    exact = torch.linalg.eigvalsh(h).flip(0)
+    op = hessian_operator(model, F.cross_entropy, x, y)
+    for steps in (10, 20, 40):
+        res = lanczos_eigenvalues(op, k=2, num_steps=steps, generator=1)
+        assert res.num_matvecs == steps + 2
+        v = res.eigenvectors.double()
+        true_residual = (v @ h - res.eigenvalues.double()[:, None] * v).norm(dim=1)
+        ratio = res.residuals.double() / true_residual
+        assert bool(((ratio > 0.1) & (ratio < 10)).all()), (steps, ratio)
+        # the residual bounds the distance to the spectrum (here: the eigenvalue error, the pairs being isolated)
+        errors = (res.eigenvalues.double() - exact[:2]).abs()
+        assert bool((errors <= res.residuals.double() * 1.01 + 1e-7).all()), (steps, errors, res.residuals)
+    # the Ritz estimate |beta_m s_mi| that was stored before underflows far below the real residual in float32
+    run = lanczos(op, 40, generator=1)
+    theta, s = run.ritz(0)
+    ritz_estimate = float(run.residual[0]) * float(s[-1, -1].abs())
+    assert ritz_estimate < 1e-3 * float(true_residual[0])
