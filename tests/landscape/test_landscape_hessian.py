@@ -306,3 +306,13 @@ def test_float32_lanczos_residual_is_the_true_residual_and_bounds_the_error():
     theta, s = run.ritz(0)
     ritz_estimate = float(run.residual[0]) * float(s[-1, -1].abs())
     assert ritz_estimate < 1e-3 * float(true_residual[0])
+
+
+def test_hutchinson_standard_error_is_calibrated_over_seeds():
+    a, _ = _spd_with_spectrum([float(i) for i in range(1, 41)], seed=10)
+    a = a + 0.3 * torch.ones(40, 40, dtype=D64)
+    runs = [hutchinson_trace(DenseOperator(a), num_probes=50, generator=s) for s in range(100)]
+    values = torch.tensor([r.estimate for r in runs], dtype=D64)
+    reported = float(torch.tensor([r.std_error for r in runs], dtype=D64).pow(2).mean().sqrt())
+    assert 1 / 1.3 < reported / float(values.std()) < 1.3
+    assert abs(float(values.mean()) - float(torch.trace(a))) < 4 * reported / 10
