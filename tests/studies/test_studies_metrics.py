@@ -151,7 +151,7 @@ def test_errors(zoo_dir, tmp_path):
 
 def test_cli_run_and_settings(zoo_dir, capsys):
     code = main(["metrics", "run", str(zoo_dir), "--metric", "hessian", "--epoch", "0", "--quiet",
-                 "--set", "n_samples=64", "--set", "num_steps=5", "--set", "num_probes=4", "--set", "block_size=2"])
+                 "--set", "n_samples=64", "--set", "num_steps=5", "--set", "num_probes=6", "--set", "block_size=2"])
     out = capsys.readouterr().out
     assert code == 0
     assert "6 new results" in out and "hessian_top_eigenvalue per grid cell" in out and "training.lr" in out

@@ -46,7 +46,7 @@ __all__ = [
 DEFAULTS: dict[str, dict[str, Any]] = {
     "hessian": {"split": "train", "n_samples": 512, "data_seed": 0, "batch_size": None, "dtype": "float32",
                 "method": "lanczos", "top_k": 1, "num_steps": 20, "max_iter": 100, "tol": 1e-3,
-                "trace_method": "hutchinson", "num_probes": 50, "block_size": 10, "seed": 0},
+                "trace_method": "hutch++", "num_probes": 51, "block_size": 10, "seed": 0},
     "fisher": {"split": "train", "n_samples": 512, "data_seed": 0, "batch_size": 256, "kind": "sampled",
                "num_samples": 32, "seed": 0},
     "spectra": {"min_evals": 8, "min_tail": 10, "fit": "weightwatcher", "seed": 0},
@@ -110,6 +110,9 @@ def metric_params(metric: str, overrides: Mapping[str, Any] | None = None) -> di
             raise ValueError(f"setting 'debiased' must be true or false, got {value!r}")
         if key == "layer" and not isinstance(value, str):
             raise ValueError(f"setting 'layer' must be a module name (\"\" = the output), got {value!r}")
+    if metric == "hessian" and params["trace_method"] == "hutch++" and params["num_probes"] < 6:
+        raise ValueError(f"setting 'num_probes' must be >= 6 for trace_method='hutch++' (3 blocks of >= 2 "
+                         f"products), got {params['num_probes']}")
     if metric == "cka" and params["output"] == "softmax" and params["layer"] != "":
         raise ValueError("setting output='softmax' applies to the model output only (layer must be \"\")")
     return params
