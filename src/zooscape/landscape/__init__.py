@@ -5,7 +5,8 @@ One module per concept:
 - :mod:`zooscape.landscape.hessian`  Hessian top eigenvalues, trace and spectral density (matrix-free, torch.func)
 - :mod:`zooscape.landscape.cka`      centred kernel alignment, minibatch CKA, layer-by-layer heatmaps
 - :mod:`zooscape.landscape.fisher`   diagonal Fisher information (empirical, sampled, exact) and its trace
-- :mod:`zooscape.landscape.spectra`  WeightWatcher-style weight spectra (power-law alpha, norms, stable rank)
+- :mod:`zooscape.landscape.spectra`  WeightWatcher 0.7.7's weight spectra (alpha and its error, norms, ranks, ...)
+- :mod:`zooscape.landscape.rmt`      the ESD fits they use: power-law tail, Marchenko-Pastur bulk, rank, entropy
 - :mod:`zooscape.landscape.surface`  1-D/2-D loss surfaces (filter-normalised, trajectory PCA) and PNG plots
 
 Nothing here imports :mod:`zooscape.zoo` or :mod:`zooscape.cli`, and no function modifies the model it is given
