@@ -4,8 +4,9 @@ Commands:
 
 - ``zooscape lmc spawn SPEC --out DIR``: instability analysis (main branch, children spawned at every k1,
   barriers and distances at every k2); results in DIR's catalog, a plot per main branch in ``DIR/lmc/``.
-- ``zooscape lmc pairs DIR [--epoch E]``: barriers between all seed pairs of every grid cell of a zoo, stored in
-  its catalog.
+- ``zooscape lmc pairs DIR [--epoch E] [--align none|weight|activation] [--renorm none|reset_bn|repair|...]``:
+  barriers between all seed pairs of every grid cell of a zoo before and after alignment and renormalisation,
+  stored in its catalog (one task per pair on the zoo's engines).
 - ``zooscape lmc plot DIR``: redraw the instability plot from the catalog of a spawn run.
 """
 
@@ -14,7 +15,30 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zooscape.cli._common import add_device, add_group, add_n_points, add_out, add_quiet, add_splits, say, split_list
+from zooscape.cli._common import (
+    add_device,
+    add_group,
+    add_n_points,
+    add_out,
+    add_quiet,
+    add_splits,
+    add_workers_engine,
+    deprecated_alias,
+    engine_options,
+    say,
+    split_list,
+)
+
+ALIGNS = ("none", "weight", "activation")
+RENORMS = ("none", "reset_bn", "repair", "rescale", "reshift")
+
+
+def _bn_mode(text: str) -> str:
+    """Old ``--bn-mode interpolate|reset`` -> ``--renorm none|reset_bn``."""
+    table = {"interpolate": "none", "reset": "reset_bn"}
+    if text not in table:
+        raise argparse.ArgumentTypeError(f"--bn-mode must be interpolate or reset, got {text!r}")
+    return table[text]
 
 __all__ = ["add_parser"]
 
@@ -44,19 +68,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _plot_args(s)
     s.set_defaults(func=cmd_spawn)
 
-    q = sub.add_parser("pairs", help="barriers between all seed pairs of each grid cell of a zoo",
+    q = sub.add_parser("pairs", help="barriers between all seed pairs of each grid cell, before/after re-basin",
                        description="For every grid cell of the zoo in DIR (models differing only in training.seed "
-                                   "/ data_seed), evaluate the linear path between every pair at one epoch and "
-                                   "store distances and barriers (three definitions, loss and error) in the "
-                                   "catalog's analyses table.")
+                                   "/ data_seed), evaluate the linear path between every pair at one epoch: naive, "
+                                   "after aligning the second model to the first (--align) and after "
+                                   "renormalising every point of the path (--renorm). Distances, barriers (three "
+                                   "definitions, loss and error), the alignment objective and the permutation "
+                                   "(DIR/lmc/perms/) are stored as each pair finishes; re-running skips stored "
+                                   "pairs. Prints one line per finished cell.")
     q.add_argument("dir", metavar="DIR", help="zoo directory")
     q.add_argument("--epoch", type=int, default=None, help="checkpointed epoch (default: each cell's last)")
     add_n_points(q, 25, help="alphas per path (default 25)")
-    q.add_argument("--bn-mode", default="interpolate", choices=("interpolate", "reset"),
-                   help="BatchNorm statistics along the path (default interpolate)")
+    q.add_argument("--align", default="none", choices=ALIGNS,
+                   help="align the second model of each pair to the first: weight matching (Git Re-Basin) or "
+                        "activation matching (default none)")
+    q.add_argument("--renorm", default="none", choices=RENORMS,
+                   help="renormalise every point of the path: reset_bn (re-estimate BatchNorm statistics), "
+                        "repair, rescale or reshift (REPAIR family, docs/alignment.md) (default none)")
+    deprecated_alias(q, "--bn-mode", "--renorm", "renorm", type=_bn_mode)
+    q.add_argument("--seed", type=int, default=0, help="seed of weight matching's visiting order (default 0)")
+    q.add_argument("--force", action="store_true", help="recompute pairs already stored with these settings")
     add_splits(q, "train,test")
     add_device(q)
     add_quiet(q)
+    add_workers_engine(q, what="the per-pair tasks")
     q.set_defaults(func=cmd_pairs)
 
     pl = sub.add_parser("plot", help="instability plot (barrier vs k1, one line per k2) from a spawn run",
@@ -105,20 +140,30 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     from zooscape.studies.lmc import pair_barriers
 
     splits = split_list(args.splits)
-    rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, bn_mode=args.bn_mode, splits=splits,
-                         device=args.device, progress=say(args.quiet))
+    rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, align=args.align, renorm=args.renorm,
+                         splits=splits, seed=args.seed, device=args.device, force=args.force,
+                         progress=say(args.quiet), bar=not args.quiet, engine=args.engine, workers=args.workers,
+                         engine_options=engine_options(args))
     if not rows:
         print("no grid cell has two models with a checkpoint at that epoch; nothing stored")
         return 1
-    keys = [k for k in ("barrier_loss_test_linear", "barrier_error_test_linear") if k in rows[0]]
+    split = splits[-1]
+    metric = "error" if f"barrier_error_{split}_linear" in rows[0] else "loss"
+    key = f"barrier_{metric}_{split}_linear"
+    stages = [("naive", "naive_" + key)]
+    if args.align != "none":
+        stages.append((args.align, "aligned_" + key))
+    if args.renorm != "none":
+        stages.append((f"+{args.renorm}", key))
     cells: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         cells.setdefault(r["cell"], []).append(r)
-    print(f"{'cell':>4s} {'pairs':>5s} {'epoch':>5s} {'distance':>9s} " + " ".join(f"{k[8:]:>22s}" for k in keys))
-    for cell, rs in sorted(cells.items()):
-        means = {k: sum(r[k] for r in rs) / len(rs) for k in ("distance", *keys)}
-        print(f"{cell:4d} {len(rs):5d} {rs[0]['epoch']:5d} {means['distance']:9.3f} "
-              + " ".join(f"{means[k]:22.4f}" for k in keys))
+    print(f"linear {split} {metric} barrier, mean over the seed pairs of each cell")
+    print(f"{'pairs':>5s} {'epoch':>5s} " + " ".join(f"{name:>12s}" for name, _ in stages) + "  cell")
+    for _, rs in sorted(cells.items()):
+        means = [sum(r[k] for r in rs) / len(rs) for _, k in stages]
+        print(f"{len(rs):5d} {rs[0]['epoch']:5d} " + " ".join(f"{m:12.4f}" for m in means)
+              + f"  {rs[0]['cell_label']}")
     print(f"{len(rows)} pairs stored in {args.dir}")
     return 0
 

@@ -1,0 +1,245 @@
+"""Linear mode connectivity after alignment and renormalisation: the re-basin barrier of one pair of models.
+
+:func:`renormalized_path` is the linear path ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b`` of
+:func:`zooscape.connect.linear_path` where every point is renormalised before it is evaluated:
+
+- ``"none"``: nothing (BatchNorm running statistics interpolated);
+- ``"reset_bn"``: BatchNorm statistics re-estimated on the training inputs at every alpha (the vectorised path of
+  :func:`~zooscape.connect.linear_path` with ``bn_mode="reset"``);
+- ``"repair"`` / ``"rescale"`` / ``"reshift"``: the interpolated model is corrected at every alpha towards the
+  interpolated channel statistics of the endpoints (:func:`~zooscape.align.renorm.repair` with weights
+  ``[1 - alpha, alpha]``), one model per alpha (as the Rethink Re-Basin code does).
+
+:func:`pair_barriers_aligned` runs the three stages of a re-basin experiment on one pair: the naive path, the
+path after aligning ``model_b`` to ``model_a`` (weight or activation matching), and the aligned path with
+renormalisation; it returns the three :class:`~zooscape.connect.LinearPath` objects, the permutation and its
+objective. Pure function of models and data (imports ``zooscape.connect``, never ``zoo`` or ``cli``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from zooscape.connect import LinearPath, barriers, evaluate_model, interpolate, l2_distance, linear_path, path_alphas
+from zooscape.connect._data import get_split, infer_task, train_inputs
+
+from .activation_matching import activation_matching
+from .permutation import Permutation
+from .renorm import repair
+from .spec import PermutationSpec
+from .weight_matching import resolve_spec, weight_matching
+
+__all__ = ["ALIGN_METHODS", "PATH_RENORMS", "PairAlignment", "align_pair", "pair_barriers_aligned",
+           "renormalized_path"]
+
+#: Alignment methods of :func:`align_pair` (``"none"`` keeps ``model_b`` as it is).
+ALIGN_METHODS: tuple[str, ...] = ("none", "weight", "activation")
+#: Renormalisations of :func:`renormalized_path`.
+PATH_RENORMS: tuple[str, ...] = ("none", "reset_bn", "repair", "rescale", "reshift")
+
+
+def _check(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def renormalized_path(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    renorm: str = "none",
+    n_points: int = 25,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    batch_size: int = 1024,
+    renorm_batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> LinearPath:
+    """Loss and error along the straight line between two models, every point renormalised first.
+
+    Args:
+        model_a: ``alpha = 0`` endpoint (not modified).
+        model_b: ``alpha = 1`` endpoint, same architecture (typically already aligned to ``model_a``).
+        data: ``DataSplits``-like object (``.split(name) -> (x, y)``) or mapping ``{split: (x, y)}``; the
+            renormalisation statistics are measured on the ``"train"`` inputs ``[N, ...]``.
+        renorm: one of :data:`PATH_RENORMS`.
+        n_points: evenly spaced alphas including both endpoints (0.5 added when even).
+        splits: splits to evaluate.
+        batch_size: evaluation batch size.
+        renorm_batch_size: batch size of the statistics passes.
+        device: where to evaluate (default: ``model_a``'s device).
+
+    Returns:
+        :class:`~zooscape.connect.LinearPath` (``bn_mode`` holds ``renorm``; ``method`` is ``"vmap"`` for
+        none/reset_bn and ``"loop"`` otherwise) with barriers in all three definitions.
+
+    References:
+        Jordan et al. (2023), "REPAIR: REnormalizing Permuted Activations for Interpolation Repair"; Qu & Horvath
+        (2024), "Rethink Model Re-Basin and the Linear Mode Connectivity".
+    """
+    _check("renorm", renorm, PATH_RENORMS)
+    if renorm in ("none", "reset_bn"):
+        path = linear_path(model_a, model_b, data, n_points, splits=splits,
+                           bn_mode="reset" if renorm == "reset_bn" else "interpolate", batch_size=batch_size,
+                           bn_batch_size=renorm_batch_size, device=device)
+        path.bn_mode = renorm
+        return path
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    alphas = path_alphas(n_points)
+    split_data = {s: get_split(data, s) for s in splits}
+    task = infer_task(data, next(iter(split_data.values()))[1], None)
+    dev = torch.device(device) if device is not None else next(
+        (t.device for t in model_a.parameters()), torch.device("cpu"))
+    a, b = _on(model_a, dev), _on(model_b, dev)
+    x_train = train_inputs(data).to(dev)
+    losses: dict[str, list[float]] = {s: [] for s in splits}
+    errors: dict[str, list[float]] = {s: [] for s in splits}
+    for alpha in alphas.tolist():
+        mid = interpolate(a, b, alpha)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # points that cannot absorb a shift are left alone (docs/alignment.md)
+            mid = repair(mid, [a, b], x_train, [1.0 - alpha, alpha], method=renorm, batch_size=renorm_batch_size,
+                         device=dev)
+        for split, (x, y) in split_data.items():
+            loss, err = evaluate_model(mid, x, y, task, batch_size=batch_size)
+            losses[split].append(loss)
+            if err is not None:
+                errors[split].append(err)
+    loss_t = {s: torch.tensor(v, dtype=torch.float64) for s, v in losses.items()}
+    err_t = {s: torch.tensor(v, dtype=torch.float64) for s, v in errors.items() if v}
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for s in splits:
+        result[s] = {"loss": barriers(loss_t[s], alphas)}
+        if s in err_t:
+            result[s]["error"] = barriers(err_t[s], alphas)
+    return LinearPath(alphas=alphas, loss=loss_t, error=err_t, distance=l2_distance(a, b), barriers=result,
+                      bn_mode=renorm, task=task, method="loop", splits=splits)
+
+
+def _on(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` itself when it is on ``device``, else a copy there (the input is never moved)."""
+    import copy
+
+    here = next((t.device for t in model.parameters()), torch.device("cpu"))
+    return model if here == device else copy.deepcopy(model).to(device)
+
+
+@dataclass
+class PairAlignment:
+    """Result of :func:`align_pair`.
+
+    Attributes:
+        method: ``"none"``, ``"weight"`` or ``"activation"``.
+        perm: the permutation with ``apply_permutation(model_b, perm) == model`` (identity for ``"none"``).
+        model: ``model_b`` aligned to ``model_a`` (``model_b`` itself for ``"none"``).
+        objective: the matching objective of ``perm`` (sum of inner products for weight matching, sum of
+            correlations for activation matching; NaN for ``"none"``).
+        iterations: coordinate-descent sweeps (1 for activation matching, 0 for none).
+    """
+
+    method: str
+    perm: Permutation | None
+    model: nn.Module
+    objective: float
+    iterations: int
+
+
+def align_pair(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    method: str = "weight",
+    data: Any = None,
+    *,
+    spec: PermutationSpec | None = None,
+    seed: int = 0,
+    max_iter: int = 100,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> PairAlignment:
+    """Align ``model_b``'s hidden units to ``model_a`` (weight or activation matching), or leave it.
+
+    Args:
+        model_a: reference model.
+        model_b: model to permute.
+        method: one of :data:`ALIGN_METHODS`.
+        data: training inputs ``[N, ...]`` (or a data object with ``train_x``); needed by activation matching
+            and used to trace the spec.
+        spec: permutation spec (derived from ``model_a`` when None).
+        seed: seed of weight matching's visiting order.
+        max_iter: maximum coordinate-descent sweeps.
+        batch_size: chunk size of activation passes.
+        device: where activation matching runs.
+
+    Returns:
+        :class:`PairAlignment`.
+
+    References:
+        Ainsworth, Hayase & Srinivasa (2023), "Git Re-Basin".
+    """
+    _check("align", method, ALIGN_METHODS)
+    if method == "none":
+        return PairAlignment("none", None, model_b, float("nan"), 0)
+    x = None if data is None else train_inputs(data)
+    spec = resolve_spec(model_a, spec, None if x is None else x[:2].to(next(model_a.parameters()).device))
+    if method == "weight":
+        res = weight_matching(model_a, model_b, spec, max_iter=max_iter, seed=seed)
+    else:
+        if x is None:
+            raise ValueError("activation alignment needs data")
+        res = activation_matching(model_a, model_b, x, spec, batch_size=batch_size, device=device)
+    return PairAlignment(method, res.perm, res.model, float(res.objective), int(res.iterations))
+
+
+def pair_barriers_aligned(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    align: str = "weight",
+    renorm: str = "none",
+    n_points: int = 25,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> tuple[dict[str, LinearPath], PairAlignment]:
+    """The re-basin experiment on one pair: naive path, aligned path, aligned and renormalised path.
+
+    Args:
+        model_a: ``alpha = 0`` endpoint (reference of the alignment).
+        model_b: ``alpha = 1`` endpoint (permuted).
+        data: ``DataSplits``-like object (the training split drives alignment and renormalisation).
+        align: one of :data:`ALIGN_METHODS`.
+        renorm: one of :data:`PATH_RENORMS`.
+        n_points: alphas per path.
+        splits: evaluated splits.
+        seed: seed of weight matching.
+        device: where to evaluate.
+
+    Returns:
+        ``(paths, alignment)``: ``paths`` has ``"naive"`` (no alignment, no renormalisation), ``"aligned"``
+        (after alignment, no renormalisation; only when ``align != "none"``) and ``"final"`` (after alignment
+        and ``renorm``; the same object as the last stage when ``renorm == "none"``).
+
+    References:
+        Ainsworth et al. (2023); Jordan et al. (2023); Qu & Horvath (2024).
+    """
+    _check("align", align, ALIGN_METHODS)
+    _check("renorm", renorm, PATH_RENORMS)
+    alignment = align_pair(model_a, model_b, align, data, seed=seed, device=device)
+    paths = {"naive": renormalized_path(model_a, model_b, data, "none", n_points, splits=splits, device=device)}
+    last = paths["naive"]
+    if align != "none":
+        paths["aligned"] = last = renormalized_path(model_a, alignment.model, data, "none", n_points, splits=splits,
+                                                    device=device)
+    paths["final"] = last if renorm == "none" else renormalized_path(model_a, alignment.model, data, renorm,
+                                                                      n_points, splits=splits, device=device)
+    return paths, alignment
