@@ -19,15 +19,26 @@ objective. Pure function of models and data (imports ``zooscape.connect``, never
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from zooscape.connect import LinearPath, barriers, evaluate_model, interpolate, l2_distance, linear_path, path_alphas
+from zooscape.connect import (
+    LinearPath,
+    barriers,
+    check_compatible,
+    check_compatible_states,
+    evaluate_model,
+    has_batchnorm,
+    interpolate,
+    l2_distance,
+    path_alphas,
+)
 from zooscape.connect._data import get_split, infer_task, train_inputs
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
 
 from .activation_matching import activation_matching
 from .permutation import Permutation
@@ -36,7 +47,7 @@ from .spec import PermutationSpec
 from .weight_matching import resolve_spec, weight_matching
 
 __all__ = ["ALIGN_METHODS", "PATH_RENORMS", "PairAlignment", "align_pair", "pair_barriers_aligned",
-           "renormalized_path"]
+           "renormalized_path", "state_path"]
 
 #: Alignment methods of :func:`align_pair` (``"none"`` keeps ``model_b`` as it is).
 ALIGN_METHODS: tuple[str, ...] = ("none", "weight", "activation")
@@ -86,11 +97,9 @@ def renormalized_path(
     """
     _check("renorm", renorm, PATH_RENORMS)
     if renorm in ("none", "reset_bn"):
-        path = linear_path(model_a, model_b, data, n_points, splits=splits,
-                           bn_mode="reset" if renorm == "reset_bn" else "interpolate", batch_size=batch_size,
-                           bn_batch_size=renorm_batch_size, device=device)
-        path.bn_mode = renorm
-        return path
+        check_compatible(model_a, model_b)
+        return state_path(model_a, model_a.state_dict(), model_b.state_dict(), data, n_points, splits=splits,
+                          renorm=renorm, batch_size=batch_size, renorm_batch_size=renorm_batch_size, device=device)
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     if not splits:
         raise ValueError("splits must name at least one split")
@@ -123,6 +132,83 @@ def renormalized_path(
             result[s]["error"] = barriers(err_t[s], alphas)
     return LinearPath(alphas=alphas, loss=loss_t, error=err_t, distance=l2_distance(a, b), barriers=result,
                       bn_mode=renorm, task=task, method="loop", splits=splits)
+
+
+@torch.no_grad()
+def state_path(
+    template: nn.Module,
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+    data: Any,
+    n_points: int = 25,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    renorm: str = "none",
+    batch_size: int = 1024,
+    renorm_batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> LinearPath:
+    """The linear path between two *state dicts* of one architecture, evaluated functionally (no model copies).
+
+    Every alpha's parameters are stacked (:func:`zooscape.connect.batched.stack_interpolated`) and run through
+    ``template`` with ``torch.func.functional_call`` under ``vmap``; the endpoint tensors may be views into
+    other storage (e.g. the stacked parameters of a training population) and are only read.
+
+    Args:
+        template: a module of the architecture (its own tensors are not used; its mode is restored).
+        state_a: ``alpha = 0`` parameters and buffers ``{name: tensor}`` (keys of ``template.state_dict()``).
+        state_b: ``alpha = 1`` parameters and buffers, same keys and shapes.
+        data: ``DataSplits``-like object or mapping ``{split: (x, y)}``.
+        n_points: evenly spaced alphas including both endpoints (0.5 added when even).
+        splits: splits to evaluate.
+        renorm: ``"none"`` (BatchNorm statistics interpolated) or ``"reset_bn"`` (re-estimated per alpha on the
+            training inputs, exact cumulative average).
+        batch_size: evaluation batch size.
+        renorm_batch_size: batch size of the BatchNorm pass.
+        device: where to evaluate (default: ``state_a``'s device).
+
+    Returns:
+        :class:`~zooscape.connect.LinearPath` (``method = "vmap"``).
+
+    References:
+        Frankle et al. (2020); Entezari et al. (2022).
+    """
+    if renorm not in ("none", "reset_bn"):
+        raise ValueError(f"state_path renormalises with 'none' or 'reset_bn', got {renorm!r}")
+    check_compatible_states(state_a, state_b)
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    alphas = path_alphas(n_points)
+    split_data = {s: get_split(data, s) for s in splits}
+    task = infer_task(data, next(iter(split_data.values()))[1], None)
+    dev = torch.device(device) if device is not None else next(iter(state_a.values())).device
+    names = {n for n, _ in template.named_parameters()}
+    pa = {k: v.detach().to(dev) for k, v in state_a.items() if k in names}
+    pb = {k: v.detach().to(dev) for k, v in state_b.items() if k in names}
+    ba = {k: v.detach().to(dev) for k, v in state_a.items() if k not in names}
+    bb = {k: v.detach().to(dev) for k, v in state_b.items() if k not in names}
+    params = stack_interpolated(pa, pb, alphas)
+    buffers = stack_interpolated(ba, bb, alphas)
+    if renorm == "reset_bn" and has_batchnorm(template):
+        buffers.update(batched_bn_stats(template, params, train_inputs(data), batch_size=renorm_batch_size,
+                                        buffers=buffers))
+    losses, errors = {}, {}
+    for split, (x, y) in split_data.items():
+        loss, err = batched_evaluate(template, params, buffers, x, y, task, batch_size=batch_size)
+        losses[split] = loss
+        if err is not None:
+            errors[split] = err
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for s in splits:
+        result[s] = {"loss": barriers(losses[s], alphas)}
+        if s in errors:
+            result[s]["error"] = barriers(errors[s], alphas)
+    total = torch.zeros((), dtype=torch.float64)
+    for k in pa:
+        total += (pa[k].to("cpu", torch.float64) - pb[k].to("cpu", torch.float64)).pow(2).sum()
+    return LinearPath(alphas=alphas, loss=losses, error=errors, distance=float(total.sqrt()), barriers=result,
+                      bn_mode=renorm, task=task, method="vmap", splits=splits)
 
 
 def _on(model: nn.Module, device: torch.device) -> nn.Module:

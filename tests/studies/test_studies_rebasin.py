@@ -1,0 +1,98 @@
+"""Re-basin over a zoo: lmc pairs with alignment and renormalisation, stored permutations, spawn stores."""
+
+import pytest
+import torch
+
+from zooscape.align import Permutation, apply_permutation, permutation_spec, weight_matching
+from zooscape.cli import main
+from zooscape.studies.lmc import load_permutation, pair_barriers, pair_params, permutation_path
+from zooscape.zoo import open_zoo, train_zoo
+
+SPEC = """
+[zoo]
+name = "rebasin-test"
+
+[dataset]
+name = "digits"
+seed = 0
+
+[model]
+name = "mlp"
+width = 64
+depth = 2
+activation = "relu"
+
+[training]
+epochs = 8
+batch_size = 32
+optimizer = "adam"
+lr = 0.003
+
+[checkpoints]
+epochs = [8]
+
+[grid]
+"training.seed" = [0, 1]
+"""
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rebasin")
+    spec = root / "spec.toml"
+    spec.write_text(SPEC)
+    train_zoo(spec, root / "zoo", device="cpu", progress=False).close()
+    return root / "zoo"
+
+
+def test_weight_matching_and_repair_shrink_the_barrier(zoo_dir):
+    (naive,) = pair_barriers(zoo_dir, n_points=9, splits=("train",), device="cpu")
+    (rebasin,) = pair_barriers(zoo_dir, n_points=9, splits=("train",), align="weight", renorm="repair",
+                               device="cpu")
+    key = "barrier_loss_train_linear"
+    # the naive stage of the aligned run is the plain run (same code path, same models)
+    assert rebasin["naive_" + key] == pytest.approx(naive[key], abs=1e-9)
+    assert naive[key] > 0.1, naive  # width-64 digits MLPs trained from two seeds are not linearly connected
+    assert rebasin["aligned_" + key] < 0.5 * naive[key], rebasin
+    assert rebasin[key] < 0.5 * naive[key], rebasin
+    assert rebasin["barrier_error_train_linear"] < rebasin["naive_barrier_error_train_linear"] - 0.02
+    assert rebasin["align_objective"] > 0 and rebasin["align_iterations"] >= 1
+    assert rebasin["cell_label"] == "cell 0"
+
+
+def test_stored_permutation_reproduces_the_aligned_model_bit_for_bit(zoo_dir):
+    pair_barriers(zoo_dir, n_points=3, splits=("test",), align="weight", device="cpu", seed=3)
+    params = pair_params(3, ("test",), "weight", "none", 3)
+    with open_zoo(zoo_dir) as zoo:
+        a_id, b_id = sorted(zoo.model_ids)
+        a, b = zoo.load_model(a_id, 8), zoo.load_model(b_id, 8)
+        x = zoo.data().train_x[:2]
+    stored = load_permutation(permutation_path(zoo_dir, a_id, b_id, 8, params))
+    spec = permutation_spec(a, x)
+    aligned = apply_permutation(b, Permutation(spec, stored))
+    expected = weight_matching(a, b, spec, seed=3)
+    assert not Permutation(spec, stored).is_identity()
+    for k, v in expected.model.state_dict().items():
+        assert torch.equal(aligned.state_dict()[k], v), k
+    # the stored distance is the distance to the aligned model
+    with torch.no_grad():
+        dist = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(a.parameters(), aligned.parameters())))
+    (rec,) = [r for r in pair_barriers(zoo_dir, n_points=3, splits=("test",), align="weight", seed=3)]
+    assert rec["distance"] == pytest.approx(float(dist), rel=1e-5)
+
+
+def test_resumes_and_runs_on_worker_processes(zoo_dir, capsys):
+    args = ["lmc", "pairs", str(zoo_dir), "--n-points", "3", "--splits", "test", "--renorm", "rescale",
+            "--device", "cpu"]
+    assert main([*args, "--workers", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "cell 0: 1 pair(s)" in captured.err and "+rescale" in captured.out
+    assert main(args) == 0  # stored: skipped
+    assert "1 pair(s) already stored" in capsys.readouterr().err
+    with open_zoo(zoo_dir) as zoo:
+        rows = zoo.analyses("barrier_loss_test_linear")
+        assert sum(p.get("renorm") == "rescale" for p in rows["params"]) == 1
+    # the old spelling still works: --bn-mode reset == --renorm reset_bn
+    assert main(["lmc", "pairs", str(zoo_dir), "--n-points", "3", "--splits", "test", "--bn-mode", "reset",
+                 "--quiet"]) == 0
+    assert "--bn-mode is deprecated" in capsys.readouterr().err
