@@ -41,13 +41,13 @@ from zooscape.connect._data import get_split, infer_task, train_inputs
 from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
 
 from .activation_matching import activation_matching
-from .permutation import Permutation
+from .permutation import Permutation, permute_state_dict
 from .renorm import repair
 from .spec import PermutationSpec
-from .weight_matching import resolve_spec, weight_matching
+from .weight_matching import infer_example_input, resolve_spec, weight_matching_state_dicts
 
-__all__ = ["ALIGN_METHODS", "PATH_RENORMS", "PairAlignment", "align_pair", "pair_barriers_aligned",
-           "renormalized_path", "state_path"]
+__all__ = ["ALIGN_METHODS", "PATH_RENORMS", "PairAlignment", "align_pair", "align_states", "pair_barriers_aligned",
+           "renormalized_path", "state_pair_barriers", "state_path"]
 
 #: Alignment methods of :func:`align_pair` (``"none"`` keeps ``model_b`` as it is).
 ALIGN_METHODS: tuple[str, ...] = ("none", "weight", "activation")
@@ -221,12 +221,12 @@ def _on(model: nn.Module, device: torch.device) -> nn.Module:
 
 @dataclass
 class PairAlignment:
-    """Result of :func:`align_pair`.
+    """Result of :func:`align_pair` / :func:`align_states`.
 
     Attributes:
         method: ``"none"``, ``"weight"`` or ``"activation"``.
-        perm: the permutation with ``apply_permutation(model_b, perm) == model`` (identity for ``"none"``).
-        model: ``model_b`` aligned to ``model_a`` (``model_b`` itself for ``"none"``).
+        perm: the permutation with ``apply_permutation(model_b, perm)`` = the aligned model (None for ``"none"``).
+        state: the aligned ``model_b`` as a state dict (``state_b`` itself for ``"none"``).
         objective: the matching objective of ``perm`` (sum of inner products for weight matching, sum of
             correlations for activation matching; NaN for ``"none"``).
         iterations: coordinate-descent sweeps (1 for activation matching, 0 for none).
@@ -234,14 +234,24 @@ class PairAlignment:
 
     method: str
     perm: Permutation | None
-    model: nn.Module
+    state: Mapping[str, torch.Tensor]
     objective: float
     iterations: int
 
 
-def align_pair(
-    model_a: nn.Module,
-    model_b: nn.Module,
+def _module(template: nn.Module, state: Mapping[str, torch.Tensor], device: torch.device | None) -> nn.Module:
+    """A copy of ``template`` holding ``state`` (for the analyses that need modules: hooks, REPAIR)."""
+    import copy
+
+    m = copy.deepcopy(template)
+    m.load_state_dict(state)
+    return m if device is None else m.to(device)
+
+
+def align_states(
+    template: nn.Module,
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
     method: str = "weight",
     data: Any = None,
     *,
@@ -250,20 +260,25 @@ def align_pair(
     max_iter: int = 100,
     batch_size: int = 256,
     device: str | torch.device | None = None,
+    models: tuple[nn.Module, nn.Module] | None = None,
 ) -> PairAlignment:
-    """Align ``model_b``'s hidden units to ``model_a`` (weight or activation matching), or leave it.
+    """Align the units of ``state_b`` to ``state_a`` (two state dicts of ``template``'s architecture).
+
+    Weight matching reads the state dicts directly (they may be views, e.g. into a training population's
+    stacked parameters); activation matching runs modules (built from the states unless ``models`` are given).
 
     Args:
-        model_a: reference model.
-        model_b: model to permute.
+        template: a module of the architecture (traced for the spec; its own tensors are not used).
+        state_a: reference parameters and buffers.
+        state_b: parameters and buffers to permute.
         method: one of :data:`ALIGN_METHODS`.
-        data: training inputs ``[N, ...]`` (or a data object with ``train_x``); needed by activation matching
-            and used to trace the spec.
-        spec: permutation spec (derived from ``model_a`` when None).
+        data: training inputs ``[N, ...]`` or a data object with ``train_x`` (activation matching; tracing).
+        spec: permutation spec (derived from ``template`` when None).
         seed: seed of weight matching's visiting order.
         max_iter: maximum coordinate-descent sweeps.
         batch_size: chunk size of activation passes.
         device: where activation matching runs.
+        models: ``(model_a, model_b)`` holding the states, if already built.
 
     Returns:
         :class:`PairAlignment`.
@@ -273,16 +288,90 @@ def align_pair(
     """
     _check("align", method, ALIGN_METHODS)
     if method == "none":
-        return PairAlignment("none", None, model_b, float("nan"), 0)
+        return PairAlignment("none", None, state_b, float("nan"), 0)
     x = None if data is None else train_inputs(data)
-    spec = resolve_spec(model_a, spec, None if x is None else x[:2].to(next(model_a.parameters()).device))
+    if spec is None:
+        example = infer_example_input(template) if x is None else x[:2]
+        spec = resolve_spec(template, None, example.to(next(template.parameters()).device))
     if method == "weight":
-        res = weight_matching(model_a, model_b, spec, max_iter=max_iter, seed=seed)
+        perm, iterations, objective = weight_matching_state_dicts(state_a, state_b, spec, max_iter=max_iter,
+                                                                  seed=seed)
     else:
         if x is None:
             raise ValueError("activation alignment needs data")
-        res = activation_matching(model_a, model_b, x, spec, batch_size=batch_size, device=device)
-    return PairAlignment(method, res.perm, res.model, float(res.objective), int(res.iterations))
+        dev = None if device is None else torch.device(device)
+        a, b = models if models is not None else (_module(template, state_a, dev), _module(template, state_b, dev))
+        res = activation_matching(a, b, x, spec, batch_size=batch_size, device=device)
+        perm, iterations, objective = res.perm, res.iterations, res.objective
+    return PairAlignment(method, perm, permute_state_dict(state_b, perm, spec), float(objective), int(iterations))
+
+
+def align_pair(model_a: nn.Module, model_b: nn.Module, method: str = "weight", data: Any = None,
+               **kwargs: Any) -> PairAlignment:
+    """:func:`align_states` for two models (``model_a`` is the template); keyword arguments as there."""
+    return align_states(model_a, model_a.state_dict(), model_b.state_dict(), method, data,
+                        models=(model_a, model_b), **kwargs)
+
+
+def state_pair_barriers(
+    template: nn.Module,
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+    data: Any,
+    align: str = "weight",
+    renorm: str = "none",
+    n_points: int = 25,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    models: tuple[nn.Module, nn.Module] | None = None,
+) -> tuple[dict[str, LinearPath], PairAlignment]:
+    """The re-basin experiment on one pair of state dicts: naive path, aligned path, aligned + renormalised path.
+
+    Paths without REPAIR-family renormalisation are evaluated functionally from the state dicts
+    (:func:`state_path`: nothing is copied for ``align="none"``; weight matching permutes a copy of ``state_b``);
+    ``repair``/``rescale``/``reshift`` and activation matching need modules, built from the states.
+
+    Args:
+        template: a module of the architecture.
+        state_a: ``alpha = 0`` endpoint (reference of the alignment).
+        state_b: ``alpha = 1`` endpoint (permuted).
+        data: ``DataSplits``-like object (the training split drives alignment and renormalisation).
+        align: one of :data:`ALIGN_METHODS`.
+        renorm: one of :data:`PATH_RENORMS`.
+        n_points: alphas per path.
+        splits: evaluated splits.
+        seed: seed of weight matching.
+        device: where to evaluate.
+        models: ``(model_a, model_b)`` holding the states, if already built.
+
+    Returns:
+        ``(paths, alignment)``: ``paths`` has ``"naive"`` (no alignment, no renormalisation), ``"aligned"``
+        (after alignment, no renormalisation; only when ``align != "none"``) and ``"final"`` (after alignment
+        and ``renorm``; the same object as the last stage when ``renorm == "none"``).
+
+    References:
+        Ainsworth et al. (2023); Jordan et al. (2023); Qu & Horvath (2024).
+    """
+    _check("align", align, ALIGN_METHODS)
+    _check("renorm", renorm, PATH_RENORMS)
+    alignment = align_states(template, state_a, state_b, align, data, seed=seed, device=device, models=models)
+    kw = {"splits": splits, "device": device}
+    paths = {"naive": state_path(template, state_a, state_b, data, n_points, **kw)}
+    last = paths["naive"]
+    if align != "none":
+        paths["aligned"] = last = state_path(template, state_a, alignment.state, data, n_points, **kw)
+    if renorm == "reset_bn":
+        paths["final"] = state_path(template, state_a, alignment.state, data, n_points, renorm="reset_bn", **kw)
+    elif renorm != "none":
+        dev = None if device is None else torch.device(device)
+        a = models[0] if models is not None else _module(template, state_a, dev)
+        b = _module(template, alignment.state, dev)
+        paths["final"] = renormalized_path(a, b, data, renorm, n_points, **kw)
+    else:
+        paths["final"] = last
+    return paths, alignment
 
 
 def pair_barriers_aligned(
@@ -297,35 +386,6 @@ def pair_barriers_aligned(
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> tuple[dict[str, LinearPath], PairAlignment]:
-    """The re-basin experiment on one pair: naive path, aligned path, aligned and renormalised path.
-
-    Args:
-        model_a: ``alpha = 0`` endpoint (reference of the alignment).
-        model_b: ``alpha = 1`` endpoint (permuted).
-        data: ``DataSplits``-like object (the training split drives alignment and renormalisation).
-        align: one of :data:`ALIGN_METHODS`.
-        renorm: one of :data:`PATH_RENORMS`.
-        n_points: alphas per path.
-        splits: evaluated splits.
-        seed: seed of weight matching.
-        device: where to evaluate.
-
-    Returns:
-        ``(paths, alignment)``: ``paths`` has ``"naive"`` (no alignment, no renormalisation), ``"aligned"``
-        (after alignment, no renormalisation; only when ``align != "none"``) and ``"final"`` (after alignment
-        and ``renorm``; the same object as the last stage when ``renorm == "none"``).
-
-    References:
-        Ainsworth et al. (2023); Jordan et al. (2023); Qu & Horvath (2024).
-    """
-    _check("align", align, ALIGN_METHODS)
-    _check("renorm", renorm, PATH_RENORMS)
-    alignment = align_pair(model_a, model_b, align, data, seed=seed, device=device)
-    paths = {"naive": renormalized_path(model_a, model_b, data, "none", n_points, splits=splits, device=device)}
-    last = paths["naive"]
-    if align != "none":
-        paths["aligned"] = last = renormalized_path(model_a, alignment.model, data, "none", n_points, splits=splits,
-                                                    device=device)
-    paths["final"] = last if renorm == "none" else renormalized_path(model_a, alignment.model, data, renorm,
-                                                                      n_points, splits=splits, device=device)
-    return paths, alignment
+    """:func:`state_pair_barriers` for two models (``model_a`` is the template); arguments as there."""
+    return state_pair_barriers(model_a, model_a.state_dict(), model_b.state_dict(), data, align, renorm, n_points,
+                               splits=splits, seed=seed, device=device, models=(model_a, model_b))

@@ -48,6 +48,7 @@ from zooscape.studies.cells import zoo_cells
 from zooscape.zoo.build import build_member, build_model, build_train_config, load_data
 from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.grid import canonical_json
+from zooscape.zoo.lmc_section import LMC_SPAWN_KEYS, LmcKeyError, check_lmc_section
 from zooscape.zoo.runner import plan_zoo
 from zooscape.zoo.spec import SpecError, ZooSpec, dump_spec, parse_spec
 from zooscape.zoo.store import ZooStore, is_zoo
@@ -76,15 +77,7 @@ __all__ = [
 ]
 
 DEFAULT_K1S: tuple[int, ...] = (0, 1, 2, 3, 5, 7, 10)
-LMC_KEYS: dict[str, str] = {
-    "k1s": "list of ints",
-    "k2s": '"all", "end" or a list of ints',
-    "replicates": "int >= 1",
-    "n_points": "int >= 2",
-    "bn_mode": '"interpolate" or "reset"',
-    "splits": "list of split names",
-    "child_data_seeds": "list of ints",
-}
+LMC_KEYS: dict[str, str] = LMC_SPAWN_KEYS
 SPAWN_EXPERIMENT = "lmc_spawn"
 PAIRS_EXPERIMENT = "lmc_pairs"
 LMC_DIR = "lmc"
@@ -114,15 +107,12 @@ class SpawnSpec:
         return "lmc-" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _int_list(file: str, key: str, value: Any) -> list[int]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                          for v in value):
-        raise SpecError(file, f"[lmc] '{key}'", f"must be a non-empty list of ints, got {value!r}")
-    return [int(v) for v in value]
-
-
 def parse_spawn_spec(doc: Mapping[str, Any], file: str | Path = "<memory>") -> SpawnSpec:
     """Validate a spawn spec document (a zoo spec plus ``[lmc]``).
+
+    The ``[lmc]`` section is checked by :func:`zooscape.zoo.lmc_section.check_lmc_section` (the same check as
+    ``zooscape zoo validate``); keys of LMC during training (``every``, ``align``, ...) are accepted and ignored
+    here.
 
     Args:
         doc: parsed TOML.
@@ -136,33 +126,13 @@ def parse_spawn_spec(doc: Mapping[str, Any], file: str | Path = "<memory>") -> S
     """
     file = str(file)
     doc = dict(doc)
-    raw = doc.pop("lmc", {})
-    if not isinstance(raw, dict):
-        raise SpecError(file, "[lmc]", "must be a table")
+    try:
+        raw = check_lmc_section(doc.pop("lmc", {}))
+    except LmcKeyError as exc:
+        raise SpecError(file, exc.key, exc.problem) from None
     lmc: dict[str, Any] = {"k1s": None, "k2s": "all", "replicates": 1, "n_points": 25, "bn_mode": "interpolate",
                            "splits": ["train", "test"], "child_data_seeds": None}
-    for key, value in raw.items():
-        if key not in LMC_KEYS:
-            raise SpecError(file, f"[lmc] '{key}'", f"unknown key (allowed: {', '.join(LMC_KEYS)})")
-        if key in ("k1s", "child_data_seeds"):
-            lmc[key] = _int_list(file, key, value)
-        elif key == "k2s":
-            if value not in ("all", "end"):
-                value = _int_list(file, key, value)
-            lmc[key] = value
-        elif key in ("replicates", "n_points"):
-            low = 1 if key == "replicates" else 2
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise SpecError(file, f"[lmc] '{key}'", f"must be an int >= {low}, got {value!r}")
-            lmc[key] = value
-        elif key == "bn_mode":
-            if value not in ("interpolate", "reset"):
-                raise SpecError(file, "[lmc] 'bn_mode'", f"must be 'interpolate' or 'reset', got {value!r}")
-            lmc[key] = value
-        elif key == "splits":
-            if not isinstance(value, list) or not value or not all(v in ("train", "val", "test") for v in value):
-                raise SpecError(file, "[lmc] 'splits'", f"must be a non-empty list of train/val/test, got {value!r}")
-            lmc[key] = list(value)
+    lmc.update({k: v for k, v in raw.items() if k in LMC_KEYS})
     zoo = parse_spec(doc, file=file)
     return SpawnSpec(zoo=zoo, lmc=lmc, path=file)
 

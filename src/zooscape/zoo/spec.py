@@ -5,7 +5,8 @@ A spec has the sections ``[zoo]`` (name, description), ``[dataset]`` (name and t
 arguments), ``[training]`` (:class:`zooscape.train.TrainConfig` fields plus ``seed`` and ``data_seed``),
 ``[checkpoints]`` (``epochs`` = list of ints or ``"all"``; ``optimizer`` = bool), ``[grid]`` (dotted keys such
 as ``"training.lr"`` mapped to lists of values; the zoo is their Cartesian product) and the optional
-``[population]`` (``max_size``). See ``docs/zoo-format.md``.
+``[population]`` (``max_size``) and ``[lmc]`` (linear mode connectivity: measured during training, or the
+spawn experiment's settings; :mod:`zooscape.zoo.lmc_section`). See ``docs/zoo-format.md``.
 
 Every problem raises :class:`SpecError`, whose message names the file and the key.
 """
@@ -26,6 +27,8 @@ from typing import Any
 import tomli_w
 import tomllib
 
+from zooscape.zoo.lmc_section import LmcKeyError, check_lmc_section
+
 __all__ = [
     "SpecError",
     "SpecSchema",
@@ -37,7 +40,7 @@ __all__ = [
     "spec_matches",
 ]
 
-SECTIONS = ("zoo", "dataset", "model", "training", "checkpoints", "grid", "population")
+SECTIONS = ("zoo", "dataset", "model", "training", "checkpoints", "grid", "population", "lmc")
 GRID_SECTIONS = ("dataset", "model", "training")
 DATASET_TYPES: dict[str, Any] = {
     "name": str,
@@ -175,6 +178,7 @@ class ZooSpec:
     save_optimizer: bool
     grid: dict[str, tuple[Any, ...]]
     max_population: int = DEFAULT_MAX_POPULATION
+    lmc: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as a TOML document (nested dicts and lists).
@@ -192,6 +196,7 @@ class ZooSpec:
             "checkpoints": {"epochs": ckpt, "optimizer": self.save_optimizer},
             "grid": {k: list(v) for k, v in self.grid.items()},
             "population": {"max_size": self.max_population},
+            **({"lmc": dict(self.lmc)} if self.lmc else {}),
         }
 
     def fingerprint(self) -> str:
@@ -520,6 +525,11 @@ def parse_spec(doc: Mapping[str, Any], file: str | Path = "<memory>", schema: Sp
     if max_size < 1:
         chk.fail("[population] 'max_size'", f"must be >= 1, got {max_size}")
 
+    try:
+        lmc = check_lmc_section(doc.get("lmc", {}))
+    except LmcKeyError as exc:
+        chk.fail(exc.key, exc.problem)
+
     return ZooSpec(
         path=file,
         name=name,
@@ -531,6 +541,7 @@ def parse_spec(doc: Mapping[str, Any], file: str | Path = "<memory>", schema: Sp
         save_optimizer=save_optimizer,
         grid=grid,
         max_population=max_size,
+        lmc=lmc,
     )
 
 
