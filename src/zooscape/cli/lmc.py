@@ -7,6 +7,7 @@ Commands:
 - ``zooscape lmc pairs DIR [--epoch E] [--align none|weight|activation] [--renorm none|reset_bn|repair|...]``:
   barriers between all seed pairs of every grid cell of a zoo before and after alignment and renormalisation,
   stored in its catalog (one task per pair on the zoo's engines).
+- ``zooscape lmc progress DIR``: barrier vs training progress per cell, from a zoo trained with ``[lmc] every``.
 - ``zooscape lmc plot DIR``: redraw the instability plot from the catalog of a spawn run.
 """
 
@@ -93,6 +94,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_quiet(q)
     add_workers_engine(q, what="the per-pair tasks")
     q.set_defaults(func=cmd_pairs)
+
+    pg = sub.add_parser("progress", help="barrier vs training progress per cell (LMC during training)",
+                        description="Plot the barriers measured during 'zooscape zoo train' of a spec with "
+                                    "[lmc] every = ... (one panel per grid cell: every seed pair and their mean; "
+                                    "naive, aligned and renormalised stages) and print the last measurement.")
+    pg.add_argument("dir", metavar="DIR", help="zoo directory")
+    add_out(pg, metavar="PNG", help="file to write (default DIR/lmc/train_<metric>_<split>_<definition>.png)")
+    _plot_args(pg)
+    pg.set_defaults(func=cmd_progress)
 
     pl = sub.add_parser("plot", help="instability plot (barrier vs k1, one line per k2) from a spawn run",
                         description="Read the spawn results from DIR's catalog and write one PNG per main branch.")
@@ -192,4 +202,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
             out = Path(args.out) if args.out else (
                 Path(args.dir) / "lmc" / f"{main_id}_{args.metric}_{split}_{args.definition}.png")
             print(save_figure(fig, out))
+    return 0
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    """Run ``zooscape lmc progress``; returns the exit code."""
+    from pathlib import Path
+
+    from zooscape._io import save_figure
+    from zooscape.studies.lmc_train import plot_training_lmc, training_lmc_records
+
+    records = training_lmc_records(args.dir)
+    if not records:
+        raise ValueError(f"{args.dir} holds no LMC measured during training (add [lmc] every = ... to the spec)")
+    splits = split_list(args.splits)
+    if args.out is not None and len(splits) > 1:
+        raise ValueError("--out names one file but several splits were asked for; omit --out")
+    for split in splits:
+        key = f"barrier_{args.metric}_{split}_{args.definition}"
+        if key not in records[0]:
+            raise ValueError(f"{args.dir}: no {key} stored (measured splits: {records[0]['params']['splits']})")
+        fig = plot_training_lmc(records, args.metric, split, args.definition,
+                                title=f"{args.definition} {split} {args.metric} barrier during training")
+        out = Path(args.out) if args.out else (
+            Path(args.dir) / "lmc" / f"train_{args.metric}_{split}_{args.definition}.png")
+        print(save_figure(fig, out))
+        last = max(r["epoch"] for r in records)
+        for r in records:
+            if r["epoch"] == last:
+                print(f"  {r['cell_label']}: {r['model_id']} - {r['other_id']} at epoch {last}: naive "
+                      f"{r['naive_' + key]:.4f}, final {r[key]:.4f}")
     return 0

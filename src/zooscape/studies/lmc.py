@@ -45,6 +45,7 @@ import tomllib
 
 from zooscape._io import atomic_write_bytes, json_ready, save_figure
 from zooscape.studies.cells import zoo_cells
+from zooscape.studies.lmc_train import LMC_DIR, pair_values
 from zooscape.zoo.build import build_member, build_model, build_train_config, load_data
 from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.grid import canonical_json
@@ -80,7 +81,6 @@ DEFAULT_K1S: tuple[int, ...] = (0, 1, 2, 3, 5, 7, 10)
 LMC_KEYS: dict[str, str] = LMC_SPAWN_KEYS
 SPAWN_EXPERIMENT = "lmc_spawn"
 PAIRS_EXPERIMENT = "lmc_pairs"
-LMC_DIR = "lmc"
 
 
 @dataclass(frozen=True)
@@ -440,29 +440,6 @@ class LmcPairTask:
     cell: int
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
-
-
-def _prefixed(prefix: str, path: Any) -> dict[str, float]:
-    return {f"{prefix}{k}": v for k, v in [("distance", path.distance), *path.flat_barriers().items()]}
-
-
-def pair_values(paths: Mapping[str, Any], alignment: Any) -> dict[str, float]:
-    """The stored values of one pair: final, naive and aligned barriers and distances, the alignment objective.
-
-    Args:
-        paths: output of :func:`zooscape.align.lmc.pair_barriers_aligned` (``naive``, ``aligned``, ``final``).
-        alignment: its :class:`~zooscape.align.lmc.PairAlignment`.
-
-    Returns:
-        ``{"distance", "barrier_<metric>_<split>_<definition>", "naive_...", "aligned_...", "align_objective",
-        "align_iterations"}`` (``aligned_*`` and ``align_*`` only when the pair was aligned).
-    """
-    out = {**_prefixed("", paths["final"]), **_prefixed("naive_", paths["naive"])}
-    if "aligned" in paths:
-        out.update(_prefixed("aligned_", paths["aligned"]))
-        out["align_objective"] = float(alignment.objective)
-        out["align_iterations"] = float(alignment.iterations)
-    return out
 
 
 def permutation_bytes(perm: Any, metadata: Mapping[str, Any]) -> bytes:

@@ -133,6 +133,12 @@ class EpochReport:
         """One CPU state dict per member."""
         return self._population.state_dicts()
 
+    def member_views(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s parameters and buffers (keys of its state dict) as views into the population's
+        tensors: no copy. Read only, and valid only until training continues."""
+        own = self._population.net.state_dict()
+        return {k: own[k][index] for k in self._population._names}
+
     def optimizer_states(self) -> list[dict[str, Tensor]]:
         """One flat optimizer-state dict per member (safetensors-ready)."""
         return [self._optimizer.member_state(i) for i in range(self._population.size)]

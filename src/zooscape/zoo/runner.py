@@ -26,6 +26,7 @@ from zooscape.zoo.build import (
 from zooscape.zoo.catalog import FINISHED, Catalog
 from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_key, resolve_sizes
+from zooscape.zoo.lmc_section import training_lmc
 from zooscape.zoo.spec import SpecError, ZooSpec, load_spec
 from zooscape.zoo.store import ZooExistsError, ZooStore, is_zoo
 from zooscape.zoo.task import GroupTask, run_group
@@ -280,6 +281,8 @@ class _Driver:
             gid = event["group_id"]
             self.counted[gid] = self.counted.get(gid, 0) + event["model_epochs"]
             self.bar.update(event["model_epochs"])
+        elif kind == "analyses":  # LMC measured during training (zooscape.studies.lmc_train)
+            self.catalog.add_analyses(event["rows"])
         else:
             raise ValueError(f"unknown engine event type {kind!r}")
 
@@ -366,6 +369,7 @@ def train_zoo(
             statuses = catalog.statuses()
             by_id = {c["model_id"]: c for c in plan.configs}
             tasks, epochs_of = [], {}
+            lmc = training_lmc(spec.lmc)
             for group in plan.groups:
                 if all(statuses.get(m) in FINISHED for m in group.model_ids):
                     store.delete_resume(group.group_id)  # stale file of a group recorded as finished
@@ -382,6 +386,7 @@ def train_zoo(
                         checkpoint_epochs=list(checkpoint_epochs(spec.checkpoint_epochs, epochs)),
                         save_optimizer=spec.save_optimizer,
                         device=device,
+                        extra={"lmc": lmc} if lmc else {},
                     )
                 )
             total = sum(len(t.model_ids) * epochs_of[t.group_id] for t in tasks)

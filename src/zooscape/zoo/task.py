@@ -40,6 +40,8 @@ class GroupTask:
         checkpoint_epochs: epochs to checkpoint.
         save_optimizer: also write optimizer-state shards.
         device: torch device for training ("auto" lets the trainer choose).
+        extra: optional per-task settings; ``extra["lmc"]``: LMC measured during training
+            (:func:`zooscape.zoo.lmc_section.training_lmc`).
     """
 
     root: str
@@ -100,6 +102,22 @@ def _select(items: Sequence[Any], members: Sequence[int], ids: Sequence[str]) ->
     return {ids[i]: items[i] for i in members}
 
 
+def _training_lmc(task: GroupTask, data: Any, emit_stored: bool) -> Any:
+    """The group's :class:`zooscape.studies.lmc_train.TrainingLmc` when the spec asks for LMC during training
+    (``task.extra["lmc"]``), after replaying its stored rows to the driver on a restart; else None."""
+    settings = task.extra.get("lmc")
+    if not settings:
+        return None
+    from zooscape.studies.lmc_train import TrainingLmc
+
+    first = task.configs[0]
+    template = build_model(first["model"], seed=0, model_args=first.get("derived", {}).get("model_args"))
+    lmc = TrainingLmc(task.root, task.group_id, task.model_ids, task.configs, settings, data, template)
+    if emit_stored and lmc.stored_rows():
+        emit({"type": "analyses", "group_id": task.group_id, "rows": lmc.stored_rows()})
+    return lmc
+
+
 def run_group(task: GroupTask) -> dict[str, Any]:
     """Train (or resume) one group; see the module docstring for the write order.
 
@@ -134,8 +152,13 @@ def run_group(task: GroupTask) -> dict[str, Any]:
         emit(recorder.rows())  # replay: idempotent upserts of everything already trained
 
     ids = task.model_ids
+    lmc = _training_lmc(task, data, emit_stored=resumed is not None)
 
     def callback(report: Any) -> None:
+        if lmc is not None:  # LMC during training ([lmc] every): reads the members' views before anything moves
+            rows = lmc.measure(report)
+            if rows:
+                emit({"type": "analyses", "group_id": task.group_id, "rows": rows})
         recorded, stopped = recorder.observe(report.epoch, report.metrics, report.status, report.reasons)
         ckpt = recorder.checkpoint_members(report.epoch, stopped)
         if ckpt:
