@@ -96,3 +96,38 @@ def test_resumes_and_runs_on_worker_processes(zoo_dir, capsys):
     assert main(["lmc", "pairs", str(zoo_dir), "--n-points", "3", "--splits", "test", "--bn-mode", "reset",
                  "--quiet"]) == 0
     assert "--bn-mode is deprecated" in capsys.readouterr().err
+
+
+def test_align_merge_stores_a_derived_model_linked_to_its_sources(zoo_dir, capsys):
+    from zooscape.studies.cells import zoo_cells
+    from zooscape.studies.merges import merge_cells
+
+    (plain,) = merge_cells(zoo_dir, method="none", device="cpu")
+    assert main(["align", "merge", str(zoo_dir), "--cell", "0", "--method", "weight", "--renorm", "repair",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    assert "cell 0: merged 2 models (weight, renorm repair)" in out.err and "1 merged model(s)" in out.out
+    with open_zoo(zoo_dir) as zoo:
+        sources = sorted(m for m in zoo.model_ids if not m.startswith("merge-"))
+        merged = [m for m in zoo.model_ids if m.startswith("merge-") and m != plain["merge_id"]]
+        (mid,) = merged
+        cfg = zoo.config(mid)
+        assert cfg["derived"]["merge"]["sources"] == sources
+        assert cfg["derived"]["merge"]["method"] == "weight" and cfg["derived"]["merge"]["renorm"] == "repair"
+        assert [c.model_ids for c in zoo_cells(zoo)] == [tuple(sources)]  # merged models are not grid members
+        model, data = zoo.load_model(mid, 8), zoo.data()
+        with torch.no_grad():
+            acc = float((model.eval()(data.test_x).argmax(1) == data.test_y).float().mean())
+        stored = zoo.analyses("merge_test_acc")
+        rebasin = float(stored[stored.model_id == mid].value.iloc[0])
+        delta = float(zoo.analyses("merge_delta_test_acc").set_index("model_id").loc[mid, "value"])
+        metrics = zoo.metrics()
+        row = metrics[(metrics.model_id == mid) & (metrics.name == "test_acc")]
+        assert list(row.epoch) == [8] and float(row.value.iloc[0]) == pytest.approx(rebasin)
+    assert acc == pytest.approx(rebasin, abs=1e-6)
+    # Git Re-Basin + REPAIR merges far better than plain averaging of two width-64 MLPs
+    assert rebasin > plain["merge_test_acc"] + 0.02, (rebasin, plain)
+    assert delta == pytest.approx(rebasin - plain["merge_sources_test_acc"], abs=1e-9)
+    assert merge_cells(zoo_dir, method="none", device="cpu") == []  # stored: skipped
+    with pytest.raises(ValueError, match="no grid cell"):
+        merge_cells(zoo_dir, cells=[5])
