@@ -168,3 +168,33 @@ def test_register_model_custom_family(monkeypatch):
         @register_model("broken2")
         def broken2(*, num_classes, in_channels, input_size, activation, dropout, size):
             return nn.Identity()
+
+
+def test_rethink_rebasin_names_are_aliases_of_registered_models():
+    import torch
+
+    from zooscape.models import create_model, get_model_entry, list_aliases, list_models
+    from zooscape.zoo.spec import parse_spec
+
+    table = list_aliases()
+    assert table["cifar_vgg11_bn"] == ("vgg11_bn", {"width": 1.0})
+    assert table["cifar_vgg16_bn_4x"] == ("vgg16_bn", {"width": 4.0})
+    assert table["cifar_vgg11_nobias"] == ("vgg11_nobias", {"width": 1.0})
+    assert table["plain_cifar_resnet20"] == ("resnet20", {"norm": "none", "width": 16})
+    assert table["cifar_resnet20_ln_4x"] == ("resnet20", {"norm": "ln", "width": 64})
+    assert "cifar_vgg11" not in list_models() and "cifar_vgg11" in list_models("cifar_*", aliases=True)
+    # the alias builds exactly the canonical model and records the canonical config
+    a = create_model("cifar_vgg11_bn_2x", in_channels=3, seed=3)
+    b = create_model("vgg11_bn", in_channels=3, width=2.0, seed=3)
+    assert a.zoo_config == b.zoo_config and a.zoo_config["name"] == "vgg11_bn"
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    ln = create_model("cifar_resnet20_ln", in_channels=3, seed=0)
+    assert ln.zoo_config["norm"] == "ln" and ln.zoo_config["width"] == 16
+    assert "width" not in get_model_entry("cifar_resnet20").family_kwargs
+    with pytest.raises(ValueError, match="fixes"):
+        create_model("cifar_resnet20_4x", width=8)
+    with pytest.raises(ValueError, match="did you mean"):
+        create_model("cifar_vgg11_bnn")
+    spec = parse_spec({"dataset": {"name": "digits"}, "model": {"name": "cifar_vgg11_nobias"},
+                       "training": {"epochs": 1}})
+    assert spec.model["name"] == "cifar_vgg11_nobias"

@@ -46,9 +46,46 @@ class ModelEntry:
     builder: Callable[..., nn.Module]
     init_bias: float
     family_kwargs: tuple[str, ...]
+    alias_of: str | None = None
+    fixed: tuple[tuple[str, Any], ...] = ()
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+def register_alias(alias: str, target: str, **fixed: Any) -> None:
+    """Register ``alias`` as another name of ``target`` with some family arguments fixed.
+
+    ``create_model(alias, **kw)`` builds ``create_model(target, **fixed, **kw)`` and records the *target* name
+    and the fixed arguments in ``model.zoo_config`` (so configs are canonical). Aliases are accepted wherever a
+    model name is (specs, ``get_model_entry``) but listed only by ``list_models(..., aliases=True)`` and
+    :func:`list_aliases`.
+
+    Args:
+        alias: the other name (e.g. the Rethink Re-Basin code's ``"cifar_vgg16_bn_4x"``).
+        target: a registered model name.
+        **fixed: family arguments the alias fixes (e.g. ``width=4.0``).
+    """
+    if alias in _REGISTRY or alias in _ALIASES:
+        raise ValueError(f"model name {alias!r} is already registered")
+    entry = get_model_entry(target)
+    unknown = sorted(set(fixed) - set(entry.family_kwargs))
+    if unknown:
+        raise ValueError(f"alias {alias!r} fixes {unknown}, which are not family arguments of {target!r}")
+    _ALIASES[alias] = (target, dict(fixed))
+
+
+def list_aliases(pattern: str = "*") -> dict[str, tuple[str, dict[str, Any]]]:
+    """Registered aliases matching a pattern: ``{alias: (target, fixed arguments)}``, sorted by alias.
+
+    Args:
+        pattern: ``fnmatch`` pattern.
+
+    Returns:
+        dict.
+    """
+    return {a: (t, dict(f)) for a, (t, f) in sorted(_ALIASES.items()) if fnmatch.fnmatchcase(a, pattern)}
 
 
 def register_model(name: str, *, init_bias: float = 0.0) -> Callable[[Callable[..., nn.Module]], Callable]:
@@ -88,31 +125,39 @@ def register_model(name: str, *, init_bias: float = 0.0) -> Callable[[Callable[.
     return decorator
 
 
-def list_models(pattern: str = "*") -> list[str]:
+def list_models(pattern: str = "*", aliases: bool = False) -> list[str]:
     """Registered model names matching a shell-style pattern, sorted.
 
     Args:
         pattern: ``fnmatch`` pattern (e.g. ``"vgg*_bn"``).
+        aliases: also list the aliases (:func:`register_alias`).
 
     Returns:
         Sorted list of names.
     """
     if not isinstance(pattern, str):
         raise ValueError(f"pattern must be a string, got {pattern!r}")
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    names = list(_REGISTRY) + (list(_ALIASES) if aliases else [])
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_model_entry(name: str) -> ModelEntry:
     """Registry entry of ``name``.
 
     Args:
-        name: registered model name.
+        name: registered model name or alias (an alias's entry has ``alias_of`` and ``fixed`` set and lacks the
+            fixed arguments in ``family_kwargs``).
 
     Returns:
         The :class:`ModelEntry`.
     """
+    if isinstance(name, str) and name in _ALIASES:
+        target, fixed = _ALIASES[name]
+        base = _REGISTRY[target]
+        return ModelEntry(name, base.builder, base.init_bias,
+                          tuple(k for k in base.family_kwargs if k not in fixed), target, tuple(fixed.items()))
     if not isinstance(name, str) or name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
+        close = difflib.get_close_matches(str(name), list(_REGISTRY) + list(_ALIASES), n=3)
         hint = f" (did you mean {close}?)" if close else ""
         raise ValueError(f"unknown model name {name!r}{hint}; valid choices: {list_models()}")
     return _REGISTRY[name]
@@ -153,7 +198,7 @@ def create_model(
     on every device. Without ``seed`` the global RNG is used as PyTorch does.
 
     Args:
-        name: registered model name (see :func:`list_models`).
+        name: registered model name (see :func:`list_models`) or alias (see :func:`list_aliases`).
         num_classes: output size (logits ``[B, num_classes]``).
         in_channels: input channels C of ``[B, C, H, W]`` inputs.
         input_size: ``S``, ``(H, W)``, ``(C, H, W)`` or, for ``mlp``, the flat size ``D``; None -> the family
@@ -173,6 +218,13 @@ def create_model(
         Registry design after timm (Wightman, 2019).
     """
     entry = get_model_entry(name)
+    if entry.alias_of is not None:
+        clash = sorted(set(kwargs) & {k for k, _ in entry.fixed})
+        if clash:
+            raise ValueError(f"model {name!r} is an alias of {entry.alias_of!r} that fixes {clash}; "
+                             f"use {entry.alias_of!r} to set them")
+        name, kwargs = entry.alias_of, {**dict(entry.fixed), **kwargs}
+        entry = get_model_entry(name)
     _check_common(num_classes, in_channels, activation, dropout, seed)
     init_name = check_init(init)
     unknown = sorted(set(kwargs) - set(entry.family_kwargs))

@@ -126,7 +126,7 @@ def default_schema() -> SpecSchema:
         types_[f.name] = ann
     return SpecSchema(
         datasets=_call_lister(list_datasets),
-        models=_call_lister(list_models),
+        models=_call_lister(lambda: list_models("*", aliases=True)),
         training_types=types_,
         training_defaults=defaults,
         dataset_keys=_dataset_keys(),
