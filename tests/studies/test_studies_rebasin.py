@@ -131,3 +131,27 @@ def test_align_merge_stores_a_derived_model_linked_to_its_sources(zoo_dir, capsy
     assert merge_cells(zoo_dir, method="none", device="cpu") == []  # stored: skipped
     with pytest.raises(ValueError, match="no grid cell"):
         merge_cells(zoo_dir, cells=[5])
+
+
+def test_spawn_store_main_branches_are_grid_members(tmp_path, capsys):
+    """lmc pairs / metrics run find the main branches of a spawn store; zoo validate accepts its spec."""
+    from pathlib import Path
+
+    from zooscape.studies.metrics import run_metrics
+
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "lmc_spawn_digits.toml"
+    assert main(["zoo", "validate", str(shipped)]) == 0
+    spec = tmp_path / "spawn.toml"
+    spec.write_text(SPEC.replace("[checkpoints]\nepochs = [8]\n", "").replace("epochs = 8", "epochs = 2")
+                    .replace("width = 64", "width = 16") + '\n[lmc]\nk1s = [0]\nk2s = "end"\nn_points = 3\n')
+    assert main(["zoo", "validate", str(spec)]) == 0
+    out = tmp_path / "spawn"
+    assert main(["lmc", "spawn", str(spec), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    (row,) = pair_barriers(out, n_points=3, splits=("test",), align="weight", device="cpu")
+    with open_zoo(out) as zoo:
+        roles = {m: zoo.config(m)["derived"]["lmc"]["role"] for m in zoo.model_ids}
+    assert sorted(roles.values()) == ["child", "child", "main", "main"]
+    assert roles[row["model_id"]] == roles[row["other_id"]] == "main"
+    cka = run_metrics(out, "cka", params={"n_samples": 64})
+    assert {(r["model_id"], r["other_id"]) for r in cka} == {(row["model_id"], row["other_id"])}
