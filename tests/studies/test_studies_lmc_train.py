@@ -1,6 +1,7 @@
 """LMC during training ([lmc] every = ... in a zoo spec): the series, its agreement with lmc pairs, resuming."""
 
 import pytest
+from studies_specs import mlp_digits_spec
 
 from zooscape.cli import main
 from zooscape.studies.lmc import pair_barriers
@@ -9,39 +10,14 @@ from zooscape.zoo import train_zoo
 from zooscape.zoo.lmc_section import LmcKeyError, check_lmc_section, measure_epochs, training_lmc
 from zooscape.zoo.spec import SpecError, load_spec
 
-SPEC = """
-[zoo]
-name = "lmc-train"
-
-[dataset]
-name = "digits"
-seed = 0
-
-[model]
-name = "mlp"
-width = 64
-depth = 2
-activation = "relu"
-
-[training]
-epochs = 5
-batch_size = 32
-optimizer = "adam"
-lr = 0.003
-
-[checkpoints]
-epochs = [5]
-
-[grid]
-"training.seed" = [0, 1]
-
+SPEC = mlp_digits_spec("lmc-train", 5, extra="""
 [lmc]
 every = 0.2
 align = "weight"
 renorm = "repair"
 n_points = 5
 splits = ["test"]
-"""
+""")
 KEY = "barrier_loss_test_linear"
 
 

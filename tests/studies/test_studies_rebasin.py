@@ -2,38 +2,14 @@
 
 import pytest
 import torch
+from studies_specs import mlp_digits_spec
 
 from zooscape.align import Permutation, apply_permutation, permutation_spec, weight_matching
 from zooscape.cli import main
 from zooscape.studies.lmc import load_permutation, pair_barriers, pair_params, permutation_path
 from zooscape.zoo import open_zoo, train_zoo
 
-SPEC = """
-[zoo]
-name = "rebasin-test"
-
-[dataset]
-name = "digits"
-seed = 0
-
-[model]
-name = "mlp"
-width = 64
-depth = 2
-activation = "relu"
-
-[training]
-epochs = 8
-batch_size = 32
-optimizer = "adam"
-lr = 0.003
-
-[checkpoints]
-epochs = [8]
-
-[grid]
-"training.seed" = [0, 1]
-"""
+SPEC = mlp_digits_spec("rebasin-test", 8)
 
 
 @pytest.fixture(scope="module")

@@ -374,18 +374,10 @@ def state_pair_barriers(
     return paths, alignment
 
 
-def pair_barriers_aligned(
-    model_a: nn.Module,
-    model_b: nn.Module,
-    data: Any,
-    align: str = "weight",
-    renorm: str = "none",
-    n_points: int = 25,
-    *,
-    splits: Sequence[str] = ("train", "test"),
-    seed: int = 0,
-    device: str | torch.device | None = None,
-) -> tuple[dict[str, LinearPath], PairAlignment]:
-    """:func:`state_pair_barriers` for two models (``model_a`` is the template); arguments as there."""
+def pair_barriers_aligned(model_a: nn.Module, model_b: nn.Module, data: Any, align: str = "weight",
+                          renorm: str = "none", n_points: int = 25,
+                          **kwargs: Any) -> tuple[dict[str, LinearPath], PairAlignment]:
+    """:func:`state_pair_barriers` for two models (``model_a`` is the template); keyword arguments (``splits``,
+    ``seed``, ``device``) as there."""
     return state_pair_barriers(model_a, model_a.state_dict(), model_b.state_dict(), data, align, renorm, n_points,
-                               splits=splits, seed=seed, device=device, models=(model_a, model_b))
+                               models=(model_a, model_b), **kwargs)

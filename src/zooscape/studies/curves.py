@@ -18,14 +18,14 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zooscape._io import atomic_write_bytes
 from zooscape.studies.cells import zoo_cells
 from zooscape.studies.curve_runs import _write_json
-from zooscape.studies.jobs import commit_task_results, stored_keys, zoo_store
+from zooscape.studies.jobs import PairTask, commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import canonical_json
 
@@ -109,27 +109,12 @@ def pair_train_config(params: Mapping[str, Any]) -> Any:
     return CurveTrainConfig(**values)
 
 
-@dataclass
-class CurvePairTask:
+class CurvePairTask(PairTask):
     """One seed pair of a grid cell: train and evaluate a curve between two models at one epoch (picklable).
 
-    Args:
-        root: zoo directory.
-        model_id: start of the curve (the smaller id).
-        other_id: end of the curve.
-        epoch: checkpointed epoch of both models.
-        cell: index of the grid cell (as in :func:`curve_records`).
-        params: every setting, from :func:`pair_params`.
-        device: torch device.
+    Fields as :class:`~zooscape.studies.jobs.PairTask`: ``model_id`` is the start of the curve, ``other_id`` its
+    end, ``params`` every setting from :func:`pair_params`.
     """
-
-    root: str
-    model_id: str
-    other_id: str
-    epoch: int
-    cell: int
-    params: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
 
 
 def run_curve_pair_task(task: CurvePairTask) -> dict[str, Any]:

@@ -12,7 +12,9 @@ row is stored with exactly the same ``params``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,53 @@ from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.engines import Engine
 from zooscape.zoo.store import ZooStore, is_zoo
 
-__all__ = ["commit_task_results", "stored_keys", "zoo_store"]
+__all__ = ["PairTask", "commit_task_results", "experiment_records", "stored_keys", "zoo_store"]
+
+
+@dataclass
+class PairTask:
+    """One seed pair of a grid cell at one epoch, for a pairwise study's task function (picklable).
+
+    Args:
+        root: zoo directory.
+        model_id: first model of the pair (the smaller id).
+        other_id: second model.
+        epoch: checkpointed epoch of both models.
+        cell: index of the grid cell.
+        params: every setting of the study (stored with its rows).
+        device: torch device.
+    """
+
+    root: str
+    model_id: str
+    other_id: str
+    epoch: int
+    cell: int
+    params: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+
+
+def experiment_records(catalog: Catalog, experiment: str) -> list[dict[str, Any]]:
+    """The ``analyses`` rows of one study as flat records, one per (model, other, epoch, settings).
+
+    Args:
+        catalog: the zoo's catalog.
+        experiment: the ``params["experiment"]`` of the study's rows.
+
+    Returns:
+        dicts with ``model_id``, ``other_id``, ``epoch``, ``params`` and one entry per stored metric (NULL as NaN),
+        in the order the rows were stored.
+    """
+    rows = catalog.query("SELECT model_id, other_id, epoch, metric, value, params FROM analyses WHERE params LIKE ? "
+                         "ORDER BY id", (f'%"{experiment}"%',))
+    records: dict[tuple[str, str | None, int, str], dict[str, Any]] = {}
+    for a, b, e, metric, value, p in rows:
+        params = json.loads(p)
+        if params.get("experiment") != experiment:
+            continue
+        rec = records.setdefault((a, b, int(e), p), {"model_id": a, "other_id": b, "epoch": int(e), "params": params})
+        rec[metric] = math.nan if value is None else float(value)
+    return list(records.values())
 
 
 def zoo_store(zoo_dir: str | Path) -> ZooStore:

@@ -37,7 +37,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ import tomllib
 
 from zooscape._io import atomic_write_bytes, json_ready, save_figure
 from zooscape.studies.cells import zoo_cells
+from zooscape.studies.jobs import PairTask
 from zooscape.studies.lmc_train import LMC_DIR, pair_values
 from zooscape.zoo.build import build_member, build_model, build_train_config, load_data
 from zooscape.zoo.catalog import Catalog
@@ -419,27 +420,12 @@ def pair_params(n_points: int = 25, splits: Sequence[str] = ("train", "test"), a
             "renorm": renorm, "seed": int(seed)}
 
 
-@dataclass
-class LmcPairTask:
+class LmcPairTask(PairTask):
     """One seed pair of a grid cell at one epoch: align, renormalise, evaluate the linear paths (picklable).
 
-    Args:
-        root: zoo directory.
-        model_id: ``alpha = 0`` endpoint and reference of the alignment (the smaller id).
-        other_id: ``alpha = 1`` endpoint (permuted).
-        epoch: checkpointed epoch of both models.
-        cell: index of the grid cell.
-        params: settings from :func:`pair_params`.
-        device: torch device.
+    Fields as :class:`~zooscape.studies.jobs.PairTask`: ``model_id`` is the ``alpha = 0`` endpoint and the
+    reference of the alignment, ``other_id`` the permuted one, ``params`` from :func:`pair_params`.
     """
-
-    root: str
-    model_id: str
-    other_id: str
-    epoch: int
-    cell: int
-    params: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
 
 
 def permutation_bytes(perm: Any, metadata: Mapping[str, Any]) -> bytes:
@@ -713,21 +699,15 @@ def pair_records(zoo_dir: str | Path, params: Mapping[str, Any] | None = None) -
     Raises:
         FileNotFoundError: not a zoo directory.
     """
-    from zooscape.studies.jobs import zoo_store
+    from zooscape.studies.jobs import experiment_records, zoo_store
     from zooscape.zoo.reader import open_zoo
 
     store = zoo_store(zoo_dir)
     with open_zoo(store.root) as zoo:
-        rows = zoo.catalog.query("SELECT model_id, other_id, epoch, metric, value, params FROM analyses "
-                                 "WHERE params LIKE ? ORDER BY id", (f'%"{PAIRS_EXPERIMENT}"%',))
+        records = experiment_records(zoo.catalog, PAIRS_EXPERIMENT)
         cell_of = {m: c.index for c in zoo_cells(zoo) for m in c.model_ids}
     wanted = None if params is None else canonical_json(dict(params))
-    records: dict[tuple[str, str, int, str], dict[str, Any]] = {}
-    for a, b, e, metric, value, p in rows:
-        stored = json.loads(p)
-        if stored.get("experiment") != PAIRS_EXPERIMENT or (wanted is not None and canonical_json(stored) != wanted):
-            continue
-        rec = records.setdefault((a, b, int(e), p), {"model_id": a, "other_id": b, "epoch": int(e),
-                                                     "cell": cell_of.get(a, -1), "params": stored})
-        rec[metric] = math.nan if value is None else float(value)
-    return sorted(records.values(), key=lambda r: (r["cell"], r["model_id"], r["other_id"], r["epoch"]))
+    records = [r for r in records if wanted is None or canonical_json(r["params"]) == wanted]
+    for r in records:
+        r["cell"] = cell_of.get(r["model_id"], -1)
+    return sorted(records, key=lambda r: (r["cell"], r["model_id"], r["other_id"], r["epoch"]))

@@ -26,7 +26,6 @@ than ``[population] max_size``) are not compared during training (``lmc pairs`` 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,28 +188,18 @@ def training_lmc_records(zoo_dir: str | Path) -> list[dict[str, Any]]:
         FileNotFoundError: not a zoo directory.
     """
     from zooscape.studies.cells import zoo_cells
-    from zooscape.studies.jobs import zoo_store
+    from zooscape.studies.jobs import experiment_records, zoo_store
     from zooscape.zoo.reader import open_zoo
 
     store = zoo_store(zoo_dir)
     with open_zoo(store.root) as zoo:
-        rows = zoo.catalog.query("SELECT model_id, other_id, epoch, metric, value, params FROM analyses "
-                                 "WHERE params LIKE ? ORDER BY id", (f'%"{TRAIN_EXPERIMENT}"%',))
-        cells = zoo_cells(zoo)
-    cell_of = {m: c for c in cells for m in c.model_ids}
-    records: dict[tuple[str, str, int, str], dict[str, Any]] = {}
-    for a, b, e, metric, value, p in rows:
-        params = json.loads(p)
-        if params.get("experiment") != TRAIN_EXPERIMENT:
-            continue
-        cell = cell_of.get(a)
-        rec = records.setdefault((a, b, int(e), p), {
-            "model_id": a, "other_id": b, "epoch": int(e), "progress": int(e) / max(1, int(params["epochs"])),
-            "cell": -1 if cell is None else cell.index, "cell_label": "" if cell is None else cell.label,
-            "params": params,
-        })  # fmt: skip
-        rec[metric] = math.nan if value is None else float(value)
-    return sorted(records.values(), key=lambda r: (r["cell"], r["model_id"], r["other_id"], r["epoch"]))
+        records = experiment_records(zoo.catalog, TRAIN_EXPERIMENT)
+        cell_of = {m: c for c in zoo_cells(zoo) for m in c.model_ids}
+    for r in records:
+        cell = cell_of.get(r["model_id"])
+        r["progress"] = r["epoch"] / max(1, int(r["params"]["epochs"]))
+        r["cell"], r["cell_label"] = (-1, "") if cell is None else (cell.index, cell.label)
+    return sorted(records, key=lambda r: (r["cell"], r["model_id"], r["other_id"], r["epoch"]))
 
 
 def plot_training_lmc(records: Sequence[Mapping[str, Any]], metric: str = "error", split: str = "test",
