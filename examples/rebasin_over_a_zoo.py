@@ -45,11 +45,11 @@ def main() -> None:
     print(f"mean test {args.metric} barrier over seed pairs (min..max)")
     for norm in norms:
         print(f"norm = {norm}")
-        print("stage".ljust(28) + "".join(f"{w:>16d}" for w in widths))
+        print("stage".ljust(28) + "".join(f"{w:>22d}" for w in widths))
         for name in stages:
             cells = [table.get((name, norm, w), []) for w in widths]
-            print(name.ljust(28) + "".join(f"{statistics.mean(v):8.4f} ({min(v):.3f}..{max(v):.3f})"[:16].rjust(16)
-                                         if v else " " * 16 for v in cells))
+            print(name.ljust(28) + "".join(f"{statistics.mean(v):.4f} ({min(v):.3f}-{max(v):.3f})".rjust(22)
+                                         if v else " " * 22 for v in cells))
 
     import matplotlib
 

@@ -4,7 +4,7 @@ import pytest
 from studies_specs import mlp_digits_spec
 
 from zooscape.cli import main
-from zooscape.studies.lmc import pair_barriers
+from zooscape.studies.lmc_pairs import pair_barriers
 from zooscape.studies.lmc_train import seed_pairs, training_lmc_records
 from zooscape.zoo import train_zoo
 from zooscape.zoo.lmc_section import LmcKeyError, check_lmc_section, measure_epochs, training_lmc

@@ -6,7 +6,7 @@ from studies_specs import mlp_digits_spec
 
 from zooscape.align import Permutation, apply_permutation, permutation_spec, weight_matching
 from zooscape.cli import main
-from zooscape.studies.lmc import load_permutation, pair_barriers, pair_params, permutation_path
+from zooscape.studies.lmc_pairs import load_permutation, pair_barriers, pair_params, permutation_path
 from zooscape.zoo import open_zoo, train_zoo
 
 SPEC = mlp_digits_spec("rebasin-test", 8)

@@ -147,7 +147,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 def cmd_pairs(args: argparse.Namespace) -> int:
     """Run ``zooscape lmc pairs``; returns the exit code."""
-    from zooscape.studies.lmc import pair_barriers
+    from zooscape.studies.lmc_pairs import pair_barriers
 
     splits = split_list(args.splits)
     rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, align=args.align, renorm=args.renorm,

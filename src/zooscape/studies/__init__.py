@@ -4,8 +4,11 @@ Every study groups models with the one definition of a grid cell (:mod:`zooscape
 the pure analyses of :mod:`zooscape.connect`, :mod:`zooscape.align` and :mod:`zooscape.landscape`:
 
 - :mod:`~zooscape.studies.metrics`: loss-landscape metrics over a zoo (``zooscape metrics run``);
-- :mod:`~zooscape.studies.lmc`: linear mode connectivity: the instability (spawn) experiment and barriers of every
-  seed pair of a cell (``zooscape lmc spawn|pairs``);
+- :mod:`~zooscape.studies.lmc`: linear mode connectivity: the instability (spawn) experiment (``zooscape lmc
+  spawn``); :mod:`~zooscape.studies.lmc_pairs`: barriers of every seed pair of a cell before and after alignment
+  and renormalisation (``zooscape lmc pairs``); :mod:`~zooscape.studies.lmc_train`: LMC measured during training
+  (``[lmc] every``, ``zooscape lmc progress``);
+- :mod:`~zooscape.studies.merges`: merging a cell's seeds into a derived model (``zooscape align merge``);
 - :mod:`~zooscape.studies.curves`: curve mode connectivity of every seed pair (``zooscape curve pairs``), and
   :mod:`~zooscape.studies.curve_runs` for TOML-configured curve runs (``zooscape curve train|eval``);
 - :mod:`~zooscape.studies.jobs`: the driver side shared by the studies (planning against stored rows, committing
@@ -13,7 +16,7 @@ the pure analyses of :mod:`zooscape.connect`, :mod:`zooscape.align` and :mod:`zo
 
 Public API (imported lazily, so ``import zooscape.studies`` is cheap): :func:`grid_cells`, :func:`zoo_cells`,
 :func:`cell_key`, :class:`Cell`, :func:`run_metrics`, :func:`pair_barriers`, :func:`run_spawn`,
-:func:`curve_pairs`.
+:func:`curve_pairs`, :func:`merge_cells`, :func:`training_lmc_records`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from zooscape.studies.cells import DERIVED_KINDS, SEED_KEYS, Cell, cell_key, gri
 
 _LAZY = {
     "run_metrics": "zooscape.studies.metrics",
-    "pair_barriers": "zooscape.studies.lmc",
+    "pair_barriers": "zooscape.studies.lmc_pairs",
+    "merge_cells": "zooscape.studies.merges",
+    "training_lmc_records": "zooscape.studies.lmc_train",
     "run_spawn": "zooscape.studies.lmc",
     "spawn_records": "zooscape.studies.lmc",
     "curve_pairs": "zooscape.studies.curves",
