@@ -37,8 +37,8 @@ from zooscape.connect import (
     l2_distance,
     path_alphas,
 )
-from zooscape.connect._data import get_split, infer_task, train_inputs
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, choose_method, stack_interpolated
+from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 from .activation_matching import activation_matching
 from .permutation import Permutation, permute_state_dict
@@ -147,6 +147,7 @@ def state_path(
     batch_size: int = 1024,
     renorm_batch_size: int = 256,
     device: str | torch.device | None = None,
+    method: str = "auto",
 ) -> LinearPath:
     """The linear path between two *state dicts* of one architecture, evaluated functionally (no model copies).
 
@@ -166,9 +167,12 @@ def state_path(
         batch_size: evaluation batch size.
         renorm_batch_size: batch size of the BatchNorm pass.
         device: where to evaluate (default: ``state_a``'s device).
+        method: ``"auto"`` (all alphas in one vmapped pass for small networks, one alpha per pass above
+            :data:`zooscape.connect.batched.VMAP_MAX_MACS`; :func:`zooscape.connect.batched.choose_method`),
+            ``"vmap"`` or ``"loop"``; both are functional (no module copies).
 
     Returns:
-        :class:`~zooscape.connect.LinearPath` (``method = "vmap"``).
+        :class:`~zooscape.connect.LinearPath` (``method`` = the resolved one).
 
     References:
         Frankle et al. (2020); Entezari et al. (2022).
@@ -188,17 +192,22 @@ def state_path(
     pb = {k: v.detach().to(dev) for k, v in state_b.items() if k in names}
     ba = {k: v.detach().to(dev) for k, v in state_a.items() if k not in names}
     bb = {k: v.detach().to(dev) for k, v in state_b.items() if k not in names}
-    params = stack_interpolated(pa, pb, alphas)
-    buffers = stack_interpolated(ba, bb, alphas)
-    if renorm == "reset_bn" and has_batchnorm(template):
-        buffers.update(batched_bn_stats(template, params, train_inputs(data), batch_size=renorm_batch_size,
-                                        buffers=buffers))
-    losses, errors = {}, {}
-    for split, (x, y) in split_data.items():
-        loss, err = batched_evaluate(template, params, buffers, x, y, task, batch_size=batch_size)
-        losses[split] = loss
-        if err is not None:
-            errors[split] = err
+    # all alphas in one vmapped pass for small networks; one alpha per pass where vmap is slower (connect.batched)
+    chunk = len(alphas) if choose_method(template, split_data[splits[0]][0][:1], method) == "vmap" else 1
+    bn_x = train_inputs(data) if renorm == "reset_bn" and has_batchnorm(template) else None
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(alphas), chunk):
+        sub = alphas[start:start + chunk]
+        params, buffers = stack_interpolated(pa, pb, sub), stack_interpolated(ba, bb, sub)
+        if bn_x is not None:
+            buffers.update(batched_bn_stats(template, params, bn_x, batch_size=renorm_batch_size, buffers=buffers))
+        for split, (x, y) in split_data.items():
+            loss, err = batched_evaluate(template, params, buffers, x, y, task, batch_size=batch_size)
+            parts.setdefault(f"loss/{split}", []).append(loss)
+            if err is not None:
+                parts.setdefault(f"error/{split}", []).append(err)
+    losses = {s: torch.cat(parts[f"loss/{s}"]) for s in splits}
+    errors = {s: torch.cat(parts[f"error/{s}"]) for s in splits if f"error/{s}" in parts}
     result: dict[str, dict[str, dict[str, float]]] = {}
     for s in splits:
         result[s] = {"loss": barriers(losses[s], alphas)}
@@ -208,7 +217,7 @@ def state_path(
     for k in pa:
         total += (pa[k].to("cpu", torch.float64) - pb[k].to("cpu", torch.float64)).pow(2).sum()
     return LinearPath(alphas=alphas, loss=losses, error=errors, distance=float(total.sqrt()), barriers=result,
-                      bn_mode=renorm, task=task, method="vmap", splits=splits)
+                      bn_mode=renorm, task=task, method="vmap" if chunk > 1 else "loop", splits=splits)
 
 
 def _on(model: nn.Module, device: torch.device) -> nn.Module:
