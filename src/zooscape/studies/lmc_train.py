@@ -154,6 +154,9 @@ class TrainingLmc:
             return []
         s = self.settings
         out = []
+        first = next(iter(report.member_views(0).values()))
+        if next(self.template.parameters()).device != first.device:  # once: the template follows the population
+            self.template = self.template.to(first.device)
         for i, j in self.pairs:
             if "failed" in (report.status[i], report.status[j]):
                 continue
