@@ -307,6 +307,10 @@ def pair_barriers(
     from zooscape.zoo.reader import open_zoo
 
     if bn_mode is not None:
+        import warnings
+
+        warnings.warn("pair_barriers(bn_mode=...) is deprecated and will be removed in the next release; use "
+                      "renorm='reset_bn' (bn_mode='reset') or renorm='none'", DeprecationWarning, stacklevel=2)
         renorm = {"reset": "reset_bn", "interpolate": renorm}.get(bn_mode, bn_mode)
     params = pair_params(n_points, splits, align, renorm, seed)
     store = zoo_store(zoo_dir)
