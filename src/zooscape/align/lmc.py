@@ -61,6 +61,27 @@ def _check(name: str, value: str, allowed: Sequence[str]) -> str:
     return value
 
 
+def _prepare(data: Any, splits: Sequence[str] | str, n_points: int) -> tuple[tuple[str, ...], torch.Tensor,
+                                                                        dict[str, Any], str]:
+    """Splits as a tuple, the alphas ``[n]``, each split's ``(x, y)`` and the task of a path evaluation."""
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    split_data = {s: get_split(data, s) for s in splits}
+    return splits, path_alphas(n_points), split_data, infer_task(data, next(iter(split_data.values()))[1], None)
+
+
+def _barriers(losses: Mapping[str, torch.Tensor], errors: Mapping[str, torch.Tensor],
+              alphas: torch.Tensor) -> dict[str, dict[str, dict[str, float]]]:
+    """``{split: {"loss"|"error": {definition: barrier}}}`` of curves ``[n]`` over ``alphas``."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for s, values in losses.items():
+        out[s] = {"loss": barriers(values, alphas)}
+        if s in errors:
+            out[s]["error"] = barriers(errors[s], alphas)
+    return out
+
+
 def renormalized_path(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -100,12 +121,7 @@ def renormalized_path(
         check_compatible(model_a, model_b)
         return state_path(model_a, model_a.state_dict(), model_b.state_dict(), data, n_points, splits=splits,
                           renorm=renorm, batch_size=batch_size, renorm_batch_size=renorm_batch_size, device=device)
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    if not splits:
-        raise ValueError("splits must name at least one split")
-    alphas = path_alphas(n_points)
-    split_data = {s: get_split(data, s) for s in splits}
-    task = infer_task(data, next(iter(split_data.values()))[1], None)
+    splits, alphas, split_data, task = _prepare(data, splits, n_points)
     dev = torch.device(device) if device is not None else next(
         (t.device for t in model_a.parameters()), torch.device("cpu"))
     a, b = _on(model_a, dev), _on(model_b, dev)
@@ -125,12 +141,8 @@ def renormalized_path(
                 errors[split].append(err)
     loss_t = {s: torch.tensor(v, dtype=torch.float64) for s, v in losses.items()}
     err_t = {s: torch.tensor(v, dtype=torch.float64) for s, v in errors.items() if v}
-    result: dict[str, dict[str, dict[str, float]]] = {}
-    for s in splits:
-        result[s] = {"loss": barriers(loss_t[s], alphas)}
-        if s in err_t:
-            result[s]["error"] = barriers(err_t[s], alphas)
-    return LinearPath(alphas=alphas, loss=loss_t, error=err_t, distance=l2_distance(a, b), barriers=result,
+    return LinearPath(alphas=alphas, loss=loss_t, error=err_t, distance=l2_distance(a, b),
+                      barriers=_barriers(loss_t, err_t, alphas),
                       bn_mode=renorm, task=task, method="loop", splits=splits)
 
 
@@ -180,12 +192,7 @@ def state_path(
     if renorm not in ("none", "reset_bn"):
         raise ValueError(f"state_path renormalises with 'none' or 'reset_bn', got {renorm!r}")
     check_compatible_states(state_a, state_b)
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    if not splits:
-        raise ValueError("splits must name at least one split")
-    alphas = path_alphas(n_points)
-    split_data = {s: get_split(data, s) for s in splits}
-    task = infer_task(data, next(iter(split_data.values()))[1], None)
+    splits, alphas, split_data, task = _prepare(data, splits, n_points)
     dev = torch.device(device) if device is not None else next(iter(state_a.values())).device
     names = {n for n, _ in template.named_parameters()}
     pa = {k: v.detach().to(dev) for k, v in state_a.items() if k in names}
@@ -208,15 +215,11 @@ def state_path(
                 parts.setdefault(f"error/{split}", []).append(err)
     losses = {s: torch.cat(parts[f"loss/{s}"]) for s in splits}
     errors = {s: torch.cat(parts[f"error/{s}"]) for s in splits if f"error/{s}" in parts}
-    result: dict[str, dict[str, dict[str, float]]] = {}
-    for s in splits:
-        result[s] = {"loss": barriers(losses[s], alphas)}
-        if s in errors:
-            result[s]["error"] = barriers(errors[s], alphas)
     total = torch.zeros((), dtype=torch.float64)
     for k in pa:
         total += (pa[k].to("cpu", torch.float64) - pb[k].to("cpu", torch.float64)).pow(2).sum()
-    return LinearPath(alphas=alphas, loss=losses, error=errors, distance=float(total.sqrt()), barriers=result,
+    return LinearPath(alphas=alphas, loss=losses, error=errors, distance=float(total.sqrt()),
+                      barriers=_barriers(losses, errors, alphas),
                       bn_mode=renorm, task=task, method="vmap" if chunk > 1 else "loop", splits=splits)
 
 
