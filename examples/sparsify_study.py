@@ -75,8 +75,14 @@ def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, num_sam
             print(f"{method} s={s}: " + ", ".join(
                 f"{k.split('/')[1]} {sum(v[j]) / len(v[j]):.3f}" for k, v in out["acc"].items()
                 if k.startswith(method + "/")), flush=True)
-    # pruning + LMC on the first two seeds: align b to a, prune both, barrier before / after re-normalisation
-    a, b = models[0], weight_matching(models[0], models[1]).model
+    out["lmc"] = lmc_study(models[0], models[1], ds, sparsities, num_samples)
+    return out
+
+
+def lmc_study(a: torch.nn.Module, b: torch.nn.Module, ds, sparsities: list[float], num_samples: int) -> dict:
+    """Align b to a (weight matching), prune both (globalmagni), and measure the test-error barrier between them
+    with and without re-normalising the pruned endpoints (BN statistics interpolated along the path)."""
+    b = weight_matching(a, b).model
     lmc = {}
     for s in [0.0] + sparsities:
         pa, pb = prune(a, s, "globalmagni"), prune(b, s, "globalmagni")
@@ -84,14 +90,14 @@ def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, num_sam
         for renorm in ("none", "reset_bn", "repair"):
             ra = pa if renorm == "none" else renormalize(pa, a, ds, renorm, num_samples=num_samples)
             rb = pb if renorm == "none" else renormalize(pb, b, ds, renorm, num_samples=num_samples)
-            bar = pruned_barrier(ra, rb, ds, n_points=11, splits=("test",), bn_mode="reset")
+            bar = pruned_barrier(ra, rb, ds, n_points=11, splits=("test",), bn_mode="interpolate")
             row[renorm] = {k: bar[k] for k in ("barrier_error_test_linear", "barrier_loss_test_linear",
                                                "error_a_test", "error_b_test")}
         lmc[str(s)] = row
-        print(f"lmc s={s}: " + ", ".join(f"{k} {v['barrier_error_test_linear']:.3f}" for k, v in row.items()),
-              flush=True)
-    out["lmc"] = lmc
-    return out
+        print(f"lmc s={s}: " + ", ".join(f"{k} barrier {v['barrier_error_test_linear']:.3f} (endpoints "
+                                         f"{v['error_a_test']:.3f}, {v['error_b_test']:.3f})"
+                                         for k, v in row.items()), flush=True)
+    return lmc
 
 
 def plots(results: dict, out: Path) -> None:
