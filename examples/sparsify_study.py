@@ -1,14 +1,15 @@
 """Small-scale sparsification study behind docs/sparsify.md (CPU, a few minutes).
 
-1. Twins: a CNN-s population trained on MNIST-5k, then its sparsified twins (variational dropout, Model Zoos
-   constants, 25 epochs) trained as one population: accuracy and sparsity per epoch.
+1. Twins: a CNN-s population trained on digits (8x8 resized to 28x28), then its sparsified twins (variational
+   dropout, Model Zoos constants, 25 epochs) trained as one population: accuracy and sparsity per epoch.
 2. Pruners on a BatchNorm network (MLP 784-128-128-10 with BN on MNIST-5k, several seeds): test accuracy after
    one-shot pruning with globalmagni / magni / diagfisher / woodfisherblock, without and with reset-BN / REPAIR.
 3. Pruning + LMC: two seeds aligned by weight matching, pruned, and the test-error barrier between them before and
    after re-normalisation.
 
 Usage: ``python examples/sparsify_study.py --out docs/sparsify_results [--quick]``; writes ``results.json`` and
-the figures.
+the figures
+(``--stages pruners twins plots`` runs a part; each stage writes its own JSON).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def twins_study(n: int, epochs: int, twin_epochs: int) -> dict:
-    ds = load_dataset("mnist5k", seed=0)
+    ds = load_dataset("digits", seed=0, resize=28)
     members = [Member(seed=i) for i in range(n)]
     models = [create_model("cnn_s", seed=i) for i in range(n)]
     t0 = time.perf_counter()
@@ -113,7 +114,7 @@ def plots(results: dict, out: Path) -> None:
     for acc, sp in zip(tw["twin_test_acc"], tw["twin_sparsity"]):
         ax[0].plot(sp, color="C0", alpha=0.4)
         ax[1].plot(acc, color="C1", alpha=0.4)
-    ax[0].set(xlabel="sparsification epoch", ylabel="sparsity", title=f"CNN-s MNIST-5k twins (N={tw['n']})")
+    ax[0].set(xlabel="sparsification epoch", ylabel="sparsity", title=f"CNN-s digits twins (N={tw['n']})")
     ax[1].set(xlabel="sparsification epoch", ylabel="test accuracy (sparse model)")
     fig.tight_layout()
     save_figure(fig, out / "sparsify_twins.png")
@@ -135,23 +136,28 @@ def plots(results: dict, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/sparsify_results")
+    ap.add_argument("--stages", nargs="+", default=["pruners", "twins", "plots"], choices=["pruners", "twins", "plots"])
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     q = args.quick
-    results = {"pruners": pruner_study([0, 1] if q else [0, 1, 2], [0.5, 0.9] if q else [0.5, 0.7, 0.8, 0.9, 0.95],
-                                       2 if q else 20, 64 if q else 512)}
-    print("pruners done", flush=True)
-    results["twins"] = twins_study(2 if q else 8, 1 if q else 20, 2 if q else 25)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plots(results, out)
-    tw = results["twins"]
-    drop = [s - a[-1] for s, a in zip(tw["source_test_acc"], tw["twin_test_acc"])]
-    sp = [s[-1] for s in tw["twin_sparsity"]]
-    print(f"twins: sparsity {sum(sp) / len(sp):.3f} (min {min(sp):.3f}), accuracy loss {sum(drop) / len(drop):.4f} "
-          f"(max {max(drop):.4f}); source {tw['source_seconds']:.0f}s, twins {tw['twin_seconds']:.0f}s")
+    if "pruners" in args.stages:
+        res = pruner_study([0, 1] if q else [0, 1, 2], [0.5, 0.9] if q else [0.5, 0.7, 0.8, 0.9, 0.95],
+                           2 if q else 20, 64 if q else 512)
+        (out / "pruners.json").write_text(json.dumps(res, indent=1))
+    if "twins" in args.stages:
+        tw = twins_study(2 if q else 8, 1 if q else 30, 2 if q else 25)
+        (out / "twins.json").write_text(json.dumps(tw, indent=1))
+        drop = [s - a[-1] for s, a in zip(tw["source_test_acc"], tw["twin_test_acc"])]
+        sp = [s[-1] for s in tw["twin_sparsity"]]
+        print(f"twins: sparsity {sum(sp) / len(sp):.3f} (min {min(sp):.3f}), accuracy loss "
+              f"{sum(drop) / len(drop):.4f} (max {max(drop):.4f}); source {tw['source_seconds']:.0f}s, "
+              f"twins {tw['twin_seconds']:.0f}s", flush=True)
+    if "plots" in args.stages:
+        plots({"pruners": json.loads((out / "pruners.json").read_text()),
+               "twins": json.loads((out / "twins.json").read_text())}, out)
 
 
 if __name__ == "__main__":
