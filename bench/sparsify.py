@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import torch
+from population import _time  # bench/ is on sys.path when this script runs
 
 from zooscape.data import load_dataset
 from zooscape.models import create_model
@@ -34,14 +34,6 @@ CASES = {
     "cnn_s": dict(model=dict(name="cnn_s", in_channels=1), data=dict(name="digits", resize=28)),
     "mlp": dict(model=dict(name="mlp", input_size=64, depth=2, width=32), data=dict(name="digits")),
 }
-
-
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def run(case: str, n: int, epochs: int, baseline_models: int, device: str) -> dict:
