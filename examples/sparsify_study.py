@@ -56,7 +56,7 @@ def bn_mlp(seed: int) -> torch.nn.Module:
     return create_model("mlp", input_size=784, depth=2, width=128, norm="bn", seed=seed)
 
 
-def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, num_samples: int) -> dict:
+def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_samples: int) -> dict:
     ds = load_dataset("mnist5k", seed=0, flat=True)
     cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3)
     res = train_population([bn_mlp(s) for s in seeds], ds, cfg, [Member(seed=s) for s in seeds])
@@ -68,19 +68,19 @@ def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, num_sam
             out["acc"][f"{method}/{renorm}"] = [[None] * len(seeds) for _ in sparsities]
         for j, s in enumerate(sparsities):
             for i, m in enumerate(models):
-                p = prune(m, s, method, ds, num_samples=num_samples, block_size=128, seed=i)
+                p = prune(m, s, method, ds, n_samples=n_samples, block_size=128, seed=i)
                 out["acc"][f"{method}/none"][j][i] = accuracy(p, ds.test_x, ds.test_y)
                 for renorm in ("reset_bn", "repair"):
-                    r = renormalize(p, m, ds, renorm, num_samples=num_samples)
+                    r = renormalize(p, m, ds, renorm, n_samples=n_samples)
                     out["acc"][f"{method}/{renorm}"][j][i] = accuracy(r, ds.test_x, ds.test_y)
             print(f"{method} s={s}: " + ", ".join(
                 f"{k.split('/')[1]} {sum(v[j]) / len(v[j]):.3f}" for k, v in out["acc"].items()
                 if k.startswith(method + "/")), flush=True)
-    out["lmc"] = lmc_study(models[0], models[1], ds, sparsities, num_samples)
+    out["lmc"] = lmc_study(models[0], models[1], ds, sparsities, n_samples)
     return out
 
 
-def lmc_study(a: torch.nn.Module, b: torch.nn.Module, ds, sparsities: list[float], num_samples: int) -> dict:
+def lmc_study(a: torch.nn.Module, b: torch.nn.Module, ds, sparsities: list[float], n_samples: int) -> dict:
     """Align b to a (weight matching), prune both (globalmagni), and measure the test-error barrier between them
     with and without re-normalising the pruned endpoints (BN statistics interpolated along the path)."""
     b = weight_matching(a, b).model
@@ -89,8 +89,8 @@ def lmc_study(a: torch.nn.Module, b: torch.nn.Module, ds, sparsities: list[float
         pa, pb = prune(a, s, "globalmagni"), prune(b, s, "globalmagni")
         row = {}
         for renorm in ("none", "reset_bn", "repair"):
-            ra = pa if renorm == "none" else renormalize(pa, a, ds, renorm, num_samples=num_samples)
-            rb = pb if renorm == "none" else renormalize(pb, b, ds, renorm, num_samples=num_samples)
+            ra = pa if renorm == "none" else renormalize(pa, a, ds, renorm, n_samples=n_samples)
+            rb = pb if renorm == "none" else renormalize(pb, b, ds, renorm, n_samples=n_samples)
             bar = pruned_barrier(ra, rb, ds, n_points=11, splits=("test",), bn_mode="interpolate")
             row[renorm] = {k: bar[k] for k in ("barrier_error_test_linear", "barrier_loss_test_linear",
                                                "error_a_test", "error_b_test")}

@@ -129,7 +129,7 @@ def test_woodfisher_with_one_block_is_obs_on_the_fisher_quadratic():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
     x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 2, (30,))
-    p = prune(m, 0.5, "woodfisherblock", (x, y), modules=["0"], block_size=12, damping=1e-3, num_samples=None)
+    p = prune(m, 0.5, "woodfisherblock", (x, y), modules=["0"], block_size=12, damping=1e-3, n_samples=None)
     hinv = fisher_blocks(m, x, y, ["0.weight"], 12, 1e-3)["0.weight"][0]
     h = torch.linalg.inv(hinv)
     w0 = m[0].weight.detach().reshape(-1)
@@ -147,10 +147,10 @@ def test_fisher_pruners_run_on_a_registry_model_with_exact_sparsity():
     ds = _digits()
     m = _mlp()
     for method in ("diagfisher", "woodfisherblock"):
-        p = prune(m, 0.6, method, ds, num_samples=64, block_size=16)
+        p = prune(m, 0.6, method, ds, n_samples=64, block_size=16)
         total = sum(layer.weight.numel() for _, layer in prunable_layers(m))
         assert sum(int((~v).sum()) for v in masks(p).values()) == round(0.6 * total)
-        p2 = prune(m, 0.6, method, ds, num_samples=64, block_size=16, scope="layer")
+        p2 = prune(m, 0.6, method, ds, n_samples=64, block_size=16, scope="layer")
         for _, layer in prunable_layers(p2):
             assert int((~layer.weight_mask).sum()) == round(0.6 * layer.weight.numel())
 

@@ -38,13 +38,13 @@ def _recompute_bn(model, x):
     return out
 
 
-@pytest.mark.parametrize("num_samples", [None, 300])
-def test_reset_bn_after_pruning_restores_bn_statistics(num_samples):
+@pytest.mark.parametrize("n_samples", [None, 300])
+def test_reset_bn_after_pruning_restores_bn_statistics(n_samples):
     ds = load_dataset("digits", seed=0)
     pruned = prune(_bn_mlp(), 0.7, "globalmagni")
-    fixed = renormalize(pruned, None, ds, "reset_bn", num_samples=num_samples, batch_size=10_000, seed=3)
-    x = renorm_inputs(ds, num_samples, seed=3)
-    assert x.shape[0] == (num_samples or ds.train_x.shape[0])
+    fixed = renormalize(pruned, None, ds, "reset_bn", n_samples=n_samples, batch_size=10_000, seed=3)
+    x = renorm_inputs(ds, n_samples, seed=3)
+    assert x.shape[0] == (n_samples or ds.train_x.shape[0])
     with torch.no_grad():
         expect = _recompute_bn(pruned, x)
     bns = [b for b in fixed.modules() if isinstance(b, nn.BatchNorm1d)]

@@ -133,7 +133,7 @@ def test_interrupted_twins_resume_to_the_same_result(zoo_dir, tmp_path):
 
 def test_prune_zoo_rows_and_resume(zoo_dir):
     rows = prune_zoo(zoo_dir, methods=["globalmagni", "woodfisherblock"], sparsities=[0.9],
-                     renorms=["none", "repair"], num_samples=64, block_size=32)
+                     renorms=["none", "repair"], n_samples=64, block_size=32)
     with zz.open(zoo_dir) as zoo:
         n_src = sum(1 for m in zoo.model_ids if not m.endswith("-twin"))
         stored = zoo.analyses("sparsity")
@@ -143,16 +143,16 @@ def test_prune_zoo_rows_and_resume(zoo_dir):
     for value, params in zip(sp["value"], sp["params"]):
         assert value == pytest.approx(params["sparsity"], abs=0.01)
     assert prune_zoo(zoo_dir, methods=["globalmagni"], sparsities=[0.9], renorms=["none", "repair"],
-                     num_samples=64, block_size=32) == []
+                     n_samples=64, block_size=32) == []
     lmc = prune_zoo(zoo_dir, methods=["globalmagni"], sparsities=[0.5], renorms=["none", "reset_bn"],
-                    lmc=True, n_points=3, num_samples=64)
+                    lmc=True, n_points=3, n_samples=64)
     pairs = {(r["model_id"], r["other_id"]) for r in lmc}
     assert len(pairs) == 2 * 3  # two cells of three seeds
     assert {r["params"]["experiment"] for r in lmc} == {"prune_lmc"}
 
 
 def test_cli(zoo_dir, capsys):
-    assert main(["sparsify", "prune", str(zoo_dir), "--method", "magni", "--sparsity", "0.7", "--num-samples",
+    assert main(["sparsify", "prune", str(zoo_dir), "--method", "magni", "--sparsity", "0.7", "--n-samples",
                  "32", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "test_acc" in out and "magni" in out

@@ -13,8 +13,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zooscape.cli._common import add_group, say
-from zooscape.cli.zoo import add_engine_arguments, engine_options_from_args
+from zooscape.cli._common import (
+    add_device,
+    add_group,
+    add_n_points,
+    add_quiet,
+    add_workers_engine,
+    engine_options,
+    say,
+)
 
 __all__ = ["add_parser"]
 
@@ -25,11 +32,9 @@ RENORMS = ("none", "reset_bn", "repair", "rescale")
 def _common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("dir", metavar="DIR", help="zoo directory")
     p.add_argument("--models", default=None, metavar="IDS", help="comma-separated model ids (default: all)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes of the local engine (default 1: in-process)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
-    add_engine_arguments(p, chunk_size=False, what=what)
+    add_device(p)
+    add_quiet(p)
+    add_workers_engine(p, what=what)
 
 
 def _epoch(text: str) -> int | str:
@@ -81,17 +86,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--renorm", nargs="+", choices=RENORMS, default=["none"],
                    help="re-normalisations after pruning, each stored separately (default: none)")
     r.add_argument("--epoch", type=_epoch, default="last", help="checkpoint to prune: 'last' (default) or an epoch")
-    r.add_argument("--num-samples", type=int, default=1000,
+    r.add_argument("--n-samples", type=int, default=1000,
                    help="training samples for the Fisher and re-normalisation (default 1000)")
     r.add_argument("--scope", choices=("global", "layer"), default=None,
                    help="global or per-layer selection (default: layer for magni, global otherwise)")
     r.add_argument("--block-size", type=int, default=128, help="WoodFisher block size (default 128)")
     r.add_argument("--damping", type=float, default=1e-5, help="Fisher damping (default 1e-5)")
-    r.add_argument("--seed", type=int, default=0, help="which --num-samples samples")
+    r.add_argument("--seed", type=int, default=0, help="which --n-samples samples")
     r.add_argument("--kind", nargs="+", choices=("model", "twin"), default=["model"],
                    help="which models: grid members (model, default) and/or twins")
     r.add_argument("--lmc", action="store_true", help="barriers between pruned seed pairs instead")
-    r.add_argument("--n-points", type=int, default=11, help="--lmc: points on the linear path (default 11)")
+    add_n_points(r, 11, "--lmc: points on the linear path (default 11)")
     r.add_argument("--bn-mode", choices=("interpolate", "reset"), default="reset",
                    help="--lmc: BatchNorm statistics along the path (default reset)")
     r.set_defaults(func=cmd_prune)
@@ -114,8 +119,8 @@ def cmd_twins(args: argparse.Namespace) -> int:
                              log_sigma2_init=args.log_sigma2_init, threshold=args.threshold,
                              overrides={k: v for k, v in overrides.items() if v is not None},
                              model_ids=_ids(args.models), engine=args.engine, workers=args.workers,
-                             device=args.device, progress=not args.quiet, say=say(args.quiet),
-                             engine_options=engine_options_from_args(args))
+                             device=args.device, progress=False if args.quiet else say(False),
+                             engine_options=engine_options(args))
     print(f"{len(trained)} twins trained in {args.dir}")
     with open_zoo(args.dir) as zoo:
         table = zoo.table()
@@ -139,11 +144,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from zooscape.studies.twins import prune_zoo
 
     rows = prune_zoo(args.dir, methods=args.method, sparsities=args.sparsity, renorms=args.renorm, epoch=args.epoch,
-                     num_samples=args.num_samples, scope=args.scope, block_size=args.block_size,
+                     n_samples=args.n_samples, scope=args.scope, block_size=args.block_size,
                      damping=args.damping, seed=args.seed, lmc=args.lmc, n_points=args.n_points,
                      bn_mode=args.bn_mode, kinds=args.kind, model_ids=_ids(args.models), engine=args.engine,
-                     workers=args.workers, device=args.device, say=say(args.quiet),
-                     engine_options=engine_options_from_args(args))
+                     workers=args.workers, device=args.device, progress=say(args.quiet),
+                     engine_options=engine_options(args))
     print(f"{len(rows)} rows stored in {args.dir}")
     if not rows:
         return 0

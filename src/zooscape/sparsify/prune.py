@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from zooscape.data.adapt import get_split
 from zooscape.landscape import fisher_diagonal
 from zooscape.landscape._hvp import eval_mode, functional_state
 
@@ -157,21 +158,14 @@ def obs_update(weight: Tensor, h_inv: Tensor, remove: Tensor) -> tuple[Tensor, T
 
 
 # ------------------------------------------------------------------------------------------ data / Fisher
-def _xy(data: Any, num_samples: int | None, seed: int) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` from a DataSplits-like object (training split) or an ``(x, y)`` tuple; ``num_samples`` of them
-    drawn without replacement with ``seed`` (all when None or larger)."""
-    if hasattr(data, "train_x") and hasattr(data, "train_y"):
-        x, y = data.train_x, data.train_y
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-    else:
-        raise TypeError(f"data must be a DataSplits-like object or an (x, y) tuple, got {type(data).__name__}")
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError("data: x and y must be non-empty tensors with the same number of samples")
-    if num_samples is not None and num_samples < x.shape[0]:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:num_samples]
+def _xy(data: Any, n_samples: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """The training split's ``(x, y)`` (any form :func:`zooscape.data.adapt.get_split` takes); ``n_samples`` of
+    them drawn without replacement with ``seed`` (all when None or larger)."""
+    x, y = get_split(data, "train")
+    if n_samples is not None and n_samples < x.shape[0]:
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:n_samples]
         x, y = x[idx], y[idx]
     return x, y
 
@@ -268,7 +262,7 @@ def prune(
     modules: Sequence[str] | None = None,
     block_size: int = 128,
     damping: float = 1e-5,
-    num_samples: int | None = 1000,
+    n_samples: int | None = 1000,
     update_weights: bool = True,
     batch_size: int = 64,
     seed: int = 0,
@@ -280,16 +274,17 @@ def prune(
         sparsity: fraction of the prunable weights to remove, in ``[0, 1]``. Exactly ``round(sparsity * n)``
             weights are removed (``n``: all prunable weights for ``scope="global"``, each layer's for ``"layer"``).
         method: one of :data:`PRUNERS` (see the module docstring).
-        data: training data for the Fisher pruners: a ``DataSplits``-like object (its training split) or ``(x, y)``.
+        data: training data for the Fisher pruners: a ``DataSplits`` (its training split), an ``(x, y)`` pair or a
+            loader of ``(x, y)`` batches (docs/glossary.md).
         scope: ``"global"`` or ``"layer"``; default ``"layer"`` for ``magni``, ``"global"`` otherwise
             (``globalmagni``/``magni`` fix their own scope).
         modules: names of the layers to prune (default: every Linear/Conv layer).
         block_size: WoodFisher block size ``c`` (consecutive weights of one layer per block).
         damping: Fisher damping ``lambda`` (WoodFisher and diagonal Fisher), Singh & Alistarh's default ``1e-5``.
-        num_samples: samples for the empirical Fisher (``m``; all when None).
+        n_samples: samples for the empirical Fisher (``m``; all when None).
         update_weights: apply the OBS update of the kept weights (``woodfisherblock``).
         batch_size: samples per vmapped gradient call.
-        seed: which ``num_samples`` samples are used.
+        seed: which ``n_samples`` samples are used.
 
     Returns:
         a pruned copy with ``weight_mask`` buffers on the pruned layers (see :func:`masks`).
@@ -317,8 +312,8 @@ def prune(
         scores = [w.abs() for w in weights]
     else:
         if data is None:
-            raise ValueError(f"method {method!r} needs data (a DataSplits or (x, y))")
-        x, y = _xy(data, num_samples, seed)
+            raise ValueError(f"method {method!r} needs data (a DataSplits, an (x, y) pair or a loader)")
+        x, y = _xy(data, n_samples, seed)
         if method == "diagfisher":
             fd = fisher_diagonal(new, x, y, kind="empirical", param_names=names, batch_size=batch_size)
             scores = [obd_scores(w, fd[n].to(w) + damping) for n, w in zip(names, weights)]

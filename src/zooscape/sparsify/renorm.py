@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from zooscape import align
 from zooscape.connect import linear_path
+from zooscape.data.adapt import train_inputs
 
 from .prune import apply_masks, masks, strip_masks
 
@@ -28,39 +29,32 @@ __all__ = ["RENORM_METHODS", "pruned_barrier", "renormalize", "renorm_inputs"]
 RENORM_METHODS = ("reset_bn", "repair", "rescale")
 
 
-def renorm_inputs(data: Any, num_samples: int | None = None, seed: int = 0) -> Tensor:
-    """The training inputs used for re-normalisation: ``num_samples`` of them drawn without replacement with
-    ``seed`` (all when None or larger). ``data``: a DataSplits-like object, an ``(x, y)`` tuple or a tensor."""
-    if hasattr(data, "train_x"):
-        x = data.train_x
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x = data[0]
-    elif isinstance(data, Tensor):
-        x = data
-    else:
-        raise TypeError(f"data must be a DataSplits-like object, (x, y) or a tensor, got {type(data).__name__}")
-    if num_samples is not None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if num_samples < x.shape[0]:
-            idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:num_samples]
+def renorm_inputs(data: Any, n_samples: int | None = None, seed: int = 0) -> Tensor:
+    """The training inputs used for re-normalisation (any form :func:`zooscape.data.adapt.train_inputs` takes):
+    ``n_samples`` of them drawn without replacement with ``seed`` (all when None or larger)."""
+    x = train_inputs(data)
+    if n_samples is not None:
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if n_samples < x.shape[0]:
+            idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:n_samples]
             x = x[idx]
     return x
 
 
 def renormalize(pruned: nn.Module, source: nn.Module | None, data: Any, method: str = "reset_bn", *,
-                num_samples: int | None = None, batch_size: int = 256, seed: int = 0) -> nn.Module:
+                n_samples: int | None = None, batch_size: int = 256, seed: int = 0) -> nn.Module:
     """Re-normalise a pruned network.
 
     Args:
         pruned: the pruned model (from :func:`~zooscape.sparsify.prune`; not modified).
         source: the unpruned model it came from (REPAIR/RESCALE target statistics; unused by ``reset_bn``).
-        data: training data (DataSplits, ``(x, y)`` or inputs ``[n, ...]``).
+        data: training data (a DataSplits, an ``(x, y)`` pair, inputs ``[n, ...]`` or a loader).
         method: ``"reset_bn"`` (re-estimate BatchNorm running statistics on ``data``), ``"repair"`` (every
             correction point's channel mean and std set to the source's) or ``"rescale"`` (std only).
-        num_samples: number of training inputs used (all when None), as the Rethink scripts' ``--num-samples``.
+        n_samples: number of training inputs used (all when None; the Rethink scripts' ``--num-samples``).
         batch_size: forward batch size.
-        seed: which ``num_samples`` inputs.
+        seed: which ``n_samples`` inputs.
 
     Returns:
         a new model; its masks (if any) are kept and re-applied, so pruned weights stay exactly zero.
@@ -72,7 +66,7 @@ def renormalize(pruned: nn.Module, source: nn.Module | None, data: Any, method: 
         raise ValueError(f"method must be one of {RENORM_METHODS}, got {method!r}")
     if method != "reset_bn" and source is None:
         raise ValueError(f"method {method!r} needs the unpruned source model")
-    x = renorm_inputs(data, num_samples, seed)
+    x = renorm_inputs(data, n_samples, seed)
     endpoints = [source] if source is not None and method != "reset_bn" else None
     out = align.renormalize(pruned, x, method, endpoints=endpoints, batch_size=batch_size)
     return apply_masks(out) if masks(out) else out

@@ -18,7 +18,7 @@ an interrupted run continues after its last finished epoch; finished twins are s
 **Pruning** (:func:`prune_zoo`, ``zooscape sparsify prune``): every finished model (grid members by default) is
 pruned one-shot with each method and sparsity, optionally re-normalised, and evaluated on the test split;
 ``analyses`` rows ``metric`` in ``test_acc``, ``test_loss``, ``sparsity`` with ``params`` ``{"experiment":
-"prune", "method", "sparsity", "renorm", "num_samples", ...}``. With ``lmc=True``, every seed pair of a grid cell
+"prune", "method", "sparsity", "renorm", "n_samples", ...}``. With ``lmc=True``, every seed pair of a grid cell
 is aligned (weight matching), both are pruned, and the barrier between them is stored before and after each
 re-normalisation (``experiment = "prune_lmc"``, ``other_id`` = the second model). Stored results are skipped.
 """
@@ -76,7 +76,7 @@ class TwinTask:
     source_ids: list[str]
     from_epochs: list[int]
     configs: list[dict[str, Any]]
-    device: str = "cpu"
+    device: str = "auto"
 
 
 def _twin_config(source_cfg: Mapping[str, Any], source_id: str, from_epoch: int, epochs: int,
@@ -92,7 +92,7 @@ def _twin_config(source_cfg: Mapping[str, Any], source_id: str, from_epoch: int,
 
 def plan_twins(zoo: Any, *, epochs: int = 25, from_epoch: int | str = "last", kl_scale: float = 1e-2,
                log_sigma2_init: float = -10.0, threshold: float = 3.0, overrides: Mapping[str, Any] | None = None,
-               model_ids: Sequence[str] | None = None, device: str = "cpu") -> tuple[list[TwinTask], list[str]]:
+               model_ids: Sequence[str] | None = None, device: str = "auto") -> tuple[list[TwinTask], list[str]]:
     """Twin tasks of a zoo: one per grid cell with finished sources; twins recorded as finished are left out.
 
     Args:
@@ -201,8 +201,8 @@ def run_twin_group(task: TwinTask) -> dict[str, Any]:
 def sparsify_twins(zoo_dir: str | Path, *, epochs: int = 25, from_epoch: int | str = "last", kl_scale: float = 1e-2,
                    log_sigma2_init: float = -10.0, threshold: float = 3.0,
                    overrides: Mapping[str, Any] | None = None, model_ids: Sequence[str] | None = None,
-                   engine: str | Engine = "local", workers: int = 1, device: str = "cpu", progress: bool = False,
-                   say: Callable[[str], None] | None = None,
+                   engine: str | Engine = "local", workers: int = 1, device: str = "auto",
+                   progress: bool | Callable[[str], None] = False,
                    engine_options: Mapping[str, Any] | None = None) -> list[str]:
     """Create (or finish) the sparsified twins of a zoo's finished grid members in the same catalog.
 
@@ -215,9 +215,8 @@ def sparsify_twins(zoo_dir: str | Path, *, epochs: int = 25, from_epoch: int | s
         overrides: training settings replacing the sources' (``optimizer``, ``lr``, ``batch_size``, ...).
         model_ids: only the twins of these sources.
         engine, workers, engine_options: where the per-cell populations train (``"local"``/``"ray"``).
-        device: torch device.
-        progress: show a progress bar over twin-epochs.
-        say: optional ``fn(message)``.
+        device: torch device (``"auto"``: CUDA, else MPS, else CPU).
+        progress: ``True`` for a progress bar over twin-epochs, or ``fn(message)`` for messages (bar too).
 
     Returns:
         the ids of the twins trained (or finished) by this call.
@@ -234,7 +233,7 @@ def sparsify_twins(zoo_dir: str | Path, *, epochs: int = 25, from_epoch: int | s
     from zooscape.zoo.reader import open_zoo
 
     store = zoo_store(zoo_dir)
-    say = say or (lambda message: None)
+    say = progress if callable(progress) else (lambda message: None)
     eng = get_engine(engine, workers, **dict(engine_options or {}))
     with open_zoo(store.root) as zoo:
         tasks, messages = plan_twins(zoo, epochs=epochs, from_epoch=from_epoch, kl_scale=kl_scale,
@@ -274,7 +273,7 @@ class PruneTask:
     renorms: list[str]
     params: dict[str, Any] = field(default_factory=dict)
     other: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
 
 
 def _prune_params(task: PruneTask, renorm: str) -> dict[str, Any]:
@@ -287,21 +286,23 @@ def run_prune_task(task: PruneTask) -> dict[str, Any]:
     from zooscape.align import weight_matching
     from zooscape.connect.metrics import evaluate_model
     from zooscape.sparsify import prune, pruned_barrier, renormalize, sparsity_ratio
+    from zooscape.train import resolve_device
     from zooscape.zoo.reader import open_zoo
 
+    device = resolve_device(task.device)
     with open_zoo(task.root) as zoo:
-        model = zoo.load_model(task.model_id, task.epoch, device=task.device)
-        other = zoo.load_model(task.other, task.epoch, device=task.device) if task.other else None
+        model = zoo.load_model(task.model_id, task.epoch, device=device)
+        other = zoo.load_model(task.other, task.epoch, device=device) if task.other else None
         data = zoo.data(task.model_id)
     p = task.params
-    kw = {"num_samples": p["num_samples"], "block_size": p["block_size"], "damping": p["damping"],
+    kw = {"n_samples": p["n_samples"], "block_size": p["block_size"], "damping": p["damping"],
           "scope": p["scope"], "seed": p["seed"]}
     rows = []
     pruned = prune(model, task.sparsity, task.method, data, **kw)
     if other is None:
         for renorm in task.renorms:
             m = pruned if renorm == "none" else renormalize(pruned, model, data, renorm,
-                                                            num_samples=p["num_samples"], seed=p["seed"])
+                                                            n_samples=p["n_samples"], seed=p["seed"])
             loss, err = evaluate_model(m, data.test_x, data.test_y, data.task)
             base = {"model_id": task.model_id, "epoch": task.epoch, "params": _prune_params(task, renorm)}
             rows.append({**base, "metric": "test_loss", "value": loss})
@@ -312,10 +313,10 @@ def run_prune_task(task: PruneTask) -> dict[str, Any]:
     aligned = weight_matching(model, other).model
     pruned_b = prune(aligned, task.sparsity, task.method, data, **kw)
     for renorm in task.renorms:
-        a = pruned if renorm == "none" else renormalize(pruned, model, data, renorm, num_samples=p["num_samples"],
+        a = pruned if renorm == "none" else renormalize(pruned, model, data, renorm, n_samples=p["n_samples"],
                                                         seed=p["seed"])
         b = pruned_b if renorm == "none" else renormalize(pruned_b, aligned, data, renorm,
-                                                          num_samples=p["num_samples"], seed=p["seed"])
+                                                          n_samples=p["n_samples"], seed=p["seed"])
         bar = pruned_barrier(a, b, data, n_points=p["n_points"], splits=("test",), bn_mode=p["bn_mode"])
         for metric, value in bar.items():
             rows.append({"model_id": task.model_id, "other_id": task.other, "epoch": task.epoch, "metric": metric,
@@ -325,11 +326,11 @@ def run_prune_task(task: PruneTask) -> dict[str, Any]:
 
 def prune_zoo(zoo_dir: str | Path, *, methods: Sequence[str] = ("globalmagni",),
               sparsities: Sequence[float] = (0.5, 0.7, 0.9), renorms: Sequence[str] = ("none",),
-              epoch: int | str = "last", num_samples: int | None = 1000, scope: str | None = None,
+              epoch: int | str = "last", n_samples: int | None = 1000, scope: str | None = None,
               block_size: int = 128, damping: float = 1e-5, seed: int = 0, lmc: bool = False, n_points: int = 11,
               bn_mode: str = "reset", kinds: Sequence[str] = ("model",), model_ids: Sequence[str] | None = None,
-              engine: str | Engine = "local", workers: int = 1, device: str = "cpu",
-              say: Callable[[str], None] | None = None,
+              engine: str | Engine = "local", workers: int = 1, device: str = "auto",
+              progress: Callable[[str], None] | None = None,
               engine_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """One-shot pruning of every finished model of a zoo; results stored as ``analyses`` rows (see module doc).
 
@@ -338,14 +339,14 @@ def prune_zoo(zoo_dir: str | Path, *, methods: Sequence[str] = ("globalmagni",),
         methods: pruners (:data:`zooscape.sparsify.PRUNERS`). sparsities: fractions in [0, 1].
         renorms: ``"none"``, ``"reset_bn"``, ``"repair"``, ``"rescale"`` (each stored separately).
         epoch: ``"last"`` (each model's last weights checkpoint) or a checkpointed epoch.
-        num_samples: training samples for the Fisher pruners and re-normalisation.
+        n_samples: training samples for the Fisher pruners and re-normalisation.
         scope, block_size, damping: see :func:`zooscape.sparsify.prune`. seed: which samples.
         lmc: instead of single models, every seed pair of each grid cell (aligned by weight matching): barriers.
         n_points, bn_mode: the linear path of the barrier (``bn_mode="reset"`` re-estimates BN per point).
         kinds: which models: ``"model"`` (grid members) and/or ``"twin"``.
         model_ids: only these models.
         engine, workers, engine_options, device: where the tasks run.
-        say: optional ``fn(message)``.
+        progress: optional ``fn(message)``.
 
     Returns:
         the rows stored by this call.
@@ -366,8 +367,8 @@ def prune_zoo(zoo_dir: str | Path, *, methods: Sequence[str] = ("globalmagni",),
         if not 0.0 <= float(s) <= 1.0:
             raise ValueError(f"sparsity must be in [0, 1], got {s}")
     store = zoo_store(zoo_dir)
-    say = say or (lambda message: None)
-    params = {"num_samples": num_samples, "scope": scope, "block_size": int(block_size), "damping": float(damping),
+    say = progress or (lambda message: None)
+    params = {"n_samples": n_samples, "scope": scope, "block_size": int(block_size), "damping": float(damping),
               "seed": int(seed)}
     if lmc:
         params.update({"n_points": int(n_points), "bn_mode": bn_mode})
