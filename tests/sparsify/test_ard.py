@@ -197,3 +197,41 @@ def test_errors_name_the_problem():
         to_ard(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="epochs"):
         kl_weight(1, 0)
+
+
+def test_sample_preactivation_gradient():
+    from zooscape.sparsify.ard import sample_preactivation
+
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    var = (torch.rand(3, 4, dtype=torch.float64, generator=g) + 0.1).requires_grad_()
+    noise = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(lambda m, v: sample_preactivation(m, v, noise), (mu, var))
+    torch.testing.assert_close(sample_preactivation(mu, var, noise), mu + torch.sqrt(var + 1e-8) * noise)
+
+
+def test_population_conv_input_gradient_on_channels_last_input():
+    """The population's fast paths (channels-last input, input gradient as a forward convolution) give the single
+    layers' input and weight gradients."""
+    torch.manual_seed(1)
+    n = 3
+    singles = [ARDConv2d(4, 5, 3) for _ in range(n)]
+    xs = [torch.randn(2, 4, 7, 7) for _ in range(n)]
+    pop = PopARDConv2d(singles)
+    pop.train()
+    pop.noise.set_generators([torch.Generator().manual_seed(i) for i in range(n)])
+    wide = torch.stack(xs, 1).reshape(2, n * 4, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert pop._input_grad_as_forward(wide, pop.weight.reshape(-1, 4, 3, 3))
+    out = pop(wide)
+    (out * out).sum().backward()
+    gx = wide.grad.reshape(2, n, 4, 7, 7)
+    for i, s in enumerate(singles):
+        s.train()
+        s.generator = torch.Generator().manual_seed(i)
+        x = xs[i].clone().requires_grad_()
+        o = s(x)
+        (o * o).sum().backward()
+        torch.testing.assert_close(out.reshape(2, n, 5, 5, 5)[:, i], o, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gx[:, i], x.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(pop.weight.grad[i], s.weight.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(pop.log_sigma2.grad[i], s.log_sigma2.grad, rtol=1e-4, atol=1e-4)
