@@ -33,7 +33,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model.eval()(x).argmax(1) == y).float().mean())
 
 
-def twins_study(n: int, epochs: int, twin_epochs: int) -> dict:
+def twins_study(n: int, epochs: int, twin_epochs: int, kl_scale: float) -> dict:
     ds = load_dataset("digits", seed=0, resize=28)
     members = [Member(seed=i) for i in range(n)]
     models = [create_model("cnn_s", seed=i) for i in range(n)]
@@ -42,10 +42,11 @@ def twins_study(n: int, epochs: int, twin_epochs: int) -> dict:
     t_src = time.perf_counter() - t0
     t0 = time.perf_counter()
     tw = train_twins(src.models, ds, TrainConfig(epochs=twin_epochs, batch_size=10, optimizer="adam", lr=1e-3),
-                     members)
+                     members, kl_scale=kl_scale)
     t_tw = time.perf_counter() - t0
     return {
-        "n": n, "source_epochs": epochs, "twin_epochs": twin_epochs, "source_seconds": t_src, "twin_seconds": t_tw,
+        "n": n, "kl_scale": kl_scale,
+        "source_epochs": epochs, "twin_epochs": twin_epochs, "source_seconds": t_src, "twin_seconds": t_tw,
         "source_test_acc": [h[-1]["test_acc"] for h in src.history],
         "twin_test_acc": [[r["test_acc"] for r in h] for h in tw.history],
         "twin_sparsity": [[r["sparsity"] for r in h] for h in tw.history],
@@ -109,13 +110,15 @@ def plots(results: dict, out: Path) -> None:
 
     from zooscape._io import save_figure
 
-    tw = results["twins"]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-    for acc, sp in zip(tw["twin_test_acc"], tw["twin_sparsity"]):
-        ax[0].plot(sp, color="C0", alpha=0.4)
-        ax[1].plot(acc, color="C1", alpha=0.4)
-    ax[0].set(xlabel="sparsification epoch", ylabel="sparsity", title=f"CNN-s digits twins (N={tw['n']})")
+    for k, tw in enumerate(results["twins"]):
+        for j, (acc, sp) in enumerate(zip(tw["twin_test_acc"], tw["twin_sparsity"])):
+            label = f"kl_scale {tw['kl_scale']:g}" if j == 0 else None
+            ax[0].plot(sp, color=f"C{k}", alpha=0.5, label=label)
+            ax[1].plot(acc, color=f"C{k}", alpha=0.5, label=label)
+    ax[0].set(xlabel="sparsification epoch", ylabel="sparsity", title="CNN-s digits twins (one population each)")
     ax[1].set(xlabel="sparsification epoch", ylabel="test accuracy (sparse model)")
+    ax[0].legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "sparsify_twins.png")
 
@@ -137,6 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/sparsify_results")
     ap.add_argument("--stages", nargs="+", default=["pruners", "twins", "plots"], choices=["pruners", "twins", "plots"])
+    ap.add_argument("--kl-scale", type=float, default=1e-2, help="twins' KL ramp (Model Zoos: 0.01)")
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -148,8 +152,8 @@ def main() -> None:
                            2 if q else 20, 64 if q else 512)
         (out / "pruners.json").write_text(json.dumps(res, indent=1))
     if "twins" in args.stages:
-        tw = twins_study(2 if q else 8, 1 if q else 30, 2 if q else 25)
-        (out / "twins.json").write_text(json.dumps(tw, indent=1))
+        tw = twins_study(2 if q else 8, 1 if q else 30, 2 if q else 25, args.kl_scale)
+        (out / f"twins_kl{args.kl_scale:g}.json").write_text(json.dumps(tw, indent=1))
         drop = [s - a[-1] for s, a in zip(tw["source_test_acc"], tw["twin_test_acc"])]
         sp = [s[-1] for s in tw["twin_sparsity"]]
         print(f"twins: sparsity {sum(sp) / len(sp):.3f} (min {min(sp):.3f}), accuracy loss "
@@ -157,7 +161,7 @@ def main() -> None:
               f"twins {tw['twin_seconds']:.0f}s", flush=True)
     if "plots" in args.stages:
         plots({"pruners": json.loads((out / "pruners.json").read_text()),
-               "twins": json.loads((out / "twins.json").read_text())}, out)
+               "twins": [json.loads(f.read_text()) for f in sorted(out.glob("twins_kl*.json"))]}, out)
 
 
 if __name__ == "__main__":
