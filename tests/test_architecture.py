@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "zooscape"
-ANALYSES = ("connect", "align", "landscape")
+ANALYSES = ("connect", "align", "landscape", "sparsify")
 LEAVES = ("data", "models")
 MAX_LINES = 500
 #: modules being split in open branches (emptied when those land)

@@ -29,6 +29,7 @@ COMMAND_GROUPS: list[str] = [
     "zooscape.cli.predict",
     "zooscape.cli.doctor",
     "zooscape.cli.align",
+    "zooscape.cli.sparsify",
 ]
 
 #: Exceptions reported as ``error: <message>`` with exit code 1 (anything else is a bug: full traceback).

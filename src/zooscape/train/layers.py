@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -573,6 +574,19 @@ _ELEMENTWISE = (
 )
 
 
+_REGISTERED: list[tuple[type[nn.Module], Callable[[list[nn.Module]], nn.Module]]] = []
+
+
+def register_population_layer(cls: type[nn.Module], factory: Callable[[list[nn.Module]], nn.Module]) -> None:
+    """Give leaf modules of type ``cls`` (and its subclasses) a population version: :func:`widen_module` returns
+    ``factory(layers)`` for them, checked before the built-in types (so a subclass of ``nn.Linear`` with extra
+    parameters can have its own). The factory's module should subclass one of :data:`POP_LAYERS` (the population
+    sets ``layout`` and ``shared`` on those) and hold every state-dict entry of ``cls`` stacked on a leading model
+    axis. A later registration for the same ``cls`` replaces the earlier one."""
+    _REGISTERED[:] = [(c, f) for c, f in _REGISTERED if c is not cls]
+    _REGISTERED.insert(0, (cls, factory))
+
+
 def widen_module(layers: list[nn.Module]) -> nn.Module | None:
     """Return the population version of N corresponding leaf modules, or ``None`` if none is needed.
 
@@ -580,6 +594,9 @@ def widen_module(layers: list[nn.Module]) -> nn.Module | None:
         TypeError: for a leaf module type that has parameters and no population version.
     """
     m = layers[0]
+    for cls, factory in _REGISTERED:
+        if isinstance(m, cls):
+            return factory(layers)
     if isinstance(m, nn.Linear):
         return PopLinear(layers)
     if isinstance(m, nn.Conv2d):

@@ -44,6 +44,7 @@ __all__ = [
     "group_configs",
     "group_key",
     "model_id",
+    "model_kind",
     "resolve_sizes",
 ]
 
@@ -273,3 +274,12 @@ def resolve_sizes(
         cfg["derived"]["model_args"] = model_args
         cfg["derived"]["n_params"] = n_params
         cfg["derived"]["load"] = n_train / n_params if n_params else None
+
+
+def model_kind(derived: dict[str, Any]) -> tuple[str, str | None]:
+    """``(kind, source_id)`` of a model from its config's ``derived`` section: ``("twin", <source id>)`` for a
+    sparsified twin (``derived.twin.source``, see :mod:`zooscape.studies.twins`), ``("model", None)`` otherwise."""
+    twin = derived.get("twin")
+    if isinstance(twin, dict):
+        return "twin", twin.get("source")
+    return "model", None

@@ -20,7 +20,7 @@ from torch import nn
 
 from zooscape.zoo.build import build_model, load_data
 from zooscape.zoo.catalog import Catalog
-from zooscape.zoo.grid import canonical_json
+from zooscape.zoo.grid import canonical_json, model_kind
 from zooscape.zoo.shards import ShardError, ShardRecord, check_shard, read_model
 from zooscape.zoo.spec import ZooSpec, load_spec, spec_matches
 from zooscape.zoo.store import ZooStore, is_zoo
@@ -148,7 +148,9 @@ class Zoo:
     def configs(self) -> pd.DataFrame:
         """One row per model: id, group, status, reason, n_params, temperature, load, the flattened config
         (``"model.width"``, ``"training.lr"``, ``"dataset.train_fraction"``, ...) and the derived ``width``,
-        ``train_fraction`` (default 1.0 filled in) and ``n_train``.
+        ``train_fraction`` (default 1.0 filled in) and ``n_train``; ``kind`` and ``source_id`` (see
+        :func:`model_kind`: ``"model"`` for models trained from the spec's grid, ``"twin"`` for sparsified twins,
+        whose ``source_id`` is the model they were sparsified from).
 
         Returns:
             DataFrame indexed 0..n-1, sorted by model_id.
@@ -165,6 +167,7 @@ class Zoo:
             rec.update(flatten_config(cfg))
             for k in ("width", "train_fraction", "n_train"):
                 rec[k] = derived.get(k)
+            rec["kind"], rec["source_id"] = model_kind(derived)
             records.append(rec)
         return pd.DataFrame.from_records(records, columns=None if records else list(MODEL_COLUMNS))
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zooscape.models.vectors import IndexMap, ParamSlot, index_map, layer_kind, vector_to_state_dict, vectorize
+from zooscape.zoo.grid import model_kind
 from zooscape.zoo.shards import MAX_HEADER_BYTES, ShardError
 
 __all__ = [
@@ -267,12 +268,15 @@ class Filters:
         predicate: ``predicate(row, weights) -> bool``, False drops the sample; ``row`` is the sample's row of
             :meth:`zooscape.zoo.Zoo.table` as a dict (model_id, epoch, config columns, metrics) and ``weights``
             its ``[D]`` vector.
+        kind: keep only models of this kind (``"model"``: trained from the grid; ``"twin"``: sparsified twins;
+            the ``kind`` column of :meth:`zooscape.zoo.Zoo.table`); None keeps all.
     """
 
     nonfinite: bool = True
     max_abs: float | None = None
     failed: bool = True
     predicate: Callable[[Mapping[str, Any], Tensor], bool] | None = None
+    kind: str | None = None
 
     @classmethod
     def coerce(cls, filters: Filters | Mapping[str, Any] | None) -> Filters:
@@ -292,7 +296,7 @@ class Filters:
         if isinstance(filters, Filters):
             out = filters
         elif isinstance(filters, Mapping):
-            allowed = ("nonfinite", "max_abs", "failed", "predicate")
+            allowed = ("nonfinite", "max_abs", "failed", "predicate", "kind")
             unknown = sorted(set(filters) - set(allowed))
             if unknown:
                 raise KeyError(f"filters: unknown key(s) {unknown}; allowed: {list(allowed)}")
@@ -612,6 +616,8 @@ def build_datasets(
             report.total += 1
             if flt.failed and status[mid] == "failed":
                 report.drop(mid, e, "failed run")
+            elif flt.kind is not None and model_kind(configs[mid].get("derived", {}))[0] != flt.kind:
+                report.drop(mid, e, f"not a {flt.kind}")
             elif e not in have:
                 report.drop(mid, e, "no checkpoint at that epoch")
             else:

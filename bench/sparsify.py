@@ -1,0 +1,86 @@
+"""Sparsified twins trained as one population vs one at a time: ms per twin-epoch and the speed-up.
+
+For CNN-s on digits (resized to 28x28) the script trains, per model family:
+
+- ``twins, population``: the N twins together (:func:`zooscape.sparsify.train_twins`, one population);
+- ``twins, one at a time``: populations of one, one after another (the same code path, N = 1), for
+  ``--baseline-models`` of them (mean per model);
+- ``zoo models, population``: the N source architectures trained as plain zoo models in one population, for the
+  per-model cost of a twin against a zoo model.
+
+Every variant does the same work per model-epoch (training steps plus evaluation of train/val/test).
+
+Usage:
+    python bench/sparsify.py                # N = 64, 2 epochs, 8 baseline models
+    python bench/sparsify.py --quick        # smoke run
+    python bench/sparsify.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+import torch
+from population import _time  # bench/ is on sys.path when this script runs
+
+from zooscape.data import load_dataset
+from zooscape.models import create_model
+from zooscape.sparsify import train_twins
+from zooscape.train import Member, TrainConfig, train_population
+
+CASES = {
+    "cnn_s": dict(model=dict(name="cnn_s", in_channels=1), data=dict(name="digits", resize=28)),
+    "mlp": dict(model=dict(name="mlp", input_size=64, depth=2, width=32), data=dict(name="digits")),
+}
+
+
+def run(case: str, n: int, epochs: int, baseline_models: int, device: str) -> dict:
+    spec = CASES[case]
+    dkw = dict(spec["data"])
+    data = load_dataset(dkw.pop("name"), seed=0, **dkw)
+    mkw = dict(spec["model"])
+    name = mkw.pop("name")
+    sources = [create_model(name, seed=s, **mkw) for s in range(n)]
+    members = [Member(seed=s) for s in range(n)]
+    cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3)
+    # warm-up (kernel caches, allocator)
+    train_twins(sources[:2], data, TrainConfig(epochs=1, batch_size=32, optimizer="adam"), members[:2], device=device)
+    pop = _time(lambda: train_twins(sources, data, cfg, members, device=device))
+    one = sum(_time(lambda i=i: train_twins([sources[i]], data, cfg, [members[i]], device=device))
+              for i in range(baseline_models))
+    zoo = _time(lambda: train_population(sources, data, cfg, members, device=device))
+    per = 1000.0 / epochs
+    return {"case": case, "n": n, "epochs": epochs, "twins_population_ms": pop * per / n,
+            "twins_one_at_a_time_ms": one * per / baseline_models, "zoo_population_ms": zoo * per / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=64, help="population size (default 64)")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--baseline-models", type=int, default=8, help="twins trained one at a time (mean per model)")
+    ap.add_argument("--cases", nargs="+", default=["cnn_s", "mlp"], choices=sorted(CASES))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="N=8, 1 epoch, 2 baseline models")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.epochs, args.baseline_models = 8, 1, 2
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}, "
+          f"device {args.device}, load average {load}")
+    print("| case | N | twins, population (ms/twin-epoch) | twins, one at a time | speed-up | "
+          "zoo models, population | twin / zoo model |")
+    print("|---|---|---|---|---|---|---|")
+    for case in args.cases:
+        r = run(case, args.n, args.epochs, args.baseline_models, args.device)
+        print(f"| {case} | {r['n']} | {r['twins_population_ms']:.1f} | {r['twins_one_at_a_time_ms']:.1f} | "
+              f"{r['twins_one_at_a_time_ms'] / r['twins_population_ms']:.1f}x | {r['zoo_population_ms']:.1f} | "
+              f"{r['twins_population_ms'] / r['zoo_population_ms']:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Small-scale sparsification study behind docs/sparsify.md (CPU, a few minutes).
+
+1. Twins: a CNN-s population trained on digits (8x8 resized to 28x28), then its sparsified twins (variational
+   dropout, Model Zoos constants, 25 epochs) trained as one population: accuracy and sparsity per epoch.
+2. Pruners on a BatchNorm network (MLP 784-128-128-10 with BN on MNIST-5k, several seeds): test accuracy after
+   one-shot pruning with globalmagni / magni / diagfisher / woodfisherblock, without and with reset-BN / REPAIR.
+3. Pruning + LMC: two seeds aligned by weight matching, pruned, and the test-error barrier between them before and
+   after re-normalisation.
+
+Usage: ``python examples/sparsify_study.py --out docs/sparsify_results [--quick]``; writes ``results.json`` and
+the figures
+(``--stages pruners twins plots`` runs a part; each stage writes its own JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from zooscape.align import weight_matching
+from zooscape.data import load_dataset
+from zooscape.models import create_model
+from zooscape.sparsify import prune, pruned_barrier, renormalize, train_twins
+from zooscape.train import Member, TrainConfig, train_population
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(1) == y).float().mean())
+
+
+def twins_study(n: int, epochs: int, twin_epochs: int, kl_scale: float) -> dict:
+    ds = load_dataset("digits", seed=0, resize=28)
+    members = [Member(seed=i) for i in range(n)]
+    models = [create_model("cnn_s", seed=i) for i in range(n)]
+    t0 = time.perf_counter()
+    src = train_population(models, ds, TrainConfig(epochs=epochs, batch_size=10, optimizer="adam", lr=1e-3), members)
+    t_src = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tw = train_twins(src.models, ds, TrainConfig(epochs=twin_epochs, batch_size=10, optimizer="adam", lr=1e-3),
+                     members, kl_scale=kl_scale)
+    t_tw = time.perf_counter() - t0
+    return {
+        "n": n, "kl_scale": kl_scale,
+        "source_epochs": epochs, "twin_epochs": twin_epochs, "source_seconds": t_src, "twin_seconds": t_tw,
+        "source_test_acc": [h[-1]["test_acc"] for h in src.history],
+        "twin_test_acc": [[r["test_acc"] for r in h] for h in tw.history],
+        "twin_sparsity": [[r["sparsity"] for r in h] for h in tw.history],
+    }
+
+
+def bn_mlp(seed: int) -> torch.nn.Module:
+    return create_model("mlp", input_size=784, depth=2, width=128, norm="bn", seed=seed)
+
+
+def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_samples: int) -> dict:
+    ds = load_dataset("mnist5k", seed=0, flat=True)
+    cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3)
+    res = train_population([bn_mlp(s) for s in seeds], ds, cfg, [Member(seed=s) for s in seeds])
+    models = res.models
+    out: dict = {"seeds": seeds, "sparsities": sparsities, "dense_test_acc": [accuracy(m, ds.test_x, ds.test_y)
+                                                                             for m in models], "acc": {}}
+    for method in ("globalmagni", "magni", "diagfisher", "woodfisherblock"):
+        for renorm in ("none", "reset_bn", "repair"):
+            out["acc"][f"{method}/{renorm}"] = [[None] * len(seeds) for _ in sparsities]
+        for j, s in enumerate(sparsities):
+            for i, m in enumerate(models):
+                p = prune(m, s, method, ds, n_samples=n_samples, block_size=128, seed=i)
+                out["acc"][f"{method}/none"][j][i] = accuracy(p, ds.test_x, ds.test_y)
+                for renorm in ("reset_bn", "repair"):
+                    r = renormalize(p, m, ds, renorm, n_samples=n_samples)
+                    out["acc"][f"{method}/{renorm}"][j][i] = accuracy(r, ds.test_x, ds.test_y)
+            print(f"{method} s={s}: " + ", ".join(
+                f"{k.split('/')[1]} {sum(v[j]) / len(v[j]):.3f}" for k, v in out["acc"].items()
+                if k.startswith(method + "/")), flush=True)
+    out["lmc"] = lmc_study(models[0], models[1], ds, sparsities, n_samples)
+    return out
+
+
+def lmc_study(a: torch.nn.Module, b: torch.nn.Module, ds, sparsities: list[float], n_samples: int) -> dict:
+    """Align b to a (weight matching), prune both (globalmagni), and measure the test-error barrier between them
+    with and without re-normalising the pruned endpoints (BN statistics interpolated along the path)."""
+    b = weight_matching(a, b).model
+    lmc = {}
+    for s in [0.0] + sparsities:
+        pa, pb = prune(a, s, "globalmagni"), prune(b, s, "globalmagni")
+        row = {}
+        for renorm in ("none", "reset_bn", "repair"):
+            ra = pa if renorm == "none" else renormalize(pa, a, ds, renorm, n_samples=n_samples)
+            rb = pb if renorm == "none" else renormalize(pb, b, ds, renorm, n_samples=n_samples)
+            bar = pruned_barrier(ra, rb, ds, n_points=11, splits=("test",), bn_mode="interpolate")
+            row[renorm] = {k: bar[k] for k in ("barrier_error_test_linear", "barrier_loss_test_linear",
+                                               "error_a_test", "error_b_test")}
+        lmc[str(s)] = row
+        print(f"lmc s={s}: " + ", ".join(f"{k} barrier {v['barrier_error_test_linear']:.3f} (endpoints "
+                                         f"{v['error_a_test']:.3f}, {v['error_b_test']:.3f})"
+                                         for k, v in row.items()), flush=True)
+    return lmc
+
+
+def plots(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zooscape._io import save_figure
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    for k, tw in enumerate(results["twins"]):
+        for j, (acc, sp) in enumerate(zip(tw["twin_test_acc"], tw["twin_sparsity"])):
+            label = f"kl_scale {tw['kl_scale']:g}" if j == 0 else None
+            ax[0].plot(sp, color=f"C{k}", alpha=0.5, label=label)
+            ax[1].plot(acc, color=f"C{k}", alpha=0.5, label=label)
+    ax[0].set(xlabel="sparsification epoch", ylabel="sparsity", title="CNN-s digits twins (one population each)")
+    ax[1].set(xlabel="sparsification epoch", ylabel="test accuracy (sparse model)")
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out / "sparsify_twins.png")
+
+    pr = results["pruners"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    for ax, renorm in zip(axes, ("none", "reset_bn", "repair")):
+        for k, method in enumerate(("globalmagni", "magni", "diagfisher", "woodfisherblock")):
+            acc = pr["acc"][f"{method}/{renorm}"]
+            ax.plot(pr["sparsities"], [sum(v) / len(v) for v in acc], marker="o", color=f"C{k}", label=method)
+        ax.axhline(sum(pr["dense_test_acc"]) / len(pr["dense_test_acc"]), color="k", ls=":", label="dense")
+        ax.set(xlabel="sparsity", title=f"re-normalisation: {renorm}")
+    axes[0].set_ylabel("test accuracy (BN MLP, MNIST-5k)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out / "sparsify_pruners.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="docs/sparsify_results")
+    ap.add_argument("--stages", nargs="+", default=["pruners", "twins", "plots"], choices=["pruners", "twins", "plots"])
+    ap.add_argument("--kl-scale", type=float, default=1e-2, help="twins' KL ramp (Model Zoos: 0.01)")
+    ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    q = args.quick
+    if "pruners" in args.stages:
+        res = pruner_study([0, 1] if q else [0, 1, 2], [0.5, 0.9] if q else [0.5, 0.7, 0.8, 0.9, 0.95],
+                           2 if q else 20, 64 if q else 512)
+        (out / "pruners.json").write_text(json.dumps(res, indent=1))
+    if "twins" in args.stages:
+        tw = twins_study(2 if q else 8, 1 if q else 30, 2 if q else 25, args.kl_scale)
+        (out / f"twins_kl{args.kl_scale:g}.json").write_text(json.dumps(tw, indent=1))
+        drop = [s - a[-1] for s, a in zip(tw["source_test_acc"], tw["twin_test_acc"])]
+        sp = [s[-1] for s in tw["twin_sparsity"]]
+        print(f"twins: sparsity {sum(sp) / len(sp):.3f} (min {min(sp):.3f}), accuracy loss "
+              f"{sum(drop) / len(drop):.4f} (max {max(drop):.4f}); source {tw['source_seconds']:.0f}s, "
+              f"twins {tw['twin_seconds']:.0f}s", flush=True)
+    if "plots" in args.stages:
+        plots({"pruners": json.loads((out / "pruners.json").read_text()),
+               "twins": [json.loads(f.read_text()) for f in sorted(out.glob("twins_kl*.json"))]}, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""``zooscape sparsify ...``: sparsified twins and one-shot pruning of a zoo (see ``docs/sparsify.md``).
+
+Commands:
+
+- ``zooscape sparsify twins DIR [--from-epoch last] [--epochs 25] [--kl-scale 0.01] ...``: train the sparsified
+  twin of every finished grid member (variational dropout) into the same catalog; resumable.
+- ``zooscape sparsify prune DIR --method globalmagni ... --sparsity 0.5 0.7 0.9 [--renorm none reset_bn ...]
+  [--lmc]``: one-shot pruning (and re-normalisation) of every finished model; results in the analyses table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from zooscape.cli._common import (
+    add_device,
+    add_group,
+    add_n_points,
+    add_quiet,
+    add_workers_engine,
+    engine_options,
+    say,
+)
+
+__all__ = ["add_parser"]
+
+PRUNERS = ("globalmagni", "magni", "diagfisher", "woodfisherblock")
+RENORMS = ("none", "reset_bn", "repair", "rescale")
+
+
+def _common(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("dir", metavar="DIR", help="zoo directory")
+    p.add_argument("--models", default=None, metavar="IDS", help="comma-separated model ids (default: all)")
+    add_device(p)
+    add_quiet(p)
+    add_workers_engine(p, what=what)
+
+
+def _epoch(text: str) -> int | str:
+    if text == "last":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'last' or an epoch number, got {text!r}") from None
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``sparsify`` command group to ``subparsers``; returns the group's parser."""
+    p, sub = add_group(subparsers, "sparsify", help="sparsified twins (variational dropout) and one-shot pruning",
+                       description="Sparsified twins and one-shot pruning with re-normalisation of a zoo.")
+
+    t = sub.add_parser("twins", help="train the sparsified twin of every finished model into the same catalog",
+                       description="Train a sparsified twin (variational dropout, Molchanov et al. 2017) of every "
+                                   "finished grid member of the zoo in DIR, starting from its checkpoint at "
+                                   "--from-epoch. The twins of one grid cell train as one population; every epoch "
+                                   "stores accuracy, loss and sparsity (metrics) and the sparse weights "
+                                   "(checkpoint) in the zoo's catalog; twins are models with kind 'twin' and "
+                                   "source_id = their source (zoo.table()). Re-running resumes.")
+    _common(t, "the per-cell twin populations")
+    t.add_argument("--from-epoch", type=_epoch, default="last", metavar="E",
+                   help="source checkpoint to start from: 'last' (default) or an epoch")
+    t.add_argument("--epochs", type=int, default=25, help="sparsification epochs (default 25, as Model Zoos)")
+    t.add_argument("--kl-scale", type=float, default=1e-2,
+                   help="KL weight ramp min(1, kl_scale * epoch / epochs) (default 0.01, as Model Zoos)")
+    t.add_argument("--log-sigma2-init", type=float, default=-10.0, help="initial log sigma^2 (default -10)")
+    t.add_argument("--threshold", type=float, default=3.0, help="prune at log alpha >= threshold (default 3)")
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
+                   help="optimizer (default: the source's)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: the source's)")
+    t.add_argument("--batch-size", type=int, default=None, help="batch size (default: the source's)")
+    t.set_defaults(func=cmd_twins)
+
+    r = sub.add_parser("prune", help="one-shot pruning (+ re-normalisation) of every finished model",
+                       description="Prune every finished model of the zoo in DIR with each --method and --sparsity, "
+                                   "optionally re-normalise (--renorm), evaluate on the test split and store "
+                                   "test_acc, test_loss and sparsity in the catalog's analyses table "
+                                   "(params: experiment=prune, method, sparsity, renorm, ...). With --lmc, every "
+                                   "seed pair of each grid cell is aligned (weight matching), both are pruned and "
+                                   "the barrier between them is stored (experiment=prune_lmc). Stored results are "
+                                   "skipped.")
+    _common(r, "the per-model (or per-pair) tasks")
+    r.add_argument("--method", nargs="+", choices=PRUNERS, default=["globalmagni"], help="pruners")
+    r.add_argument("--sparsity", nargs="+", type=float, default=[0.5, 0.7, 0.9], help="sparsities in [0, 1]")
+    r.add_argument("--renorm", nargs="+", choices=RENORMS, default=["none"],
+                   help="re-normalisations after pruning, each stored separately (default: none)")
+    r.add_argument("--epoch", type=_epoch, default="last", help="checkpoint to prune: 'last' (default) or an epoch")
+    r.add_argument("--n-samples", type=int, default=1000,
+                   help="training samples for the Fisher and re-normalisation (default 1000)")
+    r.add_argument("--scope", choices=("global", "layer"), default=None,
+                   help="global or per-layer selection (default: layer for magni, global otherwise)")
+    r.add_argument("--block-size", type=int, default=128, help="WoodFisher block size (default 128)")
+    r.add_argument("--damping", type=float, default=1e-5, help="Fisher damping (default 1e-5)")
+    r.add_argument("--seed", type=int, default=0, help="which --n-samples samples")
+    r.add_argument("--kind", nargs="+", choices=("model", "twin"), default=["model"],
+                   help="which models: grid members (model, default) and/or twins")
+    r.add_argument("--lmc", action="store_true", help="barriers between pruned seed pairs instead")
+    add_n_points(r, 11, "--lmc: points on the linear path (default 11)")
+    r.add_argument("--bn-mode", choices=("interpolate", "reset"), default="reset",
+                   help="--lmc: BatchNorm statistics along the path (default reset)")
+    r.set_defaults(func=cmd_prune)
+    return p
+
+
+def _ids(text: str | None) -> list[str] | None:
+    return None if text is None else [m.strip() for m in text.split(",") if m.strip()]
+
+
+def cmd_twins(args: argparse.Namespace) -> int:
+    """Run ``zooscape sparsify twins`` and print the twins' final sparsity and accuracy change."""
+    import pandas as pd
+
+    from zooscape.studies.twins import sparsify_twins
+    from zooscape.zoo import open as open_zoo
+
+    overrides = {"optimizer": args.optimizer, "lr": args.lr, "batch_size": args.batch_size}
+    trained = sparsify_twins(args.dir, epochs=args.epochs, from_epoch=args.from_epoch, kl_scale=args.kl_scale,
+                             log_sigma2_init=args.log_sigma2_init, threshold=args.threshold,
+                             overrides={k: v for k, v in overrides.items() if v is not None},
+                             model_ids=_ids(args.models), engine=args.engine, workers=args.workers,
+                             device=args.device, progress=False if args.quiet else say(False),
+                             engine_options=engine_options(args))
+    print(f"{len(trained)} twins trained in {args.dir}")
+    with open_zoo(args.dir) as zoo:
+        table = zoo.table()
+    twins = table[table["kind"] == "twin"]
+    if twins.empty or "sparsity" not in twins:
+        return 0
+    last = twins.sort_values("epoch").groupby("model_id").tail(1)
+    src = table[table["kind"] == "model"].sort_values("epoch").groupby("model_id").tail(1).set_index("model_id")
+    out = last[["model_id", "source_id", "epoch", "sparsity", "test_acc"]].copy()
+    if "test_acc" in src:
+        out["source_test_acc"] = [src["test_acc"].get(s) for s in out["source_id"]]
+    with pd.option_context("display.width", 200, "display.max_rows", 200):
+        print(out.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Run ``zooscape sparsify prune`` and print the mean stored value per method, sparsity and renorm."""
+    import pandas as pd
+
+    from zooscape.studies.twins import prune_zoo
+
+    rows = prune_zoo(args.dir, methods=args.method, sparsities=args.sparsity, renorms=args.renorm, epoch=args.epoch,
+                     n_samples=args.n_samples, scope=args.scope, block_size=args.block_size,
+                     damping=args.damping, seed=args.seed, lmc=args.lmc, n_points=args.n_points,
+                     bn_mode=args.bn_mode, kinds=args.kind, model_ids=_ids(args.models), engine=args.engine,
+                     workers=args.workers, device=args.device, progress=say(args.quiet),
+                     engine_options=engine_options(args))
+    print(f"{len(rows)} rows stored in {args.dir}")
+    if not rows:
+        return 0
+    metric = "barrier_error_test_linear" if args.lmc else "test_acc"
+    df = pd.DataFrame([{**r["params"], "value": r["value"]} for r in rows if r["metric"] == metric])
+    if df.empty:
+        return 0
+    summary = df.groupby(["method", "sparsity", "renorm"])["value"].agg(["count", "mean", "std"]).reset_index()
+    print(f"{metric} (new results):")
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0

@@ -1,0 +1,492 @@
+"""Variational dropout with automatic relevance determination (ARD) for Linear and Conv2d layers.
+
+Each weight ``w`` gets a Gaussian posterior ``N(theta, sigma^2)`` with ``alpha = sigma^2 / theta^2``; training
+minimises ``CE + kl_weight * KL / n_train`` with the local reparameterisation trick (the pre-activation is sampled
+from ``N(x theta, x^2 sigma^2)``), and weights whose ``log alpha`` reaches the threshold are pruned. In eval mode an
+ARD layer is the deterministic layer with the pruned weights set to zero.
+
+Constants (Molchanov et al. 2017, as used by the Model Zoos sparsified twins):
+
+- ``LOG_SIGMA2_INIT = -10``: initial ``log sigma^2`` of every weight ("ard_init");
+- ``THRESHOLD = 3``: a weight is pruned when ``log alpha >= 3`` (dropout rate ``alpha/(1+alpha) > 0.95``);
+- ``log alpha = clip(log sigma^2 - log(theta^2 + 1e-8), -10, 10)``;
+- ``KL(q || p) ~= k1 - k1 * sigmoid(k2 + k3 log alpha) + 0.5 log(1 + 1/alpha)`` with
+  ``k1, k2, k3 = 0.63576, 1.8732, 1.48695`` (the fit of the negative KL to the log-uniform prior);
+- ``kl_weight(epoch) = min(1, kl_scale * epoch / epochs)``, ``kl_scale = 1e-2`` (the twins' ramp).
+
+:func:`to_ard` swaps the Linear/Conv2d leaves of any model for ARD layers (the model's code is not edited, as the
+population trainer swaps its layers); :func:`from_ard` returns the deterministic sparse model of the original
+classes. Population versions (:class:`PopARDLinear`, :class:`PopARDConv2d`) let :func:`zooscape.train.train_population`
+train N twins at once; they draw their noise from each model's own dropout stream and add each model's KL penalty
+to its loss in the backward pass (see :func:`penalized`).
+
+References:
+    Molchanov, Ashukha & Vetrov (2017), "Variational Dropout Sparsifies Deep Neural Networks";
+    Kingma, Salimans & Welling (2015), "Variational Dropout and the Local Reparameterization Trick";
+    Schürholt et al. (2022), "Model Zoos: A Dataset of Diverse Populations of Neural Network Models".
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zooscape.train.layers import PopConv2d, PopDropout, PopLinear, _SmallGroupedConv, register_population_layer
+
+__all__ = [
+    "K1", "K2", "K3", "LOG_ALPHA_CLIP", "LOG_SIGMA2_INIT", "THRESHOLD", "ARDConv2d", "ARDControl", "ARDLinear",
+    "PopARDConv2d", "PopARDLinear", "ard_kl", "ard_layers", "from_ard", "kl_approx", "kl_weight", "log_alpha",
+    "penalized", "sparse_state_dict", "sparsity_ratio", "to_ard",
+]
+
+K1, K2, K3 = 0.63576, 1.8732, 1.48695
+LOG_SIGMA2_INIT = -10.0
+THRESHOLD = 3.0
+LOG_ALPHA_CLIP = 10.0
+_EPS = 1e-8
+
+
+def log_alpha(weight: Tensor, log_sigma2: Tensor) -> Tensor:
+    """``clip(log sigma^2 - log(theta^2 + 1e-8), -10, 10)``, elementwise; any shape (same for both)."""
+    return (log_sigma2 - torch.log(weight * weight + _EPS)).clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+
+
+def kl_approx(la: Tensor) -> Tensor:
+    """Molchanov et al.'s approximation of ``KL(q(w | theta, alpha) || p(w))`` (log-uniform prior), elementwise.
+
+    ``KL ~= k1 - k1 * sigmoid(k2 + k3 * la) + 0.5 * log1p(exp(-la))``; tends to 0 as ``la -> inf``.
+
+    Args:
+        la: ``log alpha``, any shape.
+
+    Returns:
+        the KL of every weight, same shape.
+    """
+    return K1 - K1 * torch.sigmoid(K2 + K3 * la) + 0.5 * F.softplus(-la)
+
+
+def kl_weight(epoch: int, epochs: int, kl_scale: float = 1e-2) -> float:
+    """The KL weight of ``epoch`` (1-based) of ``epochs``: ``min(1, kl_scale * epoch / epochs)``."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    return min(1.0, kl_scale * max(0, epoch) / epochs)
+
+
+@dataclass
+class ARDControl:
+    """What every ARD layer of a run shares: the threshold and the current KL penalty scale.
+
+    ``penalty_scale`` is ``kl_weight / n_train``: a layer in training mode adds ``penalty_scale * KL`` to its
+    model's (mean per sample) loss. Zero (the default) trains without the penalty.
+    """
+
+    threshold: float = THRESHOLD
+    penalty_scale: float = 0.0
+
+
+class _ARDMixin:
+    """Shared parts of :class:`ARDLinear` and :class:`ARDConv2d`."""
+
+    weight: Tensor
+    log_sigma2: Tensor
+    control: ARDControl
+    generator: torch.Generator | None
+
+    def log_alpha(self) -> Tensor:
+        """``log alpha`` of every weight (the weight's shape)."""
+        return log_alpha(self.weight, self.log_sigma2)
+
+    def mask(self) -> Tensor:
+        """``True`` where a weight is kept (``log alpha < threshold``); the weight's shape."""
+        return self.log_alpha() < self.control.threshold
+
+    def kl(self) -> Tensor:
+        """Sum of :func:`kl_approx` over this layer's weights (scalar)."""
+        return kl_approx(self.log_alpha()).sum()
+
+    def sparse_weight(self) -> Tensor:
+        """The weight with pruned entries set to zero."""
+        return torch.where(self.mask(), self.weight, torch.zeros_like(self.weight))
+
+    def _noise(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """Standard normal noise of ``shape``; 4-D maps are drawn in ``[B, H, W, C]`` order (as the population
+        layer draws them, so that a twin's noise does not depend on its population)."""
+        if len(shape) == 4:
+            b, c, h, w = shape
+            return torch.randn((b, h, w, c), generator=self.generator, device=like.device,
+                               dtype=like.dtype).permute(0, 3, 1, 2)
+        return torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+
+class ARDLinear(_ARDMixin, nn.Linear):
+    """``nn.Linear`` with variational dropout (ARD): adds the parameter ``log_sigma2`` (``[out, in]``).
+
+    Training mode: ``y = x theta^T + b + sqrt(x^2 (alpha theta^2)^T + 1e-8) * eps``, ``eps ~ N(0, 1)`` per output
+    (local reparameterisation). Eval mode: ``F.linear(x, sparse_weight, b)``. Shapes as ``nn.Linear``.
+
+    References:
+        Molchanov et al. (2017), "Variational Dropout Sparsifies Deep Neural Networks".
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 log_sigma2_init: float = LOG_SIGMA2_INIT, control: ARDControl | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, float(log_sigma2_init)))
+        self.control = control if control is not None else ARDControl()
+        self.generator = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return F.linear(x, self.sparse_weight(), self.bias)
+        mu = F.linear(x, self.weight, self.bias)
+        var = F.linear(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight)
+        return sample_preactivation(mu, var, self._noise(tuple(mu.shape), mu))
+
+
+class ARDConv2d(_ARDMixin, nn.Conv2d):
+    """``nn.Conv2d`` with variational dropout (ARD): adds ``log_sigma2`` (the weight's shape
+    ``[C_out, C_in/groups, kh, kw]``). Training: mean ``conv(x, theta)`` plus noise with variance
+    ``conv(x^2, alpha theta^2) + 1e-8``; eval: ``conv(x, sparse_weight)``. Shapes as ``nn.Conv2d``.
+
+    References:
+        Molchanov et al. (2017); Kingma et al. (2015) (local reparameterisation).
+    """
+
+    def __init__(self, *args, log_sigma2_init: float = LOG_SIGMA2_INIT, control: ARDControl | None = None,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"ARDConv2d supports padding_mode='zeros' only, got {self.padding_mode!r}")
+        self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, float(log_sigma2_init)))
+        self.control = control if control is not None else ARDControl()
+        self.generator = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self._conv_forward(x, self.sparse_weight(), self.bias)
+        mu = self._conv_forward(x, self.weight, self.bias)
+        var = self._conv_forward(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight, None)
+        return sample_preactivation(mu, var, self._noise(tuple(mu.shape), mu))
+
+
+ARD_LAYERS = (ARDLinear, ARDConv2d)
+
+
+class _Sample(torch.autograd.Function):
+    """``mu + sqrt(var + 1e-8) * noise`` in two passes, with a two-pass backward (``d/dvar = g * noise / (2 std)``);
+    the composite of elementwise operations it replaces made a third of a population ARD step."""
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, var: Tensor, noise: Tensor) -> Tensor:  # type: ignore[override]
+        std = (var + _EPS).sqrt_()
+        ctx.save_for_backward(std, noise)
+        return torch.addcmul(mu, std, noise)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        std, noise = ctx.saved_tensors
+        gvar = None
+        if ctx.needs_input_grad[1]:
+            gvar = (grad * noise).div_(std).mul_(0.5)
+        return grad, gvar, None
+
+
+def sample_preactivation(mu: Tensor, var: Tensor, noise: Tensor) -> Tensor:
+    """The local reparameterisation sample ``mu + sqrt(var + 1e-8) * noise`` (all the same shape)."""
+    return _Sample.apply(mu, var, noise)
+
+
+def ard_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every ARD layer of ``model`` (single models and populations)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ARD_LAYERS + (PopARDLinear, PopARDConv2d))]
+
+
+def to_ard(model: nn.Module, *, log_sigma2_init: float = LOG_SIGMA2_INIT, threshold: float = THRESHOLD,
+           control: ARDControl | None = None) -> nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` and ``nn.Conv2d`` leaves are ARD layers holding the same weights.
+
+    The model's class and code are unchanged (leaves are swapped by attribute), so any registry model works. All
+    swapped layers share one :class:`ARDControl`.
+
+    Args:
+        model: the source model (not modified).
+        log_sigma2_init: initial ``log sigma^2`` of every weight (Model Zoos: -10).
+        threshold: prune at ``log alpha >= threshold`` (3).
+        control: the shared control object (a new one by default).
+
+    Returns:
+        the ARD model; its state dict is the source's plus ``<layer>.log_sigma2`` entries.
+    """
+    control = control if control is not None else ARDControl(threshold=float(threshold))
+    new = copy.deepcopy(model)
+    swapped = 0
+    for parent in list(new.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                layer: nn.Module = ARDLinear(child.in_features, child.out_features, child.bias is not None,
+                                             log_sigma2_init=log_sigma2_init, control=control,
+                                             device=child.weight.device, dtype=child.weight.dtype)
+            elif type(child) is nn.Conv2d:
+                layer = ARDConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                  child.padding, child.dilation, child.groups, child.bias is not None,
+                                  child.padding_mode, log_sigma2_init=log_sigma2_init, control=control,
+                                  device=child.weight.device, dtype=child.weight.dtype)
+            else:
+                continue
+            with torch.no_grad():
+                layer.weight.copy_(child.weight)
+                if child.bias is not None:
+                    layer.bias.copy_(child.bias)
+            layer.train(child.training)
+            setattr(parent, name, layer)
+            swapped += 1
+    if swapped == 0:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to make variational")
+    return new
+
+
+def from_ard(model: nn.Module) -> nn.Module:
+    """The deterministic sparse model: every ARD layer back to ``nn.Linear``/``nn.Conv2d`` with its pruned weights
+    set to zero (the state dict then has the source model's keys)."""
+    new = copy.deepcopy(model)
+    for parent in list(new.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ARDLinear):
+                plain: nn.Module = nn.Linear(child.in_features, child.out_features, child.bias is not None,
+                                             device=child.weight.device, dtype=child.weight.dtype)
+            elif isinstance(child, ARDConv2d):
+                plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                  child.padding, child.dilation, child.groups, child.bias is not None,
+                                  child.padding_mode, device=child.weight.device, dtype=child.weight.dtype)
+            else:
+                continue
+            with torch.no_grad():
+                plain.weight.copy_(child.sparse_weight())
+                if child.bias is not None:
+                    plain.bias.copy_(child.bias)
+            plain.train(child.training)
+            setattr(parent, name, plain)
+    return new
+
+
+def sparse_state_dict(state: dict[str, Tensor], threshold: float = THRESHOLD) -> dict[str, Tensor]:
+    """An ARD state dict -> the deterministic sparse model's state dict (``log_sigma2`` entries dropped, weights
+    with ``log alpha >= threshold`` zeroed). Works on single-model state dicts (``[out, in]`` weights)."""
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        if k.endswith(".log_sigma2"):
+            continue
+        ls = state.get(k[: -len("weight")] + "log_sigma2") if k.endswith("weight") else None
+        if ls is not None:
+            v = torch.where(log_alpha(v, ls) < threshold, v, torch.zeros_like(v))
+        out[k] = v
+    return out
+
+
+def ard_kl(model: nn.Module) -> Tensor:
+    """Sum of the KL terms of every ARD layer of a single model (scalar)."""
+    layers = [m for _, m in ard_layers(model) if isinstance(m, ARD_LAYERS)]
+    if not layers:
+        raise ValueError("the model has no ARD layers (use to_ard)")
+    return torch.stack([m.kl() for m in layers]).sum()
+
+
+@torch.no_grad()
+def sparsity_ratio(model: nn.Module | dict[str, Tensor], threshold: float = THRESHOLD) -> float:
+    """Fraction of prunable weights that are pruned (biases and normalisation parameters are not counted).
+
+    For an ARD model: the weights of its ARD layers with ``log alpha >= threshold``. For a plain model: the exact
+    zeros among the weights of its Linear/Conv layers. For a state dict: ``*.weight`` entries that have a
+    ``log_sigma2`` partner (ARD) or, if none has, every ``*.weight`` with two or more dimensions.
+    """
+    if isinstance(model, dict):
+        ard = [k for k in model if k.endswith(".log_sigma2")]
+        if ard:
+            pairs = [(model[k[: -len("log_sigma2")] + "weight"], model[k]) for k in ard]
+            pruned = sum(int((log_alpha(w, ls) >= threshold).sum()) for w, ls in pairs)
+            total = sum(w.numel() for w, _ in pairs)
+        else:
+            ws = [v for k, v in model.items() if k.endswith("weight") and v.dim() >= 2]
+            pruned, total = sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
+        return pruned / total if total else 0.0
+    layers = [m for m in model.modules() if isinstance(m, ARD_LAYERS)]
+    if layers:
+        pruned = sum(int((~m.mask()).sum()) for m in layers)
+        total = sum(m.weight.numel() for m in layers)
+    else:
+        ws = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+        pruned, total = sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
+    return pruned / total if total else 0.0
+
+
+# ------------------------------------------------------------------------------------------- populations
+class _AddPenalty(torch.autograd.Function):
+    """Identity on ``out`` whose backward also sends gradient 1 to ``penalty``: as if ``penalty`` were added to
+    the summed loss the trainer differentiates."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, penalty: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.shape = penalty.shape
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return grad, grad.new_ones(ctx.shape)
+
+
+def penalized(out: Tensor, penalty: Tensor) -> Tensor:
+    """Return ``out`` unchanged, but make ``loss.sum().backward()`` of any loss computed from it also
+    differentiate ``penalty.sum()``.
+
+    The population trainer minimises the sum over members of each member's mean loss, so a layer that returns
+    ``penalized(out, p)`` with ``p`` of shape ``[N]`` adds ``p[n]`` to member ``n``'s objective without any change
+    to the trainer. ``out`` must reach the loss (the layer's output always does).
+    """
+    return _AddPenalty.apply(out, penalty)
+
+
+class _ARDNoise(PopDropout):
+    """A no-op dropout child of a population ARD layer: the trainer hands it each model's dropout generator every
+    epoch (as to every :class:`~zooscape.train.layers.PopDropout`), and the ARD layer draws its noise from them,
+    so a twin's noise does not depend on its population."""
+
+    def __init__(self, n: int) -> None:
+        nn.Module.__init__(self)
+        self.n, self.p = n, 0.0
+        self.generators = None
+
+
+class _PopARDMixin:
+    n: int
+    weight: Tensor
+    log_sigma2: Tensor
+    control: ARDControl
+    noise: _ARDNoise
+
+    def _init_ard(self, layers: list[nn.Module]) -> None:
+        self.log_sigma2 = nn.Parameter(torch.stack([m.log_sigma2.detach() for m in layers]).contiguous())
+        self.control = layers[0].control
+        self.noise = _ARDNoise(len(layers))
+
+    def log_alpha(self) -> Tensor:
+        """``[N, *weight_shape]``."""
+        return log_alpha(self.weight, self.log_sigma2)
+
+    def sparse_weight(self) -> Tensor:
+        la = self.log_alpha()
+        return torch.where(la < self.control.threshold, self.weight, torch.zeros_like(self.weight))
+
+    def _penalize(self, out: Tensor) -> Tensor:
+        scale = float(self.control.penalty_scale)
+        if scale == 0.0 or not torch.is_grad_enabled():
+            return out
+        kl = kl_approx(self.log_alpha()).reshape(self.n, -1).sum(1)  # [N]
+        return penalized(out, kl * scale)
+
+    def _model_noise(self, shape: tuple[int, ...], like: Tensor, dim: int) -> Tensor:
+        """Standard normal noise with one block per model along ``dim`` (``shape[dim]`` is ``N`` times the per-model
+        size), each drawn from that model's generator (global RNG when none are set)."""
+        gens = self.noise.generators
+        if gens is None:
+            return torch.randn(shape, device=like.device, dtype=like.dtype)
+        if len(shape) == 4:  # [B, N*C, H, W]: drawn as [B, H, W, C] per model, stacked into channels-last memory
+            b, nc, h, w = shape
+            parts = [torch.randn((b, h, w, nc // self.n), generator=g, device=g.device, dtype=like.dtype)
+                     for g in gens]
+            out = torch.stack(parts, 3).view(b, h, w, nc).permute(0, 3, 1, 2)
+            if not like.is_contiguous(memory_format=torch.channels_last) or like.is_contiguous():
+                out = out.contiguous()
+            return out.to(like.device)
+        per = list(shape)
+        per[dim] //= self.n
+        parts = [torch.randn(per, generator=g, device=g.device, dtype=like.dtype) for g in gens]
+        return torch.cat(parts, dim).to(like.device)
+
+
+class PopARDLinear(_PopARDMixin, PopLinear):
+    """N :class:`ARDLinear` layers as one population layer (shapes as :class:`~zooscape.train.layers.PopLinear`;
+    ``log_sigma2`` is ``[N, out, in]``)."""
+
+    def __init__(self, layers: list[ARDLinear]) -> None:
+        super().__init__(layers)
+        self._init_ard(layers)
+
+    def _matmul(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        if self.layout == "stacked":
+            xb = x.view(self.n, -1, self.in_features)
+            out = torch.baddbmm(b.unsqueeze(1), xb, w.transpose(1, 2)) if b is not None else torch.bmm(
+                xb, w.transpose(1, 2))
+            return out.view(-1, self.out_features)
+        lead = x.shape[:-1]
+        xb = x.reshape(-1, self.n, self.in_features).transpose(0, 1)
+        out = torch.baddbmm(b.unsqueeze(1), xb, w.transpose(1, 2)) if b is not None else torch.bmm(
+            xb, w.transpose(1, 2))
+        return out.transpose(0, 1).reshape(*lead, self.n * self.out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shared = self.shared is not None and self.shared.take()
+        if not self.training:
+            if shared:
+                w = self.sparse_weight().reshape(self.n * self.out_features, self.in_features)
+                out = F.linear(x, w, self.bias.reshape(-1) if self.bias is not None else None)
+                if self.layout == "stacked":
+                    b = out.shape[0]
+                    return out.view(b, self.n, self.out_features).transpose(0, 1).reshape(-1, self.out_features)
+                return out
+            return self._matmul(x, self.sparse_weight(), self.bias)
+        if shared:
+            x = self.shared.expand(x)  # type: ignore[union-attr]
+        mu = self._matmul(x, self.weight, self.bias)
+        var = self._matmul(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight, None)
+        dim = 0 if self.layout == "stacked" else mu.dim() - 1
+        out = sample_preactivation(mu, var, self._model_noise(tuple(mu.shape), mu, dim))
+        return self._penalize(out)
+
+
+class PopARDConv2d(_PopARDMixin, PopConv2d):
+    """N :class:`ARDConv2d` layers as one grouped convolution on ``[B, N*C_in, H, W]`` (channel layout);
+    ``log_sigma2`` is ``[N, C_out, C_in/groups, kh, kw]``. The native conv + pool kernels are not used."""
+
+    def __init__(self, layers: list[ARDConv2d]) -> None:
+        super().__init__(layers, strategy="grouped")
+        self._init_ard(layers)
+        self.native_allowed = False
+
+    def native_pool_ok(self) -> bool:
+        return False
+
+    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
+        w = w.reshape(-1, *w.shape[2:])
+        b = b.reshape(-1) if b is not None else None
+        if groups > 1 and self._input_grad_as_forward(x, w):  # the population's faster input gradient
+            return _SmallGroupedConv.apply(x, w, b, self.padding, groups)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if getattr(self, "layout", "channel") == "stacked":
+            raise ValueError("PopARDConv2d runs in the channel layout only")
+        shared = self.shared is not None and self.shared.take()
+        cl = self.shared is not None and self.shared.channels_last and x.dim() == 4
+        if not self.training:
+            if shared and self.groups == 1:
+                out = self._conv(x, self.sparse_weight(), self.bias, 1)
+                return out.contiguous(memory_format=torch.channels_last) if cl else out
+            if shared:
+                x = self.shared.expand(x)  # type: ignore[union-attr]
+            return self._conv(x, self.sparse_weight(), self.bias, self.groups * self.n)
+        if shared:
+            x = self.shared.expand(x)  # type: ignore[union-attr]
+        g = self.groups * self.n
+        mu = self._conv(x, self.weight, self.bias, g)
+        var = self._conv(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight, None, g)
+        out = sample_preactivation(mu, var, self._model_noise(tuple(mu.shape), mu, 1))
+        return self._penalize(out)
+
+
+register_population_layer(ARDLinear, PopARDLinear)
+register_population_layer(ARDConv2d, PopARDConv2d)

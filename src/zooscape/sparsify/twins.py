@@ -1,0 +1,104 @@
+"""Sparsified twins: a population of variational-dropout (ARD) copies of trained models, trained at once.
+
+:func:`train_twins` swaps every source model's Linear/Conv2d layers for ARD layers (:func:`~zooscape.sparsify.to_ard`)
+and trains all of them as one population with :func:`zooscape.train.train_population`, minimising
+``CE + kl_weight(epoch) * KL / n_train`` per twin; after every epoch each twin's metrics gain ``sparsity`` (the
+fraction of its weights with ``log alpha >= 3``) and ``kl``. Evaluation runs in eval mode, i.e. on the
+deterministic sparse network, so ``test_acc`` is the sparsified model's accuracy.
+
+References:
+    Molchanov, Ashukha & Vetrov (2017); Schürholt et al. (2022), "Model Zoos" (sparsified model zoo twins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from zooscape.train import EpochReport, Member, PopulationResult, PopulationState, TrainConfig, train_population
+
+from .ard import LOG_SIGMA2_INIT, THRESHOLD, ARDControl, kl_approx, kl_weight, log_alpha, to_ard
+
+__all__ = ["TWIN_CONFIG", "train_twins", "twin_metrics"]
+
+#: Training defaults of the Model Zoos twins: Adam, lr 1e-3, batch size 10 (the zoos' own), 25 epochs.
+TWIN_CONFIG = TrainConfig(epochs=25, batch_size=10, optimizer="adam", lr=1e-3)
+
+
+@torch.no_grad()
+def twin_metrics(state: dict[str, torch.Tensor], threshold: float = THRESHOLD) -> dict[str, float]:
+    """``{"sparsity", "kl", "n_pruned", "n_weights"}`` of one ARD state dict (weights of ARD layers only)."""
+    pruned = total = 0
+    kl = 0.0
+    for k, ls in state.items():
+        if not k.endswith(".log_sigma2"):
+            continue
+        la = log_alpha(state[k[: -len("log_sigma2")] + "weight"], ls)
+        pruned += int((la >= threshold).sum())
+        total += la.numel()
+        kl += float(kl_approx(la).sum())
+    return {"sparsity": pruned / total if total else 0.0, "kl": kl, "n_pruned": float(pruned),
+            "n_weights": float(total)}
+
+
+def train_twins(
+    sources: Sequence[nn.Module],
+    data: Any,
+    config: TrainConfig = TWIN_CONFIG,
+    members: Sequence[Member] | None = None,
+    *,
+    kl_scale: float = 1e-2,
+    log_sigma2_init: float = LOG_SIGMA2_INIT,
+    threshold: float = THRESHOLD,
+    device: str | torch.device = "auto",
+    resume: PopulationState | None = None,
+    callback: Callable[[EpochReport], None] | None = None,
+    progress: bool = False,
+) -> PopulationResult:
+    """Train the sparsified twins of ``sources`` (one architecture) as one population.
+
+    Args:
+        sources: N trained models (not modified); e.g. a zoo's models at their last epoch.
+        data: a :class:`zooscape.data.DataSplits`.
+        config: training hyperparameters (``epochs`` = sparsification epochs; default :data:`TWIN_CONFIG`).
+        members: per-twin seeds / learning rates (:class:`zooscape.train.Member`); default seeds ``0..N-1``.
+        kl_scale: the KL weight ramps as ``min(1, kl_scale * epoch / epochs)``.
+        log_sigma2_init: initial ``log sigma^2`` (-10).
+        threshold: ``log alpha`` pruning threshold (3).
+        device: ``"auto"``, ``"cpu"``, ...
+        resume: continue from a state a previous run's callback reported (ARD state dicts).
+        callback: called with each :class:`zooscape.train.EpochReport`; its ``metrics`` rows already hold
+            ``sparsity`` and ``kl``.
+        progress: show a progress bar.
+
+    Returns:
+        the :class:`zooscape.train.PopulationResult` of the ARD population (state dicts hold ``log_sigma2``;
+        :func:`~zooscape.sparsify.sparse_state_dict` gives the deterministic sparse weights), with ``sparsity``
+        and ``kl`` in every history row.
+    """
+    if len(sources) == 0:
+        raise ValueError("train_twins needs at least one source model")
+    control = ARDControl(threshold=float(threshold))
+    twins = [to_ard(m, log_sigma2_init=log_sigma2_init, control=control) for m in sources]
+    n_train = int(data.train_x.shape[0])
+
+    def set_epoch(epoch: int) -> None:  # the penalty of the coming epoch
+        control.penalty_scale = kl_weight(epoch, config.epochs, kl_scale) / n_train
+
+    set_epoch(1 if resume is None else resume.epoch + 1)
+
+    def on_report(report: EpochReport) -> None:
+        states = report.state_dicts()
+        for row, sd in zip(report.metrics, states):
+            m = twin_metrics(sd, threshold)
+            row["sparsity"], row["kl"] = m["sparsity"], m["kl"]
+            row["kl_weight"] = kl_weight(report.epoch, config.epochs, kl_scale)
+        set_epoch(report.epoch + 1)
+        if callback is not None:
+            callback(report)
+
+    return train_population(twins, data, config, members, device=device, resume=resume, callback=on_report,
+                            progress=progress)
