@@ -97,8 +97,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="which models: grid members (model, default) and/or twins")
     r.add_argument("--lmc", action="store_true", help="barriers between pruned seed pairs instead")
     add_n_points(r, 11, "--lmc: points on the linear path (default 11)")
-    r.add_argument("--bn-mode", choices=("interpolate", "reset"), default="reset",
-                   help="--lmc: BatchNorm statistics along the path (default reset)")
+    r.add_argument("--lmc-renorm", choices=("none", "reset_bn"), default="reset_bn",
+                   help="--lmc: BatchNorm statistics along the path: interpolated (none) or re-estimated at every "
+                        "point (reset_bn, default)")
     r.set_defaults(func=cmd_prune)
     return p
 
@@ -146,7 +147,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     rows = prune_zoo(args.dir, methods=args.method, sparsities=args.sparsity, renorms=args.renorm, epoch=args.epoch,
                      n_samples=args.n_samples, scope=args.scope, block_size=args.block_size,
                      damping=args.damping, seed=args.seed, lmc=args.lmc, n_points=args.n_points,
-                     bn_mode=args.bn_mode, kinds=args.kind, model_ids=_ids(args.models), engine=args.engine,
+                     bn_mode="reset" if args.lmc_renorm == "reset_bn" else "interpolate", kinds=args.kind, model_ids=_ids(args.models), engine=args.engine,
                      workers=args.workers, device=args.device, progress=say(args.quiet),
                      engine_options=engine_options(args))
     print(f"{len(rows)} rows stored in {args.dir}")
