@@ -147,7 +147,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     rows = prune_zoo(args.dir, methods=args.method, sparsities=args.sparsity, renorms=args.renorm, epoch=args.epoch,
                      n_samples=args.n_samples, scope=args.scope, block_size=args.block_size,
                      damping=args.damping, seed=args.seed, lmc=args.lmc, n_points=args.n_points,
-                     bn_mode="reset" if args.lmc_renorm == "reset_bn" else "interpolate", kinds=args.kind, model_ids=_ids(args.models), engine=args.engine,
+                     bn_mode="reset" if args.lmc_renorm == "reset_bn" else "interpolate",
+                     kinds=args.kind, model_ids=_ids(args.models), engine=args.engine,
                      workers=args.workers, device=args.device, progress=say(args.quiet),
                      engine_options=engine_options(args))
     print(f"{len(rows)} rows stored in {args.dir}")

@@ -406,7 +406,7 @@ class Zoo:
                 f"Zoo.dataset(epochs={epochs!r}): dataset() builds weight data sets; the data a model was trained "
                 "on is Zoo.data(model_id)"
             )
-        from zooscape.zoo.weights import build_datasets
+        from zooscape.zoo.dataset_build import build_datasets
 
         return build_datasets(self, epochs=epochs, layers=layers, properties=properties, filters=filters,
                               split=split, seed=seed, **kwargs)
