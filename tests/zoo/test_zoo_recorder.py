@@ -150,3 +150,34 @@ def test_resume_writes_do_not_grow_with_epochs(tmp_path):
     _same(back, rec)
     store.delete_resume("g")
     assert not _journal_path(store, "g").exists() and not store.resume_path("g").exists()
+
+
+def test_resume_files_written_before_the_journal_are_read_and_continued(tmp_path):
+    import json
+
+    import torch
+
+    from zooscape.train import PopulationState
+    from zooscape.zoo.shards import write_tensors
+    from zooscape.zoo.store import ZooStore
+    from zooscape.zoo.task import GroupTask, _start_journal, _write_resume, read_resume
+
+    store = ZooStore(tmp_path)
+    rec = GroupRecorder("g", IDS, [0, 3])
+    run(rec)
+    state = PopulationState(3, [{"w": torch.ones(2)} for _ in IDS], [{} for _ in IDS], [{"status": "x"} for _ in IDS])
+    state_tensors, state_meta = state.to_tensors()
+    hist_tensors, hist_meta = rec.to_tensors()  # the version-1 layout: history tensors inside the resume file
+    tensors = {**{f"state/{k}": v for k, v in state_tensors.items()}, **hist_tensors}
+    write_tensors(store.resume_path("g"), tensors, {"format": "zooscape-resume", "version": "1", "group_id": "g",
+                                                    "epoch": "3", "state_meta": json.dumps(state_meta), **hist_meta})
+    got_state, got = read_resume(store, "g")
+    assert got_state.epoch == 3
+    _same(got, rec)
+    task = GroupTask(root=str(tmp_path), group_id="g", model_ids=IDS, configs=[{}] * 3, checkpoint_epochs=[0, 3])
+    _start_journal(store, task, got)  # as run_group does on a restart
+    got.observe(4, metrics(4), ["running", "failed", "stopped"], [None, "nan loss", "early stop"])
+    rec.observe(4, metrics(4), ["running", "failed", "stopped"], [None, "nan loss", "early stop"])
+    _write_resume(store, task, PopulationState(4, state.model_states, state.optimizer_states, state.member_extra), got)
+    _, again = read_resume(store, "g")  # now version 2
+    _same(again, rec)
