@@ -1,15 +1,18 @@
 """Which of ``PopConv2d``'s convolution routes pay for themselves (one thread, CPU, float32).
 
-``PopConv2d`` (``zooscape.train.layers``) computes N models' convolutions as one grouped convolution; a few other
-routes exist where they were measured faster. This script times each route against the plain one on the layer
-shapes of the model families that take it, interleaved, median of ``--repeats``:
+``PopConv2d`` (``zooscape.train.layers``) computes N models' convolutions as one grouped convolution (the plain
+route); other routes are kept only where they measure faster. This script times each candidate against the plain
+route on the layer shapes of the model families that would take it, interleaved, median of ``--repeats``. Routes
+that lost were removed from the library and live on here (marked "removed"), so the decision can be re-measured:
 
-- training (forward + backward with an input gradient): the input gradient as a forward convolution
-  (``_SmallGroupedConv``, switch ``conv_backward="forward"``) vs PyTorch's backward (``"aten"``);
+- training (forward + backward with an input gradient): the input gradient as a forward convolution of the
+  flipped, transposed kernel (removed; was ``_SmallGroupedConv``) vs PyTorch's backward;
 - shared-batch evaluation of a first convolution followed by a 2x2 max-pool (native kernels off, as on CPUs
-  without AVX2): one im2col GEMM that pools its four window positions (``pooled GEMM``) vs the GEMM then
-  ``max_pool2d`` vs a dense ``conv2d`` vs the plain route (the batch copied N times, grouped convolution);
-- with the native kernels on, the conv + pool layers take the native route (``bench/native_convpool.py``).
+  without AVX2): one im2col GEMM that pools its four window positions (``pooled GEMM``, kept) vs the GEMM then
+  ``max_pool2d`` (kept, for layers without a pool after them or with autograd on) vs one dense ``conv2d`` with
+  ``N*C_out`` outputs (removed) vs the plain route (the batch copied N times, grouped convolution);
+- with the native kernels on, the conv + pool layers take the native route (``bench/native_convpool.py``);
+- the row-Toeplitz "rowconv" route (documented slower than channels-last grouped convolutions) was deleted.
 
 Usage:
     python bench/conv_routes.py [--models 64] [--repeats 7]
@@ -29,6 +32,32 @@ from torch import nn
 
 from zooscape.train._flags import override
 from zooscape.train.layers import FusedPool, PopConv2d, SharedInput
+
+
+class _InputGradAsForward(torch.autograd.Function):
+    """(Removed from the library.) Grouped stride-1 convolution whose input gradient is computed as a forward
+    convolution: ``grad_input = conv2d(pad(grad_output, k - 1 - p), W')`` with ``W'`` the kernel flipped in space
+    and input/output channels swapped within each group; weight and bias gradients from
+    ``aten.convolution_backward``."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, padding, groups):  # type: ignore[override]
+        ctx.save_for_backward(x, w)
+        ctx.padding, ctx.groups, ctx.has_bias = padding, groups, b is not None
+        return F.conv2d(x, w, b, 1, padding, 1, groups)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        _, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, w, [w.shape[0]] if ctx.has_bias else None, (1, 1), ctx.padding, (1, 1), False, (0, 0),
+            ctx.groups, (False, True, ctx.has_bias))
+        g = ctx.groups
+        o, c, kh, kw = w.shape[0] // g, w.shape[1], w.shape[2], w.shape[3]
+        wt = w.view(g, o, c, kh, kw).transpose(1, 2).flip(-1, -2).reshape(g * c, o, kh, kw)
+        ph, pw = kh - 1 - ctx.padding[0], kw - 1 - ctx.padding[1]
+        gx = F.conv2d(F.pad(grad, (pw, pw, ph, ph)), wt, None, 1, 0, 1, g)
+        return gx, gw, gb, None, None
 
 
 def _layer(n: int, c: int, o: int, k: int, pad: int, seed: int = 0) -> PopConv2d:
@@ -57,24 +86,28 @@ def training_routes(n: int, repeats: int) -> list[tuple[str, str, float, float]]
     rows = []
     for name, (c, o, k, pad, h, b) in cases.items():
         fast, plain = _train_case(n, c, o, k, pad, h, b, repeats)
-        rows.append((f"train: {name}", "input grad as forward conv vs aten backward", fast, plain))
+        rows.append((f"train: {name}", "input grad as a forward conv (removed)", fast, plain))
     return rows
 
 
 def _train_case(n: int, c: int, o: int, k: int, pad: int, h: int, b: int, repeats: int) -> tuple[float, float]:
     layer = _layer(n, c, o, k, pad).train()
     x = torch.randn(b, n * c, h, h).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = layer.weight.reshape(-1, *layer.weight.shape[2:])
+    bias = layer.bias.reshape(-1)
 
-    def step(mode: str) -> None:
-        with override(conv_backward=mode):
-            y = layer(x)
-            y.backward(torch.ones_like(y))
+    def step(as_forward: bool) -> list[torch.Tensor]:
+        y = _InputGradAsForward.apply(x, w, bias, (pad, pad), n) if as_forward else layer(x)
+        return list(torch.autograd.grad(y, (x, layer.weight, layer.bias), torch.ones_like(y)))
 
-    times: dict[str, list[float]] = {"forward": [], "aten": []}
-    for _ in range(repeats):
-        for mode in times:
-            times[mode] += _time(lambda mode=mode: step(mode), 1)
-    return statistics.median(times["forward"]) * 1000, statistics.median(times["aten"]) * 1000
+    with override(native_kernels=False):
+        for a, r in zip(step(True), step(False)):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(repeats):
+            for mode in times:
+                times[mode] += _time(lambda mode=mode: step(mode), 1)
+    return statistics.median(times[True]) * 1000, statistics.median(times[False]) * 1000
 
 
 def shared_eval_routes(n: int, repeats: int) -> list[tuple[str, str, float, float]]:
@@ -85,7 +118,7 @@ def shared_eval_routes(n: int, repeats: int) -> list[tuple[str, str, float, floa
     for name, (c, o, k, h) in cases.items():
         times = _shared_case(n, c, o, k, h, b, repeats)
         base = statistics.median(times["plain"]) * 1000
-        for v in ("pooled GEMM", "GEMM + max_pool2d", "dense conv2d + max_pool2d"):
+        for v in ("pooled GEMM", "GEMM + max_pool2d", "dense conv2d + max_pool2d (removed)"):
             rows.append((f"shared eval: {name}, batch {b}", v, statistics.median(times[v]) * 1000, base))
     return rows
 
@@ -97,15 +130,18 @@ def _shared_case(n: int, c: int, o: int, k: int, h: int, b: int, repeats: int) -
     layer.shared = shared
     pool = FusedPool(nn.MaxPool2d(2))
 
-    def shared_call(fused: bool, cl: bool = True) -> torch.Tensor:
+    def shared_call(fused: bool) -> torch.Tensor:
         layer.fused_pool = pool if fused else None
-        shared.channels_last, shared.pending = cl, True
+        shared.channels_last, shared.pending = True, True
         out = layer(x)
         if pool.pending:
             pool.pending = False
             return out
-        if not cl:
-            out = out.contiguous(memory_format=torch.channels_last)
+        return F.max_pool2d(out, 2)
+
+    def dense() -> torch.Tensor:  # (removed) one conv2d with N*C_out outputs, then channels-last for downstream
+        w = layer.weight.reshape(-1, *layer.weight.shape[2:])
+        out = F.conv2d(x, w, layer.bias.reshape(-1)).contiguous(memory_format=torch.channels_last)
         return F.max_pool2d(out, 2)
 
     def plain() -> torch.Tensor:
@@ -114,7 +150,7 @@ def _shared_case(n: int, c: int, o: int, k: int, h: int, b: int, repeats: int) -
         return F.max_pool2d(layer(wide.contiguous(memory_format=torch.channels_last)), 2)
 
     variants = {"pooled GEMM": lambda: shared_call(True), "GEMM + max_pool2d": lambda: shared_call(False),
-                "dense conv2d + max_pool2d": lambda: shared_call(False, cl=False), "plain": plain}
+                "dense conv2d + max_pool2d (removed)": dense, "plain": plain}
     with torch.no_grad(), override(native_kernels=False):
         ref = plain()
         for fn in variants.values():

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from zooscape.models import create_model
 from zooscape.train import Population, _flags, native
@@ -18,10 +17,10 @@ from zooscape.train.layers import PopConv2d
 
 def test_environment_parsing():
     assert from_env({}) == Switches()
-    got = from_env({"ZOOSCAPE_NATIVE_KERNELS": "0", "ZOOSCAPE_CHANNELS_LAST": "1", "ZOOSCAPE_CONV_BACKWARD": "native",
-                    "ZOOSCAPE_CACHE_DIR": "/tmp/x", "ZOOSCAPE_FLAT_OPTIM": "false", "ZOOSCAPE_SHARED_INPUT": "on"})
-    assert got == Switches(native_kernels=False, channels_last=True, conv_backward="aten", cache_dir="/tmp/x",
-                           flat_optim=False, shared_input=True)
+    got = from_env({"ZOOSCAPE_NATIVE_KERNELS": "0", "ZOOSCAPE_CHANNELS_LAST": "1", "ZOOSCAPE_CACHE_DIR": "/tmp/x",
+                    "ZOOSCAPE_FLAT_OPTIM": "false", "ZOOSCAPE_SHARED_INPUT": "on", "ZOOSCAPE_NATIVE_OPENMP": "0"})
+    assert got == Switches(native_kernels=False, channels_last=True, cache_dir="/tmp/x", flat_optim=False,
+                           shared_input=True, native_openmp=False)
     assert from_env({"ZOOSCAPE_CHANNELS_LAST": "auto"}).channels_last is None
     with pytest.raises(ValueError, match="ZOOSCAPE_MALLOC_TUNE='maybe'"):
         from_env({"ZOOSCAPE_MALLOC_TUNE": "maybe"})
@@ -39,8 +38,8 @@ def test_override_changes_and_restores_nested():
     with pytest.raises(TypeError, match="unknown fast-path switch"):
         with override(rowconv=True):
             pass
-    with pytest.raises(ValueError, match="conv_backward"):
-        with override(conv_backward="fast"):
+    with pytest.raises(ValueError, match="channels_last"):
+        with override(channels_last="yes"):
             pass
     assert current() == before
 
@@ -58,11 +57,6 @@ def test_switches_reach_the_layers_without_patching_globals():
     assert pop.channels_last is False and pop._shared_enabled is False
     assert Population(models).channels_last is True  # auto: a population of two
     conv = next(m for m in pop.net.modules() if isinstance(m, PopConv2d))
-    x = torch.zeros(2, 2, 28, 28).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = conv.weight.reshape(-1, *conv.weight.shape[2:])
-    assert conv._input_grad_as_forward(x, w)
-    with override(conv_backward="aten"):
-        assert not conv._input_grad_as_forward(x, w)
     with override(native_kernels=False):
         assert not conv.native_pool_ok() and not native.available()
         assert "ZOOSCAPE_NATIVE_KERNELS=0" in native.why_not()

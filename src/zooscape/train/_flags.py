@@ -12,15 +12,12 @@ switch                     environment variable                    meaning
 ``native_openmp``          ``ZOOSCAPE_NATIVE_OPENMP=0``            build the kernels with pthreads, not OpenMP
 ``cache_dir``              ``ZOOSCAPE_CACHE_DIR=DIR``              where the kernels are built (default: XDG)
 ``channels_last``          ``ZOOSCAPE_CHANNELS_LAST=0|1|auto``     NHWC population tensors (auto: N >= 2)
-``conv_backward``          ``ZOOSCAPE_CONV_BACKWARD=forward|aten``  small grouped convs' input gradient as a
-                                                                   forward convolution (``forward``) or oneDNN's
-                                                                   backward-data kernel (``aten``)
 ``shared_input``           ``ZOOSCAPE_SHARED_INPUT=0``             dense first layer when evaluating on one batch
 ``flat_optim``             ``ZOOSCAPE_FLAT_OPTIM=0``               whole-buffer ``[N, P]`` optimiser updates
 ``malloc_tune``            ``ZOOSCAPE_MALLOC_TUNE=0``              glibc keeps freed memory (``mallopt``)
 =========================  ======================================  ============================================
 
-When a switch is read: ``native_kernels`` and ``conv_backward`` at every layer call; ``channels_last`` and
+When a switch is read: ``native_kernels`` at every layer call and optimiser step; ``channels_last`` and
 ``shared_input`` when a :class:`~zooscape.train.Population` is built; ``flat_optim`` when
 :func:`~zooscape.train.train_population` starts; ``malloc_tune`` the first time the allocator is tuned (once per
 process: it cannot be undone); ``native_openmp`` and ``cache_dir`` when the kernels are first built.
@@ -33,7 +30,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 __all__ = ["ENV", "Switches", "current", "describe", "from_env", "override"]
 
@@ -43,7 +40,6 @@ ENV: dict[str, str] = {
     "native_openmp": "ZOOSCAPE_NATIVE_OPENMP",
     "cache_dir": "ZOOSCAPE_CACHE_DIR",
     "channels_last": "ZOOSCAPE_CHANNELS_LAST",
-    "conv_backward": "ZOOSCAPE_CONV_BACKWARD",
     "shared_input": "ZOOSCAPE_SHARED_INPUT",
     "flat_optim": "ZOOSCAPE_FLAT_OPTIM",
     "malloc_tune": "ZOOSCAPE_MALLOC_TUNE",
@@ -59,8 +55,6 @@ class Switches:
         native_openmp: build the kernels with OpenMP (else pthreads).
         cache_dir: build directory of the kernels (``None``: ``$XDG_CACHE_HOME/zooscape`` or ``~/.cache/zooscape``).
         channels_last: NHWC population tensors: ``True``, ``False`` or ``None`` (auto: populations of 2 or more).
-        conv_backward: ``"forward"`` (small grouped convolutions' input gradient as a forward convolution) or
-            ``"aten"`` (PyTorch's own backward).
         shared_input: evaluate the first layer of all members on a shared batch as one dense layer.
         flat_optim: move parameters into one ``[N, P]`` buffer and update it whole.
         malloc_tune: tune glibc's allocator to keep freed memory.
@@ -70,7 +64,6 @@ class Switches:
     native_openmp: bool = True
     cache_dir: str | None = None
     channels_last: bool | None = None
-    conv_backward: Literal["forward", "aten"] = "forward"
     shared_input: bool = True
     flat_optim: bool = True
     malloc_tune: bool = True
@@ -82,8 +75,6 @@ class Switches:
                 ok = v is None or (isinstance(v, str) and v != "")
             elif f.name == "channels_last":
                 ok = v is None or isinstance(v, bool)
-            elif f.name == "conv_backward":
-                ok = v in ("forward", "aten")
             else:
                 ok = isinstance(v, bool)
             if not ok:
@@ -115,9 +106,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> Switches:
             values[name] = text
         elif name == "channels_last":
             values[name] = None if text.strip().lower() == "auto" else _parse_bool(name, text)
-        elif name == "conv_backward":
-            # (any value but "forward" meant PyTorch's backward before the switchboard: "native", "aten", ...)
-            values[name] = "forward" if text.strip().lower() == "forward" else "aten"
         else:
             values[name] = _parse_bool(name, text)
     return Switches(**values)

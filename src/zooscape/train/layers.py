@@ -147,54 +147,19 @@ def _rows_times(src: Tensor, wt: Tensor, b: Tensor | None) -> Tensor:
     return rows.view(-1, rows.shape[-1]) @ wt
 
 
-class _SmallGroupedConv(torch.autograd.Function):
-    """Grouped stride-1 convolution whose input gradient is computed as a forward convolution.
-
-    ``grad_input = conv2d(pad(grad_output, k - 1 - p), W')`` with ``W'`` the kernel flipped in space and with
-    input/output channels swapped within each group. For grouped convolutions with a few channels per group
-    (CNN-s: 8 -> 6) oneDNN's forward kernels beat its backward-data kernels (CNN-s conv2 at N=64, batch 32:
-    26 vs 37 ms on one thread, 15 vs 18 ms on two). Weight and bias gradients come from
-    ``aten.convolution_backward`` as usual. Every operation used is differentiable, so double backward works.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, padding: tuple[int, int], groups: int) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, w)
-        ctx.padding, ctx.groups, ctx.has_bias = padding, groups, b is not None
-        return F.conv2d(x, w, b, 1, padding, 1, groups)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, w = ctx.saved_tensors
-        gx = gw = gb = None
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if need_w or need_b:
-            _, gw, gb = torch.ops.aten.convolution_backward(
-                grad, x, w, [w.shape[0]] if ctx.has_bias else None, (1, 1), ctx.padding, (1, 1), False, (0, 0),
-                ctx.groups, (False, need_w, need_b and ctx.has_bias))
-        if need_x:
-            g = ctx.groups
-            o, c, kh, kw = w.shape[0] // g, w.shape[1], w.shape[2], w.shape[3]
-            wt = w.view(g, o, c, kh, kw).transpose(1, 2).flip(-1, -2).reshape(g * c, o, kh, kw)
-            ph, pw = kh - 1 - ctx.padding[0], kw - 1 - ctx.padding[1]
-            gx = F.conv2d(F.pad(grad, (pw, pw, ph, ph)), wt, None, 1, 0, 1, g)
-        return gx, gw, gb, None, None
-
-
 class PopConv2d(_PopLayer):
     """N independent ``nn.Conv2d`` layers on ``[B, N*C_in, H, W]``.
 
     One grouped convolution with ``N*groups`` groups computes the N convolutions; the population feeds it
     channels-last (NHWC) tensors, on which oneDNN's grouped convolutions and pooling run several times faster than
-    on NCHW (measured in ``bench/RESULTS.md``). Faster routes where they apply (each measured in
-    ``bench/conv_routes.py``, switchable in :mod:`zooscape.train._flags`):
+    on NCHW (measured in ``bench/RESULTS.md``). Two faster routes where they apply (each measured against the
+    grouped convolution in ``bench/conv_routes.py``; routes that did not pay were removed, see
+    ``docs/architecture.md``):
 
     - a convolution followed by a 2x2 max-pool runs through the native conv + pool kernels
-      (:mod:`zooscape.train.native`), in training and evaluation, shared input included;
-    - in training, grouped stride-1 convolutions with few channels per model compute their input gradient as a
-      forward convolution (:class:`_SmallGroupedConv`);
-    - on a shared batch (evaluation), the first convolution of all N models is one dense im2col GEMM (pooled in
-      the same pass when a 2x2 max-pool follows).
+      (:mod:`zooscape.train.native`, switch ``native_kernels``), in training and evaluation, shared input included;
+    - on a shared batch (evaluation, channels-last), the first convolution of all N models is one im2col GEMM
+      (pooled in the same pass when a 2x2 max-pool follows and no gradient is needed).
 
     Args:
         layers: the N source convolutions (same configuration).
@@ -213,17 +178,6 @@ class PopConv2d(_PopLayer):
         self.fused_pool: FusedPool | None = None  # set by Population when a 2x2 max-pool follows
         self.fused_relu: FusedPool | None = None  # ... and when a ReLU follows that pool
         self.native_allowed = True  # cleared by Population when its check of the native path fails
-
-    def _input_grad_as_forward(self, x: Tensor, w: Tensor) -> bool:
-        """Whether to train through :class:`_SmallGroupedConv` (measured faster: few channels per model, stride 1,
-        channels-last CPU input that needs a gradient)."""
-        if not (self.training and torch.is_grad_enabled() and x.requires_grad and x.device.type == "cpu"):
-            return False
-        kh, kw = w.shape[-2:]
-        return (_flags.current().conv_backward == "forward" and self.stride == (1, 1) and self.dilation == (1, 1)
-                and isinstance(self.padding, tuple) and self.padding[0] <= kh - 1 and self.padding[1] <= kw - 1
-                and w.shape[1] <= 16 and w.shape[0] // (self.groups * self.n) <= 16 and x.dim() == 4
-                and x.is_contiguous(memory_format=torch.channels_last))
 
     def native_pool_ok(self) -> bool:
         """Whether this layer's configuration suits the native conv + 2x2 max-pool kernels
@@ -258,7 +212,10 @@ class PopConv2d(_PopLayer):
         if self.shared is not None and self.shared.take():
             if self.groups == 1:
                 out = self._native_pooled(x, shared=True)
-                return out if out is not None else self._forward_shared(x)
+                if out is None and self._gemm_shared_ok(x):
+                    out = self._forward_shared(x)
+                if out is not None:
+                    return out
             x = self.shared.expand(x)
         if getattr(self, "layout", "channel") == "stacked":
             return to_stacked_layout(self._forward(to_channel_layout(x, self.n)), self.n)
@@ -282,29 +239,28 @@ class PopConv2d(_PopLayer):
             return to_stacked_layout(out, self.n)
         return out
 
+    def _gemm_shared_ok(self, x: Tensor) -> bool:
+        """Whether the im2col-GEMM route applies to a shared batch ``x``: channels-last population tensors (its
+        output's memory order), a 4-d input and numeric padding."""
+        return (self.shared is not None and self.shared.channels_last and x.dim() == 4
+                and isinstance(self.padding, tuple))
+
     def _forward_shared(self, x: Tensor) -> Tensor:
-        """All N convolutions on one shared input ``[B, C, H, W]``: one dense convolution with ``N*C_out``
-        output channels, giving the population layout ``[B, N*C_out, H', W']`` directly."""
+        """All N convolutions on one shared input ``[B, C, H, W]`` as one GEMM, giving the population layout
+        ``[B, N*C_out, H', W']`` (channels-last memory) directly: im2col of the shared batch (small: few input
+        channels) times ``[C*k*k, N*C_out]``."""
         w = self.weight.reshape(-1, *self.weight.shape[2:])
         b = self.bias.reshape(-1) if self.bias is not None else None
-        cl = self.shared is not None and self.shared.channels_last and x.dim() == 4
-        if cl and isinstance(self.padding, tuple):
-            # im2col of the shared batch (small: few input channels) times [C*k*k, N*C_out] gives the output in
-            # channels-last memory order, which the grouped convolutions and pooling downstream want
-            bsz = x.shape[0]
-            kh, kw = self.weight.shape[-2:]
-            cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # [B, C*k*k, L]
-            h_out = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-            w_out = cols.shape[-1] // h_out
-            wt = w.reshape(w.shape[0], -1).t()  # [C*k*k, N*C_out]
-            if self.fused_pool is not None and h_out % 2 == 0 and w_out % 2 == 0 and not torch.is_grad_enabled():
-                # (without autograd only: maximum's gradient splits ties, max_pool2d's picks one input)
-                return self._forward_shared_pooled(cols, wt, b, h_out, w_out)
-            out = _rows_times(cols.transpose(1, 2), wt, b).view(bsz, h_out, w_out, -1).permute(0, 3, 1, 2)
-        else:
-            out = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, 1)
-            if cl:
-                out = out.contiguous(memory_format=torch.channels_last)
+        bsz = x.shape[0]
+        kh, kw = self.weight.shape[-2:]
+        cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # [B, C*k*k, L]
+        h_out = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        w_out = cols.shape[-1] // h_out
+        wt = w.reshape(w.shape[0], -1).t()  # [C*k*k, N*C_out]
+        if self.fused_pool is not None and h_out % 2 == 0 and w_out % 2 == 0 and not torch.is_grad_enabled():
+            # (without autograd only: maximum's gradient splits ties, max_pool2d's picks one input)
+            return self._forward_shared_pooled(cols, wt, b, h_out, w_out)
+        out = _rows_times(cols.transpose(1, 2), wt, b).view(bsz, h_out, w_out, -1).permute(0, 3, 1, 2)
         if getattr(self, "layout", "channel") == "stacked":
             return to_stacked_layout(out, self.n)
         return out
@@ -312,8 +268,6 @@ class PopConv2d(_PopLayer):
     def _forward(self, x: Tensor) -> Tensor:
         w = self.weight.reshape(-1, *self.weight.shape[2:])
         b = self.bias.reshape(-1) if self.bias is not None else None
-        if self._input_grad_as_forward(x, w):
-            return _SmallGroupedConv.apply(x, w, b, self.padding, self.groups * self.n)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * self.n)
 
 
