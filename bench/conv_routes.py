@@ -3,10 +3,11 @@
 ``PopConv2d`` (``zooscape.train.layers``) computes N models' convolutions as one grouped convolution (the plain
 route); other routes are kept only where they measure faster. This script times each candidate against the plain
 route on the layer shapes of the model families that would take it, interleaved, median of ``--repeats``. Routes
-that lost were removed from the library and live on here (marked "removed"), so the decision can be re-measured:
+that lost were removed from ``PopConv2d`` (marked "removed"); this script keeps them measurable:
 
 - training (forward + backward with an input gradient): the input gradient as a forward convolution of the
-  flipped, transposed kernel (removed; was ``_SmallGroupedConv``) vs PyTorch's backward;
+  flipped, transposed kernel (``_SmallGroupedConv``: removed from ``PopConv2d``'s forward, still used by the
+  sparsified twins' layers) vs PyTorch's backward;
 - shared-batch evaluation of a first convolution followed by a 2x2 max-pool (native kernels off, as on CPUs
   without AVX2): one im2col GEMM that pools its four window positions (``pooled GEMM``, kept) vs the GEMM then
   ``max_pool2d`` (kept, for layers without a pool after them or with autograd on) vs one dense ``conv2d`` with
@@ -31,33 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zooscape.train._flags import override
-from zooscape.train.layers import FusedPool, PopConv2d, SharedInput
-
-
-class _InputGradAsForward(torch.autograd.Function):
-    """(Removed from the library.) Grouped stride-1 convolution whose input gradient is computed as a forward
-    convolution: ``grad_input = conv2d(pad(grad_output, k - 1 - p), W')`` with ``W'`` the kernel flipped in space
-    and input/output channels swapped within each group; weight and bias gradients from
-    ``aten.convolution_backward``."""
-
-    @staticmethod
-    def forward(ctx, x, w, b, padding, groups):  # type: ignore[override]
-        ctx.save_for_backward(x, w)
-        ctx.padding, ctx.groups, ctx.has_bias = padding, groups, b is not None
-        return F.conv2d(x, w, b, 1, padding, 1, groups)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        x, w = ctx.saved_tensors
-        _, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, w, [w.shape[0]] if ctx.has_bias else None, (1, 1), ctx.padding, (1, 1), False, (0, 0),
-            ctx.groups, (False, True, ctx.has_bias))
-        g = ctx.groups
-        o, c, kh, kw = w.shape[0] // g, w.shape[1], w.shape[2], w.shape[3]
-        wt = w.view(g, o, c, kh, kw).transpose(1, 2).flip(-1, -2).reshape(g * c, o, kh, kw)
-        ph, pw = kh - 1 - ctx.padding[0], kw - 1 - ctx.padding[1]
-        gx = F.conv2d(F.pad(grad, (pw, pw, ph, ph)), wt, None, 1, 0, 1, g)
-        return gx, gw, gb, None, None
+from zooscape.train.layers import FusedPool, PopConv2d, SharedInput, _SmallGroupedConv
 
 
 def _layer(n: int, c: int, o: int, k: int, pad: int, seed: int = 0) -> PopConv2d:
@@ -97,7 +72,7 @@ def _train_case(n: int, c: int, o: int, k: int, pad: int, h: int, b: int, repeat
     bias = layer.bias.reshape(-1)
 
     def step(as_forward: bool) -> list[torch.Tensor]:
-        y = _InputGradAsForward.apply(x, w, bias, (pad, pad), n) if as_forward else layer(x)
+        y = _SmallGroupedConv.apply(x, w, bias, (pad, pad), n) if as_forward else layer(x)
         return list(torch.autograd.grad(y, (x, layer.weight, layer.bias), torch.ones_like(y)))
 
     with override(native_kernels=False):
