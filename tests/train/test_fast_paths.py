@@ -16,6 +16,7 @@ from torch import nn
 
 from zooscape.models import create_model
 from zooscape.train import Member, Population, TrainConfig, train_population
+from zooscape.train._flags import override
 from zooscape.train.memory import tune_allocator
 
 FAMILIES = [
@@ -128,7 +129,7 @@ def test_result_models_are_built_lazily_and_hold_final_weights():
 @pytest.mark.parametrize("opt,extra", [
     ("sgd", dict(nesterov=False)), ("sgd", dict(nesterov=True)), ("adam", dict(grad_clip=0.3)), ("adamw", {}),
 ])
-def test_flat_optimizer_equals_per_parameter_updates(monkeypatch, opt, extra):
+def test_flat_optimizer_equals_per_parameter_updates(opt, extra):
     """The whole-buffer update path and the per-tensor path give the same weights, optimiser state and history,
     with per-member lr / weight decay / momentum (one member without momentum) and a member stopping early."""
     g = torch.Generator().manual_seed(0)
@@ -142,13 +143,13 @@ def test_flat_optimizer_equals_per_parameter_updates(monkeypatch, opt, extra):
                for s in range(3)]
     models = [create_model("mlp", seed=s, input_size=6, depth=2, width=8, num_classes=2) for s in range(3)]
     runs = {}
-    for flag in ("1", "0"):
-        monkeypatch.setenv("ZOOSCAPE_FLAT_OPTIM", flag)
+    for flag in (True, False):
         states = []
-        res = train_population(models, data, cfg, members, device="cpu",
-                               callback=lambda r, states=states: states.append(r.optimizer_states()))
+        with override(flat_optim=flag):
+            res = train_population(models, data, cfg, members, device="cpu",
+                                   callback=lambda r, states=states: states.append(r.optimizer_states()))
         runs[flag] = (res, states)
-    (fast, fs), (slow, ss) = runs["1"], runs["0"]
+    (fast, fs), (slow, ss) = runs[True], runs[False]
     assert fast.status == slow.status
     assert "stopped" in fast.status and "done" in fast.status  # both update paths were exercised
     for a, b in zip(fast.state_dicts, slow.state_dicts):

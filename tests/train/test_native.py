@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from zooscape.data import load_dataset
 from zooscape.models import create_model
-from zooscape.train import Member, Population, TrainConfig, layers, native, train_population, train_sequential
+from zooscape.train import Member, Population, TrainConfig, native, train_population, train_sequential
+from zooscape.train._flags import override
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.why_not()}")
 
@@ -110,7 +111,7 @@ def test_population_training_really_uses_the_kernels(small_digits, monkeypatch):
 
         monkeypatch.setattr(native, f"conv_pool_{name}", counted)
     cfg = TrainConfig(epochs=1, optimizer="sgd", lr=0.05, batch_size=64)
-    _train_cnn(small_digits, 2, cfg, True, monkeypatch)
+    _train_cnn(small_digits, 2, cfg, True)
     steps = 2  # 128 training samples, batch 64
     assert calls["backward"] == steps  # conv1: weight gradient only (its input is data)
     assert calls["backward_full"] == steps  # conv2: input gradient too
@@ -190,10 +191,10 @@ def small_digits():
 CFG = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=32)
 
 
-def _train_cnn(data, n, cfg, native_on, monkeypatch):
-    monkeypatch.setattr(layers, "_NATIVE_POOL", native_on)
+def _train_cnn(data, n, cfg, native_on):
     models = [create_model("cnn_s", seed=s, in_channels=1) for s in range(n)]
-    return train_population(models, data, cfg, [Member(seed=s) for s in range(n)], device="cpu")
+    with override(native_kernels=native_on):
+        return train_population(models, data, cfg, [Member(seed=s) for s in range(n)], device="cpu")
 
 
 def _max_diff(a, b):
@@ -201,9 +202,9 @@ def _max_diff(a, b):
 
 
 @needs_native
-def test_population_training_through_native_kernels_equals_pytorch_path(small_digits, monkeypatch):
-    fast = _train_cnn(small_digits, 3, CFG, True, monkeypatch)
-    slow = _train_cnn(small_digits, 3, CFG, False, monkeypatch)
+def test_population_training_through_native_kernels_equals_pytorch_path(small_digits):
+    fast = _train_cnn(small_digits, 3, CFG, True)
+    slow = _train_cnn(small_digits, 3, CFG, False)
     for hf, hs in zip(fast.history, slow.history):
         for rf, rs in zip(hf, hs):
             for key in ("train_loss", "val_loss", "test_acc"):
@@ -214,7 +215,7 @@ def test_population_training_through_native_kernels_equals_pytorch_path(small_di
 
 
 @needs_native
-def test_cnn_l_population_through_native_kernels_equals_pytorch_path(monkeypatch):
+def test_cnn_l_population_through_native_kernels_equals_pytorch_path():
     # CNN-l: 3x3 convolutions 3 -> 16 -> 32 -> 15, each followed by a 2x2 max-pool: the first layer takes the
     # weight-gradient kernel, the other two the input-gradient kernel (16 and 32 channels per model); the last
     # has 15 outputs (a partial SIMD block)
@@ -226,12 +227,11 @@ def test_cnn_l_population_through_native_kernels_equals_pytorch_path(monkeypatch
     cfg = TrainConfig(epochs=1, optimizer="adam", lr=1e-3, batch_size=16)
     res = {}
     for on in (True, False):
-        monkeypatch.setattr(layers, "_NATIVE_POOL", on)
         models = [create_model("cnn_l", seed=s, in_channels=3, input_size=28) for s in range(2)]
-        if on:
+        with override(native_kernels=on):
             pop = Population(models)
-            assert [m.native_pool_ok() for m in pop.net.modules() if hasattr(m, "native_pool_ok")] == [True] * 3
-        res[on] = train_population(models, data, cfg, [Member(seed=s) for s in range(2)], device="cpu")
+            assert [m.native_pool_ok() for m in pop.net.modules() if hasattr(m, "native_pool_ok")] == [on] * 3
+            res[on] = train_population(models, data, cfg, [Member(seed=s) for s in range(2)], device="cpu")
     for sf, ss in zip(res[True].state_dicts, res[False].state_dicts):
         assert _max_diff(sf, ss) < 1e-4
     for hf, hs in zip(res[True].history, res[False].history):
@@ -239,8 +239,8 @@ def test_cnn_l_population_through_native_kernels_equals_pytorch_path(monkeypatch
 
 
 @needs_native
-def test_population_with_native_kernels_equals_one_model_at_a_time(small_digits, monkeypatch):
-    res = _train_cnn(small_digits, 2, CFG, True, monkeypatch)
+def test_population_with_native_kernels_equals_one_model_at_a_time(small_digits):
+    res = _train_cnn(small_digits, 2, CFG, True)
     for i in range(2):
         model, hist = train_sequential(create_model("cnn_s", seed=i, in_channels=1), small_digits, CFG,
                                        Member(seed=i), device="cpu")
@@ -281,7 +281,7 @@ def test_population_checks_the_fused_path_and_falls_back_for_a_model_that_reuses
 @needs_native
 @pytest.mark.parametrize("kind", ["adam", "adamw"])
 @pytest.mark.parametrize("eps", [1e-8, 1e-30])  # 1e-30: no sqrt floor
-def test_fused_adam_step_equals_the_pytorch_whole_buffer_update(kind, eps, monkeypatch):
+def test_fused_adam_step_equals_the_pytorch_whole_buffer_update(kind, eps):
     """The fused step follows PyTorch's operations and roundings; PyTorch itself rounds some elements of a
     division by a Python scalar differently (scalar vs vectorised loops), so they agree to an ulp per step."""
     from zooscape.train.optim import PopulationOptimizer
@@ -291,7 +291,10 @@ def test_fused_adam_step_equals_the_pytorch_whole_buffer_update(kind, eps, monke
     wd = torch.tensor([0.0, 1e-3, 1e-2, 0.1, 0.5])
 
     def run(use_native: bool, rows: slice) -> tuple[torch.Tensor, ...]:
-        monkeypatch.setattr(native, "available", lambda: use_native)
+        with override(native_kernels=use_native):
+            return _run(rows)
+
+    def _run(rows: slice) -> tuple[torch.Tensor, ...]:
         params = torch.randn(n, p, generator=torch.Generator().manual_seed(1))[rows].contiguous()
         grads = torch.zeros_like(params)
         k = params.shape[0]
@@ -382,8 +385,7 @@ def test_platform_detection_says_why_the_kernels_do_not_apply(monkeypatch, syste
     assert native._cpu_has_avx2_fma() is (expect is None)
 
 
-def test_off_x86_the_population_takes_the_pytorch_path_quietly_and_compiles_nothing(tmp_path, small_digits,
-                                                                                    monkeypatch):
+def test_off_x86_the_population_takes_the_pytorch_path_quietly_and_compiles_nothing(tmp_path, small_digits):
     # an aarch64 Linux machine, simulated: no compiler run (CC would leave a mark), no warning, no native call,
     # and training gives what the PyTorch path gives
     cc = tmp_path / "cc"
@@ -419,12 +421,11 @@ torch.save(res.state_dicts, {str(out)!r})
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (tmp_path / "compiler-ran").exists() and not (tmp_path / "cache").exists()
-    monkeypatch.setattr(native, "available", lambda: False)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         cfg = TrainConfig(epochs=1, optimizer="adam", lr=1e-3, batch_size=32)
-        want = _train_cnn(small_digits, 2, cfg, False, monkeypatch).state_dicts
+        want = _train_cnn(small_digits, 2, cfg, False).state_dicts  # the PyTorch path (native_kernels off)
     finally:
         torch.set_num_threads(before)
     for got, ref in zip(torch.load(out, weights_only=True), want):

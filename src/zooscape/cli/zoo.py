@@ -26,6 +26,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_device(t)
     add_quiet(t)
     add_workers_engine(t, chunk_size=True, what="the population chunks")
+    t.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per training process (default 1, whatever OMP_NUM_THREADS says; "
+                        "parallelism comes from --workers)")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("validate", help="check a spec and show its expansion (writes nothing)",
@@ -85,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     zoo = train_zoo(args.spec, args.out, engine=args.engine, workers=args.workers, device=args.device,
                     progress=not args.quiet, chunk_size=args.chunk_size,
-                    engine_options=engine_options(args))
+                    engine_options=engine_options(args), threads=args.threads)
     counts = zoo.status_counts()
     print(f"{zoo.path}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0

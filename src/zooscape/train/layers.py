@@ -16,14 +16,13 @@ References:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import native
+from . import _flags, native
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
@@ -135,41 +134,6 @@ class PopLinear(_PopLayer):
         return out
 
 
-class _BandMatrix(torch.autograd.Function):
-    """Gather a per-model convolution kernel into a banded matrix, with a gather-sum backward."""
-
-    @staticmethod
-    def forward(ctx, w_flat: Tensor, idx: Tensor, pos: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(pos)
-        ctx.p = w_flat.shape[1]
-        padded = torch.cat([w_flat, w_flat.new_zeros(w_flat.shape[0], 1)], 1)
-        return padded[:, idx]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (pos,) = ctx.saved_tensors
-        n = grad.shape[0]
-        g = grad.reshape(n, -1)[:, pos.reshape(-1)].view(n, ctx.p, -1).sum(-1)
-        return g, None, None
-
-
-def _band_indices(o: int, c: int, kh: int, kw: int, w_in: int, w_out: int, stride: int) -> tuple[Tensor, Tensor]:
-    """Index maps between a kernel ``[O, C, kh, kw]`` and its row-Toeplitz matrix ``[kh*C*W_in, O*W_out]``.
-
-    Returns ``idx`` (``[K, J]``: flat kernel index of every matrix entry, ``O*C*kh*kw`` for structural zeros) and
-    ``pos`` (``[P, W_out]``: flat matrix positions of every kernel entry).
-    """
-    oo, cc, yy, xx, ww = torch.meshgrid(
-        torch.arange(o), torch.arange(c), torch.arange(kh), torch.arange(kw), torch.arange(w_out), indexing="ij")
-    row = (yy * c + cc) * w_in + ww * stride + xx
-    col = oo * w_out + ww
-    n_cols = o * w_out
-    pos = (row * n_cols + col).reshape(o * c * kh * kw, w_out)
-    idx = torch.full((kh * c * w_in * n_cols,), o * c * kh * kw, dtype=torch.long)
-    idx[pos.reshape(-1)] = torch.arange(o * c * kh * kw).repeat_interleave(w_out)
-    return idx.view(kh * c * w_in, n_cols), pos
-
-
 def _rows_times(src: Tensor, wt: Tensor, b: Tensor | None) -> Tensor:
     """``src @ wt + b`` as one GEMM for ``src`` ``[..., K]`` (any strides), ``wt`` ``[K, M]``: the rows are copied
     once into a contiguous buffer with the bias as an extra column of ones (``addmm`` would first copy the bias
@@ -183,18 +147,16 @@ def _rows_times(src: Tensor, wt: Tensor, b: Tensor | None) -> Tensor:
     return rows.view(-1, rows.shape[-1]) @ wt
 
 
-_NATIVE_POOL = os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") != "0"
-_SMALL_CONV_BACKWARD = os.environ.get("ZOOSCAPE_CONV_BACKWARD", "forward") == "forward"
-
-
 class _SmallGroupedConv(torch.autograd.Function):
     """Grouped stride-1 convolution whose input gradient is computed as a forward convolution.
 
     ``grad_input = conv2d(pad(grad_output, k - 1 - p), W')`` with ``W'`` the kernel flipped in space and with
-    input/output channels swapped within each group. For grouped convolutions with a few channels per group
-    (CNN-s: 8 -> 6) oneDNN's forward kernels beat its backward-data kernels (CNN-s conv2 at N=64, batch 32:
-    26 vs 37 ms on one thread, 15 vs 18 ms on two). Weight and bias gradients come from
+    input/output channels swapped within each group. Weight and bias gradients come from
     ``aten.convolution_backward`` as usual. Every operation used is differentiable, so double backward works.
+
+    Used by :mod:`zooscape.sparsify.ard`'s population layers (:meth:`PopConv2d._input_grad_as_forward` says
+    when); :class:`PopConv2d`'s own forward no longer takes it: with channels-last inputs it measured 0.38-0.82x
+    of PyTorch's backward on the population shapes of ``bench/conv_routes.py``.
     """
 
     @staticmethod
@@ -224,61 +186,50 @@ class _SmallGroupedConv(torch.autograd.Function):
 class PopConv2d(_PopLayer):
     """N independent ``nn.Conv2d`` layers on ``[B, N*C_in, H, W]``.
 
-    Two formulations compute the same function:
+    One grouped convolution with ``N*groups`` groups computes the N convolutions; the population feeds it
+    channels-last (NHWC) tensors, on which oneDNN's grouped convolutions and pooling run several times faster than
+    on NCHW (measured in ``bench/RESULTS.md``). Two faster routes where they apply (each measured against the
+    grouped convolution in ``bench/conv_routes.py``; routes that did not pay were removed, see
+    ``docs/architecture.md``):
 
-    - ``"grouped"`` (the default, ``"auto"``): one grouped convolution with ``N*groups`` groups. The population
-      feeds channels-last (NHWC) tensors, on which oneDNN's grouped convolutions and pooling run several times
-      faster than on NCHW (measured in ``bench/RESULTS.md``).
-    - ``"rowconv"`` (opt-in): small-channel convolutions lowered to one batched matrix product per model: the input
-      is unfolded along rows only (``kh`` times the input, not ``kh*kw`` times as in im2col) and multiplied by a
-      banded (row-Toeplitz) matrix built from the kernel. Large, well-shaped GEMMs at the cost of extra FLOPs; on
-      our 2-core CPU it beat NCHW grouped convolutions but not channels-last ones. Needs NCHW-contiguous input
-      (set ``ZOOSCAPE_CHANNELS_LAST=0``).
+    - a convolution followed by a 2x2 max-pool runs through the native conv + pool kernels
+      (:mod:`zooscape.train.native`, switch ``native_kernels``), in training and evaluation, shared input included;
+    - on a shared batch (evaluation, channels-last), the first convolution of all N models is one im2col GEMM
+      (pooled in the same pass when a 2x2 max-pool follows and no gradient is needed).
 
     Args:
         layers: the N source convolutions (same configuration).
-        strategy: ``"auto"``, ``"grouped"`` or ``"rowconv"`` (default: ``$ZOOSCAPE_CONV_STRATEGY`` or ``"auto"``).
+        strategy: ``"auto"`` or ``"grouped"`` (the same: kept for callers of the former API; the opt-in
+            ``"rowconv"`` route was removed).
     """
 
-    def __init__(self, layers: list[nn.Conv2d], strategy: str | None = None):
+    def __init__(self, layers: list[nn.Conv2d], strategy: str = "auto"):
         super().__init__()
         m = layers[0]
-        strategy = strategy or os.environ.get("ZOOSCAPE_CONV_STRATEGY", "auto")
         if m.padding_mode != "zeros":
             raise ValueError(f"population training supports padding_mode='zeros' only, got {m.padding_mode!r}")
-        if strategy not in ("auto", "grouped", "rowconv"):
-            raise ValueError(f"unknown convolution strategy {strategy!r}")
+        if strategy not in ("auto", "grouped"):
+            raise ValueError(f"unknown convolution strategy {strategy!r} (the 'rowconv' route was removed; use "
+                             "'auto')")
         self.n = len(layers)
         self.stride, self.padding, self.dilation = m.stride, m.padding, m.dilation
         self.groups = m.groups
-        self.strategy = strategy
         self.weight = nn.Parameter(_stack([c.weight for c in layers]))  # [N, Cout, Cin/g, k, k]
         self.bias = nn.Parameter(_stack([c.bias for c in layers])) if m.bias is not None else None
-        self._bands: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
         self.fused_pool: FusedPool | None = None  # set by Population when a 2x2 max-pool follows
         self.fused_relu: FusedPool | None = None  # ... and when a ReLU follows that pool
         self.native_allowed = True  # cleared by Population when its check of the native path fails
 
     def _input_grad_as_forward(self, x: Tensor, w: Tensor) -> bool:
-        """Whether to train through :class:`_SmallGroupedConv` (measured faster: few channels per model, stride 1,
-        channels-last CPU input that needs a gradient)."""
+        """Whether :class:`_SmallGroupedConv` applies (few channels per model, stride 1, channels-last CPU input
+        that needs a gradient); asked by subclasses that measured it faster for their layers."""
         if not (self.training and torch.is_grad_enabled() and x.requires_grad and x.device.type == "cpu"):
             return False
         kh, kw = w.shape[-2:]
-        return (_SMALL_CONV_BACKWARD and self.stride == (1, 1) and self.dilation == (1, 1)
+        return (self.stride == (1, 1) and self.dilation == (1, 1)
                 and isinstance(self.padding, tuple) and self.padding[0] <= kh - 1 and self.padding[1] <= kw - 1
                 and w.shape[1] <= 16 and w.shape[0] // (self.groups * self.n) <= 16 and x.dim() == 4
                 and x.is_contiguous(memory_format=torch.channels_last))
-
-    def _use_rowconv(self, x: Tensor) -> bool:
-        if self.strategy == "grouped":
-            return False
-        ok = (self.groups == 1 and self.dilation == (1, 1) and isinstance(self.padding, tuple))
-        if self.strategy == "rowconv":
-            if not ok:
-                raise ValueError("the rowconv strategy needs groups=1, dilation=1 and numeric padding")
-            return True
-        return False
 
     def native_pool_ok(self) -> bool:
         """Whether this layer's configuration suits the native conv + 2x2 max-pool kernels
@@ -286,8 +237,8 @@ class PopConv2d(_PopLayer):
         kernel, and the population's check of the native path passed (or has not run yet). The input decides the
         rest (see ``_native_pooled``)."""
         w = self.weight
-        return (self.fused_pool is not None and _NATIVE_POOL and self.native_allowed and self.groups == 1
-                and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding == (0, 0)
+        return (self.fused_pool is not None and _flags.current().native_kernels and self.native_allowed
+                and self.groups == 1 and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding == (0, 0)
                 and w.shape[-1] == w.shape[-2] and getattr(self, "layout", "channel") == "channel")
 
     def _native_pooled(self, x: Tensor, shared: bool) -> Tensor | None:
@@ -313,7 +264,10 @@ class PopConv2d(_PopLayer):
         if self.shared is not None and self.shared.take():
             if self.groups == 1:
                 out = self._native_pooled(x, shared=True)
-                return out if out is not None else self._forward_shared(x)
+                if out is None and self._gemm_shared_ok(x):
+                    out = self._forward_shared(x)
+                if out is not None:
+                    return out
             x = self.shared.expand(x)
         if getattr(self, "layout", "channel") == "stacked":
             return to_stacked_layout(self._forward(to_channel_layout(x, self.n)), self.n)
@@ -337,59 +291,36 @@ class PopConv2d(_PopLayer):
             return to_stacked_layout(out, self.n)
         return out
 
+    def _gemm_shared_ok(self, x: Tensor) -> bool:
+        """Whether the im2col-GEMM route applies to a shared batch ``x``: channels-last population tensors (its
+        output's memory order), a 4-d input and numeric padding."""
+        return (self.shared is not None and self.shared.channels_last and x.dim() == 4
+                and isinstance(self.padding, tuple))
+
     def _forward_shared(self, x: Tensor) -> Tensor:
-        """All N convolutions on one shared input ``[B, C, H, W]``: one dense convolution with ``N*C_out``
-        output channels, giving the population layout ``[B, N*C_out, H', W']`` directly."""
+        """All N convolutions on one shared input ``[B, C, H, W]`` as one GEMM, giving the population layout
+        ``[B, N*C_out, H', W']`` (channels-last memory) directly: im2col of the shared batch (small: few input
+        channels) times ``[C*k*k, N*C_out]``."""
         w = self.weight.reshape(-1, *self.weight.shape[2:])
         b = self.bias.reshape(-1) if self.bias is not None else None
-        cl = self.shared is not None and self.shared.channels_last and x.dim() == 4
-        if cl and isinstance(self.padding, tuple):
-            # im2col of the shared batch (small: few input channels) times [C*k*k, N*C_out] gives the output in
-            # channels-last memory order, which the grouped convolutions and pooling downstream want
-            bsz = x.shape[0]
-            kh, kw = self.weight.shape[-2:]
-            cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # [B, C*k*k, L]
-            h_out = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-            w_out = cols.shape[-1] // h_out
-            wt = w.reshape(w.shape[0], -1).t()  # [C*k*k, N*C_out]
-            if self.fused_pool is not None and h_out % 2 == 0 and w_out % 2 == 0 and not torch.is_grad_enabled():
-                # (without autograd only: maximum's gradient splits ties, max_pool2d's picks one input)
-                return self._forward_shared_pooled(cols, wt, b, h_out, w_out)
-            out = _rows_times(cols.transpose(1, 2), wt, b).view(bsz, h_out, w_out, -1).permute(0, 3, 1, 2)
-        else:
-            out = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, 1)
-            if cl:
-                out = out.contiguous(memory_format=torch.channels_last)
+        bsz = x.shape[0]
+        kh, kw = self.weight.shape[-2:]
+        cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # [B, C*k*k, L]
+        h_out = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        w_out = cols.shape[-1] // h_out
+        wt = w.reshape(w.shape[0], -1).t()  # [C*k*k, N*C_out]
+        if self.fused_pool is not None and h_out % 2 == 0 and w_out % 2 == 0 and not torch.is_grad_enabled():
+            # (without autograd only: maximum's gradient splits ties, max_pool2d's picks one input)
+            return self._forward_shared_pooled(cols, wt, b, h_out, w_out)
+        out = _rows_times(cols.transpose(1, 2), wt, b).view(bsz, h_out, w_out, -1).permute(0, 3, 1, 2)
         if getattr(self, "layout", "channel") == "stacked":
             return to_stacked_layout(out, self.n)
         return out
 
     def _forward(self, x: Tensor) -> Tensor:
-        if not self._use_rowconv(x):
-            w = self.weight.reshape(-1, *self.weight.shape[2:])
-            b = self.bias.reshape(-1) if self.bias is not None else None
-            if self._input_grad_as_forward(x, w):
-                return _SmallGroupedConv.apply(x, w, b, self.padding, self.groups * self.n)
-            return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * self.n)
-        n, (o, c, kh, kw) = self.n, self.weight.shape[1:]
-        ph, pw = self.padding
-        sh, sw = self.stride
-        if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph))
-        b, _, h, w_in = x.shape
-        h_out, w_out = (h - kh) // sh + 1, (w_in - kw) // sw + 1
-        key = (w_in, str(x.device))
-        if key not in self._bands:
-            idx, pos = _band_indices(o, c, kh, kw, w_in, w_out, sw)
-            self._bands[key] = (idx.to(x.device), pos.to(x.device))
-        idx, pos = self._bands[key]
-        band = _BandMatrix.apply(self.weight.reshape(n, -1), idx, pos)  # [N, kh*C*W_in, O*W_out]
-        rows = x.view(b, n, c, h, w_in).unfold(3, kh, sh)  # [B, N, C, H_out, W_in, kh]
-        rows = rows.permute(1, 0, 3, 5, 2, 4).reshape(n, b * h_out, kh * c * w_in)
-        y = torch.bmm(rows, band).view(n, b, h_out, o, w_out)
-        if self.bias is not None:
-            y = y + self.bias.view(n, 1, 1, o, 1)
-        return y.permute(1, 0, 3, 2, 4).reshape(b, n * o, h_out, w_out)
+        w = self.weight.reshape(-1, *self.weight.shape[2:])
+        b = self.bias.reshape(-1) if self.bias is not None else None
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * self.n)
 
 
 class PopBatchNorm(_PopLayer):

@@ -8,15 +8,17 @@ third of a CNN-s population's training time. :func:`tune_allocator` tells glibc 
 the heap and not to trim it, so freed blocks are reused without faults. It changes nothing but where memory comes
 from; peak memory stays that of the largest step.
 
-Set ``ZOOSCAPE_MALLOC_TUNE=0`` to leave the allocator alone. Non-glibc platforms are left alone.
+Set ``ZOOSCAPE_MALLOC_TUNE=0`` (the ``malloc_tune`` switch of :mod:`zooscape.train._flags`) to leave the
+allocator alone. Non-glibc platforms are left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import sys
+
+from . import _flags
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _state = {"done": False, "applied": False}
@@ -26,12 +28,12 @@ def tune_allocator() -> bool:
     """Make glibc keep freed memory for reuse (process-wide, idempotent).
 
     Returns:
-        ``True`` when the settings are in effect (Linux with glibc and ``ZOOSCAPE_MALLOC_TUNE`` not ``"0"``).
+        ``True`` when the settings are in effect (Linux with glibc and the ``malloc_tune`` switch on).
     """
     if _state["done"]:
         return _state["applied"]
     _state["done"] = True
-    if os.environ.get("ZOOSCAPE_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):
+    if not _flags.current().malloc_tune or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -10,7 +10,8 @@ system C compiler at install time or on first use (a few seconds) into a cache d
 ``ctypes``; if the CPU lacks AVX2/FMA (or is not x86-64 Linux), no compiler is found, or the build fails,
 :func:`available` is ``False`` and the population uses its PyTorch path, which computes the same function.
 
-Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off. Cache: ``kernels/`` in ``$ZOOSCAPE_CACHE_DIR``, else
+Switch: ``ZOOSCAPE_NATIVE_KERNELS=0`` turns the kernels off (all switches: :mod:`zooscape.train._flags`).
+Cache: ``kernels/`` in ``$ZOOSCAPE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/zooscape``, else ``~/.cache/zooscape``; it must be private (owned by the user, mode 0700), every
 library is verified (size + SHA-256 recorded at build time) before it is loaded, and the key covers everything that
 changes the binary (:mod:`zooscape.train._native.cache`; ``docs/security.md``). ``zooscape doctor`` says whether
@@ -42,6 +43,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import __version__
+from . import _flags
 from ._native import cache as _cache
 from ._native.cache import CacheInfo
 
@@ -93,7 +95,7 @@ def _cpu_has_avx2_fma() -> bool:
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("ZOOSCAPE_CACHE_DIR")
+    env = _flags.current().cache_dir
     if env:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -113,7 +115,7 @@ def _variants() -> list[tuple[str, list[str]]]:
     """Builds to try, in order: with OpenMP (which then shares PyTorch's libgomp and its threads), else with
     pthreads."""
     variants = [("openmp", [*_FLAGS, "-fopenmp"]), ("pthreads", _FLAGS)]
-    if os.environ.get("ZOOSCAPE_NATIVE_OPENMP", "1") == "0":  # (the pthreads build, for tests)
+    if not _flags.current().native_openmp:  # (the pthreads build, for tests)
         variants = [("pthreads", _FLAGS)]
     return variants
 
@@ -135,16 +137,17 @@ def _build(cc: str) -> tuple[ctypes.CDLL, CacheInfo]:
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel library, building it on first call; ``None`` when unavailable (see :func:`why_not`)."""
+    """The compiled kernel library, building it on first call; ``None`` when unavailable (see :func:`why_not`)
+    or switched off (the ``native_kernels`` switch of :mod:`zooscape.train._flags`, asked at every call)."""
     global _lib, _lib_path, _info, _tried, _failed, _why_not
+    if not _flags.current().native_kernels:
+        return None
     if _tried:
         return _lib
     with _lock:
         if _tried:
             return _lib
         try:
-            if os.environ.get("ZOOSCAPE_NATIVE_KERNELS", "1") == "0":
-                raise _Unsupported("turned off by ZOOSCAPE_NATIVE_KERNELS=0")
             reason = _platform_reason()
             if reason is not None:
                 raise _Unsupported(reason)
@@ -201,6 +204,8 @@ def library_path() -> str | None:
 
 def why_not() -> str | None:
     """Why :func:`available` is ``False`` (``None`` if it is ``True`` or was not asked yet)."""
+    if not _flags.current().native_kernels:
+        return "turned off by ZOOSCAPE_NATIVE_KERNELS=0 (the native_kernels switch)"
     return _why_not
 
 

@@ -9,13 +9,12 @@ population tensors with the models folded into the channel dimension.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from . import native
+from . import _flags, native
 from .layers import POP_LAYERS, FusedPool, PopConv2d, PopDropout, PopLinear, SharedInput, is_pool2x2, widen_module
 
 
@@ -69,8 +68,8 @@ class Population(nn.Module):
             self.layout = layout
         # oneDNN's grouped convolutions and pooling are several times faster on channels-last (NHWC) tensors
         # (a population of one is an ordinary network: NCHW is faster there, CNN-s 487 vs 705 ms per epoch)
-        env = os.environ.get("ZOOSCAPE_CHANNELS_LAST", "auto")
-        self.channels_last = env == "1" if env in ("0", "1") else self.size >= 2
+        switches = _flags.current()
+        self.channels_last = switches.channels_last if switches.channels_last is not None else self.size >= 2
         self._shared = SharedInput(self.size)
         self._shared.layout, self._shared.channels_last = self.layout, self.channels_last
         for m in net.modules():
@@ -84,7 +83,7 @@ class Population(nn.Module):
         self._first_conv = first if isinstance(first, PopConv2d) else None
         # forward_shared's dense first-layer path: verified once against the expanded path (None = not yet)
         self._shared_ok: bool | None = None
-        self._shared_enabled = os.environ.get("ZOOSCAPE_SHARED_INPUT", "1") == "1" and any(
+        self._shared_enabled = switches.shared_input and any(
             isinstance(m, (PopLinear, PopConv2d)) for m in net.modules())
         self._names = [k for k, _ in models[0].state_dict().items()]
         own = self.net.state_dict()
@@ -216,7 +215,8 @@ class Population(nn.Module):
         In eval mode the first population layer applies all N models to the shared batch at once (one dense
         Linear/Conv2d with ``N*out`` outputs) instead of copying the batch N times. The first call checks this path
         against the copying one on two samples and keeps to the copying path if they differ (an architecture that
-        feeds its input to two layers, say); ``ZOOSCAPE_SHARED_INPUT=0`` turns the dense path off.
+        feeds its input to two layers, say); the ``shared_input`` switch (:mod:`zooscape.train._flags`) turns the
+        dense path off.
         """
         if self.training or not self._shared_enabled or self._shared_ok is False or x.shape[0] == 0:
             return self._forward_expanded(x)

@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _flags
 from .config import Member, TrainConfig
 from .memory import tune_allocator
 from .optim import PopulationOptimizer
@@ -216,6 +216,215 @@ def _check_data(data: Any) -> None:
             raise TypeError(f"data must be a zooscape.data.DataSplits-like object; it lacks {attr!r}")
 
 
+class _Run:
+    """The state of one :func:`train_population` run, in steps: set up, (resume), per epoch ``train_epoch`` (a
+    ``step`` per batch) then ``finish_epoch`` (freeze members that stopped or failed, ``evaluate``,
+    ``update_status``, report), and ``result``."""
+
+    def __init__(self, models: Sequence[nn.Module], data: Any, config: TrainConfig, members: Sequence[Member],
+                 dev: torch.device, callback: Callable[[EpochReport], None] | None) -> None:
+        self.config, self.dev, self.callback, self.task = config, dev, callback, data.task
+        self.mem = [m.resolved(config) for m in members]
+        self.n = n = len(models)
+        self.pop = Population([m.to("cpu") for m in models]).to(dev)
+        self.x_tr, self.y_tr = data.train_x.to(dev), data.train_y.to(dev)
+        self.splits = {"train": (self.x_tr, self.y_tr), "val": (data.val_x.to(dev), data.val_y.to(dev)),
+                       "test": (data.test_x.to(dev), data.test_y.to(dev))}
+        self.params = list(self.pop.net.named_parameters())
+        pdtype = self.params[0][1].dtype if self.params else torch.float32
+        self.lr0 = torch.tensor([m.lr for m in self.mem], dtype=pdtype, device=dev)
+        self.opt = PopulationOptimizer(
+            self.params, config.optimizer,
+            weight_decay=torch.tensor([m.weight_decay for m in self.mem], dtype=pdtype, device=dev),
+            momentum=torch.tensor([m.momentum for m in self.mem], dtype=pdtype, device=dev),
+            nesterov=config.nesterov, betas=config.betas, eps=config.eps,
+        )
+        self.augment = None
+        if config.augment:
+            from zooscape.data.augment import build_augment
+
+            self.augment = build_augment(config.augment, padding=config.crop_padding)
+        self.extra: list[dict[str, Any]] = [
+            {"status": "running", "reason": None, "best_val": math.inf, "bad_epochs": 0} for _ in range(n)
+        ]
+        self.frozen: dict[int, dict[str, Tensor]] = {}  # stopped/failed members' weights and BN statistics
+        self.history: list[list[dict[str, float]]] = [[] for _ in range(n)]
+        self.start = 1
+        n_train = self.x_tr.shape[0]
+        bs = config.batch_size
+        self.steps = n_train // bs if config.drop_last else math.ceil(n_train / bs)
+        if self.steps == 0:
+            raise ValueError(f"batch_size {bs} exceeds the {n_train} training samples with drop_last=True")
+        self.total_steps = max(1, config.epochs * self.steps)
+        self.running_acc = config.train_metrics == "running" and self.task != "regression"
+        self.model_major = self.pop.layout == "stacked"
+        self.flat: tuple[Tensor, Tensor] | None = None
+        self.try_flat = _flags.current().flat_optim
+
+    # ------------------------------------------------------------------------------------------- setup
+    def resume_from(self, resume: PopulationState) -> None:
+        """Load members, optimiser states and bookkeeping of ``resume``; training continues after its epoch."""
+        if len(resume.model_states) != self.n:
+            raise ValueError(f"resume state holds {len(resume.model_states)} members, population has {self.n}")
+        for i in range(self.n):
+            self.pop.load_member_state_dict(i, resume.model_states[i])
+            self.opt.load_member_state(i, resume.optimizer_states[i])
+        self.extra = json.loads(json.dumps(resume.member_extra))
+        for i, e in enumerate(self.extra):
+            if e["status"] != "running":
+                self.frozen[i] = self.pop.member_state_dict(i)
+        self.start = resume.epoch + 1
+
+    def lr_at(self, step: int) -> Tensor:
+        """Every member's learning rate at global step ``step``: ``[N]``."""
+        c = self.config
+        factor = lr_factor(c.schedule, min(step, self.total_steps - 1), self.total_steps, self.steps,
+                           warmup_epochs=c.warmup_epochs, step_size=c.step_size, gamma=c.gamma)
+        return self.lr0 * factor
+
+    # ------------------------------------------------------------------------------------------- training
+    def train_epoch(self, epoch: int) -> tuple[Tensor, Tensor, int, Tensor]:
+        """One epoch of optimisation steps. Returns (summed loss ``[N]`` float64, correct predictions ``[N]``,
+        samples seen, the learning rates of the last step ``[N]``)."""
+        n, dev, bs = self.n, self.dev, self.config.batch_size
+        seeds = [m.data_seed for m in self.mem]
+        perm = torch.stack([epoch_order(self.x_tr.shape[0], s, epoch) for s in seeds]).to(dev)  # [N, n_train]
+        if self.pop.dropouts:
+            self.pop.set_dropout_generators([epoch_generator(s, epoch, "dropout", dev) for s in seeds])
+        aug_gens = [epoch_generator(s, epoch, "augment", dev) for s in seeds] if self.augment else None
+        active = torch.tensor([e["status"] == "running" for e in self.extra], device=dev)
+        all_active = all(e["status"] == "running" for e in self.extra)
+        run_loss = torch.zeros(n, dtype=torch.float64, device=dev)
+        run_correct = torch.zeros(n, dtype=torch.float64, device=dev)
+        seen = 0
+        lr = self.lr0
+        for s in range(self.steps):
+            idx = perm[:, s * bs:(s + 1) * bs]  # [N, b]
+            lr = self.lr_at((epoch - 1) * self.steps + s)
+            loss, correct = self.step(idx, aug_gens, lr, active, all_active)
+            b = idx.shape[1]
+            with torch.no_grad():
+                run_loss += loss.double() * b  # also how a member diverging mid-epoch is noticed
+                if correct is not None:
+                    run_correct += correct
+            seen += b
+        return run_loss, run_correct, seen, lr
+
+    def step(self, idx: Tensor, aug_gens: list[torch.Generator] | None, lr: Tensor, active: Tensor,
+             all_active: bool) -> tuple[Tensor, Tensor | None]:
+        """One optimisation step on the samples ``idx`` (``[N, b]``, one row per member). Returns the members'
+        mean losses ``[N]`` (detached) and, for running accuracy, their correct predictions ``[N]``."""
+        pop, n, augment = self.pop, self.n, self.augment
+        yb = self.y_tr[idx].transpose(0, 1)  # [b, N, ...]
+        if self.model_major:  # stacked layout: [N, b, ...] is already [N*b, ...]
+            xb = self.x_tr[idx]
+            if augment is not None:
+                xb = torch.stack([augment(xb[i], aug_gens[i]) for i in range(n)], 0)
+            out = pop.forward_model_major(xb)  # [b, N, K]
+        else:  # channel layout: [b, N, ...] folds into [b, N*C, ...] without a transposing copy
+            xb = self.x_tr[idx.t()]
+            if augment is not None:
+                xb = torch.stack([augment(xb[:, i], aug_gens[i]) for i in range(n)], 1)
+            out = pop(xb)
+        loss = task_loss(out, yb, self.task)
+        if self.flat is not None:
+            self.flat[1].zero_()
+        else:
+            pop.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # flat-buffer gradients are strided views; autograd warns, then works
+            warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+            loss.sum().backward()
+        if self.try_flat:  # once every parameter has a gradient, update through one flat [N, P] buffer
+            self.try_flat = False
+            if all(p.grad is not None for _, p in self.params):
+                self.flat = pop.flatten_parameters()
+                if self.flat is not None:
+                    self.opt.use_flat(*self.flat)
+        if self.config.grad_clip is not None:
+            _clip_grads([p for _, p in self.params], self.config.grad_clip)
+        self.opt.step(lr, active, all_active)
+        correct = None
+        if self.running_acc:
+            with torch.no_grad():
+                correct = (out.detach().argmax(-1) == yb).double().sum(0)
+        return loss.detach(), correct
+
+    # ------------------------------------------------------------------------------------------- bookkeeping
+    def finish_epoch(self, epoch: int, run_loss: Tensor, run_correct: Tensor, seen: int, seconds_from: float,
+                     lr: Tensor) -> None:
+        """After an epoch's steps: mark members that diverged mid-epoch as failed, put back the weights of
+        stopped/failed members, evaluate and report."""
+        for i in torch.nonzero(~torch.isfinite(run_loss)).flatten().tolist():
+            if self.extra[i]["status"] == "running":  # diverged mid-epoch: freeze it where it is, mark it failed
+                self.extra[i]["status"] = "failed"
+                self.extra[i]["reason"] = f"non-finite training loss in epoch {epoch}"
+                self.frozen[i] = self.pop.member_state_dict(i)
+        for i, state in self.frozen.items():  # stopped/failed members keep their weights and BN statistics
+            self.pop.load_member_state_dict(i, state)
+        running = None
+        if self.config.train_metrics == "running":
+            running = {"loss": run_loss / seen}
+            if self.task != "regression":
+                running["acc"] = run_correct / seen
+        self.report(epoch, running, time.perf_counter() - seconds_from, lr)
+
+    def evaluate(self, running: dict[str, Tensor] | None) -> list[dict[str, float]]:
+        """One metric row per member: ``{split}_{loss,acc}`` (train from ``running`` when given)."""
+        ev = {}
+        for name, (x, y) in self.splits.items():
+            if name == "train" and running is not None:
+                ev[name] = running
+            elif x.shape[0] > 0:
+                ev[name] = evaluate_population(self.pop, x, y, self.task, self.config.eval_batch_size)
+        rows: list[dict[str, float]] = [{} for _ in range(self.n)]
+        for name, res in ev.items():
+            for key, vals in res.items():
+                for i, v in enumerate(vals.tolist()):
+                    rows[i][f"{name}_{key}"] = float(v)
+        return rows
+
+    def update_status(self, epoch: int, i: int, row: dict[str, float]) -> None:
+        """Fail member ``i`` on a non-finite training loss, stop it early when its validation loss has not improved
+        for ``early_stopping_patience`` epochs (epoch 0 only sets the best validation loss)."""
+        e, patience = self.extra[i], self.config.early_stopping_patience
+        if e["status"] == "running" and epoch > 0:
+            tl = row.get("train_loss", math.nan)
+            if not math.isfinite(tl):
+                e["status"], e["reason"] = "failed", f"non-finite training loss ({tl}) in epoch {epoch}"
+                self.frozen[i] = self.pop.member_state_dict(i)
+            elif patience is not None and "val_loss" in row:
+                v = row["val_loss"]
+                if v < e["best_val"]:
+                    e["best_val"], e["bad_epochs"] = v, 0
+                else:
+                    e["bad_epochs"] += 1
+                    if e["bad_epochs"] >= patience:
+                        e["status"] = "stopped"
+                        e["reason"] = f"early stopping: no better val_loss for {patience} epochs"
+                        self.frozen[i] = self.pop.member_state_dict(i)
+        elif epoch == 0 and "val_loss" in row:
+            e["best_val"] = row["val_loss"]
+
+    def report(self, epoch: int, running: dict[str, Tensor] | None, seconds: float, lr: Tensor) -> None:
+        """Evaluate, update statuses, append to the history and call the callback."""
+        rows = self.evaluate(running)
+        lrs = lr.tolist()
+        for i in range(self.n):
+            rows[i]["lr"] = float(lrs[i])
+            rows[i]["epoch_time_s"] = seconds
+            self.update_status(epoch, i, rows[i])
+            self.history[i].append(rows[i])
+        if self.callback is not None:
+            self.callback(EpochReport(epoch, rows, [e["status"] for e in self.extra],
+                                      [e["reason"] for e in self.extra], self.pop, self.opt, self.extra))
+
+    def result(self) -> PopulationResult:
+        self.pop.set_dropout_generators(None)
+        status = ["done" if e["status"] == "running" else e["status"] for e in self.extra]
+        return PopulationResult(self.history, self.pop.state_dicts(), status, [e["reason"] for e in self.extra],
+                                self.pop.template)
+
+
 def train_population(
     models: Sequence[nn.Module],
     data: Any,
@@ -246,6 +455,8 @@ def train_population(
 
     Metrics per epoch and member: ``train_loss, train_acc, val_loss, val_acc, test_loss, test_acc`` (accuracies
     only for classification; regression losses are MSE), ``lr`` (at the epoch's last step), ``epoch_time_s``.
+    Threads: this function uses torch's current thread setting (:func:`zooscape.train.threads.thread_policy`
+    chooses one for the CLI and ``train_zoo``).
     """
     _check_data(data)
     if len(models) == 0:
@@ -256,181 +467,24 @@ def train_population(
     if len(members) != len(models):
         raise ValueError(f"got {len(models)} models but {len(members)} members")
     config.validate()
-    task = data.task
-    dev = resolve_device(device)
-    mem = [m.resolved(config) for m in members]
-    n = len(models)
-
-    pop = Population([m.to("cpu") for m in models]).to(dev)
-    x_tr, y_tr = data.train_x.to(dev), data.train_y.to(dev)
-    splits = {"train": (x_tr, y_tr), "val": (data.val_x.to(dev), data.val_y.to(dev)),
-              "test": (data.test_x.to(dev), data.test_y.to(dev))}
-    params = list(pop.net.named_parameters())
-    pdtype = params[0][1].dtype if params else torch.float32
-    lr0 = torch.tensor([m.lr for m in mem], dtype=pdtype, device=dev)
-    opt = PopulationOptimizer(
-        params, config.optimizer,
-        weight_decay=torch.tensor([m.weight_decay for m in mem], dtype=pdtype, device=dev),
-        momentum=torch.tensor([m.momentum for m in mem], dtype=pdtype, device=dev),
-        nesterov=config.nesterov, betas=config.betas, eps=config.eps,
-    )
-    augment = None
-    if config.augment:
-        from zooscape.data.augment import build_augment
-
-        augment = build_augment(config.augment, padding=config.crop_padding)
-
-    extra: list[dict[str, Any]] = [
-        {"status": "running", "reason": None, "best_val": math.inf, "bad_epochs": 0} for _ in range(n)
-    ]
-    frozen: dict[int, dict[str, Tensor]] = {}
-    start = 1
-    history: list[list[dict[str, float]]] = [[] for _ in range(n)]
-
+    run = _Run(models, data, config, members, resolve_device(device), callback)
     if resume is not None:
-        if len(resume.model_states) != n:
-            raise ValueError(f"resume state holds {len(resume.model_states)} members, population has {n}")
-        for i in range(n):
-            pop.load_member_state_dict(i, resume.model_states[i])
-            opt.load_member_state(i, resume.optimizer_states[i])
-        extra = json.loads(json.dumps(resume.member_extra))
-        for i, e in enumerate(extra):
-            if e["status"] != "running":
-                frozen[i] = pop.member_state_dict(i)
-        start = resume.epoch + 1
-
-    n_train = x_tr.shape[0]
-    bs = config.batch_size
-    steps = n_train // bs if config.drop_last else math.ceil(n_train / bs)
-    if steps == 0:
-        raise ValueError(f"batch_size {bs} exceeds the {n_train} training samples with drop_last=True")
-    total_steps = max(1, config.epochs * steps)
-    sched_kw = dict(warmup_epochs=config.warmup_epochs, step_size=config.step_size, gamma=config.gamma)
-
-    def current_lr(step: int) -> Tensor:
-        return lr0 * lr_factor(config.schedule, min(step, total_steps - 1), total_steps, steps, **sched_kw)
-
-    def report(epoch: int, running: dict[str, Tensor] | None, seconds: float, lr: Tensor) -> None:
-        ev = {}
-        for name, (x, y) in splits.items():
-            if name == "train" and running is not None:
-                ev[name] = running
-            elif x.shape[0] > 0:
-                ev[name] = evaluate_population(pop, x, y, task, config.eval_batch_size)
-        rows = [{} for _ in range(n)]
-        for name, res in ev.items():
-            for key, vals in res.items():
-                for i, v in enumerate(vals.tolist()):
-                    rows[i][f"{name}_{key}"] = float(v)
-        lrs = lr.tolist()
-        for i in range(n):
-            rows[i]["lr"] = float(lrs[i])
-            rows[i]["epoch_time_s"] = seconds
-            e = extra[i]
-            if e["status"] == "running" and epoch > 0:
-                tl = rows[i].get("train_loss", math.nan)
-                if not math.isfinite(tl):
-                    e["status"], e["reason"] = "failed", f"non-finite training loss ({tl}) in epoch {epoch}"
-                    frozen[i] = pop.member_state_dict(i)
-                elif config.early_stopping_patience is not None and "val_loss" in rows[i]:
-                    v = rows[i]["val_loss"]
-                    if v < e["best_val"]:
-                        e["best_val"], e["bad_epochs"] = v, 0
-                    else:
-                        e["bad_epochs"] += 1
-                        if e["bad_epochs"] >= config.early_stopping_patience:
-                            e["status"] = "stopped"
-                            e["reason"] = (f"early stopping: no better val_loss for "
-                                           f"{config.early_stopping_patience} epochs")
-                            frozen[i] = pop.member_state_dict(i)
-            elif epoch == 0 and "val_loss" in rows[i]:
-                e["best_val"] = rows[i]["val_loss"]
-            history[i].append(rows[i])
-        if callback is not None:
-            callback(EpochReport(epoch, rows, [e["status"] for e in extra], [e["reason"] for e in extra],
-                                 pop, opt, extra))
-
-    if resume is None:
-        report(0, None, 0.0, current_lr(0))
-
-    epochs = range(start, config.epochs + 1)
+        run.resume_from(resume)
+    else:
+        run.report(0, None, 0.0, run.lr_at(0))
+    epochs = range(run.start, config.epochs + 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(epochs), desc=f"population of {n}", unit="epoch")
-    pop.train()
-    running_acc = config.train_metrics == "running" and task != "regression"
-    model_major = pop.layout == "stacked"
-    flat: tuple[Tensor, Tensor] | None = None
-    try_flat = os.environ.get("ZOOSCAPE_FLAT_OPTIM", "1") == "1"
+        bar = tqdm(total=len(epochs), desc=f"population of {run.n}", unit="epoch")
+    run.pop.train()
     for epoch in epochs:
         t0 = time.perf_counter()
-        seeds = [m.data_seed for m in mem]
-        perm = torch.stack([epoch_order(n_train, s, epoch) for s in seeds]).to(dev)  # [N, n_train]
-        if pop.dropouts:
-            pop.set_dropout_generators([epoch_generator(s, epoch, "dropout", dev) for s in seeds])
-        aug_gens = [epoch_generator(s, epoch, "augment", dev) for s in seeds] if augment else None
-        active = torch.tensor([e["status"] == "running" for e in extra], device=dev)
-        all_active = all(e["status"] == "running" for e in extra)
-        run_loss = torch.zeros(n, dtype=torch.float64, device=dev)
-        run_correct = torch.zeros(n, dtype=torch.float64, device=dev)
-        seen = 0
-        lr = lr0
-        for s in range(steps):
-            idx = perm[:, s * bs:(s + 1) * bs]  # [N, b]
-            yb = y_tr[idx].transpose(0, 1)  # [b, N, ...]
-            if model_major:  # stacked layout: [N, b, ...] is already [N*b, ...]
-                xb = x_tr[idx]
-                if augment is not None:
-                    xb = torch.stack([augment(xb[i], aug_gens[i]) for i in range(n)], 0)
-                out = pop.forward_model_major(xb)  # [b, N, K]
-            else:  # channel layout: [b, N, ...] folds into [b, N*C, ...] without a transposing copy
-                xb = x_tr[idx.t()]
-                if augment is not None:
-                    xb = torch.stack([augment(xb[:, i], aug_gens[i]) for i in range(n)], 1)
-                out = pop(xb)
-            loss = task_loss(out, yb, task)
-            if flat is not None:
-                flat[1].zero_()
-            else:
-                pop.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():  # flat-buffer gradients are strided views; autograd warns, then works
-                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-                loss.sum().backward()
-            if try_flat:  # once every parameter has a gradient, update through one flat [N, P] buffer
-                try_flat = False
-                if all(p.grad is not None for _, p in params):
-                    flat = pop.flatten_parameters()
-                    if flat is not None:
-                        opt.use_flat(*flat)
-            if config.grad_clip is not None:
-                _clip_grads([p for _, p in params], config.grad_clip)
-            lr = current_lr((epoch - 1) * steps + s)
-            opt.step(lr, active, all_active)
-            b = idx.shape[1]
-            with torch.no_grad():
-                run_loss += loss.detach().double() * b  # also how a member diverging mid-epoch is noticed
-                if running_acc:
-                    run_correct += (out.detach().argmax(-1) == yb).double().sum(0)
-            seen += b
-        for i in torch.nonzero(~torch.isfinite(run_loss)).flatten().tolist():
-            if extra[i]["status"] == "running":  # diverged mid-epoch: freeze it where it is, mark it failed
-                extra[i]["status"] = "failed"
-                extra[i]["reason"] = f"non-finite training loss in epoch {epoch}"
-                frozen[i] = pop.member_state_dict(i)
-        for i, state in frozen.items():  # stopped/failed members keep their weights and BN statistics
-            pop.load_member_state_dict(i, state)
-        running = None
-        if config.train_metrics == "running":
-            running = {"loss": run_loss / seen}
-            if task != "regression":
-                running["acc"] = run_correct / seen
-        report(epoch, running, time.perf_counter() - t0, lr)
+        run_loss, run_correct, seen, lr = run.train_epoch(epoch)
+        run.finish_epoch(epoch, run_loss, run_correct, seen, t0, lr)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    pop.set_dropout_generators(None)
-    status = ["done" if e["status"] == "running" else e["status"] for e in extra]
-    return PopulationResult(history, pop.state_dicts(), status, [e["reason"] for e in extra], pop.template)
+    return run.result()

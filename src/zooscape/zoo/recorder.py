@@ -1,8 +1,16 @@
 """Per-group training record: metrics history, member statuses and written shards.
 
 The recorder lives in the process that trains a group. After every epoch it turns an ``EpochReport`` into
-catalog rows (sent to the driver as an event) and it is saved inside the group's resume file, so that after a
+catalog rows (sent to the driver as an event) and it is saved next to the group's resume file, so that after a
 crash the rows of every finished epoch can be replayed into the catalog (idempotently) before training goes on.
+
+Saving is append-only, so that the per-epoch cost does not grow with the number of epochs: every change (an
+observed epoch, a written shard) becomes one line of a journal (JSON lines; the first line names the group, its
+members and checkpoint epochs). :meth:`GroupRecorder.journal` returns the lines not yet saved; the task appends them
+to the group's journal file and records the file's valid length in the resume file, which it rewrites atomically.
+:meth:`GroupRecorder.from_journal` replays a journal (Python's float ``repr`` round-trips exactly, NaN and
+infinities included, so a replayed history equals the recorded one bit for bit). Resume files written before the
+journal (history as ``[epochs, members, metrics]`` tensors) are still read by :meth:`GroupRecorder.from_tensors`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _line(obj: Any) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+
+
 class GroupRecorder:
     """History of one training population.
 
@@ -49,7 +61,11 @@ class GroupRecorder:
         self.names: list[str] = []
         self.history: dict[int, dict[int, dict[str, float | None]]] = {}  # epoch -> member -> name -> value
         self.shards: list[dict[str, Any]] = []  # {"epoch", "kind", "file", "members": [index]}
+        self._shards_of: dict[int, list[dict[str, Any]]] = {}  # epoch -> its shards (rows of one epoch in O(1))
         self.last_epoch = -1
+        head = {"group_id": group_id, "model_ids": self.model_ids, "checkpoint_epochs": self.checkpoint_epochs}
+        self._lines: list[bytes] = [_line(head)]  # the journal (see the module docstring)
+        self._saved = 0  # lines already handed out by journal()
 
     # ------------------------------------------------------------------------------------------- updates
 
@@ -78,7 +94,7 @@ class GroupRecorder:
             )
         if epoch <= self.last_epoch:
             raise ValueError(f"epoch {epoch} already recorded (last {self.last_epoch})")
-        recorded, stopped = [], []
+        recorded, stopped, finished = [], [], []
         row: dict[int, dict[str, float | None]] = {}
         for i in range(n):
             if self.status[i] != ACTIVE:
@@ -97,10 +113,12 @@ class GroupRecorder:
                 self.status[i] = status[i]
                 self.reasons[i] = reasons[i]
                 self.finished_epoch[i] = epoch
+                finished.append([i, status[i], reasons[i]])
                 if status[i] == "stopped":
                     stopped.append(i)
         self.history[epoch] = row
         self.last_epoch = epoch
+        self._lines.append(_line({"epoch": epoch, "rows": [[i, v] for i, v in row.items()], "finished": finished}))
         return recorded, stopped
 
     def checkpoint_members(self, epoch: int, stopped: Sequence[int]) -> list[int]:
@@ -121,7 +139,10 @@ class GroupRecorder:
 
     def add_shard(self, epoch: int, kind: str, file: str, members: Sequence[int]) -> None:
         """Remember a written shard (for checkpoint rows)."""
-        self.shards.append({"epoch": int(epoch), "kind": kind, "file": file, "members": [int(i) for i in members]})
+        shard = {"epoch": int(epoch), "kind": kind, "file": file, "members": [int(i) for i in members]}
+        self.shards.append(shard)
+        self._shards_of.setdefault(shard["epoch"], []).append(shard)
+        self._lines.append(_line({"shard": shard}))
 
     # ------------------------------------------------------------------------------------------- rows
 
@@ -156,8 +177,8 @@ class GroupRecorder:
                     metrics.append((self.model_ids[i], e, name, value))
         checkpoints = [
             (self.model_ids[i], s["epoch"], s["kind"], s["file"])
-            for s in self.shards
-            if s["epoch"] in wanted
+            for e in epochs
+            for s in self._shards_of.get(e, ())
             for i in s["members"]
         ]
         statuses = {}
@@ -179,8 +200,58 @@ class GroupRecorder:
 
     # ------------------------------------------------------------------------------------------- (de)serialise
 
+    def journal(self, full: bool = False) -> bytes:
+        """The journal lines recorded since the last call (``full``: the whole journal), as bytes to append to the
+        group's journal file; later calls return only what came after. Cost: the new lines only.
+
+        Returns:
+            UTF-8 JSON lines, each ending in ``\\n`` (empty when nothing changed).
+        """
+        start = 0 if full else self._saved
+        self._saved = len(self._lines)
+        return b"".join(self._lines[start:])
+
+    @classmethod
+    def from_journal(cls, data: bytes) -> GroupRecorder:
+        """Replay a journal written by :meth:`journal` (complete lines only; the result's journal counts as
+        saved).
+
+        Raises:
+            ValueError: empty or corrupt journal (the message names the line).
+        """
+        lines = data.splitlines(keepends=True)
+        if not lines:
+            raise ValueError("empty recorder journal")
+        try:
+            head = json.loads(lines[0])
+            rec = cls(head["group_id"], head["model_ids"], head["checkpoint_epochs"])
+            for k, raw in enumerate(lines[1:], 2):
+                entry = json.loads(raw)
+                if "shard" in entry:
+                    s = entry["shard"]
+                    rec.add_shard(s["epoch"], s["kind"], s["file"], s["members"])
+                    continue
+                epoch = int(entry["epoch"])
+                if epoch <= rec.last_epoch:
+                    raise ValueError(f"line {k}: epoch {epoch} after epoch {rec.last_epoch}")
+                row = {int(i): values for i, values in entry["rows"]}
+                for values in row.values():
+                    for name in values:
+                        if name not in rec.names:
+                            rec.names.append(name)
+                for i, status, reason in entry["finished"]:
+                    rec.status[i], rec.reasons[i], rec.finished_epoch[i] = status, reason, epoch
+                rec.history[epoch] = row
+                rec.last_epoch = epoch
+                rec._lines.append(raw)
+        except (KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
+            raise ValueError(f"corrupt recorder journal: {e!r}") from None
+        rec._saved = len(rec._lines)
+        return rec
+
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Serialise for a safetensors file.
+        """Serialise for a safetensors file (the format of resume files before the journal; cost grows with the
+        history: use :meth:`journal` per epoch).
 
         Returns:
             (tensors ``history/values`` float64 [epochs, members, metrics] and ``history/mask`` uint8 of the same
@@ -211,7 +282,7 @@ class GroupRecorder:
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> GroupRecorder:
-        """Inverse of :meth:`to_tensors`.
+        """Inverse of :meth:`to_tensors` (reads resume files written before the journal).
 
         Args:
             tensors: must hold ``history/values`` and ``history/mask``.
@@ -226,7 +297,8 @@ class GroupRecorder:
         rec.reasons = list(meta["reasons"])
         rec.finished_epoch = list(meta["finished_epoch"])
         rec.names = list(meta["names"])
-        rec.shards = list(meta["shards"])
+        for shard in meta["shards"]:
+            rec.add_shard(shard["epoch"], shard["kind"], shard["file"], shard["members"])
         rec.last_epoch = int(meta["last_epoch"])
         values, mask = tensors["history/values"], tensors["history/mask"]
         for e in meta["epochs"]:
@@ -240,4 +312,6 @@ class GroupRecorder:
                         v = float(values[e, i, j])
                         row[i][name] = v
             rec.history[e] = row
+            finished = [[i, rec.status[i], rec.reasons[i]] for i, fe in enumerate(rec.finished_epoch) if fe == e]
+            rec._lines.append(_line({"epoch": e, "rows": [[i, v] for i, v in row.items()], "finished": finished}))
         return rec

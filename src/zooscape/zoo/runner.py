@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zooscape.train.threads import resolve_threads, resolve_workers, torch_threads
 from zooscape.zoo.build import (
     build_meta_model,
     build_model,
@@ -303,11 +304,12 @@ def train_zoo(
     spec_path: str | Path,
     out_dir: str | Path,
     engine: str | Engine = "local",
-    workers: int = 1,
+    workers: int | str = 1,
     device: str = "auto",
     progress: bool = True,
     chunk_size: int | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> Any:
     """Train (or finish training) the zoo of a spec into ``out_dir``.
 
@@ -320,7 +322,7 @@ def train_zoo(
         out_dir: zoo directory (created).
         engine: ``"local"``, ``"ray"`` or an :class:`~zooscape.zoo.engines.Engine` (an engine given by name is
             closed at the end).
-        workers: worker processes of the local engine.
+        workers: worker processes of the local engine (``"auto"``: the cores this process may use).
         device: torch device passed to the trainer ("auto", "cpu", "cuda:0", ...).
         progress: show a tqdm bar over model-epochs (stderr).
         chunk_size: models per task, i.e. the largest training population (overrides ``[population]
@@ -328,6 +330,9 @@ def train_zoo(
             must use the same value.
         engine_options: keyword arguments of the named engine (for ``"ray"``: ``address``, ``num_cpus``,
             ``num_gpus``, ``max_retries``, ... of :class:`~zooscape.zoo.engines.ray_engine.RayEngine`).
+        threads: torch intra-op threads per training process (default 1, whatever ``OMP_NUM_THREADS`` says: see
+            :mod:`zooscape.train.threads`); set in this process for the duration of the call (restored after) and
+            in every local worker process (``threads_per_worker``; on Ray ``threads_per_task`` unless given).
 
     Returns:
         the trained :class:`zooscape.zoo.reader.Zoo`.
@@ -352,12 +357,18 @@ def train_zoo(
     plan = plan_zoo(spec)
     _check_out_dir(out_dir, spec)
     _check_chunk_size(out_dir, spec)
-    eng = get_engine(engine, workers, **dict(engine_options or {}))
+    options = dict(engine_options or {})
+    if engine == "local":
+        workers = resolve_workers(workers)
+        options.setdefault("threads_per_worker", resolve_threads(threads))
+    elif engine == "ray" and threads is not None:
+        options.setdefault("threads_per_task", resolve_threads(threads))
+    eng = get_engine(engine, workers, **options)
     owned = isinstance(engine, str)
     spec_text = spec_path.read_text(encoding="utf-8")
 
     store = ZooStore(out_dir)
-    with store.lock():
+    with torch_threads(threads), store.lock():
         catalog = store.create_or_check(spec_text, spec.fingerprint())
         try:
             damaged = quick_check(out_dir, catalog)

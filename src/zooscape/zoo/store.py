@@ -7,7 +7,8 @@
       checkpoints/<group_id>/
         e000005.weights.safetensors   all models of the group at epoch 5, keys "{model_id}/{param}"
         e000005.optim.safetensors     their optimizer states, keys "{model_id}/{state key}"
-        resume.safetensors            PopulationState + history after the last finished epoch (while training)
+        resume.safetensors            PopulationState after the last finished epoch (while training)
+        resume-history.jsonl          the group's history, appended per epoch (while training; zoo.recorder)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ CATALOG_FILE = "catalog.sqlite"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 RESUME_FILE = "resume.safetensors"
+RESUME_JOURNAL_FILE = "resume-history.jsonl"  # the recorder's journal, valid up to the length resume.safetensors says
 #: Checkpoint kinds and their file suffixes.
 KINDS = {"weights": "weights", "optimizer": "optim"}
 
@@ -269,9 +271,9 @@ class ZooStore:
         return rel, encode_tensors(pack_models(tensors_by_model), meta)
 
     def delete_resume(self, group_id: str) -> None:
-        """Remove a group's resume file (after its models are recorded as finished)."""
+        """Remove a group's resume file and its history journal (after its models are recorded as finished)."""
         path = self.resume_path(group_id)
-        if path.exists():
+        if path.exists():  # the resume file first: a journal without it is ignored (and rewritten on a restart)
             path.unlink()
             try:
                 fd = os.open(path.parent, os.O_RDONLY)
@@ -279,3 +281,4 @@ class ZooStore:
                 os.close(fd)
             except OSError:  # pragma: no cover
                 pass
+        path.with_name(RESUME_JOURNAL_FILE).unlink(missing_ok=True)

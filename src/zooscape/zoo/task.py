@@ -5,25 +5,30 @@ It builds the population, resumes from the group's resume file if there is one, 
 
 1. writes the checkpoint shards of the epoch (weights, optimizer states) — atomic files;
 2. emits the epoch's catalog rows to the driver (:func:`zooscape.zoo.engines.emit`), which commits them;
-3. overwrites the resume file (PopulationState + the full :class:`GroupRecorder` history) atomically.
+3. appends the epoch's :class:`GroupRecorder` journal lines to the group's journal file (``resume-history.jsonl``,
+   fsynced) and overwrites the resume file (PopulationState + the journal's valid length) atomically.
 
-If the process dies between 2 and 3 the epoch is simply trained again (same result, rows upserted); if the
-driver had not yet committed the rows of an epoch whose resume file exists (worker processes), they are
-replayed from the resume file's history when the group restarts.
+Neither write grows with the number of epochs (the history is appended, never rewritten). If the process dies
+between 2 and 3 the epoch is simply trained again (same result, rows upserted); journal lines past the length the
+resume file records are ignored, and the journal is rewritten to its valid part when the group restarts. If the
+driver had not yet committed the rows of an epoch whose resume file exists (worker processes), they are replayed
+from the journal when the group restarts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from zooscape._io import atomic_write_bytes
 from zooscape.zoo.build import build_member, build_model, build_train_config, load_data
 from zooscape.zoo.engines import emit
 from zooscape.zoo.recorder import GroupRecorder
 from zooscape.zoo.shards import read_tensors, write_tensors
-from zooscape.zoo.store import ZooStore
+from zooscape.zoo.store import RESUME_JOURNAL_FILE, ZooStore
 
 __all__ = ["GroupTask", "run_group", "read_resume"]
 
@@ -55,7 +60,7 @@ class GroupTask:
 
 
 def read_resume(store: ZooStore, group_id: str) -> tuple[Any, GroupRecorder] | None:
-    """Read a group's resume file.
+    """Read a group's resume file (and the valid part of its journal).
 
     Args:
         store: the zoo store.
@@ -63,6 +68,9 @@ def read_resume(store: ZooStore, group_id: str) -> tuple[Any, GroupRecorder] | N
 
     Returns:
         (PopulationState, GroupRecorder), or None when the group has no resume file.
+
+    Raises:
+        ValueError: the journal is shorter than the resume file says, or corrupt (the message names the file).
     """
     from safetensors import safe_open
 
@@ -74,24 +82,58 @@ def read_resume(store: ZooStore, group_id: str) -> tuple[Any, GroupRecorder] | N
     with safe_open(str(path), framework="pt") as fh:
         metadata = dict(fh.metadata() or {})
     tensors = read_tensors(path)
-    recorder = GroupRecorder.from_tensors(tensors, metadata)
+    if "history_bytes" in metadata:  # version 2: the history is in the journal
+        journal, size = _journal_path(store, group_id), int(metadata["history_bytes"])
+        try:
+            with open(journal, "rb") as jf:
+                data = jf.read(size)
+        except FileNotFoundError:
+            data = b""
+        if len(data) != size:
+            raise ValueError(f"{journal}: {len(data)} bytes, the resume file {path} needs its first {size}")
+        try:
+            recorder = GroupRecorder.from_journal(data)
+        except ValueError as e:
+            raise ValueError(f"{journal}: {e}") from None
+    else:  # version 1: the history as tensors inside the resume file
+        recorder = GroupRecorder.from_tensors(tensors, metadata)
     state_tensors = {k[len("state/") :]: v for k, v in tensors.items() if k.startswith("state/")}
     state = PopulationState.from_tensors(state_tensors, json.loads(metadata["state_meta"]))
     return state, recorder
 
 
+def _journal_path(store: ZooStore, group_id: str) -> Any:
+    return store.resume_path(group_id).with_name(RESUME_JOURNAL_FILE)
+
+
+def _start_journal(store: ZooStore, task: GroupTask, recorder: GroupRecorder) -> None:
+    """Make the journal file hold exactly the recorder's journal (a fresh group's first line, or a resumed group's
+    valid lines: anything a crash left after them goes), atomically; later epochs append to it."""
+    atomic_write_bytes(_journal_path(store, task.group_id), recorder.journal(full=True))
+
+
 def _write_resume(store: ZooStore, task: GroupTask, state: Any, recorder: GroupRecorder) -> None:
+    """Append the recorder's new journal lines (fsynced), then rewrite the resume file atomically with the state
+    and the journal's valid length. Cost per epoch: the state and the epoch's lines, whatever the epoch."""
+    journal = _journal_path(store, task.group_id)
+    if not journal.exists():  # (first write of a group that did not go through run_group)
+        _start_journal(store, task, recorder)
+    lines = recorder.journal()
+    with open(journal, "ab") as fh:
+        fh.write(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+        size = fh.tell()
     state_tensors, state_meta = state.to_tensors()
-    hist_tensors, hist_meta = recorder.to_tensors()
     tensors = {f"state/{k}": v for k, v in state_tensors.items()}
-    tensors.update(hist_tensors)
     meta = {
         "format": "zooscape-resume",
-        "version": "1",
+        "version": "2",
         "group_id": task.group_id,
         "epoch": str(recorder.last_epoch),
         "state_meta": json.dumps(state_meta),
-        **hist_meta,
+        "history_file": RESUME_JOURNAL_FILE,
+        "history_bytes": str(size),
     }
     path = store.resume_path(task.group_id)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +192,7 @@ def run_group(task: GroupTask) -> dict[str, Any]:
                 f"resume file of group {task.group_id} lists models {recorder.model_ids}, expected {task.model_ids}"
             )
         emit(recorder.rows())  # replay: idempotent upserts of everything already trained
+    _start_journal(store, task, recorder)
 
     ids = task.model_ids
     lmc = _training_lmc(task, data, emit_stored=resumed is not None)
