@@ -11,15 +11,12 @@ from zooscape.landscape.hessian import (
     DenseOperator,
     dense_matrix,
     hessian_operator,
-    hutchinson_trace,
-    hutchpp_trace,
     lanczos,
     lanczos_eigenvalues,
     power_iteration,
-    spectral_density,
     top_eigenvalues,
-    trace,
 )
+from zooscape.landscape.stochastic import hutchinson_trace, hutchpp_trace, spectral_density, trace
 
 D64 = torch.float64
 

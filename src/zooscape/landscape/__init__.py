@@ -29,18 +29,12 @@ from zooscape.landscape.hessian import (
     HessianOperator,
     LanczosResult,
     LinearOperator,
-    SpectralDensity,
-    TraceEstimate,
     dense_matrix,
     hessian_operator,
-    hutchinson_trace,
-    hutchpp_trace,
     lanczos,
     lanczos_eigenvalues,
     power_iteration,
-    spectral_density,
     top_eigenvalues,
-    trace,
 )
 from zooscape.landscape.spectra import (
     LayerSpectrum,
@@ -56,6 +50,14 @@ from zooscape.landscape.spectra import (
     spectra_summary,
     spectral_entropy,
     weight_spectra,
+)
+from zooscape.landscape.stochastic import (
+    SpectralDensity,
+    TraceEstimate,
+    hutchinson_trace,
+    hutchpp_trace,
+    spectral_density,
+    trace,
 )
 from zooscape.landscape.surface import (
     Surface,
