@@ -63,12 +63,12 @@ def test_sampled_fisher_converges_to_exact():
     model = _net()
     x = torch.randn(12, 4, dtype=D64)
     exact = fisher_trace(model, x, kind="exact")
-    sampled = fisher_trace(model, x, kind="sampled", num_samples=400, generator=1)
+    sampled = fisher_trace(model, x, kind="sampled", num_samples=400, seed=1)
     assert sampled == pytest.approx(exact, rel=0.05)
-    one = fisher_trace(model, x, kind="sampled", num_samples=1, generator=1)
+    one = fisher_trace(model, x, kind="sampled", num_samples=1, seed=1)
     assert one != pytest.approx(exact, rel=1e-6)  # a single draw is noisy: the test can tell the two apart
     g_exact = fisher_trace(model, x, kind="exact", likelihood="gaussian")
-    g_sampled = fisher_trace(model, x, kind="sampled", likelihood="gaussian", num_samples=400, generator=2)
+    g_sampled = fisher_trace(model, x, kind="sampled", likelihood="gaussian", num_samples=400, seed=2)
     assert g_sampled == pytest.approx(g_exact, rel=0.05)
 
 
@@ -126,7 +126,7 @@ def test_sampled_fisher_standard_error_is_calibrated_over_seeds():
     exact = fisher_trace_estimate(model, x, kind="exact")
     assert exact.std_error == 0.0 and exact.num_draws == 1 and exact.samples.shape == (48, 1)
     assert exact.estimate == pytest.approx(fisher_trace(model, x, kind="exact"))
-    runs = [fisher_trace_estimate(model, x, kind="sampled", num_samples=8, generator=s) for s in range(60)]
+    runs = [fisher_trace_estimate(model, x, kind="sampled", num_samples=8, seed=s) for s in range(60)]
     values = torch.tensor([r.estimate for r in runs], dtype=D64)
     empirical = float(values.std())
     reported = float(torch.tensor([r.std_error for r in runs]).pow(2).mean().sqrt())
@@ -135,6 +135,6 @@ def test_sampled_fisher_standard_error_is_calibrated_over_seeds():
     assert abs(float(values.mean()) - exact.estimate) < 4 * reported / math.sqrt(60)
     assert runs[0].samples.shape == (48, 8) and runs[0].estimate == pytest.approx(float(runs[0].samples.mean()))
     # one draw per input: the within-input variance is not identifiable; the reported SE is conservative
-    ones = [fisher_trace_estimate(model, x, kind="sampled", num_samples=1, generator=s) for s in range(60)]
+    ones = [fisher_trace_estimate(model, x, kind="sampled", num_samples=1, seed=s) for s in range(60)]
     spread = float(torch.tensor([r.estimate for r in ones], dtype=D64).std())
     assert float(torch.tensor([r.std_error for r in ones]).mean()) >= 0.8 * spread

@@ -231,11 +231,11 @@ def test_hutchinson_exact_on_diagonal_and_unbiased_on_dense():
     assert est.num_matvecs == 8 and est.samples.shape == (8,)
     a, _ = _spd_with_spectrum([float(i) for i in range(1, 31)], seed=7)
     a = a + 0.5 * torch.ones(30, 30, dtype=D64)  # off-diagonal mass makes the estimator noisy
-    est = hutchinson_trace(DenseOperator(a), num_probes=400, block_size=50, generator=3)
+    est = hutchinson_trace(DenseOperator(a), num_probes=400, block_size=50, seed=3)
     true = float(torch.trace(a))
     assert est.std_error > 0
     assert abs(est.estimate - true) < 4 * est.std_error
-    early = hutchinson_trace(DenseOperator(a), num_probes=400, tol=0.02, generator=3)
+    early = hutchinson_trace(DenseOperator(a), num_probes=400, tol=0.02, seed=3)
     assert early.num_matvecs < 400 and early.std_error <= 0.02 * abs(early.estimate)
 
 
@@ -248,8 +248,8 @@ def test_hutchpp_exact_for_low_rank_and_beats_hutchinson_on_decaying_spectrum():
     assert est.std_error == pytest.approx(0.0, abs=1e-6)
     a, _ = _spd_with_spectrum([100.0 * 0.5 ** i for i in range(60)], seed=9)
     true = float(torch.trace(a))
-    errs_pp = [abs(hutchpp_trace(DenseOperator(a), num_matvecs=30, generator=s).estimate - true) for s in range(10)]
-    errs_h = [abs(trace(DenseOperator(a), num_matvecs=30, generator=s).estimate - true) for s in range(10)]
+    errs_pp = [abs(hutchpp_trace(DenseOperator(a), num_matvecs=30, seed=s).estimate - true) for s in range(10)]
+    errs_h = [abs(trace(DenseOperator(a), num_matvecs=30, seed=s).estimate - true) for s in range(10)]
     assert sum(errs_pp) < 0.1 * sum(errs_h)
     via = trace(DenseOperator(a), method="hutch++", num_matvecs=30)
     assert via.num_matvecs == 30
@@ -289,7 +289,7 @@ def test_float32_lanczos_residual_is_the_true_residual_and_bounds_the_error():
     exact = torch.linalg.eigvalsh(h).flip(0)
     op = hessian_operator(model, F.cross_entropy, x, y)
     for steps in (10, 20, 40):
-        res = lanczos_eigenvalues(op, k=2, num_steps=steps, generator=1)
+        res = lanczos_eigenvalues(op, k=2, num_steps=steps, seed=1)
         assert res.num_matvecs == steps + 2
         v = res.eigenvectors.double()
         true_residual = (v @ h - res.eigenvalues.double()[:, None] * v).norm(dim=1)
@@ -299,7 +299,7 @@ def test_float32_lanczos_residual_is_the_true_residual_and_bounds_the_error():
         errors = (res.eigenvalues.double() - exact[:2]).abs()
         assert bool((errors <= res.residuals.double() * 1.01 + 1e-7).all()), (steps, errors, res.residuals)
     # the Ritz estimate |beta_m s_mi| that was stored before underflows far below the real residual in float32
-    run = lanczos(op, 40, generator=1)
+    run = lanczos(op, 40, seed=1)
     theta, s = run.ritz(0)
     ritz_estimate = float(run.residual[0]) * float(s[-1, -1].abs())
     assert ritz_estimate < 1e-3 * float(true_residual[0])
@@ -308,7 +308,7 @@ def test_float32_lanczos_residual_is_the_true_residual_and_bounds_the_error():
 def test_hutchinson_standard_error_is_calibrated_over_seeds():
     a, _ = _spd_with_spectrum([float(i) for i in range(1, 41)], seed=10)
     a = a + 0.3 * torch.ones(40, 40, dtype=D64)
-    runs = [hutchinson_trace(DenseOperator(a), num_probes=50, generator=s) for s in range(100)]
+    runs = [hutchinson_trace(DenseOperator(a), num_probes=50, seed=s) for s in range(100)]
     values = torch.tensor([r.estimate for r in runs], dtype=D64)
     reported = float(torch.tensor([r.std_error for r in runs], dtype=D64).pow(2).mean().sqrt())
     assert 1 / 1.3 < reported / float(values.std()) < 1.3

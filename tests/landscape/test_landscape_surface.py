@@ -29,7 +29,7 @@ def _cnn():
 def test_filter_normalisation_and_bias_bn_handling():
     model = _cnn()
     params = dict(model.named_parameters())
-    d = random_direction(model, generator=1)
+    d = random_direction(model, seed=1)
     assert set(d) == set(params)
     for name in ["0.weight", "4.weight"]:
         dn = d[name].reshape(d[name].shape[0], -1).norm(dim=1)
@@ -37,12 +37,12 @@ def test_filter_normalisation_and_bias_bn_handling():
         torch.testing.assert_close(dn, pn, rtol=1e-5, atol=1e-6)
     for name in ["0.bias", "1.weight", "1.bias", "4.bias"]:
         assert torch.count_nonzero(d[name]) == 0
-    kept = random_direction(model, ignore_bias_bn=False, generator=1)
+    kept = random_direction(model, ignore_bias_bn=False, seed=1)
     for name in ["0.bias", "1.weight", "4.bias"]:
         assert float(kept[name].norm()) == pytest.approx(float(params[name].detach().norm()), rel=1e-5)
-    layer = random_direction(model, normalization="layer", generator=1)
+    layer = random_direction(model, normalization="layer", seed=1)
     assert float(layer["4.weight"].norm()) == pytest.approx(float(params["4.weight"].detach().norm()), rel=1e-5)
-    raw = random_direction(model, normalization="none", ignore_bias_bn=False, generator=1)
+    raw = random_direction(model, normalization="none", ignore_bias_bn=False, seed=1)
     assert float(raw["4.weight"].norm()) != pytest.approx(float(params["4.weight"].detach().norm()), rel=1e-2)
     with pytest.raises(ValueError, match="normalization"):
         normalize_direction(raw, params, normalization="unit")

@@ -74,7 +74,7 @@ def test_hessian_rows_match_the_library_and_store_settings(zoo_dir):
         x, y = zoo.data(mid).split("train")
         idx = torch.sort(torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:64]).values
         op = ls.hessian_operator(model, F.cross_entropy, x[idx], y[idx])
-        expected = ls.top_eigenvalues(op, num_steps=6, generator=0).eigenvalues[0]
+        expected = ls.top_eigenvalues(op, num_steps=6, seed=0).eigenvalues[0]
         assert tops[0]["value"] == pytest.approx(float(expected), rel=1e-5)
         exact = torch.linalg.eigvalsh(ls.dense_matrix(op))[-1]
         assert tops[0]["value"] == pytest.approx(float(exact), rel=0.05)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from zooscape._deprecate import renamed_kwargs
 from zooscape.landscape._hvp import as_generator, eval_mode, functional_state, make_batches
 
 __all__ = ["FisherTrace", "fisher_diagonal", "fisher_trace", "fisher_trace_estimate"]
@@ -39,7 +40,7 @@ def _nll(out: Tensor, y: Tensor, likelihood: str) -> Tensor:
 
 def _fisher_pass(model: nn.Module, x: Tensor, y: Tensor | None, *, kind: str, likelihood: str, num_samples: int,
                  batch_size: int | None, param_names: Sequence[str] | None, device: torch.device | str | None,
-                 dtype: torch.dtype | None, generator: torch.Generator | int | None):
+                 dtype: torch.dtype | None, seed: int | torch.Generator | None):
     """The Fisher diagonal (parameter dict) and the per-input squared gradient norms ``[n, draws]``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -51,7 +52,7 @@ def _fisher_pass(model: nn.Module, x: Tensor, y: Tensor | None, *, kind: str, li
         raise ValueError("kind='empirical' needs the labels y")
     if y is None:
         y = torch.zeros(x.shape[0])
-    gen = as_generator(generator)
+    gen = as_generator(seed)
     spec, params, fixed = functional_state(model, param_names=param_names, device=device, dtype=dtype)
     batches = make_batches(x, y, batch_size, device=params.device, dtype=dtype)
     n_total = x.shape[0]
@@ -104,11 +105,12 @@ def _fisher_pass(model: nn.Module, x: Tensor, y: Tensor | None, *, kind: str, li
     return spec.unflatten(total.detach() / n_total), torch.cat(norms)
 
 
+@renamed_kwargs(generator="seed")
 def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kind: str = "sampled",
                     likelihood: str = "categorical", num_samples: int = 1, batch_size: int | None = 256,
                     param_names: Sequence[str] | None = None, device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None,
-                    generator: torch.Generator | int | None = None) -> dict[str, Tensor]:
+                    seed: int | torch.Generator | None = None) -> dict[str, Tensor]:
     """Diagonal of the Fisher information matrix, averaged over the inputs ``x``.
 
     Args:
@@ -123,7 +125,7 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kin
         param_names: parameters to include (default: all with ``requires_grad``).
         device: compute device (default: the model's).
         dtype: compute dtype (default: the model's).
-        generator: randomness for ``"sampled"`` (Generator or seed; default seed 0).
+        seed: randomness for ``"sampled"`` (Generator or seed; default seed 0).
 
     Returns:
         dict parameter name -> Tensor of the parameter's shape (on the compute device).
@@ -134,7 +136,7 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kin
     """
     diag, _ = _fisher_pass(model, x, y, kind=kind, likelihood=likelihood, num_samples=num_samples,
                            batch_size=batch_size, param_names=param_names, device=device, dtype=dtype,
-                           generator=generator)
+                           seed=seed)
     return diag
 
 
@@ -162,6 +164,7 @@ class FisherTrace:
         return self.std_error / abs(self.estimate) if self.estimate else float("nan")
 
 
+@renamed_kwargs(generator="seed")
 def fisher_trace_estimate(model: nn.Module, x: Tensor, y: Tensor | None = None, **kwargs) -> FisherTrace:
     """Trace of the Fisher information with its standard error.
 
@@ -178,7 +181,7 @@ def fisher_trace_estimate(model: nn.Module, x: Tensor, y: Tensor | None = None, 
         model: the network.
         x: inputs ``[n, ...]``.
         y: labels/targets ``[n, ...]`` (needed for ``kind="empirical"``).
-        **kwargs: as :func:`fisher_diagonal` (``kind``, ``likelihood``, ``num_samples``, ``generator``, ...).
+        **kwargs: as :func:`fisher_diagonal` (``kind``, ``likelihood``, ``num_samples``, ``seed``, ...).
 
     Returns:
         :class:`FisherTrace`.
@@ -200,9 +203,10 @@ def fisher_trace_estimate(model: nn.Module, x: Tensor, y: Tensor | None = None, 
 
 
 _PASS_DEFAULTS = {"kind": "sampled", "likelihood": "categorical", "num_samples": 1, "batch_size": 256,
-                  "param_names": None, "device": None, "dtype": None, "generator": None}
+                  "param_names": None, "device": None, "dtype": None, "seed": None}
 
 
+@renamed_kwargs(generator="seed")
 def fisher_trace(model: nn.Module, x: Tensor, y: Tensor | None = None, **kwargs) -> float:
     """Trace of the Fisher information (the sum of :func:`fisher_diagonal` over all parameters).
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from zooscape._deprecate import renamed_kwargs
 from zooscape.landscape._hvp import (
     DenseOperator,
     HessianOperator,
@@ -131,8 +132,9 @@ class LanczosResult:
         return torch.linalg.eigh(self.tridiagonal(run))
 
 
+@renamed_kwargs(generator="seed")
 def lanczos(op: LinearOperator, num_steps: int, *, num_runs: int = 1, start: Tensor | None = None,
-            generator: torch.Generator | int | None = None, reorthogonalize: bool = True,
+            seed: int | torch.Generator | None = None, reorthogonalize: bool = True,
             keep_basis: bool = True) -> LanczosResult:
     """Run ``num_runs`` independent Lanczos iterations in parallel (one block product per step).
 
@@ -146,7 +148,7 @@ def lanczos(op: LinearOperator, num_steps: int, *, num_runs: int = 1, start: Ten
         num_steps: Krylov dimension m (clipped to P).
         num_runs: number of independent runs r (ignored when ``start`` is given).
         start: optional starting vectors ``[r, P]`` (need not be normalised).
-        generator: randomness for the starting vectors (a Generator or a seed; default seed 0).
+        seed: randomness for the starting vectors (a Generator or a seed; default seed 0).
         reorthogonalize: full re-orthogonalisation (recommended; costs O(m P) memory per run).
         keep_basis: return the Lanczos vectors (needed for Ritz vectors).
 
@@ -162,7 +164,7 @@ def lanczos(op: LinearOperator, num_steps: int, *, num_runs: int = 1, start: Ten
     if start is None:
         if num_runs < 1:
             raise ValueError(f"num_runs must be >= 1, got {num_runs}")
-        q = rademacher((num_runs, op.dim), as_generator(generator), op.dtype, op.device)
+        q = rademacher((num_runs, op.dim), as_generator(seed), op.dtype, op.device)
     else:
         if start.ndim != 2 or start.shape[1] != op.dim:
             raise ValueError(f"start must have shape [r, {op.dim}], got {tuple(start.shape)}")
@@ -236,8 +238,9 @@ class EigenResult:
     converged: bool
 
 
+@renamed_kwargs(generator="seed")
 def power_iteration(op: LinearOperator, k: int = 1, *, max_iter: int = 100, tol: float = 1e-3,
-                    generator: torch.Generator | int | None = None) -> EigenResult:
+                    seed: int | torch.Generator | None = None) -> EigenResult:
     """Top-k eigenpairs by largest *magnitude* with power iteration and deflation.
 
     Eigenpair i iterates ``v <- A v / ||A v||`` with ``v`` kept orthogonal to the pairs already found (projection
@@ -251,7 +254,7 @@ def power_iteration(op: LinearOperator, k: int = 1, *, max_iter: int = 100, tol:
         k: number of eigenpairs.
         max_iter: iterations per eigenpair.
         tol: relative tolerance on the change of the eigenvalue estimate.
-        generator: randomness for the Gaussian starting vectors (Generator or seed; default seed 0).
+        seed: randomness for the Gaussian starting vectors (Generator or seed; default seed 0).
 
     Returns:
         :class:`EigenResult` (``converged`` is False if any pair ran out of iterations).
@@ -265,7 +268,7 @@ def power_iteration(op: LinearOperator, k: int = 1, *, max_iter: int = 100, tol:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     if tol <= 0:
         raise ValueError(f"tol must be positive, got {tol}")
-    gen = as_generator(generator)
+    gen = as_generator(seed)
     start_count = op.num_matvecs
     found: list[Tensor] = []
     values, residuals = [], []
@@ -305,8 +308,9 @@ def power_iteration(op: LinearOperator, k: int = 1, *, max_iter: int = 100, tol:
 _WHICH = ("LA", "LM", "SA")
 
 
+@renamed_kwargs(generator="seed")
 def lanczos_eigenvalues(op: LinearOperator, k: int = 1, *, which: str = "LA", num_steps: int | None = None,
-                        tol: float = 1e-3, generator: torch.Generator | int | None = None) -> EigenResult:
+                        tol: float = 1e-3, seed: int | torch.Generator | None = None) -> EigenResult:
     """Top-k eigenpairs from the Ritz pairs of one Lanczos run with full re-orthogonalisation.
 
     Each Ritz pair ``(theta, v)`` (``||v|| = 1``) comes with its residual ``r = ||A v - theta v||``, computed
@@ -324,7 +328,7 @@ def lanczos_eigenvalues(op: LinearOperator, k: int = 1, *, which: str = "LA", nu
             iteration returns), ``"SA"`` smallest algebraic (most negative curvature).
         num_steps: Krylov dimension (default ``min(P, max(2k + 20, 30))``).
         tol: relative residual tolerance for ``converged``.
-        generator: randomness for the starting vector (Generator or seed; default seed 0).
+        seed: randomness for the starting vector (Generator or seed; default seed 0).
 
     Returns:
         :class:`EigenResult`.
@@ -342,7 +346,7 @@ def lanczos_eigenvalues(op: LinearOperator, k: int = 1, *, which: str = "LA", nu
     if num_steps < k:
         raise ValueError(f"num_steps ({num_steps}) must be >= k ({k})")
     start_count = op.num_matvecs
-    run = lanczos(op, num_steps, generator=generator, keep_basis=True)
+    run = lanczos(op, num_steps, seed=seed, keep_basis=True)
     theta, s = run.ritz(0)
     if which == "LA":
         order = torch.argsort(theta, descending=True)
@@ -368,9 +372,10 @@ def lanczos_eigenvalues(op: LinearOperator, k: int = 1, *, which: str = "LA", nu
 _EIG_METHODS = ("lanczos", "power")
 
 
+@renamed_kwargs(generator="seed")
 def top_eigenvalues(op: LinearOperator, k: int = 1, *, method: str = "lanczos", which: str = "LA",
                     num_steps: int | None = None, max_iter: int = 100, tol: float = 1e-3,
-                    generator: torch.Generator | int | None = None) -> EigenResult:
+                    seed: int | torch.Generator | None = None) -> EigenResult:
     """Top-k eigenvalues of a symmetric operator (the Hessian sharpness), by Lanczos or power iteration.
 
     Args:
@@ -381,7 +386,7 @@ def top_eigenvalues(op: LinearOperator, k: int = 1, *, method: str = "lanczos", 
         num_steps: Lanczos Krylov dimension.
         max_iter: power-iteration iterations per eigenpair.
         tol: tolerance (relative change for power iteration, relative residual for Lanczos).
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness (Generator or seed; default seed 0).
 
     Returns:
         :class:`EigenResult`.
@@ -390,7 +395,7 @@ def top_eigenvalues(op: LinearOperator, k: int = 1, *, method: str = "lanczos", 
         Yao et al., 2020 (PyHessian); Golub and Van Loan, 2013.
     """
     if method == "lanczos":
-        return lanczos_eigenvalues(op, k, which=which, num_steps=num_steps, tol=tol, generator=generator)
+        return lanczos_eigenvalues(op, k, which=which, num_steps=num_steps, tol=tol, seed=seed)
     if method == "power":
-        return power_iteration(op, k, max_iter=max_iter, tol=tol, generator=generator)
+        return power_iteration(op, k, max_iter=max_iter, tol=tol, seed=seed)
     raise ValueError(f"method must be one of {_EIG_METHODS}, got {method!r}")

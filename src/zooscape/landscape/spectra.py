@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from zooscape._deprecate import renamed_kwargs
 from zooscape.landscape._hvp import as_generator
 from zooscape.landscape.rmt import (
     SMALL_N,
@@ -110,14 +111,15 @@ def _singular_values(weight: Tensor, conv2d_norm: bool) -> Tensor:
     return sv
 
 
+@renamed_kwargs(generator="seed")
 def randomized_esd(weight: Tensor, *, conv2d_norm: bool = False,
-                   generator: torch.Generator | int | None = None) -> Tensor:
+                   seed: int | torch.Generator | None = None) -> Tensor:
     """ESD of the weight with its entries shuffled (each matrix / conv slice permuted on its own).
 
     Args:
         weight: Tensor ``[N, M]`` or conv ``[out, in, k...]``.
         conv2d_norm: as in :func:`esd`.
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness (Generator or seed; default seed 0).
 
     Returns:
         Tensor ``[num_evals]`` ascending (float64).
@@ -125,7 +127,7 @@ def randomized_esd(weight: Tensor, *, conv2d_norm: bool = False,
     References:
         Martin and Mahoney, 2021; WeightWatcher 0.7.7 (``random_eigenvalues``).
     """
-    gen = as_generator(generator)
+    gen = as_generator(seed)
     mats = _matrices(weight)
     shuffled = torch.stack([m.double().cpu().reshape(-1)[torch.randperm(m.numel(), generator=gen)].reshape(m.shape)
                             for m in mats])
@@ -218,9 +220,10 @@ def _log10(v: float) -> float:
     return math.log10(v) if v > 0 else float("-inf")
 
 
+@renamed_kwargs(generator="seed")
 def layer_spectrum(weight: Tensor, name: str = "", *, min_evals: int = 8, fit: str = "weightwatcher",
                    min_tail: int = 10, conv2d_norm: bool = False, mp: bool = True, randomize: bool = True,
-                   generator: torch.Generator | int | None = None) -> LayerSpectrum:
+                   seed: int | torch.Generator | None = None) -> LayerSpectrum:
     """ESD and WeightWatcher metrics of one weight tensor.
 
     Args:
@@ -234,7 +237,7 @@ def layer_spectrum(weight: Tensor, name: str = "", *, min_evals: int = 8, fit: s
         conv2d_norm: WeightWatcher's conv scaling (see :func:`esd`); on to reproduce its log norms.
         mp: fit the Marchenko-Pastur bulk (:func:`mp_fit`).
         randomize: compare with the ESD of the shuffled weight (``rand_distance``, ``ww_softrank``).
-        generator: randomness of the shuffle (Generator or seed; default seed 0).
+        seed: randomness of the shuffle (Generator or seed; default seed 0).
 
     Returns:
         :class:`LayerSpectrum`.
@@ -275,7 +278,7 @@ def layer_spectrum(weight: Tensor, name: str = "", *, min_evals: int = 8, fit: s
         extra.update(num_spikes=f.num_spikes, sigma_mp=f.sigma_mp, bulk_min=f.bulk_min, bulk_max=f.bulk_max,
                      mp_softrank=f.mp_softrank, w_scale=f.w_scale)
     if randomize and not skipped and total > 0:
-        rand = randomized_esd(weight, conv2d_norm=conv2d_norm, generator=generator)
+        rand = randomized_esd(weight, conv2d_norm=conv2d_norm, seed=seed)
         extra.update(rand_distance=jensen_shannon_distance(evals, rand), ww_softrank=float(rand[-1]) / lam_max)
     rank_loss = sum(int(row.numel()) - matrix_rank(row, n) for row in sv)
     return LayerSpectrum(
@@ -320,17 +323,18 @@ def weight_matrices(model: nn.Module | Mapping[str, Tensor],
     return found
 
 
+@renamed_kwargs(generator="seed")
 def weight_spectra(model: nn.Module | Mapping[str, Tensor], *, layers: Sequence[str] | None = None,
                    min_evals: int = 8, fit: str = "weightwatcher", min_tail: int = 10, conv2d_norm: bool = False,
                    mp: bool = True, randomize: bool = True,
-                   generator: torch.Generator | int | None = None) -> list[LayerSpectrum]:
+                   seed: int | torch.Generator | None = None) -> list[LayerSpectrum]:
     """Per-layer weight spectra of a model or state dict.
 
     Args:
         model: an ``nn.Module`` or a state dict.
         layers: restrict to these layers (default: every Linear/Conv weight).
         min_evals, fit, min_tail, conv2d_norm, mp, randomize: see :func:`layer_spectrum`.
-        generator: randomness of the shuffles (one generator for all layers; default seed 0).
+        seed: randomness of the shuffles (one seed for all layers; default seed 0).
 
     Returns:
         list of :class:`LayerSpectrum`, in model order.
@@ -338,9 +342,9 @@ def weight_spectra(model: nn.Module | Mapping[str, Tensor], *, layers: Sequence[
     References:
         Martin and Mahoney, 2021.
     """
-    gen = as_generator(generator)
+    gen = as_generator(seed)
     return [layer_spectrum(w, name, min_evals=min_evals, fit=fit, min_tail=min_tail, conv2d_norm=conv2d_norm,
-                           mp=mp, randomize=randomize, generator=gen)
+                           mp=mp, randomize=randomize, seed=gen)
             for name, w in weight_matrices(model, layers).items()]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from zooscape._deprecate import renamed_kwargs
 from zooscape.landscape._hvp import (
     LinearOperator,
     as_generator,
@@ -46,8 +47,9 @@ class TraceEstimate:
     samples: Tensor
 
 
+@renamed_kwargs(generator="seed")
 def hutchinson_trace(op: LinearOperator, *, num_probes: int = 100, block_size: int = 10, tol: float | None = None,
-                     min_probes: int = 20, generator: torch.Generator | int | None = None) -> TraceEstimate:
+                     min_probes: int = 20, seed: int | torch.Generator | None = None) -> TraceEstimate:
     """Hutchinson's trace estimator ``tr A ~ mean_i z_i^T A z_i`` with Rademacher probes, with a standard error.
 
     Probes are multiplied ``block_size`` at a time (one vmapped HVP call). With ``tol``, stops early once
@@ -60,7 +62,7 @@ def hutchinson_trace(op: LinearOperator, *, num_probes: int = 100, block_size: i
         block_size: probes per block product.
         tol: optional relative standard-error target.
         min_probes: probes before the ``tol`` rule may stop (>= 2).
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness (Generator or seed; default seed 0).
 
     Returns:
         :class:`TraceEstimate`.
@@ -74,7 +76,7 @@ def hutchinson_trace(op: LinearOperator, *, num_probes: int = 100, block_size: i
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     if tol is not None and tol <= 0:
         raise ValueError(f"tol must be positive, got {tol}")
-    gen = as_generator(generator)
+    gen = as_generator(seed)
     start_count = op.num_matvecs
     samples: list[Tensor] = []
     n = 0
@@ -91,8 +93,9 @@ def hutchinson_trace(op: LinearOperator, *, num_probes: int = 100, block_size: i
     return TraceEstimate(float(s.mean()), float(s.std() / math.sqrt(len(s))), op.num_matvecs - start_count, s)
 
 
+@renamed_kwargs(generator="seed")
 def hutchpp_trace(op: LinearOperator, *, num_matvecs: int = 99,
-                  generator: torch.Generator | int | None = None) -> TraceEstimate:
+                  seed: int | torch.Generator | None = None) -> TraceEstimate:
     """Hutch++: exact trace on a sketched top subspace plus Hutchinson on the rest.
 
     With a budget of m products, ``k = m // 3`` sketch vectors ``S`` give ``Q = orth(A S)``; then
@@ -103,7 +106,7 @@ def hutchpp_trace(op: LinearOperator, *, num_matvecs: int = 99,
     Args:
         op: symmetric operator of dimension P.
         num_matvecs: total products m (>= 6).
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness (Generator or seed; default seed 0).
 
     Returns:
         :class:`TraceEstimate`.
@@ -113,7 +116,7 @@ def hutchpp_trace(op: LinearOperator, *, num_matvecs: int = 99,
     """
     if num_matvecs < 6:
         raise ValueError(f"num_matvecs must be >= 6 (3 blocks of >= 2), got {num_matvecs}")
-    gen = as_generator(generator)
+    gen = as_generator(seed)
     k = num_matvecs // 3
     start_count = op.num_matvecs
     s = rademacher((k, op.dim), gen, op.dtype, op.device)
@@ -130,8 +133,9 @@ def hutchpp_trace(op: LinearOperator, *, num_matvecs: int = 99,
 _TRACE_METHODS = ("hutchinson", "hutch++")
 
 
+@renamed_kwargs(generator="seed")
 def trace(op: LinearOperator, *, method: str = "hutchinson", num_matvecs: int = 100, block_size: int = 10,
-          tol: float | None = None, generator: torch.Generator | int | None = None) -> TraceEstimate:
+          tol: float | None = None, seed: int | torch.Generator | None = None) -> TraceEstimate:
     """Stochastic trace of a symmetric operator (the Hessian's total curvature).
 
     Args:
@@ -140,7 +144,7 @@ def trace(op: LinearOperator, *, method: str = "hutchinson", num_matvecs: int = 
         num_matvecs: product budget (probes for Hutchinson).
         block_size: Hutchinson probes per block product.
         tol: Hutchinson relative standard-error target (early stop).
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness (Generator or seed; default seed 0).
 
     Returns:
         :class:`TraceEstimate`.
@@ -149,9 +153,9 @@ def trace(op: LinearOperator, *, method: str = "hutchinson", num_matvecs: int = 
         Hutchinson, 1990; Meyer et al., 2021.
     """
     if method == "hutchinson":
-        return hutchinson_trace(op, num_probes=num_matvecs, block_size=block_size, tol=tol, generator=generator)
+        return hutchinson_trace(op, num_probes=num_matvecs, block_size=block_size, tol=tol, seed=seed)
     if method == "hutch++":
-        return hutchpp_trace(op, num_matvecs=num_matvecs, generator=generator)
+        return hutchpp_trace(op, num_matvecs=num_matvecs, seed=seed)
     raise ValueError(f"method must be one of {_TRACE_METHODS}, got {method!r}")
 
 
@@ -204,8 +208,9 @@ class SpectralDensity:
         return float(self.nodes[mask].min()), float(self.nodes[mask].max())
 
 
+@renamed_kwargs(generator="seed")
 def spectral_density(op: LinearOperator, *, num_steps: int = 50, num_probes: int = 1,
-                     generator: torch.Generator | int | None = None) -> SpectralDensity:
+                     seed: int | torch.Generator | None = None) -> SpectralDensity:
     """Spectral density by stochastic Lanczos quadrature (runs over all probes in parallel).
 
     For a unit probe v, Lanczos with m steps gives a Gauss rule ``v^T f(A) v ~ sum_j w_j f(theta_j)`` with
@@ -216,7 +221,7 @@ def spectral_density(op: LinearOperator, *, num_steps: int = 50, num_probes: int
         op: symmetric operator of dimension P.
         num_steps: Lanczos steps per probe (clipped to P).
         num_probes: independent Rademacher probes.
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness (Generator or seed; default seed 0).
 
     Returns:
         :class:`SpectralDensity`.
@@ -224,7 +229,7 @@ def spectral_density(op: LinearOperator, *, num_steps: int = 50, num_probes: int
     References:
         Lin, Saad and Yang, 2016; Ghorbani, Krishnan and Xiao, 2019.
     """
-    run = lanczos(op, num_steps, num_runs=num_probes, generator=generator, keep_basis=False)
+    run = lanczos(op, num_steps, num_runs=num_probes, seed=seed, keep_basis=False)
     m = run.alphas.shape[1]
     nodes = torch.zeros(num_probes, m, dtype=torch.float64)
     weights = torch.zeros(num_probes, m, dtype=torch.float64)

@@ -96,9 +96,10 @@ def normalize_direction(direction: Mapping[str, Tensor], params: Mapping[str, Te
     return out
 
 
+@renamed_kwargs(generator="seed")
 def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_bias_bn: bool = True,
                      param_names: Sequence[str] | None = None,
-                     generator: torch.Generator | int | None = None) -> dict[str, Tensor]:
+                     seed: int | torch.Generator | None = None) -> dict[str, Tensor]:
     """A Gaussian random direction in parameter space, normalised to the model (filter-wise by default).
 
     Args:
@@ -106,7 +107,7 @@ def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_
         normalization: see :func:`normalize_direction`.
         ignore_bias_bn: zero direction on biases and normalisation parameters.
         param_names: parameters to perturb (default: all with ``requires_grad``).
-        generator: randomness (Generator or seed; default seed 0).
+        seed: randomness (Generator or seed; default seed 0).
 
     Returns:
         dict parameter name -> Tensor of the parameter's shape.
@@ -114,7 +115,7 @@ def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_
     References:
         Li, Xu, Taylor, Studer and Goldstein, 2018.
     """
-    gen = as_generator(generator)
+    gen = as_generator(seed)
     spec, vector, _ = functional_state(model, param_names=param_names)
     params = spec.unflatten(vector)
     raw = {n: gaussian(p.shape, gen, p.dtype, p.device) for n, p in params.items()}
@@ -243,7 +244,7 @@ def loss_surface_1d(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
     """
     if direction is None:
         direction = random_direction(model, normalization=normalization, ignore_bias_bn=ignore_bias_bn,
-                                     param_names=kwargs.get("param_names"), generator=seed)
+                                     param_names=kwargs.get("param_names"), seed=seed)
     coords = _default_coords(n_points, span) if coords is None else coords
     return loss_surface(model, loss_fn, x, y, [direction], [coords], **kwargs)
 
@@ -279,7 +280,7 @@ def loss_surface_2d(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *,
     if directions is None:
         gen = as_generator(seed)
         directions = [random_direction(model, normalization=normalization, ignore_bias_bn=ignore_bias_bn,
-                                       param_names=kwargs.get("param_names"), generator=gen) for _ in range(2)]
+                                       param_names=kwargs.get("param_names"), seed=gen) for _ in range(2)]
     if len(directions) != 2:
         raise ValueError(f"directions must hold 2 directions, got {len(directions)}")
     if coords is None:

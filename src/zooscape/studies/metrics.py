@@ -162,7 +162,7 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
         raise ValueError(f"metric {metric!r} takes {expected} model(s), got {len(models)}")
     if metric == "spectra":
         spectra = ls.weight_spectra(models[0], min_evals=params["min_evals"], min_tail=params["min_tail"],
-                                    fit=params["fit"], generator=params["seed"])
+                                    fit=params["fit"], seed=params["seed"])
         out = {f"spectra_{k}": v for k, v in ls.spectra_summary(spectra).items()}
         for s in spectra:
             for key in ("alpha", "sigma", "num_tail", "alpha_weighted", "log_norm", "log_spectral_norm",
@@ -176,9 +176,9 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
         op = ls.hessian_operator(models[0], _loss_fn(data), x, y, batch_size=params["batch_size"], device=device,
                                  dtype=dtype)
         eig = ls.top_eigenvalues(op, k=params["top_k"], method=params["method"], num_steps=params["num_steps"],
-                                 max_iter=params["max_iter"], tol=params["tol"], generator=params["seed"])
+                                 max_iter=params["max_iter"], tol=params["tol"], seed=params["seed"])
         tr = ls.trace(op, method=params["trace_method"], num_matvecs=params["num_probes"],
-                      block_size=params["block_size"], generator=params["seed"] + 1)
+                      block_size=params["block_size"], seed=params["seed"] + 1)
         out = {"hessian_top_eigenvalue": float(eig.eigenvalues[0]),
                "hessian_top_eigenvalue_residual": float(eig.residuals[0]),
                "hessian_trace": tr.estimate, "hessian_trace_se": tr.std_error, "hessian_loss": float(op.loss())}
@@ -189,7 +189,7 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
         likelihood = "categorical" if data.task == "classification" else "gaussian"
         est = ls.fisher_trace_estimate(models[0], x, y, kind=params["kind"], likelihood=likelihood,
                                        num_samples=params["num_samples"], batch_size=params["batch_size"],
-                                       device=device, generator=params["seed"])
+                                       device=device, seed=params["seed"])
         return {"fisher_trace": est.estimate, "fisher_trace_se": est.std_error}
     if metric == "cka":
         layer = params["layer"]
