@@ -491,6 +491,21 @@ def _study_epoch(settings: Mapping[str, Any], zoo_spec: ZooSpec, epoch: int | No
     return e
 
 
+def _check_window(study: StudySpec, e: int) -> None:
+    """Epoch averaging needs weights checkpoints at the last ``average_last`` epochs up to ``e`` (checked before
+    anything is trained or written)."""
+    from zooscape.zoo.grid import checkpoint_epochs
+
+    k = study.settings["average_last"]
+    window = list(range(e - k + 1, e + 1))
+    stored = checkpoint_epochs(study.zoo.checkpoint_epochs, int(study.zoo.training["epochs"]))
+    missing = [x for x in window if x not in stored]
+    if window[0] < 0 or missing:
+        raise SpecError(study.path, "[checkpoints] epochs", f"epoch averaging of the last {k} epochs up to epoch "
+                                                            f"{e} needs checkpoints at epochs {window}; missing "
+                                                            f"{missing or window[:1]} (or lower [phase] average_last)")
+
+
 def _resolve_device(device: str) -> str:
     from zooscape.train.trainer import resolve_device
 
@@ -544,6 +559,8 @@ def run_study(
     out = Path(out_dir)
     settings = study.settings
     e = _study_epoch(settings, study.zoo, epoch)
+    if "averaging" in settings["parts"]:
+        _check_window(study, e)
     say = progress or (lambda message: None)
     dev = _resolve_device(device)
     eng = get_engine(engine, workers, **dict(engine_options or {}))
