@@ -10,7 +10,7 @@ from zooscape.cli import build_parser, main
 
 GLOSSARY = Path(__file__).resolve().parents[2] / "docs" / "glossary.md"
 #: zoo-wide commands: each runs its tasks on the zoo's engines.
-ZOO_WIDE = ("zoo train", "metrics run", "curve pairs", "lmc pairs", "sparsify twins", "sparsify prune")
+ZOO_WIDE = ("zoo train", "metrics run", "curve pairs", "lmc pairs", "sparsify twins", "sparsify prune", "phase run")
 
 
 def _commands(parser=None, path=()):

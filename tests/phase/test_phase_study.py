@@ -169,7 +169,7 @@ def test_study_sigkill_resume_complete_and_identical(tmp_path):
             assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), column
 
     # table and figures through the CLI
-    assert main(["phase", "table", str(out), "--csv", str(tmp_path / "t.csv")]) == 0
+    assert main(["phase", "table", str(out), "--out", str(tmp_path / "t.csv")]) == 0
     assert (tmp_path / "t.csv").read_text().startswith("cell,")
     assert main(["phase", "plot", str(out), "--metrics", "test_error,cka"]) == 0
     pngs = sorted(p.name for p in (out / "plots" / "phase").glob("*.png"))

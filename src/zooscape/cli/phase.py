@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zooscape.cli._common import add_group, say
-from zooscape.cli.zoo import add_engine_arguments, engine_options_from_args
+from zooscape.cli._common import add_device, add_group, add_out, add_quiet, add_workers_engine, engine_options, say
 
 __all__ = ["add_parser"]
 
@@ -53,30 +52,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                    "each task finishes; a re-run recomputes nothing that is stored. SPEC may also "
                                    "be an existing zoo directory (its spec, default study settings).")
     r.add_argument("spec", metavar="SPEC", help="study spec (TOML) or an existing zoo directory")
-    r.add_argument("--out", default=None, metavar="DIR", help="zoo directory (default: SPEC if it is a zoo)")
+    add_out(r, help="zoo directory (default: SPEC if it is a zoo)")
     r.add_argument("--epoch", type=int, default=None, help="study epoch (default: [phase] epoch or the last)")
-    r.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes of the local engine (default 1: in-process)")
-    r.add_argument("--device", default="auto", help="torch device (default auto)")
-    r.add_argument("--quiet", action="store_true", help="no progress messages")
-    add_engine_arguments(r, chunk_size=False, what="training and the per-model / per-pair tasks")
+    add_device(r)
+    add_quiet(r)
+    add_workers_engine(r, what="training and the per-model / per-pair / per-cell tasks")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("table", help="the per-cell table with the phases",
                        description="Print one line per grid cell (axes, phase, key metrics as mean over seeds); "
-                                   "--csv writes every column (mean, std, n of every metric).")
+                                   "--out writes every column (mean, std, n of every metric) as CSV.")
     t.add_argument("dir", metavar="DIR", help="the study's zoo directory")
     t.add_argument("--epoch", type=int, default=None, help="study epoch (default: the stored one)")
     t.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
                    help="override a classification threshold (repeatable), e.g. loss_threshold=0.05")
-    t.add_argument("--csv", default=None, metavar="FILE", help="write the full table as CSV")
+    add_out(t, metavar="FILE", help="write the full table as CSV")
     t.set_defaults(func=cmd_table)
 
     q = sub.add_parser("plot", help="heatmaps on the temperature-load plane, the phase map and the overview",
                        description="Write one PNG per metric (mean over seeds, annotated with +- std; real axis "
                                    "values, log scale for geometric grids), phase.png and overview.png.")
     q.add_argument("dir", metavar="DIR", help="the study's zoo directory")
-    q.add_argument("--out", default=None, metavar="PLOTDIR", help="output directory (default DIR/plots/phase)")
+    add_out(q, metavar="PLOTDIR", help="output directory (default DIR/plots/phase)")
     q.add_argument("--epoch", type=int, default=None, help="study epoch (default: the stored one)")
     q.add_argument("--metrics", default=None, help="comma-separated metrics (default: the study's metrics)")
     q.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
@@ -105,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     table = run_study(args.spec, args.out, epoch=args.epoch, engine=args.engine, workers=args.workers,
                       device=args.device, progress=say(args.quiet), train_progress=not args.quiet,
-                      engine_options=engine_options_from_args(args))
+                      engine_options=engine_options(args))
     _print_table(table)
     return 0
 
@@ -117,9 +114,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     table = phase_table(args.dir, epoch=args.epoch, thresholds=_thresholds(args.threshold))
     _print_table(table)
-    if args.csv:
-        atomic_write_bytes(args.csv, table.to_csv(index=False).encode())
-        print(f"wrote {args.csv}")
+    if args.out:
+        atomic_write_bytes(args.out, table.to_csv(index=False).encode())
+        print(f"wrote {args.out}")
     return 0
 
 
