@@ -10,12 +10,15 @@ from zooscape.zoo import load_spec, plan_zoo
 ALL = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
 # curve-connectivity configs (TF-reference style tables, `zooscape curve train`) are validated by their own loader
 CURVES = [p for p in ALL if "zoo" not in tomllib.loads(p.read_text())]
-CONFIGS = [p for p in ALL if p not in CURVES]
+# phase-study specs (a zoo spec plus [phase], `zooscape phase run`) are validated by the study's loader
+STUDIES = [p for p in ALL if "phase" in tomllib.loads(p.read_text())]
+CONFIGS = [p for p in ALL if p not in CURVES and p not in STUDIES]
 
 
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
-    assert {"quickstart.toml", "mzd_cnn_s_digits.toml", "phase_resnet_width_batch.toml"} <= names
+    assert {"quickstart.toml", "mzd_cnn_s_digits.toml"} <= names
+    assert {"phase_mlp_digits.toml", "phase_resnet_width_batch.toml"} <= {p.name for p in STUDIES}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -26,6 +29,15 @@ def test_config_validates(path):
     for cfg in plan.configs:
         d = cfg["derived"]
         assert d["n_params"] > 0 and d["load"] == pytest.approx(d["n_train"] / d["n_params"])
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_study_config_validates(path):
+    from zooscape.studies.phase import load_study_spec
+
+    study = load_study_spec(path)
+    assert plan_zoo(study.zoo).configs
+    assert study.settings["temperature"] == "training.batch_size" and study.settings["load"] == "model.width"
 
 
 @pytest.mark.parametrize("path", CURVES, ids=lambda p: p.name)
