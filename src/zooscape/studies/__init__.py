@@ -11,12 +11,14 @@ the pure analyses of :mod:`zooscape.connect`, :mod:`zooscape.align` and :mod:`zo
 - :mod:`~zooscape.studies.merges`: merging a cell's seeds into a derived model (``zooscape align merge``);
 - :mod:`~zooscape.studies.curves`: curve mode connectivity of every seed pair (``zooscape curve pairs``), and
   :mod:`~zooscape.studies.curve_runs` for TOML-configured curve runs (``zooscape curve train|eval``);
+- :mod:`~zooscape.studies.phase`: the phase-transition study (``zooscape phase run|table|plot``), with its spec
+  (:mod:`~zooscape.studies.phase_spec`) and averaging tasks (:mod:`~zooscape.studies.phase_tasks`);
 - :mod:`~zooscape.studies.jobs`: the driver side shared by the studies (planning against stored rows, committing
   each task's rows in one transaction).
 
 Public API (imported lazily, so ``import zooscape.studies`` is cheap): :func:`grid_cells`, :func:`zoo_cells`,
 :func:`cell_key`, :class:`Cell`, :func:`run_metrics`, :func:`pair_barriers`, :func:`run_spawn`,
-:func:`curve_pairs`, :func:`merge_cells`, :func:`training_lmc_records`.
+:func:`curve_pairs`, :func:`merge_cells`, :func:`training_lmc_records`, :func:`run_study`, :func:`phase_table`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ _LAZY = {
     "spawn_records": "zooscape.studies.lmc",
     "curve_pairs": "zooscape.studies.curves",
     "curve_records": "zooscape.studies.curves",
+    "run_study": "zooscape.studies.phase",
+    "phase_table": "zooscape.studies.phase",
 }
 
 __all__ = ["DERIVED_KINDS", "SEED_KEYS", "Cell", "cell_key", "grid_cells", "is_grid_member", "zoo_cells", *_LAZY]
