@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from killtools import count, kill_when
 from zooscape.cli import main
 from zooscape.studies.phase import load_study_spec, phase_table, run_study
+from zooscape.zoo.catalog import catalog_uri
 from zooscape.zoo.spec import SpecError
 
 # 2 widths x 2 batch sizes x 2 seeds, BatchNorm MLPs on digits, 3 epochs; every part of the study made small
@@ -89,7 +89,7 @@ def _cli(spec: Path, out: Path) -> list[str]:
 
 
 def _rows(db: Path) -> dict[int, tuple]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    con = sqlite3.connect(catalog_uri(db, mode="ro"), uri=True, timeout=10)
     try:
         return {r[0]: r[1:] for r in con.execute(
             "SELECT id, model_id, other_id, epoch, metric, value, params FROM analyses")}
@@ -97,35 +97,10 @@ def _rows(db: Path) -> dict[int, tuple]:
         con.close()
 
 
-def _count(db: Path, sql: str) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _kill_mid_run(spec: Path, out: Path) -> None:
     """SIGKILL the CLI once the first curve pair is stored (training, Hessian and CKA done, curves half-way)."""
-    proc = subprocess.Popen(_cli(spec, out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    db = out / "catalog.sqlite"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _count(db, "SELECT COUNT(*) FROM analyses WHERE metric = 'curve_mc_loss_train'") >= 1:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    kill_when(_cli(spec, out), _env(), out / "catalog.sqlite",
+              "SELECT COUNT(*) FROM analyses WHERE metric = 'curve_mc_loss_train'")
 
 
 @pytest.mark.slow
@@ -136,9 +111,9 @@ def test_study_sigkill_resume_complete_and_identical(tmp_path):
     _kill_mid_run(spec, out)
     db = out / "catalog.sqlite"
     before = _rows(db)
-    assert 0 < _count(db, "SELECT COUNT(*) FROM analyses WHERE metric = 'curve_mc_loss_train'") < N_CELLS, \
+    assert 0 < count(db, "SELECT COUNT(*) FROM analyses WHERE metric = 'curve_mc_loss_train'") < N_CELLS, \
         "the study finished before it could be killed"
-    assert _count(db, "SELECT COUNT(*) FROM analyses WHERE metric = 'epoch_avg_acc_test'") == 0
+    assert count(db, "SELECT COUNT(*) FROM analyses WHERE metric = 'epoch_avg_acc_test'") == 0
 
     res = subprocess.run(_cli(spec, out), env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -2,19 +2,17 @@
 
 import math
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from killtools import count, kill_when
 from zooscape.zoo import train_zoo
-from zooscape.zoo.catalog import catalog_uri
 
 SPEC = """
 [zoo]
@@ -46,17 +44,6 @@ epochs = [0, 2, 4]
 N_MODELS, EPOCHS = 4, 6
 
 
-def count(db: Path, sql: str) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(catalog_uri(db, mode="ro"), uri=True, timeout=5)
-        try:
-            return con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
 
 
 def cli(spec: Path, out: Path) -> list[str]:
@@ -70,20 +57,7 @@ def env() -> dict:
 
 def kill_mid_run(spec: Path, out: Path) -> None:
     """Start the CLI, SIGKILL it once the first group has written checkpoint rows beyond epoch 0."""
-    proc = subprocess.Popen(cli(spec, out), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    db = out / "catalog.sqlite"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if count(db, "SELECT COUNT(*) FROM checkpoints WHERE epoch >= 2") > 0:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    kill_when(cli(spec, out), env(), out / "catalog.sqlite", "SELECT COUNT(*) FROM checkpoints WHERE epoch >= 2")
 
 
 @pytest.mark.slow

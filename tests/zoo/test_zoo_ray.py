@@ -5,7 +5,6 @@ import functools
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from killtools import count
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip(
     "ray", reason="the Ray engine tests need the optional extra 'ray' (pip install -e '.[ray]'; CI installs it)"
@@ -21,7 +22,6 @@ ray = pytest.importorskip(
 
 from zooscape.studies.metrics import run_metrics  # noqa: E402
 from zooscape.zoo import train_zoo  # noqa: E402
-from zooscape.zoo.catalog import catalog_uri  # noqa: E402
 from zooscape.zoo.engines import EngineError, emit  # noqa: E402
 from zooscape.zoo.engines import base as engine_module  # noqa: E402
 from zooscape.zoo.engines.ray_engine import RayEngine  # noqa: E402
@@ -279,17 +279,6 @@ def test_worker_killed_mid_chunk_retries_from_its_last_checkpoint(engine, spec_p
     assert n_rows == n_expected
 
 
-def count(db: Path, sql: str) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(catalog_uri(db, mode="ro"), uri=True, timeout=5)
-        try:
-            return con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
 
 
 def test_driver_killed_mid_run_then_rerun_resumes(ray_address, engine, spec_path, local_zoo, tmp_path):
