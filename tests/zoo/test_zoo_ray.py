@@ -5,15 +5,13 @@ import functools
 import math
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from killtools import count
+from killtools import count, kill_when
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip(
@@ -287,20 +285,8 @@ def test_driver_killed_mid_run_then_rerun_resumes(ray_address, engine, spec_path
            "cpu", "--quiet", "--engine", "ray", "--address", ray_address]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     db = out / "catalog.sqlite"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if count(db, "SELECT COUNT(*) FROM checkpoints WHERE epoch >= 2") > 0:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    kill_when(cmd, env, db, "SELECT COUNT(*) FROM checkpoints WHERE epoch >= 2")
     assert count(db, "SELECT COUNT(*) FROM models WHERE status IN ('done', 'failed')") < N_MODELS
     assert list(out.rglob("resume.safetensors")), "killed mid-chunk: a resume file must exist"
 

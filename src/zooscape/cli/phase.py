@@ -22,18 +22,9 @@ _SUMMARY = ("test_error", "train_loss", "hessian_log_top_eigenvalue", "cka", "cu
 
 
 def _thresholds(pairs: list[str]) -> dict[str, Any]:
-    import json
+    from zooscape.cli.zoo import _key_values
 
-    out: dict[str, Any] = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--threshold expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    return _key_values(pairs, "--threshold")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
