@@ -152,7 +152,8 @@ def average_models(
         return average_states(models[0], [m.state_dict() for m in models], bn_data=bn_data, weights=weights,
                               batch_size=batch_size)
     _check_bn_data(bn_data)
-    example = bn_data[:2] if bn_data is not None else None
+    device = next((t.device for t in models[0].parameters()), None)
+    example = bn_data[:2].to(device) if bn_data is not None else None  # tracing input on the models' device
     merged = merge(models, weights, align="weight", example_input=example, max_iter=max_iter, seed=seed).model
     return _renormalize(merged, bn_data, batch_size)
 
