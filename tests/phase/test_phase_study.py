@@ -13,7 +13,7 @@ import pytest
 
 from killtools import count, kill_when
 from zooscape.cli import main
-from zooscape.studies.phase import load_study_spec, phase_table, run_study
+from zooscape.studies.phase import load_study_spec, phase_table, plot_study, run_study
 from zooscape.zoo.catalog import catalog_uri
 from zooscape.zoo.spec import SpecError
 
@@ -192,3 +192,22 @@ def test_epoch_averaging_needs_its_checkpoints(tmp_path):
     with pytest.raises(SpecError, match=r"checkpoints at epochs \[2, 3\]; missing \[2\]"):
         run_study(_write(tmp_path, text), tmp_path / "z", device="cpu")
     assert not (tmp_path / "z").exists()
+
+
+def test_partial_study_on_an_existing_zoo(tmp_path, capsys):
+    text = SPEC.replace("[phase]\n", '[phase]\nparts = ["cka"]\n').replace("epochs = 3", "epochs = 1")
+    text = text.replace("average_last = 2", "average_last = 1")
+    out = tmp_path / "z"
+    with pytest.warns(UserWarning, match="phases not classified"):
+        table = run_study(_write(tmp_path, text), out, device="cpu")
+    assert "phase" not in table.columns and list(table["cka_n"]) == [1] * N_CELLS
+    assert list(table["test_error_n"]) == [2] * N_CELLS
+    rows = _rows(out / "catalog.sqlite")
+    # the zoo directory itself as SPEC: its stored settings, nothing trained or computed again
+    with pytest.warns(UserWarning, match="phases not classified"):
+        assert main(["phase", "run", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert _rows(out / "catalog.sqlite") == rows
+    assert "cka" in capsys.readouterr().out
+    with pytest.warns(UserWarning):
+        written = plot_study(out, metrics=["cka"])
+    assert sorted(written) == ["cka", "overview"]

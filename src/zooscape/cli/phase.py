@@ -80,7 +80,9 @@ def _print_table(table: Any) -> None:
     keys = [k for k in _SUMMARY if f"{k}_mean" in table.columns]
     print(f"{'cell':>4s} {tkey:>20s} {lkey:>14s} {'phase':>12s} " + " ".join(f"{k[:16]:>16s}" for k in keys))
     for _, row in table.iterrows():
-        phase = row["phase"] if row["phase"] != "uncertain" else row["phase_candidates"].replace("|", "/") + "?"
+        phase = row.get("phase", "-")
+        if phase == "uncertain":
+            phase = row["phase_candidates"].replace("|", "/") + "?"
         values = [row[f"{k}_mean"] for k in keys]
         print(f"{int(row['cell']):4d} {row[tkey]!s:>20s} {row[lkey]!s:>14s} {phase:>12s} "
               + " ".join(f"{v:16.4f}" if isinstance(v, float) and math.isfinite(v) else f"{'-':>16s}"

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -302,7 +303,8 @@ def phase_table(zoo: Any, settings: Mapping[str, Any] | None = None, epoch: int 
 
     Returns:
         pandas DataFrame (see :func:`zooscape.phase.cell_table` and :func:`zooscape.phase.classify`); ``attrs``
-        as in :func:`study_records`.
+        as in :func:`study_records`. Without the metrics the classification needs (a study run with fewer
+        ``parts``) the table has no phase columns and a warning says which metric is missing.
     """
     from zooscape.phase.classify import classify
     from zooscape.phase.table import add_log_metrics, cell_table
@@ -315,9 +317,9 @@ def phase_table(zoo: Any, settings: Mapping[str, Any] | None = None, epoch: int 
     limits = {**attrs["settings"]["thresholds"], **dict(thresholds or {})}
     try:
         table = classify(table, limits)
-    except KeyError as exc:
+    except KeyError as exc:  # a part the classification needs was not run: the table stays unclassified
         missing = exc.args[0] if exc.args else exc
-        raise KeyError(f"cannot classify the phases: {missing} (did every part of the study run?)") from None
+        warnings.warn(f"phases not classified: {missing} (parts run: {attrs['settings']['parts']})", stacklevel=2)
     table.attrs.update(attrs)
     return table
 
