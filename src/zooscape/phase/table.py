@@ -19,9 +19,11 @@ __all__ = ["LOG_METRICS", "RECORD_COLUMNS", "add_log_metrics", "cell_table", "me
 #: Columns every record frame has (plus the cell-attribute columns passed as ``by``).
 RECORD_COLUMNS: tuple[str, ...] = ("cell", "model_id", "other_id", "metric", "value")
 
-#: Metrics whose log10 is added by :func:`add_log_metrics`: name -> (log name, name of its standard error).
+#: Metrics whose log10 is added by :func:`add_log_metrics`: name -> (log name, name of its uncertainty): the
+#: Hutchinson trace's standard error; the Lanczos residual ``||H v - theta v||``, which bounds the error of the
+#: Ritz value ``theta`` of a symmetric operator.
 LOG_METRICS: dict[str, tuple[str, str | None]] = {
-    "hessian_top_eigenvalue": ("hessian_log_top_eigenvalue", None),
+    "hessian_top_eigenvalue": ("hessian_log_top_eigenvalue", "hessian_top_eigenvalue_residual"),
     "hessian_trace": ("hessian_log_trace", "hessian_trace_se"),
 }
 

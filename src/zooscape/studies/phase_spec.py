@@ -49,7 +49,7 @@ LOAD_KEYS: tuple[str, ...] = ("model.width", "dataset.train_fraction", "dataset.
 #: The metrics drawn by ``zooscape phase plot`` by default (one PNG each), in this order.
 STUDY_METRICS: tuple[str, ...] = (
     "train_loss", "train_error", "test_loss", "test_error",
-    "hessian_log_top_eigenvalue", "hessian_log_trace", "hessian_log_trace_se",
+    "hessian_log_top_eigenvalue", "hessian_log_top_eigenvalue_se", "hessian_log_trace", "hessian_log_trace_se",
     "cka",
     "curve_mc_loss_train", "curve_mc_error_train", "curve_mc_loss_test", "curve_mc_error_test",
     "barrier_loss_train_linear", "barrier_error_train_linear", "barrier_loss_test_linear",
