@@ -98,6 +98,7 @@ def _records() -> pd.DataFrame:
             rows.append((cell, width, bs, mid, None, "hessian_trace", 10.0 ** (cell + 1)))
             rows.append((cell, width, bs, mid, None, "hessian_trace_se", 10.0 ** cell))
             rows.append((cell, width, bs, mid, None, "hessian_top_eigenvalue", -100.0))
+            rows.append((cell, width, bs, mid, None, "hessian_top_eigenvalue_residual", 1.0))
         rows.append((cell, width, bs, f"c{cell}s0", f"c{cell}s1", "cka", 0.9))
         rows.append((cell, width, bs, f"c{cell}s0", f"c{cell}s2", "cka", 0.7))
     return pd.DataFrame(rows, columns=["cell", "model.width", "training.batch_size", "model_id", "other_id",
@@ -116,6 +117,7 @@ def test_cell_table_means_stds_and_logs():
     assert list(table["hessian_log_trace_mean"]) == pytest.approx([1, 2, 3, 4])
     assert first["hessian_log_trace_se_mean"] == pytest.approx(1 / (10 * math.log(10)))
     assert first["hessian_log_top_eigenvalue_mean"] == pytest.approx(2.0)  # log10 |lambda|
+    assert first["hessian_log_top_eigenvalue_se_mean"] == pytest.approx(1 / (100 * math.log(10)))
     bad = _records()
     bad.loc[0, "model.width"] = 99
     with pytest.raises(ValueError, match="not constant within a cell"):
