@@ -62,9 +62,10 @@ def add_log_metrics(records: pd.DataFrame, log_metrics: Mapping[str, tuple[str, 
             merged = rows.merge(se, on=key_cols, how="inner")
             if not merged.empty:
                 v = merged["value"].astype(float).to_numpy()
+                if name == "hessian_top_eigenvalue":
+                    v = np.abs(v)
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    log_se = np.where(v > 0, merged["_se"].astype(float).to_numpy() / (np.abs(v) * math.log(10)),
-                                      np.nan)
+                    log_se = np.where(v > 0, merged["_se"].astype(float).to_numpy() / (v * math.log(10)), np.nan)
                 extra.append(merged.drop(columns=["_se"]).assign(metric=f"{log_name}_se", value=log_se))
     if not extra:
         return records.copy()
