@@ -221,3 +221,24 @@ def test_schedules_match_torch():
             assert math.isclose(opt.param_groups[0]["lr"], ours, rel_tol=1e-9, abs_tol=1e-12), (name, step)
             opt.step()
             sched.step()
+
+
+def test_batchnorm_model_trains_when_the_last_batch_would_hold_one_sample():
+    """digits' 1,257 training samples with batch size 8 leave one sample over: it joins the last batch."""
+    from torch import nn
+
+    from zooscape.data import load_dataset
+    from zooscape.train import Member, TrainConfig, train_population
+
+    data = load_dataset("digits", seed=42)
+    n = data.train_x.shape[0]
+    bs = next(b for b in range(4, 64) if n % b == 1)
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+
+    cfg = TrainConfig(epochs=1, batch_size=bs, optimizer="sgd", lr=0.05)
+    result = train_population([model(0), model(1)], data, cfg, [Member(seed=0), Member(seed=1)])
+    assert "failed" not in result.status
+    assert all(h[-1]["test_acc"] > 0.3 for h in result.history)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from . import _flags
 from .config import Member, TrainConfig
+from .layers import PopBatchNorm
 from .memory import tune_allocator
 from .optim import PopulationOptimizer
 from .population import Population, models_from_states
@@ -253,6 +254,12 @@ class _Run:
         n_train = self.x_tr.shape[0]
         bs = config.batch_size
         self.steps = n_train // bs if config.drop_last else math.ceil(n_train / bs)
+        # BatchNorm cannot normalise a batch of one sample in training: a trailing batch of one joins the batch
+        # before it (as in connect.bn.batch_slices); models without BatchNorm keep their batches unchanged
+        has_bn = any(isinstance(m, PopBatchNorm) for m in self.pop.modules())
+        self.merge_last = not config.drop_last and has_bn and n_train % bs == 1 and n_train > bs
+        if self.merge_last:
+            self.steps -= 1
         if self.steps == 0:
             raise ValueError(f"batch_size {bs} exceeds the {n_train} training samples with drop_last=True")
         self.total_steps = max(1, config.epochs * self.steps)
@@ -299,7 +306,8 @@ class _Run:
         seen = 0
         lr = self.lr0
         for s in range(self.steps):
-            idx = perm[:, s * bs:(s + 1) * bs]  # [N, b]
+            end = None if self.merge_last and s == self.steps - 1 else (s + 1) * bs
+            idx = perm[:, s * bs:end]  # [N, b]
             lr = self.lr_at((epoch - 1) * self.steps + s)
             loss, correct = self.step(idx, aug_gens, lr, active, all_active)
             b = idx.shape[1]
