@@ -37,6 +37,8 @@ MAX_CURVE_CELLS = 8
 MAX_TABLE_ROWS = 500
 #: Most barrier matrices drawn.
 MAX_MATRICES = 4
+#: Most models of a cell in one barrier matrix (the first ones by id).
+MAX_MATRIX_MODELS = 24
 #: Most paths drawn in the path plot.
 MAX_PATHS = 8
 #: Every section id, in page order.
@@ -362,7 +364,8 @@ def _lmc(d: _ZooData, pairs: pd.DataFrame) -> Section | None:
     main = next((c for c in ("barrier_loss_test_linear", "barrier_error_test_linear", "barrier_loss_train_linear")
                  if c in barrier_cols), barrier_cols[0])
     s.text.append(f"{len(pairs)} model pairs with barriers ({', '.join(barrier_cols)}). Barrier matrices show "
-                  f"{main} between every pair of a cell.")
+                  f"{main} between every pair of a cell (at most "
+                  f"{MAX_MATRIX_MODELS} models per matrix).")
     cols = [c for c in ("distance", *barrier_cols) if c in pairs.columns]
     s.tables.append(("barriers per cell and epoch (mean and std over pairs)", _frame_table(
         _summary_by_cell(pairs, cols))))
@@ -370,6 +373,8 @@ def _lmc(d: _ZooData, pairs: pd.DataFrame) -> Section | None:
         part = part[part[main].notna()]
         if part.empty:
             continue
+        keep = sorted(set(part["model_id"]) | set(part["other_id"]))[:MAX_MATRIX_MODELS]
+        part = part[part["model_id"].isin(keep) & part["other_id"].isin(keep)]
         ids, mat = _barrier_matrix(part, main)
         labels = [m[:8] for m in ids]
         s.figures.append((f"{main}: cell {cell}, epoch {epoch}",

@@ -18,6 +18,8 @@ __all__ = ["boxplots", "heatmap", "line_bands", "new_figure", "paths", "png_uri"
 
 #: Resolution of the inlined PNGs (dots per inch); 90 keeps a figure around 20-60 kB.
 DPI = 90
+#: Most labelled ticks on a heatmap axis (matplotlib's text layout dominates the cost beyond that).
+MAX_TICKS = 40
 
 
 def new_figure(width: float, height: float) -> Any:
@@ -144,8 +146,10 @@ def heatmap(values: np.ndarray, xs: Sequence[Any], ys: Sequence[Any], xlabel: st
                     ax.text(j, i, f"{values[i, j]:.3g}", ha="center", va="center", fontsize=7,
                             color="black" if values[i, j] > mid else "white")
     fmt = lambda v: f"{v:g}" if isinstance(v, float) else str(v)
-    ax.set_xticks(range(len(xs)), [fmt(v) for v in xs], rotation=45 if len(xs) > 6 else 0, fontsize=7)
-    ax.set_yticks(range(len(ys)), [fmt(v) for v in ys], fontsize=7)
+    if len(xs) <= MAX_TICKS:
+        ax.set_xticks(range(len(xs)), [fmt(v) for v in xs], rotation=45 if len(xs) > 6 else 0, fontsize=7)
+    if len(ys) <= MAX_TICKS:
+        ax.set_yticks(range(len(ys)), [fmt(v) for v in ys], fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
