@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zooscape.cli._common import say
+from zooscape.cli._common import add_out, add_quiet, say
 
 __all__ = ["add_parser", "cmd_report"]
 
@@ -27,8 +27,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "data and the last one lists what is missing. Figures, styles and scripts are inlined: the "
                     "file makes no network request and opens offline.")
     p.add_argument("zoo", metavar="ZOO", help="zoo directory (may be empty or still training)")
-    p.add_argument("--out", default=None, metavar="HTML", help="output file (default ZOO/report.html)")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_out(p, metavar="HTML", help="output file (default ZOO/report.html)")
+    add_quiet(p)
     p.set_defaults(func=cmd_report, _group_parser=p)
     return p
 

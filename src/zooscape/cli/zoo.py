@@ -186,6 +186,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("grid:")
         for key, values in spec.grid.items():
             print(f"  {key}: {', '.join(_fmt(v) for v in values)}")
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if args.metrics != ",".join(DEFAULT_METRICS):  # names the user chose must exist
+            from zooscape.zoo.columns import check_metric_names
+
+            check_metric_names(metrics, zoo.metric_names())
         table = zoo.table()
         if table.empty:
             print("no metrics recorded yet")
@@ -194,7 +199,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         if rows.empty:
             print(f"no model has metrics at epoch {args.epoch}")
             return 0
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         summary = cell_summary(rows, cell_axes(list(spec.grid)), metrics)
         which = "final epoch" if args.epoch is None else f"epoch {args.epoch}"
         print(f"{which} metrics per grid cell (mean and std over seeds):")
