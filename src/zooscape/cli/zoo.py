@@ -266,12 +266,19 @@ def _add_transfer_parsers(sub: Any) -> None:
                      help="follow symbolic links that stay inside RAY_TUNE_DIR (default: follow none)")
     im.set_defaults(func=cmd_import)
 
-    ex = sub.add_parser("export", help="write a zoo in the Ray Tune layout of the published zoos",
-                        description="Write one trial folder per model (params.json with Model Zoos keys, "
-                                    "result.json, checkpoint_*/checkpoints and optimizer) for the old tools.")
+    ex = sub.add_parser("export", help="export a zoo: Parquet tables, Hugging Face folders or the Ray Tune layout",
+                        description="--format raytune (default): one trial folder per model (params.json with "
+                                    "Model Zoos keys, result.json, checkpoint_*/checkpoints and optimizer) for the "
+                                    "old tools. --format parquet: the catalog as Parquet tables (table, models, "
+                                    "metrics, analyses, pairs; needs pip install \"zooscape[export]\"). --format hf: "
+                                    "one Hugging Face Hub-style folder per model (model.safetensors, config.json, "
+                                    "a generated model card), written locally.")
     ex.add_argument("dir", metavar="DIR", help="zoo directory")
-    add_out(ex, required=True, metavar="OUT", help="folder for the trial folders (created)")
-    ex.add_argument("--epochs", default=None, metavar="E,E,...", help="checkpoint epochs to write (default all)")
+    add_out(ex, required=True, metavar="OUT", help="folder to write (created; must be empty)")
+    ex.add_argument("--format", choices=("raytune", "parquet", "hf"), default="raytune",
+                    help="raytune (default), parquet or hf")
+    ex.add_argument("--epochs", default=None, metavar="E,E,...",
+                    help="checkpoint epochs to write (raytune: default all; hf: one epoch, default each model's last)")
     ex.add_argument("--no-optimizer", action="store_true", help="do not write optimizer files")
     ex.set_defaults(func=cmd_export)
 
@@ -336,6 +343,20 @@ def cmd_export(args: argparse.Namespace) -> int:
             epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
         except ValueError:
             raise ValueError(f"--epochs must be comma-separated integers, got {args.epochs!r}") from None
+    if args.format == "parquet":
+        from zooscape.zoo.export import export_parquet
+
+        files = export_parquet(args.dir, args.out)
+        print(f"wrote {', '.join(p.name for p in files.values())} to {args.out}")
+        return 0
+    if args.format == "hf":
+        from zooscape.zoo.export import export_hf
+
+        if epochs is not None and len(epochs) != 1:
+            raise ValueError(f"--format hf exports one epoch per model, got --epochs {args.epochs}")
+        folders = export_hf(args.dir, args.out, epoch=None if epochs is None else epochs[0])
+        print(f"wrote {len(folders)} model folders (model.safetensors, config.json, README.md) to {args.out}")
+        return 0
     report = export_raytune(args.dir, args.out, epochs=epochs, optimizer=not args.no_optimizer)
     print(f"wrote {len(report.trials)} trial folders ({report.n_checkpoints} checkpoints) to {report.out_dir}")
     return 0

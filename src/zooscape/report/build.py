@@ -540,8 +540,8 @@ def build_report(zoo_dir: str | Path, out: str | Path | None = None,
     Raises:
         FileNotFoundError: ``zoo_dir`` is not a zoo directory.
     """
+    from zooscape._io import atomic_write_bytes
     from zooscape.zoo import open as open_zoo
-    from zooscape.zoo.shards import atomic_write_bytes
 
     out = Path(out) if out is not None else Path(zoo_dir) / "report.html"
     with open_zoo(zoo_dir) as zoo:
