@@ -282,6 +282,17 @@ def _add_transfer_parsers(sub: Any) -> None:
     ex.add_argument("--no-optimizer", action="store_true", help="do not write optimizer files")
     ex.set_defaults(func=cmd_export)
 
+    mg = sub.add_parser("merge", help="merge two zoos of compatible specs into a new zoo",
+                        description="Write a new zoo OUT holding the models of zoos A and B, whose specs may differ "
+                                    "only in grid values (the merged grid is their union; grid points neither zoo "
+                                    "trained are left for 'zooscape zoo train OUT/spec.toml --out OUT'). Shards are "
+                                    "hard-linked where possible, else copied.")
+    mg.add_argument("a", metavar="A", help="first zoo directory")
+    mg.add_argument("b", metavar="B", help="second zoo directory")
+    add_out(mg, required=True, metavar="OUT", help="new zoo directory (must not exist)")
+    mg.add_argument("--name", default=None, help="name of the merged zoo (default: A's)")
+    mg.set_defaults(func=cmd_merge)
+
 
 def _key_values(items: list[str], what: str) -> dict[str, Any]:
     import json
@@ -359,4 +370,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     report = export_raytune(args.dir, args.out, epochs=epochs, optimizer=not args.no_optimizer)
     print(f"wrote {len(report.trials)} trial folders ({report.n_checkpoints} checkpoints) to {report.out_dir}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge the zoos ``args.a`` and ``args.b`` into ``args.out`` (``zooscape zoo merge``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
+    """
+    from zooscape.zoo import open as open_zoo
+    from zooscape.zoo.grow import merge_zoos
+
+    out = merge_zoos(args.a, args.b, args.out, name=args.name)
+    with open_zoo(out) as zoo:
+        counts = zoo.status_counts()
+    print(f"{out}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0

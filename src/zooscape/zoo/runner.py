@@ -28,6 +28,8 @@ from zooscape.zoo.catalog import FINISHED, Catalog
 from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_key, resolve_sizes
 from zooscape.zoo.lmc_section import training_lmc
+from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_configs, resolve_sizes
+from zooscape.zoo.grow import prepare_grown_zoo
 from zooscape.zoo.spec import SpecError, ZooSpec, load_spec
 from zooscape.zoo.store import ZooExistsError, ZooStore, is_zoo
 from zooscape.zoo.task import GroupTask, run_group
@@ -369,6 +371,7 @@ def train_zoo(
 
     store = ZooStore(out_dir)
     with torch_threads(threads), store.lock():
+        prepare_grown_zoo(store, spec, spec_text, plan)  # a spec that adds grid values grows the zoo
         catalog = store.create_or_check(spec_text, spec.fingerprint())
         try:
             damaged = quick_check(out_dir, catalog)
