@@ -53,7 +53,7 @@ def test_zoo_info_metrics(analysed_zoo, capsys):
 
 def test_predict_a_landscape_property(analysed_zoo, capsys):
     assert main(["predict", str(analysed_zoo), "--properties", "hessian_top_eigenvalue", "--epochs", "last",
-                 "--features", "wstats", "--split", "0.5,0.17,0.33"]) == 0
+                 "--features", "wstats", "--fractions", "0.5,0.17,0.33"]) == 0
     out = capsys.readouterr().out
     assert "hessian_top_eigenvalue" in out
 

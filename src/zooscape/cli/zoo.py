@@ -6,7 +6,16 @@ import argparse
 import sys
 from typing import Any
 
-from zooscape.cli._common import add_device, add_group, add_out, add_quiet, add_workers_engine, engine_options
+from zooscape.cli._common import (
+    add_device,
+    add_group,
+    add_log,
+    add_out,
+    add_quiet,
+    add_workers_engine,
+    engine_options,
+    tracker,
+)
 
 __all__ = ["add_parser"]
 
@@ -29,6 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads per training process (default 1, whatever OMP_NUM_THREADS says; "
                         "parallelism comes from --workers)")
+    add_log(t)
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("validate", help="check a spec and show its expansion (writes nothing)",
@@ -86,9 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from zooscape.zoo import train_zoo
 
-    zoo = train_zoo(args.spec, args.out, engine=args.engine, workers=args.workers, device=args.device,
-                    progress=not args.quiet, chunk_size=args.chunk_size,
-                    engine_options=engine_options(args), threads=args.threads)
+    with tracker(args, args.out, "train", {"spec": str(args.spec)}) as log:
+        zoo = train_zoo(args.spec, args.out, engine=args.engine, workers=args.workers, device=args.device,
+                        progress=not args.quiet, chunk_size=args.chunk_size,
+                        engine_options=engine_options(args), threads=args.threads, tracker=log)
     counts = zoo.status_counts()
     print(f"{zoo.path}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0

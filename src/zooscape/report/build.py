@@ -468,7 +468,7 @@ HOW_TO = {
     "lmc": "no barriers stored: zooscape lmc pairs ZOO",
     "curve": "no curve results stored: zooscape curve pairs ZOO",
     "landscape": "no landscape metrics stored: zooscape metrics run ZOO --metric hessian|fisher|spectra|cka",
-    "predict": "no property-prediction scores: zooscape predict ZOO --csv ZOO/predict/scores.csv",
+    "predict": "no property-prediction scores: zooscape predict ZOO --out ZOO/predict/scores.csv",
     "sparsity": "no sparsity results stored",
 }
 
