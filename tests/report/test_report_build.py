@@ -1,18 +1,20 @@
 """The report's content without a browser: sections follow the data, empty and half-trained zoos say what is
 missing, nothing external is referenced, and a 10,000-model catalog gives a small page in seconds."""
 
-import json
+import importlib.util
 import re
 import shutil
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
-from report_helpers import SPEC, chromium_path, write_spec
+from report_helpers import SPEC, chromium_path
 
 from zooscape.report import SECTION_IDS, build_report
-from zooscape.zoo import Catalog, expand_spec, load_spec
-from zooscape.zoo.store import ZooStore
+from zooscape.zoo import Catalog
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "report.py"
 
 
 def section_ids(html: str) -> list[str]:
@@ -81,42 +83,12 @@ def test_missing_browser_fails_with_the_command(monkeypatch):
         chromium_path()
 
 
-def synthetic_zoo(root, n_lr=10, n_seeds=1000, epochs=5):
-    """A catalog of n_lr * n_seeds models with per-epoch metrics and pair barriers, written straight to SQLite."""
-    import numpy as np
-
-    text = SPEC.replace('"training.lr" = [0.003, 0.01]', f'"training.lr" = {[0.001 * (i + 1) for i in range(n_lr)]}')
-    text = text.replace('"training.seed" = [0, 1, 2]', f'"training.seed" = {list(range(n_seeds))}')
-    text = text.replace("epochs = 2", f"epochs = {epochs}")
-    spec_path = write_spec(root.parent, text, "big.toml")
-    spec = load_spec(spec_path)
-    configs = expand_spec(spec)
-    for c in configs:
-        c["derived"].update(n_params=100, load=10.0, n_train=1000)
-    store = ZooStore(root)
-    catalog = store.create_or_check(spec_path.read_text(), spec.fingerprint())
-    catalog.add_models(configs)
-    catalog.close()
-    rng = np.random.default_rng(0)
-    rows = []
-    for c in configs:
-        lr = c["training"]["lr"]
-        for e in range(epochs + 1):
-            acc = 1 - 0.9 * np.exp(-e * lr * 100) + rng.normal(0, 0.02)
-            rows += [(c["model_id"], e, "test_acc", acc), (c["model_id"], e, "train_loss", 2.3 * (1.05 - acc)),
-                     (c["model_id"], e, "test_loss", 2.3 * (1.1 - acc))]
-    con = sqlite3.connect(root / "catalog.sqlite")
-    ids = [c["model_id"] for c in configs]
-    with con:
-        con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", rows)
-        con.execute("UPDATE models SET status = 'done'")
-        params = json.dumps({"experiment": "lmc_pairs"})
-        con.executemany(
-            "INSERT INTO analyses (model_id, other_id, epoch, metric, value, params, created) "
-            "VALUES (?, ?, ?, 'barrier_loss_test_linear', ?, ?, 'now')",
-            [(a, b, epochs, float(rng.random()), params) for a, b in zip(ids[0::2], ids[1::2])])
-    con.close()
-    return root
+def synthetic_zoo(root):
+    """The 10,000-model catalog of bench/report.py."""
+    spec = importlib.util.spec_from_file_location("bench_report", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.synthetic_zoo(root, SPEC)
 
 
 def test_ten_thousand_models_in_seconds(tmp_path):
