@@ -32,25 +32,20 @@ width = 8
 depth = 1
 
 [training]
-epochs = 2
+epochs = {epochs}
 batch_size = 64
 optimizer = "adam"
 lr = 0.003
 
 [grid]
-"training.lr" = [0.003, 0.01]
-"training.seed" = [0, 1, 2]
+"training.lr" = {lrs}
+"training.seed" = {seeds}
 """
 
 
-def synthetic_zoo(
-    root: Path, spec_text: str = SPEC, n_lr: int = 10, n_seeds: int = 1000, epochs: int = 5
-) -> Path:
+def synthetic_zoo(root: Path, n_lr: int = 10, n_seeds: int = 1000, epochs: int = 5) -> Path:
     """A catalog of n_lr * n_seeds models with per-epoch metrics and pair barriers, written straight to SQLite."""
-    lrs = [0.001 * (i + 1) for i in range(n_lr)]
-    text = spec_text.replace('"training.lr" = [0.003, 0.01]', f'"training.lr" = {lrs}')
-    text = text.replace('"training.seed" = [0, 1, 2]', f'"training.seed" = {list(range(n_seeds))}')
-    text = text.replace("epochs = 2", f"epochs = {epochs}")
+    text = SPEC.format(epochs=epochs, lrs=[0.001 * (i + 1) for i in range(n_lr)], seeds=list(range(n_seeds)))
     root.parent.mkdir(parents=True, exist_ok=True)
     spec_path = root.parent / "big.toml"
     spec_path.write_text(text)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from report_helpers import SPEC, chromium_path
+from report_helpers import chromium_path
 
 from zooscape.report import SECTION_IDS, build_report
 from zooscape.zoo import Catalog
@@ -88,7 +88,7 @@ def synthetic_zoo(root):
     spec = importlib.util.spec_from_file_location("bench_report", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    return bench.synthetic_zoo(root, SPEC)
+    return bench.synthetic_zoo(root)
 
 
 def test_ten_thousand_models_in_seconds(tmp_path):
