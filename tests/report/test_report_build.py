@@ -2,6 +2,7 @@
 missing, nothing external is referenced, and a 10,000-model catalog gives a small page in seconds."""
 
 import importlib.util
+import json
 import re
 import shutil
 import sqlite3
@@ -103,3 +104,18 @@ def test_ten_thousand_models_in_seconds(tmp_path):
     assert seconds < 30, seconds  # about 4 s (bench/report.py)
     with Catalog(zoo / "catalog.sqlite", readonly=True) as catalog:
         assert catalog.query("SELECT COUNT(*) FROM models")[0][0] == 10_000
+
+
+def test_twins_are_counted(analysed_zoo, tmp_path):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(analysed_zoo, zoo)
+    con = sqlite3.connect(zoo / "catalog.sqlite")
+    mid, gid, config = con.execute("SELECT model_id, group_id, config FROM models LIMIT 1").fetchone()
+    twin = json.loads(config)
+    twin["derived"]["twin"] = {"source": mid, "sparsity": 0.5}
+    with con:
+        con.execute("INSERT INTO models (model_id, group_id, config, status, updated) VALUES (?, ?, ?, 'done', 'x')",
+                    (mid + "-twin", gid, json.dumps(twin)))
+    con.close()
+    html = build_report(zoo, tmp_path / "r.html").read_text()
+    assert re.search(r"<td>twins</td><td>1</td>", html)
