@@ -365,6 +365,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
         except ValueError:
             raise ValueError(f"--epochs must be comma-separated integers, got {args.epochs!r}") from None
+    if args.format != "raytune" and args.no_optimizer:
+        raise ValueError(f"--no-optimizer only applies to --format raytune (--format {args.format} writes no "
+                         "optimizer state)")
     if args.format == "parquet":
         from zooscape.zoo.export import export_parquet
 
