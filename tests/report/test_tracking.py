@@ -60,10 +60,11 @@ def read_wandb_records(path):
             pos += block - pos % block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:  # zero fill up to the next block
+            pos += block - pos % block
+            continue
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
-        if kind == 0 and length == 0:
-            break
         parts += chunk
         if kind in (1, 4):  # FULL or LAST
             rec = wandb_internal_pb2.Record()
@@ -72,10 +73,12 @@ def read_wandb_records(path):
             yield rec
 
 
-def test_wandb_offline(tmp_path, monkeypatch):
+def test_wandb_offline(tmp_path, monkeypatch, capsys):
     pytest.importorskip("wandb", reason="the wandb package is not installable here")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out, expected = train(tmp_path, "wandb", ["--wandb-mode", "offline"])
+    err = capsys.readouterr().err
+    assert "--log wandb" not in err, err  # the tracker neither failed to start nor switched itself off
     runs = glob.glob(str(out / "logs" / "wandb" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(runs) == 1
     logged = {}

@@ -155,7 +155,8 @@ class WandbTracker(Tracker):
 
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, name=run, dir=str(log_dir), mode=mode, config=dict(config),
-                              settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
+                              settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
+                                                      init_timeout=300, x_service_wait=300))  # busy machines
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
 
