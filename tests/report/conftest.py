@@ -20,7 +20,7 @@ def analysed_zoo(tmp_path_factory) -> Path:
     assert main(["zoo", "train", str(spec), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     assert main(["lmc", "pairs", str(out), "--n-points", "3", "--quiet"]) == 0
     assert main(["curve", "pairs", str(out), "--epochs", "1", "--n-points", "3", "--quiet"]) == 0
-    hess = ["--set", "n_samples=32", "--set", "num_steps=4", "--set", "num_probes=3", "--set", "max_iter=10"]
+    hess = ["--set", "n_samples=32", "--set", "num_steps=4", "--set", "num_probes=6", "--set", "max_iter=10"]
     assert main(["metrics", "run", str(out), "--metric", "hessian", *hess, "--quiet"]) == 0
     assert main(["metrics", "run", str(out), "--metric", "spectra", "--quiet"]) == 0
     assert main(["metrics", "run", str(out), "--metric", "cka", "--set", "n_samples=64", "--quiet"]) == 0

@@ -119,3 +119,24 @@ def test_twins_are_counted(analysed_zoo, tmp_path):
     con.close()
     html = build_report(zoo, tmp_path / "r.html").read_text()
     assert re.search(r"<td>twins</td><td>1</td>", html)
+
+
+def test_pruning_results_make_the_sparsity_section(analysed_zoo, tmp_path):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(analysed_zoo, zoo)
+    con = sqlite3.connect(zoo / "catalog.sqlite")
+    ids = [r[0] for r in con.execute("SELECT model_id FROM models")]
+    rows = []
+    for mid in ids:
+        for method in ("magnitude", "random"):
+            for sp in (0.5, 0.9):
+                params = json.dumps({"experiment": "prune", "method": method, "sparsity": sp, "renorm": "none"},
+                                    sort_keys=True)
+                rows += [(mid, 2, "test_acc", 1 - sp / 2, params), (mid, 2, "sparsity", sp, params)]
+    with con:
+        con.executemany("INSERT INTO analyses (model_id, other_id, epoch, metric, value, params, created) "
+                        "VALUES (?, NULL, ?, ?, ?, ?, 'now')", rows)
+    con.close()
+    html = build_report(zoo, tmp_path / "r.html").read_text()
+    assert "sparsity" in section_ids(html)
+    assert "one-shot pruning: test accuracy vs sparsity" in html

@@ -27,6 +27,7 @@ from zooscape.cli._common import (
     add_workers_engine,
     deprecated_alias,
     engine_options,
+    logged_analyses,
     say,
     split_list,
 )
@@ -41,7 +42,6 @@ def _bn_mode(text: str) -> str:
     if text not in table:
         raise argparse.ArgumentTypeError(f"--bn-mode must be interpolate or reset, got {text!r}")
     return table[text]
-    logged_analyses,
 
 __all__ = ["add_parser"]
 
@@ -153,13 +153,11 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     from zooscape.studies.lmc_pairs import pair_barriers
 
     splits = split_list(args.splits)
-    rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, align=args.align, renorm=args.renorm,
-                         splits=splits, seed=args.seed, device=args.device, force=args.force,
-                         progress=say(args.quiet), bar=not args.quiet, engine=args.engine, workers=args.workers,
-                         engine_options=engine_options(args))
     with logged_analyses(args, args.dir, "lmc-pairs"):
-        rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, bn_mode=args.bn_mode,
-                             splits=splits, device=args.device, progress=say(args.quiet))
+        rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, align=args.align,
+                             renorm=args.renorm, splits=splits, seed=args.seed, device=args.device, force=args.force,
+                             progress=say(args.quiet), bar=not args.quiet, engine=args.engine, workers=args.workers,
+                             engine_options=engine_options(args))
     if not rows:
         print("no grid cell has two models with a checkpoint at that epoch; nothing stored")
         return 1

@@ -44,6 +44,7 @@ SECTION_IDS = ("overview", "spec", "counts", "final", "epochs", "curves", "phase
                "predict", "sparsity", "missing")
 
 LANDSCAPE_PREFIXES = ("hessian_", "fisher_", "spectra_", "cka")
+PRUNE = '%"experiment": "prune"%'  # SQL LIKE pattern of the pruning rows' params
 
 
 @dataclass
@@ -123,6 +124,9 @@ class ZooData:
             self.cells = pd.Series(labels.values, index=self.configs["model_id"].values)
         else:
             self.cells = pd.Series("all models", index=self.configs["model_id"].values)
+        if "kind" in self.configs.columns and not self.configs.empty:  # twins, merges: apart from grid members
+            kind = pd.Series(self.configs["kind"].fillna("model").values, index=self.cells.index)
+            self.cells = self.cells.where(kind == "model", kind + ": " + self.cells)
         progress("reading metrics")
         rows = zoo.catalog.query("SELECT model_id, epoch, name, value FROM metrics")
         long = pd.DataFrame(rows, columns=["model_id", "epoch", "name", "value"]).astype({"value": "float64"})
@@ -138,6 +142,8 @@ class ZooData:
         from zooscape.zoo.columns import read_analyses
 
         self.analyses = read_analyses(zoo.catalog)
+        #: analyses rows of one-shot pruning (zooscape sparsify prune)
+        self.prune_ids = {r[0] for r in zoo.catalog.query(f"SELECT id FROM analyses WHERE params LIKE '{PRUNE}'")}
         self.cell_order = sorted(self.cells.unique().tolist()) if len(self.cells) else []
 
     def metric(self, *names: str) -> str | None:
@@ -311,16 +317,8 @@ def _phase(d: ZooData) -> Section | None:
     return s
 
 
-def _pairs(d: ZooData) -> pd.DataFrame:
-    from zooscape.zoo.columns import pair_table
-
-    return pair_table(d.zoo.catalog, d.analyses)
-
-
 def _pair_cells(d: ZooData, pairs: pd.DataFrame) -> pd.DataFrame:
-    pairs = pairs.copy()
-    pairs["cell"] = pairs["model_id"].map(d.cells)
-    return pairs
+    return pairs.assign(cell=pairs["model_id"].map(d.cells))
 
 
 def _summary_by_cell(pairs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -443,15 +441,37 @@ def _predict(d: ZooData) -> Section | None:
     return s
 
 
+def _pruning_curves(d: ZooData) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Mean test accuracy per (method, sparsity) of the one-shot pruning rows (``zooscape sparsify prune``)."""
+    rows = d.zoo.catalog.query("SELECT id, value, params FROM analyses WHERE other_id IS NULL AND metric = 'test_acc'"
+                               f" AND params LIKE '{PRUNE}'") if d.prune_ids else []
+    recs = []
+    for _, value, params in rows:
+        p = json.loads(params)
+        label = p.get("method", "?") + (" + renorm" if p.get("renorm") not in (None, False, "none") else "")
+        recs.append((label, float(p.get("sparsity", np.nan)), value))
+    df = pd.DataFrame(recs, columns=["method", "sparsity", "value"]).astype({"value": "float64"})
+    out = []
+    for method, part in df.groupby("method"):
+        m = part.groupby("sparsity")["value"].mean()
+        out.append((str(method), m.index.to_numpy(), m.to_numpy()))
+    return out[:MAX_PATHS]
+
+
 def _sparsity(d: ZooData) -> Section | None:
     cols = [c for c in d.wide.columns if "sparsity" in str(c)]
     rows = d.analyses[d.analyses["metric"].str.contains("sparsity")]
-    if not cols and rows.empty:
+    if not cols and rows.empty and not d.prune_ids:
         return None
     s = Section("sparsity", "Sparsity trajectories")
     for c in cols:
         x, bands = _bands(d.wide[d.wide[c].notna()], c)
         s.figures.append((c, figures.line_bands(x, {"all models": bands}, "epoch", c)))
+    pruned = _pruning_curves(d)
+    if pruned:
+        s.figures.append(("one-shot pruning: test accuracy vs sparsity (mean over models)",
+                          figures.paths(pruned, "sparsity", "test_acc")))
+    rows = rows[~rows["id"].isin(d.prune_ids)]
     for metric, part in rows.groupby("metric"):
         part = part[part["epoch"].notna()]
         if part["epoch"].nunique() > 1:
@@ -471,7 +491,9 @@ def all_sections(d: ZooData) -> dict[str, Section | None]:
     Returns:
         dict section id -> Section or None.
     """
-    pairs = _pairs(d)
+    from zooscape.zoo.columns import pair_table
+
+    pairs = pair_table(d.zoo.catalog, d.analyses)
     return {"overview": _overview(d), "spec": _spec_section(d), "counts": _counts(d), "final": _final(d),
             "epochs": _epochs(d), "curves": _curves(d), "phase": _phase(d), "lmc": _lmc(d, pairs),
             "curve": _curve(d, pairs), "landscape": _landscape(d), "predict": _predict(d), "sparsity": _sparsity(d)}

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 __all__ = ["TRAINING_METRICS", "check_metric_names", "model_analysis_columns", "pair_table", "read_analyses"]
@@ -142,4 +141,5 @@ def numeric_metric_columns(table: pd.DataFrame, exclude: Iterable[str] = ()) -> 
     skip = {"model_id", "epoch", "status", "reason", "group_id", "n_params", "temperature", "load", "width",
             "train_fraction", "n_train", *exclude}
     return [c for c in table.columns
-            if c not in skip and "." not in str(c) and np.issubdtype(table[c].dtype, np.number)]
+            if c not in skip and "." not in str(c) and pd.api.types.is_numeric_dtype(table[c].dtype)
+            and not pd.api.types.is_bool_dtype(table[c].dtype)]
