@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean browser
 
 venv: $(STAMP)
 
@@ -24,8 +24,16 @@ demo: $(STAMP)
 	$(PY) examples/quickstart.py --out demo_zoo
 	$(VENV)/bin/zooscape zoo verify demo_zoo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# the report's browser test (tests/report) drives Debian's chromium with Playwright (installed by the dev extra)
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ -z "$$ZOOSCAPE_CHROMIUM" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "note: tests/report needs chromium: sudo apt-get install -y chromium"; fi; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -31,6 +31,7 @@ COMMAND_GROUPS: list[str] = [
     "zooscape.cli.align",
     "zooscape.cli.sparsify",
     "zooscape.cli.phase",
+    "zooscape.cli.report",
 ]
 
 #: Exceptions reported as ``error: <message>`` with exit code 1 (anything else is a bug: full traceback).

@@ -142,3 +142,73 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     return {"address": args.address, "num_cpus": args.cpus_per_task, "num_gpus": args.gpus_per_task,
             "max_retries": args.max_retries}
+
+
+# ------------------------------------------------------------------------------------------ experiment tracking
+
+
+def add_log(p: argparse.ArgumentParser) -> None:
+    """``--log none|tensorboard|wandb|mlflow``, ``--log-dir DIR``, ``--wandb-mode online|offline|disabled``
+    (zooscape.zoo.tracking: one grouped run per command; a logger failure never fails the command)."""
+    g = p.add_argument_group("experiment tracking", "mirror per-model metrics to a tracking tool (the catalog "
+                                                    "stays the source of truth; see docs/report.md)")
+    g.add_argument("--log", choices=("none", "tensorboard", "wandb", "mlflow"), default="none",
+                   help="tracking backend (default none); needs pip install \"zooscape[tensorboard|wandb|mlflow]\"")
+    g.add_argument("--log-dir", default=None, metavar="DIR",
+                   help="where the backend writes (default ZOO/logs/<backend>)")
+    g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default="offline",
+                   help="Weights & Biases mode (default offline: no network; 'wandb sync' uploads later)")
+
+
+def tracker(args: argparse.Namespace, zoo_dir: Any, command: str, config: dict[str, Any] | None = None) -> Any:
+    """The tracker chosen by ``--log`` for a command on the zoo ``zoo_dir`` (started on its first point).
+
+    Returns:
+        :class:`zooscape.zoo.tracking.Tracker` (use as a context manager).
+    """
+    from pathlib import Path
+
+    from zooscape.zoo.tracking import make_tracker
+
+    log_dir = Path(args.log_dir) if args.log_dir else Path(zoo_dir) / "logs" / args.log
+    run = f"{Path(zoo_dir).name}-{command}"
+    return make_tracker(args.log, log_dir, run, config=config, wandb_mode=args.wandb_mode,
+                        project=Path(zoo_dir).name, lazy=True)
+
+
+class logged_analyses:  # noqa: N801 - used as ``with logged_analyses(args, dir, "metrics-run"):``
+    """Context manager: log the analysis rows a zoo-wide command stores (rows added to the catalog meanwhile)."""
+
+    def __init__(self, args: argparse.Namespace, zoo_dir: Any, command: str) -> None:
+        self.args, self.zoo_dir, self.command = args, zoo_dir, command
+        self.start = None
+
+    def _max_id(self) -> int:
+        from zooscape.zoo.catalog import Catalog
+        from zooscape.zoo.store import is_zoo
+
+        if not is_zoo(self.zoo_dir):
+            return 0
+        from pathlib import Path
+
+        with Catalog(Path(self.zoo_dir) / "catalog.sqlite", readonly=True) as catalog:
+            return int(catalog.query("SELECT COALESCE(MAX(id), 0) FROM analyses")[0][0])
+
+    def __enter__(self) -> logged_analyses:
+        if self.args.log != "none":
+            self.start = self._max_id()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if self.start is None or exc_type is not None:
+            return
+        from pathlib import Path
+
+        from zooscape.zoo.catalog import Catalog
+
+        with Catalog(Path(self.zoo_dir) / "catalog.sqlite", readonly=True) as catalog:
+            rows = catalog.query("SELECT model_id, other_id, epoch, metric, value FROM analyses WHERE id > ?"
+                                 " ORDER BY id", (self.start,))
+        names = ("model_id", "other_id", "epoch", "metric", "value")
+        with tracker(self.args, self.zoo_dir, self.command) as t:
+            t.log_results([dict(zip(names, r)) for r in rows])

@@ -16,12 +16,14 @@ from typing import Any
 from zooscape.cli._common import (
     add_device,
     add_group,
+    add_log,
     add_n_points,
     add_quiet,
     add_splits,
     add_workers_engine,
     deprecated_alias,
     engine_options,
+    logged_analyses,
     say,
 )
 
@@ -84,6 +86,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_device(q)
     add_quiet(q)
     add_workers_engine(q, what="the per-pair tasks")
+    add_log(q)
     q.set_defaults(func=cmd_pairs)
     return p
 
@@ -145,10 +148,11 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     cfg = CurveTrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                            momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    rows = curve_pairs(args.dir, args.epoch, kind=args.curve, num_bends=args.num_bends, train_config=cfg,
-                       n_points=args.n_points, splits=splits, device=args.device, force=args.force,
-                       progress=say(args.quiet), engine=args.engine, workers=args.workers,
-                       engine_options=engine_options(args))
+    with logged_analyses(args, args.dir, "curve-pairs"):
+        rows = curve_pairs(args.dir, args.epoch, kind=args.curve, num_bends=args.num_bends, train_config=cfg,
+                           n_points=args.n_points, splits=splits, device=args.device, force=args.force,
+                           progress=say(args.quiet), engine=args.engine, workers=args.workers,
+                           engine_options=engine_options(args))
     params = pair_params(args.curve, args.num_bends, cfg, args.n_points, 5, "reset", splits)
     stored = curve_records(args.dir, params)
     if not stored:

@@ -19,6 +19,7 @@ from typing import Any
 from zooscape.cli._common import (
     add_device,
     add_group,
+    add_log,
     add_n_points,
     add_out,
     add_quiet,
@@ -26,6 +27,7 @@ from zooscape.cli._common import (
     add_workers_engine,
     deprecated_alias,
     engine_options,
+    logged_analyses,
     say,
     split_list,
 )
@@ -93,6 +95,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_device(q)
     add_quiet(q)
     add_workers_engine(q, what="the per-pair tasks")
+    add_log(q)
     q.set_defaults(func=cmd_pairs)
 
     pg = sub.add_parser("progress", help="barrier vs training progress per cell (LMC during training)",
@@ -150,10 +153,11 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     from zooscape.studies.lmc_pairs import pair_barriers
 
     splits = split_list(args.splits)
-    rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, align=args.align, renorm=args.renorm,
-                         splits=splits, seed=args.seed, device=args.device, force=args.force,
-                         progress=say(args.quiet), bar=not args.quiet, engine=args.engine, workers=args.workers,
-                         engine_options=engine_options(args))
+    with logged_analyses(args, args.dir, "lmc-pairs"):
+        rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, align=args.align,
+                             renorm=args.renorm, splits=splits, seed=args.seed, device=args.device, force=args.force,
+                             progress=say(args.quiet), bar=not args.quiet, engine=args.engine, workers=args.workers,
+                             engine_options=engine_options(args))
     if not rows:
         print("no grid cell has two models with a checkpoint at that epoch; nothing stored")
         return 1

@@ -17,9 +17,11 @@ from typing import Any
 from zooscape.cli._common import (
     add_device,
     add_group,
+    add_log,
     add_quiet,
     add_workers_engine,
     engine_options,
+    logged_analyses,
     say,
 )
 
@@ -49,6 +51,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_device(r)
     add_quiet(r)
     add_workers_engine(r, what="the per-model (or per-pair) tasks")
+    add_log(r)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("settings", help="list the settings of each metric and their defaults",
@@ -101,9 +104,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = parse_settings(args.settings)
     settings = metric_params(args.metric, overrides)
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
-    rows = run_metrics(args.dir, args.metric, epoch=args.epoch, params=overrides, model_ids=models,
-                       engine=args.engine, workers=args.workers, device=args.device, progress=say(args.quiet),
-                       engine_options=engine_options(args))
+    with logged_analyses(args, args.dir, f"metrics-{args.metric}"):
+        rows = run_metrics(args.dir, args.metric, epoch=args.epoch, params=overrides, model_ids=models,
+                           engine=args.engine, workers=args.workers, device=args.device, progress=say(args.quiet),
+                           engine_options=engine_options(args))
     marker = MARKERS[args.metric]
     print(f"{len(rows)} rows stored in {args.dir} ({sum(r['metric'] == marker for r in rows)} new results)")
     with open_zoo(args.dir) as zoo:

@@ -6,7 +6,16 @@ import argparse
 import sys
 from typing import Any
 
-from zooscape.cli._common import add_device, add_group, add_out, add_quiet, add_workers_engine, engine_options
+from zooscape.cli._common import (
+    add_device,
+    add_group,
+    add_log,
+    add_out,
+    add_quiet,
+    add_workers_engine,
+    engine_options,
+    tracker,
+)
 
 __all__ = ["add_parser"]
 
@@ -29,6 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads per training process (default 1, whatever OMP_NUM_THREADS says; "
                         "parallelism comes from --workers)")
+    add_log(t)
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("validate", help="check a spec and show its expansion (writes nothing)",
@@ -86,9 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from zooscape.zoo import train_zoo
 
-    zoo = train_zoo(args.spec, args.out, engine=args.engine, workers=args.workers, device=args.device,
-                    progress=not args.quiet, chunk_size=args.chunk_size,
-                    engine_options=engine_options(args), threads=args.threads)
+    with tracker(args, args.out, "train", {"spec": str(args.spec)}) as log:
+        zoo = train_zoo(args.spec, args.out, engine=args.engine, workers=args.workers, device=args.device,
+                        progress=not args.quiet, chunk_size=args.chunk_size,
+                        engine_options=engine_options(args), threads=args.threads, tracker=log)
     counts = zoo.status_counts()
     print(f"{zoo.path}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0
@@ -186,6 +197,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("grid:")
         for key, values in spec.grid.items():
             print(f"  {key}: {', '.join(_fmt(v) for v in values)}")
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if args.metrics != ",".join(DEFAULT_METRICS):  # names the user chose must exist
+            from zooscape.zoo.columns import check_metric_names
+
+            check_metric_names(metrics, zoo.metric_names())
         table = zoo.table()
         if table.empty:
             print("no metrics recorded yet")
@@ -194,7 +210,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         if rows.empty:
             print(f"no model has metrics at epoch {args.epoch}")
             return 0
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         summary = cell_summary(rows, cell_axes(list(spec.grid)), metrics)
         which = "final epoch" if args.epoch is None else f"epoch {args.epoch}"
         print(f"{which} metrics per grid cell (mean and std over seeds):")
@@ -262,14 +277,32 @@ def _add_transfer_parsers(sub: Any) -> None:
                      help="follow symbolic links that stay inside RAY_TUNE_DIR (default: follow none)")
     im.set_defaults(func=cmd_import)
 
-    ex = sub.add_parser("export", help="write a zoo in the Ray Tune layout of the published zoos",
-                        description="Write one trial folder per model (params.json with Model Zoos keys, "
-                                    "result.json, checkpoint_*/checkpoints and optimizer) for the old tools.")
+    ex = sub.add_parser("export", help="export a zoo: Parquet tables, Hugging Face folders or the Ray Tune layout",
+                        description="--format raytune (default): one trial folder per model (params.json with "
+                                    "Model Zoos keys, result.json, checkpoint_*/checkpoints and optimizer) for the "
+                                    "old tools. --format parquet: the catalog as Parquet tables (table, models, "
+                                    "metrics, analyses, pairs; needs pip install \"zooscape[export]\"). --format hf: "
+                                    "one Hugging Face Hub-style folder per model (model.safetensors, config.json, "
+                                    "a generated model card), written locally.")
     ex.add_argument("dir", metavar="DIR", help="zoo directory")
-    add_out(ex, required=True, metavar="OUT", help="folder for the trial folders (created)")
-    ex.add_argument("--epochs", default=None, metavar="E,E,...", help="checkpoint epochs to write (default all)")
+    add_out(ex, required=True, metavar="OUT", help="folder to write (created; must be empty)")
+    ex.add_argument("--format", choices=("raytune", "parquet", "hf"), default="raytune",
+                    help="raytune (default), parquet or hf")
+    ex.add_argument("--epochs", default=None, metavar="E,E,...",
+                    help="checkpoint epochs to write (raytune: default all; hf: one epoch, default each model's last)")
     ex.add_argument("--no-optimizer", action="store_true", help="do not write optimizer files")
     ex.set_defaults(func=cmd_export)
+
+    mg = sub.add_parser("merge", help="merge two zoos of compatible specs into a new zoo",
+                        description="Write a new zoo OUT holding the models of zoos A and B, whose specs may differ "
+                                    "only in grid values (the merged grid is their union; grid points neither zoo "
+                                    "trained are left for 'zooscape zoo train OUT/spec.toml --out OUT'). Shards are "
+                                    "hard-linked where possible, else copied.")
+    mg.add_argument("a", metavar="A", help="first zoo directory")
+    mg.add_argument("b", metavar="B", help="second zoo directory")
+    add_out(mg, required=True, metavar="OUT", help="new zoo directory (must not exist)")
+    mg.add_argument("--name", default=None, help="name of the merged zoo (default: A's)")
+    mg.set_defaults(func=cmd_merge)
 
 
 def _key_values(items: list[str], what: str) -> dict[str, Any]:
@@ -332,6 +365,42 @@ def cmd_export(args: argparse.Namespace) -> int:
             epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
         except ValueError:
             raise ValueError(f"--epochs must be comma-separated integers, got {args.epochs!r}") from None
+    if args.format != "raytune" and args.no_optimizer:
+        raise ValueError(f"--no-optimizer only applies to --format raytune (--format {args.format} writes no "
+                         "optimizer state)")
+    if args.format == "parquet":
+        from zooscape.zoo.export import export_parquet
+
+        files = export_parquet(args.dir, args.out)
+        print(f"wrote {', '.join(p.name for p in files.values())} to {args.out}")
+        return 0
+    if args.format == "hf":
+        from zooscape.zoo.export import export_hf
+
+        if epochs is not None and len(epochs) != 1:
+            raise ValueError(f"--format hf exports one epoch per model, got --epochs {args.epochs}")
+        folders = export_hf(args.dir, args.out, epoch=None if epochs is None else epochs[0])
+        print(f"wrote {len(folders)} model folders (model.safetensors, config.json, README.md) to {args.out}")
+        return 0
     report = export_raytune(args.dir, args.out, epochs=epochs, optimizer=not args.no_optimizer)
     print(f"wrote {len(report.trials)} trial folders ({report.n_checkpoints} checkpoints) to {report.out_dir}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge the zoos ``args.a`` and ``args.b`` into ``args.out`` (``zooscape zoo merge``).
+
+    Args:
+        args: parsed command line.
+
+    Returns:
+        exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
+    """
+    from zooscape.zoo import open as open_zoo
+    from zooscape.zoo.grow import merge_zoos
+
+    out = merge_zoos(args.a, args.b, args.out, name=args.name)
+    with open_zoo(out) as zoo:
+        counts = zoo.status_counts()
+    print(f"{out}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0

@@ -182,9 +182,14 @@ class Zoo:
         rows = self._catalog.query("SELECT model_id, epoch, name, value FROM metrics ORDER BY model_id, epoch")
         return pd.DataFrame(rows, columns=["model_id", "epoch", "name", "value"]).astype({"value": "float64"})
 
-    def table(self) -> pd.DataFrame:
+    def table(self, analyses: bool = True) -> pd.DataFrame:
         """One row per (model, recorded epoch): flattened config columns, status, temperature, load and one column
         per metric (train_loss, test_acc, ...).
+
+        Args:
+            analyses: also join the stored analysis results as columns (``hessian_top_eigenvalue``, ``cka``,
+                ``barrier_loss_test_linear``, ...; see :mod:`zooscape.zoo.columns`: pairwise results are the mean
+                over the model's pairs, the pairs themselves are :meth:`pairs`).
 
         Returns:
             DataFrame sorted by model_id and epoch.
@@ -199,6 +204,13 @@ class Zoo:
             wide.columns.name = None
             wide = wide.reset_index()
         out = configs.merge(wide, on="model_id", how="inner")
+        if analyses and not out.empty:
+            from zooscape.zoo.columns import model_analysis_columns
+
+            extra = model_analysis_columns(self._catalog)
+            extra = extra[[c for c in extra.columns if c in ("model_id", "epoch") or c not in out.columns]]
+            if len(extra.columns) > 2:
+                out = out.astype({"epoch": "int64"}).merge(extra, on=["model_id", "epoch"], how="left")
         cols = ["model_id", "epoch"] + [c for c in out.columns if c not in ("model_id", "epoch")]
         return out[cols].sort_values(["model_id", "epoch"]).reset_index(drop=True)
 
@@ -219,6 +231,26 @@ class Zoo:
         df = pd.DataFrame(rows, columns=["model_id", "other_id", "epoch", "metric", "value", "params", "created"])
         df["params"] = [json.loads(p) for p in df["params"]]
         return df
+
+    def pairs(self) -> pd.DataFrame:
+        """Pairwise analysis results (barriers, distances, CKA, curve mc), the companion table of :meth:`table`.
+
+        Returns:
+            DataFrame with columns model_id, other_id, epoch and one column per pairwise metric.
+        """
+        from zooscape.zoo.columns import pair_table
+
+        return pair_table(self._catalog)
+
+    def metric_names(self) -> list[str]:
+        """Names of every metric column :meth:`table` can hold: the trainer's metrics and the stored analyses.
+
+        Returns:
+            sorted list of names.
+        """
+        names = {r[0] for r in self._catalog.query("SELECT DISTINCT name FROM metrics")}
+        names |= {r[0] for r in self._catalog.query("SELECT DISTINCT metric FROM analyses")}
+        return sorted(names)
 
     # ------------------------------------------------------------------------------------------- weights
 

@@ -27,6 +27,7 @@ from zooscape.zoo.build import (
 from zooscape.zoo.catalog import FINISHED, Catalog
 from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import Group, canonical_json, checkpoint_epochs, expand_spec, group_key, resolve_sizes
+from zooscape.zoo.grow import prepare_grown_zoo
 from zooscape.zoo.lmc_section import training_lmc
 from zooscape.zoo.spec import SpecError, ZooSpec, load_spec
 from zooscape.zoo.store import ZooExistsError, ZooStore, is_zoo
@@ -272,6 +273,7 @@ class _Driver:
         self.bar = bar
         self.epochs_of = epochs_of  # group -> epochs
         self.counted: dict[str, int] = {}
+        self.tracker: Any = None
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -279,6 +281,8 @@ class _Driver:
             self.catalog.set_status(event["model_ids"], "running")
         elif kind == "rows":
             self.catalog.record(event["metrics"], event["checkpoints"], event["statuses"])
+            if self.tracker is not None:  # --log: a copy for a tracking tool (never fails training)
+                self.tracker.log_rows(event["metrics"])
             gid = event["group_id"]
             self.counted[gid] = self.counted.get(gid, 0) + event["model_epochs"]
             self.bar.update(event["model_epochs"])
@@ -310,6 +314,7 @@ def train_zoo(
     chunk_size: int | None = None,
     engine_options: Mapping[str, Any] | None = None,
     threads: int | None = None,
+    tracker: Any = None,
 ) -> Any:
     """Train (or finish training) the zoo of a spec into ``out_dir``.
 
@@ -328,6 +333,7 @@ def train_zoo(
         chunk_size: models per task, i.e. the largest training population (overrides ``[population]
             max_size``). It decides the groups and so the checkpoint files: it is part of the zoo, and a re-run
             must use the same value.
+        tracker: a :class:`zooscape.zoo.tracking.Tracker` that gets a copy of every metrics row (``--log``).
         engine_options: keyword arguments of the named engine (for ``"ray"``: ``address``, ``num_cpus``,
             ``num_gpus``, ``max_retries``, ... of :class:`~zooscape.zoo.engines.ray_engine.RayEngine`).
         threads: torch intra-op threads per training process (default 1, whatever ``OMP_NUM_THREADS`` says: see
@@ -369,6 +375,7 @@ def train_zoo(
 
     store = ZooStore(out_dir)
     with torch_threads(threads), store.lock():
+        prepare_grown_zoo(store, spec, spec_text, plan)  # a spec that adds grid values grows the zoo
         catalog = store.create_or_check(spec_text, spec.fingerprint())
         try:
             damaged = quick_check(out_dir, catalog)
@@ -404,6 +411,7 @@ def train_zoo(
             sizes = {t.group_id: len(t.model_ids) for t in tasks}
             with tqdm(total=total, unit="model-epoch", disable=not progress, desc=spec.name) as bar:
                 driver = _Driver(store, catalog, bar, epochs_of)
+                driver.tracker = tracker
                 for result in eng.map(run_group, tasks, on_event=driver.on_event, ordered=False):
                     driver.on_result(result, sizes[result["group_id"]])
             store.remove_temp_files()  # of task attempts killed mid-write and retried by the engine
