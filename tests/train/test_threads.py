@@ -59,7 +59,7 @@ def _run(tmp_path: Path, mode: str, *extra: str) -> dict:
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC)
     out = tmp_path / f"zoo-{mode}-{'-'.join(extra) or 'default'}"
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")  # as a shell without our Makefile
     proc = subprocess.run([sys.executable, "-c", PROBE, mode, str(spec), str(out), *extra], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
