@@ -133,7 +133,8 @@ def test_hostile_trials_are_skipped_with_reasons(hostile):
 
 def test_hostile_import_stays_small_and_writes_a_clean_zoo(hostile):
     root, _, report = hostile
-    assert report["maxrss_kb"] < 1_000_000, report["maxrss_kb"]  # the 1.6 GB model was never built
+    # the 1.6 GB model was never built: about 0.35 GB measured alone, up to 1.06 GB once on a loaded CI machine
+    assert report["maxrss_kb"] < 1_400_000, report["maxrss_kb"]
     with zz.open(root / "zoo") as zoo:
         assert zoo.status_counts() == {"done": 2}
         assert sorted(zoo.catalog.query("SELECT DISTINCT epoch FROM checkpoints")) == [(0,), (1,)]
