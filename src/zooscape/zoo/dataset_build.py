@@ -205,8 +205,11 @@ def build_datasets(
     names_of_arch: dict[str, list[str]] = {}
     row_names: list[list[str]] = []
     ref_full: IndexMap | None = None
+    arch_of: dict[str, str] = {}  # one canonical-JSON key per model, not per (model, epoch) sample
     for mid, _ in candidates:
-        key = _arch_key(configs[mid])
+        key = arch_of.get(mid)
+        if key is None:
+            key = arch_of[mid] = _arch_key(configs[mid])
         if key not in names_of_arch:
             full = _arch_params(configs[mid])
             if ref_full is None:
