@@ -116,6 +116,27 @@ def test_cka_covers_every_seed_pair_within_cells(zoo_dir):
     assert len(mb) == 6 and all(math.isfinite(r["value"]) for r in mb)
 
 
+def test_cka_plans_one_task_per_cell_and_only_missing_pairs(zoo_dir):
+    """Each model's representation is computed once per cell; a resumed run asks only for the missing pairs."""
+    from zooscape.studies.metrics import plan_metric_tasks
+
+    settings = metric_params("cka", {"n_samples": 64, "data_seed": 7})
+    with zz.open(zoo_dir) as zoo:
+        plan = plan_metric_tasks(zoo, "cka", settings)
+    assert len(plan.tasks) == 2 and not plan.done  # 2 cells, 3 pairs each
+    assert all(len(t.pairs) == 3 and len(t.model_ids) == 3 for t in plan.tasks)
+    first = plan.tasks[0]
+    from zooscape.zoo.catalog import Catalog
+
+    a, b = first.pairs[0]  # store one pair of the first cell as a finished run would
+    with Catalog(zoo_dir / "catalog.sqlite") as catalog:
+        catalog.add_analyses([{"model_id": a, "other_id": b, "epoch": first.epoch, "metric": "cka", "value": 0.5,
+                               "params": {"analysis": "cka", **settings}}])
+    with zz.open(zoo_dir) as zoo:
+        again = plan_metric_tasks(zoo, "cka", settings)
+    assert len(again.done) == 1 and sorted(len(t.pairs) for t in again.tasks) == [2, 3]
+
+
 def test_fisher_and_spectra(zoo_dir):
     fisher = run_metrics(zoo_dir, "fisher", params={"n_samples": 32, "kind": "exact"})
     traces = [r for r in fisher if r["metric"] == "fisher_trace"]

@@ -192,26 +192,39 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
                                        device=device, seed=params["seed"])
         return {"fisher_trace": est.estimate, "fisher_trace_se": est.std_error}
     if metric == "cka":
-        layer = params["layer"]
-        feats = [ls.layer_features(m, x, [layer], device=device)[layer] for m in models]
-        if params["output"] == "softmax":
-            feats = [torch.softmax(f, dim=1) for f in feats]
-        bs = params["batch_size"]
-        if bs is None:
-            value = ls.cka(feats[0], feats[1], kernel=params["kernel"], debiased=params["debiased"],
-                           bandwidth=params["bandwidth"])
-        else:
-            acc = ls.MinibatchCKA(kernel=params["kernel"], bandwidth=params["bandwidth"])
-            n = feats[0].shape[0]
-            starts = list(range(0, n, bs))
-            if len(starts) > 1 and n - starts[-1] < 4:
-                starts.pop()
-            for i, s in enumerate(starts):
-                end = starts[i + 1] if i + 1 < len(starts) else n
-                acc.update(feats[0][s:end], feats[1][s:end])
-            value = acc.compute()[0, 0]
-        return {"cka": float(value)}
+        fa, fb = (_cka_features(m, x, params, device) for m in models)
+        return {"cka": _cka_value(fa, fb, params)}
     raise ValueError(f"metric must be one of {sorted(DEFAULTS)}, got {metric!r}")
+
+
+def _cka_features(model: Any, x: Any, params: Mapping[str, Any], device: str) -> Any:
+    """The representation CKA compares: the model's ``params["layer"]`` output (softmax-ed if asked) ``[n, d]``."""
+    import torch
+
+    from zooscape import landscape as ls
+
+    layer = params["layer"]
+    feats = ls.layer_features(model, x, [layer], device=device)[layer]
+    return torch.softmax(feats, dim=1) if params["output"] == "softmax" else feats
+
+
+def _cka_value(fa: Any, fb: Any, params: Mapping[str, Any]) -> float:
+    """CKA of two representations ``[n, d1]``, ``[n, d2]`` with the run's settings (full or minibatch)."""
+    from zooscape import landscape as ls
+
+    bs = params["batch_size"]
+    if bs is None:
+        return float(ls.cka(fa, fb, kernel=params["kernel"], debiased=params["debiased"],
+                            bandwidth=params["bandwidth"]))
+    acc = ls.MinibatchCKA(kernel=params["kernel"], bandwidth=params["bandwidth"])
+    n = fa.shape[0]
+    starts = list(range(0, n, bs))
+    if len(starts) > 1 and n - starts[-1] < 4:
+        starts.pop()
+    for i, st in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else n
+        acc.update(fa[st:end], fb[st:end])
+    return float(acc.compute()[0, 0])
 
 
 @dataclass
@@ -225,6 +238,8 @@ class MetricTask:
         model_ids: one id, or two for pairwise metrics.
         params: validated settings.
         device: torch device.
+        pairs: for a pairwise metric, the seed pairs of one cell to compute (``model_ids`` then lists every model
+            they need, and each model's representation is computed once).
     """
 
     root: str
@@ -233,6 +248,7 @@ class MetricTask:
     model_ids: tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
+    pairs: tuple[tuple[str, str], ...] = ()
 
 
 def run_metric_task(task: MetricTask) -> dict[str, Any]:
@@ -251,8 +267,14 @@ def run_metric_task(task: MetricTask) -> dict[str, Any]:
         device = str(resolve_device(task.device))
         models = [zoo.load_model(m, task.epoch, device=device) for m in task.model_ids]
         data = None if task.metric == "spectra" else zoo.data(task.model_ids[0])
-    values = compute_metric(task.metric, models, data, task.params, device=device)
     params = {"analysis": task.metric, **task.params}
+    if task.pairs:  # every missing seed pair of one cell: each model's representation is computed once
+        x, _ = _subset(data, task.params)
+        feats = {m: _cka_features(model, x, task.params, device) for m, model in zip(task.model_ids, models)}
+        rows = [{"model_id": a, "other_id": b, "epoch": task.epoch, "metric": "cka",
+                 "value": _cka_value(feats[a], feats[b], task.params), "params": params} for a, b in task.pairs]
+        return {"model_ids": list(task.model_ids), "pairs": [list(p) for p in task.pairs], "rows": rows}
+    values = compute_metric(task.metric, models, data, task.params, device=device)
     other = task.model_ids[1] if len(task.model_ids) > 1 else None
     rows = [{"model_id": task.model_ids[0], "other_id": other, "epoch": task.epoch, "metric": name,
              "value": value, "params": params} for name, value in values.items()]
@@ -267,7 +289,7 @@ class MetricPlan:
     """Tasks of a metrics run.
 
     Attributes:
-        tasks: tasks still to compute.
+        tasks: tasks still to compute (for pairwise metrics: one per cell and epoch, holding its missing pairs).
         done: tasks skipped because their rows are already stored.
         missing: ``(model_id, reason)`` of models left out (failed, no checkpoint at the epoch, ...).
         cells: cell index -> model ids (for pairwise metrics and summaries).
@@ -325,10 +347,21 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
                     candidates.append(((a, b), usable[a]))
     else:
         candidates = [((m,), e) for m, e in usable.items()]
+    if metric in PAIRWISE:  # one task per cell and epoch: its missing pairs (done pairs are listed one by one)
+        todo: dict[tuple[int, int], list[tuple[str, str]]] = {}
+        cell_of = {m: c for c, members in cells.items() for m in members}
+        for pair, e in candidates:
+            if (pair[0], pair[1], e) in done_keys:
+                done.append(MetricTask(root, metric, e, pair, dict(params), device))
+            else:
+                todo.setdefault((cell_of[pair[0]], e), []).append((pair[0], pair[1]))
+        for (_, e), pairs in sorted(todo.items()):
+            needed = tuple(sorted({m for p in pairs for m in p}))
+            tasks.append(MetricTask(root, metric, e, needed, dict(params), device, pairs=tuple(pairs)))
+        return MetricPlan(tasks, done, missing, cells)
     for pair, e in candidates:
         task = MetricTask(root, metric, e, pair, dict(params), device)
-        key = (pair[0], pair[1] if len(pair) > 1 else None, e)
-        (done if key in done_keys else tasks).append(task)
+        (done if (pair[0], None, e) in done_keys else tasks).append(task)
     return MetricPlan(tasks, done, missing, cells)
 
 
@@ -380,7 +413,9 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         head = next((r for r in result["rows"] if r["metric"] == MARKERS[metric]), None)
         value = "nan" if head is None or head["value"] is None or not math.isfinite(head["value"]) \
             else f"{head['value']:.6g}"
-        say(f"[{i}/{len(plan.tasks)}] {metric} {' vs '.join(result['model_ids'])}: {MARKERS[metric]} = {value}")
+        what = f"{len(result['pairs'])} pair(s) of {len(result['model_ids'])} models" if result.get("pairs") \
+            else " vs ".join(result["model_ids"])
+        say(f"[{i}/{len(plan.tasks)}] {metric} {what}: {MARKERS[metric]} = {value}")
 
     results = commit_task_results(store, eng, run_metric_task, plan.tasks, on_result=report)
     return [row for result in results for row in result["rows"]]
