@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Engine", "EngineError", "emit"]
+__all__ = ["Engine", "EngineError", "TaskOrder", "emit"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,3 +62,27 @@ class Engine(Protocol):
             iterator of results.
         """
         ...
+
+
+class TaskOrder:
+    """Releases task results in task order (``ordered=True``) or as they arrive; shared by every engine.
+
+    Args:
+        ordered: hold a result back until every earlier task's result has been released.
+    """
+
+    def __init__(self, ordered: bool) -> None:
+        self.ordered = ordered
+        self._held: dict[int, Any] = {}
+        self._next = 0
+
+    def push(self, index: int, result: Any) -> list[Any]:
+        """Record the result of task ``index``; return the results that may be released now, in order."""
+        if not self.ordered:
+            return [result]
+        self._held[index] = result
+        out = []
+        while self._next in self._held:
+            out.append(self._held.pop(self._next))
+            self._next += 1
+        return out

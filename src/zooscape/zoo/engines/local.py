@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from zooscape.zoo.engines.base import _SINK, EngineError
+from zooscape.zoo.engines.base import _SINK, EngineError, TaskOrder
 
 __all__ = ["LocalEngine"]
 
@@ -162,8 +162,7 @@ class LocalEngine:
         call = self._call
         for i, task in enumerate(tasks):
             pool.task_q.put((call, i, fn, task))
-        pending: dict[int, R] = {}
-        next_index = 0
+        order = TaskOrder(ordered)
         done = 0
         finished = False
         try:
@@ -185,13 +184,7 @@ class LocalEngine:
                     raise EngineError(f"task {index} failed in a worker:\n{payload}")
                 else:
                     done += 1
-                    if not ordered:
-                        yield payload
-                        continue
-                    pending[index] = payload
-                    while next_index in pending:
-                        yield pending.pop(next_index)
-                        next_index += 1
+                    yield from order.push(index, payload)
             finished = True
         finally:
             if not finished:  # error or abandoned iterator: workers may still run our tasks

@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from zooscape.zoo.engines.base import _SINK, EngineError
+from zooscape.zoo.engines.base import _SINK, EngineError, TaskOrder
 
 __all__ = ["INSTALL_HINT", "RayEngine", "import_ray"]
 
@@ -350,8 +350,7 @@ class RayEngine:
             return value
 
         pending = list(refs)
-        buffered: dict[int, R] = {}
-        next_index = 0
+        order = TaskOrder(ordered)
         finished = False
         try:
             while pending:
@@ -362,14 +361,7 @@ class RayEngine:
                 ingest()
                 for ref in sorted(ready, key=index_of.__getitem__):
                     index = index_of[ref]
-                    value = collect(ref)
-                    if not ordered:
-                        yield value
-                        continue
-                    buffered[index] = value
-                    while next_index in buffered:
-                        yield buffered.pop(next_index)
-                        next_index += 1
+                    yield from order.push(index, collect(ref))
             finished = True
         finally:
             if not finished:  # error or abandoned iterator: stop tasks that would still write files
