@@ -24,7 +24,7 @@ import torch
 from zooscape.align import weight_matching
 from zooscape.data import load_dataset
 from zooscape.models import create_model
-from zooscape.sparsify import prune, pruned_barrier, renormalize, train_twins
+from zooscape.sparsify import masks, prune, pruned_barrier, renormalize, train_twins
 from zooscape.train import Member, TrainConfig, train_population
 
 
@@ -57,26 +57,72 @@ def bn_mlp(seed: int) -> torch.nn.Module:
     return create_model("mlp", input_size=784, depth=2, width=128, norm="bn", seed=seed)
 
 
+# pruners compared (label -> prune() arguments); the last three are diagnostics of the Fisher estimate
+PRUNER_RUNS = {
+    "globalmagni": {"method": "globalmagni"},
+    "magni": {"method": "magni"},
+    "diagfisher": {"method": "diagfisher"},
+    "woodfisherblock": {"method": "woodfisherblock"},
+    "diagfisher/exact": {"method": "diagfisher", "fisher": "exact"},
+    "diagfisher/val": {"method": "diagfisher", "split": "val"},
+    "woodfisherblock/val": {"method": "woodfisherblock", "split": "val"},
+}
+
+
+def quadratic_check(model: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The loss increase the Fisher quadratic model predicts for the pruning step ``dw`` (diagonal: the OBD sum
+    ``0.5 sum_q F_qq dw_q^2``; full: ``0.5 mean_i (g_i . dw)^2``, ``g_i`` per-sample gradients) against the actual
+    loss increase on the same samples (eval mode)."""
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, vmap
+
+    from zooscape.sparsify.prune import prunable_layers
+
+    names = [f"{n}.weight" for n, _ in prunable_layers(model)]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    state = {**params, **dict(model.named_buffers())}
+    model.eval()
+
+    def loss1(w, xi, yi):
+        return F.cross_entropy(functional_call(model, {**state, **w}, (xi[None],)), yi[None])
+
+    g = vmap(grad(loss1), in_dims=(None, 0, 0))({n: params[n] for n in names}, x, y)
+    new = dict(pruned.named_parameters())
+    dw = {n: new[n].detach() - params[n] for n in names}
+    diag = 0.5 * sum(float((g[n].pow(2).mean(0) * dw[n] ** 2).sum()) for n in names)
+    proj = sum((g[n] * dw[n]).flatten(1).sum(1) for n in names)
+    with torch.no_grad():
+        actual = float(F.cross_entropy(pruned.eval()(x), y) - F.cross_entropy(model(x), y))
+    return {"diag": diag, "full": 0.5 * float(proj.pow(2).mean()), "linear": float(proj.mean()), "actual": actual}
+
+
 def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_samples: int) -> dict:
     ds = load_dataset("mnist5k", seed=0, flat=True)
     cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3)
     res = train_population([bn_mlp(s) for s in seeds], ds, cfg, [Member(seed=s) for s in seeds])
     models = res.models
     out: dict = {"seeds": seeds, "sparsities": sparsities, "dense_test_acc": [accuracy(m, ds.test_x, ds.test_y)
-                                                                             for m in models], "acc": {}}
-    for method in ("globalmagni", "magni", "diagfisher", "woodfisherblock"):
+                                                                             for m in models],
+                 "train_loss": [h[-1]["train_loss"] for h in res.history], "acc": {}, "quadratic": {},
+                 "layer_sparsity": {}}
+    for label, kw in PRUNER_RUNS.items():
         for renorm in ("none", "reset_bn", "repair"):
-            out["acc"][f"{method}/{renorm}"] = [[None] * len(seeds) for _ in sparsities]
+            out["acc"][f"{label}/{renorm}"] = [[None] * len(seeds) for _ in sparsities]
+        out["quadratic"][label] = [[None] * len(seeds) for _ in sparsities]
+        out["layer_sparsity"][label] = [[None] * len(seeds) for _ in sparsities]
         for j, s in enumerate(sparsities):
             for i, m in enumerate(models):
-                p = prune(m, s, method, ds, n_samples=n_samples, block_size=128, seed=i)
-                out["acc"][f"{method}/none"][j][i] = accuracy(p, ds.test_x, ds.test_y)
+                p = prune(m, s, data=ds, n_samples=n_samples, block_size=128, seed=i, **kw)
+                out["acc"][f"{label}/none"][j][i] = accuracy(p, ds.test_x, ds.test_y)
+                out["layer_sparsity"][label][j][i] = [float((~v).float().mean()) for v in masks(p).values()]
+                idx = torch.randperm(ds.train_x.shape[0], generator=torch.Generator().manual_seed(i))[:n_samples]
+                out["quadratic"][label][j][i] = quadratic_check(m, p, ds.train_x[idx], ds.train_y[idx])
                 for renorm in ("reset_bn", "repair"):
                     r = renormalize(p, m, ds, renorm, n_samples=n_samples)
-                    out["acc"][f"{method}/{renorm}"][j][i] = accuracy(r, ds.test_x, ds.test_y)
-            print(f"{method} s={s}: " + ", ".join(
-                f"{k.split('/')[1]} {sum(v[j]) / len(v[j]):.3f}" for k, v in out["acc"].items()
-                if k.startswith(method + "/")), flush=True)
+                    out["acc"][f"{label}/{renorm}"][j][i] = accuracy(r, ds.test_x, ds.test_y)
+            print(f"{label} s={s}: " + ", ".join(
+                f"{k.split('/')[-1]} {sum(v[j]) / len(v[j]):.3f}" for k, v in out["acc"].items()
+                if k.rsplit("/", 1)[0] == label), flush=True)
     out["lmc"] = lmc_study(models[0], models[1], ds, sparsities, n_samples)
     return out
 
@@ -121,16 +167,31 @@ def plots(results: dict, out: Path) -> None:
     ax[0].legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "sparsify_twins.png")
+    plot_pruners(results["pruners"], out)
 
-    pr = results["pruners"]
+
+def plot_pruners(pr: dict, out: Path) -> None:
+    """Test accuracy vs sparsity per pruner (mean and std over seeds), one panel per re-normalisation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zooscape._io import save_figure
+
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
     for ax, renorm in zip(axes, ("none", "reset_bn", "repair")):
-        for k, method in enumerate(("globalmagni", "magni", "diagfisher", "woodfisherblock")):
-            acc = pr["acc"][f"{method}/{renorm}"]
-            ax.plot(pr["sparsities"], [sum(v) / len(v) for v in acc], marker="o", color=f"C{k}", label=method)
+        for k, label in enumerate(PRUNER_RUNS):
+            acc = pr["acc"].get(f"{label}/{renorm}")
+            if acc is None:
+                continue
+            mean = [sum(v) / len(v) for v in acc]
+            std = [(sum((a - mu) ** 2 for a in v) / max(len(v) - 1, 1)) ** 0.5 for v, mu in zip(acc, mean)]
+            ax.errorbar(pr["sparsities"], mean, yerr=std, marker="o", ms=3, capsize=2, color=f"C{k}",
+                        ls="--" if "/" in label else "-", label=label)
         ax.axhline(sum(pr["dense_test_acc"]) / len(pr["dense_test_acc"]), color="k", ls=":", label="dense")
-        ax.set(xlabel="sparsity", title=f"re-normalisation: {renorm}")
-    axes[0].set_ylabel("test accuracy (BN MLP, MNIST-5k)")
+        ax.set(xlabel="sparsity", title=f"re-normalisation: {renorm}", ylim=(0, 1))
+    axes[0].set_ylabel(f"test accuracy (BN MLP, MNIST-5k, {len(pr['seeds'])} seeds)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "sparsify_pruners.png")
@@ -142,13 +203,14 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=["pruners", "twins", "plots"], choices=["pruners", "twins", "plots"])
     ap.add_argument("--kl-scale", type=float, default=1e-2, help="twins' KL ramp (Model Zoos: 0.01)")
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    ap.add_argument("--figures", default=None, help="folder of the figures (default: --out)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     q = args.quick
     if "pruners" in args.stages:
-        res = pruner_study([0, 1] if q else [0, 1, 2], [0.5, 0.9] if q else [0.5, 0.7, 0.8, 0.9, 0.95],
+        res = pruner_study([0, 1] if q else [0, 1, 2, 3, 4], [0.5, 0.9] if q else [0.5, 0.7, 0.8, 0.9, 0.95],
                            2 if q else 20, 64 if q else 512)
         (out / "pruners.json").write_text(json.dumps(res, indent=1))
     if "twins" in args.stages:
@@ -161,7 +223,8 @@ def main() -> None:
               f"twins {tw['twin_seconds']:.0f}s", flush=True)
     if "plots" in args.stages:
         plots({"pruners": json.loads((out / "pruners.json").read_text()),
-               "twins": [json.loads(f.read_text()) for f in sorted(out.glob("twins_kl*.json"))]}, out)
+               "twins": [json.loads(f.read_text()) for f in sorted(out.glob("twins_kl*.json"))]},
+              Path(args.figures) if args.figures else out)
 
 
 if __name__ == "__main__":

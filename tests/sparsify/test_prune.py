@@ -1,5 +1,7 @@
 """One-shot pruning: exact sparsity, OBD/OBS closed forms, the block Fisher, masks through safetensors."""
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -7,7 +9,16 @@ from torch import nn
 
 from zooscape.data import load_dataset
 from zooscape.models import create_model
-from zooscape.sparsify import load_pruned, masks, obd_scores, obs_scores, obs_update, prune, sparsity_ratio
+from zooscape.sparsify import (
+    load_pruned,
+    masks,
+    obd_scores,
+    obs_scores,
+    obs_update,
+    prune,
+    saliencies,
+    sparsity_ratio,
+)
 from zooscape.sparsify.prune import fisher_blocks, prunable_layers
 
 
@@ -170,3 +181,123 @@ def test_masks_survive_saving_and_loading(tmp_path):
         bad = dict(load_file(str(path)))
         bad["module_list.0.weight_mask"] = torch.ones(3, dtype=torch.bool)
         load_pruned(create_model("cnn_s"), bad)
+
+
+# ------------------------------------------------- the Fisher behind the pruners, against independent loops
+def _bn_mlp_with_stats():
+    """A BN MLP (float64) whose running statistics differ from the defaults and from any batch's, with data."""
+    ds = _digits()
+    m = create_model("mlp", input_size=64, depth=2, width=16, norm="bn", seed=0).double()
+    x, y = ds.train_x[:40].double(), ds.train_y[:40]
+    m.train()
+    with torch.no_grad():
+        for k in range(3):
+            m(ds.train_x[100 * k:100 * k + 50].double() * (1 + k))
+    return m.eval(), x, y
+
+
+def _per_sample_grads(m, x, y, names, labels=None):
+    """Batch-size-1 autograd loop in eval mode (as the WoodFisher scripts): ``[n, P]`` per-sample gradients."""
+    out = []
+    for i in range(x.shape[0]):
+        m.zero_grad()
+        yi = y[i:i + 1] if labels is None else labels
+        nn.functional.cross_entropy(m(x[i:i + 1]), yi).backward()
+        out.append(torch.cat([m.get_parameter(n).grad.reshape(-1).clone() for n in names]))
+    return torch.stack(out)
+
+
+def test_diag_fisher_saliency_matches_an_independent_per_sample_loop_on_a_bn_network():
+    """OBD's F_qq is the mean of squared per-sample gradients with BN in eval mode (running statistics), not the
+    squared mean gradient."""
+    m, x, y = _bn_mlp_with_stats()
+    layers = prunable_layers(m)
+    names = [f"{n}.weight" for n, _ in layers]
+    damping = 1e-4
+    got = saliencies(m, "diagfisher", (x, y), n_samples=None, damping=damping, batch_size=7)
+    g = _per_sample_grads(m, x, y, names)
+    fisher, squared_mean = g.pow(2).mean(0), g.mean(0).pow(2)
+    off = 0
+    for name, layer in layers:
+        w = layer.weight.detach()
+        f = fisher[off:off + w.numel()].view(w.shape)
+        torch.testing.assert_close(got[name], 0.5 * (f + damping) * w * w, rtol=1e-9, atol=1e-15)
+        sq = squared_mean[off:off + w.numel()].view(w.shape)
+        assert not torch.allclose(got[name], 0.5 * (sq + damping) * w * w, rtol=1e-3)
+        off += w.numel()
+    assert not m.training
+    # prune removes exactly the lowest of these saliencies (global scope)
+    p = prune(m, 0.6, "diagfisher", (x, y), n_samples=None, damping=damping, batch_size=7)
+    kept = torch.cat([got[n][layer.weight_mask] for n, layer in prunable_layers(p)])
+    gone = torch.cat([got[n][~layer.weight_mask] for n, layer in prunable_layers(p)])
+    assert float(gone.max()) <= float(kept.min())
+
+
+def test_exact_fisher_saliency_is_the_expectation_over_the_model_labels():
+    m, x, y = _bn_mlp_with_stats()
+    x, y = x[:12], y[:12]
+    layers = prunable_layers(m)
+    names = [f"{n}.weight" for n, _ in layers]
+    got = saliencies(m, "diagfisher", (x, y), fisher="exact", n_samples=None, damping=0.0)
+    with torch.no_grad():
+        probs = torch.softmax(m(x), dim=1)
+    fisher = 0
+    for c in range(probs.shape[1]):
+        g = torch.stack([_per_sample_grads(m, x[i:i + 1], y, names, labels=torch.tensor([c]))[0]
+                         for i in range(x.shape[0])])
+        fisher = fisher + (probs[:, c:c + 1] * g.pow(2)).mean(0)
+    off = 0
+    for name, layer in layers:
+        w = layer.weight.detach()
+        torch.testing.assert_close(got[name], 0.5 * fisher[off:off + w.numel()].view(w.shape) * w * w,
+                                   rtol=1e-9, atol=1e-15)
+        off += w.numel()
+
+
+def test_obd_saliency_is_the_exact_loss_increase_on_least_squares():
+    """A linear model at its least-squares minimum: the loss 0.5 mean ||W x + b - y||^2 is quadratic with Hessian
+    diagonal equal to the exact Gaussian Fisher's, so OBD's saliency is the loss increase of zeroing one weight."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64) + 0.5
+    y = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    m = nn.Linear(5, 3).double()
+    sol = torch.linalg.lstsq(torch.cat([x, torch.ones(40, 1, dtype=torch.float64)], 1), y).solution  # [6, 3]
+    with torch.no_grad():
+        m.weight.copy_(sol[:5].T)
+        m.bias.copy_(sol[5])
+    loss = lambda mm: float(0.5 * (mm(x) - y).pow(2).sum(1).mean().detach())  # noqa: E731
+    base = loss(m)
+    s = saliencies(m, "diagfisher", (x, y), fisher="exact", n_samples=None, damping=0.0)[""]
+    for o in range(3):
+        for j in range(5):
+            mm = copy.deepcopy(m)
+            with torch.no_grad():
+                mm.weight[o, j] = 0.0
+            assert loss(mm) - base == pytest.approx(float(s[o, j]), rel=1e-9)
+
+
+def test_fisher_blocks_on_a_bn_network_use_eval_mode_per_sample_gradients():
+    m, x, y = _bn_mlp_with_stats()
+    names = ["module_list.6.weight"]
+    inv = fisher_blocks(m, x, y, names, block_size=16, damping=1e-3, batch_size=9)["module_list.6.weight"]
+    g = _per_sample_grads(m, x, y, names)  # [40, 160]
+    fisher = g.T @ g / x.shape[0]
+    for b in range(inv.shape[0]):
+        blk = fisher[16 * b:16 * b + 16, 16 * b:16 * b + 16] + 1e-3 * torch.eye(16, dtype=torch.float64)
+        torch.testing.assert_close(inv[b], torch.linalg.inv(blk), rtol=1e-7, atol=1e-7)
+
+
+def test_fisher_split_and_errors():
+    ds = _digits()
+    m = _mlp()
+    a = saliencies(m, "diagfisher", ds, split="val", n_samples=None)
+    b = saliencies(m, "diagfisher", (ds.val_x, ds.val_y), n_samples=None)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    with pytest.raises(ValueError, match="fisher"):
+        prune(m, 0.5, "diagfisher", ds, fisher="true")
+    with pytest.raises(ValueError, match="empirical"):
+        prune(m, 0.5, "woodfisherblock", ds, fisher="exact")
+    mag = saliencies(m, "globalmagni")
+    for n, layer in prunable_layers(m):
+        assert torch.equal(mag[n], layer.weight.detach().abs())

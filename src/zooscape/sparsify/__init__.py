@@ -6,7 +6,8 @@ Pure functions of models and data (never imports :mod:`zooscape.zoo` or :mod:`zo
   (Molchanov et al. 2017) and back to the deterministic sparse model; :func:`sparsity_ratio`;
 - :func:`train_twins`: a population of sparsified twins trained at once by :func:`zooscape.train.train_population`;
 - :func:`prune`: one-shot pruning (``globalmagni``, ``magni``, ``diagfisher``, ``woodfisherblock``) with the masks
-  kept in the model; :func:`renormalize`: reset-BN / REPAIR / RESCALE after pruning (:mod:`zooscape.align`'s code);
+  kept in the model (:func:`saliencies`: the scores it ranks by); :func:`renormalize`: reset-BN / REPAIR / RESCALE
+  after pruning (:mod:`zooscape.align`'s code);
   :func:`pruned_barrier`: the linear-mode-connectivity barrier between two pruned models.
 
 See docs/sparsify.md.
@@ -32,14 +33,27 @@ from .ard import (
     sparsity_ratio,
     to_ard,
 )
-from .prune import PRUNERS, apply_masks, load_pruned, masks, obd_scores, obs_scores, obs_update, prune, strip_masks
+from .prune import (
+    FISHERS,
+    PRUNERS,
+    apply_masks,
+    load_pruned,
+    masks,
+    obd_scores,
+    obs_scores,
+    obs_update,
+    prune,
+    saliencies,
+    strip_masks,
+)
 from .renorm import RENORM_METHODS, pruned_barrier, renormalize
 from .twins import TWIN_CONFIG, train_twins, twin_metrics
 
 __all__ = [
+    "FISHERS",
     "K1", "K2", "K3", "LOG_SIGMA2_INIT", "PRUNERS", "RENORM_METHODS", "THRESHOLD", "TWIN_CONFIG", "ARDControl",
     "ARDConv2d", "ARDLinear", "PopARDConv2d", "PopARDLinear", "apply_masks", "ard_kl", "from_ard", "kl_approx",
     "kl_weight", "load_pruned", "log_alpha", "masks", "obd_scores", "obs_scores", "obs_update", "prune",
-    "pruned_barrier", "renormalize", "sparse_state_dict", "sparsity_ratio", "strip_masks", "to_ard",
+    "pruned_barrier", "renormalize", "saliencies", "sparse_state_dict", "sparsity_ratio", "strip_masks", "to_ard",
     "train_twins", "twin_metrics",
 ]

@@ -8,9 +8,12 @@ Pruners (the names of the Rethink Re-Basin / WoodFisher scripts):
 
 - ``globalmagni``: the smallest ``|w|`` over all prunable weights;
 - ``magni``: the smallest ``|w|`` of every layer (each layer pruned to ``sparsity``);
-- ``diagfisher``: optimal brain damage with the diagonal empirical Fisher as the Hessian, saliency
+- ``diagfisher``: optimal brain damage with a diagonal Fisher as the Hessian, saliency
   ``rho_q = 0.5 (F_qq + damping) w_q^2`` (no weight update: with a diagonal Hessian the OBS update only touches
-  the removed weight);
+  the removed weight). ``F_qq`` is the mean of squared per-sample gradients (never the square of a batch-mean
+  gradient), in eval mode: ``fisher="empirical"`` at the data's labels (the WoodFisher / Rethink scripts) or
+  ``fisher="exact"``, the expectation over the model's own predictive distribution (for softmax cross entropy the
+  Gauss-Newton diagonal, the Hessian approximation of LeCun et al.);
 - ``woodfisherblock``: optimal brain surgeon with a block-diagonal empirical Fisher
   ``F_B = damping I + (1/m) sum_i g_i g_i^T`` over blocks of ``block_size`` consecutive weights of a layer,
   saliency ``rho_q = w_q^2 / (2 [F^-1]_qq)``; the weights kept in a block are updated jointly for all weights
@@ -42,12 +45,13 @@ from zooscape.landscape import fisher_diagonal
 from zooscape.landscape._hvp import eval_mode, functional_state
 
 __all__ = [
-    "PRUNERS", "SCOPES", "apply_masks", "fisher_blocks", "load_pruned", "masks", "obd_scores", "obs_scores",
-    "obs_update", "prunable_layers", "prune", "strip_masks",
+    "FISHERS", "PRUNERS", "SCOPES", "apply_masks", "fisher_blocks", "load_pruned", "masks", "obd_scores",
+    "obs_scores", "obs_update", "prunable_layers", "prune", "saliencies", "strip_masks",
 ]
 
 PRUNERS = ("globalmagni", "magni", "diagfisher", "woodfisherblock")
 SCOPES = ("global", "layer")
+FISHERS = ("empirical", "exact")
 _DEFAULT_SCOPE = {"globalmagni": "global", "magni": "layer", "diagfisher": "global", "woodfisherblock": "global"}
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MASK = "weight_mask"
@@ -158,10 +162,10 @@ def obs_update(weight: Tensor, h_inv: Tensor, remove: Tensor) -> tuple[Tensor, T
 
 
 # ------------------------------------------------------------------------------------------ data / Fisher
-def _xy(data: Any, n_samples: int | None, seed: int) -> tuple[Tensor, Tensor]:
-    """The training split's ``(x, y)`` (any form :func:`zooscape.data.adapt.get_split` takes); ``n_samples`` of
+def _xy(data: Any, n_samples: int | None, seed: int, split: str = "train") -> tuple[Tensor, Tensor]:
+    """The ``split``'s ``(x, y)`` (any form :func:`zooscape.data.adapt.get_split` takes); ``n_samples`` of
     them drawn without replacement with ``seed`` (all when None or larger)."""
-    x, y = get_split(data, "train")
+    x, y = get_split(data, split)
     if n_samples is not None and n_samples < x.shape[0]:
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -252,6 +256,64 @@ def _select(scores: list[Tensor], sparsity: float, scope: str) -> list[Tensor]:
     return keep
 
 
+def _likelihood(y: Tensor) -> str:
+    return "gaussian" if y.is_floating_point() else "categorical"
+
+
+def _scores(model: nn.Module, layers: list[tuple[str, nn.Module]], method: str, data: Any, *, fisher: str,
+            split: str, block_size: int, damping: float, n_samples: int | None, batch_size: int,
+            seed: int) -> tuple[list[Tensor], dict[str, Tensor]]:
+    """Per-layer saliencies (weight shape) and, for ``woodfisherblock``, the inverse Fisher blocks."""
+    if method not in PRUNERS:
+        raise ValueError(f"method must be one of {PRUNERS}, got {method!r}")
+    if fisher not in FISHERS:
+        raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
+    names = [f"{n}.weight" if n else "weight" for n, _ in layers]
+    weights = [m.weight.detach() for _, m in layers]
+    if method in ("globalmagni", "magni"):
+        return [w.abs() for w in weights], {}
+    if data is None:
+        raise ValueError(f"method {method!r} needs data (a DataSplits, an (x, y) pair or a loader)")
+    x, y = _xy(data, n_samples, seed, split)
+    if method == "diagfisher":
+        fd = fisher_diagonal(model, x, y if fisher == "empirical" else None, kind=fisher,
+                             likelihood=_likelihood(y), param_names=names, batch_size=batch_size)
+        return [obd_scores(w, fd[n].to(w) + damping) for n, w in zip(names, weights)], {}
+    if fisher != "empirical":
+        raise ValueError(f"woodfisherblock uses the empirical Fisher; got fisher={fisher!r}")
+    inv = fisher_blocks(model, x, y, names, block_size, damping, batch_size)
+    scores = []
+    for n, w in zip(names, weights):
+        flat = F.pad(w.reshape(-1).to(torch.float64), (0, inv[n].shape[0] * block_size - w.numel()))
+        s = (flat.view(-1, block_size) ** 2) / (2.0 * torch.diagonal(inv[n], dim1=1, dim2=2))
+        scores.append(s.reshape(-1)[: w.numel()].view(w.shape))
+    return scores, inv
+
+
+def saliencies(model: nn.Module, method: str = "globalmagni", data: Any = None, *,
+               modules: Sequence[str] | None = None, fisher: str = "empirical", split: str = "train",
+               block_size: int = 128, damping: float = 1e-5, n_samples: int | None = 1000, batch_size: int = 64,
+               seed: int = 0) -> dict[str, Tensor]:
+    """The saliency :func:`prune` ranks the weights by (lowest pruned first), per layer.
+
+    Args:
+        model: the network (not modified). method, data, modules, fisher, split, block_size, damping, n_samples,
+            batch_size, seed: as :func:`prune`.
+
+    Returns:
+        ``{layer name: saliency of its weight's shape}``: ``|w|`` (magnitude), ``0.5 (F_qq + damping) w_q^2``
+        (``diagfisher``, OBD; the predicted loss increase of removing ``w_q`` alone) or ``w_q^2 / (2 [F_B^-1]_qq)``
+        (``woodfisherblock``, OBS).
+
+    References:
+        LeCun et al. (1990); Hassibi & Stork (1993); Singh & Alistarh (2020).
+    """
+    layers = prunable_layers(model, modules)
+    scores, _ = _scores(model, layers, method, data, fisher=fisher, split=split, block_size=block_size,
+                        damping=damping, n_samples=n_samples, batch_size=batch_size, seed=seed)
+    return {n: sc for (n, _), sc in zip(layers, scores)}
+
+
 def prune(
     model: nn.Module,
     sparsity: float,
@@ -260,6 +322,8 @@ def prune(
     *,
     scope: str | None = None,
     modules: Sequence[str] | None = None,
+    fisher: str = "empirical",
+    split: str = "train",
     block_size: int = 128,
     damping: float = 1e-5,
     n_samples: int | None = 1000,
@@ -279,6 +343,11 @@ def prune(
         scope: ``"global"`` or ``"layer"``; default ``"layer"`` for ``magni``, ``"global"`` otherwise
             (``globalmagni``/``magni`` fix their own scope).
         modules: names of the layers to prune (default: every Linear/Conv layer).
+        fisher: ``diagfisher``'s Fisher: ``"empirical"`` (default; squared per-sample gradients at the data's
+            labels) or ``"exact"`` (expectation over the model's predictive distribution; C gradients per input).
+            ``woodfisherblock`` uses the empirical Fisher.
+        split: the split of ``data`` the Fisher is estimated on (default ``"train"``, as the WoodFisher scripts;
+            ``"val"`` estimates it on data the model was not fitted to, see docs/sparsify.md).
         block_size: WoodFisher block size ``c`` (consecutive weights of one layer per block).
         damping: Fisher damping ``lambda`` (WoodFisher and diagonal Fisher), Singh & Alistarh's default ``1e-5``.
         n_samples: samples for the empirical Fisher (``m``; all when None).
@@ -306,24 +375,8 @@ def prune(
     new = copy.deepcopy(model)
     layers = prunable_layers(new, modules)
     names = [f"{n}.weight" if n else "weight" for n, _ in layers]
-    weights = [m.weight.detach() for _, m in layers]
-    inv: dict[str, Tensor] = {}
-    if method in ("globalmagni", "magni"):
-        scores = [w.abs() for w in weights]
-    else:
-        if data is None:
-            raise ValueError(f"method {method!r} needs data (a DataSplits, an (x, y) pair or a loader)")
-        x, y = _xy(data, n_samples, seed)
-        if method == "diagfisher":
-            fd = fisher_diagonal(new, x, y, kind="empirical", param_names=names, batch_size=batch_size)
-            scores = [obd_scores(w, fd[n].to(w) + damping) for n, w in zip(names, weights)]
-        else:
-            inv = fisher_blocks(new, x, y, names, block_size, damping, batch_size)
-            scores = []
-            for n, w in zip(names, weights):
-                flat = F.pad(w.reshape(-1).to(torch.float64), (0, inv[n].shape[0] * block_size - w.numel()))
-                s = (flat.view(-1, block_size) ** 2) / (2.0 * torch.diagonal(inv[n], dim1=1, dim2=2))
-                scores.append(s.reshape(-1)[: w.numel()].view(w.shape))
+    scores, inv = _scores(new, layers, method, data, fisher=fisher, split=split, block_size=block_size,
+                          damping=damping, n_samples=n_samples, batch_size=batch_size, seed=seed)
     keep = _select(scores, float(sparsity), scope)
     with torch.no_grad():
         for (_, layer), n, k in zip(layers, names, keep):
