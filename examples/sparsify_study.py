@@ -96,7 +96,8 @@ def quadratic_check(model: torch.nn.Module, pruned: torch.nn.Module, x: torch.Te
     return {"diag": diag, "full": 0.5 * float(proj.pow(2).mean()), "linear": float(proj.mean()), "actual": actual}
 
 
-def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_samples: int) -> dict:
+def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_samples: int,
+                 runs: list[str] | None = None, lmc: bool = True) -> dict:
     ds = load_dataset("mnist5k", seed=0, flat=True)
     cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3)
     res = train_population([bn_mlp(s) for s in seeds], ds, cfg, [Member(seed=s) for s in seeds])
@@ -105,7 +106,8 @@ def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_sampl
                                                                              for m in models],
                  "train_loss": [h[-1]["train_loss"] for h in res.history], "acc": {}, "quadratic": {},
                  "layer_sparsity": {}}
-    for label, kw in PRUNER_RUNS.items():
+    for label in runs or list(PRUNER_RUNS):
+        kw = PRUNER_RUNS[label]
         for renorm in ("none", "reset_bn", "repair"):
             out["acc"][f"{label}/{renorm}"] = [[None] * len(seeds) for _ in sparsities]
         out["quadratic"][label] = [[None] * len(seeds) for _ in sparsities]
@@ -123,7 +125,9 @@ def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_sampl
             print(f"{label} s={s}: " + ", ".join(
                 f"{k.split('/')[-1]} {sum(v[j]) / len(v[j]):.3f}" for k, v in out["acc"].items()
                 if k.rsplit("/", 1)[0] == label), flush=True)
-    out["lmc"] = lmc_study(models[0], models[1], ds, sparsities, n_samples)
+    out["epochs"] = epochs
+    if lmc:
+        out["lmc"] = lmc_study(models[0], models[1], ds, sparsities, n_samples)
     return out
 
 
@@ -170,8 +174,9 @@ def plots(results: dict, out: Path) -> None:
     plot_pruners(results["pruners"], out)
 
 
-def plot_pruners(pr: dict, out: Path) -> None:
-    """Test accuracy vs sparsity per pruner (mean and std over seeds), one panel per re-normalisation."""
+def plot_pruners(results: list[dict], out: Path) -> None:
+    """Test accuracy vs sparsity per pruner (mean and std over seeds): one row per training length (``epochs``),
+    one panel per re-normalisation; Fisher-estimate variants dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,20 +184,23 @@ def plot_pruners(pr: dict, out: Path) -> None:
 
     from zooscape._io import save_figure
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
-    for ax, renorm in zip(axes, ("none", "reset_bn", "repair")):
-        for k, label in enumerate(PRUNER_RUNS):
-            acc = pr["acc"].get(f"{label}/{renorm}")
-            if acc is None:
-                continue
-            mean = [sum(v) / len(v) for v in acc]
-            std = [(sum((a - mu) ** 2 for a in v) / max(len(v) - 1, 1)) ** 0.5 for v, mu in zip(acc, mean)]
-            ax.errorbar(pr["sparsities"], mean, yerr=std, marker="o", ms=3, capsize=2, color=f"C{k}",
-                        ls="--" if "/" in label else "-", label=label)
-        ax.axhline(sum(pr["dense_test_acc"]) / len(pr["dense_test_acc"]), color="k", ls=":", label="dense")
-        ax.set(xlabel="sparsity", title=f"re-normalisation: {renorm}", ylim=(0, 1))
-    axes[0].set_ylabel(f"test accuracy (BN MLP, MNIST-5k, {len(pr['seeds'])} seeds)")
-    axes[0].legend(fontsize=8)
+    fig, axes = plt.subplots(len(results), 3, figsize=(12, 3.4 * len(results)), sharey=True, squeeze=False)
+    for row, pr in zip(axes, results):
+        for ax, renorm in zip(row, ("none", "reset_bn", "repair")):
+            for k, label in enumerate(PRUNER_RUNS):
+                acc = pr["acc"].get(f"{label}/{renorm}")
+                if acc is None:
+                    continue
+                mean = [sum(v) / len(v) for v in acc]
+                std = [(sum((a - mu) ** 2 for a in v) / max(len(v) - 1, 1)) ** 0.5 for v, mu in zip(acc, mean)]
+                ax.errorbar(pr["sparsities"], mean, yerr=std, marker="o", ms=3, capsize=2, color=f"C{k}",
+                            ls="--" if "/" in label else "-", label=label)
+            ax.axhline(sum(pr["dense_test_acc"]) / len(pr["dense_test_acc"]), color="k", ls=":", label="dense")
+            ax.set(xlabel="sparsity", title=f"{pr.get('epochs', 20)} epochs, re-normalisation: {renorm}",
+                   ylim=(0, 1))
+        row[0].set_ylabel(f"test accuracy ({len(pr['seeds'])} seeds)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("one-shot pruning of a BN MLP 784-128-128-10 on MNIST-5k", fontsize=10)
     fig.tight_layout()
     save_figure(fig, out / "sparsify_pruners.png")
 
@@ -200,19 +208,28 @@ def plot_pruners(pr: dict, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/sparsify_results")
-    ap.add_argument("--stages", nargs="+", default=["pruners", "twins", "plots"], choices=["pruners", "twins", "plots"])
+    ap.add_argument("--stages", nargs="+", default=["pruners", "twins", "plots"],
+                    choices=["pruners", "twins", "plots", "pruner-plot"],
+                    help="'pruner-plot' draws only the pruner figure")
     ap.add_argument("--kl-scale", type=float, default=1e-2, help="twins' KL ramp (Model Zoos: 0.01)")
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     ap.add_argument("--figures", default=None, help="folder of the figures (default: --out)")
+    ap.add_argument("--pruner-epochs", type=int, default=20,
+                    help="training epochs of the BN MLPs (20: pruners.json; else pruners_e<N>.json, no LMC stage)")
+    ap.add_argument("--runs", nargs="+", choices=list(PRUNER_RUNS), default=None, help="pruner runs (default all)")
+    ap.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.8, 0.9, 0.95])
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     q = args.quick
     if "pruners" in args.stages:
-        res = pruner_study([0, 1] if q else [0, 1, 2, 3, 4], [0.5, 0.9] if q else [0.5, 0.7, 0.8, 0.9, 0.95],
-                           2 if q else 20, 64 if q else 512)
-        (out / "pruners.json").write_text(json.dumps(res, indent=1))
+        epochs = 2 if q else args.pruner_epochs
+        res = pruner_study([0, 1] if q else [0, 1, 2, 3, 4],
+                           [0.5, 0.9] if q else args.sparsities, epochs, 64 if q else 512,
+                           runs=args.runs, lmc=epochs == 20)
+        name = "pruners.json" if epochs == 20 else f"pruners_e{epochs}.json"
+        (out / name).write_text(json.dumps(res, indent=1))
     if "twins" in args.stages:
         tw = twins_study(2 if q else 8, 1 if q else 30, 2 if q else 25, args.kl_scale)
         (out / f"twins_kl{args.kl_scale:g}.json").write_text(json.dumps(tw, indent=1))
@@ -221,10 +238,14 @@ def main() -> None:
         print(f"twins: sparsity {sum(sp) / len(sp):.3f} (min {min(sp):.3f}), accuracy loss "
               f"{sum(drop) / len(drop):.4f} (max {max(drop):.4f}); source {tw['source_seconds']:.0f}s, "
               f"twins {tw['twin_seconds']:.0f}s", flush=True)
+    figures = Path(args.figures) if args.figures else out
+    pruners = [json.loads(f.read_text()) for f in [out / "pruners.json", *sorted(out.glob("pruners_e*.json"))]
+               if f.exists()]
+    if "pruner-plot" in args.stages:
+        plot_pruners(pruners, figures)
     if "plots" in args.stages:
-        plots({"pruners": json.loads((out / "pruners.json").read_text()),
-               "twins": [json.loads(f.read_text()) for f in sorted(out.glob("twins_kl*.json"))]},
-              Path(args.figures) if args.figures else out)
+        plots({"pruners": pruners,
+               "twins": [json.loads(f.read_text()) for f in sorted(out.glob("twins_kl*.json"))]}, figures)
 
 
 if __name__ == "__main__":
