@@ -9,17 +9,8 @@ from torch import nn
 
 from zooscape.data import load_dataset
 from zooscape.models import create_model
-from zooscape.sparsify import (
-    load_pruned,
-    masks,
-    obd_scores,
-    obs_scores,
-    obs_update,
-    prune,
-    saliencies,
-    sparsity_ratio,
-)
-from zooscape.sparsify.prune import fisher_blocks, prunable_layers
+from zooscape.sparsify import load_pruned, masks, obd_scores, obs_scores, obs_update, prune, sparsity_ratio
+from zooscape.sparsify.prune import fisher_blocks, prunable_layers, saliencies
 
 
 def _mlp(seed=0):
