@@ -66,7 +66,11 @@ PRUNER_RUNS = {
     "diagfisher/exact": {"method": "diagfisher", "fisher": "exact"},
     "diagfisher/val": {"method": "diagfisher", "split": "val"},
     "woodfisherblock/val": {"method": "woodfisherblock", "split": "val"},
+    "diagfisher/damping1e-4": {"method": "diagfisher", "damping": 1e-4},
+    "diagfisher/damping1e-3": {"method": "diagfisher", "damping": 1e-3},
+    "diagfisher/damping1e-2": {"method": "diagfisher", "damping": 1e-2},
 }
+DEFAULT_RUNS = [k for k in PRUNER_RUNS if "damping" not in k]
 
 
 def quadratic_check(model: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -106,7 +110,7 @@ def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_sampl
                                                                              for m in models],
                  "train_loss": [h[-1]["train_loss"] for h in res.history], "acc": {}, "quadratic": {},
                  "layer_sparsity": {}}
-    for label in runs or list(PRUNER_RUNS):
+    for label in runs or DEFAULT_RUNS:
         kw = PRUNER_RUNS[label]
         for renorm in ("none", "reset_bn", "repair"):
             out["acc"][f"{label}/{renorm}"] = [[None] * len(seeds) for _ in sparsities]
@@ -187,7 +191,7 @@ def plot_pruners(results: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(len(results), 3, figsize=(12, 3.4 * len(results)), sharey=True, squeeze=False)
     for row, pr in zip(axes, results):
         for ax, renorm in zip(row, ("none", "reset_bn", "repair")):
-            for k, label in enumerate(PRUNER_RUNS):
+            for k, label in enumerate(DEFAULT_RUNS):
                 acc = pr["acc"].get(f"{label}/{renorm}")
                 if acc is None:
                     continue
@@ -216,8 +220,10 @@ def main() -> None:
     ap.add_argument("--figures", default=None, help="folder of the figures (default: --out)")
     ap.add_argument("--pruner-epochs", type=int, default=20,
                     help="training epochs of the BN MLPs (20: pruners.json; else pruners_e<N>.json, no LMC stage)")
-    ap.add_argument("--runs", nargs="+", choices=list(PRUNER_RUNS), default=None, help="pruner runs (default all)")
+    ap.add_argument("--runs", nargs="+", choices=list(PRUNER_RUNS), default=None,
+                    help="pruner runs (default: all but the diagfisher damping sweep)")
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.8, 0.9, 0.95])
+    ap.add_argument("--name", default=None, help="JSON name of the pruner stage (no LMC stage when given)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -227,8 +233,9 @@ def main() -> None:
         epochs = 2 if q else args.pruner_epochs
         res = pruner_study([0, 1] if q else [0, 1, 2, 3, 4],
                            [0.5, 0.9] if q else args.sparsities, epochs, 64 if q else 512,
-                           runs=args.runs, lmc=epochs == 20)
-        name = "pruners.json" if epochs == 20 else f"pruners_e{epochs}.json"
+                           runs=args.runs, lmc=epochs == 20 and args.name is None)
+        name = args.name or ("pruners" if epochs == 20 else f"pruners_e{epochs}")
+        name += ".json"
         (out / name).write_text(json.dumps(res, indent=1))
     if "twins" in args.stages:
         tw = twins_study(2 if q else 8, 1 if q else 30, 2 if q else 25, args.kl_scale)
