@@ -189,8 +189,13 @@ def fisher_trace_estimate(model: nn.Module, x: Tensor, y: Tensor | None = None, 
     References:
         Achille, Rovere and Soatto, 2019 (Fisher trace during training); Kunstner, Balles and Hennig, 2019.
     """
-    kind = kwargs.get("kind", "sampled")
     _, t = _fisher_pass(model, x, y, **{**_PASS_DEFAULTS, **kwargs})
+    return trace_from_samples(t, kwargs.get("kind", "sampled"))
+
+
+def trace_from_samples(t: Tensor, kind: str) -> FisherTrace:
+    """The :class:`FisherTrace` of squared per-sample gradient norms ``t`` ``[n, draws]`` (see
+    :func:`fisher_trace_estimate` for the standard error; it is 0 for the kinds that draw nothing)."""
     n, draws = t.shape
     estimate = float(t.mean())
     if kind != "sampled":
