@@ -51,6 +51,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_device(r)
     add_quiet(r)
     add_workers_engine(r, what="the per-model (or per-pair) tasks")
+    r.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="hessian, fisher: models per task, computed as one stacked population (default 4; peak "
+                        "memory about N times one model's); 0: one model per task (the per-model reference path)")
     add_log(r)
     r.set_defaults(func=cmd_run)
 
@@ -103,11 +106,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = parse_settings(args.settings)
     settings = metric_params(args.metric, overrides)
+    if args.chunk_size is not None and args.chunk_size < 0:
+        raise ValueError(f"--chunk-size must be >= 0, got {args.chunk_size}")
+    chunk = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     with logged_analyses(args, args.dir, f"metrics-{args.metric}"):
         rows = run_metrics(args.dir, args.metric, epoch=args.epoch, params=overrides, model_ids=models,
                            engine=args.engine, workers=args.workers, device=args.device, progress=say(args.quiet),
-                           engine_options=engine_options(args))
+                           engine_options=engine_options(args), **chunk)
     marker = MARKERS[args.metric]
     print(f"{len(rows)} rows stored in {args.dir} ({sum(r['metric'] == marker for r in rows)} new results)")
     with open_zoo(args.dir) as zoo:

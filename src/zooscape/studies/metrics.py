@@ -14,11 +14,17 @@ whose rows are already in the catalog with the same ``params`` is skipped, so re
 resumes it, and running with other settings adds new rows.
 
 Grid cells (for the pairwise metrics) are defined once for every study in :mod:`zooscape.studies.cells`.
+
+The Hessian and Fisher metrics are computed for a whole population of models per task
+(:mod:`zooscape.landscape.population`: the models of one architecture and data set at one epoch, at most
+``chunk_size`` of them, as one stacked network); the rows are the same as those of the per-model path
+(:func:`compute_metric`, kept as the slow reference: ``chunk_size=0``), up to float rounding.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +41,9 @@ __all__ = [
     "PAIRWISE",
     "MetricPlan",
     "MetricTask",
+    "POPULATION",
     "compute_metric",
+    "compute_population_metric",
     "metric_params",
     "plan_metric_tasks",
     "run_metric_task",
@@ -55,6 +63,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: Metrics computed on pairs of models (every seed pair of a grid cell).
 PAIRWISE = frozenset({"cka"})
+#: Metrics computed for a population of models per task (``chunk_size`` models at most).
+POPULATION = frozenset({"hessian", "fisher"})
+#: Default models per population task: peak memory is about this many times one model's (the autograd graphs of
+#: the population's members; ``bench/analyses.py`` measures it against the per-model loop).
+DEFAULT_CHUNK_SIZE = 4
 #: The row whose presence marks a task as done (a task's rows are committed together).
 MARKERS = {"hessian": "hessian_top_eigenvalue", "fisher": "fisher_trace", "spectra": "spectra_alpha", "cka": "cka"}
 
@@ -179,15 +192,9 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
                                  max_iter=params["max_iter"], tol=params["tol"], seed=params["seed"])
         tr = ls.trace(op, method=params["trace_method"], num_matvecs=params["num_probes"],
                       block_size=params["block_size"], seed=params["seed"] + 1)
-        out = {"hessian_top_eigenvalue": float(eig.eigenvalues[0]),
-               "hessian_top_eigenvalue_residual": float(eig.residuals[0]),
-               "hessian_trace": tr.estimate, "hessian_trace_se": tr.std_error, "hessian_loss": float(op.loss())}
-        for i in range(1, params["top_k"]):
-            out[f"hessian_eigenvalue_{i + 1}"] = float(eig.eigenvalues[i])
-        return out
+        return _hessian_values(eig, tr, float(op.loss()), params)
     if metric == "fisher":
-        likelihood = "categorical" if data.task == "classification" else "gaussian"
-        est = ls.fisher_trace_estimate(models[0], x, y, kind=params["kind"], likelihood=likelihood,
+        est = ls.fisher_trace_estimate(models[0], x, y, kind=params["kind"], likelihood=_likelihood(data),
                                        num_samples=params["num_samples"], batch_size=params["batch_size"],
                                        device=device, seed=params["seed"])
         return {"fisher_trace": est.estimate, "fisher_trace_se": est.std_error}
@@ -195,6 +202,61 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
         fa, fb = (_cka_features(m, x, params, device) for m in models)
         return {"cka": _cka_value(fa, fb, params)}
     raise ValueError(f"metric must be one of {sorted(DEFAULTS)}, got {metric!r}")
+
+
+def _likelihood(data: Any) -> str:
+    return "categorical" if data.task == "classification" else "gaussian"
+
+
+def _hessian_values(eig: Any, tr: Any, loss: float, params: Mapping[str, Any]) -> dict[str, float]:
+    """The catalog rows of one model's Hessian metric from its eigenpairs, trace estimate and loss."""
+    out = {"hessian_top_eigenvalue": float(eig.eigenvalues[0]),
+           "hessian_top_eigenvalue_residual": float(eig.residuals[0]),
+           "hessian_trace": tr.estimate, "hessian_trace_se": tr.std_error, "hessian_loss": loss}
+    for i in range(1, params["top_k"]):
+        out[f"hessian_eigenvalue_{i + 1}"] = float(eig.eigenvalues[i])
+    return out
+
+
+def compute_population_metric(metric: str, models: Sequence[Any], data: Any, params: Mapping[str, Any],
+                              device: str = "cpu") -> list[dict[str, float]]:
+    """Compute the Hessian or Fisher metric of N models of one architecture as one population.
+
+    Uses :mod:`zooscape.landscape.population` (one pass through the stacked network for all N models); each
+    model's values equal those of :func:`compute_metric` (same samples, same seeds) up to float rounding.
+
+    Args:
+        metric: ``"hessian"`` or ``"fisher"``.
+        models: N >= 1 models of one architecture, trained on ``data``.
+        data: the ``DataSplits`` the models were trained on.
+        params: settings from :func:`metric_params`.
+        device: torch device.
+
+    Returns:
+        list of N dicts metric name -> value (the names stored in the catalog), in model order.
+    """
+    import torch
+
+    from zooscape.landscape import population as lp
+
+    if metric not in POPULATION:
+        raise ValueError(f"metric {metric!r} has no population path (population metrics: {sorted(POPULATION)})")
+    x, y = _subset(data, params)
+    if metric == "hessian":
+        dtype = torch.float64 if params["dtype"] == "float64" else None
+        op = lp.population_hessian_operator(models, _loss_fn(data), x, y, batch_size=params["batch_size"],
+                                            device=device, dtype=dtype)
+        eigs = lp.population_top_eigenvalues(op, k=params["top_k"], method=params["method"],
+                                             num_steps=params["num_steps"], max_iter=params["max_iter"],
+                                             tol=params["tol"], seed=params["seed"])
+        traces = lp.population_trace(op, method=params["trace_method"], num_matvecs=params["num_probes"],
+                                     block_size=params["block_size"], seed=params["seed"] + 1)
+        losses = op.loss().tolist()
+        return [_hessian_values(e, t, float(v), params) for e, t, v in zip(eigs, traces, losses)]
+    ests = lp.population_fisher_trace_estimate(models, x, y, kind=params["kind"], likelihood=_likelihood(data),
+                                               num_samples=params["num_samples"], batch_size=params["batch_size"],
+                                               device=device, seed=params["seed"])
+    return [{"fisher_trace": e.estimate, "fisher_trace_se": e.std_error} for e in ests]
 
 
 def _cka_features(model: Any, x: Any, params: Mapping[str, Any], device: str) -> Any:
@@ -240,6 +302,8 @@ class MetricTask:
         device: torch device.
         pairs: for a pairwise metric, the seed pairs of one cell to compute (``model_ids`` then lists every model
             they need, and each model's representation is computed once).
+        population: compute the models of ``model_ids`` (one architecture and data set) as one population
+            (:func:`compute_population_metric`).
     """
 
     root: str
@@ -249,6 +313,7 @@ class MetricTask:
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     pairs: tuple[tuple[str, str], ...] = ()
+    population: bool = False
 
 
 def run_metric_task(task: MetricTask) -> dict[str, Any]:
@@ -274,6 +339,11 @@ def run_metric_task(task: MetricTask) -> dict[str, Any]:
         rows = [{"model_id": a, "other_id": b, "epoch": task.epoch, "metric": "cka",
                  "value": _cka_value(feats[a], feats[b], task.params), "params": params} for a, b in task.pairs]
         return {"model_ids": list(task.model_ids), "pairs": [list(p) for p in task.pairs], "rows": rows}
+    if task.population:  # the task's models (one architecture) as one stacked population
+        per_model = compute_population_metric(task.metric, models, data, task.params, device=device)
+        rows = [{"model_id": m, "other_id": None, "epoch": task.epoch, "metric": name, "value": value,
+                 "params": params} for m, values in zip(task.model_ids, per_model) for name, value in values.items()]
+        return {"model_ids": list(task.model_ids), "rows": rows, "population": True}
     values = compute_metric(task.metric, models, data, task.params, device=device)
     other = task.model_ids[1] if len(task.model_ids) > 1 else None
     rows = [{"model_id": task.model_ids[0], "other_id": other, "epoch": task.epoch, "metric": name,
@@ -302,7 +372,8 @@ class MetricPlan:
 
 
 def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: int | None = None,
-                      model_ids: Sequence[str] | None = None, device: str = "auto") -> MetricPlan:
+                      model_ids: Sequence[str] | None = None, device: str = "auto",
+                      chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> MetricPlan:
     """Decide which models (or seed pairs) to measure and which are already done.
 
     Args:
@@ -312,10 +383,16 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
         epoch: checkpointed epoch (default: each model's ``training.epochs``).
         model_ids: restrict to these models (default: all).
         device: torch device for the tasks.
+        chunk_size: for the :data:`POPULATION` metrics: most models per task, computed as one population (the
+            models of a task share architecture, data set and epoch); ``0`` or ``None``: one model per task through
+            the per-model path (the slow reference).
 
     Returns:
-        :class:`MetricPlan`.
+        :class:`MetricPlan` (``done`` lists one task per stored model or pair).
     """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 0):
+        raise ValueError(f"chunk_size must be an integer >= 0 or None, got {chunk_size!r}")
     statuses = zoo.catalog.statuses()
     ids = zoo.model_ids if model_ids is None else list(model_ids)
     unknown = [m for m in ids if m not in statuses]
@@ -359,9 +436,21 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
             needed = tuple(sorted({m for p in pairs for m in p}))
             tasks.append(MetricTask(root, metric, e, needed, dict(params), device, pairs=tuple(pairs)))
         return MetricPlan(tasks, done, missing, cells)
+    groups: dict[tuple[int, str], list[str]] = {}  # (epoch, architecture and data) -> models still to compute
     for pair, e in candidates:
         task = MetricTask(root, metric, e, pair, dict(params), device)
-        (done if (pair[0], None, e) in done_keys else tasks).append(task)
+        if (pair[0], None, e) in done_keys:
+            done.append(task)
+        elif metric in POPULATION and chunk_size:
+            cfg = configs[pair[0]]
+            key = json.dumps({"model": cfg.get("model"), "dataset": cfg.get("dataset")}, sort_keys=True)
+            groups.setdefault((e, key), []).append(pair[0])
+        else:
+            tasks.append(task)
+    for (e, _), members in groups.items():
+        for i in range(0, len(members), chunk_size):
+            tasks.append(MetricTask(root, metric, e, tuple(members[i:i + chunk_size]), dict(params), device,
+                                    population=True))
     return MetricPlan(tasks, done, missing, cells)
 
 
@@ -369,7 +458,8 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
                 params: Mapping[str, Any] | None = None, model_ids: Sequence[str] | None = None,
                 engine: str | Engine = "local", workers: int = 1, device: str = "auto",
                 progress: Callable[[str], None] | None = None,
-                engine_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+                engine_options: Mapping[str, Any] | None = None,
+                chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> list[dict[str, Any]]:
     """Compute a landscape metric for every model (or seed pair) of a zoo and store it in the catalog.
 
     Args:
@@ -384,6 +474,9 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         progress: optional ``fn(message)``.
         engine_options: keyword arguments of the engine (Ray: ``address``, ``num_cpus``, ``num_gpus``,
             ``max_retries``).
+        chunk_size: ``hessian`` and ``fisher``: most models per task, computed as one population (peak memory
+            about ``chunk_size`` times one model's); ``0``/``None``: the per-model path, one model per task. Not a
+            setting: both paths store the same rows, and either resumes the other.
 
     Returns:
         The rows stored by this call (dicts with model_id, other_id, epoch, metric, value, params).
@@ -400,7 +493,8 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
     say = progress or (lambda message: None)
     eng = get_engine(engine, workers, **dict(engine_options or {}))
     with open_zoo(store.root) as zoo:
-        plan = plan_metric_tasks(zoo, metric, settings, epoch=epoch, model_ids=model_ids, device=device)
+        plan = plan_metric_tasks(zoo, metric, settings, epoch=epoch, model_ids=model_ids, device=device,
+                                 chunk_size=chunk_size)
     for mid, reason in plan.missing:
         say(f"{mid}: skipped ({reason})")
     if not plan.tasks and not plan.done:
@@ -413,8 +507,12 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         head = next((r for r in result["rows"] if r["metric"] == MARKERS[metric]), None)
         value = "nan" if head is None or head["value"] is None or not math.isfinite(head["value"]) \
             else f"{head['value']:.6g}"
-        what = f"{len(result['pairs'])} pair(s) of {len(result['model_ids'])} models" if result.get("pairs") \
-            else " vs ".join(result["model_ids"])
+        if result.get("pairs"):
+            what = f"{len(result['pairs'])} pair(s) of {len(result['model_ids'])} models"
+        elif result.get("population"):
+            what = f"population of {len(result['model_ids'])} models (first {result['model_ids'][0]})"
+        else:
+            what = " vs ".join(result["model_ids"])
         say(f"[{i}/{len(plan.tasks)}] {metric} {what}: {MARKERS[metric]} = {value}")
 
     results = commit_task_results(store, eng, run_metric_task, plan.tasks, on_result=report)
