@@ -1,0 +1,148 @@
+"""``metrics run`` computes Hessian and Fisher as populations: same rows as the per-model path, resumable."""
+
+import sqlite3
+
+import pytest
+
+import zooscape.zoo as zz
+from zooscape.cli import main
+from zooscape.studies.metrics import metric_params, plan_metric_tasks, run_metric_task, run_metrics
+from zooscape.zoo import train_zoo
+
+MLP_SPEC = """
+[zoo]
+name = "popmetrics"
+[dataset]
+name = "digits"
+seed = 42
+[model]
+name = "mlp"
+width = 10
+depth = 1
+[training]
+epochs = 1
+batch_size = 64
+optimizer = "adam"
+lr = 0.01
+[grid]
+"model.norm" = ["none", "bn"]
+"training.seed" = [0, 1, 2]
+"""
+
+CNN_SPEC = """
+[zoo]
+name = "popcnn"
+[dataset]
+name = "mnist5k"
+seed = 1
+[model]
+name = "cnn_s"
+[training]
+epochs = 1
+batch_size = 256
+optimizer = "adam"
+lr = 0.003
+[grid]
+"training.seed" = [0, 1, 2]
+"""
+
+FAST = {"hessian": {"n_samples": 48, "num_steps": 6, "num_probes": 9, "block_size": 4, "top_k": 2},
+        "fisher": {"n_samples": 40, "num_samples": 12, "batch_size": 16}}
+
+
+def _zoo(tmp_path_factory, name, spec):
+    tmp = tmp_path_factory.mktemp(name)
+    (tmp / "spec.toml").write_text(spec)
+    train_zoo(tmp / "spec.toml", tmp / "zoo", device="cpu", progress=False).close()
+    return tmp / "zoo"
+
+
+@pytest.fixture(scope="module")
+def mlp_zoo(tmp_path_factory):
+    return _zoo(tmp_path_factory, "popmlp", MLP_SPEC)
+
+
+@pytest.fixture(scope="module")
+def cnn_zoo(tmp_path_factory):
+    return _zoo(tmp_path_factory, "popcnn", CNN_SPEC)
+
+
+def _values(zoo_dir, metric, chunk_size):
+    settings = metric_params(metric, FAST[metric])
+    with zz.open(zoo_dir) as zoo:
+        plan = plan_metric_tasks(zoo, metric, settings, device="cpu", chunk_size=chunk_size)
+    out = {}
+    for task in plan.tasks:
+        for row in run_metric_task(task)["rows"]:
+            out[(row["model_id"], row["metric"])] = row["value"]
+    return plan, out
+
+
+def test_tasks_hold_one_architecture_and_chunk_size_models(mlp_zoo):
+    settings = metric_params("hessian", FAST["hessian"])
+    with zz.open(mlp_zoo) as zoo:
+        plan = plan_metric_tasks(zoo, "hessian", settings, chunk_size=2)
+        norms = {m: zoo.config(m)["model"]["norm"] for m in zoo.model_ids}
+        per_model = plan_metric_tasks(zoo, "hessian", settings, chunk_size=0)
+    assert sorted(len(t.model_ids) for t in plan.tasks) == [1, 1, 2, 2]
+    assert all(t.population and len({norms[m] for m in t.model_ids}) == 1 for t in plan.tasks)
+    assert sorted(m for t in plan.tasks for m in t.model_ids) == sorted(norms)
+    assert len(per_model.tasks) == 6 and not any(t.population for t in per_model.tasks)
+    with pytest.raises(ValueError, match="chunk_size"):
+        with zz.open(mlp_zoo) as zoo:
+            plan_metric_tasks(zoo, "hessian", settings, chunk_size=-1)
+
+
+@pytest.mark.parametrize("metric", ["hessian", "fisher"])
+def test_population_rows_equal_the_per_model_path(mlp_zoo, cnn_zoo, metric):
+    """BatchNorm MLPs (two architectures in one zoo) and CNN-s: every row equals the per-model reference."""
+    for zoo_dir in (mlp_zoo, cnn_zoo):
+        plan, pop = _values(zoo_dir, metric, 4)
+        assert any(len(t.model_ids) > 1 for t in plan.tasks)
+        _, ref = _values(zoo_dir, metric, 0)
+        assert pop.keys() == ref.keys() and len(ref) >= 6
+        for key, value in ref.items():
+            assert pop[key] == pytest.approx(value, rel=2e-4, abs=1e-7), key
+
+
+def test_resume_skips_stored_models_whichever_path_stored_them(mlp_zoo):
+    params = FAST["fisher"]
+    first = run_metrics(mlp_zoo, "fisher", params=params, device="cpu", chunk_size=0)  # the per-model path
+    assert len({r["model_id"] for r in first}) == 6
+    assert run_metrics(mlp_zoo, "fisher", params=params, device="cpu") == []  # the population path: all stored
+    with sqlite3.connect(mlp_zoo / "catalog.sqlite") as con:
+        gone = [r[0] for r in con.execute("SELECT DISTINCT model_id FROM analyses WHERE metric = 'fisher_trace' "
+                                          "ORDER BY model_id LIMIT 2")]
+        con.execute(f"DELETE FROM analyses WHERE metric LIKE 'fisher%' AND model_id IN ({','.join('?' * 2)})",
+                    gone)
+    again = run_metrics(mlp_zoo, "fisher", params=params, device="cpu", chunk_size=4)
+    assert {r["model_id"] for r in again} == set(gone)
+    old = {(r["model_id"], r["metric"]): r["value"] for r in first}
+    for r in again:
+        assert r["value"] == pytest.approx(old[(r["model_id"], r["metric"])], rel=2e-4)
+
+
+def test_cli_chunk_size(mlp_zoo, capsys):
+    args = ["metrics", "run", str(mlp_zoo), "--metric", "hessian", "--quiet", "--device", "cpu",
+            "--set", "n_samples=32", "--set", "num_steps=4", "--set", "num_probes=6", "--set", "block_size=3"]
+    assert main([*args, "--chunk-size", "3"]) == 0
+    assert "30 rows stored" in capsys.readouterr().out  # 6 models x 5 rows
+    assert main([*args, "--chunk-size", "0"]) == 0  # resumed: nothing left
+    assert "0 rows stored" in capsys.readouterr().out
+    assert main([*args, "--chunk-size", "-1"]) == 1
+    assert "--chunk-size must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_population_tasks_in_worker_processes(mlp_zoo):
+    params = {**FAST["hessian"], "seed": 7}
+    rows = run_metrics(mlp_zoo, "hessian", params=params, device="cpu", workers=2, chunk_size=2)
+    assert len({r["model_id"] for r in rows}) == 6
+    with sqlite3.connect(mlp_zoo / "catalog.sqlite") as con:
+        con.execute("DELETE FROM analyses WHERE params LIKE '%\"seed\": 7%'")
+    local = run_metrics(mlp_zoo, "hessian", params=params, device="cpu", chunk_size=2)
+    a = {(r["model_id"], r["metric"]): r["value"] for r in rows}
+    b = {(r["model_id"], r["metric"]): r["value"] for r in local}
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        assert v == pytest.approx(b[k], rel=1e-9)
