@@ -560,13 +560,17 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
     def sample_out(p: dict[str, Tensor], xi: Tensor) -> Tensor:
         return _shared_forward(pop, p, xi.unsqueeze(0))[0]  # [N, K]
 
-    def sample_gram(p: dict[str, Tensor], xi: Tensor) -> tuple[Tensor, Tensor]:
+    def sample_jacobian(p: dict[str, Tensor], xi: Tensor) -> Tensor:
         out, pull = vjp(lambda q: sample_out(q, xi), p)
         k_out = out.shape[-1]
         basis = torch.eye(k_out, dtype=out.dtype, device=out.device)[:, None].expand(k_out, n_models, k_out)
         grads = vmap(pull)(basis)[0]  # {name: [K, N, *shape]}: row o = gradient of output o
-        jac = torch.cat([g.reshape(k_out, n_models, -1) for g in grads.values()], dim=2)  # [K, N, P]
-        return out.detach(), torch.einsum("onp,qnp->noq", jac, jac)
+        return torch.cat([g.reshape(k_out, n_models, -1) for g in grads.values()], dim=2)  # [K, N, P]
+
+    def grams(xb: Tensor) -> Tensor:
+        """Output Gram matrices ``J J^T`` of every sample and model, ``[b, N, K, K]`` (float64)."""
+        jac = vmap(sample_jacobian, in_dims=(None, 0))(params, xb).transpose(1, 2)  # [b, N, K, P]
+        return (jac @ jac.transpose(2, 3)).detach().double()
 
     def nll(out: Tensor, target: Tensor) -> Tensor:  # out [N, K], target [N] or [N, K] -> summed over models
         if likelihood == "categorical":
@@ -587,8 +591,7 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
             use_gram = kind == "exact" or (kind == "sampled" and num_samples >= k_out)
             if use_gram:
                 step = max(1, JACOBIAN_ELEMENTS // max(1, n_models * k_out * layout.dim))
-                grams = torch.cat([vmap(sample_gram, in_dims=(None, 0))(params, b.x[i:i + step])[1]
-                                   for i in range(0, nb, step)]).detach().double()  # [b, N, K, K]
+                gram = torch.cat([grams(b.x[i:i + step]) for i in range(0, nb, step)])  # [b, N, K, K]
             if kind == "empirical":
                 targets = [b.y[:, None].expand(nb, n_models, *b.y.shape[1:])]
             elif kind == "sampled":
@@ -606,12 +609,12 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
                     targets.append(torch.stack(per_model, 1))  # [b, N] labels or [b, N, K] targets
             if kind == "exact":
                 if likelihood == "gaussian":
-                    t = grams.diagonal(dim1=2, dim2=3).sum(-1)[..., None]  # sum_o ||grad f_o||^2
+                    t = gram.diagonal(dim1=2, dim2=3).sum(-1)[..., None]  # sum_o ||grad f_o||^2
                 else:
                     probs = torch.softmax(out, dim=-1).double()  # [b, N, C]
                     eye = torch.eye(k_out, dtype=torch.float64, device=probs.device)
                     d = probs[:, :, None, :] - eye  # [b, N, C(label), C]
-                    quad = torch.einsum("bnck,bnkl,bncl->bnc", d, grams, d)
+                    quad = torch.einsum("bnck,bnkl,bncl->bnc", d, gram, d)
                     t = (probs * quad).sum(-1, keepdim=True)
                 norms.append(t.cpu())
                 continue
@@ -622,7 +625,7 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
                         d = torch.softmax(out.double(), dim=-1) - F.one_hot(target.long(), k_out).double()
                     else:
                         d = (out - target.reshape(out.shape)).double()
-                    draws.append(torch.einsum("bnk,bnkl,bnl->bn", d, grams, d))
+                    draws.append(torch.einsum("bnk,bnkl,bnl->bn", d, gram, d))
                 else:
                     draws.append(vmap(sample_sq_norms, in_dims=(None, 0, 0))(params, b.x, target).detach().double())
             norms.append(torch.stack(draws, 2).cpu())
