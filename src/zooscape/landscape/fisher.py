@@ -38,10 +38,8 @@ def _nll(out: Tensor, y: Tensor, likelihood: str) -> Tensor:
     return 0.5 * (out - y.reshape(out.shape)).pow(2).sum()
 
 
-def _fisher_pass(model: nn.Module, x: Tensor, y: Tensor | None, *, kind: str, likelihood: str, num_samples: int,
-                 batch_size: int | None, param_names: Sequence[str] | None, device: torch.device | str | None,
-                 dtype: torch.dtype | None, seed: int | torch.Generator | None):
-    """The Fisher diagonal (parameter dict) and the per-input squared gradient norms ``[n, draws]``."""
+def check_fisher(kind: str, likelihood: str, num_samples: int, y: Tensor | None) -> None:
+    """Validate the Fisher settings (see :func:`fisher_diagonal`); raises ValueError naming the bad one."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if likelihood not in LIKELIHOODS:
@@ -50,6 +48,13 @@ def _fisher_pass(model: nn.Module, x: Tensor, y: Tensor | None, *, kind: str, li
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if kind == "empirical" and y is None:
         raise ValueError("kind='empirical' needs the labels y")
+
+
+def _fisher_pass(model: nn.Module, x: Tensor, y: Tensor | None, *, kind: str, likelihood: str, num_samples: int,
+                 batch_size: int | None, param_names: Sequence[str] | None, device: torch.device | str | None,
+                 dtype: torch.dtype | None, seed: int | torch.Generator | None):
+    """The Fisher diagonal (parameter dict) and the per-input squared gradient norms ``[n, draws]``."""
+    check_fisher(kind, likelihood, num_samples, y)
     if y is None:
         y = torch.zeros(x.shape[0])
     gen = as_generator(seed)

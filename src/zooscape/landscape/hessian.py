@@ -262,12 +262,7 @@ def power_iteration(op: LinearOperator, k: int = 1, *, max_iter: int = 100, tol:
     References:
         Yao et al., 2020 (PyHessian); Golub and Van Loan, 2013 (section 7.3).
     """
-    if not 1 <= k <= op.dim:
-        raise ValueError(f"k must be in [1, {op.dim}], got {k}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    if tol <= 0:
-        raise ValueError(f"tol must be positive, got {tol}")
+    check_power_iteration(k, op.dim, max_iter, tol)
     gen = as_generator(seed)
     start_count = op.num_matvecs
     found: list[Tensor] = []
@@ -336,18 +331,49 @@ def lanczos_eigenvalues(op: LinearOperator, k: int = 1, *, which: str = "LA", nu
     References:
         Lanczos, 1950; Ghorbani, Krishnan and Xiao, 2019.
     """
-    if which not in _WHICH:
-        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
-    if not 1 <= k <= op.dim:
-        raise ValueError(f"k must be in [1, {op.dim}], got {k}")
-    if num_steps is None:
-        num_steps = max(2 * k + 20, 30)
-    num_steps = min(num_steps, op.dim)
-    if num_steps < k:
-        raise ValueError(f"num_steps ({num_steps}) must be >= k ({k})")
+    num_steps = lanczos_steps(k, which, num_steps, op.dim)
     start_count = op.num_matvecs
     run = lanczos(op, num_steps, seed=seed, keep_basis=True)
-    theta, s = run.ritz(0)
+    values, vectors = ritz_pairs(run, 0, k, which, op.dtype)
+    # the computed residual ||A v - theta v|| (one extra block product): in floating point the Ritz estimate
+    # |beta_m s_mi| keeps shrinking below the rounding error of the products and is no bound at all
+    residuals = (op.matmat(vectors) - values[:, None].to(vectors.device) * vectors).norm(dim=1)
+    converged = bool((residuals.cpu() <= tol * values.abs().clamp_min(1e-12)).all())
+    return EigenResult(values.cpu(), vectors, residuals.cpu(), op.num_matvecs - start_count, converged)
+
+
+def check_power_iteration(k: int, dim: int, max_iter: int, tol: float) -> None:
+    """Validate the settings of :func:`power_iteration` (``dim``: the operator's); raises ValueError."""
+    if not 1 <= k <= dim:
+        raise ValueError(f"k must be in [1, {dim}], got {k}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if tol <= 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+
+
+def lanczos_steps(k: int, which: str, num_steps: int | None, dim: int) -> int:
+    """Check ``k`` and ``which`` and return the Krylov dimension :func:`lanczos_eigenvalues` uses: ``num_steps``
+    (default ``max(2k + 20, 30)``) clipped to the operator dimension ``dim``."""
+    if which not in _WHICH:
+        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+    if not 1 <= k <= dim:
+        raise ValueError(f"k must be in [1, {dim}], got {k}")
+    if num_steps is None:
+        num_steps = max(2 * k + 20, 30)
+    num_steps = min(num_steps, dim)
+    if num_steps < k:
+        raise ValueError(f"num_steps ({num_steps}) must be >= k ({k})")
+    return num_steps
+
+
+def ritz_pairs(run: LanczosResult, index: int, k: int, which: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The k leading Ritz pairs of one run of a :class:`LanczosResult` (kept basis) by ``which``.
+
+    Returns:
+        ``(values [k], vectors [k, P])``: values in ``dtype``, unit-norm vectors on the basis's device.
+    """
+    theta, s = run.ritz(index)
     if which == "LA":
         order = torch.argsort(theta, descending=True)
     elif which == "SA":
@@ -355,18 +381,11 @@ def lanczos_eigenvalues(op: LinearOperator, k: int = 1, *, which: str = "LA", nu
     else:
         order = torch.argsort(theta.abs(), descending=True)
     if len(order) < k:
-        raise ValueError(f"the Krylov space has dimension {len(order)} < k={k} (the operator has rank < k "
-                         f"on the start vector's span); lower k")
+        raise ValueError(f"the Krylov space of run {index} has dimension {len(order)} < k={k} (the operator has "
+                         f"rank < k on the start vector's span); lower k")
     order = order[:k]
-    length = int(run.lengths[0])
-    vectors = s[:, order].T.to(op.dtype) @ run.basis[0, :length]
-    vectors = vectors / vectors.norm(dim=1, keepdim=True)
-    values = theta[order].to(op.dtype)
-    # the computed residual ||A v - theta v|| (one extra block product): in floating point the Ritz estimate
-    # |beta_m s_mi| keeps shrinking below the rounding error of the products and is no bound at all
-    residuals = (op.matmat(vectors) - values[:, None].to(vectors.device) * vectors).norm(dim=1)
-    converged = bool((residuals.cpu() <= tol * values.abs().clamp_min(1e-12)).all())
-    return EigenResult(values.cpu(), vectors, residuals.cpu(), op.num_matvecs - start_count, converged)
+    vectors = s[:, order].T.to(dtype) @ run.basis[index, :int(run.lengths[index])]
+    return theta[order].to(dtype), vectors / vectors.norm(dim=1, keepdim=True)
 
 
 _EIG_METHODS = ("lanczos", "power")

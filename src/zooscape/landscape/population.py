@@ -40,9 +40,9 @@ from zooscape.landscape._hvp import (
     model_device,
     rademacher,
 )
-from zooscape.landscape.fisher import KINDS, LIKELIHOODS, FisherTrace, trace_from_samples
-from zooscape.landscape.hessian import EigenResult, lanczos
-from zooscape.landscape.stochastic import TraceEstimate
+from zooscape.landscape.fisher import FisherTrace, check_fisher, trace_from_samples
+from zooscape.landscape.hessian import EigenResult, check_power_iteration, lanczos, lanczos_steps, ritz_pairs
+from zooscape.landscape.stochastic import TraceEstimate, check_hutchinson
 from zooscape.train import _flags
 from zooscape.train.population import Population
 
@@ -285,31 +285,14 @@ def _check_seed(seed: int | None) -> int:
 
 def _population_lanczos_eigenvalues(op: PopulationHessianOperator, k: int, which: str, num_steps: int | None,
                                     tol: float, seed: int) -> list[EigenResult]:
-    if which not in ("LA", "LM", "SA"):
-        raise ValueError(f"which must be one of ('LA', 'LM', 'SA'), got {which!r}")
-    if num_steps is None:
-        num_steps = max(2 * k + 20, 30)
-    num_steps = min(num_steps, op.dim)
-    if num_steps < k:
-        raise ValueError(f"num_steps ({num_steps}) must be >= k ({k})")
+    num_steps = lanczos_steps(k, which, num_steps, op.dim)
     start = rademacher((1, op.dim), as_generator(seed), op.dtype, op.device).expand(op.size, op.dim)
     run = lanczos(_Rowwise(op), num_steps, start=start, keep_basis=True)
     vectors, values = [], []
     for n in range(op.size):
-        theta, s = run.ritz(n)
-        if which == "LA":
-            order = torch.argsort(theta, descending=True)
-        elif which == "SA":
-            order = torch.argsort(theta)
-        else:
-            order = torch.argsort(theta.abs(), descending=True)
-        if len(order) < k:
-            raise ValueError(f"model {n}: the Krylov space has dimension {len(order)} < k={k}; lower k")
-        order = order[:k]
-        length = int(run.lengths[n])
-        v = s[:, order].T.to(op.dtype) @ run.basis[n, :length]
-        vectors.append(v / v.norm(dim=1, keepdim=True))
-        values.append(theta[order].to(op.dtype))
+        value, vector = ritz_pairs(run, n, k, which, op.dtype)
+        vectors.append(vector)
+        values.append(value)
     v = torch.stack(vectors, 1)  # [k, N, P]
     val = torch.stack(values, 1).to(v.device)  # [k, N]
     residuals = (op.matmat(v) - val[..., None] * v).norm(dim=2).cpu()  # [k, N]
@@ -322,10 +305,7 @@ def _population_lanczos_eigenvalues(op: PopulationHessianOperator, k: int, which
 
 def _population_power_iteration(op: PopulationHessianOperator, k: int, max_iter: int, tol: float,
                                 seed: int) -> list[EigenResult]:
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    if tol <= 0:
-        raise ValueError(f"tol must be positive, got {tol}")
+    check_power_iteration(k, op.dim, max_iter, tol)
     gen = as_generator(seed)
     n_models = op.size
     found: list[Tensor] = []  # [N, P] per eigenpair found
@@ -416,12 +396,7 @@ def population_top_eigenvalues(op: PopulationHessianOperator, k: int = 1, *, met
 
 def _population_hutchinson(op: PopulationHessianOperator, num_probes: int, block_size: int, tol: float | None,
                            min_probes: int, seed: int) -> list[TraceEstimate]:
-    if num_probes < 2:
-        raise ValueError(f"num_probes must be >= 2 (for a standard error), got {num_probes}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if tol is not None and tol <= 0:
-        raise ValueError(f"tol must be positive, got {tol}")
+    check_hutchinson(num_probes, block_size, tol)
     gen = as_generator(seed)
     n_models = op.size
     blocks: list[Tensor] = []  # [b, N] quadratic forms
@@ -539,14 +514,7 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
     References:
         Amari, 1998; Kunstner, Balles and Hennig, 2019; Achille, Rovere and Soatto, 2019; Martens, 2020.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if kind == "empirical" and y is None:
-        raise ValueError("kind='empirical' needs the labels y")
+    check_fisher(kind, likelihood, num_samples, y)
     seed = _check_seed(seed)
     if y is None:
         y = torch.zeros(x.shape[0])

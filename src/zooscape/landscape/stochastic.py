@@ -70,12 +70,7 @@ def hutchinson_trace(op: LinearOperator, *, num_probes: int = 100, block_size: i
     References:
         Hutchinson, 1990; Avron and Toledo, 2011.
     """
-    if num_probes < 2:
-        raise ValueError(f"num_probes must be >= 2 (for a standard error), got {num_probes}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if tol is not None and tol <= 0:
-        raise ValueError(f"tol must be positive, got {tol}")
+    check_hutchinson(num_probes, block_size, tol)
     gen = as_generator(seed)
     start_count = op.num_matvecs
     samples: list[Tensor] = []
@@ -91,6 +86,16 @@ def hutchinson_trace(op: LinearOperator, *, num_probes: int = 100, block_size: i
                 break
     s = torch.cat(samples)
     return TraceEstimate(float(s.mean()), float(s.std() / math.sqrt(len(s))), op.num_matvecs - start_count, s)
+
+
+def check_hutchinson(num_probes: int, block_size: int, tol: float | None) -> None:
+    """Validate Hutchinson's settings (:func:`hutchinson_trace`); raises ValueError naming the bad one."""
+    if num_probes < 2:
+        raise ValueError(f"num_probes must be >= 2 (for a standard error), got {num_probes}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if tol is not None and tol <= 0:
+        raise ValueError(f"tol must be positive, got {tol}")
 
 
 @renamed_kwargs(generator="seed")
