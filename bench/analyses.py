@@ -16,7 +16,8 @@ For ``--analysis hessian`` / ``fisher`` the plain loop loads each model and call
 ``top_eigenvalues``, ``trace`` and ``loss`` (or ``landscape.fisher_trace_estimate``) with the study's settings;
 ``metrics run`` computes populations of ``--chunk-size`` models per pass (``landscape.population``). Each side runs
 in its own process (interleaved, twice), so that the printed peak RSS (``ru_maxrss``) is that side's own; the work
-is timed inside the process (imports excluded), and the values are checked to agree.
+is timed inside the process (imports and torch.func's first-use imports excluded), and the values are checked to
+agree.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def _side(args: argparse.Namespace) -> None:
     from zooscape.studies.metrics import metric_params, run_metrics
 
     overrides = {**POP_SETTINGS[args.analysis], "seed": args.seed}
+    # torch.func imports modules lazily on its first use (seconds on a loaded machine): both sides pay it once per
+    # process, outside the timed work
+    torch.func.vjp(torch.func.grad(lambda p: (p * p).sum()), torch.ones(2))
     t0 = time.perf_counter()
     if args.side == "loop":
         values = plain_model_loop(Path(args.zoo), args.analysis, metric_params(args.analysis, overrides))
