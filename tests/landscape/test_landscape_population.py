@@ -10,11 +10,11 @@ from torch import nn
 from zooscape import landscape as ls
 from zooscape.landscape.population import (
     population_chunks,
-    population_fisher_trace_estimate,
     population_hessian_operator,
     population_top_eigenvalues,
     population_trace,
 )
+from zooscape.landscape.population_fisher import population_fisher_trace_estimate
 from zooscape.models.cnn_s import cnn_s
 
 D64 = torch.float64

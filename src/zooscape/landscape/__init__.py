@@ -8,8 +8,8 @@ One module per concept:
 - :mod:`zooscape.landscape.spectra`  WeightWatcher 0.7.7's weight spectra (alpha and its error, norms, ranks, ...)
 - :mod:`zooscape.landscape.rmt`      the ESD fits they use: power-law tail, Marchenko-Pastur bulk, rank, entropy
 - :mod:`zooscape.landscape.surface`  1-D/2-D loss surfaces (filter-normalised, trajectory PCA) and PNG plots
-- :mod:`zooscape.landscape.population` Hessian and Fisher metrics of N models per pass through the trainer's stacked
-  population (one result per model, equal to the per-model functions')
+- :mod:`zooscape.landscape.population` Hessian metrics of N models per pass through the trainer's stacked population
+  (one result per model, equal to the per-model functions'); ``population_fisher`` the Fisher trace
 
 Nothing here imports :mod:`zooscape.zoo` or :mod:`zooscape.cli`, and no function modifies the model it is given
 (BatchNorm statistics, train/eval flags, ``requires_grad`` flags, gradients and hooks are as before).
@@ -41,11 +41,11 @@ from zooscape.landscape.hessian import (
 from zooscape.landscape.population import (
     PopulationHessianOperator,
     population_chunks,
-    population_fisher_trace_estimate,
     population_hessian_operator,
     population_top_eigenvalues,
     population_trace,
 )
+from zooscape.landscape.population_fisher import population_fisher_trace_estimate
 from zooscape.landscape.spectra import (
     LayerSpectrum,
     MPFit,

@@ -15,10 +15,8 @@ resumes it, and running with other settings adds new rows.
 
 Grid cells (for the pairwise metrics) are defined once for every study in :mod:`zooscape.studies.cells`.
 
-The Hessian and Fisher metrics are computed for a whole population of models per task
-(:mod:`zooscape.landscape.population`: the models of one architecture and data set at one epoch, at most
-``chunk_size`` of them, as one stacked network); the rows are the same as those of the per-model path
-(:func:`compute_metric`, kept as the slow reference: ``chunk_size=0``), up to float rounding.
+Hessian and Fisher tasks hold up to ``chunk_size`` models of one architecture, data set and epoch, computed as one
+stacked population (:func:`compute_population_metric`); rows equal the per-model path's (``chunk_size=0``).
 """
 
 from __future__ import annotations
@@ -65,8 +63,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 PAIRWISE = frozenset({"cka"})
 #: Metrics computed for a population of models per task (``chunk_size`` models at most).
 POPULATION = frozenset({"hessian", "fisher"})
-#: Default models per population task: peak memory is about this many times one model's (the autograd graphs of
-#: the population's members; ``bench/analyses.py`` measures it against the per-model loop).
+#: Default models per population task (peak memory about this many times one model's; see bench/analyses.py).
 DEFAULT_CHUNK_SIZE = 4
 #: The row whose presence marks a task as done (a task's rows are committed together).
 MARKERS = {"hessian": "hessian_top_eigenvalue", "fisher": "fisher_trace", "spectra": "spectra_alpha", "cka": "cka"}
@@ -220,23 +217,12 @@ def _hessian_values(eig: Any, tr: Any, loss: float, params: Mapping[str, Any]) -
 
 def compute_population_metric(metric: str, models: Sequence[Any], data: Any, params: Mapping[str, Any],
                               device: str = "cpu") -> list[dict[str, float]]:
-    """Compute the Hessian or Fisher metric of N models of one architecture as one population.
-
-    Uses :mod:`zooscape.landscape.population` (one pass through the stacked network for all N models); each
-    model's values equal those of :func:`compute_metric` (same samples, same seeds) up to float rounding.
-
-    Args:
-        metric: ``"hessian"`` or ``"fisher"``.
-        models: N >= 1 models of one architecture, trained on ``data``.
-        data: the ``DataSplits`` the models were trained on.
-        params: settings from :func:`metric_params`.
-        device: torch device.
-
-    Returns:
-        list of N dicts metric name -> value (the names stored in the catalog), in model order.
-    """
+    """Compute ``"hessian"`` or ``"fisher"`` for N models of one architecture (trained on ``data``; settings
+    ``params``) as one population (:mod:`zooscape.landscape.population`); returns N dicts metric name -> value in
+    model order, each equal to :func:`compute_metric`'s for that model up to float rounding."""
     import torch
 
+    from zooscape import landscape as ls
     from zooscape.landscape import population as lp
 
     if metric not in POPULATION:
@@ -253,7 +239,7 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
                                      block_size=params["block_size"], seed=params["seed"] + 1)
         losses = op.loss().tolist()
         return [_hessian_values(e, t, float(v), params) for e, t, v in zip(eigs, traces, losses)]
-    ests = lp.population_fisher_trace_estimate(models, x, y, kind=params["kind"], likelihood=_likelihood(data),
+    ests = ls.population_fisher_trace_estimate(models, x, y, kind=params["kind"], likelihood=_likelihood(data),
                                                num_samples=params["num_samples"], batch_size=params["batch_size"],
                                                device=device, seed=params["seed"])
     return [{"fisher_trace": e.estimate, "fisher_trace_se": e.std_error} for e in ests]
@@ -390,8 +376,7 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
     Returns:
         :class:`MetricPlan` (``done`` lists one task per stored model or pair).
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 0):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
         raise ValueError(f"chunk_size must be an integer >= 0 or None, got {chunk_size!r}")
     statuses = zoo.catalog.statuses()
     ids = zoo.model_ids if model_ids is None else list(model_ids)
@@ -474,9 +459,8 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         progress: optional ``fn(message)``.
         engine_options: keyword arguments of the engine (Ray: ``address``, ``num_cpus``, ``num_gpus``,
             ``max_retries``).
-        chunk_size: ``hessian`` and ``fisher``: most models per task, computed as one population (peak memory
-            about ``chunk_size`` times one model's); ``0``/``None``: the per-model path, one model per task. Not a
-            setting: both paths store the same rows, and either resumes the other.
+        chunk_size: ``hessian``, ``fisher``: most models per task, as one population (``0``/``None``: one model per
+            task, the per-model path). Not a setting: both paths store the same rows and resume each other.
 
     Returns:
         The rows stored by this call (dicts with model_id, other_id, epoch, metric, value, params).
@@ -507,12 +491,9 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         head = next((r for r in result["rows"] if r["metric"] == MARKERS[metric]), None)
         value = "nan" if head is None or head["value"] is None or not math.isfinite(head["value"]) \
             else f"{head['value']:.6g}"
-        if result.get("pairs"):
-            what = f"{len(result['pairs'])} pair(s) of {len(result['model_ids'])} models"
-        elif result.get("population"):
-            what = f"population of {len(result['model_ids'])} models (first {result['model_ids'][0]})"
-        else:
-            what = " vs ".join(result["model_ids"])
+        ids = result["model_ids"]
+        what = f"{len(result['pairs'])} pair(s) of {len(ids)} models" if result.get("pairs") else \
+            f"population of {len(ids)} models (first {ids[0]})" if result.get("population") else " vs ".join(ids)
         say(f"[{i}/{len(plan.tasks)}] {metric} {what}: {MARKERS[metric]} = {value}")
 
     results = commit_task_results(store, eng, run_metric_task, plan.tasks, on_result=report)
