@@ -25,7 +25,7 @@ from zooscape.connect.bn import batch_slices, batchnorm_modules
 from zooscape.connect.metrics import loss_error_sums
 
 __all__ = ["VMAP_MAX_MACS", "batched_bn_stats", "batched_evaluate", "choose_method", "macs_per_sample",
-           "stack_interpolated"]
+           "pick_method", "stack_interpolated"]
 
 #: ``method="auto"`` vectorises over alphas only for networks below this many multiply-adds per sample.
 VMAP_MAX_MACS = 100_000
@@ -87,6 +87,32 @@ def choose_method(model: nn.Module, example: Tensor, method: str = "auto") -> st
     if method != "auto":
         return method
     return "vmap" if macs_per_sample(model, example) <= VMAP_MAX_MACS else "loop"
+
+
+def pick_method(model: nn.Module, example: Tensor, method: str = "auto") -> str:
+    """Resolve ``method`` of the path and curve evaluations: ``"population"``, ``"vmap"`` or ``"loop"``.
+
+    ``"auto"`` is ``"population"`` (the points as members of one :class:`zooscape.train.Population`,
+    :mod:`zooscape.connect.population`) whenever the architecture has population layers, since that is the
+    fastest on every workload ``bench/lmc.py`` measures (``bench/RESULTS.md``); otherwise
+    :func:`choose_method` picks between ``"vmap"`` and ``"loop"``.
+
+    Args:
+        model: the template network.
+        example: a batch of inputs ``[B, *input_shape]``.
+        method: ``"auto"``, ``"population"``, ``"vmap"`` or ``"loop"``.
+
+    Returns:
+        ``"population"``, ``"vmap"`` or ``"loop"``.
+    """
+    if method == "auto":
+        from zooscape.connect.population import population_supported
+
+        if population_supported(model):
+            return "population"
+    if method == "population":
+        return method
+    return choose_method(model, example, method)
 
 
 @torch.no_grad()

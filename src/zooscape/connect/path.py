@@ -1,9 +1,11 @@
 """Linear path between two networks: loss and error at every alpha, endpoint distance and barriers.
 
 ``linear_path(model_a, model_b, data)`` evaluates ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``
-on an evenly spaced grid of alphas (0 and 1 included, 0.5 always included). By default all alphas are
-evaluated as one vectorized batch (``torch.func.vmap`` over stacked parameters); ``method="loop"`` is the
-slow reference path (one deep-copied interpolated model per alpha), for models that ``vmap`` cannot run.
+on an evenly spaced grid of alphas (0 and 1 included, 0.5 always included). By default the alphas are
+members of one :class:`zooscape.train.Population` per pass (``method="population"``,
+:mod:`zooscape.connect.population`; :func:`~zooscape.connect.population.linear_paths` evaluates many pairs
+together); ``method="vmap"`` runs them as one vectorized batch (``torch.func.vmap`` over stacked parameters) and
+``method="loop"`` is the slow reference path (one deep-copied interpolated model per alpha).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from zooscape.connect.barrier import BARRIER_DEFINITIONS, barriers
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate, choose_method, stack_interpolated
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, pick_method, stack_interpolated
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.distance import l2_distance
 from zooscape.connect.interpolate import check_bn_mode, check_compatible, interpolate
@@ -27,7 +29,7 @@ from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 __all__ = ["LinearPath", "linear_path", "path_alphas"]
 
-METHODS = ("auto", "vmap", "loop")
+METHODS = ("auto", "population", "vmap", "loop")
 
 
 def path_alphas(n_points: int) -> Tensor:
@@ -222,9 +224,11 @@ def linear_path(
         batch_size: evaluation batch size (the vectorized pass holds ``alphas x batch_size`` activations).
         bn_batch_size: batch size of the BatchNorm re-estimation pass.
         alpha_batch_size: evaluate at most this many alphas at once (default: all).
-        method: ``"auto"`` (default: the faster of the two for this network, see
-            :func:`~zooscape.connect.batched.choose_method`), ``"vmap"`` (all alphas in one vectorised pass) or
-            ``"loop"`` (one deep-copied model per alpha).
+        method: ``"auto"`` (default: ``"population"`` when the architecture has population layers, else the
+            faster of vmap and loop, :func:`~zooscape.connect.batched.choose_method`), ``"population"`` (alphas
+            as members of a :class:`zooscape.train.Population`, chunked by memory or ``alpha_batch_size``),
+            ``"vmap"`` (all alphas in one vectorised pass) or ``"loop"`` (one deep-copied model per alpha, the slow
+            reference).
         device: where to evaluate (default: ``model_a``'s device).
 
     Returns:
@@ -256,7 +260,13 @@ def linear_path(
         raise ValueError(f"alpha_batch_size must be a positive integer, got {alpha_batch_size!r}")
     split_data = {s: get_split(data, s) for s in splits}
     task = infer_task(data, next(iter(split_data.values()))[1], task)
-    method = choose_method(model_a, next(iter(split_data.values()))[0], method)
+    method = pick_method(model_a, next(iter(split_data.values()))[0], method)
+    if method == "population":
+        from zooscape.connect.population import linear_paths
+
+        return linear_paths([(model_a, model_b)], data, n_points, splits=splits, bn_mode=bn_mode, task=task,
+                            batch_size=batch_size, bn_batch_size=bn_batch_size, max_members=alpha_batch_size,
+                            device=device)[0]
     bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(model_a) else None
     dev = torch.device(device) if device is not None else _model_device(model_a)
 

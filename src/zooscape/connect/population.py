@@ -1,0 +1,355 @@
+"""Many networks of one architecture evaluated per pass through the trainer's stacked layers.
+
+Points of linear paths (every alpha of several pairs) and points of curves (every ``t`` of several curves) are
+*members*: parameter sets of one architecture. :func:`evaluate_members` loads a chunk of members into one
+:class:`zooscape.train.Population` (the N models as one network, parameters stacked along a leading axis, the
+population in the channel dimension) and evaluates them all on each batch with
+:meth:`~zooscape.train.Population.forward_shared` (``[B, *input_shape] -> [B, N, K]``), instead of one deep copy per
+point (``method="loop"``) or ``torch.func.vmap`` over stacked copies (``method="vmap"``).
+
+BatchNorm per member is handled like the per-model path:
+
+- interpolated statistics are loaded into the population like parameters;
+- re-estimated statistics come from :func:`zooscape.connect.bn.recompute_bn_stats` run on the population (its
+  BatchNorm layers in training mode see per-member batch statistics), the same exact cumulative average over one
+  pass over the training inputs as for one model.
+
+Members are chunked so that a chunk's parameters and activations stay within a memory budget (by default the
+activations of one model at the full evaluation batch size, the per-pair loop's own peak).
+
+:func:`linear_paths` evaluates the linear paths of many pairs at once (Frankle et al. 2020);
+:func:`zooscape.connect.curve_eval.evaluate_curves` does the same for trained curves (Garipov et al. 2018).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zooscape.connect.barrier import barriers
+from zooscape.connect.batched import stack_interpolated
+from zooscape.connect.bn import batch_slices, has_batchnorm, recompute_bn_stats
+from zooscape.connect.interpolate import check_bn_mode, check_compatible_states
+from zooscape.connect.metrics import loss_error_sums
+from zooscape.data.adapt import get_split, infer_task, train_inputs
+
+__all__ = ["MemberStates", "evaluate_members", "linear_paths", "member_chunks", "population_supported"]
+
+#: ``(start, stop) -> (params, buffers)``: the stacked floating tensors ``{name: [stop - start, *shape]}`` of
+#: members ``start .. stop - 1``.
+MemberStates = Callable[[int, int], tuple[Mapping[str, Tensor], Mapping[str, Tensor]]]
+
+#: The smallest evaluation batch a chunk is given before it is made smaller instead.
+MIN_BATCH = 32
+
+
+def population_supported(template: nn.Module) -> bool:
+    """Whether ``template``'s architecture can run as a :class:`zooscape.train.Population`.
+
+    Args:
+        template: a network.
+
+    Returns:
+        True when every leaf with parameters has a population version (Linear, Conv2d, BatchNorm, GroupNorm,
+        LayerNorm, ...) and no container holds parameters directly.
+    """
+    from zooscape.train.population import Population
+
+    try:
+        Population([template])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@torch.no_grad()
+def _activation_floats(template: nn.Module, example: Tensor) -> int:
+    """Floats written by the leaf modules in one eval-mode forward of one sample (an upper bound on what a
+    sample keeps alive at once)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, Tensor):
+            total += int(output[0].numel()) if output.dim() > 0 else 1
+
+    leaves = [m for m in template.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    modes = {m: m.training for m in template.modules()}
+    try:
+        template.eval()
+        dev = next((t.device for t in template.parameters()), torch.device("cpu"))
+        template(example[:1].to(dev))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return max(total, int(example[0].numel()))
+
+
+def member_chunks(template: nn.Module, example: Tensor, n_members: int, batch_size: int = 1024,
+                  max_members: int | None = None, memory_bytes: int | None = None) -> tuple[int, int]:
+    """How many members to evaluate per population and at which batch size.
+
+    A chunk of ``m`` members at batch ``b`` holds about ``m * (2 * P + b * A) * 4`` bytes (``P`` parameters and
+    buffers of one member, held by the population and the stacked source; ``A`` activation floats per sample).
+    The budget defaults to what one model holds at ``batch_size`` (the per-model loop's activations), and at least
+    64 MiB.
+
+    Args:
+        template: the architecture.
+        example: inputs ``[B, *input_shape]`` (the first sample is run once).
+        n_members: members to evaluate in all (>= 1).
+        batch_size: the per-model evaluation batch size (the largest a chunk uses).
+        max_members: at most this many members per chunk (default 64).
+        memory_bytes: the budget in bytes (default as above).
+
+    Returns:
+        ``(members_per_chunk, eval_batch_size)``.
+    """
+    if n_members < 1:
+        raise ValueError(f"n_members must be >= 1, got {n_members}")
+    itemsize = 4
+    act = _activation_floats(template, example) * itemsize
+    size = sum(t.numel() for t in template.state_dict().values()) * itemsize
+    budget = memory_bytes if memory_bytes is not None else max(64 << 20, batch_size * act)
+    m = min(n_members, 64 if max_members is None else max(1, int(max_members)))
+    m = max(1, min(m, budget // max(1, 2 * size + MIN_BATCH * act)))
+    b = int(min(batch_size, max(MIN_BATCH, (budget - 2 * m * size) // max(1, m * act))))
+    return int(m), max(1, b)
+
+
+class _Evaluator:
+    """One population of ``size`` members of ``template``'s architecture, reloaded chunk after chunk."""
+
+    def __init__(self, template: nn.Module, size: int, device: torch.device, example: Tensor) -> None:
+        from zooscape.train.population import Population
+
+        base = copy.deepcopy(template).to(device).eval()
+        self.pop = Population([base] * size).to(device).eval()
+        self.size = size
+        self.state = self.pop.net.state_dict()
+        # the population's one-time checks of its fast paths run here, in eval mode, so that they never run
+        # during the BatchNorm pass (where every forward would update the running statistics)
+        self.pop.forward_shared(example[:2].to(device))
+
+    @torch.no_grad()
+    def load(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], count: int) -> None:
+        for name, value in (*params.items(), *buffers.items()):
+            target = self.state.get(name)
+            if target is None:
+                raise KeyError(f"stacked tensor {name!r} is not a parameter or buffer of the architecture")
+            if tuple(value.shape[1:]) != tuple(target.shape[1:]):
+                raise ValueError(f"stacked tensor {name!r} has member shape {tuple(value.shape[1:])}, the "
+                                 f"architecture {tuple(target.shape[1:])}")
+            target[:count].copy_(value[:count])
+            if count < self.size:  # pad with the last member (its results are dropped)
+                target[count:].copy_(value[count - 1:count].expand(self.size - count, *value.shape[1:]))
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor, task: str, batch_size: int) -> tuple[Tensor, Tensor | None]:
+        self.pop.eval()
+        dev = next(self.pop.parameters()).device
+        loss = torch.zeros(self.size, dtype=torch.float64, device=dev)
+        errors = torch.zeros(self.size, dtype=torch.float64, device=dev)
+        for sl in batch_slices(x.shape[0], batch_size):
+            out = self.pop.forward_shared(x[sl].to(dev))  # [b, N, K]
+            part, e = loss_error_sums(out.transpose(0, 1), y[sl].to(dev), task)
+            loss += part
+            if e is not None:
+                errors += e
+        n = x.shape[0]
+        return (loss / n).cpu(), ((errors / n).cpu() if task == "classification" else None)
+
+
+@torch.no_grad()
+def evaluate_members(
+    template: nn.Module,
+    states: MemberStates,
+    n_members: int,
+    split_data: Mapping[str, tuple[Tensor, Tensor]],
+    task: str,
+    *,
+    bn_x: Tensor | None = None,
+    batch_size: int = 1024,
+    bn_batch_size: int = 256,
+    max_members: int | None = None,
+    memory_bytes: int | None = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Mean loss and error of many parameter sets of one architecture, a population of them per pass.
+
+    Args:
+        template: a network of the architecture (not modified; its own tensors fill what ``states`` leaves out).
+        states: ``fn(start, stop)`` returning the stacked floating parameters and buffers
+            ``{name: [stop - start, *shape]}`` of members ``start .. stop - 1`` (see :data:`MemberStates`).
+        n_members: number of members ``M``.
+        split_data: ``{split: (x [n, *input_shape], y [n] or [n, k])}``.
+        task: ``"classification"`` or ``"regression"``.
+        bn_x: training inputs ``[n, *input_shape]``: BatchNorm statistics of every member are re-estimated on them
+            with :func:`~zooscape.connect.bn.recompute_bn_stats` (None: use the stacked buffers as given).
+        batch_size: the per-model evaluation batch size (chunks may use smaller batches, see :func:`member_chunks`).
+        bn_batch_size: batch size of the BatchNorm pass (the same batches as the per-model re-estimation).
+        max_members: at most this many members per population.
+        memory_bytes: memory budget of a chunk (see :func:`member_chunks`).
+        device: where to evaluate (default: the template's device).
+        progress: ``fn(k)`` called after each chunk with the members it finished.
+
+    Returns:
+        ``(loss, error)``: ``{split: [M]}`` float64 means over the split; ``error`` (fraction in [0, 1]) is empty
+        for regression.
+
+    References:
+        Frankle, Dziugaite, Roy, Carbin (2020), "Linear Mode Connectivity and the Lottery Ticket Hypothesis";
+        Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity, and Fast
+        Ensembling of DNNs" (``update_bn``).
+    """
+    if n_members < 1:
+        raise ValueError(f"n_members must be >= 1, got {n_members}")
+    dev = torch.device(device) if device is not None else next(
+        (t.device for t in template.parameters()), torch.device("cpu"))
+    example = next(iter(split_data.values()))[0]
+    size, eval_batch = member_chunks(template, example, n_members, batch_size, max_members, memory_bytes)
+    runner = _Evaluator(template, size, dev, example)
+    losses: dict[str, list[Tensor]] = {s: [] for s in split_data}
+    errors: dict[str, list[Tensor]] = {s: [] for s in split_data}
+    for start in range(0, n_members, size):
+        stop = min(n_members, start + size)
+        params, buffers = states(start, stop)
+        runner.load(params, buffers, stop - start)
+        if bn_x is not None and has_batchnorm(template):
+            recompute_bn_stats(runner.pop, bn_x, batch_size=bn_batch_size, forward=runner.pop.forward_shared)
+        for split, (x, y) in split_data.items():
+            loss, err = runner.evaluate(x, y, task, eval_batch)
+            losses[split].append(loss[: stop - start])
+            if err is not None:
+                errors[split].append(err[: stop - start])
+        if progress is not None:
+            progress(stop - start)
+    return ({s: torch.cat(v) for s, v in losses.items()},
+            {s: torch.cat(v) for s, v in errors.items() if v})
+
+
+def _as_state(x: nn.Module | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    return x.state_dict() if isinstance(x, nn.Module) else x
+
+
+@torch.no_grad()
+def linear_paths(
+    pairs: Sequence[tuple[nn.Module | Mapping[str, Tensor], nn.Module | Mapping[str, Tensor]]],
+    data: Any,
+    n_points: int = 25,
+    *,
+    template: nn.Module | None = None,
+    splits: Sequence[str] = ("train", "test"),
+    bn_mode: str = "interpolate",
+    task: str | None = None,
+    batch_size: int = 1024,
+    bn_batch_size: int = 256,
+    max_members: int | None = None,
+    memory_bytes: int | None = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Any]:
+    """The linear paths of many pairs of one architecture, every alpha of several pairs in one population pass.
+
+    Pair ``p`` at alpha ``a`` is member ``p * A + a`` with ``theta = (1 - a) theta_a + a theta_b``; members are
+    evaluated in chunks through :func:`evaluate_members`. The result for each pair equals
+    :func:`~zooscape.connect.linear_path` (any ``method``) within float tolerance.
+
+    Args:
+        pairs: ``[(a, b), ...]``: endpoints as modules or state dicts (keys of ``template.state_dict()``).
+        data: ``DataSplits``-like object or mapping ``{split: (x, y)}``.
+        n_points: evenly spaced alphas including both endpoints; 0.5 is added when even
+            (:func:`~zooscape.connect.path_alphas`).
+        template: a network of the architecture (default: the first endpoint when it is a module).
+        splits: splits to evaluate.
+        bn_mode: ``"interpolate"`` BatchNorm statistics, or ``"reset"``: re-estimated per point on the ``"train"``
+            split (:func:`~zooscape.connect.bn.recompute_bn_stats`).
+        task: ``"classification"`` or ``"regression"``; inferred from the data.
+        batch_size: the per-model evaluation batch size.
+        bn_batch_size: batch size of the BatchNorm pass.
+        max_members: at most this many path points per population.
+        memory_bytes: memory budget of a chunk (:func:`member_chunks`).
+        device: where to evaluate (default: the template's device).
+        progress: ``fn(k)`` after each chunk with the points it finished.
+
+    Returns:
+        One :class:`~zooscape.connect.LinearPath` per pair (``alphas [A]``, ``loss[split] [A]``,
+        ``error[split] [A]``, ``distance``, ``barriers``; ``method = "population"``).
+
+    References:
+        Frankle, Dziugaite, Roy, Carbin (2020), "Linear Mode Connectivity and the Lottery Ticket Hypothesis".
+    """
+    from zooscape.connect.path import LinearPath, path_alphas
+
+    check_bn_mode(bn_mode)
+    if not pairs:
+        return []
+    if template is None:
+        if not isinstance(pairs[0][0], nn.Module):
+            raise ValueError("linear_paths needs template= when the endpoints are state dicts")
+        template = pairs[0][0]
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    alphas = path_alphas(n_points)
+    split_data = {s: get_split(data, s) for s in splits}
+    task = infer_task(data, next(iter(split_data.values()))[1], task)
+    dev = torch.device(device) if device is not None else next(
+        (t.device for t in template.parameters()), torch.device("cpu"))
+    names = {n for n, _ in template.named_parameters()}
+    ends = []
+    for i, (a, b) in enumerate(pairs):
+        sa, sb = _as_state(a), _as_state(b)
+        try:
+            check_compatible_states(sa, sb)
+        except ValueError as exc:
+            raise ValueError(f"pair {i}: {exc}") from None
+        ends.append((sa, sb))
+    n_alpha = alphas.shape[0]
+
+    def states(start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        params: dict[str, list[Tensor]] = {}
+        buffers: dict[str, list[Tensor]] = {}
+        for p in range(start // n_alpha, (stop - 1) // n_alpha + 1):
+            lo, hi = max(start, p * n_alpha) - p * n_alpha, min(stop, (p + 1) * n_alpha) - p * n_alpha
+            sa, sb = ends[p]
+            sub = alphas[lo:hi]
+            pa = {k: v.detach().to(dev) for k, v in sa.items() if k in names}
+            pb = {k: v.detach().to(dev) for k, v in sb.items() if k in names}
+            ba = {k: v.detach().to(dev) for k, v in sa.items() if k not in names}
+            bb = {k: v.detach().to(dev) for k, v in sb.items() if k not in names}
+            for k, v in stack_interpolated(pa, pb, sub).items():
+                params.setdefault(k, []).append(v)
+            for k, v in stack_interpolated(ba, bb, sub).items():
+                buffers.setdefault(k, []).append(v)
+        return ({k: torch.cat(v) for k, v in params.items()}, {k: torch.cat(v) for k, v in buffers.items()})
+
+    bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(template) else None
+    losses, errors = evaluate_members(template, states, len(ends) * n_alpha, split_data, task, bn_x=bn_x,
+                                      batch_size=batch_size, bn_batch_size=bn_batch_size, max_members=max_members,
+                                      memory_bytes=memory_bytes, device=dev, progress=progress)
+    out = []
+    for p, (sa, sb) in enumerate(ends):
+        sl = slice(p * n_alpha, (p + 1) * n_alpha)
+        loss = {s: v[sl] for s, v in losses.items()}
+        err = {s: v[sl] for s, v in errors.items()}
+        result_barriers: dict[str, dict[str, dict[str, float]]] = {}
+        for s in splits:
+            result_barriers[s] = {"loss": barriers(loss[s], alphas)}
+            if s in err:
+                result_barriers[s]["error"] = barriers(err[s], alphas)
+        total = torch.zeros((), dtype=torch.float64)
+        for k in names:
+            total += (sa[k].detach().to("cpu", torch.float64) - sb[k].detach().to("cpu", torch.float64)).pow(2).sum()
+        out.append(LinearPath(alphas=alphas, loss=loss, error=err, distance=float(total.sqrt()),
+                              barriers=result_barriers, bn_mode=bn_mode, task=task, method="population",
+                              splits=splits))
+    return out
