@@ -496,8 +496,8 @@ def evaluate_curve(
         bn_batch_size: batch size of the BatchNorm re-estimation pass.
         t_batch_size: evaluate at most this many positions at once (default: all; for ``"population"`` the
             default is a memory budget, :func:`zooscape.connect.population.member_chunks`).
-        method: ``"auto"`` (default: ``"population"`` when the architecture has population layers, else the
-            faster of vmap and loop, :func:`~zooscape.connect.batched.choose_method`), ``"population"`` (positions
+        method: ``"auto"`` (default: the fastest for this network, :func:`~zooscape.connect.batched.pick_method`:
+            the population for small networks with population layers, else the faster of vmap and loop), ``"population"`` (positions
             as members of one :class:`zooscape.train.Population` per pass, :func:`evaluate_curves`), ``"vmap"``
             (all positions in one vectorised pass) or ``"loop"`` (one standalone network per position, the slow
             reference).

@@ -224,8 +224,8 @@ def linear_path(
         batch_size: evaluation batch size (the vectorized pass holds ``alphas x batch_size`` activations).
         bn_batch_size: batch size of the BatchNorm re-estimation pass.
         alpha_batch_size: evaluate at most this many alphas at once (default: all).
-        method: ``"auto"`` (default: ``"population"`` when the architecture has population layers, else the
-            faster of vmap and loop, :func:`~zooscape.connect.batched.choose_method`), ``"population"`` (alphas
+        method: ``"auto"`` (default: the fastest for this network, :func:`~zooscape.connect.batched.pick_method`:
+            the population for small networks with population layers, else the faster of vmap and loop), ``"population"`` (alphas
             as members of a :class:`zooscape.train.Population`, chunked by memory or ``alpha_batch_size``),
             ``"vmap"`` (all alphas in one vectorised pass) or ``"loop"`` (one deep-copied model per alpha, the slow
             reference).

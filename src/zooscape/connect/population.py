@@ -44,7 +44,7 @@ __all__ = ["MemberStates", "evaluate_members", "linear_paths", "member_chunks", 
 MemberStates = Callable[[int, int], tuple[Mapping[str, Tensor], Mapping[str, Tensor]]]
 
 #: The smallest evaluation batch a chunk is given before it is made smaller instead.
-MIN_BATCH = 32
+MIN_BATCH = 128
 
 
 def population_supported(template: nn.Module) -> bool:
@@ -55,10 +55,13 @@ def population_supported(template: nn.Module) -> bool:
 
     Returns:
         True when every leaf with parameters has a population version (Linear, Conv2d, BatchNorm, GroupNorm,
-        LayerNorm, ...) and no container holds parameters directly.
+        LayerNorm, ...) and no container holds parameters or floating buffers directly.
     """
     from zooscape.train.population import Population
 
+    for module in template.modules():
+        if list(module.children()) and any(b.is_floating_point() for b in module.buffers(recurse=False)):
+            return False  # a container's own buffer would be shared by all members, not stacked
     try:
         Population([template])
     except (TypeError, ValueError):
@@ -96,10 +99,10 @@ def member_chunks(template: nn.Module, example: Tensor, n_members: int, batch_si
                   max_members: int | None = None, memory_bytes: int | None = None) -> tuple[int, int]:
     """How many members to evaluate per population and at which batch size.
 
-    A chunk of ``m`` members at batch ``b`` holds about ``m * (2 * P + b * A) * 4`` bytes (``P`` parameters and
-    buffers of one member, held by the population and the stacked source; ``A`` activation floats per sample).
-    The budget defaults to what one model holds at ``batch_size`` (the per-model loop's activations), and at least
-    64 MiB.
+    A chunk of ``m`` members holds ``m * P`` bytes of parameters and buffers (``2 m P`` while a chunk is loaded)
+    and ``m * b * A`` bytes of activations at batch ``b`` (``A`` per sample and member). The budget defaults to
+    256 MiB or what one model's activations take at ``batch_size``, whichever is larger; members are split into
+    chunks of nearly equal size (no chunk is mostly padding).
 
     Args:
         template: the architecture.
@@ -117,10 +120,12 @@ def member_chunks(template: nn.Module, example: Tensor, n_members: int, batch_si
     itemsize = 4
     act = _activation_floats(template, example) * itemsize
     size = sum(t.numel() for t in template.state_dict().values()) * itemsize
-    budget = memory_bytes if memory_bytes is not None else max(64 << 20, batch_size * act)
+    budget = memory_bytes if memory_bytes is not None else max(256 << 20, batch_size * act)
     m = min(n_members, 64 if max_members is None else max(1, int(max_members)))
-    m = max(1, min(m, budget // max(1, 2 * size + MIN_BATCH * act)))
-    b = int(min(batch_size, max(MIN_BATCH, (budget - 2 * m * size) // max(1, m * act))))
+    low = min(MIN_BATCH, batch_size)
+    m = max(1, min(m, budget // max(1, 2 * size), budget // max(1, size + low * act)))
+    m = -(-n_members // -(-n_members // m))  # equal chunks: ceil(n / ceil(n / m))
+    b = int(min(batch_size, max(low, (budget - m * size) // max(1, m * act))))
     return int(m), max(1, b)
 
 
@@ -223,6 +228,7 @@ def evaluate_members(
         stop = min(n_members, start + size)
         params, buffers = states(start, stop)
         runner.load(params, buffers, stop - start)
+        del params, buffers
         if bn_x is not None and has_batchnorm(template):
             recompute_bn_stats(runner.pop, bn_x, batch_size=bn_batch_size, forward=runner.pop.forward_shared)
         for split, (x, y) in split_data.items():
