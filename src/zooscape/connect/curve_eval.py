@@ -409,6 +409,7 @@ def evaluate_curves(
     batch_size: int = 1024,
     bn_batch_size: int = 256,
     max_members: int | None = None,
+    method: str = "auto",
     device: str | torch.device | None = None,
     progress: Any = None,
 ) -> list[CurveEvaluation]:
@@ -426,10 +427,12 @@ def evaluate_curves(
             :func:`evaluate_curve`.
         max_members: at most this many curve points per population (default: a memory budget, see
             :func:`zooscape.connect.population.member_chunks`).
-        progress: ``fn(k)`` after each chunk with the points it finished.
+        method: ``"auto"`` (:func:`~zooscape.connect.batched.pick_method`: the population for small networks),
+            ``"population"``, or ``"vmap"``/``"loop"`` (each curve on its own through :func:`evaluate_curve`).
+        progress: ``fn(k)`` after each chunk with the points it finished (population only).
 
     Returns:
-        One :class:`CurveEvaluation` per curve (``method = "population"``); ``[T]`` values per split and metric.
+        One :class:`CurveEvaluation` per curve; ``[T]`` values per split and metric.
 
     References:
         Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity, and Fast
@@ -444,6 +447,13 @@ def evaluate_curves(
     ts = ts_checked
     split_data = {s: get_split(data, s) for s in splits}
     task = infer_task(data, next(iter(split_data.values()))[1], task)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    method = pick_method(curves[0].template, next(iter(split_data.values()))[0], method)
+    if method != "population":
+        return [evaluate_curve(c, data, n_points, splits=splits, weight_decay=weight_decay, bn_mode=bn_mode,
+                               mc_points=mc_points, ts=ts, task=task, batch_size=batch_size,
+                               bn_batch_size=bn_batch_size, method=method, device=device) for c in curves]
     originals = [next(c.parameters()).device for c in curves]
     dev = torch.device(device) if device is not None else originals[0]
     bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(curves[0].template) else None
@@ -522,7 +532,8 @@ def evaluate_curve(
     if method == "population":
         return evaluate_curves([curve], data, n_points, splits=splits, weight_decay=weight_decay, bn_mode=bn_mode,
                                mc_points=mc_points, ts=ts, task=task, batch_size=batch_size,
-                               bn_batch_size=bn_batch_size, max_members=t_batch_size, device=device)[0]
+                               bn_batch_size=bn_batch_size, max_members=t_batch_size, method="population",
+                               device=device)[0]
     original = next(curve.parameters()).device
     dev = torch.device(device) if device is not None else original
     bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(curve.template) else None
