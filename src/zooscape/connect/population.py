@@ -60,8 +60,9 @@ def population_supported(template: nn.Module) -> bool:
     from zooscape.train.population import Population
 
     for module in template.modules():
-        if list(module.children()) and any(b.is_floating_point() for b in module.buffers(recurse=False)):
-            return False  # a container's own buffer would be shared by all members, not stacked
+        own = [*module.parameters(recurse=False), *(b for b in module.buffers(recurse=False) if b.is_floating_point())]
+        if list(module.children()) and own:
+            return False  # a container's own tensors would be shared by all members, not stacked
     try:
         Population([template])
     except (TypeError, ValueError):
