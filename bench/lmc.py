@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from zooscape.connect import linear_path
-from zooscape.connect.batched import pick_method
+from zooscape.connect.population import pick_method
 
 
 def load_digits_splits(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

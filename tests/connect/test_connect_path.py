@@ -201,7 +201,8 @@ def test_other_buffers_are_interpolated_in_reset_mode(mlp_data):
 
 
 def test_auto_method_picks_population_for_small_nets_else_vmap_or_loop():
-    from zooscape.connect.batched import POPULATION_MAX_MACS, choose_method, macs_per_sample, pick_method
+    from zooscape.connect.batched import choose_method, macs_per_sample
+    from zooscape.connect.population import POPULATION_MAX_MACS, pick_method
     from zooscape.models import create_model
 
     small = create_model("mlp", seed=0, num_classes=10, width=32, depth=2, input_size=[64])

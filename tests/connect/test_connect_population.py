@@ -7,7 +7,8 @@ from torch import nn
 
 from zooscape.connect import Curve, linear_path, recompute_bn_stats
 from zooscape.connect.curve_eval import evaluate_curve, evaluate_curves
-from zooscape.connect.population import linear_paths, member_chunks, population_supported
+from zooscape.connect.path import linear_paths
+from zooscape.connect.population import member_chunks, population_supported
 from zooscape.train import Population
 
 

@@ -143,7 +143,7 @@ epochs = "all"
 
 def test_cell_tasks_equal_the_per_pair_reference_with_batchnorm_and_resume(tmp_path):
     """`lmc pairs` evaluates a cell's pairs together (population members); same rows as one task per pair."""
-    from zooscape.studies.lmc_pairs import LmcCellTask, pair_records, pair_params
+    from zooscape.studies.lmc_pairs import LmcCellTask, pair_params, pair_records
     from zooscape.zoo.engines import LocalEngine
 
     text = BASE.replace("epochs = 3", "epochs = 1").replace('activation = "relu"', 'activation = "relu"\nnorm = "bn"')

@@ -37,8 +37,9 @@ from zooscape.connect import (
     l2_distance,
     path_alphas,
 )
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate, pick_method, stack_interpolated
-from zooscape.connect.population import linear_paths
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
+from zooscape.connect.path import linear_paths
+from zooscape.connect.population import pick_method
 from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 from .activation_matching import activation_matching
@@ -180,9 +181,9 @@ def state_path(
         batch_size: evaluation batch size.
         renorm_batch_size: batch size of the BatchNorm pass.
         device: where to evaluate (default: ``state_a``'s device).
-        method: ``"auto"`` (the fastest for this network, :func:`zooscape.connect.batched.pick_method`),
+        method: ``"auto"`` (the fastest for this network, :func:`zooscape.connect.population.pick_method`),
             ``"population"`` (the alphas as members of a :class:`zooscape.train.Population`,
-            :func:`zooscape.connect.population.linear_paths`), ``"vmap"`` (all alphas in one vmapped pass) or
+            :func:`zooscape.connect.path.linear_paths`), ``"vmap"`` (all alphas in one vmapped pass) or
             ``"loop"`` (one alpha per pass); vmap and loop are functional (no module copies).
 
     Returns:
@@ -423,10 +424,10 @@ def state_pairs_barriers(
     """:func:`state_pair_barriers` for many pairs of one architecture, the paths of all pairs evaluated together.
 
     Every pair is aligned on its own (:func:`align_states`); then the naive and aligned paths of all pairs are
-    evaluated as one set of population members (:func:`zooscape.connect.population.linear_paths`), and so are
+    evaluated as one set of population members (:func:`zooscape.connect.path.linear_paths`), and so are
     the ``reset_bn`` paths; ``repair``/``rescale``/``reshift`` stay one pair at a time
     (:func:`renormalized_path`). When ``method`` resolves to ``"vmap"`` or ``"loop"``
-    (:func:`zooscape.connect.batched.pick_method`) each pair goes through :func:`state_pair_barriers`. The
+    (:func:`zooscape.connect.population.pick_method`) each pair goes through :func:`state_pair_barriers`. The
     results equal :func:`state_pair_barriers` of each pair within float tolerance.
 
     Args:

@@ -24,14 +24,11 @@ from torch.func import functional_call, vmap
 from zooscape.connect.bn import batch_slices, batchnorm_modules
 from zooscape.connect.metrics import loss_error_sums
 
-__all__ = ["POPULATION_MAX_MACS", "VMAP_MAX_MACS", "batched_bn_stats", "batched_evaluate", "choose_method", "macs_per_sample",
-           "pick_method", "stack_interpolated"]
+__all__ = ["VMAP_MAX_MACS", "batched_bn_stats", "batched_evaluate", "choose_method", "macs_per_sample",
+           "stack_interpolated"]
 
 #: ``method="auto"`` vectorises over alphas only for networks below this many multiply-adds per sample.
 VMAP_MAX_MACS = 100_000
-#: ``method="auto"`` evaluates path and curve points as a population only for networks below this many
-#: multiply-adds per sample (:func:`pick_method`).
-POPULATION_MAX_MACS = 500_000
 
 
 @torch.no_grad()
@@ -90,35 +87,6 @@ def choose_method(model: nn.Module, example: Tensor, method: str = "auto") -> st
     if method != "auto":
         return method
     return "vmap" if macs_per_sample(model, example) <= VMAP_MAX_MACS else "loop"
-
-
-def pick_method(model: nn.Module, example: Tensor, method: str = "auto") -> str:
-    """Resolve ``method`` of the path and curve evaluations: ``"population"``, ``"vmap"`` or ``"loop"``.
-
-    ``"auto"`` is ``"population"`` (the points as members of one :class:`zooscape.train.Population`,
-    :mod:`zooscape.connect.population`) when the architecture has population layers and at most
-    :data:`POPULATION_MAX_MACS` multiply-adds per sample: there the population saves the per-call overhead that
-    small networks are made of (``bench/lmc.py``: CNN-s 5x, LeNet-5 1-1.7x, digits networks 2.3-3x against the
-    loop). Above it (MLP 784-512x3, VGG11-BN) a population's grouped convolutions and batched matmuls do the same
-    work as separate calls and memory traffic grows with the members, so :func:`choose_method` picks between
-    ``"vmap"`` and ``"loop"`` as before. The rule is deterministic.
-
-    Args:
-        model: the template network.
-        example: a batch of inputs ``[B, *input_shape]``.
-        method: ``"auto"``, ``"population"``, ``"vmap"`` or ``"loop"``.
-
-    Returns:
-        ``"population"``, ``"vmap"`` or ``"loop"``.
-    """
-    if method == "auto" and macs_per_sample(model, example) <= POPULATION_MAX_MACS:
-        from zooscape.connect.population import population_supported
-
-        if population_supported(model):
-            return "population"
-    if method == "population":
-        return method
-    return choose_method(model, example, method)
 
 
 @torch.no_grad()

@@ -30,11 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate, pick_method
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.curve import Curve
 from zooscape.connect.interpolate import check_bn_mode
 from zooscape.connect.metrics import evaluate_model
+from zooscape.connect.population import evaluate_members, pick_method
 from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 __all__ = [
@@ -368,8 +369,6 @@ def _population_metrics(
     bn_x: Tensor | None, batch_size: int, bn_batch_size: int, max_members: int | None, device: torch.device,
     progress: Any = None,
 ) -> list[tuple[dict[str, Tensor], dict[str, Tensor]]]:
-    from zooscape.connect.population import evaluate_members
-
     n_t = ts.shape[0]
 
     def states(start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -427,7 +426,7 @@ def evaluate_curves(
             :func:`evaluate_curve`.
         max_members: at most this many curve points per population (default: a memory budget, see
             :func:`zooscape.connect.population.member_chunks`).
-        method: ``"auto"`` (:func:`~zooscape.connect.batched.pick_method`: the population for small networks),
+        method: ``"auto"`` (:func:`~zooscape.connect.population.pick_method`: the population for small networks),
             ``"population"``, or ``"vmap"``/``"loop"`` (each curve on its own through :func:`evaluate_curve`).
         progress: ``fn(k)`` after each chunk with the points it finished (population only).
 
@@ -506,8 +505,9 @@ def evaluate_curve(
         bn_batch_size: batch size of the BatchNorm re-estimation pass.
         t_batch_size: evaluate at most this many positions at once (default: all; for ``"population"`` the
             default is a memory budget, :func:`zooscape.connect.population.member_chunks`).
-        method: ``"auto"`` (default: the fastest for this network, :func:`~zooscape.connect.batched.pick_method`:
-            the population for small networks with population layers, else the faster of vmap and loop), ``"population"`` (positions
+        method: ``"auto"`` (default: the fastest for this network, :func:`~zooscape.connect.population.pick_method`:
+            the population for small networks with population layers, else the faster of vmap and loop),
+            ``"population"`` (positions
             as members of one :class:`zooscape.train.Population` per pass, :func:`evaluate_curves`), ``"vmap"``
             (all positions in one vectorised pass) or ``"loop"`` (one standalone network per position, the slow
             reference).

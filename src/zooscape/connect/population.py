@@ -17,31 +17,33 @@ BatchNorm per member is handled like the per-model path:
 Members are chunked so that a chunk's parameters and activations stay within a memory budget (by default the
 activations of one model at the full evaluation batch size, the per-pair loop's own peak).
 
-:func:`linear_paths` evaluates the linear paths of many pairs at once (Frankle et al. 2020);
+:func:`zooscape.connect.path.linear_paths` evaluates the linear paths of many pairs at once (Frankle et al. 2020);
 :func:`zooscape.connect.curve_eval.evaluate_curves` does the same for trained curves (Garipov et al. 2018).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from zooscape.connect.barrier import barriers
-from zooscape.connect.batched import stack_interpolated
+from zooscape.connect.batched import choose_method, macs_per_sample
 from zooscape.connect.bn import batch_slices, has_batchnorm, recompute_bn_stats
-from zooscape.connect.interpolate import check_bn_mode, check_compatible_states
 from zooscape.connect.metrics import loss_error_sums
-from zooscape.data.adapt import get_split, infer_task, train_inputs
 
-__all__ = ["MemberStates", "evaluate_members", "linear_paths", "member_chunks", "population_supported"]
+__all__ = ["POPULATION_MAX_MACS", "MemberStates", "evaluate_members", "member_chunks", "pick_method",
+           "population_supported"]
 
 #: ``(start, stop) -> (params, buffers)``: the stacked floating tensors ``{name: [stop - start, *shape]}`` of
 #: members ``start .. stop - 1``.
 MemberStates = Callable[[int, int], tuple[Mapping[str, Tensor], Mapping[str, Tensor]]]
+
+#: ``method="auto"`` evaluates path and curve points as a population only for networks below this many
+#: multiply-adds per sample (:func:`pick_method`).
+POPULATION_MAX_MACS = 500_000
 
 #: The smallest evaluation batch a chunk is given before it is made smaller instead.
 MIN_BATCH = 128
@@ -243,120 +245,28 @@ def evaluate_members(
             {s: torch.cat(v) for s, v in errors.items() if v})
 
 
-def _as_state(x: nn.Module | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    return x.state_dict() if isinstance(x, nn.Module) else x
+def pick_method(model: nn.Module, example: Tensor, method: str = "auto") -> str:
+    """Resolve ``method`` of the path and curve evaluations: ``"population"``, ``"vmap"`` or ``"loop"``.
 
-
-@torch.no_grad()
-def linear_paths(
-    pairs: Sequence[tuple[nn.Module | Mapping[str, Tensor], nn.Module | Mapping[str, Tensor]]],
-    data: Any,
-    n_points: int = 25,
-    *,
-    template: nn.Module | None = None,
-    splits: Sequence[str] = ("train", "test"),
-    bn_mode: str = "interpolate",
-    task: str | None = None,
-    batch_size: int = 1024,
-    bn_batch_size: int = 256,
-    max_members: int | None = None,
-    memory_bytes: int | None = None,
-    device: str | torch.device | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[Any]:
-    """The linear paths of many pairs of one architecture, every alpha of several pairs in one population pass.
-
-    Pair ``p`` at alpha ``a`` is member ``p * A + a`` with ``theta = (1 - a) theta_a + a theta_b``; members are
-    evaluated in chunks through :func:`evaluate_members`. The result for each pair equals
-    :func:`~zooscape.connect.linear_path` (any ``method``) within float tolerance.
+    ``"auto"`` is ``"population"`` (the points as members of one :class:`zooscape.train.Population`,
+    :func:`evaluate_members`) when the architecture has population layers and at most
+    :data:`POPULATION_MAX_MACS` multiply-adds per sample: there the population saves the per-call overhead that
+    small networks are made of (``bench/lmc.py``: CNN-s 5x, LeNet-5 1-1.7x, digits networks 2.3-3x against the
+    loop). Above it (MLP 784-512x3, VGG11-BN) a population's grouped convolutions and batched matmuls do the same
+    work as separate calls and memory traffic grows with the members, so
+    :func:`~zooscape.connect.batched.choose_method` picks between ``"vmap"`` and ``"loop"`` as before. The rule is
+    deterministic.
 
     Args:
-        pairs: ``[(a, b), ...]``: endpoints as modules or state dicts (keys of ``template.state_dict()``).
-        data: ``DataSplits``-like object or mapping ``{split: (x, y)}``.
-        n_points: evenly spaced alphas including both endpoints; 0.5 is added when even
-            (:func:`~zooscape.connect.path_alphas`).
-        template: a network of the architecture (default: the first endpoint when it is a module).
-        splits: splits to evaluate.
-        bn_mode: ``"interpolate"`` BatchNorm statistics, or ``"reset"``: re-estimated per point on the ``"train"``
-            split (:func:`~zooscape.connect.bn.recompute_bn_stats`).
-        task: ``"classification"`` or ``"regression"``; inferred from the data.
-        batch_size: the per-model evaluation batch size.
-        bn_batch_size: batch size of the BatchNorm pass.
-        max_members: at most this many path points per population.
-        memory_bytes: memory budget of a chunk (:func:`member_chunks`).
-        device: where to evaluate (default: the template's device).
-        progress: ``fn(k)`` after each chunk with the points it finished.
+        model: the template network.
+        example: a batch of inputs ``[B, *input_shape]``.
+        method: ``"auto"``, ``"population"``, ``"vmap"`` or ``"loop"``.
 
     Returns:
-        One :class:`~zooscape.connect.LinearPath` per pair (``alphas [A]``, ``loss[split] [A]``,
-        ``error[split] [A]``, ``distance``, ``barriers``; ``method = "population"``).
-
-    References:
-        Frankle, Dziugaite, Roy, Carbin (2020), "Linear Mode Connectivity and the Lottery Ticket Hypothesis".
+        ``"population"``, ``"vmap"`` or ``"loop"``.
     """
-    from zooscape.connect.path import LinearPath, path_alphas
-
-    check_bn_mode(bn_mode)
-    if not pairs:
-        return []
-    if template is None:
-        if not isinstance(pairs[0][0], nn.Module):
-            raise ValueError("linear_paths needs template= when the endpoints are state dicts")
-        template = pairs[0][0]
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    if not splits:
-        raise ValueError("splits must name at least one split")
-    alphas = path_alphas(n_points)
-    split_data = {s: get_split(data, s) for s in splits}
-    task = infer_task(data, next(iter(split_data.values()))[1], task)
-    dev = torch.device(device) if device is not None else next(
-        (t.device for t in template.parameters()), torch.device("cpu"))
-    names = {n for n, _ in template.named_parameters()}
-    ends = []
-    for i, (a, b) in enumerate(pairs):
-        sa, sb = _as_state(a), _as_state(b)
-        try:
-            check_compatible_states(sa, sb)
-        except ValueError as exc:
-            raise ValueError(f"pair {i}: {exc}") from None
-        ends.append((sa, sb))
-    n_alpha = alphas.shape[0]
-
-    def states(start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        params: dict[str, list[Tensor]] = {}
-        buffers: dict[str, list[Tensor]] = {}
-        for p in range(start // n_alpha, (stop - 1) // n_alpha + 1):
-            lo, hi = max(start, p * n_alpha) - p * n_alpha, min(stop, (p + 1) * n_alpha) - p * n_alpha
-            sa, sb = ends[p]
-            sub = alphas[lo:hi]
-            pa = {k: v.detach().to(dev) for k, v in sa.items() if k in names}
-            pb = {k: v.detach().to(dev) for k, v in sb.items() if k in names}
-            ba = {k: v.detach().to(dev) for k, v in sa.items() if k not in names}
-            bb = {k: v.detach().to(dev) for k, v in sb.items() if k not in names}
-            for k, v in stack_interpolated(pa, pb, sub).items():
-                params.setdefault(k, []).append(v)
-            for k, v in stack_interpolated(ba, bb, sub).items():
-                buffers.setdefault(k, []).append(v)
-        return ({k: torch.cat(v) for k, v in params.items()}, {k: torch.cat(v) for k, v in buffers.items()})
-
-    bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(template) else None
-    losses, errors = evaluate_members(template, states, len(ends) * n_alpha, split_data, task, bn_x=bn_x,
-                                      batch_size=batch_size, bn_batch_size=bn_batch_size, max_members=max_members,
-                                      memory_bytes=memory_bytes, device=dev, progress=progress)
-    out = []
-    for p, (sa, sb) in enumerate(ends):
-        sl = slice(p * n_alpha, (p + 1) * n_alpha)
-        loss = {s: v[sl] for s, v in losses.items()}
-        err = {s: v[sl] for s, v in errors.items()}
-        result_barriers: dict[str, dict[str, dict[str, float]]] = {}
-        for s in splits:
-            result_barriers[s] = {"loss": barriers(loss[s], alphas)}
-            if s in err:
-                result_barriers[s]["error"] = barriers(err[s], alphas)
-        total = torch.zeros((), dtype=torch.float64)
-        for k in names:
-            total += (sa[k].detach().to("cpu", torch.float64) - sb[k].detach().to("cpu", torch.float64)).pow(2).sum()
-        out.append(LinearPath(alphas=alphas, loss=loss, error=err, distance=float(total.sqrt()),
-                              barriers=result_barriers, bn_mode=bn_mode, task=task, method="population",
-                              splits=splits))
-    return out
+    if method == "auto" and macs_per_sample(model, example) <= POPULATION_MAX_MACS and population_supported(model):
+        return "population"
+    if method == "population":
+        return method
+    return choose_method(model, example, method)
