@@ -193,3 +193,11 @@ def test_cell_tasks_equal_the_per_pair_reference_with_batchnorm_and_resume(tmp_p
     assert len(pair_records(out, pair_params(3, ("train", "test"), "weight", "reset_bn"))) == 1
     rows = pair_barriers(out, engine=Recording(workers=1), **kw3)
     assert len(seen) == 1 and len(seen[0].pairs) == 2 and len(rows) == 3
+    # the command line keeps the per-pair reference
+    seen.clear()
+    assert main(["lmc", "pairs", str(out), "--n-points", "3", "--align", "weight", "--renorm", "reset_bn",
+                 "--per-pair", "--force", "--quiet"]) == 0
+    again = pair_records(out, pair_params(3, ("train", "test"), "weight", "reset_bn"))
+    assert len(again) == 3
+    for g, r in zip(again, rows):
+        assert g["barrier_loss_test_linear"] == pytest.approx(r["barrier_loss_test_linear"], rel=1e-5, abs=1e-6)
