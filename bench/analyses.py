@@ -134,12 +134,15 @@ def _load_curves(zoo_dir: Path, curves_dir: Path) -> tuple[dict[int, list[tuple[
     return cells, data
 
 
+CURVE_POINTS = int(os.environ.get("BENCH_CURVE_POINTS", "21"))
+
+
 def curve_loop(zoo_dir: Path, curves_dir: Path, method: str) -> dict[str, float]:
-    """The plain per-curve loop: ``evaluate_curve`` of every trained curve (default ``n_points``: 61)."""
+    """The plain per-curve loop: ``evaluate_curve`` of every trained curve."""
     from zooscape.connect import evaluate_curve
 
     cells, data = _load_curves(zoo_dir, curves_dir)
-    return {key: evaluate_curve(curve, data, method=method).mc["test"]["loss"]
+    return {key: evaluate_curve(curve, data, CURVE_POINTS, method=method).mc["test"]["loss"]
             for items in cells.values() for key, curve in items}
 
 
@@ -150,7 +153,7 @@ def curve_study(zoo_dir: Path, curves_dir: Path) -> dict[str, float]:
     cells, data = _load_curves(zoo_dir, curves_dir)
     out = {}
     for items in cells.values():
-        for (key, _), ev in zip(items, evaluate_curves([c for _, c in items], data)):
+        for (key, _), ev in zip(items, evaluate_curves([c for _, c in items], data, CURVE_POINTS)):
             out[key] = ev.mc["test"]["loss"]
     return out
 
@@ -160,8 +163,11 @@ def _child(which: str, zoo_dir: Path, extra: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    import zooscape.connect  # noqa: F401  (imports are not timed)
+    import zooscape.align.lmc  # noqa: F401  (imports are not timed: they are the same for any zoo size)
+    import zooscape.connect  # noqa: F401
+    import zooscape.studies.curves  # noqa: F401
     import zooscape.studies.lmc_pairs  # noqa: F401
+    import zooscape.zoo.engines  # noqa: F401
 
     t0 = time.perf_counter()
     if which == "lmc-study":
@@ -184,12 +190,13 @@ def _run_child(which: str, zoo_dir: Path, extra: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def pair_analysis(analysis: str, zoo_dir: Path, tmp: Path, repeats: int, what: str) -> None:
+def pair_analysis(analysis: str, zoo_dir: Path, tmp: Path, repeats: int, what: str,
+                  methods: tuple[str, ...] = ("auto", "loop")) -> None:
     """Interleave study and loops in fresh processes; print wall-clock ratios and peak RSS."""
     curves_dir = tmp / "bench_curves"
     if analysis == "curve":
         _curve_files(zoo_dir, curves_dir)
-    sides = ([f"{analysis}-study", f"{analysis}-loop:auto", f"{analysis}-loop:loop"])
+    sides = [f"{analysis}-study", *(f"{analysis}-loop:{m}" for m in methods)]
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     for _ in range(repeats):
         for side in sides:
@@ -199,7 +206,8 @@ def pair_analysis(analysis: str, zoo_dir: Path, tmp: Path, repeats: int, what: s
     ref = runs[sides[0]][0]["values"]
     diff = max(abs(runs[s][0]["values"][k] - v) for s in sides[1:] for k, v in ref.items())
     label = {"lmc": f"LMC of every seed pair ({LMC_POINTS} alphas, train + test)",
-             "curve": "evaluating a trained Bezier curve of every seed pair (61 points, BN reset, train + test)"}
+             "curve": f"evaluating a trained Bezier curve of every seed pair ({CURVE_POINTS} points, BN reset, "
+                      "train + test)"}
     print(f"{label[analysis]}: {what}, 16 models in 4 cells ({len(ref)} pairs), 1 thread, "
           f"load average {os.getloadavg()[0]:.1f}, best of {repeats}")
     study = sides[0]
@@ -218,8 +226,13 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=1024)
     parser.add_argument("--analysis", choices=("cka", "lmc", "curve"), default="cka")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--methods", default="auto,loop",
+                        help="lmc/curve: methods of the per-pair loop (auto = the default of linear_path / "
+                             "evaluate_curve; vmap, loop, population)")
+    parser.add_argument("--n-points", type=int, default=21, help="curve: evaluated points per curve")
     args = parser.parse_args()
     if args.analysis in ("lmc", "curve"):
+        os.environ["BENCH_CURVE_POINTS"] = str(args.n_points)  # read by the child processes
         pair_main(args)
         return
     import torch
@@ -272,7 +285,7 @@ def pair_main(args: argparse.Namespace) -> None:
         tmp = Path(tmp)
         (tmp / "spec.toml").write_text(spec)
         train_zoo(tmp / "spec.toml", tmp / "zoo", device="cpu", progress=False).close()
-        pair_analysis(args.analysis, tmp / "zoo", tmp, args.repeats, what)
+        pair_analysis(args.analysis, tmp / "zoo", tmp, args.repeats, what, tuple(args.methods.split(",")))
 
 
 if __name__ == "__main__":
