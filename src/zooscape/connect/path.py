@@ -320,7 +320,7 @@ def linear_paths(
     memory_bytes: int | None = None,
     device: str | torch.device | None = None,
     progress: Callable[[int], None] | None = None,
-) -> list[Any]:
+) -> list[LinearPath]:
     """The linear paths of many pairs of one architecture, every alpha of several pairs in one population pass.
 
     Pair ``p`` at alpha ``a`` is member ``p * A + a`` with ``theta = (1 - a) theta_a + a theta_b``; members are

@@ -28,7 +28,7 @@ from typing import Any
 from zooscape._io import atomic_write_bytes
 from zooscape.studies.cells import zoo_cells
 from zooscape.studies.curve_runs import _write_json
-from zooscape.studies.jobs import PairTask, commit_task_results, stored_keys, zoo_store
+from zooscape.studies.jobs import PairTask, cell_groups, commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import canonical_json
 
@@ -403,13 +403,7 @@ def curve_cell_tasks(tasks: Sequence[CurvePairTask]) -> list[CurveCellTask]:
     Returns:
         One cell task per (cell, epoch) with its pairs in the given order.
     """
-    grouped: dict[tuple[int, int], CurveCellTask] = {}
-    for t in tasks:
-        key = (t.cell, t.epoch)
-        if key not in grouped:
-            grouped[key] = CurveCellTask(t.root, t.cell, t.epoch, [], dict(t.params), t.device)
-        grouped[key].pairs.append((t.model_id, t.other_id))
-    return list(grouped.values())
+    return [CurveCellTask(t.root, t.cell, t.epoch, pairs, dict(t.params), t.device) for t, pairs in cell_groups(tasks)]
 
 
 def curve_records(zoo_dir: str | Path, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from zooscape._io import atomic_write_bytes, json_ready
 from zooscape.studies.cells import zoo_cells
-from zooscape.studies.jobs import PairTask
+from zooscape.studies.jobs import PairTask, cell_groups
 from zooscape.studies.lmc_train import LMC_DIR, pair_values
 from zooscape.zoo.grid import canonical_json
 
@@ -237,13 +237,7 @@ def cell_tasks(tasks: Sequence[LmcPairTask]) -> list[LmcCellTask]:
     Returns:
         One cell task per (cell, epoch) with its pairs in the given order.
     """
-    grouped: dict[tuple[int, int], LmcCellTask] = {}
-    for t in tasks:
-        key = (t.cell, t.epoch)
-        if key not in grouped:
-            grouped[key] = LmcCellTask(t.root, t.cell, t.epoch, [], dict(t.params), t.device)
-        grouped[key].pairs.append((t.model_id, t.other_id))
-    return list(grouped.values())
+    return [LmcCellTask(t.root, t.cell, t.epoch, pairs, dict(t.params), t.device) for t, pairs in cell_groups(tasks)]
 
 
 def permutation_path(root: str | Path, model_id: str, other_id: str, epoch: int, params: Mapping[str, Any]) -> Path:
