@@ -33,7 +33,7 @@ from torch import Tensor
 from zooscape.connect.batched import batched_bn_stats, batched_evaluate
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.curve import Curve
-from zooscape.connect.interpolate import check_bn_mode
+from zooscape.connect.interpolate import check_evaluation
 from zooscape.connect.metrics import evaluate_model
 from zooscape.connect.population import evaluate_members, pick_method
 from zooscape.data.adapt import get_split, infer_task, train_inputs
@@ -321,17 +321,7 @@ def _check_settings(curve: Any, bn_mode: str, method: str, splits: Sequence[str]
                     ts: Tensor | None) -> tuple[tuple[str, ...], Tensor]:
     if not isinstance(curve, Curve):
         raise TypeError(f"curve must be a zooscape.connect.Curve, got {type(curve).__name__}")
-    check_bn_mode(bn_mode)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(splits, str):
-        splits = (splits,)
-    splits = tuple(splits)
-    if not splits:
-        raise ValueError("splits must name at least one split")
-    for name, value in (("batch_size", batch_size), ("bn_batch_size", bn_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    splits = check_evaluation(bn_mode, method, METHODS, splits, batch_size, bn_batch_size)
     if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     if ts is None:

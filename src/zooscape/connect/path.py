@@ -23,7 +23,13 @@ from zooscape.connect.barrier import BARRIER_DEFINITIONS, barriers
 from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.distance import l2_distance
-from zooscape.connect.interpolate import check_bn_mode, check_compatible, check_compatible_states, interpolate
+from zooscape.connect.interpolate import (
+    check_bn_mode,
+    check_compatible,
+    check_compatible_states,
+    check_evaluation,
+    interpolate,
+)
 from zooscape.connect.metrics import evaluate_model
 from zooscape.connect.population import evaluate_members, pick_method
 from zooscape.data.adapt import get_split, infer_task, train_inputs
@@ -243,17 +249,7 @@ def linear_path(
         Entezari, Sedghi, Saukh, Neyshabur (2022), "The Role of Permutation Invariance in Linear Mode
         Connectivity of Neural Networks".
     """
-    check_bn_mode(bn_mode)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(splits, str):
-        splits = (splits,)
-    splits = tuple(splits)
-    if not splits:
-        raise ValueError("splits must name at least one split")
-    for name, value in (("batch_size", batch_size), ("bn_batch_size", bn_batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    splits = check_evaluation(bn_mode, method, METHODS, splits, batch_size, bn_batch_size)
     check_compatible(model_a, model_b)
     alphas = path_alphas(n_points)
     if alpha_batch_size is None:

@@ -37,7 +37,6 @@ __all__ = [
     "CurveCellTask",
     "CurvePairPlan",
     "CurvePairTask",
-    "curve_cell_tasks",
     "curve_pairs",
     "curve_records",
     "default_pair_config",
@@ -387,23 +386,13 @@ def curve_pairs(
         results = commit_task_results(store, eng, run_curve_pair_task, plan.tasks, before_commit=store_files,
                                       on_result=report)
     else:
-        results = commit_task_results(store, eng, run_curve_cell_task, curve_cell_tasks(plan.tasks),
-                                      before_commit=store_files, on_result=report)
+        cells = [CurveCellTask(t.root, t.cell, t.epoch, pairs, dict(t.params), t.device)
+                 for t, pairs in cell_groups(plan.tasks)]
+        results = commit_task_results(store, eng, run_curve_cell_task, cells, before_commit=store_files,
+                                      on_result=report)
     order = {(t.model_id, t.other_id, t.epoch): i for i, t in enumerate(plan.tasks)}
     records = [one["record"] for r in results for one in r.get("pairs", [r])]
     return sorted(records, key=lambda r: order[(r["model_id"], r["other_id"], r["epoch"])])
-
-
-def curve_cell_tasks(tasks: Sequence[CurvePairTask]) -> list[CurveCellTask]:
-    """Group pair tasks by (cell, epoch) into :class:`CurveCellTask`, in the order of their first pair.
-
-    Args:
-        tasks: pair tasks (from :func:`plan_curve_pairs`).
-
-    Returns:
-        One cell task per (cell, epoch) with its pairs in the given order.
-    """
-    return [CurveCellTask(t.root, t.cell, t.epoch, pairs, dict(t.params), t.device) for t, pairs in cell_groups(tasks)]
 
 
 def curve_records(zoo_dir: str | Path, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -34,7 +34,6 @@ __all__ = [
     "PAIRS_EXPERIMENT",
     "RENORMS",
     "LmcCellTask",
-    "cell_tasks",
     "LmcPairPlan",
     "LmcPairTask",
     "load_permutation",
@@ -226,18 +225,6 @@ def run_cell_task(task: LmcCellTask) -> dict[str, Any]:
     pairs = [_pair_result(a, b, task.epoch, task.cell, params, paths, alignment)
              for (a, b), (paths, alignment) in zip(task.pairs, results)]
     return {"rows": [row for p in pairs for row in p["rows"]], "pairs": pairs}
-
-
-def cell_tasks(tasks: Sequence[LmcPairTask]) -> list[LmcCellTask]:
-    """Group pair tasks by (cell, epoch) into :class:`LmcCellTask`, in the order of their first pair.
-
-    Args:
-        tasks: pair tasks (from :func:`plan_pairs`).
-
-    Returns:
-        One cell task per (cell, epoch) with its pairs in the given order.
-    """
-    return [LmcCellTask(t.root, t.cell, t.epoch, pairs, dict(t.params), t.device) for t, pairs in cell_groups(tasks)]
 
 
 def permutation_path(root: str | Path, model_id: str, other_id: str, epoch: int, params: Mapping[str, Any]) -> Path:
@@ -432,8 +419,9 @@ def pair_barriers(
         if per_pair:
             commit_task_results(store, eng, run_pair_task, plan.tasks, before_commit=store_perm, on_result=report)
         else:
-            commit_task_results(store, eng, run_cell_task, cell_tasks(plan.tasks), before_commit=store_perm,
-                                on_result=report)
+            cells = [LmcCellTask(t.root, t.cell, t.epoch, pairs, dict(t.params), t.device)
+                     for t, pairs in cell_groups(plan.tasks)]
+            commit_task_results(store, eng, run_cell_task, cells, before_commit=store_perm, on_result=report)
     wanted = {(t.model_id, t.other_id, t.epoch) for t in plan.tasks + plan.done}
     records = [r for r in pair_records(store.root, params) if (r["model_id"], r["other_id"], r["epoch"]) in wanted]
     for r in records:
