@@ -21,14 +21,14 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zooscape._io import atomic_write_bytes
 from zooscape.studies.cells import zoo_cells
 from zooscape.studies.curve_runs import _write_json
-from zooscape.studies.jobs import PairTask, cell_groups, commit_task_results, stored_keys, zoo_store
+from zooscape.studies.jobs import CellTask, PairTask, cell_groups, commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import canonical_json
 
@@ -169,25 +169,11 @@ def _curve_result(model_id: str, other_id: str, epoch: int, cell: int, params: M
     }
 
 
-@dataclass
-class CurveCellTask:
+class CurveCellTask(CellTask):
     """The pairs of one grid cell still to compute at one epoch: train their curves, evaluate them together.
 
-    Args:
-        root: zoo directory.
-        cell: index of the grid cell.
-        epoch: checkpointed epoch of the endpoints.
-        pairs: ``[(model_id, other_id), ...]`` (start and end of each curve).
-        params: every setting from :func:`pair_params`.
-        device: torch device.
+    Fields as :class:`~zooscape.studies.jobs.CellTask`; ``params`` from :func:`pair_params`.
     """
-
-    root: str
-    cell: int
-    epoch: int
-    pairs: list[tuple[str, str]] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
 
 
 def run_curve_cell_task(task: CurveCellTask) -> dict[str, Any]:

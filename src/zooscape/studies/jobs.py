@@ -22,7 +22,8 @@ from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.engines import Engine
 from zooscape.zoo.store import ZooStore, is_zoo
 
-__all__ = ["PairTask", "cell_groups", "commit_task_results", "experiment_records", "stored_keys", "zoo_store"]
+__all__ = ["CellTask", "PairTask", "cell_groups", "commit_task_results", "experiment_records", "stored_keys",
+           "zoo_store"]
 
 
 @dataclass
@@ -44,6 +45,27 @@ class PairTask:
     other_id: str
     epoch: int
     cell: int
+    params: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+
+
+@dataclass
+class CellTask:
+    """The seed pairs of one grid cell still to compute at one epoch, for a study's per-cell task (picklable).
+
+    Args:
+        root: zoo directory.
+        cell: index of the grid cell.
+        epoch: checkpointed epoch of every model.
+        pairs: ``[(model_id, other_id), ...]`` in plan order.
+        params: every setting of the study (stored with its rows).
+        device: torch device.
+    """
+
+    root: str
+    cell: int
+    epoch: int
+    pairs: list[tuple[str, str]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
 

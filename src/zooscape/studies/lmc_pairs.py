@@ -19,13 +19,13 @@ import itertools
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zooscape._io import atomic_write_bytes, json_ready
 from zooscape.studies.cells import zoo_cells
-from zooscape.studies.jobs import PairTask, cell_groups
+from zooscape.studies.jobs import CellTask, PairTask, cell_groups
 from zooscape.studies.lmc_train import LMC_DIR, pair_values
 from zooscape.zoo.grid import canonical_json
 
@@ -155,25 +155,11 @@ def run_pair_task(task: LmcPairTask) -> dict[str, Any]:
     return _pair_result(task.model_id, task.other_id, task.epoch, task.cell, params, paths, alignment)
 
 
-@dataclass
-class LmcCellTask:
+class LmcCellTask(CellTask):
     """The pairs of one grid cell still to compute at one epoch, evaluated together (picklable).
 
-    Args:
-        root: zoo directory.
-        cell: index of the grid cell.
-        epoch: checkpointed epoch of every model.
-        pairs: ``[(model_id, other_id), ...]`` (``model_id`` is the ``alpha = 0`` endpoint and reference).
-        params: settings from :func:`pair_params`.
-        device: torch device.
+    Fields as :class:`~zooscape.studies.jobs.CellTask`; ``params`` from :func:`pair_params`.
     """
-
-    root: str
-    cell: int
-    epoch: int
-    pairs: list[tuple[str, str]] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
 
 
 def _pair_result(model_id: str, other_id: str, epoch: int, cell: int, params: Mapping[str, Any],
