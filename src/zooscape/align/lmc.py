@@ -423,12 +423,11 @@ def state_pairs_barriers(
 ) -> list[tuple[dict[str, LinearPath], PairAlignment]]:
     """:func:`state_pair_barriers` for many pairs of one architecture, the paths of all pairs evaluated together.
 
-    Every pair is aligned on its own (:func:`align_states`); then the naive and aligned paths of all pairs are
-    evaluated as one set of population members (:func:`zooscape.connect.path.linear_paths`), and so are
-    the ``reset_bn`` paths; ``repair``/``rescale``/``reshift`` stay one pair at a time
-    (:func:`renormalized_path`). When ``method`` resolves to ``"vmap"`` or ``"loop"``
-    (:func:`zooscape.connect.population.pick_method`) each pair goes through :func:`state_pair_barriers`. The
-    results equal :func:`state_pair_barriers` of each pair within float tolerance.
+    Each pair is aligned on its own (:func:`align_states`); the naive and aligned paths of all pairs are then one
+    set of population members (:func:`zooscape.connect.path.linear_paths`), and so are the ``reset_bn`` paths;
+    ``repair``/``rescale``/``reshift`` stay per pair. If ``method`` resolves to ``"vmap"``/``"loop"``
+    (:func:`zooscape.connect.population.pick_method`) each pair runs :func:`state_pair_barriers`. Results equal
+    :func:`state_pair_barriers` of each pair within float tolerance.
 
     Args:
         template: a module of the architecture.
