@@ -5,6 +5,8 @@ Usage:
     .venv/bin/python bench/analyses.py --quick    # the same on MLPs and digits
     .venv/bin/python bench/analyses.py --analysis hessian [--quick]   # Hessian top eigenvalue + trace + loss
     .venv/bin/python bench/analyses.py --analysis fisher [--quick]    # Fisher trace (sampled labels)
+    .venv/bin/python bench/analyses.py --analysis lmc [--quick]     # `lmc pairs` vs a per-pair linear_path loop
+    .venv/bin/python bench/analyses.py --analysis curve [--quick]   # evaluating trained curves: per cell vs per pair
 
 The plain loop is what a user writes with the public per-model functions: for every seed pair of every cell, load
 both checkpoints (``zoo.load_model``) and compute ``landscape.cka`` of their ``layer_features``. ``zooscape metrics
@@ -18,6 +20,8 @@ For ``--analysis hessian`` / ``fisher`` the plain loop loads each model and call
 in its own process (interleaved, twice), so that the printed peak RSS (``ru_maxrss``) is that side's own; the work
 is timed inside the process (imports and torch.func's first-use imports excluded), and the values are checked to
 agree.
+
+The ``lmc`` and ``curve`` entries live in ``bench/analyses_pairs.py`` (see its docstring).
 """
 
 from __future__ import annotations
@@ -157,15 +161,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="MLPs on digits")
     parser.add_argument("--n-samples", type=int, default=1024)
-    parser.add_argument("--analysis", choices=("cka", "hessian", "fisher"), default="cka",
+    parser.add_argument("--analysis", choices=("cka", "hessian", "fisher", "lmc", "curve"), default="cka",
                         help="which zoo-wide analysis to compare with its plain loop (default cka)")
     parser.add_argument("--chunk-size", type=int, default=4, help="hessian/fisher: models per population")
+    parser.add_argument("--repeats", type=int, default=2, help="lmc/curve: interleaved repeats (best is kept)")
+    parser.add_argument("--methods", default="auto,loop",
+                        help="lmc/curve: methods of the per-pair loop (auto = the default of linear_path / "
+                             "evaluate_curve; vmap, loop, population)")
+    parser.add_argument("--n-points", type=int, default=21, help="curve: evaluated points per curve")
     parser.add_argument("--side", choices=("loop", "zoo"), help=argparse.SUPPRESS)
     parser.add_argument("--zoo", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side is not None:
         _side(args)
+        return
+    if args.analysis in ("lmc", "curve"):
+        os.environ["BENCH_CURVE_POINTS"] = str(args.n_points)  # read by the child processes
+        sys.path.insert(0, str(Path(__file__).parent))
+        from analyses_pairs import pair_main
+
+        pair_main(args)
         return
     import torch
 

@@ -200,8 +200,9 @@ def test_other_buffers_are_interpolated_in_reset_mode(mlp_data):
     torch.testing.assert_close(fast.loss["test"], slow.loss["test"], rtol=1e-5, atol=1e-6)
 
 
-def test_auto_method_picks_vmap_for_small_dense_nets_and_loop_for_real_convolutions():
+def test_auto_method_picks_population_for_small_nets_else_vmap_or_loop():
     from zooscape.connect.batched import choose_method, macs_per_sample
+    from zooscape.connect.population import POPULATION_MAX_MACS, pick_method
     from zooscape.models import create_model
 
     small = create_model("mlp", seed=0, num_classes=10, width=32, depth=2, input_size=[64])
@@ -212,4 +213,11 @@ def test_auto_method_picks_vmap_for_small_dense_nets_and_loop_for_real_convoluti
     assert choose_method(cnn, torch.randn(2, 1, 28, 28)) == "loop"
     data = {"test": (x, torch.randint(0, 10, (4,)))}
     other = create_model("mlp", seed=1, num_classes=10, width=32, depth=2, input_size=[64])
-    assert linear_path(small, other, data, 3, splits=("test",)).method == "vmap"
+    assert linear_path(small, other, data, 3, splits=("test",)).method == "population"
+    assert pick_method(small, x) == "population" and pick_method(small, x, "vmap") == "vmap"
+    assert pick_method(cnn, torch.randn(2, 1, 28, 28)) == "population"
+    big = create_model("mlp", seed=0, num_classes=10, width=512, depth=3, input_size=[784])
+    assert macs_per_sample(big, torch.randn(2, 784)) > POPULATION_MAX_MACS
+    assert pick_method(big, torch.randn(2, 784)) == "loop"
+    # a container holding its own buffer has no population version: auto falls back to vmap/loop
+    assert pick_method(Shifted(0), torch.randn(2, 6)) == "vmap"

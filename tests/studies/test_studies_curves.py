@@ -298,7 +298,7 @@ def test_interrupted_curve_pairs_resume_in_workers_from_the_cli(seed_zoo, tmp_pa
     ref_dir, out, ref = _copies_and_reference(seed_zoo, tmp_path)
     stop = StopAfter(1)
     with pytest.raises(EngineError, match="worker died"):
-        curve_pairs(out, **FAST, engine=stop)
+        curve_pairs(out, **FAST, engine=stop, per_pair=True)  # the per-pair reference: one task per pair
     assert len(stop.tasks) == 3 and all(isinstance(t, CurvePairTask) for t in stop.tasks)
     first = curve_records(out, FAST_PARAMS)
     assert len(first) == 1 and len(list((out / "curves").glob("*.safetensors"))) == 1  # committed as it came

@@ -139,3 +139,65 @@ epochs = "all"
     with pytest.raises(FileNotFoundError):
         pair_barriers(tmp_path / "nothing")
     assert torch.isfinite(torch.tensor([r["distance"] for r in rows])).all()
+
+
+def test_cell_tasks_equal_the_per_pair_reference_with_batchnorm_and_resume(tmp_path):
+    """`lmc pairs` evaluates a cell's pairs together (population members); same rows as one task per pair."""
+    from zooscape.studies.lmc_pairs import LmcCellTask, pair_params, pair_records
+    from zooscape.zoo.engines import LocalEngine
+
+    text = BASE.replace("epochs = 3", "epochs = 1").replace('activation = "relu"', 'activation = "relu"\nnorm = "bn"')
+    text += '\n[grid]\n"training.seed" = [0, 1, 2]\n'
+    out = tmp_path / "zoo"
+    train_zoo(_write(tmp_path, text), out, device="cpu", progress=False).close()
+    kw = dict(n_points=5, align="weight", renorm="reset_bn", splits=("train", "test"))
+    ref = pair_barriers(out, per_pair=True, **kw)
+    seen = []
+
+    class Recording(LocalEngine):
+        def map(self, fn, tasks, **k):
+            seen.extend(tasks)
+            return super().map(fn, tasks, **k)
+
+    got = pair_barriers(out, force=True, engine=Recording(workers=1), **kw)
+    assert len(seen) == 1 and isinstance(seen[0], LmcCellTask) and len(seen[0].pairs) == 3
+    assert [(r["model_id"], r["other_id"]) for r in got] == [(r["model_id"], r["other_id"]) for r in ref]
+    for g, r in zip(got, ref):
+        assert g.keys() == r.keys()
+        for k, v in r.items():
+            if isinstance(v, float):
+                assert g[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    # BatchNorm re-estimation changed the barriers (the comparison above is not trivially equal)
+    assert any(abs(r["barrier_loss_train_linear"] - r["aligned_barrier_loss_train_linear"]) > 1e-4 for r in got)
+    # resume: delete nothing, run again in two worker processes -> nothing to do; rows not duplicated
+    seen.clear()
+    pair_barriers(out, engine=Recording(workers=2), **kw)
+    assert seen == []
+    params = pair_params(5, ("train", "test"), "weight", "reset_bn")
+    assert len(pair_records(out, params)) == 3
+    # the permutation files were written for every pair
+    assert len(list((out / "lmc" / "perms").glob("*.safetensors"))) == 3
+    # an interrupted per-pair run resumes as one cell task holding only the missing pairs
+    from zooscape.zoo.engines import EngineError
+
+    class StopAfterOne(LocalEngine):
+        def map(self, fn, tasks, **k):
+            for i, result in enumerate(super().map(fn, tasks, **k)):
+                if i == 1:
+                    raise EngineError("worker died")
+                yield result
+
+    kw3 = dict(kw, n_points=3)
+    with pytest.raises(EngineError):
+        pair_barriers(out, per_pair=True, engine=StopAfterOne(workers=1), **kw3)
+    assert len(pair_records(out, pair_params(3, ("train", "test"), "weight", "reset_bn"))) == 1
+    rows = pair_barriers(out, engine=Recording(workers=1), **kw3)
+    assert len(seen) == 1 and len(seen[0].pairs) == 2 and len(rows) == 3
+    # the command line keeps the per-pair reference
+    seen.clear()
+    assert main(["lmc", "pairs", str(out), "--n-points", "3", "--align", "weight", "--renorm", "reset_bn",
+                 "--per-pair", "--force", "--quiet"]) == 0
+    again = pair_records(out, pair_params(3, ("train", "test"), "weight", "reset_bn"))
+    assert len(again) == 3
+    for g, r in zip(again, rows):
+        assert g["barrier_loss_test_linear"] == pytest.approx(r["barrier_loss_test_linear"], rel=1e-5, abs=1e-6)

@@ -37,7 +37,9 @@ from zooscape.connect import (
     l2_distance,
     path_alphas,
 )
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate, choose_method, stack_interpolated
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
+from zooscape.connect.path import linear_paths
+from zooscape.connect.population import pick_method
 from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 from .activation_matching import activation_matching
@@ -47,7 +49,7 @@ from .spec import PermutationSpec
 from .weight_matching import infer_example_input, resolve_spec, weight_matching_state_dicts
 
 __all__ = ["ALIGN_METHODS", "PATH_RENORMS", "PairAlignment", "align_pair", "align_states", "pair_barriers_aligned",
-           "renormalized_path", "state_pair_barriers", "state_path"]
+           "renormalized_path", "state_pair_barriers", "state_pairs_barriers", "state_path"]
 
 #: Alignment methods of :func:`align_pair` (``"none"`` keeps ``model_b`` as it is).
 ALIGN_METHODS: tuple[str, ...] = ("none", "weight", "activation")
@@ -179,9 +181,10 @@ def state_path(
         batch_size: evaluation batch size.
         renorm_batch_size: batch size of the BatchNorm pass.
         device: where to evaluate (default: ``state_a``'s device).
-        method: ``"auto"`` (all alphas in one vmapped pass for small networks, one alpha per pass above
-            :data:`zooscape.connect.batched.VMAP_MAX_MACS`; :func:`zooscape.connect.batched.choose_method`),
-            ``"vmap"`` or ``"loop"``; both are functional (no module copies).
+        method: ``"auto"`` (the fastest for this network, :func:`zooscape.connect.population.pick_method`),
+            ``"population"`` (the alphas as members of a :class:`zooscape.train.Population`,
+            :func:`zooscape.connect.path.linear_paths`), ``"vmap"`` (all alphas in one vmapped pass) or
+            ``"loop"`` (one alpha per pass); vmap and loop are functional (no module copies).
 
     Returns:
         :class:`~zooscape.connect.LinearPath` (``method`` = the resolved one).
@@ -199,8 +202,15 @@ def state_path(
     pb = {k: v.detach().to(dev) for k, v in state_b.items() if k in names}
     ba = {k: v.detach().to(dev) for k, v in state_a.items() if k not in names}
     bb = {k: v.detach().to(dev) for k, v in state_b.items() if k not in names}
+    resolved = pick_method(template, split_data[splits[0]][0][:1], method)
+    if resolved == "population":
+        path = linear_paths([(state_a, state_b)], data, n_points, template=template, splits=splits,
+                            bn_mode="reset" if renorm == "reset_bn" else "interpolate", batch_size=batch_size,
+                            bn_batch_size=renorm_batch_size, device=dev)[0]
+        path.bn_mode = renorm
+        return path
     # all alphas in one vmapped pass for small networks; one alpha per pass where vmap is slower (connect.batched)
-    chunk = len(alphas) if choose_method(template, split_data[splits[0]][0][:1], method) == "vmap" else 1
+    chunk = len(alphas) if resolved == "vmap" else 1
     bn_x = train_inputs(data) if renorm == "reset_bn" and has_batchnorm(template) else None
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(alphas), chunk):
@@ -393,3 +403,98 @@ def pair_barriers_aligned(model_a: nn.Module, model_b: nn.Module, data: Any, ali
     ``seed``, ``device``) as there."""
     return state_pair_barriers(model_a, model_a.state_dict(), model_b.state_dict(), data, align, renorm, n_points,
                                models=(model_a, model_b), **kwargs)
+
+
+def state_pairs_barriers(
+    template: nn.Module,
+    states: Sequence[Mapping[str, torch.Tensor]],
+    pairs: Sequence[tuple[int, int]],
+    data: Any,
+    align: str = "weight",
+    renorm: str = "none",
+    n_points: int = 25,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    models: Sequence[nn.Module] | None = None,
+    method: str = "auto",
+    progress: Any = None,
+) -> list[tuple[dict[str, LinearPath], PairAlignment]]:
+    """:func:`state_pair_barriers` for many pairs of one architecture, the paths of all pairs evaluated together.
+
+    Each pair is aligned on its own (:func:`align_states`); the naive and aligned paths of all pairs are then one
+    set of population members (:func:`zooscape.connect.path.linear_paths`), and so are the ``reset_bn`` paths;
+    ``repair``/``rescale``/``reshift`` stay per pair. If ``method`` resolves to ``"vmap"``/``"loop"``
+    (:func:`zooscape.connect.population.pick_method`) each pair runs :func:`state_pair_barriers`. Results equal
+    :func:`state_pair_barriers` of each pair within float tolerance.
+
+    Args:
+        template: a module of the architecture.
+        states: state dicts of the models (``pairs`` index into it).
+        pairs: ``[(i, j), ...]``: ``states[i]`` is the ``alpha = 0`` endpoint and reference, ``states[j]`` is
+            permuted.
+        data: ``DataSplits``-like object.
+        align: one of :data:`ALIGN_METHODS`.
+        renorm: one of :data:`PATH_RENORMS`.
+        n_points: alphas per path.
+        splits: evaluated splits.
+        seed: seed of weight matching.
+        device: where to evaluate.
+        models: modules holding ``states`` (activation matching, REPAIR), if already built.
+        method: ``"auto"``, ``"population"``, ``"vmap"`` or ``"loop"``.
+        progress: ``fn(k)`` called with the path points finished (population) or pairs finished (otherwise).
+
+    Returns:
+        One ``(paths, alignment)`` per pair, in order, as :func:`state_pair_barriers`.
+
+    References:
+        Frankle et al. (2020); Ainsworth et al. (2023); Jordan et al. (2023); Qu & Horvath (2024).
+    """
+    _check("align", align, ALIGN_METHODS)
+    _check("renorm", renorm, PATH_RENORMS)
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    example = get_split(data, splits[0])[0][:1]
+    resolved = pick_method(template, example, method)
+    if resolved != "population":
+        out = []
+        for i, j in pairs:
+            pair_models = None if models is None else (models[i], models[j])
+            out.append(state_pair_barriers(template, states[i], states[j], data, align, renorm, n_points,
+                                           splits=splits, seed=seed, device=device, models=pair_models))
+            if progress is not None:
+                progress(1)
+        return out
+    alignments = [align_states(template, states[i], states[j], align, data, seed=seed, device=device,
+                               models=None if models is None else (models[i], models[j])) for i, j in pairs]
+    ends = [(states[i], states[j]) for i, j in pairs]
+    if align != "none":
+        ends += [(states[i], al.state) for (i, _), al in zip(pairs, alignments)]
+    kw = {"template": template, "splits": splits, "device": device, "progress": progress}
+    plain = linear_paths(ends, data, n_points, **kw)
+    for path in plain:
+        path.bn_mode = "none"
+    n = len(pairs)
+    naive, aligned = plain[:n], (plain[n:] if align != "none" else plain[:n])
+    if renorm == "reset_bn":
+        final = linear_paths([(states[i], al.state) for (i, _), al in zip(pairs, alignments)], data, n_points,
+                             bn_mode="reset", **kw)
+        for path in final:
+            path.bn_mode = "reset_bn"
+    elif renorm != "none":
+        dev = None if device is None else torch.device(device)
+        final = []
+        for (i, _), al in zip(pairs, alignments):
+            a = models[i] if models is not None else _module(template, states[i], dev)
+            b = _module(template, al.state, dev)
+            final.append(renormalized_path(a, b, data, renorm, n_points, splits=splits, device=device))
+    else:
+        final = aligned
+    out = []
+    for k, al in enumerate(alignments):
+        paths = {"naive": naive[k]}
+        if align != "none":
+            paths["aligned"] = aligned[k]
+        paths["final"] = final[k]
+        out.append((paths, al))
+    return out

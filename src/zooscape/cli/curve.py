@@ -85,7 +85,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="recompute pairs that are already stored")
     add_device(q)
     add_quiet(q)
-    add_workers_engine(q, what="the per-pair tasks")
+    add_workers_engine(q, what="the tasks (one per grid cell; one per pair with --per-pair)")
+    q.add_argument("--per-pair", action="store_true",
+                   help="one task per pair, each curve evaluated on its own (the slow reference; default: a cell's "
+                        "curves trained one by one and evaluated together as one population)")
     add_log(q)
     q.set_defaults(func=cmd_pairs)
     return p
@@ -152,7 +155,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         rows = curve_pairs(args.dir, args.epoch, kind=args.curve, num_bends=args.num_bends, train_config=cfg,
                            n_points=args.n_points, splits=splits, device=args.device, force=args.force,
                            progress=say(args.quiet), engine=args.engine, workers=args.workers,
-                           engine_options=engine_options(args))
+                           engine_options=engine_options(args), per_pair=args.per_pair)
     params = pair_params(args.curve, args.num_bends, cfg, args.n_points, 5, "reset", splits)
     stored = curve_records(args.dir, params)
     if not stored:

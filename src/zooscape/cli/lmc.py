@@ -94,7 +94,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_splits(q, "train,test")
     add_device(q)
     add_quiet(q)
-    add_workers_engine(q, what="the per-pair tasks")
+    add_workers_engine(q, what="the tasks (one per grid cell; one per pair with --per-pair)")
+    q.add_argument("--per-pair", action="store_true",
+                   help="one task per pair, each path on its own (the slow reference; default: the pairs of a cell "
+                        "evaluated together as one population)")
     add_log(q)
     q.set_defaults(func=cmd_pairs)
 
@@ -157,7 +160,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         rows = pair_barriers(args.dir, epoch=args.epoch, n_points=args.n_points, align=args.align,
                              renorm=args.renorm, splits=splits, seed=args.seed, device=args.device, force=args.force,
                              progress=say(args.quiet), bar=not args.quiet, engine=args.engine, workers=args.workers,
-                             engine_options=engine_options(args))
+                             engine_options=engine_options(args), per_pair=args.per_pair)
     if not rows:
         print("no grid cell has two models with a checkpoint at that epoch; nothing stored")
         return 1

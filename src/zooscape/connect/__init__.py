@@ -27,7 +27,7 @@ from zooscape.connect.interpolate import (
     interpolate_state,
 )
 from zooscape.connect.metrics import evaluate_model
-from zooscape.connect.path import LinearPath, linear_path, path_alphas
+from zooscape.connect.path import LinearPath, linear_path, linear_paths, path_alphas
 from zooscape.connect.spawn import InstabilityResult, barrier_table, instability_analysis
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "interpolate_state",
     "l2_distance",
     "linear_path",
+    "linear_paths",
     "path_alphas",
     "clear_bn_stats",
     "recompute_bn_stats",
@@ -71,6 +72,7 @@ from zooscape.connect.curve_eval import (  # noqa: E402
     curve_stats,
     curve_ts,
     evaluate_curve,
+    evaluate_curves,
     mode_connectivity,
     segment_lengths,
 )
@@ -96,6 +98,7 @@ __all__ += [
     "curve_stats",
     "curve_ts",
     "evaluate_curve",
+    "evaluate_curves",
     "evaluate_plane",
     "garipov_lr_factor",
     "load_curve",

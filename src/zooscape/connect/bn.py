@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -131,8 +131,17 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _stat_layers(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers with running statistics, including the population BatchNorm of ``zooscape.train``."""
+    from zooscape.train.layers import PopBatchNorm
+
+    return [m for m in model.modules()
+            if (isinstance(m, _BatchNorm) or isinstance(m, PopBatchNorm)) and m.track_running_stats]
+
+
 @torch.no_grad()
-def recompute_bn_stats(model: nn.Module, data: Any, batch_size: int = 256) -> nn.Module:
+def recompute_bn_stats(model: nn.Module, data: Any, batch_size: int = 256,
+                       forward: Callable[[Tensor], Any] | None = None) -> nn.Module:
     """Reset BatchNorm statistics and re-estimate them as an exact cumulative average over one pass, in place.
 
     This is zooscape's one BatchNorm re-estimator: ``align`` (reset BN, REPAIR), ``connect`` (paths, curves) and
@@ -146,6 +155,9 @@ def recompute_bn_stats(model: nn.Module, data: Any, batch_size: int = 256) -> nn
             :func:`zooscape.data.adapt.iter_batches`).
         batch_size: batch size of the pass over tensors; a trailing batch of one sample is merged (see
             :func:`batch_slices`).
+        forward: how a batch ``[b, *input_shape]`` is run (default ``model(xb)``); for a
+            :class:`zooscape.train.Population` pass ``population.forward_shared``: every member's BatchNorm layers
+            (``PopBatchNorm``) then average their own per-batch statistics, exactly as for one model.
 
     Returns:
         The same module, with ``running_mean`` the sample-weighted mean of the per-batch means,
@@ -156,9 +168,10 @@ def recompute_bn_stats(model: nn.Module, data: Any, batch_size: int = 256) -> nn
         Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity, and Fast
         Ensembling of DNNs" (``update_bn``); Ioffe, Szegedy (2015), "Batch Normalization".
     """
-    layers = [m for _, m in batchnorm_modules(model)]
+    layers = _stat_layers(model)
     if not layers:
         return model
+    run = model if forward is None else forward
     device = _model_device(model)
     if isinstance(data, Tensor):
         if data.dim() < 1 or data.shape[0] == 0:
@@ -179,7 +192,7 @@ def recompute_bn_stats(model: nn.Module, data: Any, batch_size: int = 256) -> nn
             b = xb.shape[0]
             for m in layers:
                 m.momentum = b / (seen + b)
-            model(xb)
+            run(xb)
             seen += b
     finally:
         for m, momentum in momenta.items():

@@ -3,8 +3,10 @@
 ``evaluate_curve(curve, data)`` evaluates ``w(t)`` at ``N`` evenly spaced points (default 61, as Garipov et al.'s
 ``eval_curve.py``) plus the five points ``t = 0, 0.25, 0.5, 0.75, 1`` of the mc metric when they are not on the
 grid. At every ``t`` the BatchNorm statistics are re-estimated exactly on the training split (default
-``bn_mode="reset"``). All points are evaluated as one vectorized batch (``torch.func.vmap`` over stacked
-weights, :mod:`zooscape.connect.batched`); ``method="loop"`` is the slow reference.
+``bn_mode="reset"``). By default the points are members of one :class:`zooscape.train.Population` per pass
+(:mod:`zooscape.connect.population`; :func:`evaluate_curves` evaluates the points of many curves together);
+``method="vmap"`` evaluates them as one vectorized batch (``torch.func.vmap`` over stacked weights,
+:mod:`zooscape.connect.batched`) and ``method="loop"`` is the slow reference.
 
 Per split: ``nll`` (cross-entropy, or MSE for regression), ``loss = nll + 0.5 * weight_decay * ||w(t)||^2``
 (the reference's "loss"; equal to ``nll`` with the default ``weight_decay=0``) and ``error`` in [0, 1]. The
@@ -28,11 +30,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate, choose_method
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.curve import Curve
-from zooscape.connect.interpolate import check_bn_mode
+from zooscape.connect.curve_metrics import (
+    CURVE_STATS,
+    _mc_positions,
+    _sq_norms,
+    curve_stats,
+    curve_ts,
+    mc_index,
+    mode_connectivity,
+    segment_lengths,
+)
+from zooscape.connect.interpolate import check_evaluation
 from zooscape.connect.metrics import evaluate_model
+from zooscape.connect.population import evaluate_members, pick_method
 from zooscape.data.adapt import get_split, infer_task, train_inputs
 
 __all__ = [
@@ -41,141 +54,14 @@ __all__ = [
     "curve_stats",
     "curve_ts",
     "evaluate_curve",
+    "evaluate_curves",
     "mc_index",
     "mode_connectivity",
     "segment_lengths",
 ]
 
-CURVE_STATS: tuple[str, ...] = ("min", "max", "mean", "int")
 METRICS: tuple[str, ...] = ("loss", "nll", "error")
-METHODS = ("auto", "vmap", "loop")
-
-
-def curve_ts(n_points: int = 61, mc_points: int = 5) -> Tensor:
-    """Evenly spaced curve positions, with the ``mc_points`` evenly spaced mc positions added when missing.
-
-    Args:
-        n_points: points including both ends (>= 2).
-        mc_points: points of the mc metric (>= 3; 5 in the phase-transition zoo).
-
-    Returns:
-        Sorted, strictly increasing float64 tensor ``[T]`` with ``T >= n_points``; for ``n_points = 61`` and
-        ``mc_points = 5`` it is ``linspace(0, 1, 61)``.
-    """
-    for name, value, low in (("n_points", n_points, 2), ("mc_points", mc_points, 3)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    grid = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
-    extra = torch.linspace(0.0, 1.0, mc_points, dtype=torch.float64)
-    missing = [v for v in extra.tolist() if not torch.isclose(grid, torch.tensor(v, dtype=torch.float64),
-                                                               atol=1e-12, rtol=0).any()]
-    if missing:
-        grid = torch.sort(torch.cat([grid, torch.tensor(missing, dtype=torch.float64)])).values
-    return grid
-
-
-def _mc_positions(ts: Tensor, mc_points: int) -> Tensor:
-    want = torch.linspace(0.0, 1.0, mc_points, dtype=torch.float64)
-    idx = (ts.to(torch.float64)[None, :] - want[:, None]).abs().argmin(1)
-    if not torch.allclose(ts.to(torch.float64)[idx], want, atol=1e-9, rtol=0):
-        raise ValueError(f"ts must contain the {mc_points} evenly spaced mc positions {want.tolist()}")
-    return idx
-
-
-def mc_index(values: Tensor) -> int:
-    """Index ``argmax_i |v_i - (v_0 + v_last) / 2|`` (the first one on ties).
-
-    Args:
-        values: metric at the mc positions, shape ``[P]`` with ``P >= 2``.
-
-    Returns:
-        The index ``t*`` as an int.
-    """
-    v = torch.as_tensor(values, dtype=torch.float64)
-    if v.dim() != 1 or v.shape[0] < 2:
-        raise ValueError(f"values must be 1-D with at least 2 entries, got shape {tuple(v.shape)}")
-    mean = 0.5 * (v[0] + v[-1])
-    return int((v - mean).abs().argmax())
-
-
-def mode_connectivity(values: Tensor, ts: Tensor | None = None, mc_points: int = 5) -> float:
-    """The phase-transition zoo's mc metric ``(v_0 + v_1) / 2 - v(t*)``; negative means a barrier.
-
-    Args:
-        values: the metric (loss or error) along a curve, shape ``[T]``.
-        ts: positions of ``values``, shape ``[T]``; then only the ``mc_points`` evenly spaced positions are used
-            (they must be among ``ts``). None: ``values`` are already the mc positions and all are used.
-        mc_points: number of mc positions (5 in the reference).
-
-    Returns:
-        mc as a float (NaN if any used value is NaN).
-
-    References:
-        Schürholt, Meynent, Zhou, Lu, Yang, Borth (2025), "A Model Zoo on Phase Transitions in Neural Networks";
-        Yang, Hodgkinson, Theisen, Zou, Gonzalez, Ramchandran, Mahoney (2021), "Taxonomizing local versus global
-        structure in neural network loss landscapes".
-    """
-    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    if ts is not None:
-        ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
-        if ts.shape != v.shape:
-            raise ValueError(f"ts shape {tuple(ts.shape)} does not match values shape {tuple(v.shape)}")
-        v = v[_mc_positions(ts, mc_points)]
-    if torch.isnan(v).any():
-        return math.nan
-    i = mc_index(v)
-    return float(0.5 * (v[0] + v[-1]) - v[i])
-
-
-def curve_stats(values: Tensor, dl: Tensor) -> dict[str, float]:
-    """Min, max, mean and length-weighted integral of a metric along a curve.
-
-    Args:
-        values: metric at the points, shape ``[T]``.
-        dl: segment lengths, shape ``[T]`` with ``dl[0] = 0`` (``dl[i]`` joins points ``i - 1`` and ``i``).
-
-    Returns:
-        ``{"min", "max", "mean", "int"}``; ``int = sum (v_{i-1} + v_i) / 2 * dl_i / sum dl_i`` (for a curve of
-        length 0 the trapezoid average over the points).
-
-    References:
-        Garipov et al. (2018), "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs" (``eval_curve.py``).
-    """
-    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    d = torch.as_tensor(dl, dtype=torch.float64).reshape(-1)
-    if v.shape != d.shape or v.shape[0] < 2:
-        raise ValueError(f"values {tuple(v.shape)} and dl {tuple(d.shape)} must have the same length >= 2")
-    mid = 0.5 * (v[:-1] + v[1:])
-    total = d[1:].sum()
-    integral = (mid * d[1:]).sum() / total if total > 0 else mid.mean()
-    return {"min": float(v.min()), "max": float(v.max()), "mean": float(v.mean()), "int": float(integral)}
-
-
-@torch.no_grad()
-def segment_lengths(curve: Curve, ts: Tensor) -> Tensor:
-    """Euclidean lengths of the chords between consecutive points, over all parameters.
-
-    Args:
-        curve: the curve.
-        ts: positions, shape ``[T]``.
-
-    Returns:
-        Float64 ``[T]`` with ``dl[0] = 0`` and ``dl[i] = ||w(t_i) - w(t_{i-1})||``.
-    """
-    w = curve.stacked_weights(torch.as_tensor(ts, dtype=torch.float64))
-    sq = None
-    for v in w.values():
-        diff = v[1:].to(torch.float64) - v[:-1].to(torch.float64)
-        part = diff.reshape(diff.shape[0], -1).pow(2).sum(1)
-        sq = part if sq is None else sq + part
-    assert sq is not None
-    return torch.cat([torch.zeros(1, dtype=torch.float64), sq.sqrt().cpu()])
-
-
-@torch.no_grad()
-def _sq_norms(curve: Curve, ts: Tensor) -> Tensor:
-    w = curve.stacked_weights(ts)
-    return sum(v.to(torch.float64).reshape(v.shape[0], -1).pow(2).sum(1) for v in w.values()).cpu()
+METHODS = ("auto", "population", "vmap", "loop")
 
 
 @dataclass
@@ -312,6 +198,149 @@ def _loop_metrics(
     return {s: as_t(v) for s, v in nll.items()}, {s: as_t(v) for s, v in err.items() if v}
 
 
+def _check_settings(curve: Any, bn_mode: str, method: str, splits: Sequence[str] | str, batch_size: int,
+                    bn_batch_size: int, weight_decay: float, n_points: int, mc_points: int,
+                    ts: Tensor | None) -> tuple[tuple[str, ...], Tensor]:
+    if not isinstance(curve, Curve):
+        raise TypeError(f"curve must be a zooscape.connect.Curve, got {type(curve).__name__}")
+    splits = check_evaluation(bn_mode, method, METHODS, splits, batch_size, bn_batch_size)
+    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if ts is None:
+        ts = curve_ts(n_points, mc_points)
+    else:
+        ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
+        if ts.shape[0] < 2 or not bool((ts[1:] > ts[:-1]).all()):
+            raise ValueError("ts must be strictly increasing with at least 2 entries")
+        _mc_positions(ts, mc_points)
+    return splits, ts
+
+
+def _summarise(curve: Curve, ts: Tensor, nll: dict[str, Tensor], err: dict[str, Tensor], splits: tuple[str, ...],
+               weight_decay: float, mc_points: int, bn_mode: str, task: str, method: str) -> CurveEvaluation:
+    dl = segment_lengths(curve, ts)
+    reg = 0.5 * float(weight_decay) * _sq_norms(curve, ts) if weight_decay else torch.zeros_like(ts)
+    loss = {s: v + reg for s, v in nll.items()}
+    stats: dict[str, dict[str, dict[str, float]]] = {}
+    mc: dict[str, dict[str, float]] = {}
+    for split in splits:
+        tables = {"loss": loss[split], "nll": nll[split]}
+        if split in err:
+            tables["error"] = err[split]
+        stats[split] = {m: curve_stats(v, dl) for m, v in tables.items()}
+        mc[split] = {m: mode_connectivity(v, ts, mc_points) for m, v in tables.items()}
+    return CurveEvaluation(
+        ts=ts, dl=dl, loss=loss, nll=nll, error=err, stats=stats, mc=mc, kind=curve.kind,
+        num_bends=curve.num_bends, bn_mode=bn_mode, task=task, weight_decay=float(weight_decay),
+        mc_points=mc_points, method=method, splits=splits,
+    )  # fmt: skip
+
+
+def _population_metrics(
+    curves: Sequence[Curve], ts: Tensor, split_data: dict[str, tuple[Tensor, Tensor]], task: str,
+    bn_x: Tensor | None, batch_size: int, bn_batch_size: int, max_members: int | None, device: torch.device,
+    progress: Any = None,
+) -> list[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    n_t = ts.shape[0]
+
+    def states(start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        params: dict[str, list[Tensor]] = {}
+        buffers: dict[str, list[Tensor]] = {}
+        for c in range(start // n_t, (stop - 1) // n_t + 1):
+            lo, hi = max(start, c * n_t) - c * n_t, min(stop, (c + 1) * n_t) - c * n_t
+            sub = ts[lo:hi]
+            for k, v in curves[c].stacked_weights(sub).items():
+                params.setdefault(k, []).append(v.detach().to(device))
+            for k, v in curves[c].stacked_buffers(sub).items():
+                buffers.setdefault(k, []).append(v.detach().to(device))
+        return ({k: torch.cat(v) for k, v in params.items()}, {k: torch.cat(v) for k, v in buffers.items()})
+
+    nll, err = evaluate_members(curves[0].template, states, len(curves) * n_t, split_data, task, bn_x=bn_x,
+                                batch_size=batch_size, bn_batch_size=bn_batch_size, max_members=max_members,
+                                device=device, progress=progress)
+    out = []
+    for c in range(len(curves)):
+        sl = slice(c * n_t, (c + 1) * n_t)
+        out.append(({s: v[sl] for s, v in nll.items()}, {s: v[sl] for s, v in err.items()}))
+    return out
+
+
+@torch.no_grad()
+def evaluate_curves(
+    curves: Sequence[Curve],
+    data: Any,
+    n_points: int = 61,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    weight_decay: float = 0.0,
+    bn_mode: str = "reset",
+    mc_points: int = 5,
+    ts: Tensor | None = None,
+    task: str | None = None,
+    batch_size: int = 1024,
+    bn_batch_size: int = 256,
+    max_members: int | None = None,
+    method: str = "auto",
+    device: str | torch.device | None = None,
+    progress: Any = None,
+) -> list[CurveEvaluation]:
+    """:func:`evaluate_curve` for many curves of one architecture, the points of several curves per pass.
+
+    Every (curve, ``t``) is a member of a :class:`zooscape.train.Population` chunk
+    (:func:`zooscape.connect.population.evaluate_members`); BatchNorm statistics are re-estimated per member
+    with :func:`~zooscape.connect.bn.recompute_bn_stats` (``bn_mode="reset"``) or blended from the nodes. Each
+    result equals :func:`evaluate_curve` of that curve (any ``method``) within float tolerance.
+
+    Args:
+        curves: trained curves of one architecture (not modified).
+        data: ``DataSplits``-like object or mapping ``{split: (x, y)}``.
+        n_points, splits, weight_decay, bn_mode, mc_points, ts, task, batch_size, bn_batch_size, device: as
+            :func:`evaluate_curve`.
+        max_members: at most this many curve points per population (default: a memory budget, see
+            :func:`zooscape.connect.population.member_chunks`).
+        method: ``"auto"`` (:func:`~zooscape.connect.population.pick_method`: the population for small networks),
+            ``"population"``, or ``"vmap"``/``"loop"`` (each curve on its own through :func:`evaluate_curve`).
+        progress: ``fn(k)`` after each chunk with the points it finished (population only).
+
+    Returns:
+        One :class:`CurveEvaluation` per curve; ``[T]`` values per split and metric.
+
+    References:
+        Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity, and Fast
+        Ensembling of DNNs"; Schürholt et al. (2025), "A Model Zoo on Phase Transitions in Neural Networks" (mc).
+    """
+    curves = list(curves)
+    if not curves:
+        return []
+    for c in curves:
+        splits, ts_checked = _check_settings(c, bn_mode, "population", splits, batch_size, bn_batch_size,
+                                             weight_decay, n_points, mc_points, ts)
+    ts = ts_checked
+    split_data = {s: get_split(data, s) for s in splits}
+    task = infer_task(data, next(iter(split_data.values()))[1], task)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    method = pick_method(curves[0].template, next(iter(split_data.values()))[0], method)
+    if method != "population":
+        return [evaluate_curve(c, data, n_points, splits=splits, weight_decay=weight_decay, bn_mode=bn_mode,
+                               mc_points=mc_points, ts=ts, task=task, batch_size=batch_size,
+                               bn_batch_size=bn_batch_size, method=method, device=device) for c in curves]
+    originals = [next(c.parameters()).device for c in curves]
+    dev = torch.device(device) if device is not None else originals[0]
+    bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(curves[0].template) else None
+    modes = [c.training for c in curves]
+    for c in curves:
+        c.to(dev).eval()
+    try:
+        parts = _population_metrics(curves, ts, split_data, task, bn_x, batch_size, bn_batch_size, max_members,
+                                    dev, progress)
+        return [_summarise(c, ts, nll, err, splits, weight_decay, mc_points, bn_mode, task, "population")
+                for c, (nll, err) in zip(curves, parts)]
+    finally:
+        for c, home, was in zip(curves, originals, modes):
+            c.to(home).train(was)
+
+
 def evaluate_curve(
     curve: Curve,
     data: Any,
@@ -346,10 +375,14 @@ def evaluate_curve(
         task: ``"classification"`` or ``"regression"``; inferred from the data.
         batch_size: evaluation batch size (the vectorized pass holds ``T x batch_size`` activations).
         bn_batch_size: batch size of the BatchNorm re-estimation pass.
-        t_batch_size: evaluate at most this many positions at once (default: all).
-        method: ``"auto"`` (default: the faster for this network, see
-            :func:`~zooscape.connect.batched.choose_method`), ``"vmap"`` (all positions in one vectorised pass) or
-            ``"loop"`` (one standalone network per position).
+        t_batch_size: evaluate at most this many positions at once (default: all; for ``"population"`` the
+            default is a memory budget, :func:`zooscape.connect.population.member_chunks`).
+        method: ``"auto"`` (default: the fastest for this network, :func:`~zooscape.connect.population.pick_method`:
+            the population for small networks with population layers, else the faster of vmap and loop),
+            ``"population"`` (positions
+            as members of one :class:`zooscape.train.Population` per pass, :func:`evaluate_curves`), ``"vmap"``
+            (all positions in one vectorised pass) or ``"loop"`` (one standalone network per position, the slow
+            reference).
         device: where to evaluate (default: the curve's device).
 
     Returns:
@@ -359,35 +392,20 @@ def evaluate_curve(
         Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity, and Fast
         Ensembling of DNNs"; Schürholt et al. (2025), "A Model Zoo on Phase Transitions in Neural Networks" (mc).
     """
-    if not isinstance(curve, Curve):
-        raise TypeError(f"curve must be a zooscape.connect.Curve, got {type(curve).__name__}")
-    check_bn_mode(bn_mode)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(splits, str):
-        splits = (splits,)
-    splits = tuple(splits)
-    if not splits:
-        raise ValueError("splits must name at least one split")
-    for name, value in (("batch_size", batch_size), ("bn_batch_size", bn_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-    if ts is None:
-        ts = curve_ts(n_points, mc_points)
-    else:
-        ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
-        if ts.shape[0] < 2 or not bool((ts[1:] > ts[:-1]).all()):
-            raise ValueError("ts must be strictly increasing with at least 2 entries")
-        _mc_positions(ts, mc_points)
+    splits, ts = _check_settings(curve, bn_mode, method, splits, batch_size, bn_batch_size, weight_decay,
+                                 n_points, mc_points, ts)
     if t_batch_size is None:
         t_batch_size = ts.shape[0]
     if isinstance(t_batch_size, bool) or not isinstance(t_batch_size, int) or t_batch_size < 1:
         raise ValueError(f"t_batch_size must be a positive integer, got {t_batch_size!r}")
     split_data = {s: get_split(data, s) for s in splits}
     task = infer_task(data, next(iter(split_data.values()))[1], task)
-    method = choose_method(curve.template, next(iter(split_data.values()))[0], method)
+    method = pick_method(curve.template, next(iter(split_data.values()))[0], method)
+    if method == "population":
+        return evaluate_curves([curve], data, n_points, splits=splits, weight_decay=weight_decay, bn_mode=bn_mode,
+                               mc_points=mc_points, ts=ts, task=task, batch_size=batch_size,
+                               bn_batch_size=bn_batch_size, max_members=t_batch_size, method="population",
+                               device=device)[0]
     original = next(curve.parameters()).device
     dev = torch.device(device) if device is not None else original
     bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(curve.template) else None
@@ -398,21 +416,6 @@ def evaluate_curve(
             nll, err = _vmap_metrics(curve, ts, split_data, task, bn_x, batch_size, bn_batch_size, t_batch_size)
         else:
             nll, err = _loop_metrics(curve, ts, split_data, task, bn_x, batch_size, bn_batch_size)
-        dl = segment_lengths(curve, ts)
-        reg = 0.5 * float(weight_decay) * _sq_norms(curve, ts) if weight_decay else torch.zeros_like(ts)
     finally:
         curve.to(original).train(was)
-    loss = {s: v + reg for s, v in nll.items()}
-    stats: dict[str, dict[str, dict[str, float]]] = {}
-    mc: dict[str, dict[str, float]] = {}
-    for split in splits:
-        tables = {"loss": loss[split], "nll": nll[split]}
-        if split in err:
-            tables["error"] = err[split]
-        stats[split] = {m: curve_stats(v, dl) for m, v in tables.items()}
-        mc[split] = {m: mode_connectivity(v, ts, mc_points) for m, v in tables.items()}
-    return CurveEvaluation(
-        ts=ts, dl=dl, loss=loss, nll=nll, error=err, stats=stats, mc=mc, kind=curve.kind,
-        num_bends=curve.num_bends, bn_mode=bn_mode, task=task, weight_decay=float(weight_decay),
-        mc_points=mc_points, method=method, splits=splits,
-    )  # fmt: skip
+    return _summarise(curve, ts, nll, err, splits, weight_decay, mc_points, bn_mode, task, method)

@@ -14,7 +14,7 @@ BatchNorm option ``bn_mode``:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from zooscape.connect.bn import has_batchnorm, recompute_bn_stats
 from zooscape.data.adapt import train_inputs
 
-__all__ = ["BN_MODES", "check_compatible", "check_compatible_states", "interpolate", "interpolate_state"]
+__all__ = ["BN_MODES", "check_compatible", "check_compatible_states", "check_evaluation", "interpolate",
+           "interpolate_state"]
 
 BN_MODES: tuple[str, ...] = ("interpolate", "reset")
 
@@ -40,6 +41,33 @@ def check_bn_mode(bn_mode: str) -> str:
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     return bn_mode
+
+
+def check_evaluation(bn_mode: str, method: str, methods: Sequence[str], splits: Sequence[str] | str,
+                     batch_size: int, bn_batch_size: int) -> tuple[str, ...]:
+    """Validate the settings shared by path and curve evaluations.
+
+    Args:
+        bn_mode: ``"interpolate"`` or ``"reset"``.
+        method: evaluation method, one of ``methods``.
+        methods: the allowed methods.
+        splits: one split name or several.
+        batch_size: evaluation batch size (a positive int).
+        bn_batch_size: batch size of the BatchNorm pass (a positive int).
+
+    Returns:
+        ``splits`` as a non-empty tuple.
+    """
+    check_bn_mode(bn_mode)
+    if method not in methods:
+        raise ValueError(f"method must be one of {tuple(methods)}, got {method!r}")
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    for name, value in (("batch_size", batch_size), ("bn_batch_size", bn_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return splits
 
 
 def check_compatible_states(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]) -> None:

@@ -1,16 +1,18 @@
 """Linear path between two networks: loss and error at every alpha, endpoint distance and barriers.
 
 ``linear_path(model_a, model_b, data)`` evaluates ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``
-on an evenly spaced grid of alphas (0 and 1 included, 0.5 always included). By default all alphas are
-evaluated as one vectorized batch (``torch.func.vmap`` over stacked parameters); ``method="loop"`` is the
-slow reference path (one deep-copied interpolated model per alpha), for models that ``vmap`` cannot run.
+on an evenly spaced grid of alphas (0 and 1 included, 0.5 always included). By default the alphas are
+members of one :class:`zooscape.train.Population` per pass (``method="population"``,
+:mod:`zooscape.connect.population`; :func:`linear_paths` evaluates many pairs
+together); ``method="vmap"`` runs them as one vectorized batch (``torch.func.vmap`` over stacked parameters) and
+``method="loop"`` is the slow reference path (one deep-copied interpolated model per alpha).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,16 +20,23 @@ import torch
 from torch import Tensor, nn
 
 from zooscape.connect.barrier import BARRIER_DEFINITIONS, barriers
-from zooscape.connect.batched import batched_bn_stats, batched_evaluate, choose_method, stack_interpolated
+from zooscape.connect.batched import batched_bn_stats, batched_evaluate, stack_interpolated
 from zooscape.connect.bn import has_batchnorm
 from zooscape.connect.distance import l2_distance
-from zooscape.connect.interpolate import check_bn_mode, check_compatible, interpolate
+from zooscape.connect.interpolate import (
+    check_bn_mode,
+    check_compatible,
+    check_compatible_states,
+    check_evaluation,
+    interpolate,
+)
 from zooscape.connect.metrics import evaluate_model
+from zooscape.connect.population import evaluate_members, pick_method
 from zooscape.data.adapt import get_split, infer_task, train_inputs
 
-__all__ = ["LinearPath", "linear_path", "path_alphas"]
+__all__ = ["LinearPath", "linear_path", "linear_paths", "path_alphas"]
 
-METHODS = ("auto", "vmap", "loop")
+METHODS = ("auto", "population", "vmap", "loop")
 
 
 def path_alphas(n_points: int) -> Tensor:
@@ -222,9 +231,12 @@ def linear_path(
         batch_size: evaluation batch size (the vectorized pass holds ``alphas x batch_size`` activations).
         bn_batch_size: batch size of the BatchNorm re-estimation pass.
         alpha_batch_size: evaluate at most this many alphas at once (default: all).
-        method: ``"auto"`` (default: the faster of the two for this network, see
-            :func:`~zooscape.connect.batched.choose_method`), ``"vmap"`` (all alphas in one vectorised pass) or
-            ``"loop"`` (one deep-copied model per alpha).
+        method: ``"auto"`` (default: the fastest for this network, :func:`~zooscape.connect.population.pick_method`:
+            the population for small networks with population layers, else the faster of vmap and loop),
+            ``"population"`` (alphas
+            as members of a :class:`zooscape.train.Population`, chunked by memory or ``alpha_batch_size``),
+            ``"vmap"`` (all alphas in one vectorised pass) or ``"loop"`` (one deep-copied model per alpha, the slow
+            reference).
         device: where to evaluate (default: ``model_a``'s device).
 
     Returns:
@@ -237,17 +249,7 @@ def linear_path(
         Entezari, Sedghi, Saukh, Neyshabur (2022), "The Role of Permutation Invariance in Linear Mode
         Connectivity of Neural Networks".
     """
-    check_bn_mode(bn_mode)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(splits, str):
-        splits = (splits,)
-    splits = tuple(splits)
-    if not splits:
-        raise ValueError("splits must name at least one split")
-    for name, value in (("batch_size", batch_size), ("bn_batch_size", bn_batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    splits = check_evaluation(bn_mode, method, METHODS, splits, batch_size, bn_batch_size)
     check_compatible(model_a, model_b)
     alphas = path_alphas(n_points)
     if alpha_batch_size is None:
@@ -256,7 +258,11 @@ def linear_path(
         raise ValueError(f"alpha_batch_size must be a positive integer, got {alpha_batch_size!r}")
     split_data = {s: get_split(data, s) for s in splits}
     task = infer_task(data, next(iter(split_data.values()))[1], task)
-    method = choose_method(model_a, next(iter(split_data.values()))[0], method)
+    method = pick_method(model_a, next(iter(split_data.values()))[0], method)
+    if method == "population":
+        return linear_paths([(model_a, model_b)], data, n_points, splits=splits, bn_mode=bn_mode, task=task,
+                            batch_size=batch_size, bn_batch_size=bn_batch_size, max_members=alpha_batch_size,
+                            device=device)[0]
     bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(model_a) else None
     dev = torch.device(device) if device is not None else _model_device(model_a)
 
@@ -288,3 +294,120 @@ def linear_path(
         method=method,
         splits=splits,
     )
+
+
+def _as_state(x: nn.Module | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    return x.state_dict() if isinstance(x, nn.Module) else x
+
+
+@torch.no_grad()
+def linear_paths(
+    pairs: Sequence[tuple[nn.Module | Mapping[str, Tensor], nn.Module | Mapping[str, Tensor]]],
+    data: Any,
+    n_points: int = 25,
+    *,
+    template: nn.Module | None = None,
+    splits: Sequence[str] = ("train", "test"),
+    bn_mode: str = "interpolate",
+    task: str | None = None,
+    batch_size: int = 1024,
+    bn_batch_size: int = 256,
+    max_members: int | None = None,
+    memory_bytes: int | None = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[LinearPath]:
+    """The linear paths of many pairs of one architecture, every alpha of several pairs in one population pass.
+
+    Pair ``p`` at alpha ``a`` is member ``p * A + a`` with ``theta = (1 - a) theta_a + a theta_b``; members are
+    evaluated in chunks through :func:`evaluate_members`. The result for each pair equals
+    :func:`~zooscape.connect.linear_path` (any ``method``) within float tolerance.
+
+    Args:
+        pairs: ``[(a, b), ...]``: endpoints as modules or state dicts (keys of ``template.state_dict()``).
+        data: ``DataSplits``-like object or mapping ``{split: (x, y)}``.
+        n_points: evenly spaced alphas including both endpoints; 0.5 is added when even
+            (:func:`~zooscape.connect.path_alphas`).
+        template: a network of the architecture (default: the first endpoint when it is a module).
+        splits: splits to evaluate.
+        bn_mode: ``"interpolate"`` BatchNorm statistics, or ``"reset"``: re-estimated per point on the ``"train"``
+            split (:func:`~zooscape.connect.bn.recompute_bn_stats`).
+        task: ``"classification"`` or ``"regression"``; inferred from the data.
+        batch_size: the per-model evaluation batch size.
+        bn_batch_size: batch size of the BatchNorm pass.
+        max_members: at most this many path points per population.
+        memory_bytes: memory budget of a chunk (:func:`member_chunks`).
+        device: where to evaluate (default: the template's device).
+        progress: ``fn(k)`` after each chunk with the points it finished.
+
+    Returns:
+        One :class:`~zooscape.connect.LinearPath` per pair (``alphas [A]``, ``loss[split] [A]``,
+        ``error[split] [A]``, ``distance``, ``barriers``; ``method = "population"``).
+
+    References:
+        Frankle, Dziugaite, Roy, Carbin (2020), "Linear Mode Connectivity and the Lottery Ticket Hypothesis".
+    """
+    check_bn_mode(bn_mode)
+    if not pairs:
+        return []
+    if template is None:
+        if not isinstance(pairs[0][0], nn.Module):
+            raise ValueError("linear_paths needs template= when the endpoints are state dicts")
+        template = pairs[0][0]
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    alphas = path_alphas(n_points)
+    split_data = {s: get_split(data, s) for s in splits}
+    task = infer_task(data, next(iter(split_data.values()))[1], task)
+    dev = torch.device(device) if device is not None else next(
+        (t.device for t in template.parameters()), torch.device("cpu"))
+    names = {n for n, _ in template.named_parameters()}
+    ends = []
+    for i, (a, b) in enumerate(pairs):
+        sa, sb = _as_state(a), _as_state(b)
+        try:
+            check_compatible_states(sa, sb)
+        except ValueError as exc:
+            raise ValueError(f"pair {i}: {exc}") from None
+        ends.append((sa, sb))
+    n_alpha = alphas.shape[0]
+
+    def states(start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        params: dict[str, list[Tensor]] = {}
+        buffers: dict[str, list[Tensor]] = {}
+        for p in range(start // n_alpha, (stop - 1) // n_alpha + 1):
+            lo, hi = max(start, p * n_alpha) - p * n_alpha, min(stop, (p + 1) * n_alpha) - p * n_alpha
+            sa, sb = ends[p]
+            sub = alphas[lo:hi]
+            pa = {k: v.detach().to(dev) for k, v in sa.items() if k in names}
+            pb = {k: v.detach().to(dev) for k, v in sb.items() if k in names}
+            ba = {k: v.detach().to(dev) for k, v in sa.items() if k not in names}
+            bb = {k: v.detach().to(dev) for k, v in sb.items() if k not in names}
+            for k, v in stack_interpolated(pa, pb, sub).items():
+                params.setdefault(k, []).append(v)
+            for k, v in stack_interpolated(ba, bb, sub).items():
+                buffers.setdefault(k, []).append(v)
+        return ({k: torch.cat(v) for k, v in params.items()}, {k: torch.cat(v) for k, v in buffers.items()})
+
+    bn_x = train_inputs(data) if bn_mode == "reset" and has_batchnorm(template) else None
+    losses, errors = evaluate_members(template, states, len(ends) * n_alpha, split_data, task, bn_x=bn_x,
+                                      batch_size=batch_size, bn_batch_size=bn_batch_size, max_members=max_members,
+                                      memory_bytes=memory_bytes, device=dev, progress=progress)
+    out = []
+    for p, (sa, sb) in enumerate(ends):
+        sl = slice(p * n_alpha, (p + 1) * n_alpha)
+        loss = {s: v[sl] for s, v in losses.items()}
+        err = {s: v[sl] for s, v in errors.items()}
+        result_barriers: dict[str, dict[str, dict[str, float]]] = {}
+        for s in splits:
+            result_barriers[s] = {"loss": barriers(loss[s], alphas)}
+            if s in err:
+                result_barriers[s]["error"] = barriers(err[s], alphas)
+        total = torch.zeros((), dtype=torch.float64)
+        for k in names:
+            total += (sa[k].detach().to("cpu", torch.float64) - sb[k].detach().to("cpu", torch.float64)).pow(2).sum()
+        out.append(LinearPath(alphas=alphas, loss=loss, error=err, distance=float(total.sqrt()),
+                              barriers=result_barriers, bn_mode=bn_mode, task=task, method="population",
+                              splits=splits))
+    return out

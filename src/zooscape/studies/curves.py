@@ -5,10 +5,13 @@ epoch and evaluated; the summaries are ``analyses`` rows (``model_id`` < ``other
 ``metric = "curve_<stat>_<metric>_<split>"`` e.g. ``curve_mc_error_test``, plus ``curve_length``;
 ``params.experiment = "curve_pairs"`` with every setting). Curves and full evaluations are kept under
 ``DIR/curves/``. Pairs already stored with the same settings are skipped, so an interrupted run resumes.
-Each pair is a picklable :class:`CurvePairTask` (:func:`plan_curve_pairs`) that :func:`run_curve_pair_task`
-computes wherever the zoo's engine puts it (in-process, local worker processes or Ray); it only reads the zoo and
-returns the rows and the files, which the driver writes while holding the zoo's write lock
-(:mod:`zooscape.studies.jobs`, as ``zooscape metrics run`` does).
+By default the pairs of a cell still to compute are one picklable :class:`CurveCellTask` that
+:func:`run_curve_cell_task` computes wherever the zoo's engine puts it (in-process, local worker processes or Ray):
+it loads each model once, trains each pair's curve, and evaluates all the cell's curves together as population
+members (:func:`zooscape.connect.curve_eval.evaluate_curves`). ``per_pair=True`` keeps the reference: one
+:class:`CurvePairTask` per pair (:func:`run_curve_pair_task`). Tasks only read the zoo and return the rows and the
+files, which the driver writes while holding the zoo's write lock (:mod:`zooscape.studies.jobs`, as
+``zooscape metrics run`` does).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from typing import Any
 from zooscape._io import atomic_write_bytes
 from zooscape.studies.cells import zoo_cells
 from zooscape.studies.curve_runs import _write_json
-from zooscape.studies.jobs import PairTask, commit_task_results, stored_keys, zoo_store
+from zooscape.studies.jobs import CellTask, PairTask, cell_groups, commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.engines import Engine, get_engine
 from zooscape.zoo.grid import canonical_json
 
 __all__ = [
     "PAIRS_EXPERIMENT",
+    "CurveCellTask",
     "CurvePairPlan",
     "CurvePairTask",
     "curve_pairs",
@@ -39,6 +43,7 @@ __all__ = [
     "pair_params",
     "pair_train_config",
     "plan_curve_pairs",
+    "run_curve_cell_task",
     "run_curve_pair_task",
 ]
 
@@ -149,14 +154,69 @@ def run_curve_pair_task(task: CurvePairTask) -> dict[str, Any]:
     train_curve(curve, data, cfg)
     ev = evaluate_curve(curve, data, params["n_points"], splits=tuple(params["splits"]), bn_mode=params["bn_mode"],
                         mc_points=params["mc_points"], weight_decay=cfg.weight_decay)
+    return _curve_result(task.model_id, task.other_id, task.epoch, task.cell, params, curve, ev, curve_bytes)
+
+
+def _curve_result(model_id: str, other_id: str, epoch: int, cell: int, params: Mapping[str, Any], curve: Any,
+                  ev: Any, curve_bytes: Callable[..., bytes]) -> dict[str, Any]:
     flat = {f"curve_{k}": v for k, v in ev.flat().items()}
-    pair = {"model_id": task.model_id, "other_id": task.other_id, "epoch": task.epoch}
+    pair = {"model_id": model_id, "other_id": other_id, "epoch": epoch}
     return {
-        "record": {**pair, "cell": task.cell, **flat},
+        "record": {**pair, "cell": cell, **flat},
         "rows": [{**pair, "metric": k, "value": v, "params": params} for k, v in flat.items()],
         "curve": curve_bytes(curve.to("cpu"), metadata={**pair, "params": params}),
         "evaluation": {**pair, "params": params, "evaluation": ev.to_dict()},
     }
+
+
+class CurveCellTask(CellTask):
+    """The pairs of one grid cell still to compute at one epoch: train their curves, evaluate them together.
+
+    Fields as :class:`~zooscape.studies.jobs.CellTask`; ``params`` from :func:`pair_params`.
+    """
+
+
+def run_curve_cell_task(task: CurveCellTask) -> dict[str, Any]:
+    """Load each model of the task's pairs once, train every pair's curve, evaluate all curves together.
+
+    Each curve is trained as in :func:`run_curve_pair_task` (same seed, same numbers); the evaluation of all the
+    cell's curves runs their points as population members
+    (:func:`zooscape.connect.curve_eval.evaluate_curves`), equal to :func:`evaluate_curve` of each within float
+    tolerance. The result depends only on the task.
+
+    Args:
+        task: the task.
+
+    Returns:
+        dict with ``rows`` (every pair's rows) and ``pairs``: one dict per pair as :func:`run_curve_pair_task`
+        returns (``record``, ``rows``, ``curve``, ``evaluation``).
+
+    References:
+        Garipov et al. (2018), "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs".
+    """
+    from zooscape.connect.curve import Curve, curve_bytes
+    from zooscape.connect.curve_eval import evaluate_curves
+    from zooscape.connect.curve_train import train_curve
+    from zooscape.train.trainer import resolve_device
+    from zooscape.zoo.reader import open_zoo
+
+    params = task.params
+    cfg = pair_train_config(params)
+    ids = sorted({m for pair in task.pairs for m in pair})
+    with open_zoo(task.root) as zoo:
+        models = {m: zoo.load_model(m, task.epoch) for m in ids}
+        data = zoo.data(ids[0])
+    device = resolve_device(task.device)
+    curves = []
+    for a, b in task.pairs:
+        curve = Curve(params["kind"], models[a], models[b], params["num_bends"]).to(device)
+        train_curve(curve, data, cfg)
+        curves.append(curve)
+    evs = evaluate_curves(curves, data, params["n_points"], splits=tuple(params["splits"]),
+                          bn_mode=params["bn_mode"], mc_points=params["mc_points"], weight_decay=cfg.weight_decay)
+    pairs = [_curve_result(a, b, task.epoch, task.cell, params, curve, ev, curve_bytes)
+             for (a, b), curve, ev in zip(task.pairs, curves, evs)]
+    return {"rows": [row for p in pairs for row in p["rows"]], "pairs": pairs}
 
 
 @dataclass
@@ -231,12 +291,15 @@ def curve_pairs(
     engine: str | Engine = "local",
     workers: int = 1,
     engine_options: Mapping[str, Any] | None = None,
+    per_pair: bool = False,
 ) -> list[dict[str, Any]]:
     """Train and evaluate a curve between every seed pair of each grid cell of a zoo; store mc in the catalog.
 
-    Every pair is one :class:`CurvePairTask` run by :func:`run_curve_pair_task` on the engine (in-process by
-    default, ``workers`` local processes, or Ray); the driver writes each pair's files and commits its rows as
-    the pair finishes. A pair's values do not depend on the engine or the number of workers.
+    The pairs of each cell still to compute are one :class:`CurveCellTask` run by :func:`run_curve_cell_task` on
+    the engine (in-process by default, ``workers`` local processes, or Ray): curves are trained one pair at a time
+    and evaluated together as population members. With ``per_pair=True`` every pair is one
+    :class:`CurvePairTask` (:func:`run_curve_pair_task`, the reference). The driver writes each task's files and
+    commits its rows as the task finishes. A pair's values do not depend on the engine or the number of workers.
 
     Args:
         zoo_dir: a trained zoo directory.
@@ -256,6 +319,7 @@ def curve_pairs(
         workers: worker processes of the local engine (1 = in this process).
         engine_options: keyword arguments of the engine (Ray: ``address``, ``num_cpus``, ``num_gpus``,
             ``max_retries``).
+        per_pair: one task per pair (the per-pair reference path) instead of one task per cell.
 
     Returns:
         One dict per pair computed now, in cell and pair order: ``model_id``, ``other_id``, ``epoch``, ``cell``
@@ -290,16 +354,30 @@ def curve_pairs(
     if plan.tasks:
         say(f"{len(plan.tasks)} pair(s) to compute in {len({t.cell for t in plan.tasks})} cell(s)")
 
-    def report(i: int, result: dict[str, Any]) -> None:
-        rec = result["record"]
-        say(f"[{i}/{len(plan.tasks)}] cell {rec['cell']}: {rec['model_id']} - {rec['other_id']}: mc test error "
-            f"{rec.get('curve_mc_error_test', math.nan):+.4f}")
+    done = 0
 
-    results = commit_task_results(store, eng, run_curve_pair_task, plan.tasks,
-                                  before_commit=lambda result: _store_pair_files(store.root, result),
-                                  on_result=report)
+    def report(_: int, result: dict[str, Any]) -> None:
+        nonlocal done
+        for one in result.get("pairs", [result]):
+            done += 1
+            rec = one["record"]
+            say(f"[{done}/{len(plan.tasks)}] cell {rec['cell']}: {rec['model_id']} - {rec['other_id']}: mc test "
+                f"error {rec.get('curve_mc_error_test', math.nan):+.4f}")
+
+    def store_files(result: dict[str, Any]) -> None:
+        for one in result.get("pairs", [result]):
+            _store_pair_files(store.root, one)
+
+    if per_pair:
+        results = commit_task_results(store, eng, run_curve_pair_task, plan.tasks, before_commit=store_files,
+                                      on_result=report)
+    else:
+        cells = [CurveCellTask(t.root, t.cell, t.epoch, pairs, dict(t.params), t.device)
+                 for t, pairs in cell_groups(plan.tasks)]
+        results = commit_task_results(store, eng, run_curve_cell_task, cells, before_commit=store_files,
+                                      on_result=report)
     order = {(t.model_id, t.other_id, t.epoch): i for i, t in enumerate(plan.tasks)}
-    records = [r["record"] for r in results]
+    records = [one["record"] for r in results for one in r.get("pairs", [r])]
     return sorted(records, key=lambda r: order[(r["model_id"], r["other_id"], r["epoch"])])
 
 

@@ -22,7 +22,8 @@ from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.engines import Engine
 from zooscape.zoo.store import ZooStore, is_zoo
 
-__all__ = ["PairTask", "commit_task_results", "experiment_records", "stored_keys", "zoo_store"]
+__all__ = ["CellTask", "PairTask", "cell_groups", "commit_task_results", "experiment_records", "stored_keys",
+           "zoo_store"]
 
 
 @dataclass
@@ -46,6 +47,42 @@ class PairTask:
     cell: int
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
+
+
+@dataclass
+class CellTask:
+    """The seed pairs of one grid cell still to compute at one epoch, for a study's per-cell task (picklable).
+
+    Args:
+        root: zoo directory.
+        cell: index of the grid cell.
+        epoch: checkpointed epoch of every model.
+        pairs: ``[(model_id, other_id), ...]`` in plan order.
+        params: every setting of the study (stored with its rows).
+        device: torch device.
+    """
+
+    root: str
+    cell: int
+    epoch: int
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+
+
+def cell_groups(tasks: Sequence[PairTask]) -> list[tuple[PairTask, list[tuple[str, str]]]]:
+    """Group pair tasks by (cell, epoch), in the order of each group's first pair (for one task per cell).
+
+    Args:
+        tasks: pair tasks.
+
+    Returns:
+        ``[(first task of the group, [(model_id, other_id), ...]), ...]``.
+    """
+    grouped: dict[tuple[int, int], tuple[PairTask, list[tuple[str, str]]]] = {}
+    for t in tasks:
+        grouped.setdefault((t.cell, t.epoch), (t, []))[1].append((t.model_id, t.other_id))
+    return list(grouped.values())
 
 
 def experiment_records(catalog: Catalog, experiment: str) -> list[dict[str, Any]]:

@@ -2,11 +2,14 @@
 
 For every grid cell (:mod:`zooscape.studies.cells`) and every pair of its models at one epoch, the linear path is
 evaluated naive, after aligning the second model to the first (weight or activation matching) and after
-renormalising every point of the path (reset BatchNorm, REPAIR, RESCALE, RESHIFT), with
-:func:`zooscape.align.lmc.pair_barriers_aligned`. Each pair is a picklable :class:`LmcPairTask` run by
-:func:`run_pair_task` wherever the zoo's engine puts it (it loads only its two models); the driver commits each
-pair's rows and writes its permutation file as the pair finishes (:mod:`zooscape.studies.jobs`), so an interrupted
-run keeps its finished pairs and re-running skips them. Rows and files: ``docs/connectivity.md``.
+renormalising every point of the path (reset BatchNorm, REPAIR, RESCALE, RESHIFT). By default the pairs of a
+cell still to compute form one picklable :class:`LmcCellTask` run by :func:`run_cell_task` wherever the zoo's
+engine puts it: it loads each model of the cell once and evaluates the paths of all its pairs together as
+population members (:func:`zooscape.align.lmc.state_pairs_barriers`, :mod:`zooscape.connect.population`).
+``per_pair=True`` keeps the slow reference: one :class:`LmcPairTask` per pair run by :func:`run_pair_task`
+(:func:`zooscape.align.lmc.pair_barriers_aligned`, loading only its two models). The driver commits each task's
+rows and writes its permutation files as the task finishes (:mod:`zooscape.studies.jobs`), so an interrupted run
+keeps its finished pairs and re-running skips them. Rows and files: ``docs/connectivity.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from zooscape._io import atomic_write_bytes, json_ready
 from zooscape.studies.cells import zoo_cells
-from zooscape.studies.jobs import PairTask
+from zooscape.studies.jobs import CellTask, PairTask, cell_groups
 from zooscape.studies.lmc_train import LMC_DIR, pair_values
 from zooscape.zoo.grid import canonical_json
 
@@ -30,6 +33,7 @@ __all__ = [
     "ALIGNS",
     "PAIRS_EXPERIMENT",
     "RENORMS",
+    "LmcCellTask",
     "LmcPairPlan",
     "LmcPairTask",
     "load_permutation",
@@ -39,6 +43,7 @@ __all__ = [
     "permutation_bytes",
     "permutation_path",
     "plan_pairs",
+    "run_cell_task",
     "run_pair_task",
 ]
 
@@ -147,16 +152,65 @@ def run_pair_task(task: LmcPairTask) -> dict[str, Any]:
         data = zoo.data(task.model_id)
     paths, alignment = pair_barriers_aligned(a, b, data, params["align"], params["renorm"], params["n_points"],
                                              splits=tuple(params["splits"]), seed=params["seed"], device=device)
+    return _pair_result(task.model_id, task.other_id, task.epoch, task.cell, params, paths, alignment)
+
+
+class LmcCellTask(CellTask):
+    """The pairs of one grid cell still to compute at one epoch, evaluated together (picklable).
+
+    Fields as :class:`~zooscape.studies.jobs.CellTask`; ``params`` from :func:`pair_params`.
+    """
+
+
+def _pair_result(model_id: str, other_id: str, epoch: int, cell: int, params: Mapping[str, Any],
+                 paths: Mapping[str, Any], alignment: Any) -> dict[str, Any]:
     values = pair_values(paths, alignment)
-    pair = {"model_id": task.model_id, "other_id": task.other_id, "epoch": task.epoch}
+    pair = {"model_id": model_id, "other_id": other_id, "epoch": epoch}
     perm = None
     if alignment.perm is not None:
         perm = permutation_bytes(alignment.perm, {**pair, "params": params, "objective": alignment.objective})
     return {
-        "record": {**pair, "cell": task.cell, **values},
+        "record": {**pair, "cell": cell, **values},
         "rows": [{**pair, "metric": k, "value": v, "params": params} for k, v in values.items()],
         "perm": perm,
     }
+
+
+def run_cell_task(task: LmcCellTask) -> dict[str, Any]:
+    """Load every model of the task's pairs once, align each pair, evaluate all paths together; return rows/files.
+
+    The paths of all pairs are population members of :func:`zooscape.align.lmc.state_pairs_barriers` (the same
+    values as :func:`run_pair_task` of each pair, within float tolerance). The result depends only on the task.
+
+    Args:
+        task: the task.
+
+    Returns:
+        dict with ``rows`` (every pair's rows, for :meth:`Catalog.add_analyses`) and ``pairs``: one dict per pair
+        as :func:`run_pair_task` returns (``record``, ``rows``, ``perm``).
+
+    References:
+        Frankle et al. (2020); Ainsworth et al. (2023); Jordan et al. (2023); Qu & Horvath (2024).
+    """
+    from zooscape.align.lmc import state_pairs_barriers
+    from zooscape.train.trainer import resolve_device
+    from zooscape.zoo.reader import open_zoo
+
+    params = task.params
+    device = str(resolve_device(task.device))
+    ids = sorted({m for pair in task.pairs for m in pair})
+    index = {m: i for i, m in enumerate(ids)}
+    with open_zoo(task.root) as zoo:
+        models = [zoo.load_model(m, task.epoch, device=device) for m in ids]
+        data = zoo.data(ids[0])
+    states = [m.state_dict() for m in models]
+    results = state_pairs_barriers(models[0], states, [(index[a], index[b]) for a, b in task.pairs], data,
+                                   params["align"], params["renorm"], params["n_points"],
+                                   splits=tuple(params["splits"]), seed=params["seed"], device=device,
+                                   models=models)
+    pairs = [_pair_result(a, b, task.epoch, task.cell, params, paths, alignment)
+             for (a, b), (paths, alignment) in zip(task.pairs, results)]
+    return {"rows": [row for p in pairs for row in p["rows"]], "pairs": pairs}
 
 
 def permutation_path(root: str | Path, model_id: str, other_id: str, epoch: int, params: Mapping[str, Any]) -> Path:
@@ -257,13 +311,16 @@ def pair_barriers(
     workers: int = 1,
     engine_options: Mapping[str, Any] | None = None,
     bn_mode: str | None = None,
+    per_pair: bool = False,
 ) -> list[dict[str, Any]]:
     """Barriers between all seed pairs of every grid cell of a zoo, before and after alignment and renormalisation.
 
-    Grid cells are those of :mod:`zooscape.studies.cells`. Every pair is one :class:`LmcPairTask` run by
-    :func:`run_pair_task` on the engine (in-process, ``workers`` local processes or Ray; each task loads only its
-    two models); the driver commits each pair's rows (and writes its permutation file) as it finishes, so an
-    interrupted run keeps the finished pairs and re-running skips them. Rows: ``analyses`` with
+    Grid cells are those of :mod:`zooscape.studies.cells`. The pairs of each cell still to compute are one
+    :class:`LmcCellTask` run by :func:`run_cell_task` on the engine (in-process, ``workers`` local processes or
+    Ray; each task loads its cell's models once and evaluates all their paths as population members); with
+    ``per_pair=True`` every pair is one :class:`LmcPairTask` (:func:`run_pair_task`, the slow reference). The
+    driver commits each task's rows (and writes its permutation files) as it finishes, so an interrupted run keeps
+    the finished tasks and re-running skips the stored pairs. Rows: ``analyses`` with
     ``model_id`` < ``other_id``, the metrics of :func:`pair_values` and ``params`` from :func:`pair_params`.
     The permutation that aligns ``other_id`` to ``model_id`` is kept bit for bit in
     :func:`permutation_path` (``apply_permutation(other, Permutation(spec, load_permutation(path)))`` gives the
@@ -285,6 +342,7 @@ def pair_barriers(
         workers: worker processes of the local engine (1 = in this process).
         engine_options: keyword arguments of the engine.
         bn_mode: deprecated: ``"reset"`` means ``renorm="reset_bn"``.
+        per_pair: one task per pair (the per-pair reference path) instead of one task per cell.
 
     Returns:
         One dict per pair of the zoo stored with these settings (computed now or before), in cell and pair
@@ -328,21 +386,28 @@ def pair_barriers(
         write = (lambda m: pbar.write(m, file=sys.stderr)) if bar and plan.tasks else say
 
         def store_perm(result: dict[str, Any]) -> None:
-            if result["perm"] is not None:
-                rec = result["record"]
-                path = permutation_path(store.root, rec["model_id"], rec["other_id"], rec["epoch"], params)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(path, result["perm"])
+            for one in result.get("pairs", [result]):
+                if one["perm"] is not None:
+                    rec = one["record"]
+                    path = permutation_path(store.root, rec["model_id"], rec["other_id"], rec["epoch"], params)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(path, one["perm"])
 
         def report(_: int, result: dict[str, Any]) -> None:
-            rec = result["record"]
-            pbar.update(1)
-            finished.setdefault(rec["cell"], []).append(rec)
-            left[rec["cell"]] -= 1
-            if left[rec["cell"]] == 0 and progress is not None:
-                write(_cell_line(plan.labels[rec["cell"]], finished[rec["cell"]], params))
+            for one in result.get("pairs", [result]):
+                rec = one["record"]
+                pbar.update(1)
+                finished.setdefault(rec["cell"], []).append(rec)
+                left[rec["cell"]] -= 1
+                if left[rec["cell"]] == 0 and progress is not None:
+                    write(_cell_line(plan.labels[rec["cell"]], finished[rec["cell"]], params))
 
-        commit_task_results(store, eng, run_pair_task, plan.tasks, before_commit=store_perm, on_result=report)
+        if per_pair:
+            commit_task_results(store, eng, run_pair_task, plan.tasks, before_commit=store_perm, on_result=report)
+        else:
+            cells = [LmcCellTask(t.root, t.cell, t.epoch, pairs, dict(t.params), t.device)
+                     for t, pairs in cell_groups(plan.tasks)]
+            commit_task_results(store, eng, run_cell_task, cells, before_commit=store_perm, on_result=report)
     wanted = {(t.model_id, t.other_id, t.epoch) for t in plan.tasks + plan.done}
     records = [r for r in pair_records(store.root, params) if (r["model_id"], r["other_id"], r["epoch"]) in wanted]
     for r in records:

@@ -352,6 +352,13 @@ class PopBatchNorm(_PopLayer):
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
+    def reset_running_stats(self) -> None:
+        """Every member's running mean to 0, running variance to 1 and batch counter to 0 (as ``_BatchNorm``)."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+            self.num_batches_tracked.zero_()
+
     def forward(self, x: Tensor) -> Tensor:
         x = self._enter(x)
         use_batch = self.training or not self.track_running_stats
