@@ -10,6 +10,7 @@ from zooscape.data import load_dataset
 from zooscape.models import create_model
 from zooscape.sparsify import (
     K1,
+    ARDControl,
     K2,
     K3,
     ARDConv2d,
@@ -118,26 +119,28 @@ def test_to_ard_from_ard_roundtrip_on_a_registry_model():
     assert sparsity_ratio(back) == pytest.approx(sparsity_ratio(a)) == pytest.approx(sparsity_ratio(a.state_dict()))
 
 
+@pytest.mark.parametrize("estimator", ["local", "weight"])
 @pytest.mark.parametrize("kind", ["linear", "conv"])
-def test_population_layer_equals_single_layers_with_penalty_gradient(kind):
+def test_population_layer_equals_single_layers_with_penalty_gradient(kind, estimator):
     torch.manual_seed(0)
     n = 3
+    control = ARDControl(estimator=estimator)
     if kind == "linear":
-        singles = [ARDLinear(5, 4) for _ in range(n)]
+        singles = [ARDLinear(5, 4, control=control) for _ in range(n)]
         xs = [torch.randn(6, 5) for _ in range(n)]
         wide_x = torch.stack(xs, 1).reshape(6, n * 5)  # channel layout [B, N*in]
         pop_cls = PopARDLinear
     else:
-        singles = [ARDConv2d(2, 3, 3) for _ in range(n)]
+        singles = [ARDConv2d(2, 3, 3, control=control) for _ in range(n)]
         xs = [torch.randn(2, 2, 5, 5) for _ in range(n)]
         wide_x = torch.stack(xs, 1).reshape(2, n * 2, 5, 5)
         pop_cls = PopARDConv2d
     for s in singles:
         with torch.no_grad():
             s.log_sigma2.uniform_(-6, 2)
-        s.control.penalty_scale = 0.0
+            s.log_sigma2[0].fill_(30.0)  # clipped log alpha: no gradient through the clip
     pop = pop_cls(singles)
-    pop.control.penalty_scale = 0.3
+    pop.control = ARDControl(estimator=estimator, penalty_scale=0.3)  # singles keep a zero penalty
     pop.train()
     pop.noise.set_generators([torch.Generator().manual_seed(10 + i) for i in range(n)])
     out = pop(wide_x)
@@ -171,12 +174,13 @@ def test_population_of_ard_models_builds_and_evaluates_shared_input():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_twins_do_not_depend_on_their_population_and_sparsify():
+@pytest.mark.parametrize("estimator", ["local", "weight"])
+def test_twins_do_not_depend_on_their_population_and_sparsify(estimator):
     ds = load_dataset("digits", seed=0)
     cfg = TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=1e-2)
     srcs = [create_model("mlp", input_size=64, depth=1, width=32, seed=i) for i in range(2)]
-    both = train_twins(srcs, ds, cfg, [Member(seed=0), Member(seed=1)], kl_scale=50.0)
-    alone = train_twins(srcs[1:], ds, cfg, [Member(seed=1)], kl_scale=50.0)
+    both = train_twins(srcs, ds, cfg, [Member(seed=0), Member(seed=1)], kl_scale=50.0, estimator=estimator)
+    alone = train_twins(srcs[1:], ds, cfg, [Member(seed=1)], kl_scale=50.0, estimator=estimator)
     for k in ("test_acc", "sparsity", "kl"):
         assert both.history[1][-1][k] == pytest.approx(alone.history[0][-1][k], rel=1e-4, abs=1e-4)
     first, last = both.history[0][0], both.history[0][-1]
@@ -197,6 +201,27 @@ def test_errors_name_the_problem():
         to_ard(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="epochs"):
         kl_weight(1, 0)
+    with pytest.raises(ValueError, match="estimator"):
+        ARDControl(estimator="exact")
+    with pytest.raises(ValueError, match="kl_reduction"):
+        train_twins([create_model("mlp", input_size=64, depth=1, width=8)], load_dataset("digits", seed=0),
+                    kl_reduction="mean")
+
+
+def test_kl_reduction_model_zoos_is_the_elbo_times_n_train():
+    """The Model Zoos weighting adds the undivided KL: the same run as the per-sample ELBO with kl_scale * n_train
+    (no clipping of the ramp at these values), and far sparser than the ELBO at the same kl_scale."""
+    ds = load_dataset("digits", seed=0)
+    n_train = int(ds.train_x.shape[0])
+    cfg = TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=1e-2)
+    src = [create_model("mlp", input_size=64, depth=1, width=16, seed=0)]
+    zoos = train_twins(src, ds, cfg, kl_scale=2e-4, kl_reduction="model_zoos", estimator="weight").history[0]
+    elbo = train_twins(src, ds, cfg, kl_scale=2e-4 * n_train, kl_reduction="elbo", estimator="weight").history[0]
+    same = train_twins(src, ds, cfg, kl_scale=2e-4, kl_reduction="elbo", estimator="weight").history[0]
+    for a, b in zip(zoos, elbo):
+        assert a["sparsity"] == pytest.approx(b["sparsity"], abs=1e-3)
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-3)
+    assert zoos[-1]["kl"] < same[-1]["kl"]
 
 
 def test_sample_preactivation_gradient():

@@ -14,6 +14,7 @@ See docs/sparsify.md.
 """
 
 from .ard import (
+    ESTIMATORS,
     K1,
     K2,
     K3,
@@ -47,11 +48,11 @@ from .prune import (
     strip_masks,
 )
 from .renorm import RENORM_METHODS, pruned_barrier, renormalize
-from .twins import TWIN_CONFIG, train_twins, twin_metrics
+from .twins import KL_REDUCTIONS, TWIN_CONFIG, train_twins, twin_metrics
 
 __all__ = [
-    "FISHERS",
-    "K1", "K2", "K3", "LOG_SIGMA2_INIT", "PRUNERS", "RENORM_METHODS", "THRESHOLD", "TWIN_CONFIG", "ARDControl",
+    "ESTIMATORS", "FISHERS", "K1", "K2", "K3", "KL_REDUCTIONS", "LOG_SIGMA2_INIT", "PRUNERS", "RENORM_METHODS",
+    "THRESHOLD", "TWIN_CONFIG", "ARDControl",
     "ARDConv2d", "ARDLinear", "PopARDConv2d", "PopARDLinear", "apply_masks", "ard_kl", "from_ard", "kl_approx",
     "kl_weight", "load_pruned", "log_alpha", "masks", "obd_scores", "obs_scores", "obs_update", "prune",
     "pruned_barrier", "renormalize", "saliencies", "sparse_state_dict", "sparsity_ratio", "strip_masks", "to_ard",

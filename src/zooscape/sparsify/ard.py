@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from zooscape.train.layers import PopConv2d, PopDropout, PopLinear, _SmallGroupedConv, register_population_layer
 
 __all__ = [
-    "K1", "K2", "K3", "LOG_ALPHA_CLIP", "LOG_SIGMA2_INIT", "THRESHOLD", "ARDConv2d", "ARDControl", "ARDLinear",
-    "PopARDConv2d", "PopARDLinear", "ard_kl", "ard_layers", "from_ard", "kl_approx", "kl_weight", "log_alpha",
-    "penalized", "sparse_state_dict", "sparsity_ratio", "to_ard",
+    "ESTIMATORS", "K1", "K2", "K3", "LOG_ALPHA_CLIP", "LOG_SIGMA2_INIT", "THRESHOLD", "ARDConv2d", "ARDControl",
+    "ARDLinear", "PopARDConv2d", "PopARDLinear", "ard_kl", "ard_layers", "from_ard", "kl_approx", "kl_weight", "log_alpha",
+    "penalized", "sample_weight", "sparse_state_dict", "sparsity_ratio", "to_ard",
 ]
 
 K1, K2, K3 = 0.63576, 1.8732, 1.48695
@@ -76,16 +76,36 @@ def kl_weight(epoch: int, epochs: int, kl_scale: float = 1e-2) -> float:
     return min(1.0, kl_scale * max(0, epoch) / epochs)
 
 
+#: Gradient estimators of the training forward pass (:class:`ARDControl` ``estimator``):
+#:
+#: - ``"local"`` (default): the local reparameterisation trick (Kingma, Salimans & Welling 2015), used by
+#:   Molchanov et al. (2017) and the Model Zoos twins: every pre-activation is sampled from
+#:   ``N(x theta, x^2 alpha theta^2)``, independent noise per sample; two convolutions/products per layer plus a
+#:   full-resolution noise map.
+#: - ``"weight"``: one weight sample ``w = theta + sqrt(alpha) |theta| eps`` (``eps ~ N(0, 1)`` per weight) per
+#:   model and step, shared by the batch, then the ordinary layer on it (the "direct" estimator Kingma et al. 2015
+#:   compare against, section 2.3: unbiased, with a higher gradient variance because the batch shares the noise).
+#:   One convolution per layer, through the population's fastest routes (native conv + pool kernels), so a twin
+#:   costs about what a zoo model costs.
+ESTIMATORS = ("local", "weight")
+
+
 @dataclass
 class ARDControl:
-    """What every ARD layer of a run shares: the threshold and the current KL penalty scale.
+    """What every ARD layer of a run shares: the threshold, the current KL penalty scale and the estimator.
 
     ``penalty_scale`` is ``kl_weight / n_train``: a layer in training mode adds ``penalty_scale * KL`` to its
-    model's (mean per sample) loss. Zero (the default) trains without the penalty.
+    model's (mean per sample) loss. Zero (the default) trains without the penalty. ``estimator``: ``"local"``
+    (local reparameterisation) or ``"weight"`` (one weight sample per step), see :data:`ESTIMATORS`.
     """
 
     threshold: float = THRESHOLD
     penalty_scale: float = 0.0
+    estimator: str = "local"
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
 
 
 class _ARDMixin:
@@ -111,6 +131,13 @@ class _ARDMixin:
     def sparse_weight(self) -> Tensor:
         """The weight with pruned entries set to zero."""
         return torch.where(self.mask(), self.weight, torch.zeros_like(self.weight))
+
+    def sampled_weight(self) -> Tensor:
+        """One draw of the weight ``theta + sqrt(alpha) |theta| eps`` (the ``"weight"`` estimator); the weight's
+        shape, noise from ``self.generator``."""
+        eps = torch.randn(self.weight.shape, generator=self.generator, device=self.weight.device,
+                          dtype=self.weight.dtype)
+        return sample_weight(self.weight, self.log_alpha(), eps)
 
     def _noise(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """Standard normal noise of ``shape``; 4-D maps are drawn in ``[B, H, W, C]`` order (as the population
@@ -143,6 +170,8 @@ class ARDLinear(_ARDMixin, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return F.linear(x, self.sparse_weight(), self.bias)
+        if self.control.estimator == "weight":
+            return F.linear(x, self.sampled_weight(), self.bias)
         mu = F.linear(x, self.weight, self.bias)
         var = F.linear(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight)
         return sample_preactivation(mu, var, self._noise(tuple(mu.shape), mu))
@@ -169,6 +198,8 @@ class ARDConv2d(_ARDMixin, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return self._conv_forward(x, self.sparse_weight(), self.bias)
+        if self.control.estimator == "weight":
+            return self._conv_forward(x, self.sampled_weight(), self.bias)
         mu = self._conv_forward(x, self.weight, self.bias)
         var = self._conv_forward(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight, None)
         return sample_preactivation(mu, var, self._noise(tuple(mu.shape), mu))
@@ -201,13 +232,51 @@ def sample_preactivation(mu: Tensor, var: Tensor, noise: Tensor) -> Tensor:
     return _Sample.apply(mu, var, noise)
 
 
+def sample_weight(weight: Tensor, la: Tensor, noise: Tensor) -> Tensor:
+    """One weight sample of the ``"weight"`` estimator: ``theta + exp(la / 2) |theta| * noise`` (all the same
+    shape; ``la`` = :func:`log_alpha`), i.e. ``N(theta, alpha theta^2)`` per weight (Kingma et al. 2015, sec. 2.3)."""
+    return torch.addcmul(weight, weight.abs() * torch.exp(0.5 * la), noise)
+
+
+class _WeightSample(torch.autograd.Function):
+    """The ``"weight"`` estimator of a population layer in one function: ``w = theta + exp(la/2) |theta| eps`` with
+    ``la = clip(log sigma^2 - log(theta^2 + 1e-8), -10, 10)``; its backward also adds ``scale * dKL/d la`` (the
+    gradient of ``scale * sum KL``, the penalty each model's loss carries), so no separate KL graph is built.
+    Written out because the autograd graph of these elementwise steps (forward and backward of log alpha,
+    the sample and the KL) cost a small network (MLP) more than its matrix products."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, log_sigma2: Tensor, eps: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        t = (w * w).add_(_EPS)
+        u = log_sigma2 - torch.log(t)
+        la = u.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+        inside = la == u  # where the clip passes the gradient (torch.clamp's rule: bounds included)
+        noise = torch.exp(0.5 * la).mul_(eps)  # exp(la/2) eps
+        ctx.save_for_backward(w, t, la, noise, inside)
+        ctx.scale = scale
+        return torch.addcmul(w, w.abs(), noise)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        w, t, la, noise, inside = ctx.saved_tensors
+        q = grad * noise
+        g_la = (q * w.abs()).mul_(0.5)
+        if ctx.scale != 0.0:  # d/d la of KL = -k1 k3 s (1 - s) - 0.5 sigmoid(-la), s = sigmoid(k2 + k3 la)
+            sig = torch.sigmoid(la * K3 + K2)
+            g_la.add_(sig - sig * sig, alpha=-K1 * K3 * ctx.scale)
+            g_la.add_(torch.sigmoid(-la), alpha=-0.5 * ctx.scale)
+        g_ls = g_la.mul_(inside)
+        g_w = torch.addcmul(grad, q, torch.sign(w)).addcmul_(g_ls, w / t, value=-2.0)
+        return g_w, g_ls, None, None
+
+
 def ard_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every ARD layer of ``model`` (single models and populations)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, ARD_LAYERS + (PopARDLinear, PopARDConv2d))]
 
 
 def to_ard(model: nn.Module, *, log_sigma2_init: float = LOG_SIGMA2_INIT, threshold: float = THRESHOLD,
-           control: ARDControl | None = None) -> nn.Module:
+           control: ARDControl | None = None, estimator: str = "local") -> nn.Module:
     """A copy of ``model`` whose ``nn.Linear`` and ``nn.Conv2d`` leaves are ARD layers holding the same weights.
 
     The model's class and code are unchanged (leaves are swapped by attribute), so any registry model works. All
@@ -217,12 +286,13 @@ def to_ard(model: nn.Module, *, log_sigma2_init: float = LOG_SIGMA2_INIT, thresh
         model: the source model (not modified).
         log_sigma2_init: initial ``log sigma^2`` of every weight (Model Zoos: -10).
         threshold: prune at ``log alpha >= threshold`` (3).
-        control: the shared control object (a new one by default).
+        control: the shared control object (a new one by default, with ``threshold`` and ``estimator``).
+        estimator: the training forward's gradient estimator, ``"local"`` or ``"weight"`` (:data:`ESTIMATORS`).
 
     Returns:
         the ARD model; its state dict is the source's plus ``<layer>.log_sigma2`` entries.
     """
-    control = control if control is not None else ARDControl(threshold=float(threshold))
+    control = control if control is not None else ARDControl(threshold=float(threshold), estimator=estimator)
     new = copy.deepcopy(model)
     swapped = 0
     for parent in list(new.modules()):
@@ -381,12 +451,47 @@ class _PopARDMixin:
         la = self.log_alpha()
         return torch.where(la < self.control.threshold, self.weight, torch.zeros_like(self.weight))
 
-    def _penalize(self, out: Tensor) -> Tensor:
+    def _penalize(self, out: Tensor, la: Tensor) -> Tensor:
+        """``out`` carrying each model's KL penalty (``la``: this step's :meth:`log_alpha`, computed once)."""
         scale = float(self.control.penalty_scale)
         if scale == 0.0 or not torch.is_grad_enabled():
             return out
-        kl = kl_approx(self.log_alpha()).reshape(self.n, -1).sum(1)  # [N]
+        kl = kl_approx(la).reshape(self.n, -1).sum(1)  # [N]
         return penalized(out, kl * scale)
+
+    def effective_weight(self) -> Tensor:
+        """The weight of the running forward pass (sparse in eval mode, sampled by the ``"weight"`` estimator)."""
+        w = getattr(self, "_weight_now", None)
+        return self.weight if w is None else w
+
+    def _uses_local(self) -> bool:
+        return self.training and self.control.estimator == "local"
+
+    def _through_parent(self, parent: type, x: Tensor) -> Tensor:
+        """The population layer's own forward (all its fast routes) on this pass's effective weight: the sparse
+        weight in eval mode, one weight sample per model (``"weight"`` estimator) in training, penalty added."""
+        if self.training:  # the KL penalty's gradient comes with the sample's (see _WeightSample)
+            scale = float(self.control.penalty_scale) if torch.is_grad_enabled() else 0.0
+            w = _WeightSample.apply(self.weight, self.log_sigma2, self._weight_noise(), scale)
+        else:
+            w = self.sparse_weight()
+        self._weight_now = w
+        try:
+            return parent.forward(self, x)
+        finally:
+            self._weight_now = None
+
+    def _weight_noise(self) -> Tensor:
+        """Standard normal noise of the weight's shape ``[N, ...]``, model ``n``'s block from its own generator
+        (drawn as ``torch.randn(weight_shape, generator=g)``; global RNG when none are set)."""
+        w = self.weight
+        gens = self.noise.generators
+        if gens is None:
+            return torch.randn(w.shape, device=w.device, dtype=w.dtype)
+        out = torch.empty(w.shape, device=gens[0].device, dtype=w.dtype)
+        for i, g in enumerate(gens):
+            out[i].normal_(generator=g)
+        return out.to(w.device)
 
     def _model_noise(self, shape: tuple[int, ...], like: Tensor, dim: int) -> Tensor:
         """Standard normal noise with one block per model along ``dim`` (``shape[dim]`` is ``N`` times the per-model
@@ -429,36 +534,30 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         return out.transpose(0, 1).reshape(*lead, self.n * self.out_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        shared = self.shared is not None and self.shared.take()
-        if not self.training:
-            if shared:
-                w = self.sparse_weight().reshape(self.n * self.out_features, self.in_features)
-                out = F.linear(x, w, self.bias.reshape(-1) if self.bias is not None else None)
-                if self.layout == "stacked":
-                    b = out.shape[0]
-                    return out.view(b, self.n, self.out_features).transpose(0, 1).reshape(-1, self.out_features)
-                return out
-            return self._matmul(x, self.sparse_weight(), self.bias)
-        if shared:
+        if not self._uses_local():
+            return self._through_parent(PopLinear, x)
+        if self.shared is not None and self.shared.take():
             x = self.shared.expand(x)  # type: ignore[union-attr]
+        la = self.log_alpha()
         mu = self._matmul(x, self.weight, self.bias)
-        var = self._matmul(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight, None)
+        var = self._matmul(x * x, torch.exp(la) * self.weight * self.weight, None)
         dim = 0 if self.layout == "stacked" else mu.dim() - 1
         out = sample_preactivation(mu, var, self._model_noise(tuple(mu.shape), mu, dim))
-        return self._penalize(out)
+        return self._penalize(out, la)
 
 
 class PopARDConv2d(_PopARDMixin, PopConv2d):
     """N :class:`ARDConv2d` layers as one grouped convolution on ``[B, N*C_in, H, W]`` (channel layout);
-    ``log_sigma2`` is ``[N, C_out, C_in/groups, kh, kw]``. The native conv + pool kernels are not used."""
+    ``log_sigma2`` is ``[N, C_out, C_in/groups, kh, kw]``. Evaluation and the ``"weight"`` estimator run
+    :class:`~zooscape.train.layers.PopConv2d`'s own forward (native conv + pool kernels included) on the sparse or
+    sampled weight; the local reparameterisation runs two grouped convolutions (mean and variance)."""
 
     def __init__(self, layers: list[ARDConv2d]) -> None:
         super().__init__(layers, strategy="grouped")
         self._init_ard(layers)
-        self.native_allowed = False
 
     def native_pool_ok(self) -> bool:
-        return False
+        return not self._uses_local() and super().native_pool_ok()
 
     def _conv(self, x: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
         w = w.reshape(-1, *w.shape[2:])
@@ -470,22 +569,16 @@ class PopARDConv2d(_PopARDMixin, PopConv2d):
     def forward(self, x: Tensor) -> Tensor:
         if getattr(self, "layout", "channel") == "stacked":
             raise ValueError("PopARDConv2d runs in the channel layout only")
-        shared = self.shared is not None and self.shared.take()
-        cl = self.shared is not None and self.shared.channels_last and x.dim() == 4
-        if not self.training:
-            if shared and self.groups == 1:
-                out = self._conv(x, self.sparse_weight(), self.bias, 1)
-                return out.contiguous(memory_format=torch.channels_last) if cl else out
-            if shared:
-                x = self.shared.expand(x)  # type: ignore[union-attr]
-            return self._conv(x, self.sparse_weight(), self.bias, self.groups * self.n)
-        if shared:
+        if not self._uses_local():
+            return self._through_parent(PopConv2d, x)
+        if self.shared is not None and self.shared.take():
             x = self.shared.expand(x)  # type: ignore[union-attr]
         g = self.groups * self.n
+        la = self.log_alpha()
         mu = self._conv(x, self.weight, self.bias, g)
-        var = self._conv(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight, None, g)
+        var = self._conv(x * x, torch.exp(la) * self.weight * self.weight, None, g)
         out = sample_preactivation(mu, var, self._model_noise(tuple(mu.shape), mu, 1))
-        return self._penalize(out)
+        return self._penalize(out, la)
 
 
 register_population_layer(ARDLinear, PopARDLinear)

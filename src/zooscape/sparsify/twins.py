@@ -22,7 +22,12 @@ from zooscape.train import EpochReport, Member, PopulationResult, PopulationStat
 
 from .ard import LOG_SIGMA2_INIT, THRESHOLD, ARDControl, kl_approx, kl_weight, log_alpha, to_ard
 
-__all__ = ["TWIN_CONFIG", "train_twins", "twin_metrics"]
+__all__ = ["KL_REDUCTIONS", "TWIN_CONFIG", "train_twins", "twin_metrics"]
+
+#: How the KL term is scaled in a twin's loss: ``"elbo"`` (``KL / n_train`` per sample, the variational objective
+#: of Molchanov et al. 2017) or ``"model_zoos"`` (``KL`` undivided, added to the mean batch loss, as the Model Zoos
+#: code; far stronger, hence far sparser twins in the same number of steps).
+KL_REDUCTIONS = ("elbo", "model_zoos")
 
 #: Training defaults of the Model Zoos twins: Adam, lr 1e-3, batch size 10 (the zoos' own), 25 epochs.
 TWIN_CONFIG = TrainConfig(epochs=25, batch_size=10, optimizer="adam", lr=1e-3)
@@ -51,6 +56,8 @@ def train_twins(
     members: Sequence[Member] | None = None,
     *,
     kl_scale: float = 1e-2,
+    kl_reduction: str = "elbo",
+    estimator: str = "local",
     log_sigma2_init: float = LOG_SIGMA2_INIT,
     threshold: float = THRESHOLD,
     device: str | torch.device = "auto",
@@ -66,6 +73,14 @@ def train_twins(
         config: training hyperparameters (``epochs`` = sparsification epochs; default :data:`TWIN_CONFIG`).
         members: per-twin seeds / learning rates (:class:`zooscape.train.Member`); default seeds ``0..N-1``.
         kl_scale: the KL weight ramps as ``min(1, kl_scale * epoch / epochs)``.
+        kl_reduction: how the KL enters each twin's (mean per sample) loss: ``"elbo"`` (default) adds
+            ``kl_weight * KL / n_train``, the per-sample negative ELBO of Molchanov et al. (2017);
+            ``"model_zoos"`` adds ``kl_weight * KL`` undivided, as the Model Zoos twins' ``ELBOLoss`` does (a KL
+            ``n_train`` times stronger: on digits' 1,257 training images, as ``"elbo"`` with ``kl_scale``
+            multiplied by 1,257). See :data:`KL_REDUCTIONS`.
+        estimator: ``"local"`` (local reparameterisation, as the papers) or ``"weight"`` (one weight sample per
+            twin and step: one convolution per layer, about a zoo model's cost); see
+            :data:`zooscape.sparsify.ard.ESTIMATORS`.
         log_sigma2_init: initial ``log sigma^2`` (-10).
         threshold: ``log alpha`` pruning threshold (3).
         device: ``"auto"``, ``"cpu"``, ...
@@ -81,12 +96,15 @@ def train_twins(
     """
     if len(sources) == 0:
         raise ValueError("train_twins needs at least one source model")
-    control = ARDControl(threshold=float(threshold))
+    if kl_reduction not in KL_REDUCTIONS:
+        raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
+    control = ARDControl(threshold=float(threshold), estimator=estimator)
     twins = [to_ard(m, log_sigma2_init=log_sigma2_init, control=control) for m in sources]
     n_train = int(data.train_x.shape[0])
 
     def set_epoch(epoch: int) -> None:  # the penalty of the coming epoch
-        control.penalty_scale = kl_weight(epoch, config.epochs, kl_scale) / n_train
+        divisor = n_train if kl_reduction == "elbo" else 1
+        control.penalty_scale = kl_weight(epoch, config.epochs, kl_scale) / divisor
 
     set_epoch(1 if resume is None else resume.epoch + 1)
 

@@ -110,27 +110,33 @@ class PopLinear(_PopLayer):
         self.bias = nn.Parameter(_stack([m.bias for m in layers])) if layers[0].bias is not None else None
         self.layout = "channel"
 
+    def effective_weight(self) -> Tensor:
+        """The weight ``[N, out, in]`` this forward pass uses: ``self.weight`` (a hook for subclasses whose
+        weight is computed, e.g. sampled or masked)."""
+        return self.weight
+
     def forward(self, x: Tensor) -> Tensor:
         if self.shared is not None and self.shared.take():
             return self._forward_shared(x)
+        weight = self.effective_weight()
         if self.layout == "stacked":
             xb = x.view(self.n, -1, self.in_features)
             if self.bias is not None:
-                out = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight.transpose(1, 2))
+                out = torch.baddbmm(self.bias.unsqueeze(1), xb, weight.transpose(1, 2))
             else:
-                out = torch.bmm(xb, self.weight.transpose(1, 2))
+                out = torch.bmm(xb, weight.transpose(1, 2))
             return out.view(-1, self.out_features)
         lead = x.shape[:-1]
         xb = x.reshape(-1, self.n, self.in_features).transpose(0, 1)  # [N, B, in]
         if self.bias is not None:
-            out = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight.transpose(1, 2))
+            out = torch.baddbmm(self.bias.unsqueeze(1), xb, weight.transpose(1, 2))
         else:
-            out = torch.bmm(xb, self.weight.transpose(1, 2))
+            out = torch.bmm(xb, weight.transpose(1, 2))
         return out.transpose(0, 1).reshape(*lead, self.n * self.out_features)
 
     def _forward_shared(self, x: Tensor) -> Tensor:
         """All N layers on one shared input ``[..., in]``: one dense ``[N*out, in]`` product."""
-        w = self.weight.reshape(self.n * self.out_features, self.in_features)
+        w = self.effective_weight().reshape(self.n * self.out_features, self.in_features)
         out = F.linear(x, w, self.bias.reshape(-1) if self.bias is not None else None)  # [..., N*out]
         if self.layout == "stacked":
             b = out.shape[0]
@@ -224,6 +230,12 @@ class PopConv2d(_PopLayer):
         self.fused_relu: FusedPool | None = None  # ... and when a ReLU follows that pool
         self.native_allowed = True  # cleared by Population when its check of the native path fails
 
+    def effective_weight(self) -> Tensor:
+        """The weight ``[N, C_out, C_in/groups, k, k]`` this forward pass uses: ``self.weight`` (a hook for
+        subclasses whose weight is computed, e.g. sampled or masked; it must return the same tensor throughout
+        one forward pass)."""
+        return self.weight
+
     def _input_grad_as_forward(self, x: Tensor, w: Tensor) -> bool:
         """Whether :class:`_SmallGroupedConv` applies (few channels per model, stride 1, channels-last CPU input
         that needs a gradient); asked by subclasses that measured it faster for their layers."""
@@ -249,16 +261,17 @@ class PopConv2d(_PopLayer):
         """Convolution + the following 2x2 max-pool through the native kernels, or ``None`` if they do not apply
         (not float32 on the CPU, kernels unavailable, an input that needs a gradient but is not channels-last
         with a multiple of 8 channels per model)."""
-        if not self.native_pool_ok() or not native.supports(x, self.weight):
+        weight = self.effective_weight()
+        if not self.native_pool_ok() or not native.supports(x, weight):
             return None
-        if x.requires_grad and torch.is_grad_enabled() and (shared or not native.supports_input_grad(x, self.weight)):
+        if x.requires_grad and torch.is_grad_enabled() and (shared or not native.supports_input_grad(x, weight)):
             return None
         relu = self.fused_relu is not None
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or (
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (
                 self.bias is not None and self.bias.requires_grad)):
-            out = native.ConvPool2x2.apply(x, self.weight, self.bias, shared, relu)
+            out = native.ConvPool2x2.apply(x, weight, self.bias, shared, relu)
         else:
-            out, _ = native.conv_pool_forward(x, self.weight, self.bias, shared=shared, indices=False, relu=relu)
+            out, _ = native.conv_pool_forward(x, weight, self.bias, shared=shared, indices=False, relu=relu)
         self.fused_pool.pending = True  # type: ignore[union-attr]
         if relu:
             self.fused_relu.pending = True  # type: ignore[union-attr]
@@ -305,7 +318,7 @@ class PopConv2d(_PopLayer):
         """All N convolutions on one shared input ``[B, C, H, W]`` as one GEMM, giving the population layout
         ``[B, N*C_out, H', W']`` (channels-last memory) directly: im2col of the shared batch (small: few input
         channels) times ``[C*k*k, N*C_out]``."""
-        w = self.weight.reshape(-1, *self.weight.shape[2:])
+        w = self.effective_weight().reshape(-1, *self.weight.shape[2:])
         b = self.bias.reshape(-1) if self.bias is not None else None
         bsz = x.shape[0]
         kh, kw = self.weight.shape[-2:]
@@ -322,7 +335,7 @@ class PopConv2d(_PopLayer):
         return out
 
     def _forward(self, x: Tensor) -> Tensor:
-        w = self.weight.reshape(-1, *self.weight.shape[2:])
+        w = self.effective_weight().reshape(-1, *self.weight.shape[2:])
         b = self.bias.reshape(-1) if self.bias is not None else None
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups * self.n)
 
