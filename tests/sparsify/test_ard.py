@@ -10,9 +10,9 @@ from zooscape.data import load_dataset
 from zooscape.models import create_model
 from zooscape.sparsify import (
     K1,
-    ARDControl,
     K2,
     K3,
+    ARDControl,
     ARDConv2d,
     ARDLinear,
     from_ard,

@@ -52,9 +52,8 @@ from .twins import KL_REDUCTIONS, TWIN_CONFIG, train_twins, twin_metrics
 
 __all__ = [
     "ESTIMATORS", "FISHERS", "K1", "K2", "K3", "KL_REDUCTIONS", "LOG_SIGMA2_INIT", "PRUNERS", "RENORM_METHODS",
-    "THRESHOLD", "TWIN_CONFIG", "ARDControl",
-    "ARDConv2d", "ARDLinear", "PopARDConv2d", "PopARDLinear", "apply_masks", "ard_kl", "from_ard", "kl_approx",
-    "kl_weight", "load_pruned", "log_alpha", "masks", "obd_scores", "obs_scores", "obs_update", "prune",
-    "pruned_barrier", "renormalize", "saliencies", "sparse_state_dict", "sparsity_ratio", "strip_masks", "to_ard",
-    "train_twins", "twin_metrics",
+    "THRESHOLD", "TWIN_CONFIG", "ARDControl", "ARDConv2d", "ARDLinear", "PopARDConv2d", "PopARDLinear", "apply_masks",
+    "ard_kl", "from_ard", "kl_approx", "kl_weight", "load_pruned", "log_alpha", "masks", "obd_scores", "obs_scores",
+    "obs_update", "prune", "pruned_barrier", "renormalize", "saliencies", "sparse_state_dict", "sparsity_ratio",
+    "strip_masks", "to_ard", "train_twins", "twin_metrics",
 ]

@@ -39,8 +39,8 @@ from zooscape.train.layers import PopConv2d, PopDropout, PopLinear, _SmallGroupe
 
 __all__ = [
     "ESTIMATORS", "K1", "K2", "K3", "LOG_ALPHA_CLIP", "LOG_SIGMA2_INIT", "THRESHOLD", "ARDConv2d", "ARDControl",
-    "ARDLinear", "PopARDConv2d", "PopARDLinear", "ard_kl", "ard_layers", "from_ard", "kl_approx", "kl_weight", "log_alpha",
-    "penalized", "sample_weight", "sparse_state_dict", "sparsity_ratio", "to_ard",
+    "ARDLinear", "PopARDConv2d", "PopARDLinear", "ard_kl", "ard_layers", "from_ard", "kl_approx", "kl_weight",
+    "log_alpha", "penalized", "sample_weight", "sparse_state_dict", "sparsity_ratio", "to_ard",
 ]
 
 K1, K2, K3 = 0.63576, 1.8732, 1.48695
