@@ -8,6 +8,10 @@ For CNN-s on digits (resized to 28x28) the script trains, per model family:
 - ``zoo models, population``: the N source architectures trained as plain zoo models in one population, for the
   per-model cost of a twin against a zoo model.
 
+Each twin row names its gradient estimator (``--estimators``): ``local`` (the local reparameterisation trick, two
+convolutions per layer and a full-resolution noise map) or ``weight`` (one weight sample per twin and step, then
+the population's ordinary layers, native conv + pool kernels included).
+
 Every variant does the same work per model-epoch (training steps plus evaluation of train/val/test).
 
 Usage:
@@ -36,7 +40,8 @@ CASES = {
 }
 
 
-def run(case: str, n: int, epochs: int, baseline_models: int, device: str) -> dict:
+def run(case: str, n: int, epochs: int, baseline_models: int, device: str, estimator: str,
+        zoo_ms: float | None = None) -> dict:
     spec = CASES[case]
     dkw = dict(spec["data"])
     data = load_dataset(dkw.pop("name"), seed=0, **dkw)
@@ -46,14 +51,16 @@ def run(case: str, n: int, epochs: int, baseline_models: int, device: str) -> di
     members = [Member(seed=s) for s in range(n)]
     cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3)
     # warm-up (kernel caches, allocator)
-    train_twins(sources[:2], data, TrainConfig(epochs=1, batch_size=32, optimizer="adam"), members[:2], device=device)
-    pop = _time(lambda: train_twins(sources, data, cfg, members, device=device))
-    one = sum(_time(lambda i=i: train_twins([sources[i]], data, cfg, [members[i]], device=device))
-              for i in range(baseline_models))
-    zoo = _time(lambda: train_population(sources, data, cfg, members, device=device))
+    kw = dict(device=device, estimator=estimator)
+    train_twins(sources[:2], data, TrainConfig(epochs=1, batch_size=32, optimizer="adam"), members[:2], **kw)
     per = 1000.0 / epochs
-    return {"case": case, "n": n, "epochs": epochs, "twins_population_ms": pop * per / n,
-            "twins_one_at_a_time_ms": one * per / baseline_models, "zoo_population_ms": zoo * per / n}
+    if zoo_ms is None:
+        zoo_ms = _time(lambda: train_population(sources, data, cfg, members, device=device)) * per / n
+    pop = _time(lambda: train_twins(sources, data, cfg, members, **kw))
+    one = sum(_time(lambda i=i: train_twins([sources[i]], data, cfg, [members[i]], **kw))
+              for i in range(baseline_models))
+    return {"case": case, "n": n, "epochs": epochs, "estimator": estimator, "twins_population_ms": pop * per / n,
+            "twins_one_at_a_time_ms": one * per / baseline_models, "zoo_population_ms": zoo_ms}
 
 
 def main() -> None:
@@ -62,6 +69,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--baseline-models", type=int, default=8, help="twins trained one at a time (mean per model)")
     ap.add_argument("--cases", nargs="+", default=["cnn_s", "mlp"], choices=sorted(CASES))
+    ap.add_argument("--estimators", nargs="+", default=["weight", "local"], choices=["weight", "local"],
+                    help="twins' gradient estimators to time (default both)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="N=8, 1 epoch, 2 baseline models")
@@ -72,14 +81,17 @@ def main() -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}, "
           f"device {args.device}, load average {load}")
-    print("| case | N | twins, population (ms/twin-epoch) | twins, one at a time | speed-up | "
-          "zoo models, population | twin / zoo model |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | N | estimator | twins, population (ms/twin-epoch) | twins, one at a time | speed-up | "
+          "zoo models, population (ms/model-epoch) | twin / zoo model |")
+    print("|---|---|---|---|---|---|---|---|")
     for case in args.cases:
-        r = run(case, args.n, args.epochs, args.baseline_models, args.device)
-        print(f"| {case} | {r['n']} | {r['twins_population_ms']:.1f} | {r['twins_one_at_a_time_ms']:.1f} | "
-              f"{r['twins_one_at_a_time_ms'] / r['twins_population_ms']:.1f}x | {r['zoo_population_ms']:.1f} | "
-              f"{r['twins_population_ms'] / r['zoo_population_ms']:.2f}x |", flush=True)
+        zoo_ms = None
+        for est in args.estimators:
+            r = run(case, args.n, args.epochs, args.baseline_models, args.device, est, zoo_ms)
+            zoo_ms = r["zoo_population_ms"]
+            print(f"| {case} | {r['n']} | {est} | {r['twins_population_ms']:.1f} | "
+                  f"{r['twins_one_at_a_time_ms']:.1f} | {r['twins_one_at_a_time_ms'] / r['twins_population_ms']:.1f}x"
+                  f" | {zoo_ms:.1f} | {r['twins_population_ms'] / zoo_ms:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

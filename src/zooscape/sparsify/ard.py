@@ -1,8 +1,9 @@
 """Variational dropout with automatic relevance determination (ARD) for Linear and Conv2d layers.
 
 Each weight ``w`` gets a Gaussian posterior ``N(theta, sigma^2)`` with ``alpha = sigma^2 / theta^2``; training
-minimises ``CE + kl_weight * KL / n_train`` with the local reparameterisation trick (the pre-activation is sampled
-from ``N(x theta, x^2 sigma^2)``), and weights whose ``log alpha`` reaches the threshold are pruned. In eval mode an
+minimises ``CE + kl_weight * KL`` (``KL / n_train`` for the per-sample ELBO) with the local reparameterisation
+trick (the pre-activation is sampled from ``N(x theta, x^2 sigma^2)``) or one weight sample per step (see
+:data:`ESTIMATORS`), and weights whose ``log alpha`` reaches the threshold are pruned. In eval mode an
 ARD layer is the deterministic layer with the pruned weights set to zero.
 
 Constants (Molchanov et al. 2017, as used by the Model Zoos sparsified twins):
@@ -94,9 +95,10 @@ ESTIMATORS = ("local", "weight")
 class ARDControl:
     """What every ARD layer of a run shares: the threshold, the current KL penalty scale and the estimator.
 
-    ``penalty_scale`` is ``kl_weight / n_train``: a layer in training mode adds ``penalty_scale * KL`` to its
-    model's (mean per sample) loss. Zero (the default) trains without the penalty. ``estimator``: ``"local"``
-    (local reparameterisation) or ``"weight"`` (one weight sample per step), see :data:`ESTIMATORS`.
+    ``penalty_scale`` is ``kl_weight`` (``kl_weight / n_train`` for the per-sample ELBO): a layer in training mode
+    adds ``penalty_scale * KL`` to its model's (mean per sample) loss. Zero (the default) trains without the
+    penalty. ``estimator``: ``"local"`` (local reparameterisation) or ``"weight"`` (one weight sample per step), see
+    :data:`ESTIMATORS`.
     """
 
     threshold: float = THRESHOLD

@@ -2,9 +2,9 @@
 
 :func:`train_twins` swaps every source model's Linear/Conv2d layers for ARD layers (:func:`~zooscape.sparsify.to_ard`)
 and trains all of them as one population with :func:`zooscape.train.train_population`, minimising
-``CE + kl_weight(epoch) * KL / n_train`` per twin; after every epoch each twin's metrics gain ``sparsity`` (the
-fraction of its weights with ``log alpha >= 3``) and ``kl``. Evaluation runs in eval mode, i.e. on the
-deterministic sparse network, so ``test_acc`` is the sparsified model's accuracy.
+``CE + kl_weight(epoch) * KL`` per twin (``KL / n_train`` with ``kl_reduction="elbo"``); after every epoch each
+twin's metrics gain ``sparsity`` (the fraction of its weights with ``log alpha >= 3``) and ``kl``. Evaluation runs
+in eval mode, i.e. on the deterministic sparse network, so ``test_acc`` is the sparsified model's accuracy.
 
 References:
     Molchanov, Ashukha & Vetrov (2017); Schürholt et al. (2022), "Model Zoos" (sparsified model zoo twins).
@@ -56,8 +56,8 @@ def train_twins(
     members: Sequence[Member] | None = None,
     *,
     kl_scale: float = 1e-2,
-    kl_reduction: str = "elbo",
-    estimator: str = "local",
+    kl_reduction: str = "model_zoos",
+    estimator: str = "weight",
     log_sigma2_init: float = LOG_SIGMA2_INIT,
     threshold: float = THRESHOLD,
     device: str | torch.device = "auto",
@@ -73,13 +73,14 @@ def train_twins(
         config: training hyperparameters (``epochs`` = sparsification epochs; default :data:`TWIN_CONFIG`).
         members: per-twin seeds / learning rates (:class:`zooscape.train.Member`); default seeds ``0..N-1``.
         kl_scale: the KL weight ramps as ``min(1, kl_scale * epoch / epochs)``.
-        kl_reduction: how the KL enters each twin's (mean per sample) loss: ``"elbo"`` (default) adds
-            ``kl_weight * KL / n_train``, the per-sample negative ELBO of Molchanov et al. (2017);
-            ``"model_zoos"`` adds ``kl_weight * KL`` undivided, as the Model Zoos twins' ``ELBOLoss`` does (a KL
-            ``n_train`` times stronger: on digits' 1,257 training images, as ``"elbo"`` with ``kl_scale``
-            multiplied by 1,257). See :data:`KL_REDUCTIONS`.
-        estimator: ``"local"`` (local reparameterisation, as the papers) or ``"weight"`` (one weight sample per
-            twin and step: one convolution per layer, about a zoo model's cost); see
+        kl_reduction: how the KL enters each twin's (mean per sample) loss: ``"model_zoos"`` (default) adds
+            ``kl_weight * KL`` undivided, as the Model Zoos twins' ``ELBOLoss`` does; ``"elbo"`` adds
+            ``kl_weight * KL / n_train``, the per-sample negative ELBO of Molchanov et al. (2017), ``n_train`` times
+            weaker (on digits' 1,257 training images, ``"model_zoos"`` is ``"elbo"`` with ``kl_scale`` x 1,257).
+            See :data:`KL_REDUCTIONS`.
+        estimator: ``"weight"`` (default: one weight sample per twin and step, one convolution per layer through
+            the population's fast routes, about a zoo model's cost) or ``"local"`` (the local reparameterisation
+            of the papers: two convolutions per layer and a noise map, 4-5x a zoo model for CNN-s); see
             :data:`zooscape.sparsify.ard.ESTIMATORS`.
         log_sigma2_init: initial ``log sigma^2`` (-10).
         threshold: ``log alpha`` pruning threshold (3).

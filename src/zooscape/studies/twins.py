@@ -6,7 +6,9 @@ from a zoo and writes their results to the zoo's catalog.
 **Twins** (:func:`sparsify_twins`, ``zooscape sparsify twins``): every finished grid member of the zoo gets a
 *sparsified twin* in the same catalog: a ``models`` row with id ``<source_id>-twin`` whose config is the source's
 with ``training.epochs`` = the sparsification epochs (and any overridden optimiser settings) and a
-``derived.twin`` section ``{"source": <source_id>, "from_epoch": E, "kl_scale", "log_sigma2_init", "threshold"}``.
+``derived.twin`` section ``{"source": <source_id>, "from_epoch": E, "kl_scale", "kl_reduction", "estimator",
+"log_sigma2_init", "threshold"}`` (twins stored before ``kl_reduction``/``estimator`` existed read as ``"elbo"`` /
+``"local"``, what they were trained with).
 :meth:`zooscape.zoo.Zoo.configs` / ``table()`` show it as the columns ``kind`` (``"twin"``; ``"model"`` for
 grid members) and ``source_id``. The twins of one grid cell train as one population (variational dropout from
 the source's weights at ``from_epoch``); every epoch stores ``metrics`` rows (``test_acc``, ``train_loss``, ...,
@@ -90,7 +92,21 @@ def _twin_config(source_cfg: Mapping[str, Any], source_id: str, from_epoch: int,
     return cfg
 
 
+#: What twins stored before these settings existed were trained with.
+_LEGACY_TWIN = {"kl_reduction": "elbo", "estimator": "local"}
+
+
+def _stored_twin_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = json.loads(json.dumps(dict(stored)))
+    twin = cfg.get("derived", {}).get("twin")
+    if isinstance(twin, dict):
+        for k, v in _LEGACY_TWIN.items():
+            twin.setdefault(k, v)
+    return cfg
+
+
 def plan_twins(zoo: Any, *, epochs: int = 25, from_epoch: int | str = "last", kl_scale: float = 1e-2,
+               kl_reduction: str = "model_zoos", estimator: str = "weight",
                log_sigma2_init: float = -10.0, threshold: float = 3.0, overrides: Mapping[str, Any] | None = None,
                model_ids: Sequence[str] | None = None, device: str = "auto") -> tuple[list[TwinTask], list[str]]:
     """Twin tasks of a zoo: one per grid cell with finished sources; twins recorded as finished are left out.
@@ -99,7 +115,8 @@ def plan_twins(zoo: Any, *, epochs: int = 25, from_epoch: int | str = "last", kl
         zoo: an open :class:`~zooscape.zoo.reader.Zoo`.
         epochs: sparsification epochs.
         from_epoch: ``"last"`` (each source's last weights checkpoint) or an epoch every source has.
-        kl_scale, log_sigma2_init, threshold: variational-dropout settings (see :mod:`zooscape.sparsify.ard`).
+        kl_scale, kl_reduction, estimator, log_sigma2_init, threshold: variational-dropout settings (see
+            :func:`zooscape.sparsify.train_twins`).
         overrides: training settings replacing the source's (keys in :data:`TRAIN_OVERRIDES`).
         model_ids: only these sources.
         device: torch device of the tasks.
@@ -116,7 +133,13 @@ def plan_twins(zoo: Any, *, epochs: int = 25, from_epoch: int | str = "last", kl
     unknown = sorted(set(overrides) - set(TRAIN_OVERRIDES))
     if unknown:
         raise ValueError(f"cannot override training settings {unknown}; allowed: {list(TRAIN_OVERRIDES)}")
-    settings = {"kl_scale": float(kl_scale), "log_sigma2_init": float(log_sigma2_init), "threshold": float(threshold)}
+    from zooscape.sparsify import ESTIMATORS, KL_REDUCTIONS
+
+    if kl_reduction not in KL_REDUCTIONS or estimator not in ESTIMATORS:
+        raise ValueError(f"kl_reduction must be one of {KL_REDUCTIONS} (got {kl_reduction!r}) and estimator one of "
+                         f"{ESTIMATORS} (got {estimator!r})")
+    settings = {"kl_scale": float(kl_scale), "kl_reduction": kl_reduction, "estimator": estimator,
+                "log_sigma2_init": float(log_sigma2_init), "threshold": float(threshold)}
     statuses = zoo.catalog.statuses()
     messages: list[str] = []
     tasks = []
@@ -134,7 +157,7 @@ def plan_twins(zoo: Any, *, epochs: int = 25, from_epoch: int | str = "last", kl
             cfg = _twin_config(zoo.config(sid), sid, start, epochs, settings, overrides)
             tid = twin_id(sid)
             if tid in statuses:
-                stored = zoo.config(tid)
+                stored = _stored_twin_config(zoo.config(tid))
                 if {k: stored.get(k) for k in cfg} != json.loads(json.dumps(cfg)):
                     raise ValueError(f"twin {tid} is stored with other settings (derived.twin "
                                      f"{stored.get('derived', {}).get('twin')}, training {stored.get('training')});"
@@ -193,12 +216,15 @@ def run_twin_group(task: TwinTask) -> dict[str, Any]:
     finished = all(s != "running" for s in recorder.status)
     if resumed is None or (recorder.last_epoch < train_cfg.epochs and not finished):
         train_twins(sources, data, train_cfg, members, kl_scale=twin["kl_scale"],
+                    kl_reduction=twin.get("kl_reduction", _LEGACY_TWIN["kl_reduction"]),
+                    estimator=twin.get("estimator", _LEGACY_TWIN["estimator"]),
                     log_sigma2_init=twin["log_sigma2_init"], threshold=twin["threshold"], device=task.device,
                     resume=state, callback=callback)
     return {"type": "done", "group_id": task.group_id, "statuses": recorder.final_status()}
 
 
 def sparsify_twins(zoo_dir: str | Path, *, epochs: int = 25, from_epoch: int | str = "last", kl_scale: float = 1e-2,
+                   kl_reduction: str = "model_zoos", estimator: str = "weight",
                    log_sigma2_init: float = -10.0, threshold: float = 3.0,
                    overrides: Mapping[str, Any] | None = None, model_ids: Sequence[str] | None = None,
                    engine: str | Engine = "local", workers: int = 1, device: str = "auto",
@@ -211,6 +237,10 @@ def sparsify_twins(zoo_dir: str | Path, *, epochs: int = 25, from_epoch: int | s
         epochs: sparsification epochs (Model Zoos: 25).
         from_epoch: ``"last"`` or a checkpointed epoch of the sources.
         kl_scale: KL weight ramp ``min(1, kl_scale * epoch / epochs)`` (Model Zoos: 1e-2).
+        kl_reduction: ``"model_zoos"`` (default: the KL undivided, as the Model Zoos code) or ``"elbo"``
+            (``KL / n_train``); see :func:`zooscape.sparsify.train_twins`.
+        estimator: ``"weight"`` (default: one weight sample per twin and step, about a zoo model's cost) or
+            ``"local"`` (local reparameterisation, as the papers; 4-5x a zoo model's cost for CNN-s).
         log_sigma2_init: initial ``log sigma^2`` (-10). threshold: ``log alpha`` pruning threshold (3).
         overrides: training settings replacing the sources' (``optimizer``, ``lr``, ``batch_size``, ...).
         model_ids: only the twins of these sources.
@@ -237,6 +267,7 @@ def sparsify_twins(zoo_dir: str | Path, *, epochs: int = 25, from_epoch: int | s
     eng = get_engine(engine, workers, **dict(engine_options or {}))
     with open_zoo(store.root) as zoo:
         tasks, messages = plan_twins(zoo, epochs=epochs, from_epoch=from_epoch, kl_scale=kl_scale,
+                                     kl_reduction=kl_reduction, estimator=estimator,
                                      log_sigma2_init=log_sigma2_init, threshold=threshold, overrides=overrides,
                                      model_ids=model_ids, device=device)
     for m in messages:
