@@ -40,8 +40,11 @@ CASES = {
 }
 
 
-def run(case: str, n: int, epochs: int, baseline_models: int, device: str, estimator: str,
-        zoo_ms: float | None = None) -> dict:
+def run(case: str, n: int, epochs: int, baseline_models: int, device: str, estimators: list[str],
+        repeats: int = 2) -> list[dict]:
+    """Per estimator: ms per twin-epoch as a population and one at a time, and ms per zoo-model-epoch. The zoo
+    population is timed before and after every twin population (A/B interleaved, ``repeats`` rounds; minimum of
+    each), so that load changes on a shared machine hit both sides."""
     spec = CASES[case]
     dkw = dict(spec["data"])
     data = load_dataset(dkw.pop("name"), seed=0, **dkw)
@@ -50,17 +53,25 @@ def run(case: str, n: int, epochs: int, baseline_models: int, device: str, estim
     sources = [create_model(name, seed=s, **mkw) for s in range(n)]
     members = [Member(seed=s) for s in range(n)]
     cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3)
-    # warm-up (kernel caches, allocator)
-    kw = dict(device=device, estimator=estimator)
-    train_twins(sources[:2], data, TrainConfig(epochs=1, batch_size=32, optimizer="adam"), members[:2], **kw)
     per = 1000.0 / epochs
-    if zoo_ms is None:
-        zoo_ms = _time(lambda: train_population(sources, data, cfg, members, device=device)) * per / n
-    pop = _time(lambda: train_twins(sources, data, cfg, members, **kw))
-    one = sum(_time(lambda i=i: train_twins([sources[i]], data, cfg, [members[i]], **kw))
-              for i in range(baseline_models))
-    return {"case": case, "n": n, "epochs": epochs, "estimator": estimator, "twins_population_ms": pop * per / n,
-            "twins_one_at_a_time_ms": one * per / baseline_models, "zoo_population_ms": zoo_ms}
+    for est in estimators:  # warm-up (kernel caches, allocator)
+        train_twins(sources[:2], data, TrainConfig(epochs=1, batch_size=32, optimizer="adam"), members[:2],
+                    device=device, estimator=est)
+    zoo = [_time(lambda: train_population(sources, data, cfg, members, device=device))]
+    pop: dict[str, list[float]] = {e: [] for e in estimators}
+    for _ in range(repeats):
+        for est in estimators:
+            pop[est].append(_time(lambda est=est: train_twins(sources, data, cfg, members, device=device,
+                                                              estimator=est)))
+            zoo.append(_time(lambda: train_population(sources, data, cfg, members, device=device)))
+    rows = []
+    for est in estimators:
+        one = sum(_time(lambda i=i: train_twins([sources[i]], data, cfg, [members[i]], device=device,
+                                                estimator=est)) for i in range(baseline_models))
+        rows.append({"case": case, "n": n, "epochs": epochs, "estimator": est,
+                     "twins_population_ms": min(pop[est]) * per / n,
+                     "twins_one_at_a_time_ms": one * per / baseline_models, "zoo_population_ms": min(zoo) * per / n})
+    return rows
 
 
 def main() -> None:
@@ -71,12 +82,13 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["cnn_s", "mlp"], choices=sorted(CASES))
     ap.add_argument("--estimators", nargs="+", default=["weight", "local"], choices=["weight", "local"],
                     help="twins' gradient estimators to time (default both)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved timing rounds (minimum taken)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="N=8, 1 epoch, 2 baseline models")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.epochs, args.baseline_models = 8, 1, 2
+        args.n, args.epochs, args.baseline_models, args.repeats = 8, 1, 2, 1
     torch.set_num_threads(args.threads)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}, "
@@ -85,10 +97,8 @@ def main() -> None:
           "zoo models, population (ms/model-epoch) | twin / zoo model |")
     print("|---|---|---|---|---|---|---|---|")
     for case in args.cases:
-        zoo_ms = None
-        for est in args.estimators:
-            r = run(case, args.n, args.epochs, args.baseline_models, args.device, est, zoo_ms)
-            zoo_ms = r["zoo_population_ms"]
+        for r in run(case, args.n, args.epochs, args.baseline_models, args.device, args.estimators, args.repeats):
+            est, zoo_ms = r["estimator"], r["zoo_population_ms"]
             print(f"| {case} | {r['n']} | {est} | {r['twins_population_ms']:.1f} | "
                   f"{r['twins_one_at_a_time_ms']:.1f} | {r['twins_one_at_a_time_ms'] / r['twins_population_ms']:.1f}x"
                   f" | {zoo_ms:.1f} | {r['twins_population_ms'] / zoo_ms:.2f}x |", flush=True)

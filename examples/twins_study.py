@@ -6,7 +6,7 @@ init -10, threshold 3, k1, k2, k3, the ramp ``min(1, 0.01 * epoch / epochs)``). 
 enters the loss (``kl_reduction``: ``"elbo"`` = KL / n_train per sample, ``"model_zoos"`` = the seed code's
 undivided KL), the learning rate and the gradient estimator (``"local"`` reparameterisation or one ``"weight"``
 sample per step). Per variant it writes ``twins_<variant>.json`` (per-twin, per-epoch test accuracy and
-sparsity); ``--plot`` draws ``sparsify_twins.png`` (sparsity and accuracy loss per epoch, mean over the twins
+sparsity); ``--plot`` draws ``sparsify_twins_seed.png`` (sparsity and accuracy loss per epoch, mean over the twins
 whose source trained).
 
 Usage: ``python examples/twins_study.py --out docs/sparsify_results [--variants ...] [--plot docs/] [--quick]``.
@@ -72,14 +72,15 @@ def study(n: int, epochs: int, twin_epochs: int, variants: list[str], out: Path)
 def summary(res: dict, min_source_acc: float = 0.5) -> dict:
     """Per-epoch means over the twins whose source reached ``min_source_acc`` (a source that did not train has a
     chance-level twin): ``sparsity``, ``loss`` (source test accuracy minus the twin's), ``worst_loss`` (last
-    epoch), ``kept`` (how many twins)."""
+    epoch), ``kept`` (how many twins), ``epoch_80`` (first epoch with a mean sparsity of 80 % or more, or None)."""
     keep = [i for i, a in enumerate(res["source_test_acc"]) if a >= min_source_acc] or list(
         range(len(res["source_test_acc"])))
     ep = len(res["twin_sparsity"][keep[0]])
     sp = [sum(res["twin_sparsity"][i][e] for i in keep) / len(keep) for e in range(ep)]
     loss = [sum(res["source_test_acc"][i] - res["twin_test_acc"][i][e] for i in keep) / len(keep) for e in range(ep)]
     worst = max(res["source_test_acc"][i] - res["twin_test_acc"][i][-1] for i in keep)
-    return {"sparsity": sp, "loss": loss, "worst_loss": worst, "kept": len(keep)}
+    first80 = next((e for e, v in enumerate(sp) if v >= 0.8), None)
+    return {"sparsity": sp, "loss": loss, "worst_loss": worst, "kept": len(keep), "epoch_80": first80}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -91,15 +92,18 @@ def plot(results: list[dict], path: Path) -> None:
 
     from zooscape._io import save_figure
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
     for k, res in enumerate(results):
         s = summary(res)
         ax[0].plot(s["sparsity"], color=f"C{k}", label=res["variant"])
         ax[1].plot([100 * v for v in s["loss"]], color=f"C{k}", label=res["variant"])
+        ax[2].plot(s["sparsity"], [100 * v for v in s["loss"]], color=f"C{k}", marker=".", label=res["variant"])
     ax[0].scatter([25], [0.80], marker="*", s=120, color="k", label="Model Zoos MNIST (~80 %)", zorder=5)
     ax[1].scatter([25], [2.0], marker="*", s=120, color="k", label="Model Zoos MNIST (~2 points)", zorder=5)
     ax[0].set(xlabel="sparsification epoch", ylabel="sparsity (mean)", title="CNN-s digits twins", ylim=(0, 1))
+    ax[2].scatter([0.80], [2.0], marker="*", s=120, color="k", zorder=5)
     ax[1].set(xlabel="sparsification epoch", ylabel="test accuracy loss, points (mean)")
+    ax[2].set(xlabel="sparsity (mean)", ylabel="test accuracy loss, points (mean)", title="one point per epoch")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -110,7 +114,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/sparsify_results", help="folder of the JSON results")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--n", type=int, default=8, help="population size (default 8)")
-    ap.add_argument("--plot", default=None, metavar="DIR", help="draw DIR/sparsify_twins.png from --out's JSON")
+    ap.add_argument("--plot", default=None, metavar="DIR", help="draw DIR/sparsify_twins_seed.png from --out's JSON")
     ap.add_argument("--no-train", action="store_true", help="only plot")
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     args = ap.parse_args()
@@ -122,7 +126,7 @@ def main() -> None:
     if args.plot:
         found = {json.loads(f.read_text())["variant"]: json.loads(f.read_text()) for f in out.glob("twins_*.json")
                  if "variant" in json.loads(f.read_text())}
-        plot([found[v] for v in VARIANTS if v in found], Path(args.plot) / "sparsify_twins.png")
+        plot([found[v] for v in VARIANTS if v in found], Path(args.plot) / "sparsify_twins_seed.png")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def train_twins(
     *,
     kl_scale: float = 1e-2,
     kl_reduction: str = "model_zoos",
-    estimator: str = "weight",
+    estimator: str = "local",
     log_sigma2_init: float = LOG_SIGMA2_INIT,
     threshold: float = THRESHOLD,
     device: str | torch.device = "auto",
@@ -78,9 +78,10 @@ def train_twins(
             ``kl_weight * KL / n_train``, the per-sample negative ELBO of Molchanov et al. (2017), ``n_train`` times
             weaker (on digits' 1,257 training images, ``"model_zoos"`` is ``"elbo"`` with ``kl_scale`` x 1,257).
             See :data:`KL_REDUCTIONS`.
-        estimator: ``"weight"`` (default: one weight sample per twin and step, one convolution per layer through
-            the population's fast routes, about a zoo model's cost) or ``"local"`` (the local reparameterisation
-            of the papers: two convolutions per layer and a noise map, 4-5x a zoo model for CNN-s); see
+        estimator: ``"local"`` (default: the local reparameterisation of the papers, two convolutions per layer
+            and a noise map, several times a zoo model's cost for CNN-s) or ``"weight"`` (one weight sample per twin
+            and step, one convolution per layer through the population's fast routes, about a zoo model's cost,
+            at a higher gradient variance: less accuracy at the same sparsity, see ``docs/sparsify.md``); see
             :data:`zooscape.sparsify.ard.ESTIMATORS`.
         log_sigma2_init: initial ``log sigma^2`` (-10).
         threshold: ``log alpha`` pruning threshold (3).
