@@ -66,7 +66,7 @@ def run(case: str, n: int, epochs: int, baseline_models: int, device: str, estim
             zoo.append(_time(lambda: train_population(sources, data, cfg, members, device=device)))
     rows = []
     for est in estimators:
-        one = sum(_time(lambda i=i: train_twins([sources[i]], data, cfg, [members[i]], device=device,
+        one = sum(_time(lambda i=i, est=est: train_twins([sources[i]], data, cfg, [members[i]], device=device,
                                                 estimator=est)) for i in range(baseline_models))
         rows.append({"case": case, "n": n, "epochs": epochs, "estimator": est,
                      "twins_population_ms": min(pop[est]) * per / n,
