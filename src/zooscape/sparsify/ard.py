@@ -30,6 +30,7 @@ References:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -136,10 +137,17 @@ class _ARDMixin:
 
     def sampled_weight(self) -> Tensor:
         """One draw of the weight ``theta + sqrt(alpha) |theta| eps`` (the ``"weight"`` estimator); the weight's
-        shape, noise from ``self.generator``."""
-        eps = torch.randn(self.weight.shape, generator=self.generator, device=self.weight.device,
-                          dtype=self.weight.dtype)
-        return sample_weight(self.weight, self.log_alpha(), eps)
+        shape, noise from ``self.generator`` (in blocks of :func:`weight_noise_steps` draws, as the population
+        layer draws it)."""
+        w = self.weight
+        if self.generator is None:
+            eps = torch.randn(w.shape, device=w.device, dtype=w.dtype)
+        else:
+            stream = getattr(self, "_stream", None)
+            if stream is None or stream.key != (id(self.generator),):
+                stream = self._stream = _NoiseStream([self.generator], tuple(w.shape), w.dtype, (id(self.generator),))
+            eps = stream.next()[0].to(w.device)
+        return sample_weight(w, self.log_alpha(), eps)
 
     def _noise(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """Standard normal noise of ``shape``; 4-D maps are drawn in ``[B, H, W, C]`` order (as the population
@@ -238,6 +246,35 @@ def sample_weight(weight: Tensor, la: Tensor, noise: Tensor) -> Tensor:
     """One weight sample of the ``"weight"`` estimator: ``theta + exp(la / 2) |theta| * noise`` (all the same
     shape; ``la`` = :func:`log_alpha`), i.e. ``N(theta, alpha theta^2)`` per weight (Kingma et al. 2015, sec. 2.3)."""
     return torch.addcmul(weight, weight.abs() * torch.exp(0.5 * la), noise)
+
+
+def weight_noise_steps(numel: int) -> int:
+    """How many steps of weight noise a layer with ``numel`` weights per model draws at once (one ``normal_`` call
+    per model instead of one per step): up to 64, at most about 64k numbers per model. Depends on the layer only,
+    so a model's noise does not depend on its population."""
+    return max(1, min(64, (1 << 16) // max(1, numel)))
+
+
+class _NoiseStream:
+    """Standard normal weight noise for consecutive steps: every :func:`weight_noise_steps` steps, one draw of
+    ``[steps, *shape]`` per generator; :meth:`next` returns ``[len(generators), *shape]`` (one step)."""
+
+    def __init__(self, generators: list[torch.Generator], shape: tuple[int, ...], dtype: torch.dtype,
+                 key: tuple) -> None:
+        self.generators, self.shape, self.dtype, self.key = generators, shape, dtype, key
+        self.steps = weight_noise_steps(math.prod(shape))
+        self.block: Tensor | None = None
+        self.cursor = self.steps
+
+    def next(self) -> Tensor:
+        if self.cursor == self.steps:
+            gens = self.generators
+            self.block = torch.empty((len(gens), self.steps, *self.shape), device=gens[0].device, dtype=self.dtype)
+            for i, g in enumerate(gens):
+                self.block[i].normal_(generator=g)
+            self.cursor = 0
+        self.cursor += 1
+        return self.block[:, self.cursor - 1]  # type: ignore[index]
 
 
 class _WeightSample(torch.autograd.Function):
@@ -485,15 +522,16 @@ class _PopARDMixin:
 
     def _weight_noise(self) -> Tensor:
         """Standard normal noise of the weight's shape ``[N, ...]``, model ``n``'s block from its own generator
-        (drawn as ``torch.randn(weight_shape, generator=g)``; global RNG when none are set)."""
+        (through a :class:`_NoiseStream`, as the single layer draws it; global RNG when none are set)."""
         w = self.weight
         gens = self.noise.generators
         if gens is None:
             return torch.randn(w.shape, device=w.device, dtype=w.dtype)
-        out = torch.empty(w.shape, device=gens[0].device, dtype=w.dtype)
-        for i, g in enumerate(gens):
-            out[i].normal_(generator=g)
-        return out.to(w.device)
+        key = (id(gens), *map(id, gens))  # the trainer hands new generators every epoch
+        stream = getattr(self, "_stream", None)
+        if stream is None or stream.key != key:
+            stream = self._stream = _NoiseStream(list(gens), tuple(w.shape[1:]), w.dtype, key)
+        return stream.next().to(w.device)
 
     def _model_noise(self, shape: tuple[int, ...], like: Tensor, dim: int) -> Tensor:
         """Standard normal noise with one block per model along ``dim`` (``shape[dim]`` is ``N`` times the per-model
