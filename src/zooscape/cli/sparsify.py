@@ -69,8 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "KL / n_train (elbo)")
     t.add_argument("--estimator", choices=("local", "weight"), default="local",
                    help="gradient estimator: the local reparameterisation trick (local, default, as the papers) "
-                        "or one weight sample per twin and step (weight: about a zoo model's cost, 4-5x faster "
-                        "for CNN-s, less accurate at the same sparsity)")
+                        "or one weight sample per twin and step (weight: ~3x faster for CNN-s, 1.4x a zoo model's "
+                        "cost; less accurate at the same sparsity)")
     t.add_argument("--log-sigma2-init", type=float, default=-10.0, help="initial log sigma^2 (default -10)")
     t.add_argument("--threshold", type=float, default=3.0, help="prune at log alpha >= threshold (default 3)")
     t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
