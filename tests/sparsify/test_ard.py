@@ -23,7 +23,7 @@ from zooscape.sparsify import (
     to_ard,
     train_twins,
 )
-from zooscape.sparsify.ard import PopARDConv2d, PopARDLinear
+from zooscape.sparsify.pop_ard import PopARDConv2d, PopARDLinear
 from zooscape.train import Member, Population, TrainConfig
 
 

@@ -23,8 +23,6 @@ from .ard import (
     ARDControl,
     ARDConv2d,
     ARDLinear,
-    PopARDConv2d,
-    PopARDLinear,
     ard_kl,
     from_ard,
     kl_approx,
@@ -34,6 +32,7 @@ from .ard import (
     sparsity_ratio,
     to_ard,
 )
+from .pop_ard import PopARDConv2d, PopARDLinear
 from .prune import (
     FISHERS,
     PRUNERS,

@@ -1,0 +1,261 @@
+"""Population versions of the ARD layers: N variational-dropout twins trained as one network.
+
+:class:`PopARDLinear` and :class:`PopARDConv2d` are registered with the population trainer
+(:func:`zooscape.train.layers.register_population_layer`), so :func:`zooscape.train.train_population` trains N
+twins at once. They draw their noise from each model's own dropout stream (a twin's run does not depend on its
+population) and add each model's KL penalty to its loss in the backward pass (:func:`penalized`; for the
+``"weight"`` estimator inside :class:`_WeightSample`'s backward). Evaluation and the ``"weight"`` estimator run the
+population layers' own forward (native conv + pool kernels included) on the sparse or sampled weight through
+their ``effective_weight()`` hook.
+
+References:
+    Molchanov, Ashukha & Vetrov (2017); Kingma, Salimans & Welling (2015).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zooscape.train.layers import PopConv2d, PopDropout, PopLinear, _SmallGroupedConv, register_population_layer
+
+from .ard import (
+    _EPS,
+    K1,
+    K2,
+    K3,
+    LOG_ALPHA_CLIP,
+    ARDControl,
+    ARDConv2d,
+    ARDLinear,
+    _NoiseStream,
+    kl_approx,
+    log_alpha,
+    sample_preactivation,
+)
+
+__all__ = ["PopARDConv2d", "PopARDLinear", "penalized"]
+
+
+class _WeightSample(torch.autograd.Function):
+    """The ``"weight"`` estimator of a population layer in one function: ``w = theta + exp(la/2) |theta| eps`` with
+    ``la = clip(log sigma^2 - log(theta^2 + 1e-8), -10, 10)``; its backward also adds ``scale * dKL/d la`` (the
+    gradient of ``scale * sum KL``, the penalty each model's loss carries), so no separate KL graph is built.
+    Written out because the autograd graph of these elementwise steps (forward and backward of log alpha,
+    the sample and the KL) cost a small network (MLP) more than its matrix products."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, log_sigma2: Tensor, eps: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        t = (w * w).add_(_EPS)
+        u = log_sigma2 - torch.log(t)
+        la = u.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+        inside = la == u  # where the clip passes the gradient (torch.clamp's rule: bounds included)
+        noise = torch.exp(0.5 * la).mul_(eps)  # exp(la/2) eps
+        ctx.save_for_backward(w, t, la, noise, inside)
+        ctx.scale = scale
+        return torch.addcmul(w, w.abs(), noise)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        w, t, la, noise, inside = ctx.saved_tensors
+        q = grad * noise
+        g_la = (q * w.abs()).mul_(0.5)
+        if ctx.scale != 0.0:  # d/d la of KL = -k1 k3 s (1 - s) - 0.5 sigmoid(-la), s = sigmoid(k2 + k3 la)
+            sig = torch.sigmoid(la * K3 + K2)
+            g_la.add_(sig - sig * sig, alpha=-K1 * K3 * ctx.scale)
+            g_la.add_(torch.sigmoid(-la), alpha=-0.5 * ctx.scale)
+        g_ls = g_la.mul_(inside)
+        g_w = torch.addcmul(grad, q, torch.sign(w)).addcmul_(g_ls, w / t, value=-2.0)
+        return g_w, g_ls, None, None
+
+
+class _AddPenalty(torch.autograd.Function):
+    """Identity on ``out`` whose backward also sends gradient 1 to ``penalty``: as if ``penalty`` were added to
+    the summed loss the trainer differentiates."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, penalty: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.shape = penalty.shape
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return grad, grad.new_ones(ctx.shape)
+
+
+def penalized(out: Tensor, penalty: Tensor) -> Tensor:
+    """Return ``out`` unchanged, but make ``loss.sum().backward()`` of any loss computed from it also
+    differentiate ``penalty.sum()``.
+
+    The population trainer minimises the sum over members of each member's mean loss, so a layer that returns
+    ``penalized(out, p)`` with ``p`` of shape ``[N]`` adds ``p[n]`` to member ``n``'s objective without any change
+    to the trainer. ``out`` must reach the loss (the layer's output always does).
+    """
+    return _AddPenalty.apply(out, penalty)
+
+
+class _ARDNoise(PopDropout):
+    """A no-op dropout child of a population ARD layer: the trainer hands it each model's dropout generator every
+    epoch (as to every :class:`~zooscape.train.layers.PopDropout`), and the ARD layer draws its noise from them,
+    so a twin's noise does not depend on its population."""
+
+    def __init__(self, n: int) -> None:
+        nn.Module.__init__(self)
+        self.n, self.p = n, 0.0
+        self.generators = None
+
+
+class _PopARDMixin:
+    n: int
+    weight: Tensor
+    log_sigma2: Tensor
+    control: ARDControl
+    noise: _ARDNoise
+
+    def _init_ard(self, layers: list[nn.Module]) -> None:
+        self.log_sigma2 = nn.Parameter(torch.stack([m.log_sigma2.detach() for m in layers]).contiguous())
+        self.control = layers[0].control
+        self.noise = _ARDNoise(len(layers))
+
+    def log_alpha(self) -> Tensor:
+        """``[N, *weight_shape]``."""
+        return log_alpha(self.weight, self.log_sigma2)
+
+    def sparse_weight(self) -> Tensor:
+        la = self.log_alpha()
+        return torch.where(la < self.control.threshold, self.weight, torch.zeros_like(self.weight))
+
+    def _penalize(self, out: Tensor, la: Tensor) -> Tensor:
+        """``out`` carrying each model's KL penalty (``la``: this step's :meth:`log_alpha`, computed once)."""
+        scale = float(self.control.penalty_scale)
+        if scale == 0.0 or not torch.is_grad_enabled():
+            return out
+        kl = kl_approx(la).reshape(self.n, -1).sum(1)  # [N]
+        return penalized(out, kl * scale)
+
+    def effective_weight(self) -> Tensor:
+        """The weight of the running forward pass (sparse in eval mode, sampled by the ``"weight"`` estimator)."""
+        w = getattr(self, "_weight_now", None)
+        return self.weight if w is None else w
+
+    def _uses_local(self) -> bool:
+        return self.training and self.control.estimator == "local"
+
+    def _through_parent(self, parent: type, x: Tensor) -> Tensor:
+        """The population layer's own forward (all its fast routes) on this pass's effective weight: the sparse
+        weight in eval mode, one weight sample per model (``"weight"`` estimator) in training, penalty added."""
+        if self.training:  # the KL penalty's gradient comes with the sample's (see _WeightSample)
+            scale = float(self.control.penalty_scale) if torch.is_grad_enabled() else 0.0
+            w = _WeightSample.apply(self.weight, self.log_sigma2, self._weight_noise(), scale)
+        else:
+            w = self.sparse_weight()
+        self._weight_now = w
+        try:
+            return parent.forward(self, x)
+        finally:
+            self._weight_now = None
+
+    def _weight_noise(self) -> Tensor:
+        """Standard normal noise of the weight's shape ``[N, ...]``, model ``n``'s block from its own generator
+        (through a :class:`_NoiseStream`, as the single layer draws it; global RNG when none are set)."""
+        w = self.weight
+        gens = self.noise.generators
+        if gens is None:
+            return torch.randn(w.shape, device=w.device, dtype=w.dtype)
+        key = (id(gens), *map(id, gens))  # the trainer hands new generators every epoch
+        stream = getattr(self, "_stream", None)
+        if stream is None or stream.key != key:
+            stream = self._stream = _NoiseStream(list(gens), tuple(w.shape[1:]), w.dtype, key)
+        return stream.next().to(w.device)
+
+    def _model_noise(self, shape: tuple[int, ...], like: Tensor, dim: int) -> Tensor:
+        """Standard normal noise with one block per model along ``dim`` (``shape[dim]`` is ``N`` times the per-model
+        size), each drawn from that model's generator (global RNG when none are set)."""
+        gens = self.noise.generators
+        if gens is None:
+            return torch.randn(shape, device=like.device, dtype=like.dtype)
+        if len(shape) == 4:  # [B, N*C, H, W]: drawn as [B, H, W, C] per model, stacked into channels-last memory
+            b, nc, h, w = shape
+            parts = [torch.randn((b, h, w, nc // self.n), generator=g, device=g.device, dtype=like.dtype)
+                     for g in gens]
+            out = torch.stack(parts, 3).view(b, h, w, nc).permute(0, 3, 1, 2)
+            if not like.is_contiguous(memory_format=torch.channels_last) or like.is_contiguous():
+                out = out.contiguous()
+            return out.to(like.device)
+        per = list(shape)
+        per[dim] //= self.n
+        parts = [torch.randn(per, generator=g, device=g.device, dtype=like.dtype) for g in gens]
+        return torch.cat(parts, dim).to(like.device)
+
+
+class PopARDLinear(_PopARDMixin, PopLinear):
+    """N :class:`ARDLinear` layers as one population layer (shapes as :class:`~zooscape.train.layers.PopLinear`;
+    ``log_sigma2`` is ``[N, out, in]``)."""
+
+    def __init__(self, layers: list[ARDLinear]) -> None:
+        super().__init__(layers)
+        self._init_ard(layers)
+
+    def _matmul(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        if self.layout == "stacked":
+            xb = x.view(self.n, -1, self.in_features)
+            out = torch.baddbmm(b.unsqueeze(1), xb, w.transpose(1, 2)) if b is not None else torch.bmm(
+                xb, w.transpose(1, 2))
+            return out.view(-1, self.out_features)
+        lead = x.shape[:-1]
+        xb = x.reshape(-1, self.n, self.in_features).transpose(0, 1)
+        out = torch.baddbmm(b.unsqueeze(1), xb, w.transpose(1, 2)) if b is not None else torch.bmm(
+            xb, w.transpose(1, 2))
+        return out.transpose(0, 1).reshape(*lead, self.n * self.out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._uses_local():
+            return self._through_parent(PopLinear, x)
+        if self.shared is not None and self.shared.take():
+            x = self.shared.expand(x)  # type: ignore[union-attr]
+        la = self.log_alpha()
+        mu = self._matmul(x, self.weight, self.bias)
+        var = self._matmul(x * x, torch.exp(la) * self.weight * self.weight, None)
+        dim = 0 if self.layout == "stacked" else mu.dim() - 1
+        out = sample_preactivation(mu, var, self._model_noise(tuple(mu.shape), mu, dim))
+        return self._penalize(out, la)
+
+
+class PopARDConv2d(_PopARDMixin, PopConv2d):
+    """N :class:`ARDConv2d` layers as one grouped convolution on ``[B, N*C_in, H, W]`` (channel layout);
+    ``log_sigma2`` is ``[N, C_out, C_in/groups, kh, kw]``. Evaluation and the ``"weight"`` estimator run
+    :class:`~zooscape.train.layers.PopConv2d`'s own forward (native conv + pool kernels included) on the sparse or
+    sampled weight; the local reparameterisation runs two grouped convolutions (mean and variance)."""
+
+    def __init__(self, layers: list[ARDConv2d]) -> None:
+        super().__init__(layers, strategy="grouped")
+        self._init_ard(layers)
+
+    def native_pool_ok(self) -> bool:
+        return not self._uses_local() and super().native_pool_ok()
+
+    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
+        w = w.reshape(-1, *w.shape[2:])
+        b = b.reshape(-1) if b is not None else None
+        if groups > 1 and self._input_grad_as_forward(x, w):  # the population's faster input gradient
+            return _SmallGroupedConv.apply(x, w, b, self.padding, groups)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if getattr(self, "layout", "channel") == "stacked":
+            raise ValueError("PopARDConv2d runs in the channel layout only")
+        if not self._uses_local():
+            return self._through_parent(PopConv2d, x)
+        if self.shared is not None and self.shared.take():
+            x = self.shared.expand(x)  # type: ignore[union-attr]
+        g = self.groups * self.n
+        la = self.log_alpha()
+        mu = self._conv(x, self.weight, self.bias, g)
+        var = self._conv(x * x, torch.exp(la) * self.weight * self.weight, None, g)
+        out = sample_preactivation(mu, var, self._model_noise(tuple(mu.shape), mu, 1))
+        return self._penalize(out, la)
+
+
+register_population_layer(ARDLinear, PopARDLinear)
+register_population_layer(ARDConv2d, PopARDConv2d)
