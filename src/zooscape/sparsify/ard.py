@@ -137,7 +137,7 @@ class _ARDMixin:
     def sampled_weight(self) -> Tensor:
         """One draw of the weight ``theta + sqrt(alpha) |theta| eps`` (the ``"weight"`` estimator); the weight's
         shape, noise from ``self.generator`` (in blocks of :func:`weight_noise_steps` draws, as the population
-        layer draws it)."""
+        layer draws it; the block is drawn ahead, so assign a new generator object to restart the stream)."""
         w = self.weight
         if self.generator is None:
             eps = torch.randn(w.shape, device=w.device, dtype=w.dtype)
