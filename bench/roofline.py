@@ -53,32 +53,33 @@ CASES = {  # the configurations of bench/population.py
 }
 
 
-def _median_time(fn, repeats: int, inner: int = 1) -> float:
-    fn()  # warm-up
+def _best_time(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` calls (after a warm-up): a peak is what the core does when it is not shared."""
+    fn()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        ts.append((time.perf_counter() - t) / inner)
-    return statistics.median(ts)
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
 
 
 def peak_gemm(n: int, repeats: int) -> float:
-    """GFLOP/s of ``torch.mm`` on two ``[n, n]`` float32 matrices (2 n^3 FLOPs)."""
+    """GFLOP/s of ``torch.mm`` on two ``[n, n]`` float32 matrices (2 n^3 FLOPs), best of ``repeats``."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n ** 3 / _median_time(lambda: torch.mm(a, b), repeats) / 1e9
+    return 2 * n ** 3 / _best_time(lambda: torch.mm(a, b), repeats) / 1e9
 
 
 def peak_conv(repeats: int) -> dict[str, float]:
-    """GFLOP/s of a large 3x3 ``conv2d`` (batch 8, 64 -> 64 channels, 56x56, padding 1), NCHW and channels-last."""
+    """GFLOP/s of a large 3x3 ``conv2d`` (batch 8, 64 -> 64 channels, 56x56, padding 1), NCHW and channels-last,
+    best of ``repeats``."""
     w = torch.randn(64, 64, 3, 3)
     x = torch.randn(8, 64, 56, 56)
     flops = 2 * 8 * 64 * 56 * 56 * 64 * 9
     out = {}
     for name, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
         xx, ww = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
-        out[name] = flops / _median_time(lambda xx=xx, ww=ww: F.conv2d(xx, ww, padding=1), repeats) / 1e9
+        out[name] = flops / _best_time(lambda xx=xx, ww=ww: F.conv2d(xx, ww, padding=1), repeats) / 1e9
     return out
 
 
@@ -134,26 +135,25 @@ def _category(evt) -> str:
     return "elementwise/other ops"
 
 
-def profile_shares(fn, wall_repeats: int = 1) -> dict[str, float]:
+def profile_shares(fn, top: int = 6) -> tuple[dict[str, float], list[tuple[str, float]]]:
     """Fractions of the wall time of ``fn()`` spent in each category of ops (self time), and ``overhead`` (wall
-    time inside no op: Python, autograd engine, dispatch)."""
+    time inside no op: Python, autograd engine, dispatch); and the ``top`` ops by self time with their fractions."""
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t = time.perf_counter()
-        for _ in range(wall_repeats):
-            fn()
+        fn()
         wall = (time.perf_counter() - t) * 1e6
     cats: dict[str, float] = {}
+    ops: dict[str, float] = {}
     for evt in prof.events():
-        if evt.name.startswith(("ProfilerStep", "autograd::engine", "Optimizer.", "optimizer", "data")):
+        if evt.name.startswith(("ProfilerStep", "autograd::engine", "Optimizer.", "optimizer", "data", "##")):
             continue  # ranges: their self time is Python or engine time
-        if evt.name.startswith("##"):
-            continue
         c = _category(evt)
         cats[c] = cats.get(c, 0.0) + evt.self_cpu_time_total
+        ops[evt.name] = ops.get(evt.name, 0.0) + evt.self_cpu_time_total
     shares = {k: v / wall for k, v in cats.items()}
     shares["overhead (python, autograd, dispatch)"] = max(0.0, 1.0 - sum(shares.values()))
-    return shares
+    return shares, sorted(((k, v / wall) for k, v in ops.items()), key=lambda kv: -kv[1])[:top]
 
 
 # ------------------------------------------------------------------------------------------------ the two loops
@@ -271,8 +271,8 @@ def main() -> None:
     _instrument_native()
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, native kernels "
           f"{native.available()}, load average {_load()}")
-    gemm = peak_gemm(args.gemm_size, args.repeats)
-    conv = peak_conv(max(1, args.repeats // 2))
+    gemm = peak_gemm(args.gemm_size, 4 * args.repeats)
+    conv = peak_conv(2 * args.repeats)
     peak = max(gemm, *conv.values())
     print(f"peak: sgemm {args.gemm_size}^3 {gemm:.1f} GFLOP/s; conv2d 64->64 3x3 56x56 NCHW {conv['nchw']:.1f}, "
           f"channels-last {conv['channels_last']:.1f} GFLOP/s; roofline peak = {peak:.1f} GFLOP/s", flush=True)
@@ -291,9 +291,10 @@ def main() -> None:
               f"; training at peak would be {1000 * r['f_step'] * r['steps'] / peak / 1e9:.3f} ms per model-epoch "
               f"(bound on the training speed-up: x{pm['plain'] * peak * 1e9 / (r['f_step'] * r['steps']):.0f})")
         for who in ("pop", "plain"):
-            sh = r[f"shares_{who}"]
+            sh, top = r[f"shares_{who}"]
             print(f"  profile ({'population' if who == 'pop' else 'plain torch'}, training): " + ", ".join(
                 f"{k} {100 * v:.0f}%" for k, v in sorted(sh.items(), key=lambda kv: -kv[1])))
+            print("    top ops: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in top))
     print(f"\n# load average at the end {_load()}")
 
 
