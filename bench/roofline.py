@@ -4,14 +4,15 @@ For the MLP and CNN-s populations of ``bench/population.py`` (digits, batch 32, 
 measures, with one torch thread:
 
 1. the core's single-thread peak: a large ``torch.mm`` (sgemm, ``--gemm-size``) and a large ``conv2d``
-   (64 -> 64 channels, 3x3, 56x56, NCHW and channels-last; the faster counts) in GFLOP/s;
+   (64 -> 64 channels, 3x3, 56x56, NCHW and channels-last; the faster counts) in GFLOP/s, each the best of
+   several calls (what the core does when no one else runs on it);
 2. the useful FLOPs of one training step of one model (``torch.utils.flop_counter.FlopCounterMode`` over a plain
    model's forward + backward: matmuls and convolutions only; Adam's ~15 elementwise FLOPs per parameter are
    listed beside it) and of one evaluation pass;
 3. time per training step of the population (the trainer's own step loop, ``train_epoch``) and of plain torch one
    model at a time (an ``nn.Module`` + ``torch.optim.Adam`` loop, as ``train_sequential``), and time of one
-   evaluation pass over the 270+270 val/test samples (the population's ``evaluate_population`` against a plain
-   ``model(x)`` loop), each the median of ``--repeats`` interleaved runs;
+   evaluation pass over the train/val/test splits, as the trainer runs after every epoch (the population's
+   ``evaluate_population`` against a plain ``model(x)`` loop), each the median of ``--repeats`` interleaved runs;
 4. the achieved GFLOP/s and fraction of peak of both, and the upper bound that those fractions put on the ratio;
 5. a ``torch.profiler`` profile of one epoch of steps of each: the share of self time in GEMM/convolution
    (aten matmuls and convolutions, and the native conv + pool kernels), elementwise/loss, the optimiser, data
@@ -204,12 +205,13 @@ def run_case(name: str, n: int, repeats: int, baseline_models: int, peak: float)
     plain = [PlainTrainer(models[i], data, cfg, i) for i in range(baseline_models)]
     bs = cfg.batch_size
     f_step, f_fwd = step_flops(models[0], data.train_x[:bs], data.train_y[:bs])
-    n_train, n_eval = data.train_x.shape[0], data.val_x.shape[0] + data.test_x.shape[0]
+    n_train = data.train_x.shape[0]
+    splits = [(data.train_x, data.train_y), (data.val_x, data.val_y), (data.test_x, data.test_y)]
+    n_eval = sum(x.shape[0] for x, _ in splits)  # the trainer evaluates all three splits after every epoch
     steps = run.steps
     f_epoch = f_step * n_train / bs  # one model's training epoch (the last batch is smaller)
     f_eval = f_fwd * n_eval / bs
     n_params = sum(p.numel() for p in models[0].parameters())
-    splits = [(data.val_x, data.val_y), (data.test_x, data.test_y)]
 
     state = {"epoch": 0}
 
@@ -246,7 +248,8 @@ def run_case(name: str, n: int, repeats: int, baseline_models: int, peak: float)
           "pop_eval": f_eval / per_model["pop_eval"] / 1e9, "plain_eval": f_eval / per_model["plain_eval"] / 1e9}
     shares_pop = profile_shares(pop_epoch)
     shares_plain = profile_shares(lambda: plain[0].train_epoch())
-    return dict(model=name, n=n, steps=steps, f_step=f_step, f_fwd=f_fwd, params=n_params, per_model=per_model,
+    return dict(model=name, n=n, steps=steps, f_step=f_step, f_fwd=f_fwd, f_epoch=f_epoch, f_eval=f_eval,
+                params=n_params, per_model=per_model,
                 gflops=gf, frac={k: v / peak for k, v in gf.items()}, shares_pop=shares_pop,
                 shares_plain=shares_plain)
 
@@ -287,9 +290,13 @@ def main() -> None:
                            ("pop_eval", "population, evaluation"), ("plain_eval", "plain torch, evaluation")):
             print(f"  {label:25s} {1000 * pm[key]:8.3f} ms per model-epoch  {gf[key]:7.3f} GFLOP/s  "
                   f"{100 * fr[key]:6.2f}% of peak")
-        print(f"  speed-up: training x{pm['plain'] / pm['pop']:.2f}, evaluation x{pm['plain_eval'] / pm['pop_eval']:.2f}"
-              f"; training at peak would be {1000 * r['f_step'] * r['steps'] / peak / 1e9:.3f} ms per model-epoch "
-              f"(bound on the training speed-up: x{pm['plain'] * peak * 1e9 / (r['f_step'] * r['steps']):.0f})")
+        at_peak = (r["f_epoch"] + r["f_eval"]) / peak / 1e9
+        pop_all, plain_all = pm["pop"] + pm["pop_eval"], pm["plain"] + pm["plain_eval"]
+        print(f"  speed-up: training x{pm['plain'] / pm['pop']:.2f}, evaluation "
+              f"x{pm['plain_eval'] / pm['pop_eval']:.2f}, both x{plain_all / pop_all:.2f}; training + evaluation "
+              f"at peak would take {1000 * at_peak:.3f} ms per model-epoch (the population takes "
+              f"{1000 * pop_all:.3f} ms, {100 * at_peak / pop_all:.1f}% of peak): bound on the speed-up over plain "
+              f"torch x{plain_all / at_peak:.0f}")
         for who in ("pop", "plain"):
             sh, top = r[f"shares_{who}"]
             print(f"  profile ({'population' if who == 'pop' else 'plain torch'}, training): " + ", ".join(
