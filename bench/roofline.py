@@ -136,9 +136,11 @@ def _category(evt) -> str:
     return "elementwise/other ops"
 
 
-def profile_shares(fn, top: int = 6) -> tuple[dict[str, float], list[tuple[str, float]]]:
+def profile_shares(fn, top: int = 6) -> tuple[dict[str, float], list[tuple[str, float]], float, int]:
     """Fractions of the wall time of ``fn()`` spent in each category of ops (self time), and ``overhead`` (wall
-    time inside no op: Python, autograd engine, dispatch); and the ``top`` ops by self time with their fractions."""
+    time inside no op: Python, autograd engine, dispatch); the ``top`` ops by self time with their fractions; and
+    the seconds spent in GEMM/convolution ops; and the number of top-level ops called (ops not called by another
+    op: what Python and the autograd engine dispatch)."""
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t = time.perf_counter()
@@ -146,15 +148,19 @@ def profile_shares(fn, top: int = 6) -> tuple[dict[str, float], list[tuple[str, 
         wall = (time.perf_counter() - t) * 1e6
     cats: dict[str, float] = {}
     ops: dict[str, float] = {}
+    n_ops = 0
     for evt in prof.events():
         if evt.name.startswith(("ProfilerStep", "autograd::engine", "Optimizer.", "optimizer", "data", "##")):
             continue  # ranges: their self time is Python or engine time
+        top_level = evt.cpu_parent is None or not evt.cpu_parent.name.startswith(("aten::", "native::"))
+        n_ops += evt.name.startswith(("aten::", "native::")) and top_level
         c = _category(evt)
         cats[c] = cats.get(c, 0.0) + evt.self_cpu_time_total
         ops[evt.name] = ops.get(evt.name, 0.0) + evt.self_cpu_time_total
     shares = {k: v / wall for k, v in cats.items()}
     shares["overhead (python, autograd, dispatch)"] = max(0.0, 1.0 - sum(shares.values()))
-    return shares, sorted(((k, v / wall) for k, v in ops.items()), key=lambda kv: -kv[1])[:top]
+    return shares, sorted(((k, v / wall) for k, v in ops.items()), key=lambda kv: -kv[1])[:top], \
+        cats.get("gemm/conv", 0.0) / 1e6, n_ops
 
 
 # ------------------------------------------------------------------------------------------------ the two loops
@@ -297,11 +303,14 @@ def main() -> None:
               f"at peak would take {1000 * at_peak:.3f} ms per model-epoch (the population takes "
               f"{1000 * pop_all:.3f} ms, {100 * at_peak / pop_all:.1f}% of peak): bound on the speed-up over plain "
               f"torch x{plain_all / at_peak:.0f}")
-        for who in ("pop", "plain"):
-            sh, top = r[f"shares_{who}"]
-            print(f"  profile ({'population' if who == 'pop' else 'plain torch'}, training): " + ", ".join(
+        for who, models in (("pop", r["n"]), ("plain", 1)):
+            sh, top, gemm_s, n_ops = r[f"shares_{who}"]
+            print(f"  profile ({'population' if who == 'pop' else 'plain torch'}, one epoch of training): " + ", ".join(
                 f"{k} {100 * v:.0f}%" for k, v in sorted(sh.items(), key=lambda kv: -kv[1])))
-            print("    top ops: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in top))
+            g = r["f_epoch"] * models / gemm_s / 1e9 if gemm_s > 0 else math.nan
+            print(f"    {n_ops / r['steps']:.0f} top-level ops per step; the GEMM/conv ops alone: {g:.1f} GFLOP/s "
+                  f"({100 * g / peak:.0f}% of peak); top ops: "
+                  + ", ".join(f"{k} {100 * v:.0f}%" for k, v in top))
     print(f"\n# load average at the end {_load()}")
 
 
