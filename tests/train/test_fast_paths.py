@@ -211,7 +211,7 @@ def test_small_grouped_conv_gradients_equal_conv2d(c, o, k, pad, groups, bias):
 def test_wide_loss_equals_per_model_cross_entropy(n, k, dtype):
     """The [B, K, N] cross-entropy (switch ``wide_loss``) gives each model's mean loss and gradient as the row-wise
     path and as ``F.cross_entropy`` on that model alone; strided (transposed) logits as the trainer passes them."""
-    from zooscape.train.trainer import task_loss
+    from zooscape.train.losses import task_loss
 
     g = torch.Generator().manual_seed(n * 100 + k)
     logits = (3 * torch.randn(n, 32, k, generator=g, dtype=dtype)).requires_grad_()
@@ -229,11 +229,32 @@ def test_wide_loss_equals_per_model_cross_entropy(n, k, dtype):
 
 
 def test_predictions_equal_argmax_with_ties_and_nan():
-    from zooscape.train.trainer import _predictions
+    from zooscape.train.losses import predictions
 
     g = torch.Generator().manual_seed(0)
     out = torch.randint(0, 3, (64, 16, 10), generator=g).float().transpose(0, 1)  # many ties, strided as trained
     out[0, 0, 3] = out[1, 1, 0] = out[1, 1, 5] = float("nan")
-    assert torch.equal(_predictions(out), out.argmax(-1))
+    assert torch.equal(predictions(out), out.argmax(-1))
     x = torch.randn(7, 5, 3, generator=g)
-    assert torch.equal(_predictions(x), x.argmax(-1))
+    assert torch.equal(predictions(x), x.argmax(-1))
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_loss_gradient_is_bitwise_independent_of_the_population(flag):
+    """A model's loss gradient is the same to the bit in a population of any size and at any place in it (a zoo
+    grown seed by seed equals one trained at once)."""
+    from zooscape.train.losses import task_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(64, 32, 10, generator=g)
+    y = torch.randint(0, 10, (32, 64), generator=g)
+
+    def grads(lo: int, hi: int) -> torch.Tensor:
+        x = logits[lo:hi].clone().requires_grad_()
+        with override(wide_loss=flag):
+            loss = task_loss(x.transpose(0, 1), y[:, lo:hi].clone(), "classification")
+        return torch.autograd.grad(loss.sum(), x)[0]
+
+    full = grads(0, 64)
+    for lo, hi in [(0, 1), (63, 64), (0, 5), (3, 8), (0, 17), (40, 64), (1, 64), (0, 16)]:
+        assert torch.equal(grads(lo, hi), full[lo:hi]), (lo, hi)

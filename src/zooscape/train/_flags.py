@@ -60,8 +60,9 @@ class Switches:
         channels_last: NHWC population tensors: ``True``, ``False`` or ``None`` (auto: populations of 2 or more).
         shared_input: evaluate the first layer of all members on a shared batch as one dense layer.
         flat_optim: move parameters into one ``[N, P]`` buffer and update it whole.
-        wide_loss: a population's cross-entropy with the class axis in the middle (``[B, K, N]``, where
-            PyTorch's log-softmax vectorises over the models) when there are few classes and many models.
+        wide_loss: on the CPU, a population's cross-entropy with the class axis in the middle (``[B, K, N]``,
+            where PyTorch's log-softmax vectorises over the models) when there are few classes
+            (:mod:`zooscape.train.losses`).
         malloc_tune: tune glibc's allocator to keep freed memory.
     """
 

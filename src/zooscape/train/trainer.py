@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _flags
 from .config import Member, TrainConfig
 from .layers import PopBatchNorm
+from .losses import gather_rows, predictions, task_loss
 from .memory import tune_allocator
 from .optim import PopulationOptimizer
 from .population import Population, models_from_states
@@ -69,21 +69,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=epoch_generator(seed, epoch, "order"))
 
 
-#: populations of at least this many models with at most ``WIDE_LOSS_MAX_CLASSES`` classes take the cross-entropy
-#: over ``[B, K, N]`` (switch ``wide_loss``): PyTorch's CPU log-softmax over a short last axis (10 classes) costs
-#: ~0.5 us per row, over a middle axis it vectorises across the N models (``bench/RESULTS.md``, "Roofline": MLP
-#: N=64 loss forward + backward 2.1 -> 0.6 ms per step); with 100 classes the row-wise kernel is the faster one.
-WIDE_LOSS_MIN_MODELS, WIDE_LOSS_MAX_CLASSES = 8, 16
-
-
-def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """Mean loss per model. ``out``: ``[B, N, K]``; ``y``: ``[B, N]`` (class ids) or ``[B, N, 1]``; returns ``[N]``."""
-    b, n, k = out.shape
-    if task == "regression":
-        return ((out - y.reshape(b, n, -1).to(out.dtype)) ** 2).mean(dim=(0, 2))
-    if n >= WIDE_LOSS_MIN_MODELS and k <= WIDE_LOSS_MAX_CLASSES and _flags.current().wide_loss:
-        return F.cross_entropy(out.permute(0, 2, 1), y.reshape(b, n), reduction="none").mean(0)
-    return F.cross_entropy(out.reshape(b * n, k), y.reshape(b * n), reduction="none").view(b, n).mean(0)
 
 
 @dataclass
@@ -201,24 +186,12 @@ def evaluate_population(pop: Population, x: Tensor, y: Tensor, task: str, batch_
         yy = yb.unsqueeze(1).expand(b, pop.size, *yb.shape[1:])
         loss_sum += task_loss(out, yy, task).double() * b
         if task != "regression":
-            correct += (_predictions(out) == yy).double().sum(0)
+            correct += (predictions(out) == yy).double().sum(0)
     pop.train(was)
     res = {"loss": loss_sum / max(n, 1)}
     if task != "regression":
         res["acc"] = correct / max(n, 1)
     return res
-
-
-def _predictions(out: Tensor) -> Tensor:
-    """``out.argmax(-1)`` (the first maximal class; NaN counts as maximal) computed as ``out.max(-1).indices``,
-    which documents the same choice and on the CPU takes ~0.4x the time of ``argmax`` over 10 classes."""
-    return out.max(-1).indices
-
-
-def _rows(x: Tensor, idx: Tensor) -> Tensor:
-    """``x[idx]`` for a 2-D index ``idx`` ``[A, B]`` into the rows of ``x`` ``[n, ...]``: ``[A, B, ...]``, copied as
-    whole rows (``index_select``; advanced indexing copies element by element, 4-5x slower here)."""
-    return x.index_select(0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
 
 
 def _clip_grads(params: list[Tensor], max_norm: float) -> None:
@@ -344,14 +317,14 @@ class _Run:
         """One optimisation step on the samples ``idx`` (``[N, b]``, one row per member). Returns the members'
         mean losses ``[N]`` (detached) and, for running accuracy, their correct predictions ``[N]``."""
         pop, n, augment = self.pop, self.n, self.augment
-        yb = _rows(self.y_tr, idx).transpose(0, 1)  # [b, N, ...]
+        yb = gather_rows(self.y_tr, idx).transpose(0, 1)  # [b, N, ...]
         if self.model_major:  # stacked layout: [N, b, ...] is already [N*b, ...]
-            xb = _rows(self.x_tr, idx)
+            xb = gather_rows(self.x_tr, idx)
             if augment is not None:
                 xb = torch.stack([augment(xb[i], aug_gens[i]) for i in range(n)], 0)
             out = pop.forward_model_major(xb)  # [b, N, K]
         else:  # channel layout: [b, N, ...] folds into [b, N*C, ...] without a transposing copy
-            xb = _rows(self.x_tr, idx.t())
+            xb = gather_rows(self.x_tr, idx.t())
             if augment is not None:
                 xb = torch.stack([augment(xb[:, i], aug_gens[i]) for i in range(n)], 1)
             out = pop(xb)
@@ -375,7 +348,7 @@ class _Run:
         correct = None
         if self.running_acc:
             with torch.no_grad():
-                correct = (_predictions(out.detach()) == yb).double().sum(0)
+                correct = (predictions(out.detach()) == yb).double().sum(0)
         return loss.detach(), correct
 
     # ------------------------------------------------------------------------------------------- bookkeeping
