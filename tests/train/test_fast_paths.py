@@ -204,3 +204,57 @@ def test_small_grouped_conv_gradients_equal_conv2d(c, o, k, pad, groups, bias):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
     assert torch.autograd.gradcheck(lambda xx, ww: _SmallGroupedConv.apply(xx, ww, None, (pad, pad), groups),
                                     (x.detach()[:1, :, :6, :6].clone().requires_grad_(True), w))
+
+
+@pytest.mark.parametrize("n,k", [(8, 10), (64, 2), (8, 16), (8, 17), (3, 10)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_wide_loss_equals_per_model_cross_entropy(n, k, dtype):
+    """The [B, K, N] cross-entropy (switch ``wide_loss``) gives each model's mean loss and gradient as the row-wise
+    path and as ``F.cross_entropy`` on that model alone; strided (transposed) logits as the trainer passes them."""
+    from zooscape.train.losses import task_loss
+
+    g = torch.Generator().manual_seed(n * 100 + k)
+    logits = (3 * torch.randn(n, 32, k, generator=g, dtype=dtype)).requires_grad_()
+    y = torch.randint(0, k, (32, n), generator=g)
+    got = {}
+    for flag in (True, False):
+        with override(wide_loss=flag):
+            loss = task_loss(logits.transpose(0, 1), y, "classification")
+        got[flag] = (loss.detach(), torch.autograd.grad(loss.sum(), logits)[0])
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+    for a, b in zip(got[True], got[False]):
+        torch.testing.assert_close(a, b, **tol)
+    alone = torch.stack([torch.nn.functional.cross_entropy(logits[i].detach(), y[:, i]) for i in range(n)])
+    torch.testing.assert_close(got[True][0], alone, **tol)
+
+
+def test_predictions_equal_argmax_with_ties_and_nan():
+    from zooscape.train.losses import predictions
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.randint(0, 3, (64, 16, 10), generator=g).float().transpose(0, 1)  # many ties, strided as trained
+    out[0, 0, 3] = out[1, 1, 0] = out[1, 1, 5] = float("nan")
+    assert torch.equal(predictions(out), out.argmax(-1))
+    x = torch.randn(7, 5, 3, generator=g)
+    assert torch.equal(predictions(x), x.argmax(-1))
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_loss_gradient_is_bitwise_independent_of_the_population(flag):
+    """A model's loss gradient is the same to the bit in a population of any size and at any place in it (a zoo
+    grown seed by seed equals one trained at once)."""
+    from zooscape.train.losses import task_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(64, 32, 10, generator=g)
+    y = torch.randint(0, 10, (32, 64), generator=g)
+
+    def grads(lo: int, hi: int) -> torch.Tensor:
+        x = logits[lo:hi].clone().requires_grad_()
+        with override(wide_loss=flag):
+            loss = task_loss(x.transpose(0, 1), y[:, lo:hi].clone(), "classification")
+        return torch.autograd.grad(loss.sum(), x)[0]
+
+    full = grads(0, 64)
+    for lo, hi in [(0, 1), (63, 64), (0, 5), (3, 8), (0, 17), (40, 64), (1, 64), (0, 16)]:
+        assert torch.equal(grads(lo, hi), full[lo:hi]), (lo, hi)

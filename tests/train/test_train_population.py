@@ -242,3 +242,16 @@ def test_batchnorm_model_trains_when_the_last_batch_would_hold_one_sample():
     result = train_population([model(0), model(1)], data, cfg, [Member(seed=0), Member(seed=1)])
     assert "failed" not in result.status
     assert all(h[-1]["test_acc"] > 0.3 for h in result.history)
+
+
+def test_population_of_eight_matches_sequential_through_the_wide_loss(digits):
+    """A classification loss with few classes takes the [B, K, N] cross-entropy on the CPU (switch ``wide_loss``);
+    members still train as they do alone."""
+    n = 8
+    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=3e-3)
+    models = [mlp(s) for s in range(n)]
+    res = train_population(models, digits, cfg, device="cpu")
+    for i in (0, n - 1):
+        ref, hist = train_sequential(models[i], digits, cfg, Member(seed=i), device="cpu")
+        assert max_diff(res.state_dicts[i], ref.state_dict()) < 1e-5
+        assert res.history[i][-1]["test_loss"] == pytest.approx(hist[-1]["test_loss"], rel=1e-5)

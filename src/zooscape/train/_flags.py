@@ -14,13 +14,15 @@ switch                     environment variable                    meaning
 ``channels_last``          ``ZOOSCAPE_CHANNELS_LAST=0|1|auto``     NHWC population tensors (auto: N >= 2)
 ``shared_input``           ``ZOOSCAPE_SHARED_INPUT=0``             dense first layer when evaluating on one batch
 ``flat_optim``             ``ZOOSCAPE_FLAT_OPTIM=0``               whole-buffer ``[N, P]`` optimiser updates
+``wide_loss``              ``ZOOSCAPE_WIDE_LOSS=0``                cross-entropy over ``[B, K, N]`` (few classes)
 ``malloc_tune``            ``ZOOSCAPE_MALLOC_TUNE=0``              glibc keeps freed memory (``mallopt``)
 =========================  ======================================  ============================================
 
 When a switch is read: ``native_kernels`` at every layer call and optimiser step; ``channels_last`` and
 ``shared_input`` when a :class:`~zooscape.train.Population` is built; ``flat_optim`` when
-:func:`~zooscape.train.train_population` starts; ``malloc_tune`` the first time the allocator is tuned (once per
-process: it cannot be undone); ``native_openmp`` and ``cache_dir`` when the kernels are first built.
+:func:`~zooscape.train.train_population` starts; ``wide_loss`` at every loss computation; ``malloc_tune`` the
+first time the allocator is tuned (once per process: it cannot be undone); ``native_openmp`` and ``cache_dir`` when
+the kernels are first built.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ ENV: dict[str, str] = {
     "channels_last": "ZOOSCAPE_CHANNELS_LAST",
     "shared_input": "ZOOSCAPE_SHARED_INPUT",
     "flat_optim": "ZOOSCAPE_FLAT_OPTIM",
+    "wide_loss": "ZOOSCAPE_WIDE_LOSS",
     "malloc_tune": "ZOOSCAPE_MALLOC_TUNE",
 }
 
@@ -57,6 +60,9 @@ class Switches:
         channels_last: NHWC population tensors: ``True``, ``False`` or ``None`` (auto: populations of 2 or more).
         shared_input: evaluate the first layer of all members on a shared batch as one dense layer.
         flat_optim: move parameters into one ``[N, P]`` buffer and update it whole.
+        wide_loss: on the CPU, a population's cross-entropy with the class axis in the middle (``[B, K, N]``,
+            where PyTorch's log-softmax vectorises over the models) when there are few classes
+            (:mod:`zooscape.train.losses`).
         malloc_tune: tune glibc's allocator to keep freed memory.
     """
 
@@ -66,6 +72,7 @@ class Switches:
     channels_last: bool | None = None
     shared_input: bool = True
     flat_optim: bool = True
+    wide_loss: bool = True
     malloc_tune: bool = True
 
     def __post_init__(self) -> None:

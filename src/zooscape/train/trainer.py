@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _flags
 from .config import Member, TrainConfig
 from .layers import PopBatchNorm
+from .losses import gather_rows, predictions, task_loss
 from .memory import tune_allocator
 from .optim import PopulationOptimizer
 from .population import Population, models_from_states
@@ -69,12 +69,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=epoch_generator(seed, epoch, "order"))
 
 
-def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """Mean loss per model. ``out``: ``[B, N, K]``; ``y``: ``[B, N]`` (class ids) or ``[B, N, 1]``; returns ``[N]``."""
-    b, n, k = out.shape
-    if task == "regression":
-        return ((out - y.reshape(b, n, -1).to(out.dtype)) ** 2).mean(dim=(0, 2))
-    return F.cross_entropy(out.reshape(b * n, k), y.reshape(b * n), reduction="none").view(b, n).mean(0)
 
 
 @dataclass
@@ -192,7 +186,7 @@ def evaluate_population(pop: Population, x: Tensor, y: Tensor, task: str, batch_
         yy = yb.unsqueeze(1).expand(b, pop.size, *yb.shape[1:])
         loss_sum += task_loss(out, yy, task).double() * b
         if task != "regression":
-            correct += (out.argmax(-1) == yy).double().sum(0)
+            correct += (predictions(out) == yy).double().sum(0)
     pop.train(was)
     res = {"loss": loss_sum / max(n, 1)}
     if task != "regression":
@@ -323,14 +317,14 @@ class _Run:
         """One optimisation step on the samples ``idx`` (``[N, b]``, one row per member). Returns the members'
         mean losses ``[N]`` (detached) and, for running accuracy, their correct predictions ``[N]``."""
         pop, n, augment = self.pop, self.n, self.augment
-        yb = self.y_tr[idx].transpose(0, 1)  # [b, N, ...]
+        yb = gather_rows(self.y_tr, idx).transpose(0, 1)  # [b, N, ...]
         if self.model_major:  # stacked layout: [N, b, ...] is already [N*b, ...]
-            xb = self.x_tr[idx]
+            xb = gather_rows(self.x_tr, idx)
             if augment is not None:
                 xb = torch.stack([augment(xb[i], aug_gens[i]) for i in range(n)], 0)
             out = pop.forward_model_major(xb)  # [b, N, K]
         else:  # channel layout: [b, N, ...] folds into [b, N*C, ...] without a transposing copy
-            xb = self.x_tr[idx.t()]
+            xb = gather_rows(self.x_tr, idx.t())
             if augment is not None:
                 xb = torch.stack([augment(xb[:, i], aug_gens[i]) for i in range(n)], 1)
             out = pop(xb)
@@ -354,7 +348,7 @@ class _Run:
         correct = None
         if self.running_acc:
             with torch.no_grad():
-                correct = (out.detach().argmax(-1) == yb).double().sum(0)
+                correct = (predictions(out.detach()) == yb).double().sum(0)
         return loss.detach(), correct
 
     # ------------------------------------------------------------------------------------------- bookkeeping
