@@ -16,13 +16,14 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
 from zooscape._io import atomic_write_bytes
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: reading headers and checksums stays torch-free
+    import torch
 
 __all__ = [
     "ShardError",
@@ -200,6 +201,8 @@ def check_shard(
 
 def _detach_unique(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU, contiguous tensors that share no memory (safetensors refuses shared storage)."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for key, t in tensors.items():
@@ -236,6 +239,8 @@ def encode_tensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, A
     Returns:
         bytes (the header's keys sorted: equal inputs give equal bytes in every process).
     """
+    from safetensors.torch import save
+
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     return _canonical_header(save(_detach_unique(tensors), metadata=meta))
 
