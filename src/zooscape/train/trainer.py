@@ -144,9 +144,16 @@ class EpochReport:
         """One flat optimizer-state dict per member (safetensors-ready)."""
         return [self._optimizer.member_state(i) for i in range(self._population.size)]
 
-    def state(self) -> PopulationState:
-        """A :class:`PopulationState` to resume after this epoch."""
-        return PopulationState(self.epoch, self.state_dicts(), self.optimizer_states(),
+    def state(self, model_states: list[dict[str, Tensor]] | None = None,
+              optimizer_states: list[dict[str, Tensor]] | None = None) -> PopulationState:
+        """A :class:`PopulationState` to resume after this epoch.
+
+        Args:
+            model_states, optimizer_states: this epoch's :meth:`state_dicts` / :meth:`optimizer_states` when the
+                caller already has them (not copied again); None: taken now.
+        """
+        return PopulationState(self.epoch, self.state_dicts() if model_states is None else model_states,
+                               self.optimizer_states() if optimizer_states is None else optimizer_states,
                                json.loads(json.dumps(self._extra)))
 
 
