@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -28,7 +29,8 @@ from e2e import SPEC  # noqa: E402  (the same spec as bench/e2e.py)
 class Timers:
     def __init__(self) -> None:
         self.total: dict[str, float] = defaultdict(float)
-        self.stack: list[str] = []
+        self.local = threading.local()
+        self.main = threading.get_ident()
 
     def wrap(self, owner: object, attr: str, name: str) -> None:
         """Time ``owner.attr`` as phase ``name`` (time inside nested timed phases is theirs, not the outer's)."""
@@ -37,15 +39,17 @@ class Timers:
 
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
-            timers.stack.append(name)
+            stack = timers.local.__dict__.setdefault("stack", [])
+            label = name if threading.get_ident() == timers.main else f"(background thread) {name}"
+            stack.append(label)
             try:
                 return fn(*args, **kwargs)
             finally:
-                timers.stack.pop()
+                stack.pop()
                 dt = time.perf_counter() - t0
-                timers.total[name] += dt
-                if timers.stack:
-                    timers.total[timers.stack[-1]] -= dt
+                timers.total[label] += dt
+                if stack:
+                    timers.total[stack[-1]] -= dt
 
         setattr(owner, attr, timed)
 
@@ -73,6 +77,8 @@ def one_run(epochs: int, seeds: list[int]) -> dict[str, float]:
     timers.wrap(task, "_write_resume", "resume file + journal")
     timers.wrap(task, "emit", "catalog rows (emit)")
     timers.wrap(task.GroupRecorder, "observe", "recorder")
+    if hasattr(task, "_EpochWriter"):  # files written in a background thread; the task waits for them here
+        timers.wrap(task._EpochWriter, "flush", "waiting for an epoch's files")
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "spec.toml"
         spec.write_text(SPEC.format(epochs=epochs, seeds=seeds))
@@ -81,7 +87,7 @@ def one_run(epochs: int, seeds: list[int]) -> dict[str, float]:
         t_cmd = time.perf_counter() - t0
     out = dict(timers.total)
     out["imports (torch, zooscape)"] = t_import
-    out["other (cli, summary line)"] = t_cmd - sum(timers.total.values())
+    out["other (cli, summary line)"] = t_cmd - sum(v for k, v in timers.total.items() if not k.startswith("("))
     return out
 
 
@@ -112,14 +118,18 @@ def main() -> None:
     phases = {"interpreter start": statistics.median(starts)}
     for key in runs[0]:
         phases[key] = statistics.median(r.get(key, 0.0) for r in runs)
+    background = {k: phases.pop(k) for k in list(phases) if k.startswith("(")}
     total = sum(phases.values())
     print(f"{2 * len(seeds)} MLPs x {args.epochs} epochs on digits; median of {args.runs} runs; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print(f"{'phase':32s} {'s':>7s} {'share':>7s}")
     for key, v in sorted(phases.items(), key=lambda kv: -kv[1]):
         print(f"{key:32s} {v:7.3f} {100 * v / total:6.1f}%")
+    print("-" * 48)
     work = phases.get("training steps", 0.0) + phases.get("evaluation", 0.0)
-    print(f"{'total':32s} {total:7.3f}")
+    print(f"{'total (wall clock)':32s} {total:7.3f}")
+    for key, v in background.items():
+        print(f"{key:48s} {v:7.3f}  (overlaps training)")
     print(f"training + evaluation: {100 * work / total:.1f}% of the whole process; "
           f"{100 * work / (total - phases['interpreter start'] - phases['imports (torch, zooscape)']):.1f}% "
           "after start-up and imports")
