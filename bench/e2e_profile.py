@@ -64,11 +64,14 @@ def one_run(epochs: int, seeds: list[int]) -> dict[str, float]:
     t_import = time.perf_counter() - t_start
 
     import zooscape.train.trainer as trainer
+    import zooscape.zoo as zoo_pkg
     import zooscape.zoo.runner as runner_mod
     import zooscape.zoo.task as task
     from zooscape.zoo.store import ZooStore
 
     timers.wrap(runner_mod, "train_zoo", "planning, catalog, driver")
+    if "train_zoo" in vars(zoo_pkg):  # (bound at import by older versions of zooscape.zoo)
+        zoo_pkg.train_zoo = runner_mod.train_zoo
     timers.wrap(task, "load_data", "data and models")
     timers.wrap(task, "build_model", "data and models")
     timers.wrap(trainer._Run, "train_epoch", "training steps")
