@@ -20,24 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SPEC = """
-[zoo]
-name = "latency"
-[dataset]
-name = "digits"
-[model]
-name = "mlp"
-width = 32
-depth = 2
-[training]
-epochs = 3
-batch_size = 32
-optimizer = "adam"
-lr = 0.001
-[grid]
-"training.lr" = [0.001, 0.003]
-"training.seed" = [0, 1, 2, 3, 4, 5, 6, 7]
-"""
+sys.path.insert(0, str(Path(__file__).parent))
+from e2e import SPEC  # noqa: E402  (bench/e2e.py's 16-MLP zoo, here 3 epochs)
 
 
 def wall(argv: list[str], src: str | None) -> float:
@@ -59,7 +43,7 @@ def main() -> None:
         zoo = args.zoo
         if zoo is None:
             spec = Path(tmp) / "spec.toml"
-            spec.write_text(SPEC)
+            spec.write_text(SPEC.format(epochs=3, seeds=list(range(8))))
             zoo = str(Path(tmp) / "zoo")
             subprocess.run([sys.executable, "-m", "zooscape", "zoo", "train", str(spec), "--out", zoo, "--quiet"],
                            check=True)

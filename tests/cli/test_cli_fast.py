@@ -8,37 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli_zoo import SPEC as CLI_SPEC
 
 from zooscape.zoo import open_zoo, train_zoo
 from zooscape.zoo.spec import load_spec, load_stored_spec
 from zooscape.zoo.summary import at_epoch, cell_axes, cell_records, cell_summary, records_at_epoch
 
-SPEC = """
-[zoo]
-name = "fast"
-
-[dataset]
-name = "digits"
-
-[model]
-name = "mlp"
-width = 8
-depth = 1
-
-[training]
-epochs = 2
-batch_size = 64
-optimizer = "adam"
-lr = 0.001
-
-[checkpoints]
-epochs = [1]
-
-[grid]
-"training.seed" = [0, 1]
-"training.lr" = [0.001, 0.01]
-"model.width" = [8, 12]
-"""
+# the CLI tests' zoo with two epochs and one checkpoint between them
+SPEC = CLI_SPEC.replace("epochs = 1", "epochs = 2").replace('epochs = "all"', "epochs = [1]")
+assert SPEC.count("epochs = 2") == 1 and "epochs = [1]" in SPEC
 
 PROBE = """
 import json, sys

@@ -146,15 +146,10 @@ class EpochReport:
 
     def state(self, model_states: list[dict[str, Tensor]] | None = None,
               optimizer_states: list[dict[str, Tensor]] | None = None) -> PopulationState:
-        """A :class:`PopulationState` to resume after this epoch.
-
-        Args:
-            model_states, optimizer_states: this epoch's :meth:`state_dicts` / :meth:`optimizer_states` when the
-                caller already has them (not copied again); None: taken now.
-        """
-        return PopulationState(self.epoch, self.state_dicts() if model_states is None else model_states,
-                               self.optimizer_states() if optimizer_states is None else optimizer_states,
-                               json.loads(json.dumps(self._extra)))
+        """A :class:`PopulationState` to resume after this epoch (given: this epoch's :meth:`state_dicts` and
+        :meth:`optimizer_states`, reused instead of copied again)."""
+        return PopulationState(self.epoch, model_states or self.state_dicts(),
+                               optimizer_states or self.optimizer_states(), json.loads(json.dumps(self._extra)))
 
 
 @dataclass
