@@ -225,8 +225,8 @@ def test_chunk_size_is_a_setting_results_do_not_change(engine, spec_path, local_
 
 
 def kill_once_after(fn, marker_dir, task):
-    """Run ``fn(task)``; the first time a group reports epoch KILL_EPOCH (its checkpoint shard is written, its
-    resume file still holds epoch KILL_EPOCH - 1), SIGKILL this worker process."""
+    """Run ``fn(task)``; the first time a group reports epoch KILL_EPOCH (its checkpoint shards and its resume file
+    are written, the driver has not committed its rows), SIGKILL this worker process."""
     outer = engine_module._SINK.get()
 
     def sink(event):
@@ -268,7 +268,8 @@ def test_worker_killed_mid_chunk_retries_from_its_last_checkpoint(engine, spec_p
         mine = [e for e in events if e["group_id"] == g]
         assert [e["type"] for e in mine].count("start") == 1, "the retry must not start the chunk from scratch"
         replays = [e for e in mine if e["type"] == "rows" and len(e["epochs"]) > 1]
-        assert [r["epochs"] for r in replays] == [list(range(KILL_EPOCH))], "retry resumes after the last epoch"
+        # the rows of an epoch are sent once its shards and resume file are written: the retry resumes after it
+        assert [r["epochs"] for r in replays] == [list(range(KILL_EPOCH + 1))], "retry resumes after the last epoch"
     assert_same_zoo(got, local_zoo)  # nothing lost, nothing duplicated (metrics compared row by row)
     n_names = got.catalog.query("SELECT COUNT(DISTINCT name) FROM metrics")[0][0]
     n_rows = got.catalog.query("SELECT COUNT(*) FROM metrics")[0][0]

@@ -13,7 +13,6 @@ time).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -42,9 +41,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _version(name: str) -> str | None:
+    from importlib import metadata  # (here, not at the top: every command builds this group's parser)
+
     try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
         return None
 
 

@@ -176,12 +176,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     Returns:
         exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
     """
-    import pandas as pd
-
-    from zooscape.zoo import open as open_zoo
-    from zooscape.zoo.summary import at_epoch, cell_axes, cell_summary
+    from zooscape.zoo.reader import open_zoo
+    from zooscape.zoo.summary import cell_axes, cell_records, format_table, records_at_epoch
     from zooscape.zoo.verify import quick_check
 
+    # metadata only: the catalog and spec.toml, without torch or pandas (answers in well under a second)
     with open_zoo(args.dir) as zoo:
         spec = zoo.spec
         counts = zoo.status_counts()
@@ -198,23 +197,28 @@ def cmd_info(args: argparse.Namespace) -> int:
         for key, values in spec.grid.items():
             print(f"  {key}: {', '.join(_fmt(v) for v in values)}")
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        names = None
         if args.metrics != ",".join(DEFAULT_METRICS):  # names the user chose must exist
             from zooscape.zoo.columns import check_metric_names
 
-            check_metric_names(metrics, zoo.metric_names())
-        table = zoo.table()
-        if table.empty:
+            names = zoo.metric_names()
+            check_metric_names(metrics, names)
+        if not zoo.catalog.query("SELECT 1 FROM metrics LIMIT 1"):
             print("no metrics recorded yet")
             return 0
-        rows = at_epoch(table, args.epoch)
-        if rows.empty:
+        rows, columns = records_at_epoch(zoo, args.epoch)
+        if names is not None and not set(metrics) <= set(columns):  # stored analyses (cka, hessian_...): the table
+            from zooscape.zoo.summary import at_epoch
+
+            table = at_epoch(zoo.table(), args.epoch)
+            rows, columns = table.to_dict("records"), list(table.columns)
+        if not rows:
             print(f"no model has metrics at epoch {args.epoch}")
             return 0
-        summary = cell_summary(rows, cell_axes(list(spec.grid)), metrics)
+        header, cells = cell_records(rows, cell_axes(list(spec.grid)), metrics, set(columns).union(*rows))
         which = "final epoch" if args.epoch is None else f"epoch {args.epoch}"
         print(f"{which} metrics per grid cell (mean and std over seeds):")
-        with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_rows", 500):
-            print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(format_table(header, cells))
     return 0
 
 

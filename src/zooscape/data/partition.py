@@ -64,7 +64,8 @@ def stratified_order(y: np.ndarray | None, n: int, rng: np.random.Generator) -> 
     if y.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {y.shape}")
     key = np.empty(n, dtype=np.float64)
-    for c in np.unique(y):
+    ordered = np.sort(y)  # the classes, ascending: np.unique(y) without its lazy import of numpy.ma (~0.1 s)
+    for c in ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if n else ordered:
         idx = np.flatnonzero(y == c)
         rank = rng.permutation(len(idx))
         key[idx] = (rank + rng.random(len(idx))) / len(idx)

@@ -138,10 +138,12 @@ class EpochReport:
         """One flat optimizer-state dict per member (safetensors-ready)."""
         return [self._optimizer.member_state(i) for i in range(self._population.size)]
 
-    def state(self) -> PopulationState:
-        """A :class:`PopulationState` to resume after this epoch."""
-        return PopulationState(self.epoch, self.state_dicts(), self.optimizer_states(),
-                               json.loads(json.dumps(self._extra)))
+    def state(self, model_states: list[dict[str, Tensor]] | None = None,
+              optimizer_states: list[dict[str, Tensor]] | None = None) -> PopulationState:
+        """A :class:`PopulationState` to resume after this epoch (given: this epoch's :meth:`state_dicts` and
+        :meth:`optimizer_states`, reused instead of copied again)."""
+        return PopulationState(self.epoch, model_states or self.state_dicts(),
+                               optimizer_states or self.optimizer_states(), json.loads(json.dumps(self._extra)))
 
 
 @dataclass

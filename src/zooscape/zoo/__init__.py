@@ -13,26 +13,62 @@ Public API:
     layout of the published zoos).
 """
 
-from zooscape.zoo.catalog import Catalog
-from zooscape.zoo.engines import Engine, EngineError, LocalEngine, emit, get_engine
-from zooscape.zoo.grid import Group, checkpoint_epochs, expand_spec, group_configs, model_id
-from zooscape.zoo.raytune import ImportReport, export_raytune, import_raytune
-from zooscape.zoo.reader import Zoo, open_zoo
-from zooscape.zoo.runner import ZooPlan, plan_zoo, train_zoo
-from zooscape.zoo.spec import SpecError, ZooSpec, dump_spec, load_spec, parse_spec
-from zooscape.zoo.store import ZooExistsError, ZooStore
-from zooscape.zoo.weights import (
-    DatasetReport,
-    Filters,
-    IndexMap,
-    WeightsDataset,
-    ZooDatasets,
-    index_map,
-    vector_to_state_dict,
-    vectorize,
-)
+from __future__ import annotations
 
-open = open_zoo  # noqa: A001 - ``zooscape.zoo.open(path)`` reads like ``open``
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names are imported on first use (PEP 562), so that ``import zooscape.zoo.spec`` or reading a zoo's metadata
+# (``zooscape zoo info``) does not import torch or pandas; ``from zooscape.zoo import Zoo`` works as before.
+_LAZY: dict[str, str] = {
+    "Catalog": "catalog",
+    "Engine": "engines", "EngineError": "engines", "LocalEngine": "engines", "emit": "engines",
+    "get_engine": "engines",
+    "Group": "grid", "checkpoint_epochs": "grid", "expand_spec": "grid", "group_configs": "grid", "model_id": "grid",
+    "ImportReport": "raytune", "export_raytune": "raytune", "import_raytune": "raytune",
+    "Zoo": "reader", "open_zoo": "reader", "open": "reader",
+    "ZooPlan": "runner", "plan_zoo": "runner", "train_zoo": "runner",
+    "SpecError": "spec", "ZooSpec": "spec", "dump_spec": "spec", "load_spec": "spec", "parse_spec": "spec",
+    "ZooExistsError": "store", "ZooStore": "store",
+    "DatasetReport": "weights", "Filters": "weights", "IndexMap": "weights", "WeightsDataset": "weights",
+    "ZooDatasets": "weights", "index_map": "weights", "vector_to_state_dict": "weights", "vectorize": "weights",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from zooscape.zoo.catalog import Catalog
+    from zooscape.zoo.engines import Engine, EngineError, LocalEngine, emit, get_engine
+    from zooscape.zoo.grid import Group, checkpoint_epochs, expand_spec, group_configs, model_id
+    from zooscape.zoo.raytune import ImportReport, export_raytune, import_raytune
+    from zooscape.zoo.reader import Zoo, open_zoo
+    from zooscape.zoo.reader import open_zoo as open  # noqa: A001
+    from zooscape.zoo.runner import ZooPlan, plan_zoo, train_zoo
+    from zooscape.zoo.spec import SpecError, ZooSpec, dump_spec, load_spec, parse_spec
+    from zooscape.zoo.store import ZooExistsError, ZooStore
+    from zooscape.zoo.weights import (
+        DatasetReport,
+        Filters,
+        IndexMap,
+        WeightsDataset,
+        ZooDatasets,
+        index_map,
+        vector_to_state_dict,
+        vectorize,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public name ``name`` from its module on first use (``zooscape.zoo.open`` is ``open_zoo``)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zooscape.zoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"zooscape.zoo.{module}"), "open_zoo" if name == "open" else name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Catalog",

@@ -17,9 +17,10 @@ Two wide views are built from it:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # imported by the functions that build DataFrames (check_metric_names needs no pandas)
+    import pandas as pd
 
 __all__ = ["TRAINING_METRICS", "check_metric_names", "model_analysis_columns", "pair_table", "read_analyses"]
 
@@ -36,6 +37,8 @@ def read_analyses(catalog: Any) -> pd.DataFrame:
     Returns:
         DataFrame with columns id, model_id, other_id, epoch (float; NaN where none), metric, value.
     """
+    import pandas as pd
+
     rows = catalog.query("SELECT id, model_id, other_id, epoch, metric, value FROM analyses ORDER BY id")
     df = pd.DataFrame(rows, columns=["id", "model_id", "other_id", "epoch", "metric", "value"])
     return df.astype({"epoch": "float64", "value": "float64"})
@@ -67,6 +70,8 @@ def model_analysis_columns(catalog: Any, analyses: pd.DataFrame | None = None) -
         DataFrame with columns model_id, epoch and one float column per metric (single-model metrics as stored,
         pairwise metrics as the mean over the model's pairs); empty (model_id, epoch only) without analyses.
     """
+    import pandas as pd
+
     df = read_analyses(catalog) if analyses is None else analyses
     if df.empty:
         return pd.DataFrame({"model_id": pd.Series(dtype=object), "epoch": pd.Series(dtype="int64")})
@@ -95,6 +100,8 @@ def pair_table(catalog: Any, analyses: pd.DataFrame | None = None) -> pd.DataFra
     Returns:
         DataFrame with columns model_id, other_id, epoch and one float column per pairwise metric.
     """
+    import pandas as pd
+
     df = read_analyses(catalog) if analyses is None else analyses
     df = df[df["other_id"].notna()]
     if df.empty:
@@ -138,6 +145,8 @@ def numeric_metric_columns(table: pd.DataFrame, exclude: Iterable[str] = ()) -> 
     Returns:
         column names.
     """
+    import pandas as pd
+
     skip = {"model_id", "epoch", "status", "reason", "group_id", "n_params", "temperature", "load", "width",
             "train_fraction", "n_train", *exclude}
     return [c for c in table.columns

@@ -25,6 +25,7 @@ References:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -32,7 +33,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zooscape.train.config import Member
 from zooscape.zoo.spec import SpecError, ZooSpec
 
 __all__ = [
@@ -51,7 +51,21 @@ __all__ = [
 #: Config keys that may differ between members of one training population.
 #: The ``[training]`` ones come from :meth:`zooscape.train.Member.keys` (the one source of per-model settings);
 #: ``model.init`` only changes how each member's weights are drawn (every member is built on its own).
-MEMBER_KEYS: tuple[tuple[str, str], ...] = (*(("training", k) for k in Member.keys()), ("model", "init"))
+#: (Computed on first use, so that reading a zoo's metadata does not import the trainer and torch.)
+MEMBER_KEYS: tuple[tuple[str, str], ...]
+
+
+@functools.cache
+def _member_keys() -> tuple[tuple[str, str], ...]:
+    from zooscape.train.config import Member
+
+    return (*(("training", k) for k in Member.keys()), ("model", "init"))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MEMBER_KEYS":
+        return _member_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 ID_LENGTH = 12
 CONFIG_SECTIONS = ("dataset", "model", "training")
 
@@ -102,7 +116,7 @@ def group_key(config: Mapping[str, Any]) -> str:
         str.
     """
     stripped = {s: dict(config[s]) for s in CONFIG_SECTIONS}
-    for section, key in MEMBER_KEYS:
+    for section, key in _member_keys():
         stripped[section].pop(key, None)
     return canonical_json(stripped)
 

@@ -12,18 +12,19 @@ import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import torch
-from torch import nn
-
-from zooscape.zoo.build import build_model, load_data
 from zooscape.zoo.catalog import Catalog
 from zooscape.zoo.grid import canonical_json, model_kind
 from zooscape.zoo.shards import ShardError, ShardRecord, check_shard, read_model
-from zooscape.zoo.spec import ZooSpec, load_spec, spec_matches
+from zooscape.zoo.spec import ZooSpec, load_spec, load_stored_spec, spec_matches
 from zooscape.zoo.store import ZooStore, is_zoo
+
+if TYPE_CHECKING:  # pandas, torch and the model builders are imported by the methods that need them, so that
+    # opening a zoo and reading its spec, counts and catalog stays fast (``zooscape zoo info``)
+    import pandas as pd
+    import torch
+    from torch import nn
 
 __all__ = ["Zoo", "open_zoo", "flatten_config"]
 
@@ -116,8 +117,11 @@ class Zoo:
             SpecError: ``spec.toml`` is missing or invalid.
             ValueError: ``spec.toml`` describes another zoo than the catalog's fingerprint (edited or replaced).
         """
-        spec = load_spec(self.store.spec_path)
         stored = self._catalog.meta().get("spec_fingerprint")
+        quick = load_stored_spec(self.store.spec_path, stored)  # the spec it was created from: no registries needed
+        if quick is not None:
+            return quick
+        spec = load_spec(self.store.spec_path)
         if stored is not None and not spec_matches(spec, stored):
             raise ValueError(f"{self.store.spec_path} does not match the spec this zoo was created from (the "
                              "catalog's fingerprint): it was edited or replaced")
@@ -155,6 +159,17 @@ class Zoo:
         Returns:
             DataFrame indexed 0..n-1, sorted by model_id.
         """
+        import pandas as pd
+
+        records = self.config_records()
+        return pd.DataFrame.from_records(records, columns=None if records else list(MODEL_COLUMNS))
+
+    def config_records(self) -> list[dict[str, Any]]:
+        """The rows of :meth:`configs` as plain dicts (no pandas: cheap for metadata commands).
+
+        Returns:
+            list of dicts, sorted by model_id.
+        """
         rows = self._catalog.query(
             "SELECT model_id, group_id, status, reason, n_params, temperature, load, config FROM models"
             " ORDER BY model_id"
@@ -169,7 +184,7 @@ class Zoo:
                 rec[k] = derived.get(k)
             rec["kind"], rec["source_id"] = model_kind(derived)
             records.append(rec)
-        return pd.DataFrame.from_records(records, columns=None if records else list(MODEL_COLUMNS))
+        return records
 
     # ------------------------------------------------------------------------------------------- metrics
 
@@ -179,6 +194,8 @@ class Zoo:
         Returns:
             DataFrame with columns model_id, epoch, name, value.
         """
+        import pandas as pd
+
         rows = self._catalog.query("SELECT model_id, epoch, name, value FROM metrics ORDER BY model_id, epoch")
         return pd.DataFrame(rows, columns=["model_id", "epoch", "name", "value"]).astype({"value": "float64"})
 
@@ -194,6 +211,8 @@ class Zoo:
         Returns:
             DataFrame sorted by model_id and epoch.
         """
+        import pandas as pd
+
         configs = self.configs()
         long = self.metrics()
         if long.empty:
@@ -223,6 +242,8 @@ class Zoo:
         Returns:
             DataFrame with columns model_id, other_id, epoch, metric, value, params (dict), created.
         """
+        import pandas as pd
+
         sql = "SELECT model_id, other_id, epoch, metric, value, params, created FROM analyses"
         args: tuple[Any, ...] = ()
         if metric is not None:
@@ -370,6 +391,8 @@ class Zoo:
         Raises:
             KeyError: unknown id or epoch (the message lists the available epochs).
         """
+        from zooscape.zoo.build import build_model
+
         cfg = self.config(model_id)
         state = self.state_dict(model_id, epoch)
         model = build_model(cfg["model"], seed=int(cfg["training"].get("seed", 0)),
@@ -391,6 +414,8 @@ class Zoo:
         Raises:
             ValueError: ``model_id`` omitted but the zoo's models use different data sets.
         """
+        from zooscape.zoo.build import load_data
+
         if model_id is not None:
             return load_data(self.config(model_id)["dataset"])
         distinct = {}

@@ -8,6 +8,7 @@ before its tensors are used. Read errors are raised as :class:`ShardError`, nami
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -16,13 +17,14 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
 from zooscape._io import atomic_write_bytes
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: reading headers and checksums stays torch-free
+    import torch
 
 __all__ = [
     "ShardError",
@@ -200,6 +202,8 @@ def check_shard(
 
 def _detach_unique(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU, contiguous tensors that share no memory (safetensors refuses shared storage)."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for key, t in tensors.items():
@@ -236,8 +240,58 @@ def encode_tensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, A
     Returns:
         bytes (the header's keys sorted: equal inputs give equal bytes in every process).
     """
+    from safetensors.torch import save
+
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    return _canonical_header(save(_detach_unique(tensors), metadata=meta))
+    plain = _detach_unique(tensors)
+    fast = _encode_direct(plain, meta)
+    return fast if fast is not None else _canonical_header(save(plain, metadata=meta))
+
+
+#: safetensors dtype names of the tensors :func:`_encode_direct` writes itself (others go through the library).
+_DTYPE_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+                "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+@functools.cache
+def _dtype_order() -> dict[Any, int]:
+    """Position of each dtype in the data section of a safetensors file, as the installed library orders it (it
+    sorts tensors by dtype, then name): read from the library's own output once."""
+    import torch
+    from safetensors.torch import save
+
+    dtypes = [getattr(torch, name) for name in _DTYPE_NAMES]
+    blob = save({f"t{i}": torch.zeros(1, dtype=dt) for i, dt in enumerate(dtypes)})
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    starts = {dt: header[f"t{i}"]["data_offsets"][0] for i, dt in enumerate(dtypes)}
+    return {dt: rank for rank, dt in enumerate(sorted(dtypes, key=starts.__getitem__))}
+
+
+def _encode_direct(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> bytes | None:
+    """The bytes ``_canonical_header(safetensors.torch.save(tensors, metadata=meta))`` gives, built directly: one
+    header and one copy of the data instead of the library's per-tensor conversions (a zoo's shards hold hundreds of
+    small tensors). None when a dtype is not in :data:`_DTYPE_NAMES` (the caller uses the library then).
+    ``tests/zoo/test_zoo_store.py`` checks equality with the library byte for byte."""
+    import torch
+
+    order = _dtype_order()
+    if any(t.dtype not in order for t in tensors.values()):
+        return None
+    items = sorted(tensors.items(), key=lambda kv: (order[kv[1].dtype], kv[0]))
+    header: dict[str, Any] = {"__metadata__": dict(meta)}
+    chunks = []
+    offset = 0
+    for name, t in items:
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPE_NAMES[str(t.dtype).removeprefix("torch.")], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        if size:
+            chunks.append(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        offset += size
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return b"".join([struct.pack("<Q", len(text)), text, *chunks])
 
 
 def _canonical_header(blob: bytes) -> bytes:

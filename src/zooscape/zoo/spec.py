@@ -41,6 +41,7 @@ __all__ = [
     "default_schema",
     "dump_spec",
     "load_spec",
+    "load_stored_spec",
     "parse_spec",
     "spec_matches",
 ]
@@ -360,6 +361,50 @@ def load_spec(path: str | Path, schema: SpecSchema | None = None) -> ZooSpec:
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(path, "<toml>", f"invalid TOML: {exc}") from None
     return parse_spec(doc, path, schema)
+
+
+class _AnyName(tuple):
+    """Every name is known (:func:`load_stored_spec`'s first reading)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+class _AnyField(dict):
+    """Every ``[training]`` key is a field of any type (:func:`load_stored_spec`'s first reading)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> Any:
+        return Any
+
+
+def load_stored_spec(path: str | Path, fingerprint: str | None) -> ZooSpec | None:
+    """Read a zoo's ``spec.toml`` quickly: without the data, model and training registries (and torch).
+
+    The file is parsed with names and ``[training]`` fields taken as written; the result is returned only if its
+    fingerprint is ``fingerprint``, the one stored in the zoo's catalog when the zoo was created from a spec that
+    was validated in full (:func:`load_spec`). Equal fingerprints mean equal contents and types, so the spec is
+    the one :func:`load_spec` returns. Anything else (no fingerprint, a file that does not parse, a spec that
+    differs, e.g. a ``[training]`` value whose type :func:`load_spec` would coerce) returns None: the caller then
+    validates the file in full, which raises the precise error.
+
+    Args:
+        path: the zoo's ``spec.toml``.
+        fingerprint: :meth:`ZooSpec.fingerprint` stored in the catalog, or None.
+
+    Returns:
+        ZooSpec, or None when the full validation must decide.
+    """
+    if fingerprint is None:
+        return None
+    schema = SpecSchema(datasets=_AnyName(), models=_AnyName(), training_types=_AnyField())
+    try:
+        spec = load_spec(path, schema)
+    except SpecError:
+        return None
+    return spec if spec_matches(spec, fingerprint) else None
 
 
 def spec_matches(spec: ZooSpec, fingerprint: str) -> bool:

@@ -18,13 +18,14 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from zooscape._io import atomic_write_bytes
 from zooscape.zoo.catalog import Catalog, CatalogError
 from zooscape.zoo.shards import encode_tensors, pack_models
+
+if TYPE_CHECKING:  # only annotations: opening a zoo's store does not import torch
+    import torch
 
 __all__ = ["KINDS", "ZooExistsError", "ZooStore", "is_zoo"]
 

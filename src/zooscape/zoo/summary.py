@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # numpy and pandas are imported by the functions on DataFrames; the record functions need neither
+    import numpy as np
+    import pandas as pd
 
-__all__ = ["SEED_KEYS", "at_epoch", "cell_axes", "cell_summary", "heatmap_matrix"]
+__all__ = ["SEED_KEYS", "at_epoch", "cell_axes", "cell_records", "cell_summary", "format_table", "heatmap_matrix",
+           "records_at_epoch"]
 
 #: Grid axes that are replicates (averaged over), not grid cells.
 SEED_KEYS = ("training.seed", "training.data_seed", "dataset.seed")
@@ -60,6 +65,8 @@ def cell_summary(rows: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]
     Returns:
         DataFrame with the axes, ``n`` (models in the cell) and ``<metric>_mean``, ``<metric>_std`` columns.
     """
+    import numpy as np
+
     metrics = [m for m in metrics if m in rows.columns]
     axes = list(axes)
     for a in axes:
@@ -96,6 +103,8 @@ def heatmap_matrix(rows: pd.DataFrame, x: str, y: str, metric: str) -> tuple[lis
     Raises:
         KeyError: a column is missing (the message lists the available ones).
     """
+    import numpy as np
+
     for key, what in ((x, "x"), (y, "y"), (metric, "metric")):
         if key not in rows.columns:
             raise KeyError(f"{what} column {key!r} not in the zoo table; available: {sorted(map(str, rows.columns))}")
@@ -112,3 +121,103 @@ def heatmap_matrix(rows: pd.DataFrame, x: str, y: str, metric: str) -> tuple[lis
         if len(vals):
             means[i, j] = float(vals.mean())
     return xs, ys, means, counts
+
+
+# ------------------------------------------------------------------------------------------ without pandas
+# ``zooscape zoo info`` answers from the catalog with these (no pandas, no torch: well under a second); they give
+# the numbers of ``cell_summary(at_epoch(zoo.table(), epoch), axes, metrics)`` (tests/zoo/test_zoo_summary.py).
+
+
+def records_at_epoch(zoo: Any, epoch: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`at_epoch` of ``zoo.table(analyses=False)`` as plain dicts, read from the catalog without pandas.
+
+    Args:
+        zoo: an open :class:`zooscape.zoo.Zoo`.
+        epoch: the epoch, or None for each model's last epoch with metrics.
+
+    Returns:
+        (records, metric names): one dict per model with metrics at that epoch (its :meth:`Zoo.config_records` row,
+        ``epoch`` and one float per metric recorded then; NaN for a NULL value), sorted by model_id; and every
+        metric name of the zoo's ``metrics`` table (the metric columns of ``zoo.table()``).
+    """
+    sql = "SELECT m.model_id, m.epoch, m.name, m.value FROM metrics m"
+    if epoch is None:
+        sql += (" JOIN (SELECT model_id, MAX(epoch) AS last FROM metrics GROUP BY model_id) l"
+                " ON m.model_id = l.model_id AND m.epoch = l.last")
+        args: tuple[Any, ...] = ()
+    else:
+        sql, args = sql + " WHERE m.epoch = ?", (int(epoch),)
+    values: dict[str, dict[str, Any]] = {}
+    for mid, ep, name, value in zoo.catalog.query(sql, args):
+        values.setdefault(mid, {"epoch": int(ep)})[name] = math.nan if value is None else float(value)
+    names = sorted(r[0] for r in zoo.catalog.query("SELECT DISTINCT name FROM metrics"))
+    records = [{**rec, **values[rec["model_id"]]} for rec in zoo.config_records() if rec["model_id"] in values]
+    return records, names
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return (1, 0) if missing else (0, value)
+
+
+def cell_records(records: Sequence[Mapping[str, Any]], axes: Sequence[str], metrics: Sequence[str],
+                 columns: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
+    """:func:`cell_summary` on plain dicts: mean and standard deviation (ddof 1) of metrics per grid cell.
+
+    Args:
+        records: one dict per model (:func:`records_at_epoch`); a missing or NaN metric is skipped, as pandas does.
+        axes: keys defining the cells (may be empty: one cell).
+        metrics: metric names to summarise (those not in ``columns`` are skipped).
+        columns: the names a record may hold (the table's columns).
+
+    Returns:
+        (header, rows): the axes, ``n`` and ``<metric>_mean``, ``<metric>_std``; one row per cell, sorted by the axes.
+
+    Raises:
+        KeyError: an axis is not a column.
+    """
+    known = set(columns)
+    for a in axes:
+        if a not in known:
+            raise KeyError(f"axis {a!r} is not a column of the zoo table")
+    metrics = [m for m in metrics if m in known]
+    cells: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for rec in records:
+        key = tuple(str(v) if isinstance(v, list | dict) else v for v in (rec.get(a) for a in axes))
+        cells.setdefault(key, []).append(rec)
+    try:
+        order = sorted(cells, key=lambda k: tuple(_sort_key(v) for v in k))
+    except TypeError:  # mixed types on one axis
+        order = sorted(cells, key=lambda k: tuple(str(v) for v in k))
+    header = [*axes, "n"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    rows = []
+    for key in order:
+        members = cells[key]
+        row: list[Any] = [*key, len(members)]
+        for m in metrics:
+            vals = [float(v) for v in (r.get(m) for r in members) if v is not None and not math.isnan(v)]
+            row.append(sum(vals) / len(vals) if vals else math.nan)
+            row.append(statistics.stdev(vals) if len(vals) > 1 and len(records) > 1 else math.nan)
+        rows.append(row)
+    return header, rows
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], float_format: str = ".4g") -> str:
+    """Right-aligned text table (floats with ``float_format``, NaN as ``NaN``), as ``DataFrame.to_string``.
+
+    Args:
+        header: column names.
+        rows: rows of values.
+        float_format: format spec of floats.
+
+    Returns:
+        str, one line per row after the header line.
+    """
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "NaN" if math.isnan(v) else format(v, float_format)
+        return str(v)
+
+    text = [[str(h) for h in header]] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
+    return "\n".join(" " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text)

@@ -1,25 +1,29 @@
 """The training task of one group: runs where the engine puts it (driver or worker process).
 
 It builds the population, resumes from the group's resume file if there is one, trains with
-``zooscape.train.train_population`` and, after every epoch, in this order:
+``zooscape.train.train_population`` and, for every epoch, in this order:
 
 1. writes the checkpoint shards of the epoch (weights, optimizer states) — atomic files;
-2. emits the epoch's catalog rows to the driver (:func:`zooscape.zoo.engines.emit`), which commits them;
-3. appends the epoch's :class:`GroupRecorder` journal lines to the group's journal file (``resume-history.jsonl``,
-   fsynced) and overwrites the resume file (PopulationState + the journal's valid length) atomically.
+2. appends the epoch's :class:`GroupRecorder` journal lines to the group's journal file (``resume-history.jsonl``,
+   fsynced) and overwrites the resume file (PopulationState + the journal's valid length) atomically;
+3. emits the epoch's catalog rows to the driver (:func:`zooscape.zoo.engines.emit`), which commits them.
 
-Neither write grows with the number of epochs (the history is appended, never rewritten). If the process dies
-between 2 and 3 the epoch is simply trained again (same result, rows upserted); journal lines past the length the
-resume file records are ignored, and the journal is rewritten to its valid part when the group restarts. If the
-driver had not yet committed the rows of an epoch whose resume file exists (worker processes), they are replayed
-from the journal when the group restarts.
+Steps 1 and 2 run in a background thread while the next epoch trains (:class:`_EpochWriter`: the epoch's tensors
+are copies, so training does not wait for the encoding and the fsyncs); step 3 runs in the task's thread once they
+are done, at the end of the next epoch or of training. So the catalog never names a shard that is not on disk, and
+a resume file never points past shards that are not. Neither write grows with the number of epochs (the history is
+appended, never rewritten). If the process dies before 2 finishes the epoch is simply trained again (same result,
+rows upserted); journal lines past the length the resume file records are ignored, and the journal is rewritten to
+its valid part when the group restarts. If the driver had not yet committed the rows of an epoch whose resume file
+exists (died between 2 and 3, or worker processes), they are replayed from the journal when the group restarts.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +144,59 @@ def _write_resume(store: ZooStore, task: GroupTask, state: Any, recorder: GroupR
     write_tensors(path, tensors, meta)
 
 
+@dataclass(frozen=True)
+class _EpochLines:
+    """An epoch's journal lines, taken from the recorder when the epoch ended (what :func:`_write_resume` appends
+    while the recorder already records the next epoch)."""
+
+    lines: bytes
+    last_epoch: int
+
+    def journal(self, full: bool = False) -> bytes:
+        if full:
+            raise ValueError("_EpochLines holds one epoch's lines, not the whole journal")
+        return self.lines
+
+
+class _EpochWriter:
+    """Writes one epoch's files (shards, journal lines, resume file) in a background thread, one epoch at a time,
+    and emits the epoch's catalog rows from the task's thread once they are on disk (:meth:`flush`)."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+        self._rows: dict[str, Any] | None = None
+
+    def submit(self, write: Callable[[], None], rows: dict[str, Any]) -> None:
+        """Write ``write()`` in the background, then (at the next :meth:`flush`) emit ``rows``."""
+        self.flush()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zooscape-epoch-writer")
+        self._pending, self._rows = self._pool.submit(write), rows
+
+    def flush(self) -> None:
+        """Wait for the pending epoch's files (raising its error, its rows then unsent) and emit its rows."""
+        pending, rows = self._pending, self._rows
+        self._pending = self._rows = None
+        if pending is not None:
+            pending.result()
+            emit(rows)
+
+    def close(self) -> None:
+        """Stop the thread (after :meth:`flush`, or without sending the rows of an epoch still pending)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _write_epoch(store: ZooStore, task: GroupTask, epoch: int, shards: Sequence[tuple[str, dict[str, Any]]],
+                 state: Any, lines: _EpochLines) -> None:
+    """The files of one epoch, in order: its shards (atomic), then the journal lines and the resume file."""
+    for kind, tensors_by_model in shards:
+        store.write_shard(task.group_id, epoch, kind, tensors_by_model)
+    _write_resume(store, task, state, lines)
+
+
 def _select(items: Sequence[Any], members: Sequence[int], ids: Sequence[str]) -> dict[str, Any]:
     return {ids[i]: items[i] for i in members}
 
@@ -197,27 +254,45 @@ def run_group(task: GroupTask) -> dict[str, Any]:
     ids = task.model_ids
     lmc = _training_lmc(task, data, emit_stored=resumed is not None)
 
+    writer = _EpochWriter()
+
     def callback(report: Any) -> None:
+        writer.flush()  # the previous epoch's files are on disk: its rows go to the driver
         if lmc is not None:  # LMC during training ([lmc] every): reads the members' views before anything moves
             rows = lmc.measure(report)
             if rows:
                 emit({"type": "analyses", "group_id": task.group_id, "rows": rows})
-        recorded, stopped = recorder.observe(report.epoch, report.metrics, report.status, report.reasons)
-        ckpt = recorder.checkpoint_members(report.epoch, stopped)
-        if ckpt:
+        epoch = report.epoch
+        recorded, stopped = recorder.observe(epoch, report.metrics, report.status, report.reasons)
+        ckpt = recorder.checkpoint_members(epoch, stopped)
+        shards: list[tuple[str, dict[str, Any]]] = []
+        sds = opt = None
+        if ckpt:  # (copies: training goes on while they are written)
             sds = report.state_dicts()
-            rel = store.write_shard(task.group_id, report.epoch, "weights", _select(sds, ckpt, ids))
-            recorder.add_shard(report.epoch, "weights", rel, ckpt)
+            shards.append(("weights", _select(sds, ckpt, ids)))
+            recorder.add_shard(epoch, "weights", store.shard_relpath(task.group_id, epoch, "weights"), ckpt)
             if task.save_optimizer:
                 opt = report.optimizer_states()
-                rel = store.write_shard(task.group_id, report.epoch, "optimizer", _select(opt, ckpt, ids))
-                recorder.add_shard(report.epoch, "optimizer", rel, ckpt)
-        emit(recorder.rows([report.epoch]))
-        _write_resume(store, task, report.state(), recorder)
+                shards.append(("optimizer", _select(opt, ckpt, ids)))
+                recorder.add_shard(epoch, "optimizer", store.shard_relpath(task.group_id, epoch, "optimizer"), ckpt)
+        rows = recorder.rows([epoch])
+        lines = _EpochLines(recorder.journal(), recorder.last_epoch)
+        state = report.state(sds, opt)
+        writer.submit(lambda: _write_epoch(store, task, epoch, shards, state, lines), rows)
 
     epochs = int(train_cfg.epochs)
     all_finished = all(s != "running" for s in recorder.status)
-    if resumed is None or (recorder.last_epoch < epochs and not all_finished):
-        train_population(models, data, train_cfg, members, device=task.device, resume=state, callback=callback,
-                         progress=False)
+    try:
+        if resumed is None or (recorder.last_epoch < epochs and not all_finished):
+            train_population(models, data, train_cfg, members, device=task.device, resume=state,
+                             callback=callback, progress=False)
+        writer.flush()
+    except BaseException:
+        try:  # what the last epoch wrote still reaches the catalog; the error to report is the first one
+            writer.flush()
+        except BaseException:  # noqa: S110 - (its files are incomplete: its rows stay unsent)
+            pass
+        raise
+    finally:
+        writer.close()
     return {"type": "done", "group_id": task.group_id, "statuses": recorder.final_status()}

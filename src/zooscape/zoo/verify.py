@@ -168,7 +168,7 @@ def verify_zoo(root: str | Path, progress: Callable[[str], None] | None = None) 
     Returns:
         VerifyReport.
     """
-    from zooscape.zoo.spec import SpecError, load_spec, spec_matches
+    from zooscape.zoo.spec import SpecError, load_spec, load_stored_spec, spec_matches
     from zooscape.zoo.store import ZooStore
 
     root = Path(root)
@@ -197,6 +197,8 @@ def verify_zoo(root: str | Path, progress: Callable[[str], None] | None = None) 
         except ShardError as exc:
             report.problems.append(ShardProblem(rel, _group_of(rel, rec), epoch, kind, _problem_text(exc, path),
                                                 mids))
+    if load_stored_spec(store.spec_path, fingerprint) is not None:  # the spec it was created from
+        return report
     try:
         spec = load_spec(store.spec_path)
         if fingerprint is not None and not spec_matches(spec, fingerprint):
