@@ -1,5 +1,6 @@
 """Sparsified twins and pruning as zoo studies: catalog rows, links to sources, resume, dataset, CLI."""
 
+import json
 import sqlite3
 
 import pytest
@@ -161,3 +162,40 @@ def test_cli(zoo_dir, capsys):
     with pytest.raises(SystemExit):
         main(["sparsify", "twins", "--help"])
     assert "--from-epoch" in capsys.readouterr().out
+
+
+def test_prune_zoo_stores_the_fisher_settings(zoo_dir, capsys):
+    one = [m for m in zz.open(zoo_dir).model_ids if not m.endswith("-twin")][:1]
+    kw = {"sparsities": [0.8], "renorms": ["none"], "n_samples": 32, "model_ids": one}
+    exact = prune_zoo(zoo_dir, methods=["diagfisher", "globalmagni"], fisher="exact", split="val", **kw)
+    by_method = {r["params"]["method"]: r["params"] for r in exact}
+    assert (by_method["diagfisher"]["fisher"], by_method["diagfisher"]["split"]) == ("exact", "val")
+    assert "fisher" not in by_method["globalmagni"] and "split" not in by_method["globalmagni"]
+    # other Fisher settings are new results (not mixed with the stored ones); magnitude pruning does not use them
+    emp = prune_zoo(zoo_dir, methods=["diagfisher", "globalmagni"], **kw)
+    assert {r["params"]["method"] for r in emp} == {"diagfisher"}
+    assert {(r["params"]["fisher"], r["params"]["split"]) for r in emp} == {("empirical", "train")}
+    acc = {(r["params"]["fisher"], r["params"]["split"]): r["value"] for r in exact + emp
+           if r["metric"] == "test_acc" and r["params"]["method"] == "diagfisher"}
+    assert len(acc) == 2
+    # rows stored before the keys existed count as the defaults (empirical Fisher on the training split)
+    with sqlite3.connect(zoo_dir / "catalog.sqlite") as con:
+        for rowid, text in con.execute("SELECT rowid, params FROM analyses").fetchall():
+            p = json.loads(text)
+            if p.get("method") == "diagfisher" and p.get("fisher") == "empirical":
+                del p["fisher"], p["split"]
+                con.execute("UPDATE analyses SET params = ? WHERE rowid = ?", (json.dumps(p, sort_keys=True),
+                                                                               rowid))
+    assert prune_zoo(zoo_dir, methods=["diagfisher"], **kw) == []
+    with pytest.raises(ValueError, match="woodfisherblock uses the empirical Fisher"):
+        prune_zoo(zoo_dir, methods=["woodfisherblock"], fisher="exact", **kw)
+    with pytest.raises(ValueError, match="split"):
+        prune_zoo(zoo_dir, methods=["diagfisher"], split="test", **kw)
+    # the CLI passes the options through
+    assert main(["sparsify", "prune", str(zoo_dir), "--models", one[0], "--method", "woodfisherblock",
+                 "--sparsity", "0.8", "--n-samples", "32", "--block-size", "16", "--damping", "1e-3",
+                 "--fisher-split", "val", "--quiet"]) == 0
+    assert "woodfisherblock" in capsys.readouterr().out
+    with zz.open(zoo_dir) as zoo:
+        stored = [p for p in zoo.analyses("test_acc")["params"] if p.get("method") == "woodfisherblock"]
+    assert {"fisher": "empirical", "split": "val", "block_size": 16, "damping": 1e-3}.items() <= stored[-1].items()

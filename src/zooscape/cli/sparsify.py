@@ -5,7 +5,8 @@ Commands:
 - ``zooscape sparsify twins DIR [--from-epoch last] [--epochs 25] [--kl-scale 0.01] ...``: train the sparsified
   twin of every finished grid member (variational dropout) into the same catalog; resumable.
 - ``zooscape sparsify prune DIR --method globalmagni ... --sparsity 0.5 0.7 0.9 [--renorm none reset_bn ...]
-  [--lmc]``: one-shot pruning (and re-normalisation) of every finished model; results in the analyses table.
+  [--block-size 128] [--damping 1e-5] [--fisher empirical|exact] [--fisher-split train|val] [--lmc]``:
+  one-shot pruning (and re-normalisation) of every finished model; results in the analyses table.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        description="Prune every finished model of the zoo in DIR with each --method and --sparsity, "
                                    "optionally re-normalise (--renorm), evaluate on the test split and store "
                                    "test_acc, test_loss and sparsity in the catalog's analyses table "
-                                   "(params: experiment=prune, method, sparsity, renorm, ...). With --lmc, every "
+                                   "(params: experiment=prune, method, sparsity, renorm, ...; the Fisher pruners also "
+                                   "store fisher and split). With --lmc, every "
                                    "seed pair of each grid cell is aligned (weight matching), both are pruned and "
                                    "the barrier between them is stored (experiment=prune_lmc). Stored results are "
                                    "skipped.")
@@ -97,8 +99,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="training samples for the Fisher and re-normalisation (default 1000)")
     r.add_argument("--scope", choices=("global", "layer"), default=None,
                    help="global or per-layer selection (default: layer for magni, global otherwise)")
-    r.add_argument("--block-size", type=int, default=128, help="WoodFisher block size (default 128)")
-    r.add_argument("--damping", type=float, default=1e-5, help="Fisher damping (default 1e-5)")
+    r.add_argument("--block-size", type=int, default=128,
+                   help="woodfisherblock: consecutive weights of a layer per Fisher block (default 128)")
+    r.add_argument("--damping", type=float, default=1e-5,
+                   help="Fisher damping lambda of diagfisher and woodfisherblock (default 1e-5, Singh & Alistarh)")
+    r.add_argument("--fisher", choices=("empirical", "exact"), default="empirical",
+                   help="diagfisher's Fisher: squared per-sample gradients at the data's labels (empirical, "
+                        "default) or their expectation under the model's predictions (exact); woodfisherblock "
+                        "is always empirical")
+    r.add_argument("--fisher-split", choices=("train", "val"), default="train",
+                   help="split the Fisher pruners estimate their Fisher on (default train; val: data the model "
+                        "was not fitted to)")
     r.add_argument("--seed", type=int, default=0, help="which --n-samples samples")
     r.add_argument("--kind", nargs="+", choices=("model", "twin"), default=["model"],
                    help="which models: grid members (model, default) and/or twins")
@@ -154,7 +165,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     rows = prune_zoo(args.dir, methods=args.method, sparsities=args.sparsity, renorms=args.renorm, epoch=args.epoch,
                      n_samples=args.n_samples, scope=args.scope, block_size=args.block_size,
-                     damping=args.damping, seed=args.seed, lmc=args.lmc, n_points=args.n_points,
+                     damping=args.damping, fisher=args.fisher, split=args.fisher_split, seed=args.seed, lmc=args.lmc, n_points=args.n_points,
                      bn_mode="reset" if args.lmc_renorm == "reset_bn" else "interpolate",
                      kinds=args.kind, model_ids=_ids(args.models), engine=args.engine,
                      workers=args.workers, device=args.device, progress=say(args.quiet),

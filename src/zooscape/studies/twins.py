@@ -20,7 +20,10 @@ an interrupted run continues after its last finished epoch; finished twins are s
 **Pruning** (:func:`prune_zoo`, ``zooscape sparsify prune``): every finished model (grid members by default) is
 pruned one-shot with each method and sparsity, optionally re-normalised, and evaluated on the test split;
 ``analyses`` rows ``metric`` in ``test_acc``, ``test_loss``, ``sparsity`` with ``params`` ``{"experiment":
-"prune", "method", "sparsity", "renorm", "n_samples", ...}``. With ``lmc=True``, every seed pair of a grid cell
+"prune", "method", "sparsity", "renorm", "n_samples", "scope", "block_size", "damping", "seed"}``; the Fisher
+pruners (``diagfisher``, ``woodfisherblock``) also store ``"fisher"`` (``"empirical"`` | ``"exact"``) and
+``"split"`` (the split the Fisher is estimated on), so results of different Fisher estimates are never mixed (rows
+stored before these keys existed count as ``fisher="empirical"``, ``split="train"``, what they were computed with). With ``lmc=True``, every seed pair of a grid cell
 is aligned (weight matching), both are pruned, and the barrier between them is stored before and after each
 re-normalisation (``experiment = "prune_lmc"``, ``other_id`` = the second model). Stored results are skipped.
 """
@@ -313,6 +316,14 @@ def _prune_params(task: PruneTask, renorm: str) -> dict[str, Any]:
             "sparsity": float(task.sparsity), "renorm": renorm, **task.params}
 
 
+def _method_params(method: str, params: Mapping[str, Any], fisher: str, split: str) -> dict[str, Any]:
+    """The stored settings of one pruner: ``params`` plus, for the Fisher pruners, ``fisher`` and ``split``
+    (magnitude pruning uses no data, so its rows do not depend on them)."""
+    if method in ("diagfisher", "woodfisherblock"):
+        return {**params, "fisher": fisher, "split": split}
+    return dict(params)
+
+
 def run_prune_task(task: PruneTask) -> dict[str, Any]:
     """Prune, re-normalise and evaluate (or measure the pair barrier); returns ``{"rows": [...]}``."""
     from zooscape.align import weight_matching
@@ -328,7 +339,8 @@ def run_prune_task(task: PruneTask) -> dict[str, Any]:
         data = zoo.data(task.model_id)
     p = task.params
     kw = {"n_samples": p["n_samples"], "block_size": p["block_size"], "damping": p["damping"],
-          "scope": p["scope"], "seed": p["seed"]}
+          "scope": p["scope"], "seed": p["seed"], "fisher": p.get("fisher", "empirical"),
+          "split": p.get("split", "train")}
     rows = []
     pruned = prune(model, task.sparsity, task.method, data, **kw)
     if other is None:
@@ -359,7 +371,8 @@ def run_prune_task(task: PruneTask) -> dict[str, Any]:
 def prune_zoo(zoo_dir: str | Path, *, methods: Sequence[str] = ("globalmagni",),
               sparsities: Sequence[float] = (0.5, 0.7, 0.9), renorms: Sequence[str] = ("none",),
               epoch: int | str = "last", n_samples: int | None = 1000, scope: str | None = None,
-              block_size: int = 128, damping: float = 1e-5, seed: int = 0, lmc: bool = False, n_points: int = 11,
+              block_size: int = 128, damping: float = 1e-5, fisher: str = "empirical", split: str = "train",
+              seed: int = 0, lmc: bool = False, n_points: int = 11,
               bn_mode: str = "reset", kinds: Sequence[str] = ("model",), model_ids: Sequence[str] | None = None,
               engine: str | Engine = "local", workers: int = 1, device: str = "auto",
               progress: Callable[[str], None] | None = None,
@@ -373,6 +386,9 @@ def prune_zoo(zoo_dir: str | Path, *, methods: Sequence[str] = ("globalmagni",),
         epoch: ``"last"`` (each model's last weights checkpoint) or a checkpointed epoch.
         n_samples: training samples for the Fisher pruners and re-normalisation.
         scope, block_size, damping: see :func:`zooscape.sparsify.prune`. seed: which samples.
+        fisher: the Fisher of ``diagfisher``: ``"empirical"`` (default) or ``"exact"`` (``woodfisherblock`` uses
+            the empirical Fisher: asking for ``"exact"`` with it raises).
+        split: the split the Fisher pruners estimate their Fisher on: ``"train"`` (default) or ``"val"``.
         lmc: instead of single models, every seed pair of each grid cell (aligned by weight matching): barriers.
         n_points, bn_mode: the linear path of the barrier (``bn_mode="reset"`` re-estimates BN per point).
         kinds: which models: ``"model"`` (grid members) and/or ``"twin"``.
@@ -387,11 +403,18 @@ def prune_zoo(zoo_dir: str | Path, *, methods: Sequence[str] = ("globalmagni",),
         Singh & Alistarh (2020); Qu & Horvath (2024), "Rethink Model Re-Basin and the Linear Mode Connectivity".
     """
     from zooscape.sparsify import PRUNERS
+    from zooscape.sparsify.prune import FISHERS
     from zooscape.zoo.reader import open_zoo
 
     bad = [m for m in methods if m not in PRUNERS]
     if bad or not methods:
         raise ValueError(f"methods must be among {PRUNERS}, got {list(methods)}")
+    if fisher not in FISHERS:
+        raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
+    if split not in ("train", "val"):
+        raise ValueError(f"split (the Fisher's data) must be 'train' or 'val', got {split!r}")
+    if fisher == "exact" and "woodfisherblock" in methods:
+        raise ValueError("woodfisherblock uses the empirical Fisher; fisher='exact' applies to diagfisher only")
     bad_r = [r for r in renorms if r not in ("none", "reset_bn", "repair", "rescale")]
     if bad_r or not renorms:
         raise ValueError(f"renorms must be among none, reset_bn, repair, rescale; got {list(renorms)}")
@@ -429,15 +452,20 @@ def prune_zoo(zoo_dir: str | Path, *, methods: Sequence[str] = ("globalmagni",),
                     say(f"{m}: not finished or no weights checkpoint at epoch {epoch}, skipped")
         marker = "barrier_error_test_linear" if lmc else "test_loss"
         for method in methods:
+            mparams = _method_params(method, params, fisher, split)
             for s in sparsities:
-                probe = PruneTask(str(store.root), "", 0, method, float(s), list(renorms), dict(params), "x" if lmc
+                probe = PruneTask(str(store.root), "", 0, method, float(s), list(renorms), mparams, "x" if lmc
                                   else None)
                 done = stored_keys(zoo.catalog, marker, _prune_params(probe, renorms[-1]))
+                if mparams != params and (fisher, split) == ("empirical", "train"):  # rows stored before the keys
+                    legacy = PruneTask(str(store.root), "", 0, method, float(s), list(renorms), dict(params),
+                                       probe.other)
+                    done |= stored_keys(zoo.catalog, marker, _prune_params(legacy, renorms[-1]))
                 for a, b, e in units:
                     if (a, b, e) in done:
                         continue
-                    tasks.append(PruneTask(str(store.root), a, e, method, float(s), list(renorms), dict(params), b,
-                                           device))
+                    tasks.append(PruneTask(str(store.root), a, e, method, float(s), list(renorms), dict(mparams),
+                                           b, device))
     if not tasks:
         say("nothing to do (all results stored)")
         return []
