@@ -2,8 +2,9 @@
 
 1. Twins: a CNN-s population trained on digits (8x8 resized to 28x28), then its sparsified twins (variational
    dropout, Model Zoos constants, 25 epochs) trained as one population: accuracy and sparsity per epoch.
-2. Pruners on a BatchNorm network (MLP 784-128-128-10 with BN on MNIST-5k, several seeds): test accuracy after
-   one-shot pruning with globalmagni / magni / diagfisher / woodfisherblock, without and with reset-BN / REPAIR.
+2. Pruners on a BatchNorm network (``--model``: MLP 784-128-128-10 with BN, or a narrow VGG-11-BN / ResNet-20-BN,
+   on MNIST-5k, several seeds): test accuracy after one-shot pruning with globalmagni / magni / diagfisher /
+   woodfisherblock, without and with reset-BN / REPAIR.
 3. Pruning + LMC: two seeds aligned by weight matching, pruned, and the test-error barrier between them before and
    after re-normalisation.
 
@@ -57,6 +58,16 @@ def bn_mlp(seed: int) -> torch.nn.Module:
     return create_model("mlp", input_size=784, depth=2, width=128, norm="bn", seed=seed)
 
 
+# BN networks of the pruner stage: name -> (model builder of a seed, MNIST-5k options, description)
+BN_MODELS = {
+    "mlp_bn": (bn_mlp, {"flat": True}, "BN MLP 784-128-128-10"),
+    "vgg11_bn": (lambda seed: create_model("vgg11_bn", input_size=32, width=0.125, seed=seed), {"resize": 32},
+                 "VGG-11-BN, width 1/8 (8-64 channels), 32x32"),
+    "resnet20_bn": (lambda seed: create_model("resnet20", input_size=28, norm="bn", width=8, seed=seed), {},
+                    "ResNet-20-BN, width 8 (8-32 channels)"),
+}
+
+
 # pruners compared (label -> prune() arguments); the last three are diagnostics of the Fisher estimate
 PRUNER_RUNS = {
     "globalmagni": {"method": "globalmagni"},
@@ -101,13 +112,18 @@ def quadratic_check(model: torch.nn.Module, pruned: torch.nn.Module, x: torch.Te
 
 
 def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_samples: int,
-                 runs: list[str] | None = None, lmc: bool = True) -> dict:
-    ds = load_dataset("mnist5k", seed=0, flat=True)
+                 runs: list[str] | None = None, lmc: bool = True, model: str = "mlp_bn",
+                 quadratic: bool = True) -> dict:
+    build, options, _ = BN_MODELS[model]
+    ds = load_dataset("mnist5k", seed=0, **options)
     cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3)
-    res = train_population([bn_mlp(s) for s in seeds], ds, cfg, [Member(seed=s) for s in seeds])
+    t0 = time.perf_counter()
+    res = train_population([build(s) for s in seeds], ds, cfg, [Member(seed=s) for s in seeds])
     models = res.models
-    out: dict = {"seeds": seeds, "sparsities": sparsities, "dense_test_acc": [accuracy(m, ds.test_x, ds.test_y)
-                                                                             for m in models],
+    print(f"{model}: {len(seeds)} seeds trained in {time.perf_counter() - t0:.0f}s, test acc "
+          + ", ".join(f"{accuracy(m, ds.test_x, ds.test_y):.3f}" for m in models), flush=True)
+    out: dict = {"model": model, "seeds": seeds, "sparsities": sparsities,
+                 "dense_test_acc": [accuracy(m, ds.test_x, ds.test_y) for m in models],
                  "train_loss": [h[-1]["train_loss"] for h in res.history], "acc": {}, "quadratic": {},
                  "layer_sparsity": {}}
     for label in runs or DEFAULT_RUNS:
@@ -122,7 +138,8 @@ def pruner_study(seeds: list[int], sparsities: list[float], epochs: int, n_sampl
                 out["acc"][f"{label}/none"][j][i] = accuracy(p, ds.test_x, ds.test_y)
                 out["layer_sparsity"][label][j][i] = [float((~v).float().mean()) for v in masks(p).values()]
                 idx = torch.randperm(ds.train_x.shape[0], generator=torch.Generator().manual_seed(i))[:n_samples]
-                out["quadratic"][label][j][i] = quadratic_check(m, p, ds.train_x[idx], ds.train_y[idx])
+                if quadratic:
+                    out["quadratic"][label][j][i] = quadratic_check(m, p, ds.train_x[idx], ds.train_y[idx])
                 for renorm in ("reset_bn", "repair"):
                     r = renormalize(p, m, ds, renorm, n_samples=n_samples)
                     out["acc"][f"{label}/{renorm}"][j][i] = accuracy(r, ds.test_x, ds.test_y)
@@ -178,9 +195,10 @@ def plots(results: dict, out: Path) -> None:
     plot_pruners(results["pruners"], out)
 
 
-def plot_pruners(results: list[dict], out: Path) -> None:
+def plot_pruners(results: list[dict], out: Path, model: str = "mlp_bn") -> None:
     """Test accuracy vs sparsity per pruner (mean and std over seeds): one row per training length (``epochs``),
-    one panel per re-normalisation; Fisher-estimate variants dashed."""
+    one panel per re-normalisation; Fisher-estimate variants dashed. ``sparsify_pruners.png`` for the BN MLP,
+    ``sparsify_pruners_<model>.png`` for the other ``BN_MODELS``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,9 +222,9 @@ def plot_pruners(results: list[dict], out: Path) -> None:
                    ylim=(0, 1))
         row[0].set_ylabel(f"test accuracy ({len(pr['seeds'])} seeds)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("one-shot pruning of a BN MLP 784-128-128-10 on MNIST-5k", fontsize=10)
+    fig.suptitle(f"one-shot pruning of a {BN_MODELS[model][2]} on MNIST-5k", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, out / "sparsify_pruners.png")
+    save_figure(fig, out / ("sparsify_pruners.png" if model == "mlp_bn" else f"sparsify_pruners_{model}.png"))
 
 
 def main() -> None:
@@ -224,6 +242,14 @@ def main() -> None:
                     help="pruner runs (default: all but the diagfisher damping sweep)")
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--name", default=None, help="JSON name of the pruner stage (no LMC stage when given)")
+    ap.add_argument("--model", choices=list(BN_MODELS), default="mlp_bn",
+                    help="BN network of the pruner stage (default mlp_bn: pruners.json; else pruners_<model>.json, "
+                         "no LMC stage)")
+    ap.add_argument("--seeds", type=int, default=5, help="pruner stage: number of seeds (default 5)")
+    ap.add_argument("--n-samples", type=int, default=512,
+                    help="pruner stage: samples for the Fisher and re-normalisation (default 512)")
+    ap.add_argument("--no-quadratic", action="store_true",
+                    help="pruner stage: skip the quadratic-model check (saves a per-sample gradient pass)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -231,10 +257,13 @@ def main() -> None:
     q = args.quick
     if "pruners" in args.stages:
         epochs = 2 if q else args.pruner_epochs
-        res = pruner_study([0, 1] if q else [0, 1, 2, 3, 4],
-                           [0.5, 0.9] if q else args.sparsities, epochs, 64 if q else 512,
-                           runs=args.runs, lmc=epochs == 20 and args.name is None)
-        name = args.name or ("pruners" if epochs == 20 else f"pruners_e{epochs}")
+        mlp = args.model == "mlp_bn"
+        res = pruner_study([0, 1] if q else list(range(args.seeds)),
+                           [0.5, 0.9] if q else args.sparsities, epochs, 64 if q else args.n_samples,
+                           runs=args.runs, lmc=mlp and epochs == 20 and args.name is None, model=args.model,
+                           quadratic=not args.no_quadratic)
+        name = args.name or (("pruners" if epochs == 20 else f"pruners_e{epochs}") if mlp
+                             else f"pruners_{args.model}")
         name += ".json"
         (out / name).write_text(json.dumps(res, indent=1))
     if "twins" in args.stages:
@@ -249,7 +278,10 @@ def main() -> None:
     pruners = [json.loads(f.read_text()) for f in [out / "pruners.json", *sorted(out.glob("pruners_e*.json"))]
                if f.exists()]
     if "pruner-plot" in args.stages:
-        plot_pruners(pruners, figures)
+        if args.model == "mlp_bn":
+            plot_pruners(pruners, figures)
+        elif (out / f"pruners_{args.model}.json").exists():
+            plot_pruners([json.loads((out / f"pruners_{args.model}.json").read_text())], figures, args.model)
     if "plots" in args.stages:
         plots({"pruners": pruners,
                "twins": [json.loads(f.read_text()) for f in sorted(out.glob("twins_kl*.json"))]}, figures)

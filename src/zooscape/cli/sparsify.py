@@ -165,7 +165,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     rows = prune_zoo(args.dir, methods=args.method, sparsities=args.sparsity, renorms=args.renorm, epoch=args.epoch,
                      n_samples=args.n_samples, scope=args.scope, block_size=args.block_size,
-                     damping=args.damping, fisher=args.fisher, split=args.fisher_split, seed=args.seed, lmc=args.lmc, n_points=args.n_points,
+                     damping=args.damping, fisher=args.fisher, split=args.fisher_split, seed=args.seed,
+                     lmc=args.lmc, n_points=args.n_points,
                      bn_mode="reset" if args.lmc_renorm == "reset_bn" else "interpolate",
                      kinds=args.kind, model_ids=_ids(args.models), engine=args.engine,
                      workers=args.workers, device=args.device, progress=say(args.quiet),

@@ -23,7 +23,8 @@ pruned one-shot with each method and sparsity, optionally re-normalised, and eva
 "prune", "method", "sparsity", "renorm", "n_samples", "scope", "block_size", "damping", "seed"}``; the Fisher
 pruners (``diagfisher``, ``woodfisherblock``) also store ``"fisher"`` (``"empirical"`` | ``"exact"``) and
 ``"split"`` (the split the Fisher is estimated on), so results of different Fisher estimates are never mixed (rows
-stored before these keys existed count as ``fisher="empirical"``, ``split="train"``, what they were computed with). With ``lmc=True``, every seed pair of a grid cell
+stored before these keys existed count as ``fisher="empirical"``, ``split="train"``, what they were computed with).
+With ``lmc=True``, every seed pair of a grid cell
 is aligned (weight matching), both are pruned, and the barrier between them is stored before and after each
 re-normalisation (``experiment = "prune_lmc"``, ``other_id`` = the second model). Stored results are skipped.
 """
