@@ -227,12 +227,39 @@ def plot_pruners(results: list[dict], out: Path, model: str = "mlp_bn") -> None:
     save_figure(fig, out / ("sparsify_pruners.png" if model == "mlp_bn" else f"sparsify_pruners_{model}.png"))
 
 
+def pruner_table(res: dict) -> str:
+    """Markdown table of a pruner-stage result: test accuracy mean ± std over the seeds per run, re-normalisation
+    and sparsity, then each Fisher run's lead over ``globalmagni`` (mean, seeds ahead in brackets)."""
+    import statistics
+
+    sp = res["sparsities"]
+    lines = ["| method | renorm | " + " | ".join(f"s={s:g}" for s in sp) + " |", "|---|---|" + "---|" * len(sp)]
+    for key, acc in res["acc"].items():
+        label, renorm = key.rsplit("/", 1)
+        cells = [f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}" for v in acc]
+        lines.append(f"| {label} | {renorm} | " + " | ".join(cells) + " |")
+    lines += ["", "| lead over globalmagni | renorm | " + " | ".join(f"s={s:g}" for s in sp) + " |",
+              "|---|---|" + "---|" * len(sp)]
+    for key, acc in res["acc"].items():
+        label, renorm = key.rsplit("/", 1)
+        base = res["acc"].get(f"globalmagni/{renorm}")
+        if label.startswith(("globalmagni", "magni")) or base is None:
+            continue
+        cells = []
+        for v, b in zip(acc, base):
+            d = [a - c for a, c in zip(v, b)]
+            cells.append(f"{statistics.mean(d):+.3f} ({sum(x > 0 for x in d)})")
+        lines.append(f"| {label} | {renorm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/sparsify_results")
     ap.add_argument("--stages", nargs="+", default=["pruners", "twins", "plots"],
-                    choices=["pruners", "twins", "plots", "pruner-plot"],
-                    help="'pruner-plot' draws only the pruner figure")
+                    choices=["pruners", "twins", "plots", "pruner-plot", "pruner-table"],
+                    help="'pruner-plot' draws only the pruner figure; 'pruner-table' prints the markdown tables "
+                         "of every pruners*.json in --out")
     ap.add_argument("--kl-scale", type=float, default=1e-2, help="twins' KL ramp (Model Zoos: 0.01)")
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     ap.add_argument("--figures", default=None, help="folder of the figures (default: --out)")
@@ -282,6 +309,11 @@ def main() -> None:
             plot_pruners(pruners, figures)
         elif (out / f"pruners_{args.model}.json").exists():
             plot_pruners([json.loads((out / f"pruners_{args.model}.json").read_text())], figures, args.model)
+    if "pruner-table" in args.stages:
+        for f in sorted(out.glob("pruners*.json")):
+            res = json.loads(f.read_text())
+            print(f"{f.name} ({res.get('model', 'mlp_bn')}, {len(res['seeds'])} seeds, {res.get('epochs')} epochs, "
+                  f"dense {sum(res['dense_test_acc']) / len(res['dense_test_acc']):.3f}):\n{pruner_table(res)}\n")
     if "plots" in args.stages:
         plots({"pruners": pruners,
                "twins": [json.loads(f.read_text()) for f in sorted(out.glob("twins_kl*.json"))]}, figures)
