@@ -1,8 +1,6 @@
 """``python -m zooscape ...`` runs the ``zooscape`` command line."""
 
-import sys
-
-from zooscape.cli import main
+from zooscape.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

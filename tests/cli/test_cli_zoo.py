@@ -71,8 +71,8 @@ def test_group_without_command_prints_help(capsys):
 
 def test_entry_point_is_declared_and_module_runs():
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "zooscape"]
-    assert ep.value == "zooscape.cli:main"
-    assert ep.load() is main
+    assert ep.value == "zooscape.cli:run"
+    assert ep.load() is cli.run
     res = subprocess.run([sys.executable, "-m", "zooscape.cli", "--version"], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == f"zooscape {zooscape.__version__}"

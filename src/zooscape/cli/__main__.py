@@ -1,8 +1,6 @@
 """``python -m zooscape.cli`` runs the ``zooscape`` command."""
 
-import sys
-
-from zooscape.cli import main
+from zooscape.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
