@@ -67,3 +67,21 @@ def test_module_run_trains_a_zoo_and_reports_exit_codes(tmp_path):
                           "--out", str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "no such file" in res.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_heavy_imports_switches_the_collector_off_then_freezes_what_it_imported():
+    res = _python(
+        "import gc, sys\n"
+        "from zooscape.cli._common import heavy_imports\n"
+        "assert gc.isenabled() and gc.get_freeze_count() == 0\n"
+        "with heavy_imports():\n"
+        "    assert not gc.isenabled()\n"
+        "    import torch\n"
+        "assert gc.isenabled() and gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
+        "gc.disable()\n"
+        "with heavy_imports():\n"
+        "    pass\n"
+        "assert not gc.isenabled()  # left as it found it\n"
+        "print('ok')\n"
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

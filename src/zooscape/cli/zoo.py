@@ -14,6 +14,7 @@ from zooscape.cli._common import (
     add_quiet,
     add_workers_engine,
     engine_options,
+    heavy_imports,
     tracker,
 )
 
@@ -94,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     Returns:
         exit code 0 (errors are raised and turned into exit codes by :func:`zooscape.cli.main`).
     """
-    from zooscape.zoo import train_zoo
+    with heavy_imports():
+        from zooscape.zoo import train_zoo
 
     with tracker(args, args.out, "train", {"spec": str(args.spec)}) as log:
         zoo = train_zoo(args.spec, args.out, engine=args.engine, workers=args.workers, device=args.device,
