@@ -141,12 +141,12 @@ def main() -> None:
     total = sum(phases.values())
     print(f"{2 * len(seeds)} MLPs x {args.epochs} epochs on digits; median of {args.runs} runs; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'phase':32s} {'s':>7s} {'share':>7s}")
+    print(f"{'phase':40s} {'s':>7s} {'share':>7s}")
     for key, v in sorted(phases.items(), key=lambda kv: -kv[1]):
-        print(f"{key:32s} {v:7.3f} {100 * v / total:6.1f}%")
-    print("-" * 48)
+        print(f"{key:40s} {v:7.3f} {100 * v / total:6.1f}%")
+    print("-" * 56)
     work = phases.get("training steps", 0.0) + phases.get("evaluation", 0.0)
-    print(f"{'total (wall clock)':32s} {total:7.3f}")
+    print(f"{'total (wall clock)':40s} {total:7.3f}")
     for key, v in background.items():
         print(f"{key:48s} {v:7.3f}  (overlaps training)")
     print(f"training + evaluation: {100 * work / total:.1f}% of the whole process; "
