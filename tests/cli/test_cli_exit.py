@@ -85,3 +85,17 @@ def test_heavy_imports_switches_the_collector_off_then_freezes_what_it_imported(
         "print('ok')\n"
     )
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_zoo_train_imports_no_sklearn_scipy_pandas_matplotlib(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.replace('"model.width" = [8, 12]', "").replace("[0, 1]", "[0]"))
+    res = _python(
+        "import sys\n"
+        "from zooscape.cli import main\n"
+        "rc = main(['zoo', 'train', sys.argv[1], '--out', sys.argv[2], '--quiet'])\n"
+        "print(rc, [m for m in ('sklearn', 'scipy', 'pandas', 'matplotlib') if m in sys.modules])\n",
+        str(spec), str(tmp_path / "zoo"),
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "0 []", res.stdout  # digits read without scikit-learn
