@@ -21,6 +21,7 @@ stacked population (:func:`compute_population_metric`); rows equal the per-model
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -63,8 +64,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 PAIRWISE = frozenset({"cka"})
 #: Metrics computed for a population of models per task (``chunk_size`` models at most).
 POPULATION = frozenset({"hessian", "fisher"})
-#: Default models per population task (peak memory about this many times one model's; see bench/analyses.py).
-DEFAULT_CHUNK_SIZE = 4
+#: Default models per population task: ``"auto"`` -- for ``hessian`` every model of a group (at most
+#: :data:`AUTO_TASK_MODELS`, split evenly over the workers) per task, computed in populations that fit
+#: :data:`zooscape.landscape.population.HESSIAN_MEMORY_BUDGET`
+#: (:func:`~zooscape.landscape.population.population_chunk_size`); for ``fisher``
+#: :data:`FISHER_CHUNK_SIZE` models (see bench/analyses.py and bench/RESULTS.md).
+DEFAULT_CHUNK_SIZE: int | str = "auto"
+#: Most models per task with ``chunk_size="auto"``.
+AUTO_TASK_MODELS = 64
+#: Models per Fisher task with ``chunk_size="auto"`` (its Jacobian product grows with N x P; 1.78x the loop's
+#: memory at 4 on CNN-s).
+FISHER_CHUNK_SIZE = 4
 #: The row whose presence marks a task as done (a task's rows are committed together).
 MARKERS = {"hessian": "hessian_top_eigenvalue", "fisher": "fisher_trace", "spectra": "spectra_alpha", "cka": "cka"}
 
@@ -216,10 +226,12 @@ def _hessian_values(eig: Any, tr: Any, loss: float, params: Mapping[str, Any]) -
 
 
 def compute_population_metric(metric: str, models: Sequence[Any], data: Any, params: Mapping[str, Any],
-                              device: str = "cpu") -> list[dict[str, float]]:
+                              device: str = "cpu", memory_budget: int | None = None) -> list[dict[str, float]]:
     """Compute ``"hessian"`` or ``"fisher"`` for N models of one architecture (trained on ``data``; settings
     ``params``) as one population (:mod:`zooscape.landscape.population`); returns N dicts metric name -> value in
-    model order, each equal to :func:`compute_metric`'s for that model up to float rounding."""
+    model order, each equal to :func:`compute_metric`'s for that model up to float rounding. With
+    ``memory_budget`` (bytes; ``hessian`` only) the models are computed in consecutive populations of
+    :func:`~zooscape.landscape.population.population_chunk_size` models each (same values)."""
     import torch
 
     from zooscape import landscape as ls
@@ -228,6 +240,13 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
     if metric not in POPULATION:
         raise ValueError(f"metric {metric!r} has no population path (population metrics: {sorted(POPULATION)})")
     x, y = _subset(data, params)
+    if metric == "hessian" and memory_budget is not None and len(models) > 1:
+        bs = params["batch_size"] or x.shape[0]
+        probe = models[0] if params["dtype"] != "float64" else copy.deepcopy(models[0]).double()
+        size = lp.population_chunk_size(probe, x[:bs], budget=memory_budget, limit=len(models))
+        if size < len(models):
+            return [row for chunk in lp.population_chunks(models, size)
+                    for row in compute_population_metric(metric, chunk, data, params, device=device)]
     if metric == "hessian":
         dtype = torch.float64 if params["dtype"] == "float64" else None
         op = lp.population_hessian_operator(models, _loss_fn(data), x, y, batch_size=params["batch_size"],
@@ -290,6 +309,8 @@ class MetricTask:
             they need, and each model's representation is computed once).
         population: compute the models of ``model_ids`` (one architecture and data set) as one population
             (:func:`compute_population_metric`).
+        memory_budget: with ``population``: bytes one population may hold; the task's models are then computed
+            in as many populations as that needs (``None``: all in one).
     """
 
     root: str
@@ -300,6 +321,7 @@ class MetricTask:
     device: str = "auto"
     pairs: tuple[tuple[str, str], ...] = ()
     population: bool = False
+    memory_budget: int | None = None
 
 
 def run_metric_task(task: MetricTask) -> dict[str, Any]:
@@ -326,7 +348,8 @@ def run_metric_task(task: MetricTask) -> dict[str, Any]:
                  "value": _cka_value(feats[a], feats[b], task.params), "params": params} for a, b in task.pairs]
         return {"model_ids": list(task.model_ids), "pairs": [list(p) for p in task.pairs], "rows": rows}
     if task.population:  # the task's models (one architecture) as one stacked population
-        per_model = compute_population_metric(task.metric, models, data, task.params, device=device)
+        per_model = compute_population_metric(task.metric, models, data, task.params, device=device,
+                                              memory_budget=task.memory_budget)
         rows = [{"model_id": m, "other_id": None, "epoch": task.epoch, "metric": name, "value": value,
                  "params": params} for m, values in zip(task.model_ids, per_model) for name, value in values.items()]
         return {"model_ids": list(task.model_ids), "rows": rows, "population": True}
@@ -359,7 +382,7 @@ class MetricPlan:
 
 def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: int | None = None,
                       model_ids: Sequence[str] | None = None, device: str = "auto",
-                      chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> MetricPlan:
+                      chunk_size: int | str | None = DEFAULT_CHUNK_SIZE, workers: int = 1) -> MetricPlan:
     """Decide which models (or seed pairs) to measure and which are already done.
 
     Args:
@@ -371,13 +394,15 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
         device: torch device for the tasks.
         chunk_size: for the :data:`POPULATION` metrics: most models per task, computed as one population (the
             models of a task share architecture, data set and epoch); ``0`` or ``None``: one model per task through
-            the per-model path (the slow reference).
+            the per-model path (the slow reference); ``"auto"`` (default): see :data:`DEFAULT_CHUNK_SIZE`.
+        workers: worker processes the tasks will run on (``"auto"`` splits a group into at least this many tasks).
 
     Returns:
         :class:`MetricPlan` (``done`` lists one task per stored model or pair).
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
-        raise ValueError(f"chunk_size must be an integer >= 0 or None, got {chunk_size!r}")
+    if chunk_size != "auto" and chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
+        raise ValueError(f"chunk_size must be an integer >= 0, 'auto' or None, got {chunk_size!r}")
     statuses = zoo.catalog.statuses()
     ids = zoo.model_ids if model_ids is None else list(model_ids)
     unknown = [m for m in ids if m not in statuses]
@@ -432,10 +457,18 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
             groups.setdefault((e, key), []).append(pair[0])
         else:
             tasks.append(task)
+    budget = None
+    if chunk_size == "auto" and metric == "hessian":
+        from zooscape.landscape.population import HESSIAN_MEMORY_BUDGET
+
+        budget = HESSIAN_MEMORY_BUDGET
     for (e, _), members in groups.items():
-        for i in range(0, len(members), chunk_size):
-            tasks.append(MetricTask(root, metric, e, tuple(members[i:i + chunk_size]), dict(params), device,
-                                    population=True))
+        size = chunk_size
+        if chunk_size == "auto":
+            size = min(AUTO_TASK_MODELS, -(-len(members) // max(1, workers))) if budget else FISHER_CHUNK_SIZE
+        for i in range(0, len(members), size):
+            tasks.append(MetricTask(root, metric, e, tuple(members[i:i + size]), dict(params), device,
+                                    population=True, memory_budget=budget))
     return MetricPlan(tasks, done, missing, cells)
 
 
@@ -444,7 +477,7 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
                 engine: str | Engine = "local", workers: int = 1, device: str = "auto",
                 progress: Callable[[str], None] | None = None,
                 engine_options: Mapping[str, Any] | None = None,
-                chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> list[dict[str, Any]]:
+                chunk_size: int | str | None = DEFAULT_CHUNK_SIZE) -> list[dict[str, Any]]:
     """Compute a landscape metric for every model (or seed pair) of a zoo and store it in the catalog.
 
     Args:
@@ -460,7 +493,8 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         engine_options: keyword arguments of the engine (Ray: ``address``, ``num_cpus``, ``num_gpus``,
             ``max_retries``).
         chunk_size: ``hessian``, ``fisher``: most models per task, as one population (``0``/``None``: one model per
-            task, the per-model path). Not a setting: both paths store the same rows and resume each other.
+            task, the per-model path; ``"auto"``, the default: see :data:`DEFAULT_CHUNK_SIZE`). Not a setting:
+            both paths store the same rows and resume each other.
 
     Returns:
         The rows stored by this call (dicts with model_id, other_id, epoch, metric, value, params).
@@ -478,7 +512,7 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
     eng = get_engine(engine, workers, **dict(engine_options or {}))
     with open_zoo(store.root) as zoo:
         plan = plan_metric_tasks(zoo, metric, settings, epoch=epoch, model_ids=model_ids, device=device,
-                                 chunk_size=chunk_size)
+                                 chunk_size=chunk_size, workers=workers)
     for mid, reason in plan.missing:
         say(f"{mid}: skipped ({reason})")
     if not plan.tasks and not plan.done:
