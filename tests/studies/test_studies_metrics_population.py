@@ -173,3 +173,14 @@ def test_auto_chunks_by_memory_and_workers(mlp_zoo):
         assert a.keys() == b.keys()
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
+
+
+def test_auto_takes_the_per_model_path_for_convolutional_networks(cnn_zoo):
+    settings = metric_params("hessian", FAST["hessian"])
+    with zz.open(cnn_zoo) as zoo:
+        plan = plan_metric_tasks(zoo, "hessian", settings, device="cpu")
+    assert len(plan.tasks) == 1 and plan.tasks[0].memory_budget
+    rows = run_metric_task(plan.tasks[0])["rows"]
+    _, ref = _values(cnn_zoo, "hessian", 0)
+    got = {(r["model_id"], r["metric"]): r["value"] for r in rows}
+    assert got == ref  # bit-identical: the same per-model computation

@@ -231,7 +231,8 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
     ``params``) as one population (:mod:`zooscape.landscape.population`); returns N dicts metric name -> value in
     model order, each equal to :func:`compute_metric`'s for that model up to float rounding. With
     ``memory_budget`` (bytes; ``hessian`` only) the models are computed in consecutive populations of
-    :func:`~zooscape.landscape.population.population_chunk_size` models each (same values)."""
+    :func:`~zooscape.landscape.population.population_chunk_size` models each (same values), except that
+    convolutional networks then take the per-model path model by model (faster there, see bench/RESULTS.md)."""
     import torch
 
     from zooscape import landscape as ls
@@ -240,6 +241,11 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
     if metric not in POPULATION:
         raise ValueError(f"metric {metric!r} has no population path (population metrics: {sorted(POPULATION)})")
     x, y = _subset(data, params)
+    if metric == "hessian" and memory_budget is not None and any(
+            isinstance(m, torch.nn.modules.conv._ConvNd) for m in models[0].modules()):
+        # convolutional networks: each model's own products (vmapped over probe blocks) are faster than the
+        # population's grouped-convolution double backward (CNN-s 0.58x at 4 and 16 models, bench/RESULTS.md)
+        return [compute_metric(metric, [m], data, params, device=device) for m in models]
     if metric == "hessian" and memory_budget is not None and len(models) > 1:
         bs = params["batch_size"] or x.shape[0]
         probe = models[0] if params["dtype"] != "float64" else copy.deepcopy(models[0]).double()
