@@ -43,6 +43,7 @@ from zooscape.landscape._hvp import (
     rademacher,
 )
 from zooscape.landscape.hessian import EigenResult, check_power_iteration, lanczos, lanczos_steps, ritz_pairs
+from zooscape.landscape.population_memory import HESSIAN_MEMORY_BUDGET, population_chunk_size, population_chunks
 from zooscape.landscape.stochastic import TraceEstimate, check_hutchinson
 from zooscape.train import _flags
 from zooscape.train.population import Population
@@ -56,73 +57,6 @@ __all__ = [
     "population_top_eigenvalues",
     "population_trace",
 ]
-
-def population_chunks(items: Sequence, size: int) -> list[list]:
-    """Split a list of models (or ids) into consecutive chunks of at most ``size``: one population per chunk.
-
-    Peak memory of a population pass is about ``size`` times that of one model's pass (the autograd graphs of its
-    members), so ``size`` is the memory bound.
-
-    Args:
-        items: the models (or anything), in order.
-        size: most items per chunk (>= 1).
-
-    Returns:
-        list of lists, in order.
-    """
-    if size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {size}")
-    items = list(items)
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-#: Default memory budget of one Hessian population (bytes): :func:`population_chunk_size` fits this many.
-HESSIAN_MEMORY_BUDGET = 512 * 2**20
-#: Bytes kept per byte of forward activations by a cached ``create_graph`` gradient (forward activations, the
-#: backward's intermediates and the double backward's buffers; measured 2.5-3.5x on MLPs and CNN-s, rounded up).
-_GRAPH_FACTOR = 4
-
-
-def population_chunk_size(model: nn.Module, x: Tensor, *, budget: int = HESSIAN_MEMORY_BUDGET,
-                          limit: int = 64) -> int:
-    """Most models of ``model``'s architecture whose Hessian population fits ``budget`` bytes on inputs ``x``.
-
-    One model's share is estimated from one eval-mode forward of ``model`` on ``x`` (no gradients): the bytes of
-    every leaf module's output (its activations), times a factor of 4 for the cached linearised gradient and the
-    double backward, plus 4 copies of its parameters (values, gradient, probe and product).
-
-    Args:
-        model: one model of the architecture.
-        x: the inputs ``[B, *in]`` the population will be evaluated on (one data chunk).
-        budget: bytes one population may hold (default :data:`HESSIAN_MEMORY_BUDGET`, 512 MiB).
-        limit: most models per population.
-
-    Returns:
-        int in ``[1, limit]``.
-    """
-    total = [0]
-
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
-        if isinstance(out, Tensor):
-            total[0] += out.numel() * out.element_size()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            first = next(model.parameters(), None)
-            dtype = first.dtype if first is not None and x.is_floating_point() else None
-            model(x.to(device=model_device(model), dtype=dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    per_model = _GRAPH_FACTOR * total[0] + 4 * params
-    return int(max(1, min(limit, budget // max(per_model, 1))))
-
 
 @contextlib.contextmanager
 def _plain_layers() -> Iterator[None]:
@@ -199,9 +133,8 @@ class _SharedCall(nn.Module):
 
 
 def _dense_first_forward(call: _SharedCall, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Like :func:`_shared_forward` (``[B, *in] -> [B, N, K]``) through :meth:`Population.forward_shared`: the first
-    layer applies all N models to the shared batch as one dense Linear/Conv2d (no N-fold copy of the batch, no
-    grouped first convolution); the population checks that path against the copying one on its first call."""
+    """:func:`_shared_forward` (``[B, *in] -> [B, N, K]``) by :meth:`Population.forward_shared`: the first layer
+    runs all N models on the shared batch as one dense Linear/Conv2d (checked once against the copying path)."""
     return functional_call(call, {"pop." + k: v for k, v in tensors.items()}, (x,), strict=False)
 
 
@@ -270,9 +203,8 @@ class PopulationHessianOperator:
         return torch.stack(losses)
 
     def _linearised_gradient(self, b: Batch) -> tuple[Tensor, Tensor]:
-        """``(params, g)``: a leaf copy of the flat parameters ``[N, P]`` and the gradient ``[N, P]`` of the
-        models' summed losses with its autograd graph (``create_graph``), so that ``autograd.grad(g, params, v)``
-        is one double-backward pass: the Hessian-vector products of all N models."""
+        """``(params, g)``: leaf flat parameters ``[N, P]`` and the summed losses' gradient ``[N, P]`` with its graph
+        (``create_graph``): ``autograd.grad(g, params, v)`` is then all N models' Hessian-vector products."""
         params = self.params.detach().requires_grad_(True)
         with torch.enable_grad():
             total = self._losses(params, b.x, b.y).sum()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zooscape.studies._metrics_cka import _cka_features, _cka_value
 from zooscape.studies.cells import grid_cells, is_grid_member
 from zooscape.studies.jobs import commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.engines import Engine, get_engine
@@ -64,16 +65,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 PAIRWISE = frozenset({"cka"})
 #: Metrics computed for a population of models per task (``chunk_size`` models at most).
 POPULATION = frozenset({"hessian", "fisher"})
-#: Default models per population task: ``"auto"`` -- for ``hessian`` every model of a group (at most
-#: :data:`AUTO_TASK_MODELS`, split evenly over the workers) per task, computed in populations that fit
-#: :data:`zooscape.landscape.population.HESSIAN_MEMORY_BUDGET`
-#: (:func:`~zooscape.landscape.population.population_chunk_size`); for ``fisher``
-#: :data:`FISHER_CHUNK_SIZE` models (see bench/analyses.py and bench/RESULTS.md).
+#: Default models per population task: ``"auto"``: ``hessian`` one task per group and worker (at most
+#: :data:`AUTO_TASK_MODELS`) in populations fitting ``landscape.population.HESSIAN_MEMORY_BUDGET``; ``fisher`` 4.
 DEFAULT_CHUNK_SIZE: int | str = "auto"
 #: Most models per task with ``chunk_size="auto"``.
 AUTO_TASK_MODELS = 64
-#: Models per Fisher task with ``chunk_size="auto"`` (its Jacobian product grows with N x P; 1.78x the loop's
-#: memory at 4 on CNN-s).
+#: Models per Fisher task with ``chunk_size="auto"`` (1.78x the loop's memory at 4 on CNN-s).
 FISHER_CHUNK_SIZE = 4
 #: The row whose presence marks a task as done (a task's rows are committed together).
 MARKERS = {"hessian": "hessian_top_eigenvalue", "fisher": "fisher_trace", "spectra": "spectra_alpha", "cka": "cka"}
@@ -229,10 +226,9 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
                               device: str = "cpu", memory_budget: int | None = None) -> list[dict[str, float]]:
     """Compute ``"hessian"`` or ``"fisher"`` for N models of one architecture (trained on ``data``; settings
     ``params``) as one population (:mod:`zooscape.landscape.population`); returns N dicts metric name -> value in
-    model order, each equal to :func:`compute_metric`'s for that model up to float rounding. With
-    ``memory_budget`` (bytes; ``hessian`` only) the models are computed in consecutive populations of
-    :func:`~zooscape.landscape.population.population_chunk_size` models each (same values), except that
-    convolutional networks then take the per-model path model by model (faster there, see bench/RESULTS.md)."""
+    model order, each equal to :func:`compute_metric`'s for that model up to float rounding. With ``memory_budget``
+    (bytes; ``hessian``) they run in populations of ``population_chunk_size`` models, or for convolutional networks
+    model by model through the per-model path (faster there, see bench/RESULTS.md)."""
     import torch
 
     from zooscape import landscape as ls
@@ -242,9 +238,7 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
         raise ValueError(f"metric {metric!r} has no population path (population metrics: {sorted(POPULATION)})")
     x, y = _subset(data, params)
     if metric == "hessian" and memory_budget is not None and any(
-            isinstance(m, torch.nn.modules.conv._ConvNd) for m in models[0].modules()):
-        # convolutional networks: each model's own products (vmapped over probe blocks) are faster than the
-        # population's grouped-convolution double backward (CNN-s 0.58x at 4 and 16 models, bench/RESULTS.md)
+            isinstance(m, torch.nn.modules.conv._ConvNd) for m in models[0].modules()):  # CNN-s: 0.58x as population
         return [compute_metric(metric, [m], data, params, device=device) for m in models]
     if metric == "hessian" and memory_budget is not None and len(models) > 1:
         bs = params["batch_size"] or x.shape[0]
@@ -270,36 +264,6 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
     return [{"fisher_trace": e.estimate, "fisher_trace_se": e.std_error} for e in ests]
 
 
-def _cka_features(model: Any, x: Any, params: Mapping[str, Any], device: str) -> Any:
-    """The representation CKA compares: the model's ``params["layer"]`` output (softmax-ed if asked) ``[n, d]``."""
-    import torch
-
-    from zooscape import landscape as ls
-
-    layer = params["layer"]
-    feats = ls.layer_features(model, x, [layer], device=device)[layer]
-    return torch.softmax(feats, dim=1) if params["output"] == "softmax" else feats
-
-
-def _cka_value(fa: Any, fb: Any, params: Mapping[str, Any]) -> float:
-    """CKA of two representations ``[n, d1]``, ``[n, d2]`` with the run's settings (full or minibatch)."""
-    from zooscape import landscape as ls
-
-    bs = params["batch_size"]
-    if bs is None:
-        return float(ls.cka(fa, fb, kernel=params["kernel"], debiased=params["debiased"],
-                            bandwidth=params["bandwidth"]))
-    acc = ls.MinibatchCKA(kernel=params["kernel"], bandwidth=params["bandwidth"])
-    n = fa.shape[0]
-    starts = list(range(0, n, bs))
-    if len(starts) > 1 and n - starts[-1] < 4:
-        starts.pop()
-    for i, st in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else n
-        acc.update(fa[st:end], fb[st:end])
-    return float(acc.compute()[0, 0])
-
-
 @dataclass
 class MetricTask:
     """One unit of work: a metric of one model (or pair) at one epoch (picklable).
@@ -315,8 +279,7 @@ class MetricTask:
             they need, and each model's representation is computed once).
         population: compute the models of ``model_ids`` (one architecture and data set) as one population
             (:func:`compute_population_metric`).
-        memory_budget: with ``population``: bytes one population may hold; the task's models are then computed
-            in as many populations as that needs (``None``: all in one).
+        memory_budget: with ``population``: bytes per population (``None``: all the task's models in one).
     """
 
     root: str
@@ -465,13 +428,10 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
             tasks.append(task)
     budget = None
     if chunk_size == "auto" and metric == "hessian":
-        from zooscape.landscape.population import HESSIAN_MEMORY_BUDGET
-
-        budget = HESSIAN_MEMORY_BUDGET
+        from zooscape.landscape.population import HESSIAN_MEMORY_BUDGET as budget
     for (e, _), members in groups.items():
-        size = chunk_size
-        if chunk_size == "auto":
-            size = min(AUTO_TASK_MODELS, -(-len(members) // max(1, workers))) if budget else FISHER_CHUNK_SIZE
+        size = chunk_size if chunk_size != "auto" else \
+            min(AUTO_TASK_MODELS, -(-len(members) // max(1, workers))) if budget else FISHER_CHUNK_SIZE
         for i in range(0, len(members), size):
             tasks.append(MetricTask(root, metric, e, tuple(members[i:i + size]), dict(params), device,
                                     population=True, memory_budget=budget))
