@@ -118,6 +118,14 @@ def _side(args: argparse.Namespace) -> None:
     # torch.func imports modules lazily on its first use (seconds on a loaded machine): both sides pay it once per
     # process, outside the timed work
     torch.func.vjp(torch.func.grad(lambda p: (p * p).sum()), torch.ones(2))
+    # both sides import the same zooscape modules before the clock starts: module imports are not the analysis
+    # (they cost 0.1-0.2 s here because this machine sets PYTHONDONTWRITEBYTECODE, so nothing is cached)
+    import zooscape.landscape.population
+    import zooscape.landscape.population_fisher
+    import zooscape.studies.jobs
+    import zooscape.zoo.build
+    import zooscape.zoo.engines.local
+    import zooscape.zoo.reader  # noqa: F401
     t0 = time.perf_counter()
     if args.side == "loop":
         values = plain_model_loop(Path(args.zoo), args.analysis, metric_params(args.analysis, overrides))
@@ -157,13 +165,18 @@ def population_bench(args: argparse.Namespace, zoo_dir: Path) -> None:
           f"{peak['zoo'] / peak['loop']:.2f}x (values agree to {rel:.1e} relative, {len(common)} values)")
 
 
+def _chunk(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="MLPs on digits")
     parser.add_argument("--n-samples", type=int, default=1024)
     parser.add_argument("--analysis", choices=("cka", "hessian", "fisher", "lmc", "curve"), default="cka",
                         help="which zoo-wide analysis to compare with its plain loop (default cka)")
-    parser.add_argument("--chunk-size", type=int, default=4, help="hessian/fisher: models per population")
+    parser.add_argument("--chunk-size", type=_chunk, default="auto",
+                        help="hessian/fisher: models per population (default auto: metrics run's default)")
     parser.add_argument("--repeats", type=int, default=2, help="lmc/curve: interleaved repeats (best is kept)")
     parser.add_argument("--methods", default="auto,loop",
                         help="lmc/curve: methods of the per-pair loop (auto = the default of linear_path / "

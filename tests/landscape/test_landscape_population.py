@@ -192,3 +192,28 @@ def test_errors_and_chunks():
         population_trace(op, seed=torch.Generator())
     with pytest.raises(ValueError, match="needs the labels"):
         population_fisher_trace_estimate([_bn_mlp(0)], x, kind="empirical")
+
+
+def test_a_loss_vmap_cannot_batch_falls_back_to_the_per_model_loop(family):
+    models, (x, y) = family
+
+    def stubborn(out, target):  # .item() cannot be vmapped: the operator must loop over the models instead
+        return F.cross_entropy(out, target) * (1.0 + 0.0 * float(out.sum().item()))
+
+    op = population_hessian_operator(models, stubborn, x, y)
+    ref = population_hessian_operator(models, F.cross_entropy, x, y)
+    v = torch.randn(3, op.dim, dtype=D64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(op.matvec(v), ref.matvec(v), rtol=1e-10, atol=1e-12)
+    assert op._vector_loss is False and ref._vector_loss is True
+
+
+def test_memory_based_chunk_size_grows_with_the_budget_and_shrinks_with_the_data():
+    from zooscape.landscape.population import population_chunk_size
+
+    model = _bn_cnn(0)
+    x, _ = _data((1, 10, 10), n=64)
+    sizes = [population_chunk_size(model, x, budget=b) for b in (1, 2**20, 2**22, 2**40)]
+    assert sizes[0] == 1 and sizes[-1] == 64 and sizes == sorted(sizes) and 1 < sizes[2] < 64
+    assert population_chunk_size(model, x[:16], budget=2**22) > sizes[2]  # 4x fewer activations per model
+    assert population_chunk_size(model, x, budget=2**40, limit=5) == 5
+    assert model[1].training  # the estimate runs in eval mode and restores the flag

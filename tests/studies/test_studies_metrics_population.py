@@ -146,3 +146,41 @@ def test_population_tasks_in_worker_processes(mlp_zoo):
     assert a.keys() == b.keys()
     for k, v in a.items():
         assert v == pytest.approx(b[k], rel=1e-9)
+
+
+def test_auto_chunks_by_memory_and_workers(mlp_zoo):
+    """``chunk_size="auto"`` (the default): one Hessian task per architecture (or per worker), split into
+    populations that fit the memory budget inside the task -- the rows do not change."""
+    from zooscape.studies.metrics import DEFAULT_CHUNK_SIZE, compute_population_metric
+
+    assert DEFAULT_CHUNK_SIZE == "auto"
+    settings = metric_params("hessian", FAST["hessian"])
+    with zz.open(mlp_zoo) as zoo:
+        plan = plan_metric_tasks(zoo, "hessian", settings, device="cpu")
+        two = plan_metric_tasks(zoo, "hessian", settings, device="cpu", workers=2)
+        fisher = plan_metric_tasks(zoo, "fisher", metric_params("fisher", FAST["fisher"]), device="cpu")
+        task = plan.tasks[0]
+        models = [zoo.load_model(m, task.epoch, device="cpu") for m in task.model_ids]
+        data = zoo.data(task.model_ids[0])
+    assert sorted(len(t.model_ids) for t in plan.tasks) == [3, 3]  # two architectures (norm none / bn)
+    assert all(t.memory_budget for t in plan.tasks)
+    assert sorted(len(t.model_ids) for t in two.tasks) == [1, 1, 2, 2]
+    assert all(t.memory_budget is None and len(t.model_ids) <= 4 for t in fisher.tasks)
+    whole = compute_population_metric("hessian", models, data, settings, device="cpu")
+    split = compute_population_metric("hessian", models, data, settings, device="cpu", memory_budget=1)
+    assert len(whole) == len(split) == 3
+    for a, b in zip(whole, split):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
+
+
+def test_auto_takes_the_per_model_path_for_convolutional_networks(cnn_zoo):
+    settings = metric_params("hessian", FAST["hessian"])
+    with zz.open(cnn_zoo) as zoo:
+        plan = plan_metric_tasks(zoo, "hessian", settings, device="cpu")
+    assert len(plan.tasks) == 1 and plan.tasks[0].memory_budget
+    rows = run_metric_task(plan.tasks[0])["rows"]
+    _, ref = _values(cnn_zoo, "hessian", 0)
+    got = {(r["model_id"], r["metric"]): r["value"] for r in rows}
+    assert got == ref  # bit-identical: the same per-model computation

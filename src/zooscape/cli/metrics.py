@@ -52,8 +52,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_quiet(r)
     add_workers_engine(r, what="the per-model (or per-pair) tasks")
     r.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="hessian, fisher: models per task, computed as one stacked population (default 4; peak "
-                        "memory about N times one model's); 0: one model per task (the per-model reference path)")
+                   help="hessian, fisher: models per task, computed as one stacked population (peak memory about N "
+                        "times one model's); 0: one model per task (the per-model reference path); default: "
+                        "hessian as many models as fit 512 MiB per population, fisher 4")
     add_log(r)
     r.set_defaults(func=cmd_run)
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vjp, vmap
+from torch.func import functional_call, grad, vmap
 
 from zooscape.landscape._hvp import (
+    Batch,
     LinearOperator,
     LossFn,
     as_generator,
@@ -42,36 +43,20 @@ from zooscape.landscape._hvp import (
     rademacher,
 )
 from zooscape.landscape.hessian import EigenResult, check_power_iteration, lanczos, lanczos_steps, ritz_pairs
+from zooscape.landscape.population_memory import HESSIAN_MEMORY_BUDGET, population_chunk_size, population_chunks
 from zooscape.landscape.stochastic import TraceEstimate, check_hutchinson
 from zooscape.train import _flags
 from zooscape.train.population import Population
 
 __all__ = [
     "PopulationHessianOperator",
+    "HESSIAN_MEMORY_BUDGET",
+    "population_chunk_size",
     "population_chunks",
     "population_hessian_operator",
     "population_top_eigenvalues",
     "population_trace",
 ]
-
-def population_chunks(items: Sequence, size: int) -> list[list]:
-    """Split a list of models (or ids) into consecutive chunks of at most ``size``: one population per chunk.
-
-    Peak memory of a population pass is about ``size`` times that of one model's pass (the autograd graphs of its
-    members), so ``size`` is the memory bound.
-
-    Args:
-        items: the models (or anything), in order.
-        size: most items per chunk (>= 1).
-
-    Returns:
-        list of lists, in order.
-    """
-    if size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {size}")
-    items = list(items)
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
 
 @contextlib.contextmanager
 def _plain_layers() -> Iterator[None]:
@@ -136,6 +121,23 @@ def _shared_forward(pop: Population, tensors: dict[str, Tensor], x: Tensor) -> T
     return functional_call(pop, tensors, (xx,), strict=False)
 
 
+class _SharedCall(nn.Module):
+    """Calls :meth:`Population.forward_shared` (for :func:`functional_call`, which calls ``forward``)."""
+
+    def __init__(self, pop: Population) -> None:
+        super().__init__()
+        self.pop = pop
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pop.forward_shared(x)
+
+
+def _dense_first_forward(call: _SharedCall, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
+    """:func:`_shared_forward` (``[B, *in] -> [B, N, K]``) by :meth:`Population.forward_shared`: the first layer
+    runs all N models on the shared batch as one dense Linear/Conv2d (checked once against the copying path)."""
+    return functional_call(call, {"pop." + k: v for k, v in tensors.items()}, (x,), strict=False)
+
+
 class PopulationHessianOperator:
     """The Hessians of N models' mean losses, multiplied all at once: a block-diagonal ``NP x NP`` operator.
 
@@ -178,16 +180,38 @@ class PopulationHessianOperator:
         self.loss_fn = loss_fn
         self.num_matvecs = 0
         self.cache_graph = len(self.batches) == 1 if cache_graph is None else bool(cache_graph)
-        self._pullbacks: list[Callable | None] = [None] * len(self.batches)
+        self._graphs: list[tuple[Tensor, Tensor] | None] = [None] * len(self.batches)
+        self._vector_loss: bool | None = None
+        self._call = _SharedCall(self.pop)
 
     def _losses(self, flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Per-model mean losses ``[N]`` at stacked flat parameters ``[N, P]``."""
-        out = _shared_forward(self.pop, self.layout.unflatten(flat), x)
+        out = _dense_first_forward(self._call, self.layout.unflatten(flat), x)
+        if self._vector_loss is not False:  # one vmapped loss over the model axis: N times fewer graph nodes
+            try:
+                losses = vmap(self.loss_fn, in_dims=(1, None))(out, y)
+            except Exception:  # noqa: BLE001 -- a loss vmap cannot batch: the per-model loop below
+                losses = None
+            if losses is not None and tuple(losses.shape) == (self.size,):
+                self._vector_loss = True
+                return losses
+            self._vector_loss = False
         losses = [self.loss_fn(out[:, n], y) for n in range(self.size)]
         for v in losses:
             if v.ndim != 0:
                 raise ValueError(f"loss_fn must return a scalar (mean) loss, got shape {tuple(v.shape)}")
         return torch.stack(losses)
+
+    def _linearised_gradient(self, b: Batch) -> tuple[Tensor, Tensor]:
+        """``(params, g)``: leaf flat parameters ``[N, P]`` and the summed losses' gradient ``[N, P]`` with its graph
+        (``create_graph``): ``autograd.grad(g, params, v)`` is then all N models' Hessian-vector products."""
+        params = self.params.detach().requires_grad_(True)
+        with torch.enable_grad():
+            total = self._losses(params, b.x, b.y).sum()
+            if not total.requires_grad:
+                return params, torch.zeros_like(params)
+            (g,) = torch.autograd.grad(total, params, create_graph=True)
+        return params, g
 
     def loss(self) -> Tensor:
         """Mean loss of each model over the data, Tensor ``[N]``."""
@@ -205,21 +229,27 @@ class PopulationHessianOperator:
         if vectors.ndim != 3 or tuple(vectors.shape[1:]) != (self.size, self.dim):
             raise ValueError(f"vectors must have shape [m, {self.size}, {self.dim}], got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.dtype)
-        self.num_matvecs += int(vectors.shape[0])
+        m = int(vectors.shape[0])
+        self.num_matvecs += m
         out = torch.zeros_like(vectors)
         with _plain_layers():
             for i, b in enumerate(self.batches):
-                pullback = self._pullbacks[i]
-                if pullback is None:
-                    g = grad(lambda p, b=b: self._losses(p, b.x, b.y).sum())
-                    _, pullback = vjp(g, self.params)
+                graph = self._graphs[i]
+                if graph is None:
+                    graph = self._linearised_gradient(b)
                     if self.cache_graph:
-                        self._pullbacks[i] = pullback
-                if vectors.shape[0] == 1:
-                    hv = pullback(vectors[0])[0].unsqueeze(0)
-                else:
-                    hv = vmap(lambda v, pb=pullback: pb(v)[0])(vectors)
-                out = out + b.weight * hv.detach()
+                        self._graphs[i] = graph
+                params, g = graph
+                if not g.requires_grad:  # the loss is at most linear in the parameters: a zero Hessian
+                    continue
+                # plain autograd over the cached graph, one double-backward pass per probe (a loop, not vmap: vmap
+                # over the backward was slower per probe, see bench/RESULTS.md)
+                keep = self.cache_graph
+                for j in range(m):
+                    (hv,) = torch.autograd.grad(g, params, vectors[j], retain_graph=keep or j < m - 1,
+                                                allow_unused=True)
+                    if hv is not None:
+                        out[j] += b.weight * hv
         return out
 
     def matvec(self, vectors: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ stacked population (:func:`compute_population_metric`); rows equal the per-model
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zooscape.studies._metrics_cka import _cka_features, _cka_value
 from zooscape.studies.cells import grid_cells, is_grid_member
 from zooscape.studies.jobs import commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.engines import Engine, get_engine
@@ -63,8 +65,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 PAIRWISE = frozenset({"cka"})
 #: Metrics computed for a population of models per task (``chunk_size`` models at most).
 POPULATION = frozenset({"hessian", "fisher"})
-#: Default models per population task (peak memory about this many times one model's; see bench/analyses.py).
-DEFAULT_CHUNK_SIZE = 4
+#: Default models per population task: ``"auto"``: ``hessian`` one task per group and worker (at most
+#: :data:`AUTO_TASK_MODELS`) in populations fitting ``landscape.population.HESSIAN_MEMORY_BUDGET``; ``fisher`` 4.
+DEFAULT_CHUNK_SIZE: int | str = "auto"
+#: Most models per task with ``chunk_size="auto"``.
+AUTO_TASK_MODELS = 64
+#: Models per Fisher task with ``chunk_size="auto"`` (1.78x the loop's memory at 4 on CNN-s).
+FISHER_CHUNK_SIZE = 4
 #: The row whose presence marks a task as done (a task's rows are committed together).
 MARKERS = {"hessian": "hessian_top_eigenvalue", "fisher": "fisher_trace", "spectra": "spectra_alpha", "cka": "cka"}
 
@@ -216,10 +223,12 @@ def _hessian_values(eig: Any, tr: Any, loss: float, params: Mapping[str, Any]) -
 
 
 def compute_population_metric(metric: str, models: Sequence[Any], data: Any, params: Mapping[str, Any],
-                              device: str = "cpu") -> list[dict[str, float]]:
+                              device: str = "cpu", memory_budget: int | None = None) -> list[dict[str, float]]:
     """Compute ``"hessian"`` or ``"fisher"`` for N models of one architecture (trained on ``data``; settings
     ``params``) as one population (:mod:`zooscape.landscape.population`); returns N dicts metric name -> value in
-    model order, each equal to :func:`compute_metric`'s for that model up to float rounding."""
+    model order, each equal to :func:`compute_metric`'s for that model up to float rounding. With ``memory_budget``
+    (bytes; ``hessian``) they run in populations of ``population_chunk_size`` models, or for convolutional networks
+    model by model through the per-model path (faster there, see bench/RESULTS.md)."""
     import torch
 
     from zooscape import landscape as ls
@@ -228,6 +237,16 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
     if metric not in POPULATION:
         raise ValueError(f"metric {metric!r} has no population path (population metrics: {sorted(POPULATION)})")
     x, y = _subset(data, params)
+    if metric == "hessian" and memory_budget is not None and any(
+            isinstance(m, torch.nn.modules.conv._ConvNd) for m in models[0].modules()):  # CNN-s: 0.58x as population
+        return [compute_metric(metric, [m], data, params, device=device) for m in models]
+    if metric == "hessian" and memory_budget is not None and len(models) > 1:
+        bs = params["batch_size"] or x.shape[0]
+        probe = models[0] if params["dtype"] != "float64" else copy.deepcopy(models[0]).double()
+        size = lp.population_chunk_size(probe, x[:bs], budget=memory_budget, limit=len(models))
+        if size < len(models):
+            return [row for chunk in lp.population_chunks(models, size)
+                    for row in compute_population_metric(metric, chunk, data, params, device=device)]
     if metric == "hessian":
         dtype = torch.float64 if params["dtype"] == "float64" else None
         op = lp.population_hessian_operator(models, _loss_fn(data), x, y, batch_size=params["batch_size"],
@@ -245,36 +264,6 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
     return [{"fisher_trace": e.estimate, "fisher_trace_se": e.std_error} for e in ests]
 
 
-def _cka_features(model: Any, x: Any, params: Mapping[str, Any], device: str) -> Any:
-    """The representation CKA compares: the model's ``params["layer"]`` output (softmax-ed if asked) ``[n, d]``."""
-    import torch
-
-    from zooscape import landscape as ls
-
-    layer = params["layer"]
-    feats = ls.layer_features(model, x, [layer], device=device)[layer]
-    return torch.softmax(feats, dim=1) if params["output"] == "softmax" else feats
-
-
-def _cka_value(fa: Any, fb: Any, params: Mapping[str, Any]) -> float:
-    """CKA of two representations ``[n, d1]``, ``[n, d2]`` with the run's settings (full or minibatch)."""
-    from zooscape import landscape as ls
-
-    bs = params["batch_size"]
-    if bs is None:
-        return float(ls.cka(fa, fb, kernel=params["kernel"], debiased=params["debiased"],
-                            bandwidth=params["bandwidth"]))
-    acc = ls.MinibatchCKA(kernel=params["kernel"], bandwidth=params["bandwidth"])
-    n = fa.shape[0]
-    starts = list(range(0, n, bs))
-    if len(starts) > 1 and n - starts[-1] < 4:
-        starts.pop()
-    for i, st in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else n
-        acc.update(fa[st:end], fb[st:end])
-    return float(acc.compute()[0, 0])
-
-
 @dataclass
 class MetricTask:
     """One unit of work: a metric of one model (or pair) at one epoch (picklable).
@@ -290,6 +279,7 @@ class MetricTask:
             they need, and each model's representation is computed once).
         population: compute the models of ``model_ids`` (one architecture and data set) as one population
             (:func:`compute_population_metric`).
+        memory_budget: with ``population``: bytes per population (``None``: all the task's models in one).
     """
 
     root: str
@@ -300,6 +290,7 @@ class MetricTask:
     device: str = "auto"
     pairs: tuple[tuple[str, str], ...] = ()
     population: bool = False
+    memory_budget: int | None = None
 
 
 def run_metric_task(task: MetricTask) -> dict[str, Any]:
@@ -326,7 +317,8 @@ def run_metric_task(task: MetricTask) -> dict[str, Any]:
                  "value": _cka_value(feats[a], feats[b], task.params), "params": params} for a, b in task.pairs]
         return {"model_ids": list(task.model_ids), "pairs": [list(p) for p in task.pairs], "rows": rows}
     if task.population:  # the task's models (one architecture) as one stacked population
-        per_model = compute_population_metric(task.metric, models, data, task.params, device=device)
+        per_model = compute_population_metric(task.metric, models, data, task.params, device=device,
+                                              memory_budget=task.memory_budget)
         rows = [{"model_id": m, "other_id": None, "epoch": task.epoch, "metric": name, "value": value,
                  "params": params} for m, values in zip(task.model_ids, per_model) for name, value in values.items()]
         return {"model_ids": list(task.model_ids), "rows": rows, "population": True}
@@ -359,7 +351,7 @@ class MetricPlan:
 
 def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: int | None = None,
                       model_ids: Sequence[str] | None = None, device: str = "auto",
-                      chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> MetricPlan:
+                      chunk_size: int | str | None = DEFAULT_CHUNK_SIZE, workers: int = 1) -> MetricPlan:
     """Decide which models (or seed pairs) to measure and which are already done.
 
     Args:
@@ -371,13 +363,15 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
         device: torch device for the tasks.
         chunk_size: for the :data:`POPULATION` metrics: most models per task, computed as one population (the
             models of a task share architecture, data set and epoch); ``0`` or ``None``: one model per task through
-            the per-model path (the slow reference).
+            the per-model path (the slow reference); ``"auto"`` (default): see :data:`DEFAULT_CHUNK_SIZE`.
+        workers: worker processes the tasks will run on (``"auto"`` splits a group into at least this many tasks).
 
     Returns:
         :class:`MetricPlan` (``done`` lists one task per stored model or pair).
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
-        raise ValueError(f"chunk_size must be an integer >= 0 or None, got {chunk_size!r}")
+    if chunk_size != "auto" and chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
+        raise ValueError(f"chunk_size must be an integer >= 0, 'auto' or None, got {chunk_size!r}")
     statuses = zoo.catalog.statuses()
     ids = zoo.model_ids if model_ids is None else list(model_ids)
     unknown = [m for m in ids if m not in statuses]
@@ -432,10 +426,15 @@ def plan_metric_tasks(zoo: Any, metric: str, params: Mapping[str, Any], epoch: i
             groups.setdefault((e, key), []).append(pair[0])
         else:
             tasks.append(task)
+    budget = None
+    if chunk_size == "auto" and metric == "hessian":
+        from zooscape.landscape.population import HESSIAN_MEMORY_BUDGET as budget
     for (e, _), members in groups.items():
-        for i in range(0, len(members), chunk_size):
-            tasks.append(MetricTask(root, metric, e, tuple(members[i:i + chunk_size]), dict(params), device,
-                                    population=True))
+        size = chunk_size if chunk_size != "auto" else \
+            min(AUTO_TASK_MODELS, -(-len(members) // max(1, workers))) if budget else FISHER_CHUNK_SIZE
+        for i in range(0, len(members), size):
+            tasks.append(MetricTask(root, metric, e, tuple(members[i:i + size]), dict(params), device,
+                                    population=True, memory_budget=budget))
     return MetricPlan(tasks, done, missing, cells)
 
 
@@ -444,7 +443,7 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
                 engine: str | Engine = "local", workers: int = 1, device: str = "auto",
                 progress: Callable[[str], None] | None = None,
                 engine_options: Mapping[str, Any] | None = None,
-                chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> list[dict[str, Any]]:
+                chunk_size: int | str | None = DEFAULT_CHUNK_SIZE) -> list[dict[str, Any]]:
     """Compute a landscape metric for every model (or seed pair) of a zoo and store it in the catalog.
 
     Args:
@@ -460,7 +459,8 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
         engine_options: keyword arguments of the engine (Ray: ``address``, ``num_cpus``, ``num_gpus``,
             ``max_retries``).
         chunk_size: ``hessian``, ``fisher``: most models per task, as one population (``0``/``None``: one model per
-            task, the per-model path). Not a setting: both paths store the same rows and resume each other.
+            task, the per-model path; ``"auto"``, the default: see :data:`DEFAULT_CHUNK_SIZE`). Not a setting:
+            both paths store the same rows and resume each other.
 
     Returns:
         The rows stored by this call (dicts with model_id, other_id, epoch, metric, value, params).
@@ -478,7 +478,7 @@ def run_metrics(zoo_dir: str | Path, metric: str, *, epoch: int | None = None,
     eng = get_engine(engine, workers, **dict(engine_options or {}))
     with open_zoo(store.root) as zoo:
         plan = plan_metric_tasks(zoo, metric, settings, epoch=epoch, model_ids=model_ids, device=device,
-                                 chunk_size=chunk_size)
+                                 chunk_size=chunk_size, workers=workers)
     for mid, reason in plan.missing:
         say(f"{mid}: skipped ({reason})")
     if not plan.tasks and not plan.done:
