@@ -109,6 +109,28 @@ def test_align_merge_stores_a_derived_model_linked_to_its_sources(zoo_dir, capsy
         merge_cells(zoo_dir, cells=[5])
 
 
+def test_align_merge_in_worker_processes_equals_in_process(zoo_dir, tmp_path):
+    """--workers 2 runs each cell's merge in a worker process: same values and weights as in-process."""
+    import shutil
+
+    from zooscape.studies.merges import merge_cells
+
+    copy_dir = tmp_path / "zoo"
+    shutil.copytree(zoo_dir, copy_dir)
+    (local,) = merge_cells(zoo_dir, method="weight", renorm="reset_bn", seed=1, device="cpu", force=True)
+    (worker,) = merge_cells(copy_dir, method="weight", renorm="reset_bn", seed=1, device="cpu", workers=2)
+    assert worker["merge_id"] == local["merge_id"]
+    for key, value in local.items():
+        if key.startswith("merge_") and key != "merge_id":
+            assert worker[key] == pytest.approx(value, abs=1e-6), key
+    with open_zoo(zoo_dir) as a, open_zoo(copy_dir) as b:
+        sa = a.load_model(local["merge_id"], local["epoch"]).state_dict()
+        sb = b.load_model(worker["merge_id"], worker["epoch"]).state_dict()
+    assert sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    with pytest.raises(ValueError, match="--engine|engine"):
+        merge_cells(copy_dir, force=True, engine="bogus")
+
+
 def test_spawn_store_main_branches_are_grid_members(tmp_path, capsys):
     """lmc pairs / metrics run find the main branches of a spawn store; zoo validate accepts its spec."""
     from pathlib import Path

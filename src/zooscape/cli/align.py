@@ -14,7 +14,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zooscape.cli._common import add_device, add_group, add_quiet, add_splits, say, split_list
+from zooscape.cli._common import (
+    add_device,
+    add_group,
+    add_quiet,
+    add_splits,
+    add_workers_engine,
+    engine_options,
+    say,
+    split_list,
+)
 
 __all__ = ["add_parser"]
 
@@ -52,6 +61,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_splits(m, "train,test", help="comma-separated splits to evaluate on (default train,test)")
     add_device(m)
     add_quiet(m)
+    add_workers_engine(m, what="the tasks (one per grid cell)")
     m.set_defaults(func=cmd_merge)
     return p
 
@@ -62,7 +72,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     splits = split_list(args.splits)
     rows = merge_cells(args.dir, args.cell, args.method, args.renorm, epoch=args.epoch, splits=splits,
-                       seed=args.seed, device=args.device, force=args.force, progress=say(args.quiet))
+                       seed=args.seed, device=args.device, force=args.force, progress=say(args.quiet),
+                       engine=args.engine, workers=args.workers, engine_options=engine_options(args))
     if not rows:
         print("nothing merged (cells already merged with these settings, or fewer than two models per cell)")
         return 0

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zooscape.studies.cells import zoo_cells
+from zooscape.zoo.engines import Engine
 from zooscape.zoo.grid import canonical_json
 
-__all__ = ["MERGE_EXPERIMENT", "MERGE_METHODS", "merge_cells", "merge_id"]
+__all__ = ["MERGE_EXPERIMENT", "MERGE_METHODS", "MergeTask", "merge_cells", "merge_id", "run_merge_task"]
 
 MERGE_EXPERIMENT = "align_merge"
 #: Alignment of the merge (``"none"``: plain weight averaging).
@@ -62,6 +64,60 @@ def _evaluate(model: Any, data: Any, splits: Sequence[str], device: str) -> dict
     return out
 
 
+@dataclass
+class MergeTask:
+    """One grid cell to merge, for :func:`run_merge_task` (picklable: it runs wherever the engine puts it).
+
+    Args:
+        root: zoo directory.
+        cell: index of the grid cell.
+        cell_label: the cell's label (for messages).
+        merge_id: id of the merged model.
+        sources: ids of the members merged (at least two, in cell order).
+        settings: ``method``, ``renorm``, ``epoch``, ``seed``.
+        splits: splits to evaluate on.
+        device: torch device.
+    """
+
+    root: str
+    cell: int
+    cell_label: str
+    merge_id: str
+    sources: list[str]
+    settings: dict[str, Any]
+    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    device: str = "auto"
+
+
+def run_merge_task(task: MergeTask) -> dict[str, Any]:
+    """Merge one cell's members and evaluate the merged model and its sources (reads the zoo, writes nothing).
+
+    Args:
+        task: the cell.
+
+    Returns:
+        dict with ``task``, ``state`` (the merged model's CPU state dict), ``merged`` (``{<split>_<loss|acc>:
+        value}``), ``values`` (the ``merge_*``, ``merge_sources_*``, ``merge_delta_*`` values) and ``iterations``.
+    """
+    from zooscape.align import merge
+    from zooscape.zoo.reader import open_zoo
+
+    method, renorm, e, seed = (task.settings[k] for k in ("method", "renorm", "epoch", "seed"))
+    with open_zoo(task.root) as zoo:
+        models = [zoo.load_model(m, e, device=task.device) for m in task.sources]
+        data = zoo.data(task.sources[0])
+    res = merge(models, align=None if method == "none" else method, data=data.train_x,
+                renorm=None if renorm == "none" else renorm, seed=seed, device=task.device)
+    merged = _evaluate(res.model, data, task.splits, task.device)
+    sources = [_evaluate(m, data, task.splits, task.device) for m in models]
+    values = {}
+    for key, v in merged.items():
+        mean = sum(s[key] for s in sources) / len(sources)
+        values.update({f"merge_{key}": v, f"merge_sources_{key}": mean, f"merge_delta_{key}": v - mean})
+    state = {k: v.detach().cpu().contiguous() for k, v in res.model.state_dict().items()}
+    return {"task": task, "state": state, "merged": merged, "values": values, "iterations": res.iterations}
+
+
 def merge_cells(
     zoo_dir: str | Path,
     cells: str | Sequence[int] = "all",
@@ -74,8 +130,15 @@ def merge_cells(
     device: str = "auto",
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    engine: str | Engine = "local",
+    workers: int = 1,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Merge the members of grid cells (MergeMany) and store each merged model in the zoo, linked to its sources.
+
+    One task per cell (:func:`run_merge_task`) runs through ``engine``; the driver stores each merged model (its
+    ``models`` row, checkpoint shard, metrics and analyses rows, in one transaction) as its task finishes, so an
+    interrupted run keeps the cells already merged (the merged model is marked ``done`` last).
 
     Args:
         zoo_dir: a trained zoo directory.
@@ -90,23 +153,25 @@ def merge_cells(
         device: torch device.
         force: merge again cells whose merged model is already stored.
         progress: optional ``fn(message)``: one line per merged cell with its settings.
+        engine, workers, engine_options: where the per-cell tasks run (``"local"`` with ``workers`` processes,
+            ``1`` = in-process; ``"ray"``), as for every zoo-wide command.
 
     Returns:
-        One dict per merged cell: ``merge_id``, ``cell``, ``cell_label``, ``epoch``, ``sources``, and the
-        ``merge_*``, ``merge_sources_*`` and ``merge_delta_*`` values.
+        One dict per merged cell, in cell order: ``merge_id``, ``cell``, ``cell_label``, ``epoch``, ``sources``,
+        ``iterations`` and the ``merge_*``, ``merge_sources_*`` and ``merge_delta_*`` values.
 
     Raises:
         FileNotFoundError: not a zoo directory.
-        ValueError: bad settings, unknown cell, or a cell with fewer than two members at the epoch.
+        ValueError: bad settings, unknown cell, or a chosen cell with fewer than two members at the epoch.
         RuntimeError: another process is writing the zoo.
 
     References:
         Ainsworth, Hayase & Srinivasa (2023), "Git Re-Basin" (MergeMany); Jordan et al. (2023), "REPAIR".
     """
-    from zooscape.align import merge
     from zooscape.studies.jobs import zoo_store
     from zooscape.train.trainer import resolve_device
     from zooscape.zoo.catalog import Catalog
+    from zooscape.zoo.engines import get_engine
     from zooscape.zoo.reader import open_zoo
 
     if method not in MERGE_METHODS:
@@ -116,8 +181,9 @@ def merge_cells(
     store = zoo_store(zoo_dir)
     say = progress or (lambda message: None)
     device = str(resolve_device(device))
-    results = []
-    with store.lock(), open_zoo(store.root) as zoo:
+    tasks: list[MergeTask] = []
+    configs: dict[str, dict[str, Any]] = {}
+    with open_zoo(store.root) as zoo:
         all_cells = zoo_cells(zoo)
         chosen = all_cells if cells == "all" else [c for c in all_cells if c.index in set(cells)]
         if cells != "all":
@@ -140,34 +206,32 @@ def merge_cells(
             if statuses.get(mid) == "done" and not force:
                 say(f"{cell.label}: already merged as {mid}, skipped")
                 continue
-            models = [zoo.load_model(m, e, device=device) for m in usable]
-            data = zoo.data(usable[0])
-            res = merge(models, align=None if method == "none" else method, data=data.train_x,
-                        renorm=None if renorm == "none" else renorm, seed=seed, device=device)
-            merged = _evaluate(res.model, data, splits, device)
-            sources = [_evaluate(m, data, splits, device) for m in models]
-            values = {}
-            for key, v in merged.items():
-                mean = sum(s[key] for s in sources) / len(sources)
-                values.update({f"merge_{key}": v, f"merge_sources_{key}": mean, f"merge_delta_{key}": v - mean})
-            cfg = copy.deepcopy(zoo.config(usable[0]))
-            cfg["derived"] = {**cfg.get("derived", {}), "merge": {"sources": usable, **settings}}
+            tasks.append(MergeTask(str(store.root), cell.index, cell.label, mid, usable, settings, list(splits),
+                                   device))
+            configs[mid] = copy.deepcopy(zoo.config(usable[0]))
+    if not tasks:
+        return []
+    eng = get_engine(engine, workers, **dict(engine_options or {}))
+    results: list[dict[str, Any]] = []
+    with store.lock(), Catalog(store.catalog_path) as catalog:
+        for out in eng.map(run_merge_task, tasks, ordered=False):
+            task, values, merged = out["task"], out["values"], out["merged"]
+            mid, usable, e = task.merge_id, task.sources, task.settings["epoch"]
+            cfg = configs[mid]
+            cfg["derived"] = {**cfg.get("derived", {}), "merge": {"sources": usable, **task.settings}}
             cfg.update({"model_id": mid, "group_id": mid})
-            rel = store.write_shard(mid, e, "weights", {mid: {k: v.detach().cpu().contiguous()
-                                                              for k, v in res.model.state_dict().items()}})
-            params = {"experiment": MERGE_EXPERIMENT, "sources": usable, **settings}
-            with Catalog(store.catalog_path) as catalog:
-                catalog.add_models([cfg])
-                catalog.add_analyses([{"model_id": mid, "other_id": None, "epoch": e, "metric": k, "value": v,
-                                       "params": params} for k, v in values.items()])
-                catalog.record(metrics=[(mid, e, k, v) for k, v in merged.items()], checkpoints=[(mid, e, "weights",
-                                                                                                   rel)],
-                               statuses={mid: ("done", None)})
-            rec = {"merge_id": mid, "cell": cell.index, "cell_label": cell.label, "epoch": e, "sources": usable,
-                   "iterations": res.iterations, **values}
+            rel = store.write_shard(mid, e, "weights", {mid: out["state"]})
+            params = {"experiment": MERGE_EXPERIMENT, "sources": usable, **task.settings}
+            catalog.add_models([cfg])  # pending until record() below marks it done with its metrics
+            catalog.add_analyses([{"model_id": mid, "other_id": None, "epoch": e, "metric": k, "value": v,
+                                   "params": params} for k, v in values.items()], replace=True)
+            catalog.record(metrics=[(mid, e, k, v) for k, v in merged.items()],
+                           checkpoints=[(mid, e, "weights", rel)], statuses={mid: ("done", None)})
+            rec = {"merge_id": mid, "cell": task.cell, "cell_label": task.cell_label, "epoch": e, "sources": usable,
+                   "iterations": out["iterations"], **values}
             results.append(rec)
             key = "test_acc" if "merge_test_acc" in values else next(k[6:] for k in values if k.startswith("merge_"))
-            say(f"{cell.label}: merged {len(usable)} models ({method}, renorm {renorm}) into {mid}: {key} "
+            say(f"{task.cell_label}: merged {len(usable)} models ({method}, renorm {renorm}) into {mid}: {key} "
                 f"{values['merge_' + key]:.4f} vs sources' mean {values['merge_sources_' + key]:.4f} "
                 f"(delta {values['merge_delta_' + key]:+.4f})")
-    return results
+    return sorted(results, key=lambda r: r["cell"])
