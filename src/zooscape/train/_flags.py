@@ -15,11 +15,12 @@ switch                     environment variable                    meaning
 ``shared_input``           ``ZOOSCAPE_SHARED_INPUT=0``             dense first layer when evaluating on one batch
 ``flat_optim``             ``ZOOSCAPE_FLAT_OPTIM=0``               whole-buffer ``[N, P]`` optimiser updates
 ``wide_loss``              ``ZOOSCAPE_WIDE_LOSS=0``                cross-entropy over ``[B, K, N]`` (few classes)
+``manual_mlp``             ``ZOOSCAPE_MANUAL_MLP=0``               MLP training steps without autograd
 ``malloc_tune``            ``ZOOSCAPE_MALLOC_TUNE=0``              glibc keeps freed memory (``mallopt``)
 =========================  ======================================  ============================================
 
 When a switch is read: ``native_kernels`` at every layer call and optimiser step; ``channels_last`` and
-``shared_input`` when a :class:`~zooscape.train.Population` is built; ``flat_optim`` when
+``shared_input`` when a :class:`~zooscape.train.Population` is built; ``flat_optim`` and ``manual_mlp`` when
 :func:`~zooscape.train.train_population` starts; ``wide_loss`` at every loss computation; ``malloc_tune`` the
 first time the allocator is tuned (once per process: it cannot be undone); ``native_openmp`` and ``cache_dir`` when
 the kernels are first built.
@@ -45,6 +46,7 @@ ENV: dict[str, str] = {
     "shared_input": "ZOOSCAPE_SHARED_INPUT",
     "flat_optim": "ZOOSCAPE_FLAT_OPTIM",
     "wide_loss": "ZOOSCAPE_WIDE_LOSS",
+    "manual_mlp": "ZOOSCAPE_MANUAL_MLP",
     "malloc_tune": "ZOOSCAPE_MALLOC_TUNE",
 }
 
@@ -63,6 +65,8 @@ class Switches:
         wide_loss: on the CPU, a population's cross-entropy with the class axis in the middle (``[B, K, N]``,
             where PyTorch's log-softmax vectorises over the models) when there are few classes
             (:mod:`zooscape.train.losses`).
+        manual_mlp: train populations of plain ReLU MLPs with a hand-written forward, cross-entropy and backward
+            (:mod:`zooscape.train.manual_mlp`) instead of autograd.
         malloc_tune: tune glibc's allocator to keep freed memory.
     """
 
@@ -73,6 +77,7 @@ class Switches:
     shared_input: bool = True
     flat_optim: bool = True
     wide_loss: bool = True
+    manual_mlp: bool = True
     malloc_tune: bool = True
 
     def __post_init__(self) -> None:

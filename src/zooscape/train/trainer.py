@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import _flags
+from . import _flags, manual_mlp
 from .config import Member, TrainConfig
 from .layers import PopBatchNorm
 from .losses import gather_rows, predictions, task_loss
@@ -263,6 +263,8 @@ class _Run:
         self.model_major = self.pop.layout == "stacked"
         self.flat: tuple[Tensor, Tensor] | None = None
         self.try_flat = _flags.current().flat_optim
+        self.manual = (manual_mlp.plan(self.pop, self.x_tr, self.task, augment=self.augment is not None)
+                       if _flags.current().manual_mlp else None)  # ReLU MLPs: steps without autograd
 
     # ------------------------------------------------------------------------------------------- setup
     def resume_from(self, resume: PopulationState) -> None:
@@ -319,6 +321,11 @@ class _Run:
         """One optimisation step on the samples ``idx`` (``[N, b]``, one row per member). Returns the members'
         mean losses ``[N]`` (detached) and, for running accuracy, their correct predictions ``[N]``."""
         pop, n, augment = self.pop, self.n, self.augment
+        if self.manual is not None:  # forward, loss and backward by hand; gradients overwritten, not accumulated
+            yb = gather_rows(self.y_tr, idx)  # [N, b]
+            loss, pred = self.manual(gather_rows(self.x_tr, idx), yb, predict=self.running_acc)
+            self.update(lr, active, all_active)
+            return loss, (pred == yb).double().sum(1) if pred is not None else None
         yb = gather_rows(self.y_tr, idx).transpose(0, 1)  # [b, N, ...]
         if self.model_major:  # stacked layout: [N, b, ...] is already [N*b, ...]
             xb = gather_rows(self.x_tr, idx)
@@ -331,27 +338,26 @@ class _Run:
                 xb = torch.stack([augment(xb[:, i], aug_gens[i]) for i in range(n)], 1)
             out = pop(xb)
         loss = task_loss(out, yb, self.task)
-        if self.flat is not None:
-            self.flat[1].zero_()
-        else:
-            pop.zero_grad(set_to_none=True)
+        _ = self.flat[1].zero_() if self.flat is not None else pop.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # flat-buffer gradients are strided views; autograd warns, then works
             warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
             loss.sum().backward()
+        self.update(lr, active, all_active)
+        with torch.no_grad():
+            correct = (predictions(out.detach()) == yb).double().sum(0) if self.running_acc else None
+        return loss.detach(), correct
+
+    def update(self, lr: Tensor, active: Tensor, all_active: bool) -> None:
+        """After a backward pass: (once) move to the flat buffer, clip, and step the optimiser."""
         if self.try_flat:  # once every parameter has a gradient, update through one flat [N, P] buffer
             self.try_flat = False
             if all(p.grad is not None for _, p in self.params):
-                self.flat = pop.flatten_parameters()
+                self.flat = self.pop.flatten_parameters()
                 if self.flat is not None:
                     self.opt.use_flat(*self.flat)
         if self.config.grad_clip is not None:
             _clip_grads([p for _, p in self.params], self.config.grad_clip)
         self.opt.step(lr, active, all_active)
-        correct = None
-        if self.running_acc:
-            with torch.no_grad():
-                correct = (predictions(out.detach()) == yb).double().sum(0)
-        return loss.detach(), correct
 
     # ------------------------------------------------------------------------------------------- bookkeeping
     def finish_epoch(self, epoch: int, run_loss: Tensor, run_correct: Tensor, seen: int, seconds_from: float,
