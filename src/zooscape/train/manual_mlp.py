@@ -47,15 +47,14 @@ class ManualMLPStep:
         acts = [h]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            w, bias = layer.weight.detach(), layer.bias
-            if i == last:  # [N, K, in] @ [N, in, B]
-                h = torch.baddbmm(bias.detach().unsqueeze(2), w, h.transpose(1, 2)) if bias is not None else \
-                    torch.bmm(w, h.transpose(1, 2))
-            else:
-                h = torch.baddbmm(bias.detach().unsqueeze(1), h, w.transpose(1, 2)) if bias is not None else \
-                    torch.bmm(h, w.transpose(1, 2))
+            # the weight is always the second, transposed operand: with the weight first, MKL's result depends on
+            # the weight's batch stride (standalone vs a view into the flat buffer), and a resumed run would differ
+            w = layer.weight.detach().transpose(1, 2)
+            h = torch.baddbmm(layer.bias.detach().unsqueeze(1), h, w) if layer.bias is not None else torch.bmm(h, w)
+            if i < last:
                 h.relu_()
             acts.append(h)
+        acts[-1] = acts[-1].transpose(1, 2).contiguous()  # logits [N, K, B]
         return acts
 
     @torch.no_grad()
