@@ -332,7 +332,7 @@ def conv_pool_backward_full(x: Tensor, weight: Tensor, grad_out: Tensor, idx: Te
 
 def adam_step(params: Tensor, grads: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, lr: Tensor, weight_decay: Tensor,
               *, betas: tuple[float, float], eps: float, bias_correction1: float, bias_correction2_sqrt: float,
-              sqrt_floor: float, adamw: bool) -> None:
+              sqrt_floor: float, adamw: bool, use_wd: bool | None = None, check: bool = True) -> None:
     """One Adam/AdamW step in place over flat ``[N, P]`` float32 CPU buffers in a single pass (``_native/adam.c``).
 
     Args:
@@ -343,18 +343,19 @@ def adam_step(params: Tensor, grads: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
         sqrt_floor: ``exp_avg_sq`` is raised to this before the square root (see
             ``PopulationOptimizer._sqrt``; 0 for a plain square root).
         adamw: decoupled weight decay (AdamW) instead of L2 added to the gradient (Adam).
+        use_wd: whether any ``weight_decay`` is non-zero (``None``: read it from the tensor).
+        check: validate the buffers' dtype, device, shape and layout (callers that checked once pass ``False``).
     """
     lib = library()
     if lib is None:
         raise RuntimeError(f"native kernels unavailable: {_why_not}")
-    bufs = (params, grads, exp_avg, exp_avg_sq)
     ld = params.stride(0)
-    if any(b.dtype != torch.float32 or b.device.type != "cpu" or b.stride(1) != 1 or b.stride(0) != ld
-           or b.shape != params.shape for b in bufs):
+    if check and any(b.dtype != torch.float32 or b.device.type != "cpu" or b.stride(1) != 1 or b.stride(0) != ld
+                     or b.shape != params.shape for b in (params, grads, exp_avg, exp_avg_sq)):
         raise ValueError("adam_step needs float32 CPU buffers of one shape and layout")
     lr32 = lr.detach().to(torch.float32).contiguous()
     wd32 = weight_decay.detach().to(torch.float32).contiguous()
-    use_wd = bool((wd32 != 0).any()) if not adamw else True
+    use_wd = True if adamw else (bool((wd32 != 0).any()) if use_wd is None else use_wd)
     b1, b2 = betas
     _check(lib.zs_adam_step(params.data_ptr(), grads.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
                             params.shape[0], params.shape[1], ld, lr32.data_ptr(), wd32.data_ptr(), 1 - b1, b2, 1 - b2,

@@ -49,6 +49,9 @@ class PopulationOptimizer:
     state: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     step_count: Tensor | None = None
     _flat: tuple[Tensor, Tensor, dict[str, Tensor]] | None = field(default=None, repr=False)
+    _count: float | None = field(default=None, repr=False)  # every member's step count when they are equal
+    _floors: dict[torch.dtype, float] = field(default_factory=dict, repr=False)
+    _native_flat: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in OPTIMIZERS:
@@ -74,9 +77,24 @@ class PopulationOptimizer:
     def _sqrt_floor(self, dtype: torch.dtype) -> float:
         """The value ``exp_avg_sq`` may be raised to before its square root without changing the denominator
         (see :meth:`_sqrt`), or 0 when ``eps`` is too small for that."""
-        tiny = torch.finfo(dtype).tiny
-        bound = math.sqrt(tiny) / math.sqrt(1 - self.betas[1]) if self.betas[1] < 1 else math.inf
-        return tiny if self.eps * torch.finfo(dtype).eps / 4 > bound else 0.0  # below a quarter of eps's ulp
+        if dtype not in self._floors:
+            tiny = torch.finfo(dtype).tiny
+            bound = math.sqrt(tiny) / math.sqrt(1 - self.betas[1]) if self.betas[1] < 1 else math.inf
+            self._floors[dtype] = tiny if self.eps * torch.finfo(dtype).eps / 4 > bound else 0.0  # < eps's ulp / 4
+        return self._floors[dtype]
+
+    def _uniform_step(self) -> float | None:
+        """The bias-correction step ``max(count, 1)`` when every member has it, else ``None`` (the common raw
+        count is kept in Python between steps, so a step needs no device-to-host read)."""
+        if self._count is not None:
+            return max(self._count, 1.0)
+        t = self.step_count.clamp(min=1)
+        t0 = float(t[0])
+        if not bool((t == t0).all()):
+            return None
+        if bool((self.step_count == self.step_count[0]).all()):
+            self._count = float(self.step_count[0])
+        return t0
 
     def use_flat(self, params: Tensor, grads: Tensor) -> None:
         """Update through whole ``[N, P]`` buffers (from :meth:`Population.flatten_parameters`) when every member
@@ -104,6 +122,10 @@ class PopulationOptimizer:
         if off != params.shape[1]:
             raise ValueError(f"the parameters hold {off} values per model, the flat buffer {params.shape[1]}")
         self._flat = (params, grads, bufs)
+        self._native_flat = (self.kind != "sgd" and params.device.type == "cpu" and params.dtype == torch.float32
+                             and params.stride(1) == 1 and all(b.dtype == params.dtype and b.stride() == params.stride()
+                                                               and b.shape == params.shape
+                                                               for b in (grads, *bufs.values())))
 
     @torch.no_grad()
     def _step_flat(self, lr: Tensor) -> None:
@@ -120,19 +142,18 @@ class PopulationOptimizer:
             p.add_(-lr_ * d)
             return
         b1, b2 = self.betas
-        t = self.step_count.clamp(min=1)
-        t0 = float(t[0])
-        if bool((t == t0).all()):  # every member has taken as many steps: scalar bias corrections
+        t0 = self._uniform_step()
+        if t0 is not None:  # every member has taken as many steps: scalar bias corrections
             bc1, bc2_sqrt = 1 - b1 ** t0, (1 - b2 ** t0) ** 0.5
-            if (p.device.type == "cpu" and p.dtype == torch.float32 and native.available()
-                    and p.stride(1) == 1 and all(b.stride() == p.stride() for b in (g, *bufs.values()))):
+            if self._native_flat and native.available():
                 # one fused pass instead of eight (same update to float32 rounding; _native/adam.c)
                 native.adam_step(p, g, bufs["exp_avg"], bufs["exp_avg_sq"], lr, self.weight_decay,
                                  betas=self.betas, eps=self.eps, bias_correction1=bc1,
                                  bias_correction2_sqrt=bc2_sqrt, sqrt_floor=self._sqrt_floor(p.dtype),
-                                 adamw=self.kind == "adamw")
+                                 adamw=self.kind == "adamw", use_wd=self._any_wd, check=False)
                 return
         else:
+            t = self.step_count.clamp(min=1)
             bc1 = (1 - b1 ** t).to(lr.dtype).to(lr.device).view(-1, 1)
             bc2_sqrt = (1 - b2 ** t).sqrt().to(lr.dtype).to(lr.device).view(-1, 1)
         if self.kind == "adamw":
@@ -160,8 +181,11 @@ class PopulationOptimizer:
             lr = torch.where(active, lr, torch.zeros_like(lr))
         if all_active:  # (no device-to-host copy: on a GPU that would wait for the step's kernels)
             self.step_count += 1
+            if self._count is not None:
+                self._count += 1
         else:
             self.step_count += active.to(self.step_count.dtype).cpu()
+            self._count = None
         if all_active and self._flat is not None:
             self._step_flat(lr)
             return
@@ -224,6 +248,7 @@ class PopulationOptimizer:
         """Inverse of :meth:`member_state` for model ``index``."""
         if "step" in flat:
             self.step_count[index] = float(flat["step"].reshape(-1)[0])
+            self._count = None
         names = dict(self.params)
         for key, v in flat.items():
             if key == "step":
