@@ -17,8 +17,12 @@ from torch.func import grad, vjp, vmap
 from zooscape.landscape._hvp import as_generator, make_batches
 from zooscape.landscape.fisher import FisherTrace, check_fisher, trace_from_samples
 from zooscape.landscape.population import _build, _check_seed, _Layout, _plain_layers, _shared_forward
+from zooscape.landscape.population_fisher_factors import FactorGrams, NotFactorable, factor_layers
 
 __all__ = ["JACOBIAN_ELEMENTS", "population_fisher_trace_estimate"]
+
+#: Ways of forming the per-sample Gram matrices (see :func:`population_fisher_trace_estimate`).
+METHODS = ("auto", "factors", "jacobian")
 
 #: Entries of per-sample Jacobians formed at once by :func:`population_fisher_trace_estimate` (64 MiB in float32).
 JACOBIAN_ELEMENTS = 1 << 24
@@ -27,7 +31,8 @@ JACOBIAN_ELEMENTS = 1 << 24
 def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: Tensor | None = None, *,
                                      kind: str = "sampled", likelihood: str = "categorical", num_samples: int = 1,
                                      batch_size: int | None = 256, device: torch.device | str | None = None,
-                                     dtype: torch.dtype | None = None, seed: int | None = None) -> list[FisherTrace]:
+                                     dtype: torch.dtype | None = None, seed: int | None = None,
+                                     method: str = "auto") -> list[FisherTrace]:
     """Fisher trace (with its standard error) of every model of a population, all models per pass.
 
     The squared norm of a per-sample gradient is a quadratic form of the output gradient ``d = dl/df``:
@@ -40,7 +45,12 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
     own generator seeded with ``seed``, in the per-model order, so result n equals
     ``fisher_trace_estimate(models[n], x, y, ..., seed=seed)`` up to float rounding.
 
-    Per-sample Jacobians are formed for at most :data:`JACOBIAN_ELEMENTS` entries at a time (``N*K*P`` per sample).
+    ``method="factors"`` (chosen by ``"auto"`` where it applies) forms the Gram matrices -- and the direct draws'
+    squared norms -- layer by layer from each layer's inputs and output gradients, with no ``P``-sized tensor
+    (Goodfellow, 2015; BackPACK's ``BatchL2``, Dangel et al., 2020; see
+    :mod:`zooscape.landscape.population_fisher_factors`): Linear, Conv2d and eval-mode BatchNorm layers.
+    ``method="jacobian"`` forms each sample's ``[N, K, P]`` Jacobian instead (any population), for at most
+    :data:`JACOBIAN_ELEMENTS` entries at a time (``N*K*P`` per sample).
 
     Args:
         models: N models of one architecture; logits ``[n, C]`` (categorical) or means (unit Gaussian).
@@ -53,14 +63,20 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
         device: compute device (default: the first model's).
         dtype: compute dtype (default: the models').
         seed: integer seed (default 0).
+        method: ``"auto"`` (default: ``"factors"`` where every parameter layer is covered, else ``"jacobian"``),
+            ``"factors"`` (raises :class:`~zooscape.landscape.population_fisher_factors.NotFactorable` where not
+            covered) or ``"jacobian"``.
 
     Returns:
         list of N :class:`~zooscape.landscape.FisherTrace`, in model order.
 
     References:
-        Amari, 1998; Kunstner, Balles and Hennig, 2019; Achille, Rovere and Soatto, 2019; Martens, 2020.
+        Amari, 1998; Kunstner, Balles and Hennig, 2019; Achille, Rovere and Soatto, 2019; Martens, 2020;
+        Goodfellow, 2015; Dangel, Kunstner and Hennig, 2020.
     """
     check_fisher(kind, likelihood, num_samples, y)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     seed = _check_seed(seed)
     if y is None:
         y = torch.zeros(x.shape[0])
@@ -70,6 +86,13 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
     params = layout.unflatten(layout.flat)
     batches = make_batches(x, y, batch_size, device=dev, dtype=dtype)
     gens = [as_generator(seed) for _ in range(n_models)]
+    fac = None
+    if method != "jacobian":
+        layers = factor_layers(pop, names)
+        if layers is None and method == "factors":
+            raise NotFactorable(f"the population of {type(models[0]).__name__} has parameter layers that the "
+                                "factorisation does not cover (Linear, Conv2d groups=1, eval BatchNorm)")
+        fac = FactorGrams(pop, layers) if layers is not None else None
 
     def sample_out(p: dict[str, Tensor], xi: Tensor) -> Tensor:
         return _shared_forward(pop, p, xi.unsqueeze(0))[0]  # [N, K]
@@ -91,6 +114,11 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
             return F.cross_entropy(out, target.long(), reduction="sum")
         return 0.5 * (out - target.reshape(out.shape)).pow(2).sum()
 
+    def out_gradient(out: Tensor, target: Tensor) -> Tensor:  # d nll / d out, [b, N, K]
+        if likelihood == "categorical":
+            return torch.softmax(out, dim=-1) - F.one_hot(target.long(), out.shape[-1]).to(out.dtype)
+        return out - target.reshape(out.shape).to(out.dtype)
+
     def sample_sq_norms(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
         g = grad(lambda q: nll(sample_out(q, xi), yi))(p)
         return sum(t.reshape(n_models, -1).pow(2).sum(1) for t in g.values())  # [N]
@@ -99,13 +127,25 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
     with _plain_layers():
         for b in batches:
             nb = b.x.shape[0]
-            with torch.no_grad():
-                out = _shared_forward(pop, params, b.x)  # [b, N, K]
-            k_out = out.shape[-1]
-            use_gram = kind == "exact" or (kind == "sampled" and num_samples >= k_out)
-            if use_gram:
-                step = max(1, JACOBIAN_ELEMENTS // max(1, n_models * k_out * layout.dim))
-                gram = torch.cat([grams(b.x[i:i + step]) for i in range(0, nb, step)])  # [b, N, K, K]
+            if fac is not None and method == "auto":
+                try:
+                    fac.num_outputs(b.x)
+                except NotFactorable:
+                    fac = None
+            if fac is not None:
+                k_out = fac.num_outputs(b.x)
+                use_gram = kind == "exact" or (kind == "sampled" and num_samples >= k_out)
+            if fac is not None and use_gram:
+                out, gram = fac(b.x)  # [b, N, K], [b, N, K, K]
+                gram = gram.double()
+            else:
+                with torch.no_grad():
+                    out = _shared_forward(pop, params, b.x)  # [b, N, K]
+                k_out = out.shape[-1]
+                use_gram = kind == "exact" or (kind == "sampled" and num_samples >= k_out)
+                if use_gram:
+                    step = max(1, JACOBIAN_ELEMENTS // max(1, n_models * k_out * layout.dim))
+                    gram = torch.cat([grams(b.x[i:i + step]) for i in range(0, nb, step)])  # [b, N, K, K]
             if kind == "empirical":
                 targets = [b.y[:, None].expand(nb, n_models, *b.y.shape[1:])]
             elif kind == "sampled":
@@ -131,6 +171,10 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
                     quad = torch.einsum("bnck,bnkl,bncl->bnc", d, gram, d)
                     t = (probs * quad).sum(-1, keepdim=True)
                 norms.append(t.cpu())
+                continue
+            if fac is not None and not use_gram:  # few draws: their own output gradients, backpropagated at once
+                dirs = torch.stack([out_gradient(out, t) for t in targets])  # [S, b, N, K]
+                norms.append(fac(b.x, dirs)[1].diagonal(dim1=2, dim2=3).double().cpu())  # [b, N, S]
                 continue
             draws = []
             for target in targets:
