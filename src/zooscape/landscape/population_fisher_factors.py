@@ -78,7 +78,7 @@ def factor_layers(pop: Population, names: Sequence[str]) -> list[tuple[str, nn.M
     return found if covered == set(names) else None
 
 
-def _weight_gram(a: Tensor, d: Tensor, bias: bool) -> Tensor:
+def _weight_gram(a: Tensor, d: Tensor, bias: bool, form: str | None = None) -> Tensor:
     """Inner products of the per-sample gradients of a layer ``z_t = W a_t (+ b)`` along M directions: weight part
     ``sum_t d[:, m, :, t] a[:, t]^T`` and bias part ``sum_t d[:, m, :, t]``.
 
@@ -86,13 +86,14 @@ def _weight_gram(a: Tensor, d: Tensor, bias: bool) -> Tensor:
         a: layer inputs ``[B, T, D_in]``.
         d: output gradients ``[B, M, D_out, T]``.
         bias: whether the layer has a bias.
+        form: ``"ghost"``, ``"dense"`` or ``None`` (default: whichever takes fewer multiply-adds).
 
     Returns:
-        ``[B, M, M]``: from the ghost form or the per-sample gradients, whichever takes fewer multiply-adds.
+        ``[B, M, M]``.
     """
     bsz, m, d_out, t = d.shape
     d_in = a.shape[2]
-    if t == 1:
+    if t == 1 and form is None:
         aa = (a[:, 0] * a[:, 0]).sum(1)
         if bias:
             aa = aa + 1.0
@@ -100,7 +101,7 @@ def _weight_gram(a: Tensor, d: Tensor, bias: bool) -> Tensor:
         return aa[:, None, None] * (dd @ dd.transpose(1, 2))
     ghost = t * t * d_in + m * m * t * t * d_out
     dense = m * d_out * t * d_in + m * m * d_out * d_in
-    if ghost < dense:
+    if form == "ghost" or (form is None and ghost < dense):
         aa = a @ a.transpose(1, 2)  # [B, T, T]
         if bias:
             aa = aa + 1.0
