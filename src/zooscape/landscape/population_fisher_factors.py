@@ -60,6 +60,8 @@ def factor_layers(pop: Population, names: Sequence[str]) -> list[tuple[str, nn.M
     found: list[tuple[str, nn.Module]] = []
     covered: set[str] = set()
     for path, m in pop.net.named_modules():
+        if isinstance(m, PopBatchNorm) and (m.training or not m.track_running_stats):
+            return None  # batch statistics mix the samples: the per-sample (vmapped) path differs
         own = [n for n, _ in m.named_parameters(recurse=False)]
         if not own:
             continue
@@ -69,8 +71,7 @@ def factor_layers(pop: Population, names: Sequence[str]) -> list[tuple[str, nn.M
             if m.groups != 1 or not isinstance(m.padding, tuple) or getattr(m, "layout", "channel") != "channel":
                 return None
         elif type(m) is PopBatchNorm:
-            if m.training or not m.track_running_stats or m.weight is None:
-                return None
+            pass
         else:
             return None
         found.append((path, m))
