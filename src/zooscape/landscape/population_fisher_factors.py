@@ -13,9 +13,11 @@ whichever is cheaper (a Linear on one position: ``(a.a + 1)(delta_u . delta_v)``
 pixels: the small per-sample weight gradients ``[C_out, C_in*k*k]``). An eval-mode BatchNorm is an affine map per
 channel: its per-sample gradients are ``sum_t delta_t * xhat_t`` and ``sum_t delta_t``.
 
-Every ``delta`` comes from one backward pass of the M directions through the stacked population (samples and models
-are independent in eval mode, so one batched backward gives every sample's and model's own), with no parameter
-gradient formed. :func:`factor_layers` says whether a population is covered (Linear, ungrouped Conv2d with numeric
+Every ``delta`` comes from backpropagating the M directions through the stacked population (samples and models are
+independent in eval mode, so a batched backward gives every sample's and model's own), with no parameter gradient
+formed: one vmapped backward for Linear-only networks, one backward per direction on channels-last tensors for
+convolutional ones (vmap runs convolution and pooling backward direction by direction, and oneDNN's grouped
+convolution backward is ~2.7x faster on channels-last). :func:`factor_layers` says whether a population is covered (Linear, ungrouped Conv2d with numeric
 padding, BatchNorm with running statistics; every differentiated parameter in one of them, each layer called once);
 :func:`population_fisher_trace_estimate` falls back to the Jacobian path otherwise.
 """
@@ -65,14 +67,10 @@ def factor_layers(pop: Population, names: Sequence[str]) -> list[tuple[str, nn.M
         own = [n for n, _ in m.named_parameters(recurse=False)]
         if not own:
             continue
-        if type(m) is PopLinear:
-            pass
-        elif type(m) is PopConv2d:
-            if m.groups != 1 or not isinstance(m.padding, tuple) or getattr(m, "layout", "channel") != "channel":
-                return None
-        elif type(m) is PopBatchNorm:
-            pass
-        else:
+        if type(m) not in (PopLinear, PopConv2d, PopBatchNorm):
+            return None
+        if type(m) is PopConv2d and (m.groups != 1 or not isinstance(m.padding, tuple)
+                                     or getattr(m, "layout", "channel") != "channel"):
             return None
         found.append((path, m))
         covered.update(f"{path}.{n}" if path else n for n in own)
