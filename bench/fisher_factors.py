@@ -74,7 +74,8 @@ def main() -> None:
               f"{os.getloadavg()[0]:.1f}: loop {best['loop']:.3f} s, jacobian {best['jacobian']:.3f} s "
               f"({best['loop'] / best['jacobian']:.2f}x), factors {best['factors']:.3f} s "
               f"({best['loop'] / best['factors']:.2f}x; {best['jacobian'] / best['factors']:.2f}x the jacobian "
-              f"path); traces agree with the loop's to {rel['factors']:.1e} (factors), {rel['jacobian']:.1e} (jacobian)")
+              f"path); traces agree with the loop's to {rel['factors']:.1e} (factors), "
+              f"{rel['jacobian']:.1e} (jacobian)")
 
 
 if __name__ == "__main__":
