@@ -35,13 +35,37 @@ def _bn_cnn(seed):
     return m.double()
 
 
+def _ln_mlp(seed):
+    """LayerNorm in the stacked layout (an MLP), one without bias."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(6, 7), nn.LayerNorm(7), nn.ReLU(), nn.Linear(7, 5),
+                      nn.LayerNorm(5, bias=False), nn.Tanh(), nn.Linear(5, 4))
+    with torch.no_grad():
+        for ln in (m[2], m[5]):
+            ln.weight.normal_()
+    return m.double()
+
+
+def _norm_cnn(seed):
+    """GroupNorm, LayerNorm over (C, H, W) and over features, in the channel layout."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Conv2d(4, 3, 2), nn.LayerNorm((3, 3, 3)),
+                      nn.Tanh(), nn.Flatten(), nn.Linear(27, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 4))
+    with torch.no_grad():
+        for norm in (m[1], m[4], m[8]):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    return m.double()
+
+
 def _cnn_s(seed):
     torch.manual_seed(seed)
     return cnn_s(num_classes=10, in_channels=1, input_size=28, activation="relu", dropout=0.0).double()
 
 
 FAMILIES = {"mlp": (_mlp, (6,), 4), "mlp_nobias": (lambda s: _mlp(s, bias=False), (2, 3), 4),
-            "bn_cnn": (_bn_cnn, (2, 6, 6), 4), "cnn_s": (_cnn_s, (1, 28, 28), 10)}
+            "bn_cnn": (_bn_cnn, (2, 6, 6), 4), "cnn_s": (_cnn_s, (1, 28, 28), 10), "ln_mlp": (_ln_mlp, (6,), 4),
+            "norm_cnn": (_norm_cnn, (2, 6, 6), 4)}
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -129,9 +153,9 @@ class _Twice(nn.Module):
         return self.out(torch.tanh(self.hidden(torch.tanh(self.hidden(x)))))
 
 
-def _layer_norm(seed):
+def _grouped(seed):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Tanh(), nn.Linear(5, 3)).double()
+    return nn.Sequential(nn.Conv2d(2, 4, 1, groups=2), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3)).double()
 
 
 def _frozen(seed):
@@ -153,13 +177,15 @@ def _batch_stats(seed):
                          nn.Flatten(), nn.Linear(8, 3)).double()
 
 
-@pytest.mark.parametrize("make", [_layer_norm, _frozen, _twice, _batch_stats])
+@pytest.mark.parametrize("make", [_grouped, _frozen, _twice, _batch_stats])
 def test_uncovered_populations_fall_back_to_the_jacobian_path(make):
     models = [make(s) for s in range(2)]
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(6, 4, generator=g, dtype=D64), torch.randint(0, 3, (6,), generator=g)
     if make is _batch_stats:
         x = x.view(6, 1, 2, 2)
+    if make is _grouped:
+        x = x.view(6, 2, 1, 2)
     got = population_fisher_trace_estimate(models, x, y, kind="exact", seed=0)
     jac = population_fisher_trace_estimate(models, x, y, kind="exact", seed=0, method="jacobian")
     for n, m in enumerate(models):

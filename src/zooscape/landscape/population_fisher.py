@@ -48,7 +48,8 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
     ``method="factors"`` (chosen by ``"auto"`` where it applies) forms the Gram matrices -- and the direct draws'
     squared norms -- layer by layer from each layer's inputs and output gradients, with no ``P``-sized tensor
     (Goodfellow, 2015; BackPACK's ``BatchL2``, Dangel et al., 2020; see
-    :mod:`zooscape.landscape.population_fisher_factors`): Linear, Conv2d and eval-mode BatchNorm layers.
+    :mod:`zooscape.landscape.population_fisher_factors`): Linear, Conv2d, BatchNorm (running statistics),
+    GroupNorm and LayerNorm layers.
     ``method="jacobian"`` forms each sample's ``[N, K, P]`` Jacobian instead (any population), for at most
     :data:`JACOBIAN_ELEMENTS` entries at a time (``N*K*P`` per sample).
 
@@ -90,8 +91,9 @@ def population_fisher_trace_estimate(models: Sequence[nn.Module], x: Tensor, y: 
     if method != "jacobian":
         layers = factor_layers(pop, names)
         if layers is None and method == "factors":
-            raise NotFactorable(f"the population of {type(models[0]).__name__} has parameter layers that the "
-                                "factorisation does not cover (Linear, Conv2d groups=1, eval BatchNorm)")
+            raise NotFactorable(f"the population of {type(models[0]).__name__} has layers or parameters that the "
+                                "factorisation does not cover (it covers Linear, Conv2d with groups=1, BatchNorm "
+                                "with running statistics, GroupNorm and LayerNorm, every parameter differentiated)")
         fac = FactorGrams(pop, layers) if layers is not None else None
 
     def sample_out(p: dict[str, Tensor], xi: Tensor) -> Tensor:

@@ -11,15 +11,19 @@ and BackPACK's ``BatchGrad``/``BatchL2``, Dangel, Kunstner and Hennig, 2020)::
 
 whichever is cheaper (a Linear on one position: ``(a.a + 1)(delta_u . delta_v)``; a convolution with many output
 pixels: the small per-sample weight gradients ``[C_out, C_in*k*k]``). An eval-mode BatchNorm is an affine map per
-channel: its per-sample gradients are ``sum_t delta_t * xhat_t`` and ``sum_t delta_t``.
+channel, and GroupNorm and LayerNorm are per-sample normalisations followed by one: their per-sample gradients are
+``sum_t delta_t * xhat_t`` and ``sum_t delta_t``.
 
 Every ``delta`` comes from backpropagating the M directions through the stacked population (samples and models are
 independent in eval mode, so a batched backward gives every sample's and model's own), with no parameter gradient
 formed: one vmapped backward for Linear-only networks, one backward per direction on channels-last tensors for
 convolutional ones (vmap runs convolution and pooling backward direction by direction, and oneDNN's grouped
-convolution backward is ~2.7x faster on channels-last). :func:`factor_layers` says whether a population is covered (Linear, ungrouped Conv2d with numeric
-padding, BatchNorm with running statistics; every differentiated parameter in one of them, each layer called once);
-:func:`population_fisher_trace_estimate` falls back to the Jacobian path otherwise.
+convolution backward is ~2.7x faster on channels-last).
+
+:func:`factor_layers` says whether a population is covered (Linear, ungrouped Conv2d with numeric padding,
+BatchNorm with running statistics, GroupNorm, LayerNorm; every differentiated parameter in one of them, each layer
+called once); :func:`~zooscape.landscape.population_fisher.population_fisher_trace_estimate` falls back to the
+Jacobian path otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zooscape.train.layers import PopBatchNorm, PopConv2d, PopLinear
+from zooscape.train.layers import (
+    PopBatchNorm,
+    PopConv2d,
+    PopGroupNorm,
+    PopLayerNorm,
+    PopLinear,
+    to_channel_layout,
+)
 from zooscape.train.population import Population
 
 __all__ = ["FACTOR_ELEMENTS", "FactorGrams", "NotFactorable", "factor_layers"]
@@ -48,9 +59,11 @@ def factor_layers(pop: Population, names: Sequence[str]) -> list[tuple[str, nn.M
     """The population's parameter layers if the factorisation covers them all, else ``None``.
 
     Covered: :class:`~zooscape.train.layers.PopLinear`, :class:`~zooscape.train.layers.PopConv2d` (groups 1,
-    numeric padding, the channel layout) and eval-mode :class:`~zooscape.train.layers.PopBatchNorm` with running
-    statistics -- exactly those types (a subclass may compute its weight otherwise) -- and ``names`` (the
-    differentiated parameters) must be every parameter of those layers.
+    numeric padding, the channel layout), :class:`~zooscape.train.layers.PopBatchNorm` in eval mode with running
+    statistics, :class:`~zooscape.train.layers.PopGroupNorm` and :class:`~zooscape.train.layers.PopLayerNorm` --
+    exactly those types (a subclass may compute its weight otherwise) -- and ``names`` (the differentiated
+    parameters) must be every parameter of those layers. A BatchNorm normalising with batch statistics (training
+    mode or no running statistics) mixes the samples, so it is not covered even without parameters.
 
     Args:
         pop: an eval-mode population.
@@ -67,7 +80,7 @@ def factor_layers(pop: Population, names: Sequence[str]) -> list[tuple[str, nn.M
         own = [n for n, _ in m.named_parameters(recurse=False)]
         if not own:
             continue
-        if type(m) not in (PopLinear, PopConv2d, PopBatchNorm):
+        if type(m) not in (PopLinear, PopConv2d, PopBatchNorm, PopGroupNorm, PopLayerNorm):
             return None
         if type(m) is PopConv2d and (m.groups != 1 or not isinstance(m.padding, tuple)
                                      or getattr(m, "layout", "channel") != "channel"):
@@ -273,7 +286,7 @@ def _conv_gram(module: PopConv2d, a: Tensor, dz: list[Tensor], n: int, b: int, s
 
 
 def _layer_gram(module: nn.Module, a: Tensor, dz: Tensor, n: int, b: int) -> Tensor:
-    """A Linear or BatchNorm layer's term of the Gram matrices, ``[N*b, M, M]`` (rows model-major), from its input
+    """A Linear or normalisation layer's term of the Gram matrices, ``[N*b, M, M]`` (rows model-major), from its input
     ``a`` and the M directions' output gradients ``dz`` ``[M, *z.shape]``."""
     m = dz.shape[0]
     if isinstance(module, PopLinear):
@@ -285,16 +298,48 @@ def _layer_gram(module: nn.Module, a: Tensor, dz: Tensor, n: int, b: int) -> Ten
             aa = a.reshape(b, -1, n, d_in).permute(2, 0, 1, 3).reshape(n * b, -1, d_in)
             dd = dz.reshape(m, b, -1, n, d_out).permute(3, 1, 0, 4, 2).reshape(n * b, m, d_out, -1)
         return _weight_gram(aa, dd, module.bias is not None)
-    # eval-mode BatchNorm: per channel y = xhat * w + b
+    if isinstance(module, PopLayerNorm):
+        return _affine_gram(*_layer_norm_factors(module, a, dz, n, b), module.bias is not None)
+    # BatchNorm (eval mode: running statistics) and GroupNorm: per channel y = xhat * w + b
     c = module.weight.shape[1]
     if getattr(module, "layout", "channel") == "stacked":  # [N*b, C, *sp]
-        x = a.reshape(n, b, c, -1).transpose(2, 3)
+        a = to_channel_layout(a, n)
         dd = dz.reshape(m, n, b, c, -1).permute(1, 2, 0, 4, 3)
     else:  # [b, N*C, *sp]
-        x = a.reshape(b, n, c, -1).permute(1, 0, 3, 2)
         dd = dz.reshape(m, b, n, c, -1).permute(2, 1, 0, 4, 3)
-    xhat = (x - module.running_mean[:, None, None, :]) * torch.rsqrt(
-        module.running_var[:, None, None, :] + module.eps)  # [N, b, T, C]
-    gw = (dd * xhat[:, :, None]).sum(3)  # [N, b, M, C]
-    g = torch.cat([gw, dd.sum(3)], dim=3).reshape(n * b, m, 2 * c)
+    if isinstance(module, PopGroupNorm):
+        xhat = F.group_norm(a, n * module.num_groups, None, None, module.eps)
+        xhat = xhat.reshape(b, n, c, -1).permute(1, 0, 3, 2)  # [N, b, T, C]
+    else:
+        x = a.reshape(b, n, c, -1).permute(1, 0, 3, 2)
+        xhat = (x - module.running_mean[:, None, None, :]) * torch.rsqrt(
+            module.running_var[:, None, None, :] + module.eps)  # [N, b, T, C]
+    return _affine_gram(xhat, dd, True)
+
+
+def _layer_norm_factors(module: PopLayerNorm, a: Tensor, dz: Tensor, n: int, b: int) -> tuple[Tensor, Tensor]:
+    """A LayerNorm's normalised input ``[N, b, T, E]`` and output gradients ``[N, b, M, T, E]`` (E elements of its
+    normalised shape, T positions sharing the weight) in each of :class:`PopLayerNorm`'s layouts."""
+    m, e = dz.shape[0], module.weight[0].numel()
+    if getattr(module, "layout", "channel") == "stacked":  # [N*b, ..., *shape]
+        xhat = F.layer_norm(a, module.shape, None, None, module.eps).reshape(n, b, -1, e)
+        return xhat, dz.reshape(m, n, b, -1, e).permute(1, 2, 0, 3, 4)
+    if len(module.shape) == 1:  # [b, ..., N*F]
+        xs = a.reshape(b, -1, n, e)
+        xhat = F.layer_norm(xs, module.shape, None, None, module.eps).permute(2, 0, 1, 3)
+        return xhat, dz.reshape(m, b, -1, n, e).permute(3, 1, 0, 2, 4)
+    xs = a.reshape(b, n, *module.shape)  # [b, N*C, H, W] normalised over (C, H, W)
+    xhat = F.layer_norm(xs, module.shape, None, None, module.eps).reshape(b, n, 1, e).transpose(0, 1)
+    return xhat, dz.reshape(m, b, n, 1, e).permute(2, 1, 0, 3, 4)
+
+
+def _affine_gram(xhat: Tensor, dd: Tensor, bias: bool) -> Tensor:
+    """Gram term of an elementwise affine map ``y = xhat * w (+ b)`` whose weight is shared over T positions:
+    per-sample gradients ``sum_t delta_t * xhat_t`` (and ``sum_t delta_t``). ``xhat`` ``[N, b, T, E]``, ``dd``
+    ``[N, b, M, T, E]``; returns ``[N*b, M, M]``."""
+    n, b, m = dd.shape[:3]
+    g = (dd * xhat[:, :, None]).sum(3)  # [N, b, M, E]
+    if bias:
+        g = torch.cat([g, dd.sum(3)], dim=3)
+    g = g.reshape(n * b, m, -1)
     return g @ g.transpose(1, 2)
