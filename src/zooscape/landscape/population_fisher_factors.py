@@ -46,8 +46,9 @@ from zooscape.train.population import Population
 
 __all__ = ["FACTOR_ELEMENTS", "FactorGrams", "NotFactorable", "factor_layers"]
 
-#: Entries of output gradients (M directions x every layer's output) held at once by :class:`FactorGrams`
-#: (64 MiB in float32); the batch is cut into sample chunks to stay below it.
+#: Entries of output gradients (M directions x every layer's output) and of the convolutions' per-sample weight
+#: gradients (or ghost products) held at once by :class:`FactorGrams` (64 MiB in float32); the batch is cut into
+#: sample chunks to stay below it.
 FACTOR_ELEMENTS = 1 << 24
 
 
@@ -90,6 +91,17 @@ def factor_layers(pop: Population, names: Sequence[str]) -> list[tuple[str, nn.M
     return found if covered == set(names) else None
 
 
+def _ghost_is_cheaper(t: int, d_in: int, d_out: int, m: int) -> bool:
+    """Whether the ghost form (``T x T`` input and output-gradient products) of a layer with T positions takes fewer
+    multiply-adds than forming its M per-sample weight gradients ``[D_out, D_in]``."""
+    return t * t * d_in + m * m * t * t * d_out < m * d_out * t * d_in + m * m * d_out * d_in
+
+
+def _form_entries(t: int, d_in: int, d_out: int, m: int) -> int:
+    """Entries per sample and model that the cheaper form of :func:`_ghost_is_cheaper` holds at once."""
+    return m * m * t * t + t * t if _ghost_is_cheaper(t, d_in, d_out, m) else m * d_out * d_in
+
+
 def _weight_gram(a: Tensor, d: Tensor, bias: bool, form: str | None = None) -> Tensor:
     """Inner products of the per-sample gradients of a layer ``z_t = W a_t (+ b)`` along M directions: weight part
     ``sum_t d[:, m, :, t] a[:, t]^T`` and bias part ``sum_t d[:, m, :, t]``.
@@ -111,9 +123,7 @@ def _weight_gram(a: Tensor, d: Tensor, bias: bool, form: str | None = None) -> T
             aa = aa + 1.0
         dd = d[..., 0]
         return aa[:, None, None] * (dd @ dd.transpose(1, 2))
-    ghost = t * t * d_in + m * m * t * t * d_out
-    dense = m * d_out * t * d_in + m * m * d_out * d_in
-    if form == "ghost" or (form is None and ghost < dense):
+    if form == "ghost" or (form is None and _ghost_is_cheaper(t, d_in, d_out, m)):
         aa = a @ a.transpose(1, 2)  # [B, T, T]
         if bias:
             aa = aa + 1.0
@@ -141,7 +151,8 @@ class FactorGrams:
     Args:
         pop: an eval-mode population with plain layers (see :func:`zooscape.landscape.population._build`).
         layers: :func:`factor_layers` of ``pop``.
-        budget: most output-gradient entries held at once (default :data:`FACTOR_ELEMENTS`).
+        budget: most entries of output gradients and per-sample weight gradients (or ghost products) held at once
+            (default :data:`FACTOR_ELEMENTS`).
 
     References:
         Goodfellow, 2015 (efficient per-example gradient computations); Dangel, Kunstner and Hennig, 2020
@@ -151,6 +162,7 @@ class FactorGrams:
     def __init__(self, pop: Population, layers: list[tuple[str, nn.Module]], budget: int = FACTOR_ELEMENTS):
         self.pop, self.layers, self.budget = pop, layers, int(budget)
         self._per_sample: int | None = None  # output-gradient entries per sample and direction
+        self._shapes: list[tuple[int, int, int]] = []  # (positions, inputs, outputs) of the convolutions
         convolutional = any(isinstance(m, PopConv2d) for _, m in layers)
         # convolutions: channels-last tensors (oneDNN's grouped convolution backward ~2.7x faster, as in training)
         # and one backward per direction; Linear-only networks: one vmapped backward
@@ -190,6 +202,8 @@ class FactorGrams:
             with torch.no_grad():
                 out, seen = self._forward(x[:1])
             self._per_sample = sum(z.numel() for _, _, z, _, _ in seen) + out.numel()
+            self._shapes = [(z.shape[-2] * z.shape[-1], mod.weight[0, 0].numel(), mod.weight.shape[1])
+                            for mod, _, z, _, _ in seen if isinstance(mod, PopConv2d)]
             self._k = int(out.shape[-1])
         return self._k
 
@@ -198,7 +212,8 @@ class FactorGrams:
         ``M = K``)."""
         b, k = x.shape[0], self.num_outputs(x)
         m = directions.shape[0] if directions is not None else k
-        step = max(1, self.budget // max(1, m * (self._per_sample or 1)))
+        per_sample = m * (self._per_sample or 1) + self.pop.size * sum(_form_entries(*sh, m) for sh in self._shapes)
+        step = max(1, self.budget // per_sample)
         outs, grams = [], []
         for i in range(0, b, step):
             u = directions[:, i:i + step] if directions is not None else None
@@ -262,7 +277,7 @@ def _conv_gram(module: PopConv2d, a: Tensor, dz: list[Tensor], n: int, b: int, s
     rows = [g.permute(0, 2, 3, 1).reshape(b, t, n * c_out) for g in dz]  # views for channels-last memory
     src = a[:, :c_in] if shared else a
     cols = F.unfold(src, (kh, kw), module.dilation, module.padding, module.stride)  # [b, (N*)C_in*k*k, L]
-    if t * t * d_in + m * m * t * t * c_out < m * c_out * t * d_in + m * m * c_out * d_in:  # ghost form
+    if _ghost_is_cheaper(t, d_in, c_out, m):
         if shared:
             cols = cols.repeat(1, n, 1)
         aa = cols.view(b, n, d_in, t).transpose(0, 1).reshape(n * b, d_in, t).transpose(1, 2)
