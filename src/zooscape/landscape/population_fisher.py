@@ -2,7 +2,8 @@
 
 The Fisher counterpart of :mod:`zooscape.landscape.population` (which builds the eval-mode population with plain,
 twice-differentiable layers): one result per model, equal to :func:`~zooscape.landscape.fisher_trace_estimate` of
-that model alone with the same seed, up to float rounding.
+that model alone with the same seed, up to float rounding. Each sample's output Gram matrix ``J J^T`` is formed
+layer by layer (:mod:`zooscape.landscape.population_fisher_factors`) where the layers allow, else from its Jacobian.
 """
 
 from __future__ import annotations
