@@ -115,11 +115,9 @@ def test_categorical_traces_equal_the_per_model_reference(family, kind, num_samp
 
 
 @pytest.mark.parametrize("kind,num_samples", [("sampled", 2), ("sampled", 11), ("exact", 1), ("empirical", 1)])
-def test_gaussian_traces_equal_the_per_model_reference(kind, num_samples):
-    models = [_bn_cnn(s) for s in range(2)]
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(7, 2, 6, 6, generator=g, dtype=D64)
-    y = torch.randn(7, 4, generator=g, dtype=D64)
+def test_gaussian_traces_equal_the_per_model_reference(family, kind, num_samples):
+    models, x, _, k = family
+    y = torch.randn(x.shape[0], k, generator=torch.Generator().manual_seed(2), dtype=D64)
     got = population_fisher_trace_estimate(models, x, y, kind=kind, likelihood="gaussian", num_samples=num_samples,
                                            seed=4, method="factors")
     jac = population_fisher_trace_estimate(models, x, y, kind=kind, likelihood="gaussian", num_samples=num_samples,
