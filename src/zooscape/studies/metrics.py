@@ -70,8 +70,7 @@ POPULATION = frozenset({"hessian", "fisher"})
 DEFAULT_CHUNK_SIZE: int | str = "auto"
 #: Most models per task with ``chunk_size="auto"``.
 AUTO_TASK_MODELS = 64
-#: Models per Fisher task with ``chunk_size="auto"`` (1.28x the loop's memory at 4 on CNN-s with the factorised Gram
-#: matrices; populations of 8 or 16 were no faster per model, see bench/RESULTS.md).
+#: Models per Fisher task with ``chunk_size="auto"`` (1.28x the loop's memory on CNN-s; 8 or 16 were no faster).
 FISHER_CHUNK_SIZE = 4
 #: The row whose presence marks a task as done (a task's rows are committed together).
 MARKERS = {"hessian": "hessian_top_eigenvalue", "fisher": "fisher_trace", "spectra": "spectra_alpha", "cka": "cka"}
