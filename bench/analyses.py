@@ -7,6 +7,7 @@ Usage:
     .venv/bin/python bench/analyses.py --analysis fisher [--quick]    # Fisher trace (sampled labels)
     .venv/bin/python bench/analyses.py --analysis lmc [--quick]     # `lmc pairs` vs a per-pair linear_path loop
     .venv/bin/python bench/analyses.py --analysis curve [--quick]   # evaluating trained curves: per cell vs per pair
+    .venv/bin/python bench/analyses.py --analysis curve-train [--quick]   # training curves: per cell vs per pair
 
 The plain loop is what a user writes with the public per-model functions: for every seed pair of every cell, load
 both checkpoints (``zoo.load_model``) and compute ``landscape.cka`` of their ``layer_features``. ``zooscape metrics
@@ -21,7 +22,7 @@ in its own process (interleaved, twice), so that the printed peak RSS (``ru_maxr
 is timed inside the process (imports and torch.func's first-use imports excluded), and the values are checked to
 agree.
 
-The ``lmc`` and ``curve`` entries live in ``bench/analyses_pairs.py`` (see its docstring).
+The ``lmc``, ``curve`` and ``curve-train`` entries live in ``bench/analyses_pairs.py`` (see its docstring).
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="MLPs on digits")
     parser.add_argument("--n-samples", type=int, default=1024)
-    parser.add_argument("--analysis", choices=("cka", "hessian", "fisher", "lmc", "curve"), default="cka",
+    parser.add_argument("--analysis", choices=("cka", "hessian", "fisher", "lmc", "curve", "curve-train"),
+                        default="cka",
                         help="which zoo-wide analysis to compare with its plain loop (default cka)")
     parser.add_argument("--chunk-size", type=_chunk, default="auto",
                         help="hessian/fisher: models per population (default auto: metrics run's default)")
@@ -189,7 +191,7 @@ def main() -> None:
     if args.side is not None:
         _side(args)
         return
-    if args.analysis in ("lmc", "curve"):
+    if args.analysis in ("lmc", "curve", "curve-train"):
         os.environ["BENCH_CURVE_POINTS"] = str(args.n_points)  # read by the child processes
         sys.path.insert(0, str(Path(__file__).parent))
         from analyses_pairs import pair_main

@@ -1,6 +1,6 @@
 """LMC and curve entries of bench/analyses.py: study vs a plain per-pair loop (issue 20).
 
-Run through ``bench/analyses.py --analysis lmc|curve [--quick]``; this module also runs each side as its own process
+Run through ``bench/analyses.py --analysis lmc|curve|curve-train [--quick]``; this module also runs each side as its own process
 (``--child``).
 
 ``--analysis lmc``: ``zooscape lmc pairs`` (``studies.lmc_pairs.pair_barriers``: one task per cell, every path
@@ -9,8 +9,12 @@ both checkpoints and call ``connect.linear_path`` (its default method, and ``met
 copy that was the default for these networks before). ``--analysis curve``: trained curves of every seed pair
 evaluated per cell (``connect.evaluate_curves``, what ``zooscape curve pairs`` runs) against a loop of
 ``connect.evaluate_curve`` per curve (default method, and ``method="loop"``); the curves are trained once
-beforehand (curve training stays one pair at a time). Each side runs in its own process (interleaved, best of the
-repeats) so that its peak RSS is its own; values are checked equal.
+beforehand, one pair at a time. ``--analysis curve-train``: what ``zooscape curve pairs`` trains per cell (every
+model loaded once, all the cell's curves trained together as one population,
+``connect.curve_population.train_curves``) against the loop a user writes: for every seed pair, load both
+checkpoints, build the Bezier curve and call ``connect.train_curve`` (``BENCH_CURVE_EPOCHS`` epochs, default 2, of
+the command's settings). Each side runs in its own process (interleaved, best of the repeats) so that its peak RSS
+is its own; values are checked equal.
 """
 
 from __future__ import annotations
@@ -113,6 +117,55 @@ def curve_study(zoo_dir: Path, curves_dir: Path) -> dict[str, float]:
     return out
 
 
+CURVE_TRAIN_EPOCHS = int(os.environ.get("BENCH_CURVE_EPOCHS", "2"))
+
+
+def _curve_train_config():
+    """``zooscape curve pairs``' training settings (SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, Garipov
+    schedule) with ``CURVE_TRAIN_EPOCHS`` epochs."""
+    import dataclasses
+
+    from zooscape.studies.curves import default_pair_config
+
+    return dataclasses.replace(default_pair_config(), epochs=CURVE_TRAIN_EPOCHS)
+
+
+def curve_train_loop(zoo_dir: Path) -> dict[str, float]:
+    """The plain per-pair loop: load both checkpoints, build the Bezier curve, ``train_curve`` (public API)."""
+    from zooscape.connect import Curve, train_curve
+    from zooscape.studies.cells import zoo_cells
+    from zooscape.zoo import open_zoo
+
+    cfg, out = _curve_train_config(), {}
+    with open_zoo(zoo_dir) as zoo:
+        data = zoo.data(zoo.model_ids[0])
+        for cell in zoo_cells(zoo):
+            for a, b in itertools.combinations(cell.model_ids, 2):
+                curve = Curve("bezier", zoo.load_model(a, 1), zoo.load_model(b, 1), 1)
+                out[f"{a}-{b}"] = train_curve(curve, data, cfg).history[-1]["train_loss"]
+    return out
+
+
+def curve_train_study(zoo_dir: Path) -> dict[str, float]:
+    """What ``zooscape curve pairs`` trains per cell (``run_curve_cell_task``): each model loaded once, all the
+    cell's curves trained together as one population (``connect.curve_population.train_curves``)."""
+    from zooscape.connect import Curve
+    from zooscape.connect.curve_population import train_curves
+    from zooscape.studies.cells import zoo_cells
+    from zooscape.zoo import open_zoo
+
+    cfg, out = _curve_train_config(), {}
+    with open_zoo(zoo_dir) as zoo:
+        data = zoo.data(zoo.model_ids[0])
+        for cell in zoo_cells(zoo):
+            pairs = list(itertools.combinations(cell.model_ids, 2))
+            models = {m: zoo.load_model(m, 1) for m in cell.model_ids}
+            curves = [Curve("bezier", models[a], models[b], 1) for a, b in pairs]
+            for (a, b), res in zip(pairs, train_curves(curves, data, cfg)):
+                out[f"{a}-{b}"] = res.history[-1]["train_loss"]
+    return out
+
+
 def _child(which: str, zoo_dir: Path, extra: Path) -> None:
     """Run one side in this (fresh) process; print its time, peak RSS and values as JSON."""
     import torch
@@ -125,7 +178,11 @@ def _child(which: str, zoo_dir: Path, extra: Path) -> None:
     import zooscape.zoo.engines  # noqa: F401
 
     t0 = time.perf_counter()
-    if which == "lmc-study":
+    if which == "curve-train-study":
+        values = curve_train_study(zoo_dir)
+    elif which.startswith("curve-train-loop"):
+        values = curve_train_loop(zoo_dir)
+    elif which == "lmc-study":
         values = lmc_study(zoo_dir)
     elif which.startswith("lmc-loop"):
         values = lmc_loop(zoo_dir, which.split(":")[1])
@@ -161,19 +218,21 @@ def pair_analysis(analysis: str, zoo_dir: Path, tmp: Path, repeats: int, what: s
     ref = runs[sides[0]][0]["values"]
     diff = max(abs(runs[s][0]["values"][k] - v) for s in sides[1:] for k, v in ref.items())
     label = {"lmc": f"LMC of every seed pair ({LMC_POINTS} alphas, train + test)",
+             "curve-train": f"training a Bezier curve (1 bend) between every seed pair ({CURVE_TRAIN_EPOCHS} epochs, "
+                            "batch 128, SGD; final train loss compared)",
              "curve": f"evaluating a trained Bezier curve of every seed pair ({CURVE_POINTS} points, BN reset, "
                       "train + test)"}
     print(f"{label[analysis]}: {what}, 16 models in 4 cells ({len(ref)} pairs), 1 thread, "
           f"load average {os.getloadavg()[0]:.1f}, best of {repeats}")
     study = sides[0]
     for side in sides[1:]:
-        print(f"  {side:16s} {best[side]:7.2f} s  peak RSS {rss[side]:6.0f} MiB   study / loop: "
+        print(f"  {side:22s} {best[side]:7.2f} s  peak RSS {rss[side]:6.0f} MiB   study / loop: "
               f"{best[side] / best[study]:.2f}x faster, RSS {rss[study] / rss[side]:.2f}x")
-    print(f"  {study:16s} {best[study]:7.2f} s  peak RSS {rss[study]:6.0f} MiB   (values agree to {diff:.1e})")
+    print(f"  {study:22s} {best[study]:7.2f} s  peak RSS {rss[study]:6.0f} MiB   (values agree to {diff:.1e})")
 
 
 def pair_main(args: argparse.Namespace) -> None:
-    """``--analysis lmc`` / ``--analysis curve``: build the 16-model zoo, then :func:`pair_analysis`."""
+    """``--analysis lmc`` / ``curve`` / ``curve-train``: build the 16-model zoo, then :func:`pair_analysis`."""
     from zooscape.zoo import train_zoo
 
     if args.quick:
@@ -184,7 +243,8 @@ def pair_main(args: argparse.Namespace) -> None:
         tmp = Path(tmp)
         (tmp / "spec.toml").write_text(spec)
         train_zoo(tmp / "spec.toml", tmp / "zoo", device="cpu", progress=False).close()
-        pair_analysis(args.analysis, tmp / "zoo", tmp, args.repeats, what, tuple(args.methods.split(",")))
+        methods = ("train_curve",) if args.analysis == "curve-train" else tuple(args.methods.split(","))
+        pair_analysis(args.analysis, tmp / "zoo", tmp, args.repeats, what, methods)
 
 
 if __name__ == "__main__":

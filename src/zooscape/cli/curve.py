@@ -87,8 +87,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_quiet(q)
     add_workers_engine(q, what="the tasks (one per grid cell; one per pair with --per-pair)")
     q.add_argument("--per-pair", action="store_true",
-                   help="one task per pair, each curve evaluated on its own (the slow reference; default: a cell's "
-                        "curves trained one by one and evaluated together as one population)")
+                   help="one task per pair, each curve trained and evaluated on its own (the slow reference; default: "
+                        "a cell's curves trained and evaluated together as populations)")
     add_log(q)
     q.set_defaults(func=cmd_pairs)
     return p

@@ -7,8 +7,9 @@ epoch and evaluated; the summaries are ``analyses`` rows (``model_id`` < ``other
 ``DIR/curves/``. Pairs already stored with the same settings are skipped, so an interrupted run resumes.
 By default the pairs of a cell still to compute are one picklable :class:`CurveCellTask` that
 :func:`run_curve_cell_task` computes wherever the zoo's engine puts it (in-process, local worker processes or Ray):
-it loads each model once, trains each pair's curve, and evaluates all the cell's curves together as population
-members (:func:`zooscape.connect.curve_eval.evaluate_curves`). ``per_pair=True`` keeps the reference: one
+it loads each model once, trains all the cell's curves together as members of one stacked population
+(:func:`zooscape.connect.curve_population.train_curves`) and evaluates them together as population members
+(:func:`zooscape.connect.curve_eval.evaluate_curves`). ``per_pair=True`` keeps the reference: one
 :class:`CurvePairTask` per pair (:func:`run_curve_pair_task`). Tasks only read the zoo and return the rows and the
 files, which the driver writes while holding the zoo's write lock (:mod:`zooscape.studies.jobs`, as
 ``zooscape metrics run`` does).
@@ -177,10 +178,12 @@ class CurveCellTask(CellTask):
 
 
 def run_curve_cell_task(task: CurveCellTask) -> dict[str, Any]:
-    """Load each model of the task's pairs once, train every pair's curve, evaluate all curves together.
+    """Load each model of the task's pairs once, train all the cell's curves together, evaluate them together.
 
-    Each curve is trained as in :func:`run_curve_pair_task` (same seed, same numbers); the evaluation of all the
-    cell's curves runs their points as population members
+    The curves are trained as members of one population per step
+    (:func:`zooscape.connect.curve_population.train_curves`, chunked to a memory budget), each as in
+    :func:`run_curve_pair_task` (same seed, same numbers to float tolerance); the evaluation of all the cell's
+    curves runs their points as population members
     (:func:`zooscape.connect.curve_eval.evaluate_curves`), equal to :func:`evaluate_curve` of each within float
     tolerance. The result depends only on the task.
 
@@ -196,7 +199,7 @@ def run_curve_cell_task(task: CurveCellTask) -> dict[str, Any]:
     """
     from zooscape.connect.curve import Curve, curve_bytes
     from zooscape.connect.curve_eval import evaluate_curves
-    from zooscape.connect.curve_train import train_curve
+    from zooscape.connect.curve_population import train_curves
     from zooscape.train.trainer import resolve_device
     from zooscape.zoo.reader import open_zoo
 
@@ -207,11 +210,8 @@ def run_curve_cell_task(task: CurveCellTask) -> dict[str, Any]:
         models = {m: zoo.load_model(m, task.epoch) for m in ids}
         data = zoo.data(ids[0])
     device = resolve_device(task.device)
-    curves = []
-    for a, b in task.pairs:
-        curve = Curve(params["kind"], models[a], models[b], params["num_bends"]).to(device)
-        train_curve(curve, data, cfg)
-        curves.append(curve)
+    curves = [Curve(params["kind"], models[a], models[b], params["num_bends"]).to(device) for a, b in task.pairs]
+    train_curves(curves, data, cfg)
     evs = evaluate_curves(curves, data, params["n_points"], splits=tuple(params["splits"]),
                           bn_mode=params["bn_mode"], mc_points=params["mc_points"], weight_decay=cfg.weight_decay)
     pairs = [_curve_result(a, b, task.epoch, task.cell, params, curve, ev, curve_bytes)
@@ -296,8 +296,9 @@ def curve_pairs(
     """Train and evaluate a curve between every seed pair of each grid cell of a zoo; store mc in the catalog.
 
     The pairs of each cell still to compute are one :class:`CurveCellTask` run by :func:`run_curve_cell_task` on
-    the engine (in-process by default, ``workers`` local processes, or Ray): curves are trained one pair at a time
-    and evaluated together as population members. With ``per_pair=True`` every pair is one
+    the engine (in-process by default, ``workers`` local processes, or Ray): the cell's curves are trained together
+    as one population (:func:`zooscape.connect.curve_population.train_curves`) and evaluated together as
+    population members. With ``per_pair=True`` every pair is one
     :class:`CurvePairTask` (:func:`run_curve_pair_task`, the reference). The driver writes each task's files and
     commits its rows as the task finishes. A pair's values do not depend on the engine or the number of workers.
 
