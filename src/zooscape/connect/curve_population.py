@@ -22,7 +22,7 @@ per-member batch statistics (:class:`zooscape.train.layers.PopBatchNorm`), as th
 
 Curves are chunked so that a chunk's nodes, optimiser state and activations stay within a memory budget (256 MiB
 by default, as :mod:`zooscape.connect.population`). Networks without population layers, and networks with
-Dropout (whose per-member masks are drawn differently from the single network's), are trained one curve at a
+active Dropout (whose per-member masks are drawn differently from the single network's), are trained one curve at a
 time with :func:`~zooscape.connect.curve_train.train_curve`.
 
 References:
@@ -32,7 +32,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +47,6 @@ from zooscape.connect.curve import Curve
 from zooscape.connect.curve_train import (
     CurveTrainConfig,
     CurveTrainResult,
-    _has_dropout,
     garipov_lr_factor,
     sample_ts,
 )
@@ -107,6 +105,11 @@ def _check_curves(curves: Sequence[Curve]) -> None:
         raise ValueError("the curves have nothing to train: num_bends=0 and both endpoints fixed")
 
 
+def _active_dropout(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has a Dropout layer with ``p > 0`` (``p = 0`` draws no random numbers)."""
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
 def _batch_nll(out: Tensor, y: Tensor, task: str) -> Tensor:
     """Per-member mean task loss of ``out`` ``[B, N, K]`` against ``y`` ``[N, B]`` (or ``[N, B, k]``) -> ``[N]``."""
     out = out.transpose(0, 1)  # [N, B, K]
@@ -129,8 +132,7 @@ class _CurveChunk:
 
         first = curves[0]
         self.curves, self.n, self.seeds = list(curves), len(curves), [int(s) for s in seeds]
-        template = copy.deepcopy(first.template).to(device)
-        self.pop = Population([template] * self.n).to(device).train()
+        self.pop = Population([first.template] * self.n).to(device).train()  # (Population copies the template)
         shapes = [tuple(p.shape) for p in first.nodes[0].param_list()]
         self.sizes = [math.prod(s) for s in shapes]
         self.shapes = shapes
@@ -156,10 +158,15 @@ class _CurveChunk:
             weight_decay=torch.zeros(self.n, **like), momentum=torch.full((self.n,), float(config.momentum), **like),
             nesterov=bool(config.nesterov), betas=tuple(config.betas), eps=float(config.eps))
         self.active = torch.ones(self.n, dtype=torch.bool, device=device)
+        self._lr: tuple[float, Tensor] | None = None
 
     def coefficients(self, ts: Tensor) -> Tensor:
-        """``[N, K]`` coefficients of each member's own position ``ts[m]``."""
-        return first_coefficients(self.kind, ts, self.num_bends).to(self.nodes[0].device, self.nodes[0].dtype)
+        """Coefficients ``[N, S, K]`` of each member's own positions ``ts`` ``[N, S]`` (float64 in [0, 1]), cast to
+        the nodes' dtype as :meth:`Curve._blend` casts them."""
+        from zooscape.connect.curve import curve_coefficients
+
+        c = curve_coefficients(self.kind, ts.reshape(-1), self.num_bends).reshape(*ts.shape, -1)
+        return c.to(self.nodes[0].device, self.nodes[0].dtype)
 
     def blend(self, c: Tensor, stack: list[Tensor]) -> Tensor:
         """``sum_j c[:, j] * stack[j]`` (``[N, P]``), in node order as :meth:`Curve._blend`."""
@@ -175,15 +182,17 @@ class _CurveChunk:
         parts = torch.split(w, sizes, dim=1)
         return {f"net.{name}": part.reshape(self.n, *shape) for name, part, shape in zip(names, parts, shapes)}
 
-    def loss(self, x: Tensor, y: Tensor, ts: Tensor, wd: float, task: str) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-member ``(loss [N], nll [N], out [B, N, K])`` of one step; ``x`` ``[B, N, *input_shape]``."""
-        c = self.coefficients(ts)
+    def loss(self, x: Tensor, y: Tensor, c: Tensor, wd: float, task: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-member ``(loss [N], nll [N], out [B, N, K])`` of one step: ``x`` ``[B, N, *input_shape]``, ``y``
+        ``[N, B]`` (or ``[N, B, k]``), ``c`` the members' coefficients ``[N, K]`` at their positions."""
         w = self.blend(c, self.nodes)
         params = self.unflatten(w, self.shapes, self.names)
-        with torch.no_grad():
-            # contiguous: BatchNorm updates (and views) its running statistics in place
-            buffers = {k: v.contiguous() for k, v in
-                       self.unflatten(self.blend(c, self.bufs), self.bshapes, self.buffer_names).items()}
+        buffers: dict[str, Tensor] = {}
+        if self.buffer_names:
+            with torch.no_grad():
+                # contiguous: BatchNorm updates (and views) its running statistics in place
+                buffers = {k: v.contiguous() for k, v in
+                           self.unflatten(self.blend(c, self.bufs), self.bshapes, self.buffer_names).items()}
         out = functional_call(self.pop, (params, buffers), (x,))  # [B, N, K]
         nll = _batch_nll(out, y, task)
         if wd:
@@ -195,8 +204,9 @@ class _CurveChunk:
             self.nodes[j].grad = None
 
     def step(self, lr: float) -> None:
-        lrs = torch.full((self.n,), float(lr), dtype=self.nodes[0].dtype, device=self.nodes[0].device)
-        self.opt.step(lrs, self.active, all_active=True)
+        if self._lr is None or self._lr[0] != lr:
+            self._lr = (lr, torch.full((self.n,), float(lr), dtype=self.nodes[0].dtype, device=self.nodes[0].device))
+        self.opt.step(self._lr[1], self.active, all_active=True)
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -205,13 +215,6 @@ class _CurveChunk:
             for j in self.trainable:
                 for target, part in zip(curve.nodes[j].param_list(), torch.split(self.nodes[j][m], self.sizes)):
                     target.copy_(part.view(target.shape))
-
-
-def first_coefficients(kind: str, ts: Tensor, num_bends: int) -> Tensor:
-    """Curve coefficients ``[T, num_bends + 2]`` of positions ``ts`` ``[T]`` (float64)."""
-    from zooscape.connect.curve import curve_coefficients
-
-    return curve_coefficients(kind, ts, num_bends).reshape(-1, num_bends + 2)
 
 
 def _train_chunk(chunk: _CurveChunk, x_tr: Tensor, y_tr: Tensor, config: CurveTrainConfig, task: str,
@@ -227,8 +230,9 @@ def _train_chunk(chunk: _CurveChunk, x_tr: Tensor, y_tr: Tensor, config: CurveTr
         t0 = time.perf_counter()
         orders = [epoch_order(n, s, epoch).to(dev) for s in (chunk.seeds[:1] if shared_order else chunk.seeds)]
         ts = torch.stack([sample_ts(s, epoch, steps) for s in chunk.seeds])  # [N, steps]
-        sums = torch.zeros(3, n_members, dtype=torch.float64, device=dev)
-        seen = 0
+        coeffs = chunk.coefficients(ts)  # [N, steps, K]
+        losses, nlls, wrong = [], [], []
+        sizes = []
         lr = config.lr
         for s in range(steps):
             if config.schedule == "garipov":
@@ -240,16 +244,22 @@ def _train_chunk(chunk: _CurveChunk, x_tr: Tensor, y_tr: Tensor, config: CurveTr
             xb = x_tr[idx.reshape(-1)].view(idx.shape[0], b, *x_tr.shape[1:]).transpose(0, 1)  # [b, N|1, ...]
             xb = xb.expand(b, n_members, *x_tr.shape[1:])
             yb = y_tr[idx.reshape(-1)].view(idx.shape[0], b, *y_tr.shape[1:]).expand(n_members, b, *y_tr.shape[1:])
-            loss, nll, out = chunk.loss(xb, yb, ts[:, s], wd, task)
+            loss, nll, out = chunk.loss(xb, yb, coeffs[:, s], wd, task)
             chunk.zero_grad()
             loss.sum().backward()
             chunk.step(lr)
-            with torch.no_grad():
-                sums[0] += loss.detach().double() * b
-                sums[1] += nll.detach().double() * b
-                if task == "classification":
-                    sums[2] += (out.argmax(-1).transpose(0, 1) != yb).double().sum(1)
-            seen += b
+            losses.append(loss.detach())
+            nlls.append(nll.detach())
+            if task == "classification":
+                wrong.append((out.detach().argmax(-1).transpose(0, 1) != yb).sum(1))
+            sizes.append(b)
+        # the epoch's sums (after the steps: no per-step bookkeeping operations), [3, N]
+        seen = sum(sizes)
+        weights = torch.tensor(sizes, dtype=torch.float64, device=dev).unsqueeze(1)
+        sums = torch.stack([(torch.stack(losses).double() * weights).sum(0),
+                            (torch.stack(nlls).double() * weights).sum(0),
+                            torch.stack(wrong).double().sum(0) if wrong else torch.zeros(n_members, device=dev,
+                                                                                          dtype=torch.float64)])
         sums = sums.cpu()
         seconds = time.perf_counter() - t0
         for m in range(n_members):
@@ -325,7 +335,7 @@ def train_curves(
         raise ValueError(f"seeds has {len(seeds)} entries for {len(curves)} curves")
     dev = torch.device(device) if device is not None else next(curves[0].parameters()).device
     template = curves[0].template
-    if _has_dropout(template) or not population_supported(template):
+    if _active_dropout(template) or not population_supported(template):
         results = []
         for i, (curve, seed) in enumerate(zip(curves, seeds)):
             cb = None if callback is None else (lambda row, i=i: callback(i, row))
@@ -342,7 +352,8 @@ def train_curves(
     if not slices:
         raise ValueError(f"batch_size {bs} exceeds the {n} training samples with drop_last=True")
     for curve in curves:
-        curve.to(dev)
+        if next(curve.parameters()).device != dev:
+            curve.to(dev)
     size = curve_train_chunk(curves[0], x_tr[:1], len(curves), bs, max_members=max_members,
                              memory_bytes=memory_bytes)
     results: list[CurveTrainResult] = []
