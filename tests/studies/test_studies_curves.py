@@ -4,6 +4,7 @@ import dataclasses
 import itertools
 import json
 import shutil
+from unittest import mock
 
 import pytest
 import torch
@@ -248,12 +249,31 @@ def _curve_files(zoo_dir):
     return out
 
 
-def _assert_same_curves(got, ref):
+def _assert_same_curves(got, ref, atol=0.0):
+    """Same files, metadata and tensors (bitwise, or within ``atol`` where one side trained the curve alone and
+    the other as a member of its cell's population)."""
     assert got.keys() == ref.keys() and len(ref) > 0
     for name, (tensors, meta) in ref.items():
         assert got[name][1] == meta
         assert got[name][0].keys() == tensors.keys()
-        assert all(torch.equal(got[name][0][k], v) for k, v in tensors.items()), name
+        same = torch.equal if atol == 0 else (lambda a, b: torch.allclose(a, b, rtol=0, atol=atol))
+        assert all(same(got[name][0][k], v) for k, v in tensors.items()), name
+
+
+def test_cell_tasks_train_curves_as_a_population_equal_to_the_per_pair_reference(seed_zoo, tmp_path):
+    ref_dir, cell_dir = tmp_path / "per-pair", tmp_path / "cells"
+    shutil.copytree(seed_zoo, ref_dir)
+    shutil.copytree(seed_zoo, cell_dir)
+    ref = curve_pairs(ref_dir, **FAST, per_pair=True)
+    with mock.patch("zooscape.connect.curve_train.train_curve", side_effect=AssertionError("trained one by one")):
+        got = curve_pairs(cell_dir, **FAST)  # one cell task: its 3 curves trained as one population
+    assert len(got) == len(ref) == 3
+    for r, g in zip(ref, got):
+        assert g.keys() == r.keys() and (g["model_id"], g["other_id"]) == (r["model_id"], r["other_id"])
+        for k, v in r.items():
+            if isinstance(v, float):
+                assert g[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    _assert_same_curves(_curve_files(cell_dir), _curve_files(ref_dir), atol=1e-6)
 
 
 def test_pair_task_settings_round_trip():
@@ -309,7 +329,8 @@ def test_interrupted_curve_pairs_resume_in_workers_from_the_cli(seed_zoo, tmp_pa
     assert "2 pair(s) computed now, 3 stored with these settings" in printed.out
     assert curve_records(out, FAST_PARAMS) == curve_records(ref_dir, FAST_PARAMS)
     assert [{k: v for k, v in r.items() if k != "params"} for r in curve_records(out, FAST_PARAMS)] == ref
-    _assert_same_curves(_curve_files(out), _curve_files(ref_dir))
+    # the first pair was trained alone (per pair), the reference's as a member of the cell's population
+    _assert_same_curves(_curve_files(out), _curve_files(ref_dir), atol=1e-6)
     with open_zoo(out) as zoo:
         assert len(zoo.analyses("curve_mc_error_test")) == 3  # nothing stored twice
     # nothing left: no task runs; Ray options need --engine ray
