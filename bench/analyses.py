@@ -184,6 +184,9 @@ def main() -> None:
                         help="lmc/curve: methods of the per-pair loop (auto = the default of linear_path / "
                              "evaluate_curve; vmap, loop, population)")
     parser.add_argument("--n-points", type=int, default=21, help="curve: evaluated points per curve")
+    parser.add_argument("--curve-epochs", type=int, default=None,
+                        help="curve-train: epochs of curve training (default 10, the command's, with --quick; 2 on "
+                             "CNN-s)")
     parser.add_argument("--side", choices=("loop", "zoo"), help=argparse.SUPPRESS)
     parser.add_argument("--zoo", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -193,6 +196,8 @@ def main() -> None:
         return
     if args.analysis in ("lmc", "curve", "curve-train"):
         os.environ["BENCH_CURVE_POINTS"] = str(args.n_points)  # read by the child processes
+        epochs = args.curve_epochs if args.curve_epochs is not None else (10 if args.quick else 2)
+        os.environ["BENCH_CURVE_EPOCHS"] = str(epochs)
         sys.path.insert(0, str(Path(__file__).parent))
         from analyses_pairs import pair_main
 

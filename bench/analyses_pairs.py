@@ -1,7 +1,7 @@
 """LMC and curve entries of bench/analyses.py: study vs a plain per-pair loop (issue 20).
 
-Run through ``bench/analyses.py --analysis lmc|curve|curve-train [--quick]``; this module also runs each side as its own process
-(``--child``).
+Run through ``bench/analyses.py --analysis lmc|curve|curve-train [--quick]``; this module also runs each side as
+its own process (``--child``).
 
 ``--analysis lmc``: ``zooscape lmc pairs`` (``studies.lmc_pairs.pair_barriers``: one task per cell, every path
 point of the cell's pairs a member of one population) against the loop a user writes: for every seed pair, load
@@ -12,9 +12,10 @@ evaluated per cell (``connect.evaluate_curves``, what ``zooscape curve pairs`` r
 beforehand, one pair at a time. ``--analysis curve-train``: what ``zooscape curve pairs`` trains per cell (every
 model loaded once, all the cell's curves trained together as one population,
 ``connect.curve_population.train_curves``) against the loop a user writes: for every seed pair, load both
-checkpoints, build the Bezier curve and call ``connect.train_curve`` (``BENCH_CURVE_EPOCHS`` epochs, default 2, of
-the command's settings). Each side runs in its own process (interleaved, best of the repeats) so that its peak RSS
-is its own; values are checked equal.
+checkpoints, build the Bezier curve and call ``connect.train_curve`` (``--curve-epochs``: 10 epochs, the
+command's default, with ``--quick``; 2 on CNN-s to keep the loop short; the command's other settings). Each side
+runs in its own process (interleaved, best of the repeats) so that its peak RSS is its own; values are checked
+equal.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def curve_study(zoo_dir: Path, curves_dir: Path) -> dict[str, float]:
     return out
 
 
-CURVE_TRAIN_EPOCHS = int(os.environ.get("BENCH_CURVE_EPOCHS", "2"))
+CURVE_TRAIN_EPOCHS = int(os.environ.get("BENCH_CURVE_EPOCHS", "10"))
 
 
 def _curve_train_config():
@@ -173,8 +174,11 @@ def _child(which: str, zoo_dir: Path, extra: Path) -> None:
     torch.set_num_threads(1)
     import zooscape.align.lmc  # noqa: F401  (imports are not timed: they are the same for any zoo size)
     import zooscape.connect  # noqa: F401
+    import zooscape.connect.curve_population  # noqa: F401
     import zooscape.studies.curves  # noqa: F401
     import zooscape.studies.lmc_pairs  # noqa: F401
+    import zooscape.train.optim  # noqa: F401
+    import zooscape.train.population  # noqa: F401
     import zooscape.zoo.engines  # noqa: F401
 
     t0 = time.perf_counter()
