@@ -126,6 +126,8 @@ def test_errors():
     assert train_curves([], data, CFG) == []
     with pytest.raises(ValueError, match="differs from curves"):
         train_curves([mlp[0], other[1]], data, CFG)
+    with pytest.raises(ValueError, match="dtype"):
+        train_curves([mlp[0], copy.deepcopy(mlp[1]).float()], data, CFG)
     with pytest.raises(ValueError, match="seeds has 1 entries for 2 curves"):
         train_curves(mlp[:2], data, CFG, seeds=[1])
     with pytest.raises(TypeError, match="Curve"):

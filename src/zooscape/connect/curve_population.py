@@ -92,15 +92,18 @@ def curve_train_chunk(curve: Curve, example: Tensor, n_curves: int, batch_size: 
 
 def _check_curves(curves: Sequence[Curve]) -> None:
     first = curves[0]
-    shapes = [tuple(p.shape) for p in first.nodes[0].param_list()]
+    if not isinstance(first, Curve):
+        raise TypeError(f"curves[0] must be a zooscape.connect.Curve, got {type(first).__name__}")
+    layout = [(tuple(p.shape), p.dtype) for p in first.nodes[0].param_list()]
     for i, c in enumerate(curves):
         if not isinstance(c, Curve):
             raise TypeError(f"curves[{i}] must be a zooscape.connect.Curve, got {type(c).__name__}")
         same = (c.kind, c.num_bends, c.fix_start, c.fix_end, c.param_names, c.buffer_names) == (
             first.kind, first.num_bends, first.fix_start, first.fix_end, first.param_names, first.buffer_names)
-        if not same or [tuple(p.shape) for p in c.nodes[0].param_list()] != shapes:
-            raise ValueError(f"curves[{i}] differs from curves[0] in kind, num_bends, fixed endpoints or "
-                             "architecture; train_curves trains curves of one kind and architecture together")
+        if not same or [(tuple(p.shape), p.dtype) for p in c.nodes[0].param_list()] != layout:
+            raise ValueError(f"curves[{i}] differs from curves[0] in kind, num_bends, fixed endpoints, "
+                             "architecture or dtype; train_curves trains curves of one kind and architecture "
+                             "together")
     if not first.trainable_parameters():
         raise ValueError("the curves have nothing to train: num_bends=0 and both endpoints fixed")
 
