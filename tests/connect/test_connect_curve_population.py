@@ -9,8 +9,8 @@ import pytest
 import torch
 from connect_helpers import classification_data, make_cnn, make_mlp, perturb_bn_stats
 
-from zooscape.connect import Curve, CurveTrainConfig, train_curve
-from zooscape.connect.curve_population import curve_train_chunk, train_curves
+from zooscape.connect import Curve, CurveTrainConfig, train_curve, train_curves
+from zooscape.connect.curve_population import curve_train_chunk
 
 CFG = CurveTrainConfig(epochs=2, batch_size=8, lr=0.05, weight_decay=1e-3, seed=3)
 

@@ -76,6 +76,7 @@ from zooscape.connect.curve_eval import (  # noqa: E402
     mode_connectivity,
     segment_lengths,
 )
+from zooscape.connect.curve_population import train_curves  # noqa: E402
 from zooscape.connect.curve_train import (  # noqa: E402
     CurveTrainConfig,
     CurveTrainResult,
@@ -107,4 +108,5 @@ __all__ += [
     "save_curve",
     "segment_lengths",
     "train_curve",
+    "train_curves",
 ]
