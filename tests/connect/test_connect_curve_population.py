@@ -154,3 +154,25 @@ def test_regression_curves_equal_train_curve_per_curve():
     curves = _curves(net, "bezier", 1)
     results = _check(curves, data, dataclasses.replace(CFG, lr=0.01), 1e-12, task="regression")
     assert "train_error" not in results[0].history[0]
+
+
+@pytest.mark.parametrize("manual", [True, False])
+def test_relu_mlp_curves_take_the_autograd_free_step_and_equal_train_curve(manual):
+    from zooscape.connect.curve_population import _CurveChunk
+    from zooscape.train._flags import override
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
+                                   torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+    curves = _curves(net, "bezier", 2)
+    data = _data((6,), 3)
+    with override(manual_mlp=manual):
+        chunk = _CurveChunk(curves, CFG, [CFG.seed] * len(curves), torch.device("cpu"))
+        assert chunk.use_manual_step(data["train"][0], "classification") is manual
+        _check(curves, data, CFG, 1e-12)
+    # BatchNorm MLPs and regression keep autograd
+    assert not _CurveChunk(_curves(lambda s: make_mlp(s, bn=True)), CFG, [0] * 4,
+                           torch.device("cpu")).use_manual_step(data["train"][0], "classification")
+    assert not _CurveChunk(curves, CFG, [0] * 4, torch.device("cpu")).use_manual_step(data["train"][0], "regression")

@@ -19,6 +19,9 @@ learning-rate schedule and per-member optimiser state (:class:`zooscape.train.op
 optimiser :class:`~zooscape.connect.curve_train.CurveOptimizer` wraps). The loss of the step is the *sum* of the
 members' losses, so each member's bends get exactly their own gradient. BatchNorm layers run in training mode with
 per-member batch statistics (:class:`zooscape.train.layers.PopBatchNorm`), as the single curve's network does.
+Plain ReLU MLPs (classification) take the population trainer's autograd-free step
+(:mod:`zooscape.train.manual_mlp`, switch ``manual_mlp``) on the blended weights, and the bends' gradients follow by
+the chain rule, ``dL/dtheta[m, j] = c_j(t_m) (dL/dW[m] + wd W[m])``.
 
 Curves are chunked so that a chunk's nodes, optimiser state and activations stay within a memory budget (256 MiB
 by default, as :mod:`zooscape.connect.population`). Networks without population layers, and networks with
@@ -162,6 +165,39 @@ class _CurveChunk:
             nesterov=bool(config.nesterov), betas=tuple(config.betas), eps=float(config.eps))
         self.active = torch.ones(self.n, dtype=torch.bool, device=device)
         self._lr: tuple[float, Tensor] | None = None
+        self.manual: Any = None  # set by :meth:`use_manual_step`
+        self._flat: tuple[Tensor, Tensor] | None = None
+
+    def use_manual_step(self, x: Tensor, task: str) -> bool:
+        """Take the population trainer's autograd-free step (:mod:`zooscape.train.manual_mlp`: plain ReLU MLPs,
+        classification) when it applies: the blended weights are written into the population's flat ``[N, P]``
+        parameter buffer, the step writes ``dL/dW`` into its gradient buffer, and the bends' gradients follow by the
+        chain rule, ``c_j(t_m) (dL/dW[m] + wd W[m])``. Returns whether it is used."""
+        from zooscape.train import _flags, manual_mlp
+
+        if not _flags.current().manual_mlp or self.buffer_names:
+            return False
+        names = [n.removeprefix("net.") for n, _ in self.pop.named_parameters()]
+        step = manual_mlp.plan(self.pop, x, task) if names == self.names else None
+        flat = self.pop.flatten_parameters() if step is not None else None
+        if step is None or flat is None or flat[0].shape[1] != self.nodes[0].shape[1]:
+            return False
+        self.manual, self._flat = step, flat
+        return True
+
+    @torch.no_grad()
+    def manual_loss(self, x: Tensor, y: Tensor, c: Tensor, wd: float) -> tuple[Tensor, Tensor, Tensor]:
+        """The step of :meth:`use_manual_step`: ``x`` ``[N, B, *input_shape]`` (model-major), ``y`` ``[N, B]``;
+        sets the trainable nodes' gradients and returns ``(loss [N], nll [N], predictions [N, B])``."""
+        w = self.blend(c, self.nodes)
+        params, grads = self._flat  # type: ignore[misc]
+        params.copy_(w)
+        nll, pred = self.manual(x, y, predict=True)
+        g = grads + wd * w if wd else grads
+        for j in self.trainable:
+            self.nodes[j].grad = c[:, j:j + 1] * g
+        loss = nll + 0.5 * wd * w.pow(2).sum(1) if wd else nll
+        return loss, nll, pred
 
     def coefficients(self, ts: Tensor) -> Tensor:
         """Coefficients ``[N, S, K]`` of each member's own positions ``ts`` ``[N, S]`` (float64 in [0, 1]), cast to
@@ -247,14 +283,18 @@ def _train_chunk(chunk: _CurveChunk, x_tr: Tensor, y_tr: Tensor, config: CurveTr
             xb = x_tr[idx.reshape(-1)].view(idx.shape[0], b, *x_tr.shape[1:]).transpose(0, 1)  # [b, N|1, ...]
             xb = xb.expand(b, n_members, *x_tr.shape[1:])
             yb = y_tr[idx.reshape(-1)].view(idx.shape[0], b, *y_tr.shape[1:]).expand(n_members, b, *y_tr.shape[1:])
-            loss, nll, out = chunk.loss(xb, yb, coeffs[:, s], wd, task)
-            chunk.zero_grad()
-            loss.sum().backward()
+            if chunk.manual is not None:
+                loss, nll, pred = chunk.manual_loss(xb.transpose(0, 1), yb, coeffs[:, s], wd)
+            else:
+                loss, nll, out = chunk.loss(xb, yb, coeffs[:, s], wd, task)
+                chunk.zero_grad()
+                loss.sum().backward()
+                pred = out.detach().argmax(-1).transpose(0, 1)
             chunk.step(lr)
             losses.append(loss.detach())
             nlls.append(nll.detach())
             if task == "classification":
-                wrong.append((out.detach().argmax(-1).transpose(0, 1) != yb).sum(1))
+                wrong.append((pred != yb).sum(1))
             sizes.append(b)
         # the epoch's sums (after the steps: no per-step bookkeeping operations), [3, N]
         seen = sum(sizes)
@@ -363,6 +403,7 @@ def train_curves(
     for start in range(0, len(curves), size):
         part = curves[start:start + size]
         chunk = _CurveChunk(part, config, seeds[start:start + size], dev)
+        chunk.use_manual_step(x_tr, task)
         histories = _train_chunk(chunk, x_tr, y_tr, config, task, slices, callback, start)
         chunk.write_back()
         results += [CurveTrainResult(curve=c, history=h, config=dataclasses.replace(config, seed=s))
