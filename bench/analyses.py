@@ -8,6 +8,7 @@ Usage:
     .venv/bin/python bench/analyses.py --analysis lmc [--quick]     # `lmc pairs` vs a per-pair linear_path loop
     .venv/bin/python bench/analyses.py --analysis curve [--quick]   # evaluating trained curves: per cell vs per pair
     .venv/bin/python bench/analyses.py --analysis curve-train [--quick]   # training curves: per cell vs per pair
+    .venv/bin/python bench/analyses.py --analysis curve-pairs [--quick]   # the whole `curve pairs` vs --per-pair
 
 The plain loop is what a user writes with the public per-model functions: for every seed pair of every cell, load
 both checkpoints (``zoo.load_model``) and compute ``landscape.cka`` of their ``layer_features``. ``zooscape metrics
@@ -22,7 +23,8 @@ in its own process (interleaved, twice), so that the printed peak RSS (``ru_maxr
 is timed inside the process (imports and torch.func's first-use imports excluded), and the values are checked to
 agree.
 
-The ``lmc``, ``curve`` and ``curve-train`` entries live in ``bench/analyses_pairs.py`` (see its docstring).
+The ``lmc``, ``curve``, ``curve-train`` and ``curve-pairs`` entries live in ``bench/analyses_pairs.py`` (see its
+docstring).
 """
 
 from __future__ import annotations
@@ -174,7 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="MLPs on digits")
     parser.add_argument("--n-samples", type=int, default=1024)
-    parser.add_argument("--analysis", choices=("cka", "hessian", "fisher", "lmc", "curve", "curve-train"),
+    parser.add_argument("--analysis",
+                        choices=("cka", "hessian", "fisher", "lmc", "curve", "curve-train", "curve-pairs"),
                         default="cka",
                         help="which zoo-wide analysis to compare with its plain loop (default cka)")
     parser.add_argument("--chunk-size", type=_chunk, default="auto",
@@ -185,8 +188,8 @@ def main() -> None:
                              "evaluate_curve; vmap, loop, population)")
     parser.add_argument("--n-points", type=int, default=21, help="curve: evaluated points per curve")
     parser.add_argument("--curve-epochs", type=int, default=None,
-                        help="curve-train: epochs of curve training (default 10, the command's, with --quick; 2 on "
-                             "CNN-s)")
+                        help="curve-train, curve-pairs: epochs of curve training (default 10, the command's, with "
+                             "--quick; 2 on CNN-s)")
     parser.add_argument("--side", choices=("loop", "zoo"), help=argparse.SUPPRESS)
     parser.add_argument("--zoo", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -194,7 +197,7 @@ def main() -> None:
     if args.side is not None:
         _side(args)
         return
-    if args.analysis in ("lmc", "curve", "curve-train"):
+    if args.analysis in ("lmc", "curve", "curve-train", "curve-pairs"):
         os.environ["BENCH_CURVE_POINTS"] = str(args.n_points)  # read by the child processes
         epochs = args.curve_epochs if args.curve_epochs is not None else (10 if args.quick else 2)
         os.environ["BENCH_CURVE_EPOCHS"] = str(epochs)

@@ -1,7 +1,7 @@
 """LMC and curve entries of bench/analyses.py: study vs a plain per-pair loop (issue 20).
 
-Run through ``bench/analyses.py --analysis lmc|curve|curve-train [--quick]``; this module also runs each side as
-its own process (``--child``).
+Run through ``bench/analyses.py --analysis lmc|curve|curve-train|curve-pairs [--quick]``; this module also runs
+each side as its own process (``--child``).
 
 ``--analysis lmc``: ``zooscape lmc pairs`` (``studies.lmc_pairs.pair_barriers``: one task per cell, every path
 point of the cell's pairs a member of one population) against the loop a user writes: for every seed pair, load
@@ -15,7 +15,8 @@ model loaded once, all the cell's curves trained together as one population,
 checkpoints, build the Bezier curve and call ``connect.train_curve`` (``--curve-epochs``: 10 epochs, the
 command's default, with ``--quick``; 2 on CNN-s to keep the loop short; the command's other settings). Each side
 runs in its own process (interleaved, best of the repeats) so that its peak RSS is its own; values are checked
-equal.
+equal. ``--analysis curve-pairs``: the whole command (training, evaluation, files, catalog) by default against its
+``--per-pair`` reference, same epochs.
 """
 
 from __future__ import annotations
@@ -167,6 +168,15 @@ def curve_train_study(zoo_dir: Path) -> dict[str, float]:
     return out
 
 
+def curve_pairs_run(zoo_dir: Path, per_pair: bool) -> dict[str, float]:
+    """The whole ``zooscape curve pairs`` (training, evaluation at 5 points with BatchNorm reset, files and catalog
+    rows), by default or with ``--per-pair`` (one task per pair: ``train_curve`` and ``evaluate_curve``)."""
+    from zooscape.studies.curves import curve_pairs
+
+    rows = curve_pairs(zoo_dir, 1, train_config=_curve_train_config(), device="cpu", force=True, per_pair=per_pair)
+    return {f"{r['model_id']}-{r['other_id']}": r["curve_mc_loss_test"] for r in rows}
+
+
 def _child(which: str, zoo_dir: Path, extra: Path) -> None:
     """Run one side in this (fresh) process; print its time, peak RSS and values as JSON."""
     import torch
@@ -182,7 +192,9 @@ def _child(which: str, zoo_dir: Path, extra: Path) -> None:
     import zooscape.zoo.engines  # noqa: F401
 
     t0 = time.perf_counter()
-    if which == "curve-train-study":
+    if which.startswith("curve-pairs"):
+        values = curve_pairs_run(zoo_dir, per_pair=which != "curve-pairs-study")
+    elif which == "curve-train-study":
         values = curve_train_study(zoo_dir)
     elif which.startswith("curve-train-loop"):
         values = curve_train_loop(zoo_dir)
@@ -224,6 +236,8 @@ def pair_analysis(analysis: str, zoo_dir: Path, tmp: Path, repeats: int, what: s
     label = {"lmc": f"LMC of every seed pair ({LMC_POINTS} alphas, train + test)",
              "curve-train": f"training a Bezier curve (1 bend) between every seed pair ({CURVE_TRAIN_EPOCHS} epochs, "
                             "batch 128, SGD; final train loss compared)",
+             "curve-pairs": f"`zooscape curve pairs` ({CURVE_TRAIN_EPOCHS} curve epochs, 5 points, BN reset, train + "
+                            "test; mc test loss compared) against its --per-pair reference",
              "curve": f"evaluating a trained Bezier curve of every seed pair ({CURVE_POINTS} points, BN reset, "
                       "train + test)"}
     print(f"{label[analysis]}: {what}, 16 models in 4 cells ({len(ref)} pairs), 1 thread, "
@@ -236,7 +250,8 @@ def pair_analysis(analysis: str, zoo_dir: Path, tmp: Path, repeats: int, what: s
 
 
 def pair_main(args: argparse.Namespace) -> None:
-    """``--analysis lmc`` / ``curve`` / ``curve-train``: build the 16-model zoo, then :func:`pair_analysis`."""
+    """``--analysis lmc`` / ``curve`` / ``curve-train`` / ``curve-pairs``: build the 16-model zoo, then
+    :func:`pair_analysis`."""
     from zooscape.zoo import train_zoo
 
     if args.quick:
@@ -247,7 +262,8 @@ def pair_main(args: argparse.Namespace) -> None:
         tmp = Path(tmp)
         (tmp / "spec.toml").write_text(spec)
         train_zoo(tmp / "spec.toml", tmp / "zoo", device="cpu", progress=False).close()
-        methods = ("train_curve",) if args.analysis == "curve-train" else tuple(args.methods.split(","))
+        methods = {"curve-train": ("train_curve",), "curve-pairs": ("per-pair",)}.get(
+            args.analysis, tuple(args.methods.split(",")))
         pair_analysis(args.analysis, tmp / "zoo", tmp, args.repeats, what, methods)
 
 
