@@ -44,6 +44,7 @@ from zooscape.landscape._hvp import (
 )
 from zooscape.landscape.hessian import EigenResult, check_power_iteration, lanczos, lanczos_steps, ritz_pairs
 from zooscape.landscape.population_memory import HESSIAN_MEMORY_BUDGET, population_chunk_size, population_chunks
+from zooscape.landscape.population_plain import hessian_forward
 from zooscape.landscape.stochastic import TraceEstimate, check_hutchinson
 from zooscape.train import _flags
 from zooscape.train.population import Population
@@ -121,23 +122,6 @@ def _shared_forward(pop: Population, tensors: dict[str, Tensor], x: Tensor) -> T
     return functional_call(pop, tensors, (xx,), strict=False)
 
 
-class _SharedCall(nn.Module):
-    """Calls :meth:`Population.forward_shared` (for :func:`functional_call`, which calls ``forward``)."""
-
-    def __init__(self, pop: Population) -> None:
-        super().__init__()
-        self.pop = pop
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pop.forward_shared(x)
-
-
-def _dense_first_forward(call: _SharedCall, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
-    """:func:`_shared_forward` (``[B, *in] -> [B, N, K]``) by :meth:`Population.forward_shared`: the first layer
-    runs all N models on the shared batch as one dense Linear/Conv2d (checked once against the copying path)."""
-    return functional_call(call, {"pop." + k: v for k, v in tensors.items()}, (x,), strict=False)
-
-
 class PopulationHessianOperator:
     """The Hessians of N models' mean losses, multiplied all at once: a block-diagonal ``NP x NP`` operator.
 
@@ -158,9 +142,13 @@ class PopulationHessianOperator:
         device: where to compute (default: the first model's device).
         dtype: compute dtype (default: the models'), e.g. ``torch.float64``.
         cache_graph: keep each chunk's linearised gradient between calls (default: when the data are one chunk).
+        layers: ``"auto"`` (default), ``"plain"`` or ``"population"``: the forward differentiated twice
+            (:func:`~zooscape.landscape.population_plain.hessian_forward`: plain batched GEMMs where the architecture
+            has them, else the trainer's population layers).
 
     Attributes:
-        size: N. dim: P (one model's parameter count). num_matvecs: products per model so far.
+        size: N. dim: P (one model's parameter count). num_matvecs: products per model so far. layers: the forward
+        chosen, ``"plain"`` or ``"population"``.
 
     References:
         Pearlmutter, 1994 (fast exact multiplication by the Hessian); Yao et al., 2020 (PyHessian).
@@ -168,7 +156,7 @@ class PopulationHessianOperator:
 
     def __init__(self, models: Sequence[nn.Module], loss_fn: LossFn, x: Tensor, y: Tensor, *,
                  batch_size: int | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, cache_graph: bool | None = None) -> None:
+                 dtype: torch.dtype | None = None, cache_graph: bool | None = None, layers: str = "auto") -> None:
         self.pop, names, _, dev = _build(models, device, dtype)
         self.layout = _Layout(self.pop, names)
         self.size = self.pop.size
@@ -182,11 +170,12 @@ class PopulationHessianOperator:
         self.cache_graph = len(self.batches) == 1 if cache_graph is None else bool(cache_graph)
         self._graphs: list[tuple[Tensor, Tensor] | None] = [None] * len(self.batches)
         self._vector_loss: bool | None = None
-        self._call = _SharedCall(self.pop)
+        with _plain_layers():
+            self._forward, self.layers = hessian_forward(self.pop, self.batches[0].x, layers)
 
     def _losses(self, flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Per-model mean losses ``[N]`` at stacked flat parameters ``[N, P]``."""
-        out = _dense_first_forward(self._call, self.layout.unflatten(flat), x)
+        out = self._forward(self.layout.unflatten(flat), x)
         if self._vector_loss is not False:  # one vmapped loss over the model axis: N times fewer graph nodes
             try:
                 losses = vmap(self.loss_fn, in_dims=(1, None))(out, y)
@@ -264,7 +253,7 @@ class PopulationHessianOperator:
 def population_hessian_operator(models: Sequence[nn.Module], loss_fn: LossFn, x: Tensor, y: Tensor, *,
                                 batch_size: int | None = None, device: torch.device | str | None = None,
                                 dtype: torch.dtype | None = None,
-                                cache_graph: bool | None = None) -> PopulationHessianOperator:
+                                cache_graph: bool | None = None, layers: str = "auto") -> PopulationHessianOperator:
     """The Hessians of N models of one architecture as one block-diagonal operator ``[N, P] -> [N, P]``.
 
     See :class:`PopulationHessianOperator`; the population counterpart of
@@ -279,6 +268,7 @@ def population_hessian_operator(models: Sequence[nn.Module], loss_fn: LossFn, x:
         device: compute device (default: the first model's).
         dtype: compute dtype (default: the models').
         cache_graph: cache the linearised gradient between products (default: one data chunk).
+        layers: ``"auto"``, ``"plain"`` or ``"population"`` (see :class:`PopulationHessianOperator`).
 
     Returns:
         :class:`PopulationHessianOperator` with ``size`` N and ``dim`` P.
@@ -287,7 +277,7 @@ def population_hessian_operator(models: Sequence[nn.Module], loss_fn: LossFn, x:
         Pearlmutter, 1994; Yao et al., 2020 (PyHessian).
     """
     return PopulationHessianOperator(models, loss_fn, x, y, batch_size=batch_size, device=device, dtype=dtype,
-                                     cache_graph=cache_graph)
+                                     cache_graph=cache_graph, layers=layers)
 
 
 class _Rowwise(LinearOperator):
