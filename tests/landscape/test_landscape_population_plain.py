@@ -118,3 +118,14 @@ def test_architectures_without_a_plain_chain_keep_the_population_layers(cls, str
     torch.testing.assert_close(op.matvec(v)[1], single.matvec(v[1]), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="layers must be one of"):
         hessian_forward(Population(models).eval(), x, "grouped")
+
+
+def test_chunk_size_keeps_one_population_activation_under_the_tensor_limit():
+    from zooscape.landscape.population import population_chunk_size
+
+    model = _cnn_s(0)
+    x, _ = _data((1, 20, 20), n=32)
+    largest = 32 * 8 * 16 * 16 * 8  # the first convolution's output, float64
+    assert population_chunk_size(model, x, budget=2**40, tensor_limit=None) == 64
+    assert population_chunk_size(model, x, budget=2**40, tensor_limit=5 * largest) == 5
+    assert population_chunk_size(model, x, budget=2**40, tensor_limit=1) == 1

@@ -175,12 +175,23 @@ def test_auto_chunks_by_memory_and_workers(mlp_zoo):
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
 
 
-def test_auto_takes_the_per_model_path_for_convolutional_networks(cnn_zoo):
+def test_auto_runs_convolutional_networks_through_the_plain_population(cnn_zoo, monkeypatch):
+    """CNN-s has a plain population form (landscape.population_plain): ``auto`` computes it as populations, equal to
+    the per-model path; a convolutional network without one takes the per-model path (bit-identical)."""
+    import zooscape.landscape.population_plain as plain
+
     settings = metric_params("hessian", FAST["hessian"])
     with zz.open(cnn_zoo) as zoo:
         plan = plan_metric_tasks(zoo, "hessian", settings, device="cpu")
     assert len(plan.tasks) == 1 and plan.tasks[0].memory_budget
-    rows = run_metric_task(plan.tasks[0])["rows"]
     _, ref = _values(cnn_zoo, "hessian", 0)
-    got = {(r["model_id"], r["metric"]): r["value"] for r in rows}
+    built = []
+    monkeypatch.setattr(plain, "plain_population_net", lambda *a, _f=plain.plain_population_net: built.append(1)
+                        or _f(*a))
+    got = {(r["model_id"], r["metric"]): r["value"] for r in run_metric_task(plan.tasks[0])["rows"]}
+    assert built and got.keys() == ref.keys()
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
+    monkeypatch.setattr(plain, "has_plain_form", lambda model: False)
+    got = {(r["model_id"], r["metric"]): r["value"] for r in run_metric_task(plan.tasks[0])["rows"]}
     assert got == ref  # bit-identical: the same per-model computation

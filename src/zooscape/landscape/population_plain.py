@@ -53,7 +53,8 @@ class PlainPopulationNet:
     """N models of one architecture as plain batched GEMMs, for Hessian-vector products (see the module doc).
 
     Call it with the stacked tensors ``{name: [N, *shape]}`` (the models' parameter and buffer names, optionally
-    prefixed ``"net."`` as a :class:`~zooscape.train.Population`'s are; missing names are taken from ``fixed``) and a batch ``x`` ``[B, *in]`` shared by every model; it returns ``[B, N, K]``.
+    prefixed ``"net."`` as a :class:`~zooscape.train.Population`'s are; missing names are taken from ``fixed``) and
+    a batch ``x`` ``[B, *in]`` shared by every model; it returns ``[B, N, K]``.
 
     Args:
         steps: the chain of layer functions (built by :func:`plain_population_net`).
