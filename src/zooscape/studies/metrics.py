@@ -227,19 +227,17 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
     """Compute ``"hessian"`` or ``"fisher"`` for N models of one architecture (trained on ``data``; settings
     ``params``) as one population (:mod:`zooscape.landscape.population`); returns N dicts metric name -> value in
     model order, each equal to :func:`compute_metric`'s for that model up to float rounding. With ``memory_budget``
-    (bytes; ``hessian``) they run in populations of ``population_chunk_size`` models, or, for convolutional networks
-    without a plain population form (:func:`~zooscape.landscape.population_plain.has_plain_form`), model by model
-    through the per-model path (faster there than the trainer's grouped convolutions, see bench/RESULTS.md)."""
+    (bytes; ``hessian``) they run in populations of ``population_chunk_size`` models, or for convolutional networks
+    without a plain form (``population_plain.has_plain_form``) model by model (faster, see bench/RESULTS.md)."""
     import torch
 
     from zooscape import landscape as ls
     from zooscape.landscape import population as lp
-    from zooscape.landscape.population_plain import has_plain_form
 
     if metric not in POPULATION:
         raise ValueError(f"metric {metric!r} has no population path (population metrics: {sorted(POPULATION)})")
     x, y = _subset(data, params)
-    if metric == "hessian" and memory_budget is not None and not has_plain_form(models[0]) and any(
+    if metric == "hessian" and memory_budget is not None and not ls.population_plain.has_plain_form(models[0]) and any(
             isinstance(m, torch.nn.modules.conv._ConvNd) for m in models[0].modules()):  # CNN-s: 0.58x as population
         return [compute_metric(metric, [m], data, params, device=device) for m in models]
     if metric == "hessian" and memory_budget is not None and len(models) > 1:
