@@ -163,14 +163,6 @@ def _elementwise(m: nn.Module) -> Step:
     return step
 
 
-def _relu(t: dict[str, Tensor], h: Tensor, shared: bool) -> tuple[Tensor, bool]:
-    """ReLU as a product with its constant 0/1 mask: the same values and derivatives (``relu'' = 0``), without
-    ``threshold_backward`` and the zero tensors its own derivative allocates."""
-    if shared:
-        return torch.relu(h), True
-    return h * (h.detach() > 0).to(h.dtype), False
-
-
 def _identity(t: dict[str, Tensor], h: Tensor, shared: bool) -> tuple[Tensor, bool]:
     return h, shared
 
@@ -190,8 +182,6 @@ def _leaf_step(prefix: str, m: nn.Module) -> Step | None:
         return _flatten(m) if m.start_dim == 1 and m.end_dim == -1 else None
     if type(m) in (nn.Dropout, nn.Dropout1d, nn.Dropout2d):
         return _identity  # evaluated in eval mode
-    if type(m) is nn.ReLU:
-        return _relu
     if type(m) in _ELEMENTWISE:
         return _elementwise(m)
     return None
