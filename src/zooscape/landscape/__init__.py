@@ -10,7 +10,8 @@ One module per concept:
 - :mod:`zooscape.landscape.surface`  1-D/2-D loss surfaces (filter-normalised, trajectory PCA) and PNG plots
 - :mod:`zooscape.landscape.population` Hessian metrics of N models per pass through the trainer's stacked population
   (one result per model, equal to the per-model functions'); ``population_fisher`` the Fisher trace, its Gram
-  matrices formed layer by layer in ``population_fisher_factors``
+  matrices formed layer by layer in ``population_fisher_factors``; ``population_plain`` the plain population
+  network a Hessian product differentiates
 
 Nothing here imports :mod:`zooscape.zoo` or :mod:`zooscape.cli`, and no function modifies the model it is given
 (BatchNorm statistics, train/eval flags, ``requires_grad`` flags, gradients and hooks are as before).
