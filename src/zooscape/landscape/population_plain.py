@@ -3,8 +3,8 @@
 The trainer's population layers (:mod:`zooscape.train.layers`) evaluate N models with grouped convolutions and
 stacked Linears in the layouts training is fastest in. Their second derivatives are what a Hessian-vector product
 runs, and there oneDNN's grouped-convolution double backward is slower per model than one model's (bench/RESULTS.md).
-:class:`PlainPopulationNet` evaluates the same N models for the Hessian only, with ops whose derivatives of every
-order are GEMMs and cheap elementwise/reduction kernels:
+:class:`PlainPopulationNet` evaluates the same N models for the Hessian only, with plain ops whose first and
+second derivatives are batched GEMMs, ordinary per-model convolutions and cheap elementwise/reduction kernels:
 
 - activations are kept *model- and channel-major, sample-minor*: ``[N, F, B]`` for features and
   ``[N, C, B, H, W]`` for images, so a Linear is one ``bmm`` ``[N, out, in] @ [N, in, B]`` whose bias gradient is
@@ -19,6 +19,9 @@ order are GEMMs and cheap elementwise/reduction kernels:
 Only models that are a chain of their leaf modules in registration order (``nn.Sequential``, zooscape's MLP and
 Model Zoos CNNs) made of those layers are accepted (:func:`plain_population_net` returns ``None`` otherwise), and
 the built network is checked once against the population's own forward before it is used.
+
+References: Pearlmutter, 1994 (fast exact multiplication by the Hessian); Chellapilla, Puri and Simard, 2006
+(convolution as im2col + GEMM).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class PlainPopulationNet:
     Call it with the stacked tensors ``{name: [N, *shape]}`` (the models' parameter and buffer names, optionally
     prefixed ``"net."`` as a :class:`~zooscape.train.Population`'s are; missing names are taken from ``fixed``) and
     a batch ``x`` ``[B, *in]`` shared by every model; it returns ``[B, N, K]``.
+
+    References:
+        Pearlmutter, 1994; Chellapilla, Puri and Simard, 2006 (im2col).
 
     Args:
         steps: the chain of layer functions (built by :func:`plain_population_net`).
