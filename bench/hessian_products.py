@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("cnn_s", "mlp", "both"), default="both")
     parser.add_argument("--n", type=int, nargs="+", default=[4, 8, 16], help="population sizes")
     parser.add_argument("--samples", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=12)
     args = parser.parse_args()
     torch.set_num_threads(1)
     for name in (("cnn_s", "mlp") if args.model == "both" else (args.model,)):
