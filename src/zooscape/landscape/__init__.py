@@ -11,7 +11,7 @@ One module per concept:
 - :mod:`zooscape.landscape.population` Hessian metrics of N models per pass through the trainer's stacked population
   (one result per model, equal to the per-model functions'); ``population_fisher`` the Fisher trace, its Gram
   matrices formed layer by layer in ``population_fisher_factors``; ``population_plain`` the plain population
-  network a Hessian product differentiates
+  network a Hessian product differentiates; ``population_density`` the spectral density (SLQ)
 
 Nothing here imports :mod:`zooscape.zoo` or :mod:`zooscape.cli`, and no function modifies the model it is given
 (BatchNorm statistics, train/eval flags, ``requires_grad`` flags, gradients and hooks are as before).
@@ -47,6 +47,7 @@ from zooscape.landscape.population import (
     population_top_eigenvalues,
     population_trace,
 )
+from zooscape.landscape.population_density import population_spectral_density
 from zooscape.landscape.population_fisher import population_fisher_trace_estimate
 from zooscape.landscape.spectra import (
     LayerSpectrum,
@@ -130,6 +131,7 @@ __all__ = [
     "population_chunks",
     "population_fisher_trace_estimate",
     "population_hessian_operator",
+    "population_spectral_density",
     "population_top_eigenvalues",
     "population_trace",
     "power_iteration",
