@@ -1,0 +1,205 @@
+"""Why does the diagonal Fisher (OBD) not beat magnitude pruning on BN networks? (issue 15, docs/sparsify.md).
+
+One-shot pruning of small BN networks (3 seeds) with ``diagfisher`` in the settings the WoodFisher / Rethink
+Re-Basin scripts use or could use, against magnitude pruning at the same scope:
+
+- the Fisher estimate: per-sample empirical Fisher (mean of squared per-sample gradients, the scripts'
+  ``--fisher-mini-bsz 1``; Singh & Alistarh 2020) against the mini-batch-gradient Fisher (mean of squared
+  batch-mean gradients), the exact Fisher (expectation over the model's predictive distribution, LeCun et al.
+  1990's Gauss-Newton diagonal), and the number of Fisher samples;
+- the damping added to ``F_qq`` (0, the scripts' 1e-5, 1e-3);
+- the scope: ``layer`` (every layer to the target sparsity, the scripts' ``diagfisher``; compared with ``magni``)
+  and ``global`` (compared with ``globalmagni``);
+- which layers are pruned: all Linear/Conv weights, or the inner layers only (the scripts' ResNet-20 ``MODULES``
+  leave the first conv and the classifier dense);
+- no re-normalisation and reset-BN (``renormalize(..., "reset_bn")``).
+
+The Fisher of one network is computed once per estimator and reused for every damping, scope and sparsity (the
+masks are those :func:`zooscape.sparsify.prune` makes from the same scores: checked on one case per network).
+
+Usage: ``python examples/diagfisher_study.py --model mlp_digits|resnet20_bn --out docs/sparsify_results``
+(writes ``diagfisher_<model>.json``; ``--table`` prints the tables of the written JSON files; ``--plot`` draws
+``docs/sparsify_diagfisher.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zooscape.data import load_dataset
+from zooscape.landscape import fisher_diagonal
+from zooscape.models import create_model
+from zooscape.sparsify import masks, prune, renormalize
+from zooscape.sparsify.prune import _select, _set_mask, prunable_layers
+from zooscape.train import Member, TrainConfig, train_population
+
+# network -> (builder of a seed, data set, options, epochs, description)
+NETS = {
+    "mlp_digits": (lambda s: create_model("mlp", input_size=64, depth=2, width=64, norm="bn", seed=s),
+                   "digits", {}, 30, "BN MLP 64-64-64-10 on digits"),
+    "mlp_mnist": (lambda s: create_model("mlp", input_size=784, depth=2, width=128, norm="bn", seed=s),
+                  "mnist5k", {"flat": True}, 20, "BN MLP 784-128-128-10 on MNIST-5k"),
+    "resnet20_bn": (lambda s: create_model("resnet20", input_size=28, norm="bn", width=8, seed=s),
+                    "mnist5k", {}, 8, "ResNet-20-BN width 8 on MNIST-5k"),
+}
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(1) == y).float().mean())
+
+
+def minibatch_fisher(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str],
+                     batch: int) -> dict[str, torch.Tensor]:
+    """Mean over the mini-batches of the squared batch-mean gradient (eval mode): the 'Fisher' of optimisers'
+    squared-gradient accumulators; at a minimum its expectation is the per-sample Fisher divided by ``batch``."""
+    params = dict(model.named_parameters())
+    acc = {n: torch.zeros_like(params[n]) for n in names}
+    model.eval()
+    nb = 0
+    for s in range(0, x.shape[0] - batch + 1, batch):
+        g = torch.autograd.grad(F.cross_entropy(model(x[s:s + batch]), y[s:s + batch]), [params[n] for n in names])
+        for n, gi in zip(names, g):
+            acc[n] += gi.detach() ** 2
+        nb += 1
+    return {n: v / nb for n, v in acc.items()}
+
+
+def fishers(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+            names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The Fisher diagonals compared, each on the first ``n`` of the (shuffled) training samples ``x, y``."""
+    out = {}
+    for n in (128, 1024):
+        out[f"per-sample n={n}"] = fisher_diagonal(model, x[:n], y[:n], kind="empirical", param_names=names,
+                                                   batch_size=64)
+    out["mini-batch 32, n=1024"] = minibatch_fisher(model, x[:1024], y[:1024], names, 32)
+    out["exact n=1024"] = fisher_diagonal(model, x[:1024], None, kind="exact", param_names=names, batch_size=64)
+    return out
+
+
+def prune_with(model: torch.nn.Module, scores: list[torch.Tensor], layer_names: list[str], sparsity: float,
+               scope: str) -> torch.nn.Module:
+    """``model`` pruned by ``scores`` (lowest first) over the layers ``layer_names``, as :func:`prune` does."""
+    import copy
+
+    new = copy.deepcopy(model)
+    mods = dict(new.named_modules())
+    keep = _select(scores, sparsity, scope)
+    with torch.no_grad():
+        for n, k in zip(layer_names, keep):
+            mods[n].weight.mul_(k.to(mods[n].weight.dtype))
+            _set_mask(mods[n], k)
+    return new
+
+
+def study(model_name: str, seeds: list[int], sparsities: list[float], dampings: list[float], n_renorm: int) -> dict:
+    build, data, opts, epochs, desc = NETS[model_name]
+    ds = load_dataset(data, seed=0, **opts)
+    t0 = time.perf_counter()
+    res = train_population([build(s) for s in seeds], ds, TrainConfig(epochs=epochs, batch_size=32,
+                           optimizer="adam", lr=1e-3), [Member(seed=s) for s in seeds])
+    models = res.models
+    out = {"model": model_name, "description": desc, "seeds": seeds, "sparsities": sparsities, "epochs": epochs,
+           "dense_test_acc": [accuracy(m, ds.test_x, ds.test_y) for m in models],
+           "train_loss": [h[-1]["train_loss"] for h in res.history], "acc": {}, "layer_sparsity": {}}
+    print(f"{desc}: trained in {time.perf_counter() - t0:.0f}s, dense {out['dense_test_acc']}, train loss "
+          f"{out['train_loss']}", flush=True)
+
+    def record(key: str, i: int, j: int, p: torch.nn.Module, m: torch.nn.Module) -> None:
+        for renorm in ("none", "reset_bn"):
+            r = p if renorm == "none" else renormalize(p, m, ds, "reset_bn", n_samples=n_renorm)
+            out["acc"].setdefault(f"{key}|{renorm}", [[None] * len(seeds) for _ in sparsities])[j][i] = \
+                accuracy(r, ds.test_x, ds.test_y)
+        out["layer_sparsity"].setdefault(key, [[None] * len(seeds) for _ in sparsities])[j][i] = \
+            [round(float((~v).float().mean()), 4) for v in masks(p).values()]
+
+    for i, m in enumerate(models):
+        t0 = time.perf_counter()
+        all_layers = [n for n, _ in prunable_layers(m)]
+        layer_sets = {"all": all_layers, "inner": all_layers[1:-1]}
+        names = [f"{n}.weight" for n in all_layers]
+        idx = torch.randperm(ds.train_x.shape[0], generator=torch.Generator().manual_seed(i))
+        x, y = ds.train_x[idx], ds.train_y[idx]
+        fd = fishers(m, x, y, names)
+        w = {n: m.get_parameter(f"{n}.weight").detach() for n in all_layers}
+        checked = False
+        for which, layers in layer_sets.items():
+            for j, s in enumerate(sparsities):
+                for scope, base in (("layer", "magni"), ("global", "globalmagni")):
+                    p = prune_with(m, [w[n].abs() for n in layers], layers, s, scope)
+                    record(f"{base}|{which}", i, j, p, m)
+                    for fname, f in fd.items():
+                        for d in dampings:
+                            sc = [0.5 * (f[f"{n}.weight"] + d) * w[n] ** 2 for n in layers]
+                            p = prune_with(m, sc, layers, s, scope)
+                            if not checked and fname == "per-sample n=1024" and d == 1e-5:
+                                ref = prune(m, s, "diagfisher", (x[:1024], y[:1024]), scope=scope,
+                                            modules=layers, n_samples=None, damping=d, batch_size=64)
+                                same = all(torch.equal(a, b) for a, b in zip(masks(ref).values(),
+                                                                             masks(p).values()))
+                                assert same, "study masks differ from zooscape.sparsify.prune's"
+                                checked = True
+                            record(f"diagfisher {fname} damping {d:g} {scope}|{which}", i, j, p, m)
+        print(f"seed {seeds[i]}: {time.perf_counter() - t0:.0f}s", flush=True)
+    return out
+
+
+def table(res: dict, which: str = "all") -> str:
+    """Markdown: each diagfisher variant's lead over magnitude pruning at the same scope (magni for layer,
+    globalmagni for global), mean over seeds (seeds ahead), per sparsity and re-normalisation."""
+    sp = res["sparsities"]
+    head = "| diagfisher variant | scope | renorm | " + " | ".join(f"s={s:g}" for s in sp) + " |"
+    lines = [head, "|---|---|---|" + "---|" * len(sp)]
+    for renorm in ("none", "reset_bn"):
+        for base in ("magni", "globalmagni"):
+            acc = res["acc"][f"{base}|{which}|{renorm}"]
+            lines.append(f"| **{base}** (accuracy) | {'layer' if base == 'magni' else 'global'} | {renorm} | "
+                         + " | ".join(f"{statistics.mean(v):.3f}" for v in acc) + " |")
+        for key, acc in res["acc"].items():
+            name, w, r = key.split("|")
+            if not name.startswith("diagfisher") or w != which or r != renorm:
+                continue
+            scope = name.rsplit(" ", 1)[1]
+            base = res["acc"][f"{'magni' if scope == 'layer' else 'globalmagni'}|{which}|{renorm}"]
+            cells = []
+            for v, b in zip(acc, base):
+                d = [a - c for a, c in zip(v, b)]
+                cells.append(f"{statistics.mean(d):+.3f} ({sum(x > 0 for x in d)}/{len(d)})")
+            lines.append(f"| {name.rsplit(' ', 1)[0][len('diagfisher '):]} | {scope} | {renorm} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=list(NETS), default="mlp_digits")
+    ap.add_argument("--out", default="docs/sparsify_results")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
+    ap.add_argument("--dampings", nargs="+", type=float, default=[0.0, 1e-5, 1e-3])
+    ap.add_argument("--n-renorm", type=int, default=512, help="samples for reset-BN")
+    ap.add_argument("--table", action="store_true", help="print the tables of the written JSON files")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    if args.table:
+        for f in sorted(out.glob("diagfisher_*.json")):
+            res = json.loads(f.read_text())
+            for which in ("all", "inner"):
+                print(f"{res['description']} ({len(res['seeds'])} seeds, dense "
+                      f"{statistics.mean(res['dense_test_acc']):.3f}), layers: {which}\n{table(res, which)}\n")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    res = study(args.model, list(range(args.seeds)), args.sparsities, args.dampings, args.n_renorm)
+    (out / f"diagfisher_{args.model}.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
