@@ -99,18 +99,40 @@ def prune_with(model: torch.nn.Module, scores: list[torch.Tensor], layer_names: 
     return new
 
 
-def study(model_name: str, seeds: list[int], sparsities: list[float], dampings: list[float], n_renorm: int) -> dict:
+def trained(model_name: str, seeds: list[int], cache: Path | None) -> tuple[list[torch.nn.Module], list[float]]:
+    """The trained networks of ``seeds`` and their final training loss (from ``cache`` when stored there)."""
+    from safetensors.torch import load_file, save_file
+
     build, data, opts, epochs, desc = NETS[model_name]
-    ds = load_dataset(data, seed=0, **opts)
+    files = [cache / f"{model_name}_seed{s}.safetensors" for s in seeds] if cache else []
+    if files and all(f.exists() for f in files):
+        models = [build(s) for s in seeds]
+        for m, f in zip(models, files):
+            m.load_state_dict(load_file(f))
+        return models, json.loads((cache / f"{model_name}_train_loss.json").read_text())
     t0 = time.perf_counter()
-    res = train_population([build(s) for s in seeds], ds, TrainConfig(epochs=epochs, batch_size=32,
-                           optimizer="adam", lr=1e-3), [Member(seed=s) for s in seeds])
-    models = res.models
+    res = train_population([build(s) for s in seeds], load_dataset(data, seed=0, **opts),
+                           TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3),
+                           [Member(seed=s) for s in seeds])
+    loss = [h[-1]["train_loss"] for h in res.history]
+    print(f"{desc}: trained in {time.perf_counter() - t0:.0f}s", flush=True)
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+        for m, f in zip(res.models, files):
+            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(f))
+        (cache / f"{model_name}_train_loss.json").write_text(json.dumps(loss))
+    return res.models, loss
+
+
+def study(model_name: str, seeds: list[int], sparsities: list[float], dampings: list[float], n_renorm: int,
+          cache: Path | None = None) -> dict:
+    _, data, opts, epochs, desc = NETS[model_name]
+    ds = load_dataset(data, seed=0, **opts)
+    models, loss = trained(model_name, seeds, cache)
     out = {"model": model_name, "description": desc, "seeds": seeds, "sparsities": sparsities, "epochs": epochs,
-           "dense_test_acc": [accuracy(m, ds.test_x, ds.test_y) for m in models],
-           "train_loss": [h[-1]["train_loss"] for h in res.history], "acc": {}, "layer_sparsity": {}}
-    print(f"{desc}: trained in {time.perf_counter() - t0:.0f}s, dense {out['dense_test_acc']}, train loss "
-          f"{out['train_loss']}", flush=True)
+           "dense_test_acc": [accuracy(m, ds.test_x, ds.test_y) for m in models], "train_loss": loss,
+           "acc": {}, "layer_sparsity": {}, "units_emptied": {}}
+    print(f"{desc}: dense {out['dense_test_acc']}, train loss {out['train_loss']}", flush=True)
 
     def record(key: str, i: int, j: int, p: torch.nn.Module, m: torch.nn.Module) -> None:
         for renorm in ("none", "reset_bn"):
@@ -119,6 +141,9 @@ def study(model_name: str, seeds: list[int], sparsities: list[float], dampings: 
                 accuracy(r, ds.test_x, ds.test_y)
         out["layer_sparsity"].setdefault(key, [[None] * len(seeds) for _ in sparsities])[j][i] = \
             [round(float((~v).float().mean()), 4) for v in masks(p).values()]
+        # output units (rows of a Linear, filters of a Conv) whose every incoming weight is pruned
+        out["units_emptied"].setdefault(key, [[None] * len(seeds) for _ in sparsities])[j][i] = \
+            [int((~v.flatten(1).any(1)).sum()) for v in masks(p).values()]
 
     for i, m in enumerate(models):
         t0 = time.perf_counter()
@@ -177,6 +202,44 @@ def table(res: dict, which: str = "all") -> str:
     return "\n".join(lines)
 
 
+PLOTTED = [  # (key prefix, label, colour, line style)
+    ("magni", "magni (layer)", "C0", "-"),
+    ("diagfisher per-sample n=1024 damping 1e-05 layer", "diagfisher, layer", "C0", "--"),
+    ("diagfisher exact n=1024 damping 1e-05 layer", "diagfisher exact Fisher, layer", "C0", ":"),
+    ("globalmagni", "globalmagni", "C3", "-"),
+    ("diagfisher per-sample n=1024 damping 1e-05 global", "diagfisher, global", "C3", "--"),
+    ("diagfisher exact n=1024 damping 1e-05 global", "diagfisher exact Fisher, global", "C3", ":"),
+]
+
+
+def plot(results: list[dict], path: Path, which: str = "all") -> None:
+    """Test accuracy vs sparsity (mean and std over the seeds) per pruner: one row per network, one column per
+    re-normalisation; layer scope blue, global scope red; magnitude solid, diagonal Fisher dashed/dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zooscape._io import save_figure
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(9, 3.2 * len(results)), sharey=True, squeeze=False)
+    for row, res in zip(axes, results):
+        for ax, renorm in zip(row, ("none", "reset_bn")):
+            for key, label, colour, style in PLOTTED:
+                acc = res["acc"][f"{key}|{which}|{renorm}"]
+                mean = [statistics.mean(v) for v in acc]
+                std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in acc]
+                ax.errorbar(res["sparsities"], mean, yerr=std, color=colour, ls=style, marker="o", ms=3,
+                            capsize=2, label=label)
+            ax.axhline(statistics.mean(res["dense_test_acc"]), color="k", ls=":", lw=0.8, label="dense")
+            ax.set(xlabel="sparsity", ylim=(0, 1), title=f"{res['description']}\nre-normalisation: {renorm}")
+            ax.title.set_fontsize(8)
+        row[0].set_ylabel(f"test accuracy ({len(res['seeds'])} seeds)")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=list(NETS), default="mlp_digits")
@@ -186,9 +249,16 @@ def main() -> None:
     ap.add_argument("--dampings", nargs="+", type=float, default=[0.0, 1e-5, 1e-3])
     ap.add_argument("--n-renorm", type=int, default=512, help="samples for reset-BN")
     ap.add_argument("--table", action="store_true", help="print the tables of the written JSON files")
+    ap.add_argument("--plot", default=None, help="draw the figure of the written JSON files to this path")
+    ap.add_argument("--cache", default=None, help="folder for the trained networks (safetensors; reused if there)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
+    if args.plot:
+        order = list(NETS)
+        files = sorted(out.glob("diagfisher_*.json"), key=lambda f: order.index(f.stem[len("diagfisher_"):]))
+        plot([json.loads(f.read_text()) for f in files], Path(args.plot))
+        return
     if args.table:
         for f in sorted(out.glob("diagfisher_*.json")):
             res = json.loads(f.read_text())
@@ -197,7 +267,8 @@ def main() -> None:
                       f"{statistics.mean(res['dense_test_acc']):.3f}), layers: {which}\n{table(res, which)}\n")
         return
     out.mkdir(parents=True, exist_ok=True)
-    res = study(args.model, list(range(args.seeds)), args.sparsities, args.dampings, args.n_renorm)
+    res = study(args.model, list(range(args.seeds)), args.sparsities, args.dampings, args.n_renorm,
+                Path(args.cache) if args.cache else None)
     (out / f"diagfisher_{args.model}.json").write_text(json.dumps(res, indent=1))
 
 
