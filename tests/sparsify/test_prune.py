@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from zooscape.connect.bn import recompute_bn_stats
 from zooscape.data import load_dataset
 from zooscape.models import create_model
 from zooscape.sparsify import load_pruned, masks, obd_scores, obs_scores, obs_update, prune, sparsity_ratio
@@ -292,3 +293,45 @@ def test_fisher_split_and_errors():
     mag = saliencies(m, "globalmagni")
     for n, layer in prunable_layers(m):
         assert torch.equal(mag[n], layer.weight.detach().abs())
+
+
+# ------------------------------------------------- what separates OBD from magnitude pruning (docs/sparsify.md)
+def test_diagfisher_removes_the_weights_of_constant_zero_inputs_first_and_magnitude_keeps_them():
+    """Digits pixels 0, 32, 39 and 56 are 0 on every training image, so their first-layer weights get
+    ``F_qq = 0`` exactly (their gradient is ``delta x_q``): undamped (as the WoodFisher scripts' ``diagfisher``)
+    their saliency is the layer's minimum, 0, and OBD removes them with the other zero-saliency weights before any
+    other weight, however large they are; magnitude pruning keeps them (they are made the largest here)."""
+    ds = _digits()
+    dead = (ds.train_x.abs().sum(0) == 0).nonzero().flatten()
+    assert dead.tolist() == [0, 32, 39, 56]
+    m = create_model("mlp", input_size=64, depth=2, width=16, norm="bn", seed=0)
+    first = prunable_layers(m)[0][0]
+    with torch.no_grad():
+        m.get_submodule(first).weight[:, dead] = 3.0
+    recompute_bn_stats(m, (ds.train_x, ds.train_y))  # BN statistics of the data: no unit is dead in eval mode
+    f = saliencies(m, "diagfisher", ds, n_samples=None, damping=0.0)[first]
+    assert not f[:, dead].any() and bool((f.abs().sum(1) > 0).all())
+    zero = int((f == 0).sum())
+    assert zero < f.numel() / 4
+    s = zero / f.numel()
+    obd = masks(prune(m, s, "diagfisher", ds, scope="layer", modules=[first], n_samples=None, damping=0.0))[first]
+    mag = masks(prune(m, s, "magni", modules=[first]))[first]
+    assert torch.equal(obd, f != 0) and not obd[:, dead].any()
+    assert mag[:, dead].all()
+    # the global diagfisher ranking also removes them first
+    n = sum(layer.weight.numel() for _, layer in prunable_layers(m))
+    glob = masks(prune(m, zero / n, "diagfisher", ds, n_samples=None, damping=0.0))
+    assert not glob[first][:, dead].any()
+
+
+def test_diagfisher_with_a_dominant_damping_is_magnitude_pruning_at_the_same_scope():
+    """``0.5 (F_qq + damping) w_q^2`` orders the weights by ``|w_q|`` once the damping dominates the Fisher: per
+    layer it is ``magni``, globally ``globalmagni``."""
+    ds = _digits()
+    m = create_model("mlp", input_size=64, depth=2, width=16, norm="bn", seed=0)
+    for scope, base in (("layer", "magni"), ("global", "globalmagni")):
+        a = masks(prune(m, 0.7, "diagfisher", ds, scope=scope, damping=1e30, n_samples=200))
+        b = masks(prune(m, 0.7, base))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        c = masks(prune(m, 0.7, "diagfisher", ds, scope=scope, damping=1e-5, n_samples=200))
+        assert not all(torch.equal(c[k], b[k]) for k in c)
