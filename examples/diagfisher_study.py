@@ -172,6 +172,13 @@ def study(model_name: str, seeds: list[int], sparsities: list[float], dampings: 
                                 assert same, "study masks differ from zooscape.sparsify.prune's"
                                 checked = True
                             record(f"diagfisher {fname} damping {d:g} {scope}|{which}", i, j, p, m)
+                    if which == "all" and scope == "layer":
+                        # where the lead comes from: OBD on the first layer only, magnitude on the others
+                        f = fd["per-sample n=1024"]
+                        sc = [0.5 * (f[f"{n}.weight"] + 1e-5) * w[n] ** 2 if k == 0 else w[n].abs()
+                              for k, n in enumerate(layers)]
+                        record(f"diagfisher first layer only, per-sample n=1024 damping 1e-05 {scope}|{which}",
+                               i, j, prune_with(m, sc, layers, s, scope), m)
         print(f"seed {seeds[i]}: {time.perf_counter() - t0:.0f}s", flush=True)
     return out
 
