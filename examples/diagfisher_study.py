@@ -209,6 +209,48 @@ def table(res: dict, which: str = "all") -> str:
     return "\n".join(lines)
 
 
+SUMMARY = [  # (row label, key, layers) of the compact table in docs/sparsify.md
+    ("per-sample n=1024, damping 0 (the scripts' statistic)", "per-sample n=1024 damping 0", "all"),
+    ("per-sample n=1024, damping 1e-5 (our default)", "per-sample n=1024 damping 1e-05", "all"),
+    ("per-sample n=128, damping 1e-5", "per-sample n=128 damping 1e-05", "all"),
+    ("mini-batch 32 (squared batch gradients), n=1024, damping 1e-5", "mini-batch 32, n=1024 damping 1e-05", "all"),
+    ("exact Fisher n=1024, damping 1e-5", "exact n=1024 damping 1e-05", "all"),
+    ("per-sample n=1024, damping 1e-3", "per-sample n=1024 damping 0.001", "all"),
+    ("OBD on the first layer only, magnitude elsewhere", "first layer only, per-sample n=1024 damping 1e-05",
+     "all"),
+    ("inner layers only (the scripts' ResNet-20 modules), damping 0", "per-sample n=1024 damping 0", "inner"),
+    ("inner layers only, damping 1e-5", "per-sample n=1024 damping 1e-05", "inner"),
+]
+
+
+def summary(res: dict) -> str:
+    """Compact markdown: magnitude accuracy, then each SUMMARY row's lead over magnitude pruning at the same scope
+    and on the same layers (mean over seeds, seeds ahead), as 'no renorm / reset-BN' per sparsity."""
+    sp = res["sparsities"]
+    lines = ["| scope | diagfisher variant | " + " | ".join(f"s={s:g}: none / reset-BN" for s in sp) + " |",
+             "|---|---|" + "---|" * len(sp)]
+    for scope, base in (("layer", "magni"), ("global", "globalmagni")):
+        for which in ("all", "inner"):
+            a, b = res["acc"][f"{base}|{which}|none"], res["acc"][f"{base}|{which}|reset_bn"]
+            lines.append(f"| {scope} | **{base}** accuracy{', inner layers' if which == 'inner' else ''} | "
+                         + " | ".join(f"{statistics.mean(u):.3f} / {statistics.mean(v):.3f}" for u, v in zip(a, b))
+                         + " |")
+        for label, key, which in SUMMARY:
+            cells = []
+            for renorm in ("none", "reset_bn"):
+                acc = res["acc"].get(f"diagfisher {key} {scope}|{which}|{renorm}")
+                if acc is None:
+                    break
+                base_acc = res["acc"][f"{base}|{which}|{renorm}"]
+                cells.append([[x - y for x, y in zip(v, u)] for v, u in zip(acc, base_acc)])
+            if len(cells) < 2:
+                continue
+            lines.append(f"| {scope} | {label} | " + " | ".join(
+                f"{statistics.mean(d0):+.3f} ({sum(x > 0 for x in d0)}) / {statistics.mean(d1):+.3f} "
+                f"({sum(x > 0 for x in d1)})" for d0, d1 in zip(*cells)) + " |")
+    return "\n".join(lines)
+
+
 PLOTTED = [  # (key prefix, label, colour, line style)
     ("magni", "magni (layer)", "C0", "-"),
     ("diagfisher per-sample n=1024 damping 1e-05 layer", "diagfisher, layer", "C0", "--"),
@@ -269,6 +311,7 @@ def main() -> None:
     if args.table:
         for f in sorted(out.glob("diagfisher_*.json")):
             res = json.loads(f.read_text())
+            print(f"{res['description']}: dense {statistics.mean(res['dense_test_acc']):.3f}\n{summary(res)}\n")
             for which in ("all", "inner"):
                 print(f"{res['description']} ({len(res['seeds'])} seeds, dense "
                       f"{statistics.mean(res['dense_test_acc']):.3f}), layers: {which}\n{table(res, which)}\n")
