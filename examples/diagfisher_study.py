@@ -183,6 +183,30 @@ def study(model_name: str, seeds: list[int], sparsities: list[float], dampings: 
     return out
 
 
+def diagnose(model_name: str, seeds: list[int], cache: Path | None) -> dict:
+    """Per layer and seed: the spread of the per-output-unit mean of ``F_qq`` (per-sample Fisher, n=1024; the
+    OBD saliency of a weight is ``0.5 F_qq w_q^2``, so this factor weighs whole units against each other) and
+    the fraction of weights with ``F_qq == 0``."""
+    _, data, opts, _, desc = NETS[model_name]
+    ds = load_dataset(data, seed=0, **opts)
+    models, _ = trained(model_name, seeds, cache)
+    out = {}
+    for i, m in enumerate(models):
+        layers = [n for n, _ in prunable_layers(m)]
+        idx = torch.randperm(ds.train_x.shape[0], generator=torch.Generator().manual_seed(i))[:1024]
+        fd = fisher_diagonal(m, ds.train_x[idx], ds.train_y[idx], kind="empirical",
+                             param_names=[f"{n}.weight" for n in layers], batch_size=64)
+        for n in layers:
+            f = fd[f"{n}.weight"]
+            unit = f.flatten(1).mean(1)
+            row = {"unit_mean_F_min": float(unit.min()), "unit_mean_F_median": float(unit.median()),
+                   "unit_mean_F_max": float(unit.max()), "max_over_min": float(unit.max() / unit.min()),
+                   "zero_fraction": float((f == 0).float().mean())}
+            out.setdefault(n, []).append(row)
+            print(f"{desc} seed {i} {n}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()), flush=True)
+    return out
+
+
 def table(res: dict, which: str = "all") -> str:
     """Markdown: each diagfisher variant's lead over magnitude pruning at the same scope (magni for layer,
     globalmagni for global), mean over seeds (seeds ahead), per sparsity and re-normalisation."""
@@ -298,6 +322,8 @@ def main() -> None:
     ap.add_argument("--dampings", nargs="+", type=float, default=[0.0, 1e-5, 1e-3])
     ap.add_argument("--n-renorm", type=int, default=512, help="samples for reset-BN")
     ap.add_argument("--table", action="store_true", help="print the tables of the written JSON files")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="only the per-unit Fisher spread of the (cached) networks: diagfisher_<model>_units.json")
     ap.add_argument("--plot", default=None, help="draw the figure of the written JSON files to this path")
     ap.add_argument("--cache", default=None, help="folder for the trained networks (safetensors; reused if there)")
     args = ap.parse_args()
@@ -305,11 +331,14 @@ def main() -> None:
     out = Path(args.out)
     if args.plot:
         order = list(NETS)
-        files = sorted(out.glob("diagfisher_*.json"), key=lambda f: order.index(f.stem[len("diagfisher_"):]))
+        files = sorted((f for f in out.glob("diagfisher_*.json") if not f.stem.endswith("_units")),
+                       key=lambda f: order.index(f.stem[len("diagfisher_"):]))
         plot([json.loads(f.read_text()) for f in files], Path(args.plot))
         return
     if args.table:
         for f in sorted(out.glob("diagfisher_*.json")):
+            if f.stem.endswith("_units"):
+                continue
             res = json.loads(f.read_text())
             print(f"{res['description']}: dense {statistics.mean(res['dense_test_acc']):.3f}\n{summary(res)}\n")
             for which in ("all", "inner"):
@@ -317,6 +346,10 @@ def main() -> None:
                       f"{statistics.mean(res['dense_test_acc']):.3f}), layers: {which}\n{table(res, which)}\n")
         return
     out.mkdir(parents=True, exist_ok=True)
+    if args.diagnose:
+        units = diagnose(args.model, list(range(args.seeds)), Path(args.cache) if args.cache else None)
+        (out / f"diagfisher_{args.model}_units.json").write_text(json.dumps(units, indent=1))
+        return
     res = study(args.model, list(range(args.seeds)), args.sparsities, args.dampings, args.n_renorm,
                 Path(args.cache) if args.cache else None)
     (out / f"diagfisher_{args.model}.json").write_text(json.dumps(res, indent=1))
