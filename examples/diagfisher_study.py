@@ -207,6 +207,45 @@ def diagnose(model_name: str, seeds: list[int], cache: Path | None) -> dict:
     return out
 
 
+def step(model_name: str, seeds: list[int], cache: Path | None, sparsities: list[float]) -> dict:
+    """Layer scope, per-sample Fisher (n=1024, damping 1e-5) against magni: the pruning step's share of the
+    squared weight norm (all weights, and the mean over output units of the unit's share), the diagonal quadratic
+    model's predicted training-loss increase ``0.5 sum_q F_qq w_q^2`` over the removed weights, and the actual
+    increase on the same 1024 training samples, without and with reset-BN."""
+    _, data, opts, _, desc = NETS[model_name]
+    ds = load_dataset(data, seed=0, **opts)
+    models, _ = trained(model_name, seeds, cache)
+    out: dict = {}
+    for i, m in zip(seeds, models):
+        layers = [n for n, _ in prunable_layers(m)]
+        idx = torch.randperm(ds.train_x.shape[0], generator=torch.Generator().manual_seed(i))[:1024]
+        x, y = ds.train_x[idx], ds.train_y[idx]
+        fd = fisher_diagonal(m, x, y, kind="empirical", param_names=[f"{n}.weight" for n in layers], batch_size=64)
+        w = {n: m.get_parameter(f"{n}.weight").detach() for n in layers}
+        with torch.no_grad():
+            base = float(F.cross_entropy(m.eval()(x), y))
+        for s in sparsities:
+            for label, sc in (("magni", [w[n].abs() for n in layers]),
+                              ("diagfisher", [0.5 * (fd[f"{n}.weight"] + 1e-5) * w[n] ** 2 for n in layers])):
+                p = prune_with(m, sc, layers, s, "layer")
+                gone = {n: ~k for n, k in zip(layers, masks(p).values())}
+                unit = [float(((w[n] ** 2 * gone[n]).flatten(1).sum(1) / (w[n] ** 2).flatten(1).sum(1)).mean())
+                        for n in layers]
+                r = renormalize(p, m, ds, "reset_bn", n_samples=512)
+                with torch.no_grad():
+                    row = {"removed_sq_norm": sum(float((w[n] ** 2 * gone[n]).sum()) for n in layers)
+                           / sum(float((w[n] ** 2).sum()) for n in layers),
+                           "removed_unit_sq_norm": sum(unit) / len(unit),
+                           "predicted": 0.5 * sum(float((fd[f"{n}.weight"] * w[n] ** 2 * gone[n]).sum())
+                                                  for n in layers),
+                           "actual": float(F.cross_entropy(p.eval()(x), y)) - base,
+                           "actual_reset_bn": float(F.cross_entropy(r.eval()(x), y)) - base}
+                out.setdefault(f"{label} s={s:g}", []).append(row)
+                print(f"{desc} seed {i} {label} s={s:g}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()),
+                      flush=True)
+    return out
+
+
 def table(res: dict, which: str = "all") -> str:
     """Markdown: each diagfisher variant's lead over magnitude pruning at the same scope (magni for layer,
     globalmagni for global), mean over seeds (seeds ahead), per sparsity and re-normalisation."""
@@ -324,6 +363,8 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print the tables of the written JSON files")
     ap.add_argument("--diagnose", action="store_true",
                     help="only the per-unit Fisher spread of the (cached) networks: diagfisher_<model>_units.json")
+    ap.add_argument("--step", action="store_true",
+                    help="only the pruning step and the quadratic model's prediction: diagfisher_<model>_step.json")
     ap.add_argument("--plot", default=None, help="draw the figure of the written JSON files to this path")
     ap.add_argument("--cache", default=None, help="folder for the trained networks (safetensors; reused if there)")
     args = ap.parse_args()
@@ -331,13 +372,13 @@ def main() -> None:
     out = Path(args.out)
     if args.plot:
         order = list(NETS)
-        files = sorted((f for f in out.glob("diagfisher_*.json") if not f.stem.endswith("_units")),
+        files = sorted((f for f in out.glob("diagfisher_*.json") if not f.stem.endswith(("_units", "_step"))),
                        key=lambda f: order.index(f.stem[len("diagfisher_"):]))
         plot([json.loads(f.read_text()) for f in files], Path(args.plot))
         return
     if args.table:
         for f in sorted(out.glob("diagfisher_*.json")):
-            if f.stem.endswith("_units"):
+            if f.stem.endswith(("_units", "_step")):
                 continue
             res = json.loads(f.read_text())
             print(f"{res['description']}: dense {statistics.mean(res['dense_test_acc']):.3f}\n{summary(res)}\n")
@@ -349,6 +390,10 @@ def main() -> None:
     if args.diagnose:
         units = diagnose(args.model, list(range(args.seeds)), Path(args.cache) if args.cache else None)
         (out / f"diagfisher_{args.model}_units.json").write_text(json.dumps(units, indent=1))
+        return
+    if args.step:
+        st = step(args.model, list(range(args.seeds)), Path(args.cache) if args.cache else None, [0.5, 0.7])
+        (out / f"diagfisher_{args.model}_step.json").write_text(json.dumps(st, indent=1))
         return
     res = study(args.model, list(range(args.seeds)), args.sparsities, args.dampings, args.n_renorm,
                 Path(args.cache) if args.cache else None)
