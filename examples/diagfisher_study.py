@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from zooscape.data import load_dataset
 from zooscape.landscape import fisher_diagonal
 from zooscape.models import create_model
-from zooscape.sparsify import masks, prune, renormalize
-from zooscape.sparsify.prune import _select, _set_mask, prunable_layers
+from zooscape.sparsify import masks, prune, prune_by_saliency, renormalize
+from zooscape.sparsify.prune import prunable_layers
 from zooscape.train import Member, TrainConfig, train_population
 
 # network -> (builder of a seed, data set, options, epochs, description)
@@ -87,16 +87,7 @@ def fishers(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 def prune_with(model: torch.nn.Module, scores: list[torch.Tensor], layer_names: list[str], sparsity: float,
                scope: str) -> torch.nn.Module:
     """``model`` pruned by ``scores`` (lowest first) over the layers ``layer_names``, as :func:`prune` does."""
-    import copy
-
-    new = copy.deepcopy(model)
-    mods = dict(new.named_modules())
-    keep = _select(scores, sparsity, scope)
-    with torch.no_grad():
-        for n, k in zip(layer_names, keep):
-            mods[n].weight.mul_(k.to(mods[n].weight.dtype))
-            _set_mask(mods[n], k)
-    return new
+    return prune_by_saliency(model, dict(zip(layer_names, scores)), sparsity, scope)
 
 
 def trained(model_name: str, seeds: list[int], cache: Path | None) -> tuple[list[torch.nn.Module], list[float]]:

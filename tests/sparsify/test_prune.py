@@ -10,7 +10,16 @@ from torch import nn
 from zooscape.connect.bn import recompute_bn_stats
 from zooscape.data import load_dataset
 from zooscape.models import create_model
-from zooscape.sparsify import load_pruned, masks, obd_scores, obs_scores, obs_update, prune, sparsity_ratio
+from zooscape.sparsify import (
+    load_pruned,
+    masks,
+    obd_scores,
+    obs_scores,
+    obs_update,
+    prune,
+    prune_by_saliency,
+    sparsity_ratio,
+)
 from zooscape.sparsify.prune import fisher_blocks, prunable_layers, saliencies
 
 
@@ -335,3 +344,27 @@ def test_diagfisher_with_a_dominant_damping_is_magnitude_pruning_at_the_same_sco
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         c = masks(prune(m, 0.7, "diagfisher", ds, scope=scope, damping=1e-5, n_samples=200))
         assert not all(torch.equal(c[k], b[k]) for k in c)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_prune_by_saliency_is_prune_with_the_same_scores(scope):
+    """Pruning by :func:`saliencies`' scores gives ``prune``'s masks and weights; a partial dict prunes only its
+    layers; wrong shapes, names and scopes raise."""
+    ds = _digits()
+    m = create_model("mlp", input_size=64, depth=2, width=16, norm="bn", seed=0)
+    kw = {"n_samples": 200, "damping": 1e-4}
+    sal = saliencies(m, "diagfisher", ds, **kw)
+    a = prune_by_saliency(m, sal, 0.6, scope)
+    b = prune(m, 0.6, "diagfisher", ds, scope=scope, **kw)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    first = next(iter(sal))
+    part = prune_by_saliency(m, {first: sal[first]}, 0.5, scope)
+    assert list(masks(part)) == [first] and int((~masks(part)[first]).sum()) == round(0.5 * sal[first].numel())
+    with pytest.raises(ValueError, match="shape"):
+        prune_by_saliency(m, {first: sal[first].T}, 0.5)
+    with pytest.raises(ValueError, match="not Linear/Conv"):
+        prune_by_saliency(m, {"nope": sal[first]}, 0.5)
+    with pytest.raises(ValueError, match="scope"):
+        prune_by_saliency(m, sal, 0.5, "unit")

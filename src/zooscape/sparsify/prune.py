@@ -46,7 +46,7 @@ from zooscape.landscape._hvp import eval_mode, functional_state
 
 __all__ = [
     "FISHERS", "PRUNERS", "SCOPES", "apply_masks", "fisher_blocks", "load_pruned", "masks", "obd_scores",
-    "obs_scores", "obs_update", "prunable_layers", "prune", "saliencies", "strip_masks",
+    "obs_scores", "obs_update", "prunable_layers", "prune", "prune_by_saliency", "saliencies", "strip_masks",
 ]
 
 PRUNERS = ("globalmagni", "magni", "diagfisher", "woodfisherblock")
@@ -390,5 +390,46 @@ def prune(
                     flat[b], _ = obs_update(flat[b], hinv[b], rm[b])
                 w.copy_(flat.reshape(-1)[: w.numel()].view(w.shape).to(w.dtype))
             w.mul_(k.to(w.dtype))
+            _set_mask(layer, k)
+    return new
+
+
+def prune_by_saliency(model: nn.Module, scores: Mapping[str, Tensor], sparsity: float,
+                      scope: str = "global") -> nn.Module:
+    """Prune ``model``'s layers named in ``scores`` by the given saliencies (lowest removed first), no weight update.
+
+    What :func:`prune` does for ``globalmagni``/``magni``/``diagfisher`` after scoring, for a saliency of your own
+    (for example :func:`saliencies` with another Fisher estimate): exactly ``round(sparsity * n)`` weights are
+    removed, over all scored layers (``scope="global"``) or in each layer (``"layer"``), ties broken by position.
+
+    Args:
+        model: the network (not modified).
+        scores: ``{layer name: saliency of its weight's shape}`` of Linear/Conv layers (as :func:`saliencies`).
+        sparsity: fraction in ``[0, 1]``.
+        scope: ``"global"`` or ``"layer"``.
+
+    Returns:
+        a pruned copy with ``weight_mask`` buffers on the scored layers.
+
+    Raises:
+        ValueError: a bad sparsity or scope, a name that is not a prunable layer, or a score of the wrong shape.
+
+    References:
+        LeCun et al. (1990) (saliency-ranked pruning).
+    """
+    if not 0.0 <= float(sparsity) <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    new = copy.deepcopy(model)
+    layers = prunable_layers(new, list(scores))
+    for name, layer in layers:
+        if tuple(scores[name].shape) != tuple(layer.weight.shape):
+            raise ValueError(f"scores[{name!r}] has shape {tuple(scores[name].shape)}, the weight has "
+                             f"{tuple(layer.weight.shape)}")
+    keep = _select([scores[n].detach() for n, _ in layers], float(sparsity), scope)
+    with torch.no_grad():
+        for (_, layer), k in zip(layers, keep):
+            layer.weight.mul_(k.to(layer.weight.dtype))
             _set_mask(layer, k)
     return new
