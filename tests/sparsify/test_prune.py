@@ -10,17 +10,8 @@ from torch import nn
 from zooscape.connect.bn import recompute_bn_stats
 from zooscape.data import load_dataset
 from zooscape.models import create_model
-from zooscape.sparsify import (
-    load_pruned,
-    masks,
-    obd_scores,
-    obs_scores,
-    obs_update,
-    prune,
-    prune_by_saliency,
-    sparsity_ratio,
-)
-from zooscape.sparsify.prune import fisher_blocks, prunable_layers, saliencies
+from zooscape.sparsify import load_pruned, masks, obd_scores, obs_scores, obs_update, prune, sparsity_ratio
+from zooscape.sparsify.prune import fisher_blocks, prunable_layers, prune_by_saliency, saliencies
 
 
 def _mlp(seed=0):
