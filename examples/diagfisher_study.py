@@ -48,6 +48,8 @@ NETS = {
                   "mnist5k", {"flat": True}, 20, "BN MLP 784-128-128-10 on MNIST-5k"),
     "resnet20_bn": (lambda s: create_model("resnet20", input_size=28, norm="bn", width=8, seed=s),
                     "mnist5k", {}, 8, "ResNet-20-BN width 8 on MNIST-5k"),
+    "vgg11_bn": (lambda s: create_model("vgg11_bn", input_size=32, width=0.125, seed=s),
+                 "mnist5k", {"resize": 32}, 8, "VGG-11-BN width 1/8 on MNIST-5k 32x32"),
 }
 
 
@@ -348,6 +350,7 @@ def main() -> None:
     ap.add_argument("--model", choices=list(NETS), default="mlp_digits")
     ap.add_argument("--out", default="docs/sparsify_results")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--name", default=None, help="JSON name suffix (default: the model's name)")
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
     ap.add_argument("--dampings", nargs="+", type=float, default=[0.0, 1e-5, 1e-3])
     ap.add_argument("--n-renorm", type=int, default=512, help="samples for reset-BN")
@@ -362,9 +365,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     if args.plot:
-        order = list(NETS)
-        files = sorted((f for f in out.glob("diagfisher_*.json") if not f.stem.endswith(("_units", "_step"))),
-                       key=lambda f: order.index(f.stem[len("diagfisher_"):]))
+        files = [out / f"diagfisher_{m}.json" for m in NETS if (out / f"diagfisher_{m}.json").exists()]
         plot([json.loads(f.read_text()) for f in files], Path(args.plot))
         return
     if args.table:
@@ -388,7 +389,7 @@ def main() -> None:
         return
     res = study(args.model, list(range(args.seeds)), args.sparsities, args.dampings, args.n_renorm,
                 Path(args.cache) if args.cache else None)
-    (out / f"diagfisher_{args.model}.json").write_text(json.dumps(res, indent=1))
+    (out / f"diagfisher_{args.name or args.model}.json").write_text(json.dumps(res, separators=(",", ":")))
 
 
 if __name__ == "__main__":
