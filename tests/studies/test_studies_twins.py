@@ -199,3 +199,11 @@ def test_prune_zoo_stores_the_fisher_settings(zoo_dir, capsys):
     with zz.open(zoo_dir) as zoo:
         stored = [p for p in zoo.analyses("test_acc")["params"] if p.get("method") == "woodfisherblock"]
     assert {"fisher": "empirical", "split": "val", "block_size": 16, "damping": 1e-3}.items() <= stored[-1].items()
+    # the Rethink scripts' diagfisher (per layer, undamped Fisher; README) goes through the CLI as well
+    assert main(["sparsify", "prune", str(zoo_dir), "--models", one[0], "--method", "diagfisher", "--scope",
+                 "layer", "--damping", "0", "--sparsity", "0.5", "--n-samples", "32", "--quiet"]) == 0
+    with zz.open(zoo_dir) as zoo:
+        stored = [p for p in zoo.analyses("test_acc")["params"]
+                  if p.get("method") == "diagfisher" and p.get("scope") == "layer"]
+    assert len(stored) == 1
+    assert {"damping": 0.0, "fisher": "empirical", "sparsity": 0.5}.items() <= stored[0].items()
