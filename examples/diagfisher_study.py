@@ -93,28 +93,35 @@ def prune_with(model: torch.nn.Module, scores: list[torch.Tensor], layer_names: 
 
 
 def trained(model_name: str, seeds: list[int], cache: Path | None) -> tuple[list[torch.nn.Module], list[float]]:
-    """The trained networks of ``seeds`` and their final training loss (from ``cache`` when stored there)."""
+    """The trained networks of ``seeds`` and their final training loss; seeds stored in ``cache`` are loaded, the
+    others trained as one population (a member's training does not depend on the population it is in)."""
     from safetensors.torch import load_file, save_file
 
     build, data, opts, epochs, desc = NETS[model_name]
-    files = [cache / f"{model_name}_seed{s}.safetensors" for s in seeds] if cache else []
-    if files and all(f.exists() for f in files):
-        models = [build(s) for s in seeds]
-        for m, f in zip(models, files):
-            m.load_state_dict(load_file(f))
-        return models, json.loads((cache / f"{model_name}_train_loss.json").read_text())
-    t0 = time.perf_counter()
-    res = train_population([build(s) for s in seeds], load_dataset(data, seed=0, **opts),
-                           TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3),
-                           [Member(seed=s) for s in seeds])
-    loss = [h[-1]["train_loss"] for h in res.history]
-    print(f"{desc}: trained in {time.perf_counter() - t0:.0f}s", flush=True)
-    if cache:
-        cache.mkdir(parents=True, exist_ok=True)
-        for m, f in zip(res.models, files):
-            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(f))
-        (cache / f"{model_name}_train_loss.json").write_text(json.dumps(loss))
-    return res.models, loss
+    file = {s: cache / f"{model_name}_seed{s}.safetensors" for s in seeds} if cache else {}
+    loss_file = cache / f"{model_name}_train_loss.json" if cache else None
+    losses = {int(k): v for k, v in json.loads(loss_file.read_text()).items()} \
+        if loss_file is not None and loss_file.exists() else {}
+    todo = [s for s in seeds if not (cache and file[s].exists() and s in losses)]
+    models = {}
+    if todo:
+        t0 = time.perf_counter()
+        res = train_population([build(s) for s in todo], load_dataset(data, seed=0, **opts),
+                               TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3),
+                               [Member(seed=s) for s in todo])
+        print(f"{desc}: seeds {todo} trained in {time.perf_counter() - t0:.0f}s", flush=True)
+        for s, m, h in zip(todo, res.models, res.history):
+            models[s], losses[s] = m, h[-1]["train_loss"]
+            if cache:
+                cache.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(file[s]))
+        if loss_file is not None:
+            loss_file.write_text(json.dumps(losses))
+    for s in seeds:
+        if s not in models:
+            models[s] = build(s)
+            models[s].load_state_dict(load_file(file[s]))
+    return [models[s] for s in seeds], [losses[s] for s in seeds]
 
 
 def study(model_name: str, seeds: list[int], sparsities: list[float], dampings: list[float], n_renorm: int,
@@ -307,19 +314,23 @@ def summary(res: dict) -> str:
     return "\n".join(lines)
 
 
-PLOTTED = [  # (key prefix, label, colour, line style)
-    ("magni", "magni (layer)", "C0", "-"),
-    ("diagfisher per-sample n=1024 damping 1e-05 layer", "diagfisher, layer", "C0", "--"),
-    ("diagfisher exact n=1024 damping 1e-05 layer", "diagfisher exact Fisher, layer", "C0", ":"),
-    ("globalmagni", "globalmagni", "C3", "-"),
-    ("diagfisher per-sample n=1024 damping 1e-05 global", "diagfisher, global", "C3", "--"),
-    ("diagfisher exact n=1024 damping 1e-05 global", "diagfisher exact Fisher, global", "C3", ":"),
+PLOTTED = [  # (key prefix, layers, label, colour, line style)
+    ("magni", "all", "magni (layer)", "C0", "-"),
+    ("diagfisher per-sample n=1024 damping 1e-05 layer", "all", "diagfisher, layer", "C0", "--"),
+    ("diagfisher exact n=1024 damping 1e-05 layer", "all", "diagfisher exact Fisher, layer", "C0", ":"),
+    ("globalmagni", "all", "globalmagni", "C3", "-"),
+    ("diagfisher per-sample n=1024 damping 1e-05 global", "all", "diagfisher, global", "C3", "--"),
+    ("diagfisher exact n=1024 damping 1e-05 global", "all", "diagfisher exact Fisher, global", "C3", ":"),
+    ("magni", "inner", "magni (layer), inner layers", "C2", "-"),
+    ("diagfisher per-sample n=1024 damping 0 layer", "inner", "diagfisher as the scripts (layer, inner, undamped)",
+     "C2", "--"),
 ]
 
 
-def plot(results: list[dict], path: Path, which: str = "all") -> None:
+def plot(results: list[dict], path: Path) -> None:
     """Test accuracy vs sparsity (mean and std over the seeds) per pruner: one row per network, one column per
-    re-normalisation; layer scope blue, global scope red; magnitude solid, diagonal Fisher dashed/dotted."""
+    re-normalisation; layer scope blue, global scope red, the scripts' setting (layer scope, inner layers) green;
+    magnitude solid, diagonal Fisher dashed/dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,8 +341,8 @@ def plot(results: list[dict], path: Path, which: str = "all") -> None:
     fig, axes = plt.subplots(len(results), 2, figsize=(9, 3.2 * len(results)), sharey=True, squeeze=False)
     for row, res in zip(axes, results):
         for ax, renorm in zip(row, ("none", "reset_bn")):
-            for key, label, colour, style in PLOTTED:
-                acc = res["acc"][f"{key}|{which}|{renorm}"]
+            for key, layers, label, colour, style in PLOTTED:
+                acc = res["acc"][f"{key}|{layers}|{renorm}"]
                 mean = [statistics.mean(v) for v in acc]
                 std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in acc]
                 ax.errorbar(res["sparsities"], mean, yerr=std, color=colour, ls=style, marker="o", ms=3,
@@ -342,7 +353,7 @@ def plot(results: list[dict], path: Path, which: str = "all") -> None:
         row[0].set_ylabel(f"test accuracy ({len(res['seeds'])} seeds)")
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=90)
 
 
 def main() -> None:
