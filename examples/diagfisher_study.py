@@ -17,9 +17,10 @@ Re-Basin scripts use or could use, against magnitude pruning at the same scope:
 The Fisher of one network is computed once per estimator and reused for every damping, scope and sparsity (the
 masks are those :func:`zooscape.sparsify.prune` makes from the same scores: checked on one case per network).
 
-Usage: ``python examples/diagfisher_study.py --model mlp_digits|resnet20_bn --out docs/sparsify_results``
-(writes ``diagfisher_<model>.json``; ``--table`` prints the tables of the written JSON files; ``--plot`` draws
-``docs/sparsify_diagfisher.png``).
+Usage: ``python examples/diagfisher_study.py --model mlp_digits|mlp_mnist|resnet20_bn|vgg11_bn --out
+docs/sparsify_results --cache DIR`` (writes ``diagfisher_<model>.json``; ``--step`` and ``--diagnose`` add the step
+and per-unit Fisher diagnostics on the cached networks; ``--table`` prints the tables of the written JSON files;
+``--plot PATH`` draws ``docs/sparsify_diagfisher.png``).
 """
 
 from __future__ import annotations
