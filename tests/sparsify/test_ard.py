@@ -23,6 +23,7 @@ from zooscape.sparsify import (
     to_ard,
     train_twins,
 )
+from zooscape.sparsify.ard import ard_layers
 from zooscape.sparsify.pop_ard import PopARDConv2d, PopARDLinear
 from zooscape.train import Member, Population, TrainConfig
 
@@ -278,3 +279,52 @@ def test_weight_sample_gradient_and_value():
     ls.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: _WeightSample.apply(a, b, eps, 0.0), (w, ls))
     torch.testing.assert_close(_WeightSample.apply(w, ls, eps, 0.0), sample_weight(w, log_alpha(w, ls), eps))
+
+
+def test_population_twin_metrics_equal_per_member_state_dicts():
+    """The twins' per-epoch sparsity/KL computed on the stacked population equals the per-member state-dict path."""
+    from zooscape.sparsify import population_twin_metrics, twin_metrics
+
+    models = [to_ard(create_model("cnn_s", seed=i)) for i in range(3)]
+    g = torch.Generator().manual_seed(0)
+    for m in models:
+        with torch.no_grad():
+            for _, layer in ard_layers(m):
+                layer.log_sigma2.uniform_(-8, 6, generator=g)
+    pop = Population(models)
+    got = population_twin_metrics(pop, threshold=2.5)
+    for i, sd in enumerate(pop.state_dicts()):
+        ref = twin_metrics(sd, threshold=2.5)
+        assert got[i]["n_pruned"] == ref["n_pruned"] > 0 and got[i]["n_weights"] == ref["n_weights"]
+        assert got[i]["sparsity"] == ref["sparsity"]
+        assert got[i]["kl"] == pytest.approx(ref["kl"], rel=1e-6)
+
+
+def test_population_sparse_weight_cache_follows_changes_in_eval_mode():
+    """Evaluation keeps the sparse weight between batches, but a change of log_sigma2, of the weights (in place, or
+    through the flat optimiser buffer while training) or of the threshold is seen by the next forward."""
+    models = [to_ard(create_model("mlp", input_size=8, depth=1, width=6, seed=i)) for i in range(2)]
+    pop = Population(models).eval()
+    x = torch.randn(5, 8)
+    layer = [m for _, m in ard_layers(pop) if hasattr(m, "n")][0]
+
+    def ref() -> torch.Tensor:
+        singles = [from_ard(m) for m in models]
+        for i, s in enumerate(singles):
+            s.load_state_dict(sparse_state_dict(pop.member_state_dict(i), layer.control.threshold))
+        return torch.stack([s.eval()(x) for s in singles], 1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(pop.forward_shared(x), ref())
+        layer.log_sigma2[0, :3].fill_(8.0)  # prunes weights of member 0
+        torch.testing.assert_close(pop.forward_shared(x), ref())
+        layer.weight.mul_(0.5)
+        torch.testing.assert_close(pop.forward_shared(x), ref())
+        layer.control.threshold = -1.0
+        torch.testing.assert_close(pop.forward_shared(x), ref())
+        layer.control.threshold = 3.0
+        params, _ = pop.flatten_parameters()
+        pop.train()
+        params.add_(0.25)  # a write no version counter of the parameters sees (the trainer's optimiser step)
+        pop.eval()
+        torch.testing.assert_close(pop.forward_shared(x), ref())

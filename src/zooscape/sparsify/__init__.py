@@ -49,12 +49,12 @@ from .prune import (
     strip_masks,
 )
 from .renorm import RENORM_METHODS, pruned_barrier, renormalize
-from .twins import KL_REDUCTIONS, TWIN_CONFIG, train_twins, twin_metrics
+from .twins import KL_REDUCTIONS, TWIN_CONFIG, population_twin_metrics, train_twins, twin_metrics
 
 __all__ = [
     "ESTIMATORS", "FISHERS", "K1", "K2", "K3", "KL_REDUCTIONS", "LOG_SIGMA2_INIT", "PRUNERS", "RENORM_METHODS",
     "THRESHOLD", "TWIN_CONFIG", "ARDControl", "ARDConv2d", "ARDLinear", "PopARDConv2d", "PopARDLinear", "apply_masks",
     "ard_kl", "from_ard", "kl_approx", "kl_weight", "load_pruned", "log_alpha", "masks", "obd_scores", "obs_scores",
-    "obs_update", "prune", "prune_by_saliency", "pruned_barrier", "renormalize", "saliencies", "sparse_state_dict",
-    "sparsity_ratio", "strip_masks", "to_ard", "train_twins", "twin_metrics",
+    "obs_update", "population_twin_metrics", "prune", "prune_by_saliency", "pruned_barrier", "renormalize",
+    "saliencies", "sparse_state_dict", "sparsity_ratio", "strip_masks", "to_ard", "train_twins", "twin_metrics",
 ]

@@ -123,8 +123,28 @@ class _PopARDMixin:
         return log_alpha(self.weight, self.log_sigma2)
 
     def sparse_weight(self) -> Tensor:
-        la = self.log_alpha()
-        return torch.where(la < self.control.threshold, self.weight, torch.zeros_like(self.weight))
+        """``[N, *weight_shape]``: the weight with pruned entries (``log alpha >= threshold``) set to zero.
+
+        Without autograd (evaluation) the result is kept, so the many batches of one evaluation compute it once
+        instead of once per batch; it is recomputed after every ``train()``/``eval()`` call (the trainer's
+        optimiser writes the weights through its flat buffer, which no version counter of the parameters sees,
+        but only in training mode) and whenever ``weight``, ``log_sigma2`` (in place, version counters) or the
+        threshold change."""
+        w, ls, thr = self.weight, self.log_sigma2, self.control.threshold
+        if torch.is_grad_enabled() and (w.requires_grad or ls.requires_grad):
+            return torch.where(self.log_alpha() < thr, w, torch.zeros_like(w))
+        key = (w.data_ptr(), w._version, ls.data_ptr(), ls._version, thr, w.dtype, w.device)
+        cached = getattr(self, "_sparse_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            out = torch.where(self.log_alpha() < thr, w, torch.zeros_like(w))
+        self._sparse_cache = (key, out)
+        return out
+
+    def train(self, mode: bool = True):  # type: ignore[override]
+        self._sparse_cache = None  # see sparse_weight
+        return super().train(mode)  # type: ignore[misc]
 
     def _penalize(self, out: Tensor, la: Tensor) -> Tensor:
         """``out`` carrying each model's KL penalty (``la``: this step's :meth:`log_alpha`, computed once)."""

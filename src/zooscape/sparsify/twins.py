@@ -20,9 +20,9 @@ from torch import nn
 
 from zooscape.train import EpochReport, Member, PopulationResult, PopulationState, TrainConfig, train_population
 
-from .ard import LOG_SIGMA2_INIT, THRESHOLD, ARDControl, kl_approx, kl_weight, log_alpha, to_ard
+from .ard import LOG_SIGMA2_INIT, THRESHOLD, ARDControl, ard_layers, kl_approx, kl_weight, log_alpha, to_ard
 
-__all__ = ["KL_REDUCTIONS", "TWIN_CONFIG", "train_twins", "twin_metrics"]
+__all__ = ["KL_REDUCTIONS", "TWIN_CONFIG", "population_twin_metrics", "train_twins", "twin_metrics"]
 
 #: How the KL term is scaled in a twin's loss: ``"elbo"`` (``KL / n_train`` per sample, the variational objective
 #: of Molchanov et al. 2017) or ``"model_zoos"`` (``KL`` undivided, added to the mean batch loss, as the Model Zoos
@@ -47,6 +47,31 @@ def twin_metrics(state: dict[str, torch.Tensor], threshold: float = THRESHOLD) -
         kl += float(kl_approx(la).sum())
     return {"sparsity": pruned / total if total else 0.0, "kl": kl, "n_pruned": float(pruned),
             "n_weights": float(total)}
+
+
+@torch.no_grad()
+def population_twin_metrics(population: nn.Module, threshold: float = THRESHOLD) -> list[dict[str, float]]:
+    """:func:`twin_metrics` of every member of a population of ARD models at once, from its stacked ``[N, ...]``
+    weights and ``log_sigma2`` (no per-member state dict copies); one dict per member, in population order.
+
+    Args:
+        population: a :class:`zooscape.train.Population` (or its ``net``) whose ARD layers are population layers.
+        threshold: ``log alpha`` pruning threshold.
+    """
+    layers = [m for _, m in ard_layers(population) if m.weight.dim() >= 2 and hasattr(m, "n")]
+    if not layers:
+        raise ValueError("the population has no population ARD layers")
+    n = layers[0].n
+    pruned = torch.zeros(n, dtype=torch.int64)
+    kl = torch.zeros(n, dtype=torch.float64)
+    total = 0
+    for m in layers:
+        la = log_alpha(m.weight, m.log_sigma2).reshape(n, -1)
+        pruned += (la >= threshold).sum(1).cpu()
+        kl += kl_approx(la).sum(1).double().cpu()
+        total += la.shape[1]
+    return [{"sparsity": p / total if total else 0.0, "kl": k, "n_pruned": float(p), "n_weights": float(total)}
+            for p, k in zip(pruned.tolist(), kl.tolist())]
 
 
 def train_twins(
@@ -111,9 +136,7 @@ def train_twins(
     set_epoch(1 if resume is None else resume.epoch + 1)
 
     def on_report(report: EpochReport) -> None:
-        states = report.state_dicts()
-        for row, sd in zip(report.metrics, states):
-            m = twin_metrics(sd, threshold)
+        for row, m in zip(report.metrics, population_twin_metrics(report.population, threshold)):
             row["sparsity"], row["kl"] = m["sparsity"], m["kl"]
             row["kl_weight"] = kl_weight(report.epoch, config.epochs, kl_scale)
         set_epoch(report.epoch + 1)

@@ -128,6 +128,11 @@ class EpochReport:
         """One CPU state dict per member."""
         return self._population.state_dicts()
 
+    @property
+    def population(self) -> Population:
+        """The population itself (read only, valid only until training continues)."""
+        return self._population
+
     def member_views(self, index: int) -> dict[str, Tensor]:
         """Member ``index``'s parameters and buffers (keys of its state dict) as views into the population's
         tensors: no copy. Read only, and valid only until training continues."""
