@@ -324,6 +324,7 @@ def test_population_sparse_weight_cache_follows_changes_in_eval_mode():
         torch.testing.assert_close(pop.forward_shared(x), ref())
         layer.control.threshold = 3.0
         params, _ = pop.flatten_parameters()
+        torch.testing.assert_close(pop.forward_shared(x), ref())
         pop.train()
         params.add_(0.25)  # a write no version counter of the parameters sees (the trainer's optimiser step)
         pop.eval()
