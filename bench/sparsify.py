@@ -6,7 +6,10 @@ For CNN-s on digits (resized to 28x28) the script trains, per model family:
 - ``twins, one at a time``: populations of one, one after another (the same code path, N = 1), for
   ``--baseline-models`` of them (mean per model);
 - ``zoo models, population``: the N source architectures trained as plain zoo models in one population, for the
-  per-model cost of a twin against a zoo model.
+  per-model cost of a twin against a zoo model;
+- ``zoo model, plain torch one at a time``: ``--baseline-models`` of the source architectures trained one after
+  another by a plain PyTorch loop (``torch.optim.Adam``, the same batches per epoch and the same evaluation of
+  train/val/test), what a user without zooscape would run; its ratio is the twin's cost per model against it.
 
 Each twin row names its gradient estimator (``--estimators``): ``local`` (the local reparameterisation trick, two
 convolutions per layer and a full-resolution noise map) or ``weight`` (one weight sample per twin and step, then
@@ -23,6 +26,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 
@@ -38,6 +42,30 @@ CASES = {
     "cnn_s": dict(model=dict(name="cnn_s", in_channels=1), data=dict(name="digits", resize=28)),
     "mlp": dict(model=dict(name="mlp", input_size=64, depth=2, width=32), data=dict(name="digits")),
 }
+
+
+def plain_torch_epochs(model: torch.nn.Module, data, epochs: int, batch_size: int = 32, lr: float = 1e-3,
+                       seed: int = 0) -> None:
+    """What a user without zooscape writes for one zoo model: ``torch.optim.Adam`` (its defaults), shuffled
+    mini-batches, cross entropy, then every epoch the loss and accuracy of train/val/test in eval mode at batch 1024
+    (the population trainer's ``train_metrics="eval"`` work)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    x, y = data.train_x, data.train_y
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(x.shape[0], generator=g).split(batch_size):
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            for sx, sy in ((x, y), (data.val_x, data.val_y), (data.test_x, data.test_y)):
+                for i in range(0, sx.shape[0], 1024):
+                    out = model(sx[i:i + 1024])
+                    float(torch.nn.functional.cross_entropy(out, sy[i:i + 1024], reduction="sum"))
+                    int((out.argmax(1) == sy[i:i + 1024]).sum())
 
 
 def run(case: str, n: int, epochs: int, baseline_models: int, device: str, estimators: list[str],
@@ -64,13 +92,17 @@ def run(case: str, n: int, epochs: int, baseline_models: int, device: str, estim
             pop[est].append(_time(lambda est=est: train_twins(sources, data, cfg, members, device=device,
                                                               estimator=est)))
             zoo.append(_time(lambda: train_population(sources, data, cfg, members, device=device)))
+    plain_torch_epochs(copy.deepcopy(sources[0]), data, 1)  # warm-up (oneDNN primitives: seconds on first use)
+    plain = sum(_time(lambda i=i: plain_torch_epochs(copy.deepcopy(sources[i]), data, epochs, seed=i))
+                for i in range(baseline_models)) * per / baseline_models
     rows = []
     for est in estimators:
         one = sum(_time(lambda i=i, est=est: train_twins([sources[i]], data, cfg, [members[i]], device=device,
                                                 estimator=est)) for i in range(baseline_models))
         rows.append({"case": case, "n": n, "epochs": epochs, "estimator": est,
                      "twins_population_ms": min(pop[est]) * per / n,
-                     "twins_one_at_a_time_ms": one * per / baseline_models, "zoo_population_ms": min(zoo) * per / n})
+                     "twins_one_at_a_time_ms": one * per / baseline_models, "zoo_population_ms": min(zoo) * per / n,
+                     "zoo_plain_torch_ms": plain})
     return rows
 
 
@@ -94,14 +126,16 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}, "
           f"device {args.device}, load average {load}")
     print("| case | N | estimator | twins, population (ms/twin-epoch) | twins, one at a time | speed-up | "
-          "zoo models, population (ms/model-epoch) | twin / zoo model |")
-    print("|---|---|---|---|---|---|---|---|")
+          "zoo models, population (ms/model-epoch) | twin / zoo model | zoo model, plain torch one at a time "
+          "(ms/model-epoch) | twin / plain-torch zoo model |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
         for r in run(case, args.n, args.epochs, args.baseline_models, args.device, args.estimators, args.repeats):
             est, zoo_ms = r["estimator"], r["zoo_population_ms"]
             print(f"| {case} | {r['n']} | {est} | {r['twins_population_ms']:.1f} | "
                   f"{r['twins_one_at_a_time_ms']:.1f} | {r['twins_one_at_a_time_ms'] / r['twins_population_ms']:.1f}x"
-                  f" | {zoo_ms:.1f} | {r['twins_population_ms'] / zoo_ms:.2f}x |", flush=True)
+                  f" | {zoo_ms:.1f} | {r['twins_population_ms'] / zoo_ms:.2f}x | {r['zoo_plain_torch_ms']:.1f} | "
+                  f"{r['twins_population_ms'] / r['zoo_plain_torch_ms']:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
