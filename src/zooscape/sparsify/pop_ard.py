@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from zooscape.train.layers import PopConv2d, PopDropout, PopLinear, _SmallGroupedConv, register_population_layer
 
+from . import _native_ard
 from .ard import (
     _EPS,
     K1,
@@ -47,17 +48,25 @@ class _WeightSample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor, log_sigma2: Tensor, eps: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        ctx.native = _native_ard.usable(w, log_sigma2, eps)
+        if ctx.native:  # one pass instead of about eleven (and one instead of about eighteen backward)
+            ctx.save_for_backward(w, log_sigma2, eps)
+            return _native_ard.sample_forward(w, log_sigma2, eps)
         t = (w * w).add_(_EPS)
         u = log_sigma2 - torch.log(t)
         la = u.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
         inside = la == u  # where the clip passes the gradient (torch.clamp's rule: bounds included)
         noise = torch.exp(0.5 * la).mul_(eps)  # exp(la/2) eps
         ctx.save_for_backward(w, t, la, noise, inside)
-        ctx.scale = scale
         return torch.addcmul(w, w.abs(), noise)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if ctx.native:
+            w, log_sigma2, eps = ctx.saved_tensors
+            g_w, g_ls = _native_ard.sample_backward(grad, w, log_sigma2, eps, ctx.scale)
+            return g_w, g_ls, None, None
         w, t, la, noise, inside = ctx.saved_tensors
         q = grad * noise
         g_la = (q * w.abs()).mul_(0.5)

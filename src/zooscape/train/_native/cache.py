@@ -50,7 +50,7 @@ from pathlib import Path
 __all__ = ["SOURCES", "CacheInfo", "BuildError", "builds", "open_private_dir", "compiler_id", "cache_key", "load",
            "describe"]
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("convpool.c", "adam.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("convpool.c", "adam.c", "ard.c"))
 _SIDECAR_MAX = 1 << 16
 _LIB_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}\.so")
 _STALE_S = 86400.0

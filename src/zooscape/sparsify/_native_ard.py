@@ -1,0 +1,92 @@
+"""The ``"weight"`` estimator's sample and its backward as one native pass each (``train/_native/ard.c``).
+
+:class:`zooscape.sparsify.pop_ard._WeightSample` calls :func:`sample_forward` / :func:`sample_backward` when
+:func:`usable` says so (float32 CPU tensors with unit inner stride, the native kernels built: see
+:mod:`zooscape.train.native`, switch ``ZOOSCAPE_NATIVE_KERNELS=0``), else its PyTorch formula, which computes the
+same function (to float32 rounding: the kernel's ``log``/``exp`` are polynomials of about 1 ulp).
+
+References: Molchanov, Ashukha & Vetrov (2017); Kingma, Salimans & Welling (2015), section 2.3.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from zooscape.train import native
+
+__all__ = ["sample_backward", "sample_forward", "usable"]
+
+_bound: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL | None:
+    """The kernel library with this module's functions declared, or ``None`` (kernels off or unavailable)."""
+    global _bound
+    lib = native.library()
+    if lib is None:
+        return None
+    if _bound is not lib:
+        p, i64, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+        lib.zs_ard_sample_forward.argtypes = [p, i64, p, i64, p, i64, p, i64, i64, i]
+        lib.zs_ard_sample_forward.restype = i
+        lib.zs_ard_sample_backward.argtypes = [p, i64, p, i64, p, i64, p, i64, f, p, p, i64, i64, i]
+        lib.zs_ard_sample_backward.restype = i
+        _bound = lib
+    return lib
+
+
+def _rows(t: Tensor) -> Tensor | None:
+    """``t`` as an ``[N, K]`` view with unit column stride, or ``None`` when it is not one."""
+    if t.dim() < 2 or t.numel() == 0:
+        return None
+    try:
+        v = t.view(t.shape[0], -1)
+    except RuntimeError:
+        return None
+    return v if v.stride(1) == 1 or v.shape[1] == 1 else None
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the kernels can take these ``[N, ...]`` tensors (float32, CPU, same shape, rows of unit stride, not
+    under a tracer or compiler) and are available."""
+    t0 = tensors[0]
+    if any(type(t) is not Tensor or t.dtype != torch.float32 or t.device.type != "cpu" or t.shape != t0.shape
+           or _rows(t) is None for t in tensors):
+        return False
+    if torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
+        return False
+    return _lib() is not None
+
+
+def sample_forward(w: Tensor, log_sigma2: Tensor, eps: Tensor) -> Tensor:
+    """``w + |w| exp(la/2) eps`` with ``la = clip(log_sigma2 - log(w^2 + 1e-8), -10, 10)``; all ``[N, ...]``
+    float32 (:func:`usable`); returns a new contiguous tensor of that shape."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    rw, rl, re = _rows(w), _rows(log_sigma2), _rows(eps)
+    out = torch.empty(w.shape, dtype=w.dtype)
+    n, k = rw.shape
+    lib.zs_ard_sample_forward(rw.data_ptr(), rw.stride(0), rl.data_ptr(), rl.stride(0), re.data_ptr(), re.stride(0),
+                              out.data_ptr(), n, k, max(1, torch.get_num_threads()))
+    return out
+
+
+def sample_backward(grad: Tensor, w: Tensor, log_sigma2: Tensor, eps: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Gradients ``(d/dw, d/dlog_sigma2)`` of ``sum(grad * sample) + scale * sum(KL(la))`` (the KL approximation
+    of Molchanov et al. 2017; no gradient through the clip of ``la``); shapes as :func:`sample_forward`."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    grad = grad if _rows(grad) is not None else grad.contiguous()
+    rg, rw, rl, re = _rows(grad), _rows(w), _rows(log_sigma2), _rows(eps)
+    gw = torch.empty(w.shape, dtype=w.dtype)
+    gls = torch.empty(w.shape, dtype=w.dtype)
+    n, k = rw.shape
+    lib.zs_ard_sample_backward(rg.data_ptr(), rg.stride(0), rw.data_ptr(), rw.stride(0), rl.data_ptr(), rl.stride(0),
+                               re.data_ptr(), re.stride(0), float(scale), gw.data_ptr(), gls.data_ptr(), n, k,
+                               max(1, torch.get_num_threads()))
+    return gw, gls
