@@ -20,6 +20,7 @@ from zooscape.train import native
 __all__ = ["sample_backward", "sample_forward", "usable"]
 
 _bound: ctypes.CDLL | None = None
+_PLAIN = (Tensor, torch.nn.Parameter)  # (not fake or functional tensors: tracers take the PyTorch formula)
 
 
 def _lib() -> ctypes.CDLL | None:
@@ -53,7 +54,7 @@ def usable(*tensors: Tensor) -> bool:
     """Whether the kernels can take these ``[N, ...]`` tensors (float32, CPU, same shape, rows of unit stride, not
     under a tracer or compiler) and are available."""
     t0 = tensors[0]
-    if any(type(t) is not Tensor or t.dtype != torch.float32 or t.device.type != "cpu" or t.shape != t0.shape
+    if any(type(t) not in _PLAIN or t.dtype != torch.float32 or t.device.type != "cpu" or t.shape != t0.shape
            or _rows(t) is None for t in tensors):
         return False
     if torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
