@@ -120,28 +120,23 @@ class EpochReport:
     metrics: list[dict[str, float]]
     status: list[str]
     reasons: list[str | None]
-    _population: Population = field(repr=False)
+    population: Population = field(repr=False)  # the live population: read only, until training continues
     _optimizer: PopulationOptimizer = field(repr=False)
     _extra: list[dict[str, Any]] = field(repr=False)
 
     def state_dicts(self) -> list[dict[str, Tensor]]:
         """One CPU state dict per member."""
-        return self._population.state_dicts()
-
-    @property
-    def population(self) -> Population:
-        """The population itself (read only, valid only until training continues)."""
-        return self._population
+        return self.population.state_dicts()
 
     def member_views(self, index: int) -> dict[str, Tensor]:
         """Member ``index``'s parameters and buffers (keys of its state dict) as views into the population's
         tensors: no copy. Read only, and valid only until training continues."""
-        own = self._population.net.state_dict()
-        return {k: own[k][index] for k in self._population._names}
+        own = self.population.net.state_dict()
+        return {k: own[k][index] for k in self.population._names}
 
     def optimizer_states(self) -> list[dict[str, Tensor]]:
         """One flat optimizer-state dict per member (safetensors-ready)."""
-        return [self._optimizer.member_state(i) for i in range(self._population.size)]
+        return [self._optimizer.member_state(i) for i in range(self.population.size)]
 
     def state(self, model_states: list[dict[str, Tensor]] | None = None,
               optimizer_states: list[dict[str, Tensor]] | None = None) -> PopulationState:
