@@ -73,3 +73,4 @@ def test_native_weight_sample_propagates_nan():
     out, gw, gls = _run(w, ls, eps, grad, 0.1, True)
     assert out[0, 2].isnan() and out[1, 5].isnan() and gls[1, 5].isnan()
     assert torch.isfinite(out[0, :2]).all() and torch.isfinite(gw[0, :2]).all()
+

@@ -3,7 +3,8 @@
 :class:`zooscape.sparsify.pop_ard._WeightSample` calls :func:`sample_forward` / :func:`sample_backward` when
 :func:`usable` says so (float32 CPU tensors with unit inner stride, the native kernels built: see
 :mod:`zooscape.train.native`, switch ``ZOOSCAPE_NATIVE_KERNELS=0``), else its PyTorch formula, which computes the
-same function (to float32 rounding: the kernel's ``log``/``exp`` are polynomials of about 1 ulp).
+same function to float32 rounding (the kernel's ``log``/``exp`` are polynomials of about 1 ulp). An element's
+result depends only on its inputs, so a twin computes the same in any population.
 
 References: Molchanov, Ashukha & Vetrov (2017); Kingma, Salimans & Welling (2015), section 2.3.
 """
@@ -91,3 +92,4 @@ def sample_backward(grad: Tensor, w: Tensor, log_sigma2: Tensor, eps: Tensor, sc
                                re.data_ptr(), re.stride(0), float(scale), gw.data_ptr(), gls.data_ptr(), n, k,
                                max(1, torch.get_num_threads()))
     return gw, gls
+
