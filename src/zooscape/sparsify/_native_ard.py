@@ -32,9 +32,9 @@ def _lib() -> ctypes.CDLL | None:
         return None
     if _bound is not lib:
         p, i64, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-        lib.zs_ard_sample_forward.argtypes = [p, i64, p, i64, p, i64, p, i64, i64, i]
+        lib.zs_ard_sample_forward.argtypes = [p, i64, p, i64, p, i64, p, p, i64, i64, i]
         lib.zs_ard_sample_forward.restype = i
-        lib.zs_ard_sample_backward.argtypes = [p, i64, p, i64, p, i64, p, i64, f, p, p, i64, i64, i]
+        lib.zs_ard_sample_backward.argtypes = [p, i64, p, i64, p, p, i64, f, p, p, i64, i64, i]
         lib.zs_ard_sample_backward.restype = i
         _bound = lib
     return lib
@@ -63,33 +63,35 @@ def usable(*tensors: Tensor) -> bool:
     return _lib() is not None
 
 
-def sample_forward(w: Tensor, log_sigma2: Tensor, eps: Tensor) -> Tensor:
+def sample_forward(w: Tensor, log_sigma2: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
     """``w + |w| exp(la/2) eps`` with ``la = clip(log_sigma2 - log(w^2 + 1e-8), -10, 10)``; all ``[N, ...]``
-    float32 (:func:`usable`); returns a new contiguous tensor of that shape."""
+    float32 (:func:`usable`). Returns the sample (a new contiguous tensor of that shape) and ``la`` coded for
+    :func:`sample_backward` (a clipped value stored as +-10.5)."""
     lib = _lib()
     if lib is None:
         raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
     rw, rl, re = _rows(w), _rows(log_sigma2), _rows(eps)
     out = torch.empty(w.shape, dtype=w.dtype)
+    lac = torch.empty(w.shape, dtype=w.dtype)
     n, k = rw.shape
     lib.zs_ard_sample_forward(rw.data_ptr(), rw.stride(0), rl.data_ptr(), rl.stride(0), re.data_ptr(), re.stride(0),
-                              out.data_ptr(), n, k, max(1, torch.get_num_threads()))
-    return out
+                              out.data_ptr(), lac.data_ptr(), n, k, max(1, torch.get_num_threads()))
+    return out, lac
 
 
-def sample_backward(grad: Tensor, w: Tensor, log_sigma2: Tensor, eps: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+def sample_backward(grad: Tensor, w: Tensor, la_coded: Tensor, eps: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Gradients ``(d/dw, d/dlog_sigma2)`` of ``sum(grad * sample) + scale * sum(KL(la))`` (the KL approximation
-    of Molchanov et al. 2017; no gradient through the clip of ``la``); shapes as :func:`sample_forward`."""
+    of Molchanov et al. 2017; no gradient through the clip of ``la``); ``la_coded`` from :func:`sample_forward`,
+    shapes as there."""
     lib = _lib()
     if lib is None:
         raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
     grad = grad if _rows(grad) is not None else grad.contiguous()
-    rg, rw, rl, re = _rows(grad), _rows(w), _rows(log_sigma2), _rows(eps)
+    rg, rw, re = _rows(grad), _rows(w), _rows(eps)
     gw = torch.empty(w.shape, dtype=w.dtype)
     gls = torch.empty(w.shape, dtype=w.dtype)
     n, k = rw.shape
-    lib.zs_ard_sample_backward(rg.data_ptr(), rg.stride(0), rw.data_ptr(), rw.stride(0), rl.data_ptr(), rl.stride(0),
+    lib.zs_ard_sample_backward(rg.data_ptr(), rg.stride(0), rw.data_ptr(), rw.stride(0), la_coded.data_ptr(),
                                re.data_ptr(), re.stride(0), float(scale), gw.data_ptr(), gls.data_ptr(), n, k,
                                max(1, torch.get_num_threads()))
     return gw, gls
-

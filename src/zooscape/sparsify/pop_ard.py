@@ -51,8 +51,9 @@ class _WeightSample(torch.autograd.Function):
         ctx.scale = scale
         ctx.native = _native_ard.usable(w, log_sigma2, eps)
         if ctx.native:  # one pass instead of about eleven (and one instead of about eighteen backward)
-            ctx.save_for_backward(w, log_sigma2, eps)
-            return _native_ard.sample_forward(w, log_sigma2, eps)
+            out, la_coded = _native_ard.sample_forward(w, log_sigma2, eps)
+            ctx.save_for_backward(w, la_coded, eps)
+            return out
         t = (w * w).add_(_EPS)
         u = log_sigma2 - torch.log(t)
         la = u.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
@@ -64,8 +65,8 @@ class _WeightSample(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if ctx.native:
-            w, log_sigma2, eps = ctx.saved_tensors
-            g_w, g_ls = _native_ard.sample_backward(grad, w, log_sigma2, eps, ctx.scale)
+            w, la_coded, eps = ctx.saved_tensors
+            g_w, g_ls = _native_ard.sample_backward(grad, w, la_coded, eps, ctx.scale)
             return g_w, g_ls, None, None
         w, t, la, noise, inside = ctx.saved_tensors
         q = grad * noise

@@ -8,7 +8,8 @@
  * Per element (Molchanov et al. 2017; Kingma et al. 2015, sec. 2.3), with scale = the KL penalty's weight:
  *   forward:  t = w*w + 1e-8;  u = ls - log(t);  la = clip(u, -10, 10);  out = w + |w| * (exp(la/2) * eps)
  *   backward: n = exp(la/2) * eps;  q = g * n;  gla = 0.5 * q * |w|
- *             gla -= scale * (k1 k3 s (1 - s) + 0.5 sigmoid(-la)),  s = sigmoid(k2 + k3 la)
+ *             gla -= scale * (k1 k3 s (1 - s) + 0.5 sigmoid(-la)),  s = sigmoid(k2 + k3 la),
+ *             sigmoid(-la) = 1 / (1 + exp(la/2)^2)  (la saved by the forward)
  *             gls = gla * [la == u];  gw = g + q * sign(w) - 2 * gls * w / t
  * log and exp are Cephes-style polynomials (as in the widely used avx_mathfun; about 1 ulp): results agree with
  * PyTorch's to float32 rounding, not bit for bit. Every element, also in a row's tail, goes through the same
@@ -101,27 +102,36 @@ static inline __m256 log_alpha8(__m256 w, __m256 ls, __m256 *inside, __m256 *t) 
 
 static inline __m256 absv(__m256 w) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), w); }
 
-static inline void fwd8(const float *w, const float *ls, const float *eps, float *out) {
+/* The forward also writes la for the backward, coded: a clipped la (no gradient through the clip) is stored as
+   +-10.5, outside the clip range, so that the backward needs neither log nor the clip's comparison. */
+static inline void fwd8(const float *w, const float *ls, const float *eps, float *out, float *lac) {
     __m256 inside, t;
     const __m256 wv = _mm256_loadu_ps(w);
     const __m256 la = log_alpha8(wv, _mm256_loadu_ps(ls), &inside, &t);
     const __m256 noise = _mm256_mul_ps(exp8(_mm256_mul_ps(la, _mm256_set1_ps(0.5f))), _mm256_loadu_ps(eps));
     _mm256_storeu_ps(out, _mm256_add_ps(wv, _mm256_mul_ps(absv(wv), noise)));
+    const __m256 coded = _mm256_mul_ps(la, _mm256_set1_ps(1.05f));  /* +-10 -> +-10.5 */
+    _mm256_storeu_ps(lac, _mm256_blendv_ps(coded, la, _mm256_cmp_ps(inside, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
 }
 
-static inline void bwd8(const float *g, const float *w, const float *ls, const float *eps, float scale, float *gw,
+static inline void bwd8(const float *g, const float *w, const float *lac, const float *eps, float scale, float *gw,
                         float *gls) {
-    __m256 inside, t;
-    const __m256 wv = _mm256_loadu_ps(w), gv = _mm256_loadu_ps(g);
-    const __m256 la = log_alpha8(wv, _mm256_loadu_ps(ls), &inside, &t);
-    const __m256 noise = _mm256_mul_ps(exp8(_mm256_mul_ps(la, _mm256_set1_ps(0.5f))), _mm256_loadu_ps(eps));
-    const __m256 q = _mm256_mul_ps(gv, noise);
+    const __m256 wv = _mm256_loadu_ps(w), gv = _mm256_loadu_ps(g), c = _mm256_loadu_ps(lac);
+    const __m256 ten = _mm256_set1_ps(10.0f);
+    /* inside the clip: |c| <= 10 (NaN: not inside, and NaN propagates through la) */
+    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(absv(c), ten, _CMP_LE_OQ), _mm256_set1_ps(1.0f));
+    const __m256 la = _mm256_max_ps(_mm256_set1_ps(-10.0f), _mm256_min_ps(ten, c));
+    const __m256 t = _mm256_add_ps(_mm256_mul_ps(wv, wv), _mm256_set1_ps(1e-8f));
+    const __m256 e = exp8(_mm256_mul_ps(la, _mm256_set1_ps(0.5f)));  /* exp(la/2) */
+    const __m256 q = _mm256_mul_ps(gv, _mm256_mul_ps(e, _mm256_loadu_ps(eps)));
     __m256 gla = _mm256_mul_ps(_mm256_mul_ps(q, absv(wv)), _mm256_set1_ps(0.5f));
     if (scale != 0.0f) {
+        const __m256 one = _mm256_set1_ps(1.0f);
         const __m256 s = sigmoid8(_mm256_fmadd_ps(la, _mm256_set1_ps(K3), _mm256_set1_ps(K2)));
         const __m256 ds = _mm256_sub_ps(s, _mm256_mul_ps(s, s));
         gla = _mm256_fmadd_ps(ds, _mm256_set1_ps(-K1 * K3 * scale), gla);
-        gla = _mm256_fmadd_ps(sigmoid8(_mm256_sub_ps(_mm256_setzero_ps(), la)), _mm256_set1_ps(-0.5f * scale), gla);
+        const __m256 sneg = _mm256_div_ps(one, _mm256_fmadd_ps(e, e, one));  /* sigmoid(-la) = 1 / (1 + e^la) */
+        gla = _mm256_fmadd_ps(sneg, _mm256_set1_ps(-0.5f * scale), gla);
     }
     const __m256 glsv = _mm256_mul_ps(gla, inside);
     /* sign(w): +1, -1, or 0 for w == 0 */
@@ -134,32 +144,33 @@ static inline void bwd8(const float *g, const float *w, const float *ls, const f
     _mm256_storeu_ps(gls, glsv);
 }
 
-static void fwd_row(const float *w, const float *ls, const float *eps, float *out, int64_t K) {
+static void fwd_row(const float *w, const float *ls, const float *eps, float *out, float *lac, int64_t K) {
     int64_t i = 0;
-    for (; i + 8 <= K; i += 8) fwd8(w + i, ls + i, eps + i, out + i);
+    for (; i + 8 <= K; i += 8) fwd8(w + i, ls + i, eps + i, out + i, lac + i);
     if (i < K) {
-        float bw[8], bl[8], be[8], bo[8];
+        float bw[8], bl[8], be[8], bo[8], bc[8];
         for (int j = 0; j < 8; j++) { bw[j] = TAIL_W; bl[j] = 0.0f; be[j] = 0.0f; }
         const int64_t r = K - i;
         memcpy(bw, w + i, r * sizeof(float));
         memcpy(bl, ls + i, r * sizeof(float));
         memcpy(be, eps + i, r * sizeof(float));
-        fwd8(bw, bl, be, bo);
+        fwd8(bw, bl, be, bo, bc);
         memcpy(out + i, bo, r * sizeof(float));
+        memcpy(lac + i, bc, r * sizeof(float));
     }
 }
 
-static void bwd_row(const float *g, const float *w, const float *ls, const float *eps, float scale, float *gw,
+static void bwd_row(const float *g, const float *w, const float *lac, const float *eps, float scale, float *gw,
                     float *gls, int64_t K) {
     int64_t i = 0;
-    for (; i + 8 <= K; i += 8) bwd8(g + i, w + i, ls + i, eps + i, scale, gw + i, gls + i);
+    for (; i + 8 <= K; i += 8) bwd8(g + i, w + i, lac + i, eps + i, scale, gw + i, gls + i);
     if (i < K) {
         float bg[8], bw[8], bl[8], be[8], bgw[8], bgl[8];
         for (int j = 0; j < 8; j++) { bg[j] = 0.0f; bw[j] = TAIL_W; bl[j] = 0.0f; be[j] = 0.0f; }
         const int64_t r = K - i;
         memcpy(bg, g + i, r * sizeof(float));
         memcpy(bw, w + i, r * sizeof(float));
-        memcpy(bl, ls + i, r * sizeof(float));
+        memcpy(bl, lac + i, r * sizeof(float));
         memcpy(be, eps + i, r * sizeof(float));
         bwd8(bg, bw, bl, be, scale, bgw, bgl);
         memcpy(gw + i, bgw, r * sizeof(float));
@@ -167,22 +178,23 @@ static void bwd_row(const float *g, const float *w, const float *ls, const float
     }
 }
 
-int zs_ard_abi(void) { return 1; }
+int zs_ard_abi(void) { return 2; }
 
-/* w, ls, eps: [N, K] rows ldw, ldl, lde apart (unit column stride); out: [N, K] contiguous */
+/* w, ls, eps: [N, K] rows ldw, ldl, lde apart (unit column stride); out, lac (la coded for the backward): [N, K]
+   contiguous */
 int zs_ard_sample_forward(const float *w, int64_t ldw, const float *ls, int64_t ldl, const float *eps, int64_t lde,
-                          float *out, int64_t N, int64_t K, int nthreads) {
+                          float *out, float *lac, int64_t N, int64_t K, int nthreads) {
     if (nthreads < 1) nthreads = 1;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
 #endif
-    for (int64_t n = 0; n < N; n++) fwd_row(w + n * ldw, ls + n * ldl, eps + n * lde, out + n * K, K);
+    for (int64_t n = 0; n < N; n++) fwd_row(w + n * ldw, ls + n * ldl, eps + n * lde, out + n * K, lac + n * K, K);
     (void)nthreads;
     return 0;
 }
 
-/* g: [N, K] rows ldg apart; w, ls, eps as in the forward; gw, gls: [N, K] contiguous */
-int zs_ard_sample_backward(const float *g, int64_t ldg, const float *w, int64_t ldw, const float *ls, int64_t ldl,
+/* g: [N, K] rows ldg apart; w, eps as in the forward; lac: the forward's [N, K]; gw, gls: [N, K] contiguous */
+int zs_ard_sample_backward(const float *g, int64_t ldg, const float *w, int64_t ldw, const float *lac,
                            const float *eps, int64_t lde, float scale, float *gw, float *gls, int64_t N, int64_t K,
                            int nthreads) {
     if (nthreads < 1) nthreads = 1;
@@ -190,7 +202,7 @@ int zs_ard_sample_backward(const float *g, int64_t ldg, const float *w, int64_t 
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
 #endif
     for (int64_t n = 0; n < N; n++)
-        bwd_row(g + n * ldg, w + n * ldw, ls + n * ldl, eps + n * lde, scale, gw + n * K, gls + n * K, K);
+        bwd_row(g + n * ldg, w + n * ldw, lac + n * K, eps + n * lde, scale, gw + n * K, gls + n * K, K);
     (void)nthreads;
     return 0;
 }
