@@ -21,6 +21,7 @@ Usage:
     python bench/sparsify.py                # N = 64, 2 epochs, 8 baseline models
     python bench/sparsify.py --quick        # smoke run
     python bench/sparsify.py --threads 2
+    python bench/sparsify.py --clock cpu     # CPU time of the process (a shared machine)
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import argparse
 import copy
 import os
 import platform
+import time
 
 import torch
-from population import _time  # bench/ is on sys.path when this script runs
+from population import _time as _wall_time  # bench/ is on sys.path when this script runs
 
 from zooscape.data import load_dataset
 from zooscape.models import create_model
@@ -68,11 +70,19 @@ def plain_torch_epochs(model: torch.nn.Module, data, epochs: int, batch_size: in
                     int((out.argmax(1) == sy[i:i + 1024]).sum())
 
 
+def _cpu_time(fn) -> float:
+    """The process's CPU time (all its threads) for ``fn()``: robust to other processes on a shared machine."""
+    t = time.process_time()
+    fn()
+    return time.process_time() - t
+
+
 def run(case: str, n: int, epochs: int, baseline_models: int, device: str, estimators: list[str],
-        repeats: int = 2) -> list[dict]:
+        repeats: int = 2, clock: str = "wall") -> list[dict]:
     """Per estimator: ms per twin-epoch as a population and one at a time, and ms per zoo-model-epoch. The zoo
     population is timed before and after every twin population (A/B interleaved, ``repeats`` rounds; minimum of
     each), so that load changes on a shared machine hit both sides."""
+    _time = _wall_time if clock == "wall" else _cpu_time
     spec = CASES[case]
     dkw = dict(spec["data"])
     data = load_dataset(dkw.pop("name"), seed=0, **dkw)
@@ -117,6 +127,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved timing rounds (minimum taken)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="wall-clock time (default) or the process's CPU time (robust to a shared machine's load)")
     ap.add_argument("--quick", action="store_true", help="N=8, 1 epoch, 2 baseline models")
     args = ap.parse_args()
     if args.quick:
@@ -124,13 +136,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}, "
-          f"device {args.device}, load average {load}")
+          f"device {args.device}, clock {args.clock}, load average {load}")
     print("| case | N | estimator | twins, population (ms/twin-epoch) | twins, one at a time | speed-up | "
           "zoo models, population (ms/model-epoch) | twin / zoo model | zoo model, plain torch one at a time "
           "(ms/model-epoch) | twin / plain-torch zoo model |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
-        for r in run(case, args.n, args.epochs, args.baseline_models, args.device, args.estimators, args.repeats):
+        for r in run(case, args.n, args.epochs, args.baseline_models, args.device, args.estimators, args.repeats,
+                     args.clock):
             est, zoo_ms = r["estimator"], r["zoo_population_ms"]
             print(f"| {case} | {r['n']} | {est} | {r['twins_population_ms']:.1f} | "
                   f"{r['twins_one_at_a_time_ms']:.1f} | {r['twins_one_at_a_time_ms'] / r['twins_population_ms']:.1f}x"
