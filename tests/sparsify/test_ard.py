@@ -120,6 +120,24 @@ def test_to_ard_from_ard_roundtrip_on_a_registry_model():
     assert sparsity_ratio(back) == pytest.approx(sparsity_ratio(a)) == pytest.approx(sparsity_ratio(a.state_dict()))
 
 
+def test_to_ard_leaves_the_source_untouched_and_shares_nothing():
+    """to_ard does not copy the leaves it replaces (a memo in its deep copy), yet the source keeps its own modules
+    and weights and the twin shares no module or tensor storage with it."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    kinds = [type(x) for x in m.modules()]
+    a = to_ard(m)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(1.0)
+    assert [type(x) for x in m.modules()] == kinds
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert not {id(x) for x in m.modules()} & {id(x) for x in a.modules()}
+    assert not {t.untyped_storage().data_ptr() for t in m.state_dict().values()} & \
+        {t.untyped_storage().data_ptr() for t in a.state_dict().values()}
+
+
 @pytest.mark.parametrize("estimator", ["local", "weight"])
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_population_layer_equals_single_layers_with_penalty_gradient(kind, estimator):

@@ -300,7 +300,8 @@ def to_ard(model: nn.Module, *, log_sigma2_init: float = LOG_SIGMA2_INIT, thresh
         the ARD model; its state dict is the source's plus ``<layer>.log_sigma2`` entries.
     """
     control = control if control is not None else ARDControl(threshold=float(threshold), estimator=estimator)
-    new = copy.deepcopy(model)
+    # the Linear/Conv2d leaves are replaced below, so they are not copied (about half of the copy's time)
+    new = copy.deepcopy(model, {id(m): m for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d)})
     swapped = 0
     for parent in list(new.modules()):
         for name, child in list(parent.named_children()):
