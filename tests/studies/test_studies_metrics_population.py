@@ -195,3 +195,26 @@ def test_auto_runs_convolutional_networks_through_the_plain_population(cnn_zoo, 
     monkeypatch.setattr(plain, "has_plain_form", lambda model: False)
     got = {(r["model_id"], r["metric"]): r["value"] for r in run_metric_task(plan.tasks[0])["rows"]}
     assert got == ref  # bit-identical: the same per-model computation
+
+
+def test_hessian_density_rows_population_equal_per_model(mlp_zoo):
+    """--set density_steps=K adds SLQ summaries; the population path gives the per-model path's values."""
+    settings = metric_params("hessian", {**FAST["hessian"], "density_steps": 8, "density_probes": 2})
+    rows = {}
+    for chunk in (4, 0):
+        with zz.open(mlp_zoo) as zoo:
+            plan = plan_metric_tasks(zoo, "hessian", settings, device="cpu", chunk_size=chunk)
+        rows[chunk] = {(r["model_id"], r["metric"]): r["value"] for t in plan.tasks for r in run_metric_task(t)["rows"]}
+    keys = {k for k in rows[0] if k[1].startswith("hessian_density") or k[1] == "hessian_negative_mass"}
+    assert len(keys) == 6 * 4 and keys <= rows[4].keys()
+    for key in keys:
+        assert rows[4][key] == pytest.approx(rows[0][key], rel=2e-4, abs=1e-6), key
+    for (mid, name), value in rows[0].items():
+        if name == "hessian_negative_mass":
+            assert 0.0 <= value <= 1.0
+        if name == "hessian_density_max":  # Ritz values lie inside the spectrum: positive curvature on top
+            assert rows[0][(mid, "hessian_density_min")] < value and value > 0
+    with pytest.raises(ValueError, match="density_steps"):
+        metric_params("hessian", {"density_steps": -1})
+    with pytest.raises(ValueError, match="density_probes"):
+        metric_params("hessian", {"density_probes": 0})

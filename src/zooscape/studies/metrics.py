@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from zooscape.studies._metrics_cka import _cka_features, _cka_value
+from zooscape.studies._metrics_hessian import hessian_values
 from zooscape.studies.cells import grid_cells, is_grid_member
 from zooscape.studies.jobs import commit_task_results, stored_keys, zoo_store
 from zooscape.zoo.engines import Engine, get_engine
@@ -54,7 +55,8 @@ __all__ = [
 DEFAULTS: dict[str, dict[str, Any]] = {
     "hessian": {"split": "train", "n_samples": 512, "data_seed": 0, "batch_size": None, "dtype": "float32",
                 "method": "lanczos", "top_k": 1, "num_steps": 20, "max_iter": 100, "tol": 1e-3,
-                "trace_method": "hutch++", "num_probes": 51, "block_size": 10, "seed": 0},
+                "trace_method": "hutch++", "num_probes": 51, "block_size": 10, "seed": 0, "density_steps": 0,
+                "density_probes": 1},
     "fisher": {"split": "train", "n_samples": 512, "data_seed": 0, "batch_size": 256, "kind": "sampled",
                "num_samples": 32, "seed": 0},
     "spectra": {"min_evals": 8, "min_tail": 10, "fit": "weightwatcher", "seed": 0},
@@ -86,7 +88,7 @@ _CHOICES = {
     "fit": ("weightwatcher", "clauset"),
     "bandwidth": ("all_pairs", "distinct_pairs"),
 }
-_POSITIVE = ("top_k", "num_steps", "max_iter", "num_probes", "block_size", "num_samples", "min_evals")
+_POSITIVE = ("top_k", "num_steps", "max_iter", "num_probes", "block_size", "num_samples", "min_evals", "density_probes")
 
 
 def metric_params(metric: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -117,8 +119,8 @@ def metric_params(metric: str, overrides: Mapping[str, Any] | None = None) -> di
             raise ValueError(f"setting {key!r} must be an integer >= 1, got {value!r}")
         if key == "min_tail" and (not is_int or value < 2):
             raise ValueError(f"setting 'min_tail' must be an integer >= 2, got {value!r}")
-        if key in ("seed", "data_seed") and not is_int:
-            raise ValueError(f"setting {key!r} must be an integer, got {value!r}")
+        if (key in ("seed", "data_seed") and not is_int) or (key == "density_steps" and (not is_int or value < 0)):
+            raise ValueError(f"setting {key!r} must be an integer{' >= 0' * (key == 'density_steps')}, got {value!r}")
         if key in ("n_samples", "batch_size") and value is not None and (not is_int or value < 4):
             raise ValueError(f"setting {key!r} must be an integer >= 4 or null, got {value!r}")
         if key == "tol" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
@@ -196,7 +198,9 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
                                  max_iter=params["max_iter"], tol=params["tol"], seed=params["seed"])
         tr = ls.trace(op, method=params["trace_method"], num_matvecs=params["num_probes"],
                       block_size=params["block_size"], seed=params["seed"] + 1)
-        return _hessian_values(eig, tr, float(op.loss()), params)
+        dens = ls.spectral_density(op, num_steps=params["density_steps"], num_probes=params["density_probes"],
+                                   seed=params["seed"] + 2) if params["density_steps"] else None
+        return hessian_values(eig, tr, float(op.loss()), params, dens)
     if metric == "fisher":
         est = ls.fisher_trace_estimate(models[0], x, y, kind=params["kind"], likelihood=_likelihood(data),
                                        num_samples=params["num_samples"], batch_size=params["batch_size"],
@@ -210,16 +214,6 @@ def compute_metric(metric: str, models: Sequence[Any], data: Any, params: Mappin
 
 def _likelihood(data: Any) -> str:
     return "categorical" if data.task == "classification" else "gaussian"
-
-
-def _hessian_values(eig: Any, tr: Any, loss: float, params: Mapping[str, Any]) -> dict[str, float]:
-    """The catalog rows of one model's Hessian metric from its eigenpairs, trace estimate and loss."""
-    out = {"hessian_top_eigenvalue": float(eig.eigenvalues[0]),
-           "hessian_top_eigenvalue_residual": float(eig.residuals[0]),
-           "hessian_trace": tr.estimate, "hessian_trace_se": tr.std_error, "hessian_loss": loss}
-    for i in range(1, params["top_k"]):
-        out[f"hessian_eigenvalue_{i + 1}"] = float(eig.eigenvalues[i])
-    return out
 
 
 def compute_population_metric(metric: str, models: Sequence[Any], data: Any, params: Mapping[str, Any],
@@ -256,8 +250,9 @@ def compute_population_metric(metric: str, models: Sequence[Any], data: Any, par
                                              tol=params["tol"], seed=params["seed"])
         traces = lp.population_trace(op, method=params["trace_method"], num_matvecs=params["num_probes"],
                                      block_size=params["block_size"], seed=params["seed"] + 1)
-        losses = op.loss().tolist()
-        return [_hessian_values(e, t, float(v), params) for e, t, v in zip(eigs, traces, losses)]
+        dens = ls.population_spectral_density(op, num_steps=params["density_steps"], num_probes=params[
+            "density_probes"], seed=params["seed"] + 2) if params["density_steps"] else [None] * len(models)
+        return [hessian_values(e, t, float(v), params, d) for e, t, v, d in zip(eigs, traces, op.loss().tolist(), dens)]
     ests = ls.population_fisher_trace_estimate(models, x, y, kind=params["kind"], likelihood=_likelihood(data),
                                                num_samples=params["num_samples"], batch_size=params["batch_size"],
                                                device=device, seed=params["seed"])
