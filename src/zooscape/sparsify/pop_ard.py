@@ -39,44 +39,54 @@ from .ard import (
 __all__ = ["PopARDConv2d", "PopARDLinear", "penalized"]
 
 
+def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor) -> tuple[Tensor, tuple]:
+    """The ``"weight"`` estimator's sample ``w + exp(la/2) |w| eps`` (all ``[N, ...]``), with
+    ``la = clip(log sigma^2 - log(w^2 + 1e-8), -10, 10)``, without autograd; returns the sample and what
+    :func:`weight_sample_grads` needs. Native (one pass) when :func:`_native_ard.usable`, else PyTorch."""
+    if _native_ard.usable(w, log_sigma2, eps):  # one pass instead of about eleven
+        out, la_coded = _native_ard.sample_forward(w, log_sigma2, eps)
+        return out, (True, w, la_coded, eps)
+    t = (w * w).add_(_EPS)
+    u = log_sigma2 - torch.log(t)
+    la = u.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+    inside = la == u  # where the clip passes the gradient (torch.clamp's rule: bounds included)
+    noise = torch.exp(0.5 * la).mul_(eps)  # exp(la/2) eps
+    return torch.addcmul(w, w.abs(), noise), (False, w, t, la, noise, inside)
+
+
+def weight_sample_grads(saved: tuple, grad: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Gradients ``(d/dw, d/dlog_sigma2)`` of ``sum(grad * sample) + scale * sum(KL(la))`` for a sample of
+    :func:`weight_sample` (``saved``: its second result); no gradient passes the clip of ``la``."""
+    if saved[0]:  # one native pass instead of about eighteen
+        _, w, la_coded, eps = saved
+        return _native_ard.sample_backward(grad, w, la_coded, eps, scale)
+    _, w, t, la, noise, inside = saved
+    q = grad * noise
+    g_la = (q * w.abs()).mul_(0.5)
+    if scale != 0.0:  # d/d la of KL = -k1 k3 s (1 - s) - 0.5 sigmoid(-la), s = sigmoid(k2 + k3 la)
+        sig = torch.sigmoid(la * K3 + K2)
+        g_la.add_(sig - sig * sig, alpha=-K1 * K3 * scale)
+        g_la.add_(torch.sigmoid(-la), alpha=-0.5 * scale)
+    g_ls = g_la.mul_(inside)
+    g_w = torch.addcmul(grad, q, torch.sign(w)).addcmul_(g_ls, w / t, value=-2.0)
+    return g_w, g_ls
+
+
 class _WeightSample(torch.autograd.Function):
-    """The ``"weight"`` estimator of a population layer in one function: ``w = theta + exp(la/2) |theta| eps`` with
-    ``la = clip(log sigma^2 - log(theta^2 + 1e-8), -10, 10)``; its backward also adds ``scale * dKL/d la`` (the
-    gradient of ``scale * sum KL``, the penalty each model's loss carries), so no separate KL graph is built.
-    Written out because the autograd graph of these elementwise steps (forward and backward of log alpha,
-    the sample and the KL) cost a small network (MLP) more than its matrix products."""
+    """The ``"weight"`` estimator of a population layer in one function (:func:`weight_sample`); its backward also
+    adds ``scale * dKL/d la`` (the gradient of ``scale * sum KL``, the penalty each model's loss carries), so no
+    separate KL graph is built. Written out because the autograd graph of these elementwise steps (forward and
+    backward of log alpha, the sample and the KL) cost a small network (MLP) more than its matrix products."""
 
     @staticmethod
     def forward(ctx, w: Tensor, log_sigma2: Tensor, eps: Tensor, scale: float) -> Tensor:  # type: ignore[override]
         ctx.scale = scale
-        ctx.native = _native_ard.usable(w, log_sigma2, eps)
-        if ctx.native:  # one pass instead of about eleven (and one instead of about eighteen backward)
-            out, la_coded = _native_ard.sample_forward(w, log_sigma2, eps)
-            ctx.save_for_backward(w, la_coded, eps)
-            return out
-        t = (w * w).add_(_EPS)
-        u = log_sigma2 - torch.log(t)
-        la = u.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
-        inside = la == u  # where the clip passes the gradient (torch.clamp's rule: bounds included)
-        noise = torch.exp(0.5 * la).mul_(eps)  # exp(la/2) eps
-        ctx.save_for_backward(w, t, la, noise, inside)
-        return torch.addcmul(w, w.abs(), noise)
+        out, ctx.saved = weight_sample(w.detach(), log_sigma2.detach(), eps)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        if ctx.native:
-            w, la_coded, eps = ctx.saved_tensors
-            g_w, g_ls = _native_ard.sample_backward(grad, w, la_coded, eps, ctx.scale)
-            return g_w, g_ls, None, None
-        w, t, la, noise, inside = ctx.saved_tensors
-        q = grad * noise
-        g_la = (q * w.abs()).mul_(0.5)
-        if ctx.scale != 0.0:  # d/d la of KL = -k1 k3 s (1 - s) - 0.5 sigmoid(-la), s = sigmoid(k2 + k3 la)
-            sig = torch.sigmoid(la * K3 + K2)
-            g_la.add_(sig - sig * sig, alpha=-K1 * K3 * ctx.scale)
-            g_la.add_(torch.sigmoid(-la), alpha=-0.5 * ctx.scale)
-        g_ls = g_la.mul_(inside)
-        g_w = torch.addcmul(grad, q, torch.sign(w)).addcmul_(g_ls, w / t, value=-2.0)
+        g_w, g_ls = weight_sample_grads(ctx.saved, grad, ctx.scale)
         return g_w, g_ls, None, None
 
 
