@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import fx, nn
 
 from .permutation import AlignResult, Permutation, apply_permutation
@@ -116,6 +115,8 @@ def activation_matching(
     finally:
         for m, mode in modes.items():
             m.training = mode
+    from scipy.optimize import linear_sum_assignment  # here: importing align (or sparsify) stays scipy-free
+
     indices, per_group = {}, {}
     objective = 0.0
     for g, st in stats.items():

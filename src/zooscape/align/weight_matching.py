@@ -6,7 +6,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .permutation import AlignResult, Permutation, apply_permutation
@@ -178,6 +177,8 @@ def weight_matching_state_dicts(
     prob = _Problem(spec, sd_a, sd_b, dtype)
     start = Permutation(spec, init) if init is not None else Permutation.identity(spec)
     perm = {g: start[g].to(device) for g in spec.group_sizes}
+    from scipy.optimize import linear_sum_assignment  # here: importing align (or sparsify) stays scipy-free
+
     version = dict.fromkeys(spec.group_sizes, 0)
     solved: dict[str, tuple[int, ...]] = {}
     rng = np.random.default_rng(seed)

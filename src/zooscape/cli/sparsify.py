@@ -12,6 +12,7 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from zooscape.cli._common import (
@@ -128,10 +129,7 @@ def _ids(text: str | None) -> list[str] | None:
 
 def cmd_twins(args: argparse.Namespace) -> int:
     """Run ``zooscape sparsify twins`` and print the twins' final sparsity and accuracy change."""
-    import pandas as pd
-
     from zooscape.studies.twins import sparsify_twins
-    from zooscape.zoo import open as open_zoo
 
     overrides = {"optimizer": args.optimizer, "lr": args.lr, "batch_size": args.batch_size}
     trained = sparsify_twins(args.dir, epochs=args.epochs, from_epoch=args.from_epoch, kl_scale=args.kl_scale,
@@ -142,19 +140,29 @@ def cmd_twins(args: argparse.Namespace) -> int:
                              device=args.device, progress=False if args.quiet else say(False),
                              engine_options=engine_options(args))
     print(f"{len(trained)} twins trained in {args.dir}")
-    with open_zoo(args.dir) as zoo:
-        table = zoo.table()
-    twins = table[table["kind"] == "twin"]
-    if twins.empty or "sparsity" not in twins:
-        return 0
-    last = twins.sort_values("epoch").groupby("model_id").tail(1)
-    src = table[table["kind"] == "model"].sort_values("epoch").groupby("model_id").tail(1).set_index("model_id")
-    out = last[["model_id", "source_id", "epoch", "sparsity", "test_acc"]].copy()
-    if "test_acc" in src:
-        out["source_test_acc"] = [src["test_acc"].get(s) for s in out["source_id"]]
-    with pd.option_context("display.width", 200, "display.max_rows", 200):
-        print(out.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    summary = twins_summary(args.dir)
+    if summary:
+        print(summary)
     return 0
+
+
+def twins_summary(zoo_dir: str) -> str:
+    """Each twin's last epoch, sparsity and test accuracy next to its source's last test accuracy, as a text table
+    (read from the catalog without pandas: ``sparsify twins`` imports no pandas, scipy or sklearn); empty when the
+    zoo has no twin with a sparsity yet."""
+    from zooscape.zoo import open as open_zoo
+    from zooscape.zoo.summary import format_table, records_at_epoch
+
+    with open_zoo(zoo_dir) as zoo:
+        records, _ = records_at_epoch(zoo)
+    source_acc = {r["model_id"]: r.get("test_acc") for r in records if r.get("kind") == "model"}
+    rows = [[r["model_id"], r["source_id"], r["epoch"], r["sparsity"], r.get("test_acc", math.nan),
+             source_acc.get(r["source_id"], math.nan)]
+            for r in records if r.get("kind") == "twin" and "sparsity" in r]
+    if not rows:
+        return ""
+    header = ["model_id", "source_id", "epoch", "sparsity", "test_acc", "source_test_acc"]
+    return format_table(header, [[(math.nan if v is None else v) for v in row] for row in rows], ".4f")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
