@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zooscape.train.layers import PopConv2d, PopDropout, PopLinear, _SmallGroupedConv, register_population_layer
+from zooscape.train.layers import (
+    PopConv2d,
+    PopDropout,
+    PopLinear,
+    _set_grad,
+    _SmallGroupedConv,
+    register_population_layer,
+)
 
 from . import _native_ard
 from .ard import (
@@ -248,6 +255,30 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         out = torch.baddbmm(b.unsqueeze(1), xb, w.transpose(1, 2)) if b is not None else torch.bmm(
             xb, w.transpose(1, 2))
         return out.transpose(0, 1).reshape(*lead, self.n * self.out_features)
+
+    # the manual MLP step's layer protocol (zooscape.train.manual_mlp): the "weight" estimator's step without
+    # autograd, the same sample (same noise, same order) and the same gradients as _WeightSample's
+    def manual_ok(self) -> bool:
+        """The manual MLP step trains this layer with the ``"weight"`` estimator (``"local"`` uses autograd)."""
+        return self.control.estimator == "weight"
+
+    def manual_weight(self) -> Tensor:
+        """In training, this step's weight sample ``[N, out, in]`` (draws the step's noise, as :meth:`forward` would;
+        keeps what :meth:`manual_weight_grad` needs and the penalty scale); in eval mode the sparse weight."""
+        if not self.training:
+            return self.sparse_weight().detach()
+        w, saved = weight_sample(self.weight.detach(), self.log_sigma2.detach(), self._weight_noise())
+        self._manual = (float(self.control.penalty_scale), saved)
+        return w
+
+    def manual_weight_grad(self, grad_w: Tensor) -> None:
+        """``dL/dW`` of the last :meth:`manual_weight` sample -> ``weight.grad`` and ``log_sigma2.grad``, each model's
+        KL penalty gradient (``penalty_scale * dKL/dlog_sigma2``) included (:func:`weight_sample_grads`)."""
+        scale, saved = self._manual
+        self._manual = None
+        g_w, g_ls = weight_sample_grads(saved, grad_w, scale)
+        _set_grad(self.weight, g_w)
+        _set_grad(self.log_sigma2, g_ls)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._uses_local():

@@ -115,6 +115,22 @@ class PopLinear(_PopLayer):
         weight is computed, e.g. sampled or masked)."""
         return self.weight
 
+    # the manual MLP step's layer protocol (zooscape.train.manual_mlp): a layer whose forward is x W^T + b for a
+    # weight W it may compute (sampled, masked) opts in by overriding these three; the step never sees how W is made
+    def manual_ok(self) -> bool:
+        """Whether the manual MLP step may train this layer (plain :class:`PopLinear` only; subclasses opt in)."""
+        return type(self) is PopLinear
+
+    def manual_weight(self) -> Tensor:
+        """The weight ``[N, out, in]`` this layer's forward uses now, detached (one call per step, in layer order:
+        a sampling subclass draws its noise here, as its forward would)."""
+        return self.weight.detach()
+
+    def manual_weight_grad(self, grad_w: Tensor) -> None:
+        """Take ``dL/dW`` ``[N, out, in]`` of the weight :meth:`manual_weight` returned and write the gradients of
+        this layer's weight parameters into their ``.grad`` (overwritten; may be views into the flat buffer)."""
+        _set_grad(self.weight, grad_w)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.shared is not None and self.shared.take():
             return self._forward_shared(x)
@@ -142,6 +158,14 @@ class PopLinear(_PopLayer):
             b = out.shape[0]
             return out.view(b, self.n, self.out_features).transpose(0, 1).reshape(self.n * b, self.out_features)
         return out
+
+
+def _set_grad(param: nn.Parameter, grad: Tensor) -> None:
+    """Write ``grad`` into ``param.grad`` in place (it may be a view into the flat buffer), or set it."""
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad.copy_(grad)
 
 
 def _rows_times(src: Tensor, wt: Tensor, b: Tensor | None) -> Tensor:

@@ -15,6 +15,14 @@ batched operations per layer (Goodfellow, Bengio & Courville, 2016, ch. 6.5, bac
 The gradients equal autograd's to float rounding (tested), each model's independently of N. :func:`plan` decides
 once per run whether a population qualifies (its layers, a numerical check of the forward on two samples), and
 the trainer falls back to autograd otherwise. Switch: ``ZOOSCAPE_MANUAL_MLP=0`` (:mod:`zooscape.train._flags`).
+
+Layers with a computed weight (the layer protocol of :class:`~zooscape.train.layers.PopLinear`): each step asks
+every layer, in order, for the weight its forward uses now (:meth:`~zooscape.train.layers.PopLinear.manual_weight`,
+e.g. a variational-dropout twin's weight sample, :class:`zooscape.sparsify.pop_ard.PopARDLinear`), runs the
+forward and backward above with these weights, and hands each layer ``dL/dW``
+(:meth:`~zooscape.train.layers.PopLinear.manual_weight_grad`), which turns it into its parameters' gradients.
+A layer opts in with :meth:`~zooscape.train.layers.PopLinear.manual_ok`; plain ``PopLinear`` layers use their
+weight and write ``dL/dW`` directly. ``train`` knows nothing of the subclasses (they live above it).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zooscape.train.layers import PopLinear
+from zooscape.train.layers import PopLinear, _set_grad
 
 __all__ = ["ManualMLPStep", "plan"]
 
@@ -39,17 +47,20 @@ class ManualMLPStep:
         self.n = layers[0].n
         self.in_features = layers[0].in_features
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, weights: list[Tensor] | None = None) -> list[Tensor]:
         """The activations ``[x, h_1, ..., h_{L-1}]`` (each ``[N, B, features]``) and the logits ``[N, K, B]`` last,
-        for inputs ``x`` ``[N, B, ...]``. The logits keep the class axis in the middle, where ``log_softmax``
-        vectorises over the batch (over the last axis of 10 classes it is ~13x slower)."""
+        for inputs ``x`` ``[N, B, ...]`` and the layers' weights ``[N, out, in]`` (default: their parameters). The
+        logits keep the class axis in the middle, where ``log_softmax`` vectorises over the batch (over the last
+        axis of 10 classes it is ~13x slower)."""
+        if weights is None:
+            weights = [layer.weight.detach() for layer in self.layers]
         h = x.reshape(self.n, x.shape[1], self.in_features)
         acts = [h]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             # the weight is always the second, transposed operand: with the weight first, MKL's result depends on
             # the weight's batch stride (standalone vs a view into the flat buffer), and a resumed run would differ
-            w = layer.weight.detach().transpose(1, 2)
+            w = weights[i].transpose(1, 2)
             h = torch.baddbmm(layer.bias.detach().unsqueeze(1), h, w) if layer.bias is not None else torch.bmm(h, w)
             if i < last:
                 h.relu_()
@@ -70,7 +81,8 @@ class ManualMLPStep:
             ``(loss [N], predictions [N, B] or None)``; a prediction is the first maximal logit (as
             :func:`~zooscape.train.losses.predictions`).
         """
-        acts = self.forward(x)
+        weights = [layer.manual_weight() for layer in self.layers]  # in layer order (samples draw noise here)
+        acts = self.forward(x, weights)
         b = x.shape[1]
         logits = acts[-1]  # [N, K, B]
         logp = torch.log_softmax(logits, 1)
@@ -83,40 +95,51 @@ class ManualMLPStep:
         for i in range(last, -1, -1):
             layer = self.layers[i]
             if i == last:  # g is [N, K, B]
-                _into(layer.weight, torch.bmm(g, acts[i]))
+                layer.manual_weight_grad(torch.bmm(g, acts[i]))
                 if layer.bias is not None:
-                    _into(layer.bias, g.sum(2))
-                g = torch.bmm(g.transpose(1, 2), layer.weight.detach())
+                    _set_grad(layer.bias, g.sum(2))
+                if i > 0:
+                    g = torch.bmm(g.transpose(1, 2), weights[i])
             else:  # g is [N, B, out]
-                _into(layer.weight, torch.bmm(g.transpose(1, 2), acts[i]))
+                layer.manual_weight_grad(torch.bmm(g.transpose(1, 2), acts[i]))
                 if layer.bias is not None:
-                    _into(layer.bias, g.sum(1))
-                g = torch.bmm(g, layer.weight.detach())
+                    _set_grad(layer.bias, g.sum(1))
+                if i > 0:
+                    g = torch.bmm(g, weights[i])
             if i > 0:
                 g = torch.ops.aten.threshold_backward(g, acts[i], 0)
         return loss, logits.max(1).indices if predict else None
 
 
-def _into(param: nn.Parameter, grad: Tensor) -> None:
-    """Write ``grad`` into ``param.grad`` in place (it may be a view into the flat buffer), or set it."""
-    if param.grad is None:
-        param.grad = grad
-    else:
-        param.grad.copy_(grad)
+def _units(net: nn.Module) -> list[nn.Module]:
+    """The leaf modules of ``net`` in module order, a :class:`PopLinear` (with any children it has, e.g. a noise
+    source) counted as one."""
+    out: list[nn.Module] = []
+
+    def walk(m: nn.Module) -> None:
+        children = list(m.children())
+        if isinstance(m, PopLinear) or not children:
+            out.append(m)
+            return
+        for c in children:
+            walk(c)
+
+    walk(net)
+    return out
 
 
 def _layers(net: nn.Module) -> list[PopLinear] | None:
-    """The PopLinear layers of ``net`` if it is ``[Flatten] PopLinear (ReLU PopLinear)*`` in module order."""
-    leaves = [m for m in net.modules() if not list(m.children())]
+    """The PopLinear layers of ``net`` if it is ``[Flatten] PopLinear (ReLU PopLinear)*`` in module order, each
+    layer opting in (:meth:`PopLinear.manual_ok`)."""
+    leaves = _units(net)
     if leaves and type(leaves[0]) is nn.Flatten:
         leaves = leaves[1:]
     if not leaves or len(leaves) % 2 == 0:
         return None
     for i, m in enumerate(leaves):
-        want = PopLinear if i % 2 == 0 else nn.ReLU
-        if type(m) is not want:
+        if not (isinstance(m, PopLinear) and m.manual_ok() if i % 2 == 0 else type(m) is nn.ReLU):
             return None
-    layers = [m for m in leaves if type(m) is PopLinear]
+    layers = [m for m in leaves if isinstance(m, PopLinear)]
     if any(m.layout != "stacked" for m in layers) or any(list(m.buffers()) for m in net.modules()):
         return None
     own = {id(p) for m in layers for p in m.parameters()}
@@ -134,7 +157,9 @@ def plan(pop: nn.Module, x: Tensor, task: str, *, augment: bool = False) -> Manu
     It applies to classification (integer labels) without augmentation, for a stacked-layout population whose
     network is ``[Flatten] PopLinear (ReLU PopLinear)*`` with no buffers (no BatchNorm) and no other parameters,
     and whose forward on two training samples equals the network's own (so a custom ``forward`` that uses the
-    same modules differently falls back).
+    same modules differently falls back). Layers with a computed weight qualify when they opt in (the layer
+    protocol, see the module docstring); the check runs in eval mode, where their weights are deterministic (no
+    noise is drawn), and restores every module's mode.
 
     Args:
         pop: a :class:`~zooscape.train.Population`.
@@ -152,9 +177,15 @@ def plan(pop: nn.Module, x: Tensor, task: str, *, augment: bool = False) -> Manu
         return None
     step = ManualMLPStep(layers)
     probe = x[:2].unsqueeze(0).expand(pop.size, *x[:2].shape).to(layers[0].weight.dtype)
-    with torch.no_grad():
-        want = pop.forward_model_major(probe).transpose(0, 1)  # [N, 2, K]
-        got = step.forward(probe)[-1].transpose(1, 2)
+    modes = [(m, m.training) for m in pop.modules()]
+    try:  # in eval mode: deterministic weights on both sides, so the probe draws no noise (no random stream moves)
+        pop.eval()
+        with torch.no_grad():
+            want = pop.forward_model_major(probe).transpose(0, 1)  # [N, 2, K]
+            got = step.forward(probe, [layer.manual_weight() for layer in layers])[-1].transpose(1, 2)
+    finally:
+        for m, mode in modes:
+            m.train(mode)
     if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
         return None
     return step
