@@ -91,15 +91,25 @@ def test_twins_in_the_catalog_linked_to_sources(zoo_dir):
         plan_twins(zoo, epochs=4, kl_scale=20.0)
 
 
-def test_interrupted_twins_resume_to_the_same_result(zoo_dir, tmp_path):
+def _sources_only(zoo_dir, copy):
     import shutil
 
-    copy = tmp_path / "zoo"
     shutil.copytree(zoo_dir, copy)
     with sqlite3.connect(copy / "catalog.sqlite") as con:  # only the sources
         con.execute("DELETE FROM models WHERE model_id LIKE '%-twin'")
         con.execute("DELETE FROM metrics WHERE model_id LIKE '%-twin'")
         con.execute("DELETE FROM checkpoints WHERE model_id LIKE '%-twin'")
+
+
+@pytest.mark.parametrize("estimator", ["local", "weight"])  # "weight": MLP twins step without autograd
+def test_interrupted_twins_resume_to_the_same_result(zoo_dir, tmp_path, estimator):
+    copy = tmp_path / "zoo"
+    _sources_only(zoo_dir, copy)
+    ref = zoo_dir
+    if estimator != "local":  # the module's zoo holds local twins: an uninterrupted run as the reference
+        ref = tmp_path / "ref"
+        _sources_only(zoo_dir, ref)
+        sparsify_twins(ref, epochs=3, kl_scale=20.0, estimator=estimator)
     import zooscape.sparsify as sp  # the task imports train_twins from here when it runs
 
     calls = {"n": 0}
@@ -117,16 +127,16 @@ def test_interrupted_twins_resume_to_the_same_result(zoo_dir, tmp_path):
     sp.train_twins = stop_after_two
     try:
         with pytest.raises(KeyboardInterrupt):
-            sparsify_twins(copy, epochs=3, kl_scale=20.0)
+            sparsify_twins(copy, epochs=3, kl_scale=20.0, estimator=estimator)
     finally:
         sp.train_twins = orig
     statuses = dict(_rows(copy, "SELECT model_id, status FROM models WHERE model_id LIKE '%-twin'"))
     assert statuses and "done" not in set(statuses.values()) and calls["n"] == 3  # epochs 0, 1, 2 reported
     assert _rows(copy, "SELECT MAX(epoch) FROM metrics WHERE model_id LIKE '%-twin'")[0][0] == 2
-    sparsify_twins(copy, epochs=3, kl_scale=20.0)
+    sparsify_twins(copy, epochs=3, kl_scale=20.0, estimator=estimator)
     q = "SELECT model_id, epoch, name, value FROM metrics WHERE model_id LIKE '%-twin' AND name IN " \
         "('test_acc', 'sparsity', 'kl') ORDER BY model_id, epoch, name"
-    got, want = _rows(copy, q), _rows(zoo_dir, q)
+    got, want = _rows(copy, q), _rows(ref, q)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g[:3] == w[:3] and g[3] == pytest.approx(w[3], rel=1e-5, abs=1e-6)
