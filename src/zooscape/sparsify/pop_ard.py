@@ -243,6 +243,7 @@ class PopARDLinear(_PopARDMixin, PopLinear):
     def __init__(self, layers: list[ARDLinear]) -> None:
         super().__init__(layers)
         self._init_ard(layers)
+        self._manual: list = []  # the manual step's (penalty scale, saved sample), filled in place (no __setattr__)
 
     def _matmul(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         if self.layout == "stacked":
@@ -268,14 +269,14 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         if not self.training:
             return self.sparse_weight().detach()
         w, saved = weight_sample(self.weight.detach(), self.log_sigma2.detach(), self._weight_noise())
-        self._manual = (float(self.control.penalty_scale), saved)
+        self._manual[:] = (float(self.control.penalty_scale), saved)
         return w
 
     def manual_weight_grad(self, grad_w: Tensor) -> None:
         """``dL/dW`` of the last :meth:`manual_weight` sample -> ``weight.grad`` and ``log_sigma2.grad``, each model's
         KL penalty gradient (``penalty_scale * dKL/dlog_sigma2``) included (:func:`weight_sample_grads`)."""
         scale, saved = self._manual
-        self._manual = None
+        self._manual.clear()
         g_w, g_ls = weight_sample_grads(saved, grad_w, scale)
         _set_grad(self.weight, g_w)
         _set_grad(self.log_sigma2, g_ls)
