@@ -29,37 +29,7 @@ static inline void fwd8_e(const float *w, const float *ls, const float *eps, flo
     _mm256_storeu_ps(lac, _mm256_blendv_ps(coded, la, _mm256_cmp_ps(inside, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
     _mm256_storeu_ps(ee, e);
 }
-static inline void bwd8_e(const float *g, const float *w, const float *lac, const float *ee, const float *eps,
-                          float scale, float *gw, float *gls, int fastdiv) {
-    const __m256 wv = _mm256_loadu_ps(w), gv = _mm256_loadu_ps(g), c = _mm256_loadu_ps(lac);
-    const __m256 ten = _mm256_set1_ps(10.0f);
-    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(absv(c), ten, _CMP_LE_OQ), _mm256_set1_ps(1.0f));
-    const __m256 la = _mm256_max_ps(_mm256_set1_ps(-10.0f), _mm256_min_ps(ten, c));
-    const __m256 t = _mm256_add_ps(_mm256_mul_ps(wv, wv), _mm256_set1_ps(1e-8f));
-    const __m256 e = _mm256_loadu_ps(ee);
-    const __m256 q = _mm256_mul_ps(gv, _mm256_mul_ps(e, _mm256_loadu_ps(eps)));
-    __m256 gla = _mm256_mul_ps(_mm256_mul_ps(q, absv(wv)), _mm256_set1_ps(0.5f));
-    const __m256 one = _mm256_set1_ps(1.0f);
-    if (scale != 0.0f) {
-        const __m256 s = sigmoid8(_mm256_fmadd_ps(la, _mm256_set1_ps(K3), _mm256_set1_ps(K2)));
-        const __m256 ds = _mm256_sub_ps(s, _mm256_mul_ps(s, s));
-        gla = _mm256_fmadd_ps(ds, _mm256_set1_ps(-K1 * K3 * scale), gla);
-        const __m256 sneg = _mm256_div_ps(one, _mm256_fmadd_ps(e, e, one));
-        gla = _mm256_fmadd_ps(sneg, _mm256_set1_ps(-0.5f * scale), gla);
-    }
-    const __m256 glsv = _mm256_mul_ps(gla, inside);
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256 sgn = _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_GT_OQ), one),
-                                     _mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_LT_OQ), one));
-    __m256 gwv = _mm256_fmadd_ps(q, sgn, gv);
-    __m256 r;
-    if (fastdiv) { __m256 y = _mm256_rcp_ps(t); y = _mm256_mul_ps(y, _mm256_fnmadd_ps(t, y, _mm256_set1_ps(2.0f))); r = _mm256_mul_ps(wv, y); }
-    else r = _mm256_div_ps(wv, t);
-    gwv = _mm256_fmadd_ps(_mm256_mul_ps(glsv, r), _mm256_set1_ps(-2.0f), gwv);
-    _mm256_storeu_ps(gw, gwv);
-    _mm256_storeu_ps(gls, glsv);
-}
-/* variant C: the KL gradient term d(la) = k1 k3 s(1-s) + 0.5 sigmoid(-la) from a table over [-10.5, 10.5] with
+/* variant C: the KL gradient term d(la) = k1 k3 s(1-s) + 0.5 sigmoid(-la) from a table over [-10, 10] with
    linear interpolation (gather) instead of exp + 2 div */
 #define TN 4096
 static float TAB[TN + 2], DTAB[TN + 2];
@@ -71,28 +41,44 @@ static void mktab(void) {
     }
     for (int i = 0; i <= TN; i++) DTAB[i] = TAB[i + 1] - TAB[i];
 }
-static inline void bwd8_tab(const float *g, const float *w, const float *lac, const float *ee, const float *eps,
-                            float scale, float *gw, float *gls) {
+enum { KL_EXP = 0, KL_EXP_RCP = 1, KL_TABLE = 2 };
+/* the backward reusing the forward's e; mode (a constant at every call, so inlined without branches): the KL term
+   as in ard.c, the same with w / t by reciprocal + Newton, or the KL term from the table */
+static inline void bwd8_e(const float *g, const float *w, const float *lac, const float *ee, const float *eps,
+                          float scale, float *gw, float *gls, int mode) {
     const __m256 wv = _mm256_loadu_ps(w), gv = _mm256_loadu_ps(g), c = _mm256_loadu_ps(lac);
-    const __m256 ten = _mm256_set1_ps(10.0f);
-    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(absv(c), ten, _CMP_LE_OQ), _mm256_set1_ps(1.0f));
+    const __m256 ten = _mm256_set1_ps(10.0f), one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(absv(c), ten, _CMP_LE_OQ), one);
     const __m256 la = _mm256_max_ps(_mm256_set1_ps(-10.0f), _mm256_min_ps(ten, c));
     const __m256 t = _mm256_add_ps(_mm256_mul_ps(wv, wv), _mm256_set1_ps(1e-8f));
     const __m256 e = _mm256_loadu_ps(ee);
     const __m256 q = _mm256_mul_ps(gv, _mm256_mul_ps(e, _mm256_loadu_ps(eps)));
     __m256 gla = _mm256_mul_ps(_mm256_mul_ps(q, absv(wv)), _mm256_set1_ps(0.5f));
-    const __m256 x = _mm256_mul_ps(_mm256_add_ps(la, ten), _mm256_set1_ps(TN / 20.0f));
-    const __m256 fl = _mm256_floor_ps(x);
-    const __m256i ix = _mm256_cvttps_epi32(fl);
-    const __m256 fr = _mm256_sub_ps(x, fl);
-    const __m256 d = _mm256_fmadd_ps(_mm256_i32gather_ps(DTAB, ix, 4), fr, _mm256_i32gather_ps(TAB, ix, 4));
-    gla = _mm256_fmadd_ps(d, _mm256_set1_ps(-scale), gla);
+    if (mode == KL_TABLE) {
+        const __m256 x = _mm256_mul_ps(_mm256_add_ps(la, ten), _mm256_set1_ps(TN / 20.0f));
+        const __m256 fl = _mm256_floor_ps(x);
+        const __m256i ix = _mm256_cvttps_epi32(fl);
+        const __m256 d = _mm256_fmadd_ps(_mm256_i32gather_ps(DTAB, ix, 4), _mm256_sub_ps(x, fl),
+                                         _mm256_i32gather_ps(TAB, ix, 4));
+        gla = _mm256_fmadd_ps(d, _mm256_set1_ps(-scale), gla);
+    } else if (scale != 0.0f) {
+        const __m256 s = sigmoid8(_mm256_fmadd_ps(la, _mm256_set1_ps(K3), _mm256_set1_ps(K2)));
+        gla = _mm256_fmadd_ps(_mm256_sub_ps(s, _mm256_mul_ps(s, s)), _mm256_set1_ps(-K1 * K3 * scale), gla);
+        const __m256 sneg = _mm256_div_ps(one, _mm256_fmadd_ps(e, e, one));
+        gla = _mm256_fmadd_ps(sneg, _mm256_set1_ps(-0.5f * scale), gla);
+    }
     const __m256 glsv = _mm256_mul_ps(gla, inside);
-    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
     const __m256 sgn = _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_GT_OQ), one),
                                      _mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_LT_OQ), one));
-    __m256 gwv = _mm256_fmadd_ps(q, sgn, gv);
-    gwv = _mm256_fmadd_ps(_mm256_mul_ps(glsv, _mm256_div_ps(wv, t)), _mm256_set1_ps(-2.0f), gwv);
+    __m256 r;
+    if (mode == KL_EXP_RCP) {
+        __m256 y = _mm256_rcp_ps(t);
+        y = _mm256_mul_ps(y, _mm256_fnmadd_ps(t, y, _mm256_set1_ps(2.0f)));
+        r = _mm256_mul_ps(wv, y);
+    } else {
+        r = _mm256_div_ps(wv, t);
+    }
+    const __m256 gwv = _mm256_fmadd_ps(_mm256_mul_ps(glsv, r), _mm256_set1_ps(-2.0f), _mm256_fmadd_ps(q, sgn, gv));
     _mm256_storeu_ps(gw, gwv);
     _mm256_storeu_ps(gls, glsv);
 }
@@ -144,9 +130,9 @@ int main(void) {
                             case 1: bwd8(g + j, w + j, lac + j, eps + j, 0.01f, gw + j, gl + j); break;
                             case 2: bwd8(g + j, w + j, lac + j, eps + j, 0.0f, gw + j, gl + j); break;
                             case 3: fwd8_e(w + j, ls + j, eps + j, out + j, lac + j, ee + j); break;
-                            case 4: bwd8_e(g + j, w + j, lac + j, ee + j, eps + j, 0.01f, gw + j, gl + j, 0); break;
-                            case 5: bwd8_e(g + j, w + j, lac + j, ee + j, eps + j, 0.01f, gw + j, gl + j, 1); break;
-                            case 6: bwd8_tab(g + j, w + j, lac + j, ee + j, eps + j, 0.01f, gw + j, gl + j); break;
+                            case 4: bwd8_e(g + j, w + j, lac + j, ee + j, eps + j, 0.01f, gw + j, gl + j, KL_EXP); break;
+                            case 5: bwd8_e(g + j, w + j, lac + j, ee + j, eps + j, 0.01f, gw + j, gl + j, KL_EXP_RCP); break;
+                            case 6: bwd8_e(g + j, w + j, lac + j, ee + j, eps + j, 0.01f, gw + j, gl + j, KL_TABLE); break;
                             case 7: fwd8_nolog(w + j, ls + j, eps + j, out + j, lac + j); break;
                             case 8: copy8(w + j, ls + j, eps + j, out + j, lac + j); break;
                             }
