@@ -82,6 +82,7 @@ def test_one_step_gradients_equal_autograd_float64(scale):
         p.grad = torch.full_like(p, 7.0)  # stale gradients are overwritten
     torch.manual_seed(4)
     loss, pred = step(x, y, predict=True)
+    assert pred.shape == (3, 17) and pred.dtype == torch.int64
     for got_loss in (auto_loss.detach(), loss):
         torch.testing.assert_close(got_loss, want_loss, rtol=1e-12, atol=1e-12)
     for m, a, w in zip(layers, auto, want):
