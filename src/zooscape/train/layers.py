@@ -9,7 +9,7 @@ Because channels of different models never mix, the gradient of the *sum* of the
 exactly its own gradient; container code (Sequential, residual blocks, ``torch.flatten(x, 1)``) runs unchanged.
 Elementwise modules (activations), pooling and ``Flatten`` need no population version.
 
-This module is one piece on purpose (a little over 500 lines): :data:`POP_LAYERS` maps every supported leaf
+This module is one piece on purpose (about 600 lines): :data:`POP_LAYERS` maps every supported leaf
 module to its population version, and they share the layout helpers and the ``_PopLayer`` base; split across
 modules, the registry would have to import every layer family and each family the base, for no reader's gain.
 
