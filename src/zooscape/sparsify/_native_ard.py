@@ -18,7 +18,8 @@ from torch import Tensor
 
 from zooscape.train import native
 
-__all__ = ["sample_backward", "sample_forward", "usable"]
+__all__ = ["philox_normal", "sample_backward", "sample_backward_rng", "sample_forward", "sample_forward_rng",
+           "usable"]
 
 _bound: ctypes.CDLL | None = None
 _PLAIN = (Tensor, torch.nn.Parameter)  # (not fake or functional tensors: tracers take the PyTorch formula)
@@ -36,6 +37,12 @@ def _lib() -> ctypes.CDLL | None:
         lib.zs_ard_sample_forward.restype = i
         lib.zs_ard_sample_backward.argtypes = [p, i64, p, i64, p, p, i64, f, p, p, i64, i64, i]
         lib.zs_ard_sample_backward.restype = i
+        lib.zs_philox_normal.argtypes = [p, i64, i64, p, i64, i64, i]
+        lib.zs_philox_normal.restype = i
+        lib.zs_ard_sample_forward_rng.argtypes = [p, i64, p, i64, p, i64, i64, p, p, p, i64, i64, i]
+        lib.zs_ard_sample_forward_rng.restype = i
+        lib.zs_ard_sample_backward_rng.argtypes = [p, i64, p, i64, p, p, i64, i64, f, p, p, i64, i64, i]
+        lib.zs_ard_sample_backward_rng.restype = i
         _bound = lib
     return lib
 
@@ -94,4 +101,64 @@ def sample_backward(grad: Tensor, w: Tensor, la_coded: Tensor, eps: Tensor, scal
     lib.zs_ard_sample_backward(rg.data_ptr(), rg.stride(0), rw.data_ptr(), rw.stride(0), la_coded.data_ptr(),
                                re.data_ptr(), re.stride(0), float(scale), gw.data_ptr(), gls.data_ptr(), n, k,
                                max(1, torch.get_num_threads()))
+    return gw, gls
+
+
+def _keys(keys: Tensor, n: int) -> Tensor:
+    """``keys`` as a contiguous ``[n, 2]`` int64 CPU tensor (checked)."""
+    if keys.shape != (n, 2) or keys.dtype != torch.int64 or keys.device.type != "cpu":
+        raise ValueError(f"keys must be an int64 CPU tensor of shape ({n}, 2), got {tuple(keys.shape)} "
+                         f"{keys.dtype} on {keys.device}")
+    return keys.contiguous()
+
+
+def philox_normal(keys: Tensor, step: int, numel: int, tag: int) -> Tensor | None:
+    """Counter-based standard normals ``[N, numel]`` float32 (:mod:`zooscape.sparsify.counter_noise`; ``keys``
+    ``[N, 2]`` int64 on the CPU), or ``None`` when the kernels are unavailable."""
+    lib = _lib()
+    if lib is None or type(keys) not in _PLAIN or torch.compiler.is_compiling():
+        return None
+    k = _keys(keys, keys.shape[0])
+    out = torch.empty(k.shape[0], numel, dtype=torch.float32)
+    lib.zs_philox_normal(k.data_ptr(), int(step), int(tag), out.data_ptr(), k.shape[0], numel,
+                         max(1, torch.get_num_threads()))
+    return out
+
+
+def sample_forward_rng(w: Tensor, log_sigma2: Tensor, keys: Tensor, step: int, tag: int,
+                       keep_eps: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`sample_forward` with ``eps`` generated inline from the counter streams ``keys`` (``[N, 2]`` int64) at
+    ``step`` (:mod:`zooscape.sparsify.counter_noise`): returns the sample, ``la`` coded, and ``eps`` (``[N, ...]``,
+    written in the same pass) when ``keep_eps``, else ``None`` (the backward then generates it again)."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    rw, rl = _rows(w), _rows(log_sigma2)
+    n, k = rw.shape
+    kk = _keys(keys, n)
+    out = torch.empty(w.shape, dtype=w.dtype)
+    lac = torch.empty(w.shape, dtype=w.dtype)
+    eps = torch.empty(w.shape, dtype=w.dtype) if keep_eps else None
+    lib.zs_ard_sample_forward_rng(rw.data_ptr(), rw.stride(0), rl.data_ptr(), rl.stride(0), kk.data_ptr(), int(step),
+                                  int(tag), out.data_ptr(), lac.data_ptr(), eps.data_ptr() if eps is not None else None,
+                                  n, k, max(1, torch.get_num_threads()))
+    return out, lac, eps
+
+
+def sample_backward_rng(grad: Tensor, w: Tensor, la_coded: Tensor, keys: Tensor, step: int, tag: int,
+                        scale: float) -> tuple[Tensor, Tensor]:
+    """:func:`sample_backward` with ``eps`` generated again from ``(keys, step, tag)`` (as
+    :func:`sample_forward_rng` with ``keep_eps=False`` generated it)."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    grad = grad if _rows(grad) is not None else grad.contiguous()
+    rg, rw = _rows(grad), _rows(w)
+    gw = torch.empty(w.shape, dtype=w.dtype)
+    gls = torch.empty(w.shape, dtype=w.dtype)
+    n, k = rw.shape
+    kk = _keys(keys, n)
+    lib.zs_ard_sample_backward_rng(rg.data_ptr(), rg.stride(0), rw.data_ptr(), rw.stride(0), la_coded.data_ptr(),
+                                   kk.data_ptr(), int(step), int(tag), float(scale), gw.data_ptr(), gls.data_ptr(),
+                                   n, k, max(1, torch.get_num_threads()))
     return gw, gls

@@ -29,7 +29,6 @@ References:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zooscape.train.layers import PopConv2d, PopLinear
+
+from .counter_noise import CounterStream
 
 __all__ = [
     "ESTIMATORS", "K1", "K2", "K3", "LOG_ALPHA_CLIP", "LOG_SIGMA2_INIT", "THRESHOLD", "ARDConv2d", "ARDControl",
@@ -136,16 +137,19 @@ class _ARDMixin:
 
     def sampled_weight(self) -> Tensor:
         """One draw of the weight ``theta + sqrt(alpha) |theta| eps`` (the ``"weight"`` estimator); the weight's
-        shape, noise from ``self.generator`` (in blocks of :func:`weight_noise_steps` draws, as the population
-        layer draws it; the block is drawn ahead, so assign a new generator object to restart the stream)."""
+        shape. ``eps`` is counter-based noise (:mod:`zooscape.sparsify.counter_noise`): a key drawn from
+        ``self.generator`` when the stream starts, then one step per call, as the population layer draws it (assign
+        a new generator object to restart the stream); a fresh key from the global generator when it is ``None``."""
         w = self.weight
-        if self.generator is None:
-            eps = torch.randn(w.shape, device=w.device, dtype=w.dtype)
+        gen = self.generator
+        if gen is None:
+            noise = CounterStream(None, ()).next()
         else:
             stream = getattr(self, "_stream", None)
-            if stream is None or stream.key != (id(self.generator),):
-                stream = self._stream = _NoiseStream([self.generator], tuple(w.shape), w.dtype, (id(self.generator),))
-            eps = stream.next()[0].to(w.device)
+            if stream is None or stream.ident != (id(gen),):
+                stream = self._stream = CounterStream([gen], (id(gen),))
+            noise = stream.next()
+        eps = noise.tensor(tuple(w.shape), w.dtype, w.device)[0]
         return sample_weight(w, self.log_alpha(), eps)
 
     def _noise(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -245,35 +249,6 @@ def sample_weight(weight: Tensor, la: Tensor, noise: Tensor) -> Tensor:
     """One weight sample of the ``"weight"`` estimator: ``theta + exp(la / 2) |theta| * noise`` (all the same
     shape; ``la`` = :func:`log_alpha`), i.e. ``N(theta, alpha theta^2)`` per weight (Kingma et al. 2015, sec. 2.3)."""
     return torch.addcmul(weight, weight.abs() * torch.exp(0.5 * la), noise)
-
-
-def weight_noise_steps(numel: int) -> int:
-    """How many steps of weight noise a layer with ``numel`` weights per model draws at once (one ``normal_`` call
-    per model instead of one per step): up to 64, at most about 64k numbers per model. Depends on the layer only,
-    so a model's noise does not depend on its population."""
-    return max(1, min(64, (1 << 16) // max(1, numel)))
-
-
-class _NoiseStream:
-    """Standard normal weight noise for consecutive steps: every :func:`weight_noise_steps` steps, one draw of
-    ``[steps, *shape]`` per generator; :meth:`next` returns ``[len(generators), *shape]`` (one step)."""
-
-    def __init__(self, generators: list[torch.Generator], shape: tuple[int, ...], dtype: torch.dtype,
-                 key: tuple) -> None:
-        self.generators, self.shape, self.dtype, self.key = generators, shape, dtype, key
-        self.steps = weight_noise_steps(math.prod(shape))
-        self.block: Tensor | None = None
-        self.cursor = self.steps
-
-    def next(self) -> Tensor:
-        if self.cursor == self.steps:
-            gens = self.generators
-            self.block = torch.empty((len(gens), self.steps, *self.shape), device=gens[0].device, dtype=self.dtype)
-            for i, g in enumerate(gens):
-                self.block[i].normal_(generator=g)
-            self.cursor = 0
-        self.cursor += 1
-        return self.block[:, self.cursor - 1]  # type: ignore[index]
 
 
 def ard_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -37,36 +37,57 @@ from .ard import (
     ARDControl,
     ARDConv2d,
     ARDLinear,
-    _NoiseStream,
     kl_approx,
     log_alpha,
     sample_preactivation,
 )
+from .counter_noise import CounterNoise, CounterStream
 
-__all__ = ["PopARDConv2d", "PopARDLinear", "penalized"]
+__all__ = ["KEEP_EPS", "PopARDConv2d", "PopARDLinear", "penalized", "weight_sample", "weight_sample_grads"]
 
 
-def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor) -> tuple[Tensor, tuple]:
+#: Whether the native sample with inline noise writes ``eps`` for the backward (``True``) or the backward generates
+#: it again (``False``); measured in ``bench/ard_kernel.py`` (see ``bench/RESULTS.md``).
+KEEP_EPS = True
+
+
+def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor | CounterNoise) -> tuple[Tensor, tuple]:
     """The ``"weight"`` estimator's sample ``w + exp(la/2) |w| eps`` (all ``[N, ...]``), with
     ``la = clip(log sigma^2 - log(w^2 + 1e-8), -10, 10)``, without autograd; returns the sample and what
-    :func:`weight_sample_grads` needs. Native (one pass) when :func:`_native_ard.usable`, else PyTorch."""
+    :func:`weight_sample_grads` needs.
+
+    ``eps`` is a noise tensor ``[N, ...]`` or a :class:`~zooscape.sparsify.counter_noise.CounterNoise` (what
+    :meth:`_PopARDMixin._weight_noise` returns): then the native kernel generates it inline (one pass, the noise
+    never stored before the sample), else it is materialised (:meth:`CounterNoise.tensor`, same numbers to float32
+    rounding) and the tensor path runs. Native (one pass) when :func:`_native_ard.usable`, else PyTorch."""
+    if isinstance(eps, CounterNoise):
+        if _native_ard.usable(w, log_sigma2) and eps.keys.shape == (w.shape[0], 2):
+            out, la_coded, kept = _native_ard.sample_forward_rng(w, log_sigma2, eps.keys, eps.step, eps.tag,
+                                                                 keep_eps=KEEP_EPS)
+            if kept is not None:
+                return out, ("native", w, la_coded, kept)
+            return out, ("rng", w, la_coded, eps)
+        eps = eps.tensor(tuple(w.shape[1:]), w.dtype, w.device)
     if _native_ard.usable(w, log_sigma2, eps):  # one pass instead of about eleven
         out, la_coded = _native_ard.sample_forward(w, log_sigma2, eps)
-        return out, (True, w, la_coded, eps)
+        return out, ("native", w, la_coded, eps)
     t = (w * w).add_(_EPS)
     u = log_sigma2 - torch.log(t)
     la = u.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
     inside = la == u  # where the clip passes the gradient (torch.clamp's rule: bounds included)
     noise = torch.exp(0.5 * la).mul_(eps)  # exp(la/2) eps
-    return torch.addcmul(w, w.abs(), noise), (False, w, t, la, noise, inside)
+    return torch.addcmul(w, w.abs(), noise), ("torch", w, t, la, noise, inside)
 
 
 def weight_sample_grads(saved: tuple, grad: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Gradients ``(d/dw, d/dlog_sigma2)`` of ``sum(grad * sample) + scale * sum(KL(la))`` for a sample of
     :func:`weight_sample` (``saved``: its second result); no gradient passes the clip of ``la``."""
-    if saved[0]:  # one native pass instead of about eighteen
+    if saved[0] == "native":  # one native pass instead of about eighteen
         _, w, la_coded, eps = saved
         return _native_ard.sample_backward(grad, w, la_coded, eps, scale)
+    if saved[0] == "rng":  # the same, generating eps again
+        _, w, la_coded, noise = saved
+        return _native_ard.sample_backward_rng(grad, w, la_coded, noise.keys, noise.step, noise.tag, scale)
     _, w, t, la, noise, inside = saved
     q = grad * noise
     g_la = (q * w.abs()).mul_(0.5)
@@ -203,18 +224,19 @@ class _PopARDMixin:
         finally:
             self._weight_now = None
 
-    def _weight_noise(self) -> Tensor:
-        """Standard normal noise of the weight's shape ``[N, ...]``, model ``n``'s block from its own generator
-        (through a :class:`_NoiseStream`, as the single layer draws it; global RNG when none are set)."""
-        w = self.weight
+    def _weight_noise(self) -> CounterNoise:
+        """This step's standard normal weight noise, not materialised: one key per model (``[N, 2]``), drawn from
+        model ``n``'s own generator when the epoch's stream starts (as the single layer draws it; fresh keys from
+        the global generator when none are set), and the step within the epoch. :func:`weight_sample` evaluates it
+        inline; ``.tensor(shape)`` materialises it (``[N, *shape]``)."""
         gens = self.noise.generators
         if gens is None:
-            return torch.randn(w.shape, device=w.device, dtype=w.dtype)
-        key = (id(gens), *map(id, gens))  # the trainer hands new generators every epoch
+            return CounterStream(None, (), self.n).next()
+        ident = (id(gens), *map(id, gens))  # the trainer hands new generators every epoch
         stream = getattr(self, "_stream", None)
-        if stream is None or stream.key != key:
-            stream = self._stream = _NoiseStream(list(gens), tuple(w.shape[1:]), w.dtype, key)
-        return stream.next().to(w.device)
+        if stream is None or stream.ident != ident:
+            stream = self._stream = CounterStream(list(gens), ident)
+        return stream.next()
 
     def _model_noise(self, shape: tuple[int, ...], like: Tensor, dim: int) -> Tensor:
         """Standard normal noise with one block per model along ``dim`` (``shape[dim]`` is ``N`` times the per-model

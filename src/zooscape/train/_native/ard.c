@@ -104,18 +104,22 @@ static inline __m256 absv(__m256 w) { return _mm256_andnot_ps(_mm256_set1_ps(-0.
 
 /* The forward also writes la for the backward, coded: a clipped la (no gradient through the clip) is stored as
    +-10.5, outside the clip range, so that the backward needs neither log nor the clip's comparison. */
-static inline void fwd8(const float *w, const float *ls, const float *eps, float *out, float *lac) {
+static inline void fwd8v(const float *w, const float *ls, __m256 epsv, float *out, float *lac) {
     __m256 inside, t;
     const __m256 wv = _mm256_loadu_ps(w);
     const __m256 la = log_alpha8(wv, _mm256_loadu_ps(ls), &inside, &t);
-    const __m256 noise = _mm256_mul_ps(exp8(_mm256_mul_ps(la, _mm256_set1_ps(0.5f))), _mm256_loadu_ps(eps));
+    const __m256 noise = _mm256_mul_ps(exp8(_mm256_mul_ps(la, _mm256_set1_ps(0.5f))), epsv);
     _mm256_storeu_ps(out, _mm256_add_ps(wv, _mm256_mul_ps(absv(wv), noise)));
     const __m256 coded = _mm256_mul_ps(la, _mm256_set1_ps(1.05f));  /* +-10 -> +-10.5 */
     _mm256_storeu_ps(lac, _mm256_blendv_ps(coded, la, _mm256_cmp_ps(inside, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
 }
 
-static inline void bwd8(const float *g, const float *w, const float *lac, const float *eps, float scale, float *gw,
-                        float *gls) {
+static inline void fwd8(const float *w, const float *ls, const float *eps, float *out, float *lac) {
+    fwd8v(w, ls, _mm256_loadu_ps(eps), out, lac);
+}
+
+static inline void bwd8v(const float *g, const float *w, const float *lac, __m256 epsv, float scale, float *gw,
+                         float *gls) {
     const __m256 wv = _mm256_loadu_ps(w), gv = _mm256_loadu_ps(g), c = _mm256_loadu_ps(lac);
     const __m256 ten = _mm256_set1_ps(10.0f);
     /* inside the clip: |c| <= 10 (NaN: not inside, and NaN propagates through la) */
@@ -123,7 +127,7 @@ static inline void bwd8(const float *g, const float *w, const float *lac, const 
     const __m256 la = _mm256_max_ps(_mm256_set1_ps(-10.0f), _mm256_min_ps(ten, c));
     const __m256 t = _mm256_add_ps(_mm256_mul_ps(wv, wv), _mm256_set1_ps(1e-8f));
     const __m256 e = exp8(_mm256_mul_ps(la, _mm256_set1_ps(0.5f)));  /* exp(la/2) */
-    const __m256 q = _mm256_mul_ps(gv, _mm256_mul_ps(e, _mm256_loadu_ps(eps)));
+    const __m256 q = _mm256_mul_ps(gv, _mm256_mul_ps(e, epsv));
     __m256 gla = _mm256_mul_ps(_mm256_mul_ps(q, absv(wv)), _mm256_set1_ps(0.5f));
     if (scale != 0.0f) {
         const __m256 one = _mm256_set1_ps(1.0f);
@@ -142,6 +146,11 @@ static inline void bwd8(const float *g, const float *w, const float *lac, const 
     gwv = _mm256_fmadd_ps(_mm256_mul_ps(glsv, _mm256_div_ps(wv, t)), _mm256_set1_ps(-2.0f), gwv);
     _mm256_storeu_ps(gw, gwv);
     _mm256_storeu_ps(gls, glsv);
+}
+
+static inline void bwd8(const float *g, const float *w, const float *lac, const float *eps, float scale, float *gw,
+                        float *gls) {
+    bwd8v(g, w, lac, _mm256_loadu_ps(eps), scale, gw, gls);
 }
 
 static void fwd_row(const float *w, const float *ls, const float *eps, float *out, float *lac, int64_t K) {
@@ -203,6 +212,208 @@ int zs_ard_sample_backward(const float *g, int64_t ldg, const float *w, int64_t 
 #endif
     for (int64_t n = 0; n < N; n++)
         bwd_row(g + n * ldg, w + n * ldw, lac + n * K, eps + n * lde, scale, gw + n * K, gls + n * K, K);
+    (void)nthreads;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Counter-based Gaussian noise (the "weight" estimator's eps), evaluated inline by the sample kernel.
+ *
+ * Philox-4x32-10 (Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011; the
+ * Random123 library; the generator of cuRAND and of PyTorch's CUDA RNG) maps a 128-bit counter and a 64-bit key to
+ * four 32-bit words; it passes BigCrush with a margin (7 rounds already do; 10 is the published default). Eight
+ * counters run at once in the eight 32-bit lanes of an AVX2 register (32x32 -> 64-bit products on the even and the
+ * odd lanes). Counter of a model's element e at step s: j = (e / 32) * 8 + e % 8, (c0, c1, c2, c3) = (j mod 2^32,
+ * s, tag, j / 2^32); element e takes word k = (e % 32) / 8 of counter j. So 32 consecutive elements are one Philox
+ * call of 8 lanes whose four words are four vectors of 8 consecutive elements (no shuffles). Words (x0, x1) and
+ * (x2, x3) each give two normals by Box-Muller (Box & Muller 1958): r = sqrt(-2 log u), u = ((x0 >> 8) | 1) 2^-24
+ * in (0, 1) (|z| <= 5.8), angle 2 pi v 2^-24 with v = x1 >> 8, reduced exactly in integers to a quadrant q and
+ * a in [-pi/4, pi/4]; word 0 = r cos, 1 = r sin (of x0, x1), 2 = r cos, 3 = r sin (of x2, x3). sin/cos are Cephes
+ * polynomials on [-pi/4, pi/4] (about 1 ulp). The PyTorch twin of this code (zooscape.sparsify.counter_noise)
+ * computes the same integers exactly and the same floats to float32 rounding.
+ * --------------------------------------------------------------------------------------------------------------- */
+
+#define PH_M0 0xD2511F53u
+#define PH_M1 0xCD9E8D57u
+#define PH_W0 0x9E3779B9u
+#define PH_W1 0xBB67AE85u
+
+static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
+    const __m256i pe = _mm256_mul_epu32(a, m);                           /* lanes 0, 2, 4, 6 (64-bit products) */
+    const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);    /* lanes 1, 3, 5, 7 */
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+    *lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+}
+
+/* Philox-4x32-10 of the counters (c0[l], c1, c2, c3) for the 8 lanes l, key (k0, k1) */
+static inline void philox8(__m256i c0, uint32_t c1s, uint32_t c2s, uint32_t c3s, uint32_t k0, uint32_t k1,
+                           __m256i x[4]) {
+    const __m256i m0 = _mm256_set1_epi32((int)PH_M0), m1 = _mm256_set1_epi32((int)PH_M1);
+    __m256i c1 = _mm256_set1_epi32((int)c1s), c2 = _mm256_set1_epi32((int)c2s), c3 = _mm256_set1_epi32((int)c3s);
+    for (int r = 0; r < 10; r++) {
+        __m256i hi0, lo0, hi1, lo1;
+        mulhilo8(c0, m0, &hi0, &lo0);
+        mulhilo8(c2, m1, &hi1, &lo1);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)k0));
+        c1 = lo1;
+        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)k1));
+        c3 = lo0;
+        k0 += PH_W0;
+        k1 += PH_W1;
+    }
+    x[0] = c0; x[1] = c1; x[2] = c2; x[3] = c3;
+}
+
+/* (r cos, r sin) of Box-Muller from the words xa (radius) and xb (angle) */
+static inline void boxmuller8(__m256i xa, __m256i xb, __m256 *zc, __m256 *zs) {
+    const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(xa, 8), _mm256_set1_epi32(1))),
+                                   _mm256_set1_ps(5.9604644775390625e-8f));  /* 2^-24 */
+    const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log8(u)));
+    const __m256i v = _mm256_srli_epi32(xb, 8);                                      /* angle = 2 pi v / 2^24 */
+    const __m256i q = _mm256_srli_epi32(_mm256_add_epi32(v, _mm256_set1_epi32(1 << 21)), 22);  /* 0..4 */
+    const __m256i f = _mm256_sub_epi32(v, _mm256_slli_epi32(q, 22));                 /* [-2^21, 2^21) */
+    const __m256 a = _mm256_mul_ps(_mm256_cvtepi32_ps(f), _mm256_set1_ps((float)(1.57079632679489661923 / 4194304.0)));  /* f (pi/2) 2^-22 */
+    const __m256 z = _mm256_mul_ps(a, a);
+    __m256 s = _mm256_fmadd_ps(_mm256_set1_ps(-1.9515295891E-4f), z, _mm256_set1_ps(8.3321608736E-3f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(-1.6666654611E-1f));
+    s = _mm256_fmadd_ps(_mm256_mul_ps(s, z), a, a);
+    __m256 c = _mm256_fmadd_ps(_mm256_set1_ps(2.443315711809948E-5f), z, _mm256_set1_ps(-1.388731625493765E-3f));
+    c = _mm256_fmadd_ps(c, z, _mm256_set1_ps(4.166664568298827E-2f));
+    c = _mm256_fmadd_ps(_mm256_mul_ps(c, z), z, _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), z, _mm256_set1_ps(1.0f)));
+    /* cos(q pi/2 + a), sin(q pi/2 + a): odd q swaps cos and sin; cos negated for q = 1, 2, sin for q = 2, 3 */
+    const __m256i q4 = _mm256_and_si256(q, _mm256_set1_epi32(3));
+    const __m256 odd = _mm256_castsi256_ps(_mm256_slli_epi32(q4, 31));
+    const __m256 cq = _mm256_blendv_ps(c, s, odd), sq = _mm256_blendv_ps(s, c, odd);
+    const __m256 negc = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q4, _mm256_set1_epi32(1)), 30));
+    const __m256 negs = _mm256_castsi256_ps(_mm256_slli_epi32(q4, 30));
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    *zc = _mm256_mul_ps(r, _mm256_xor_ps(cq, _mm256_and_ps(negc, sign)));
+    *zs = _mm256_mul_ps(r, _mm256_xor_ps(sq, _mm256_and_ps(negs, sign)));
+}
+
+/* the 32 normals of elements 32 b .. 32 b + 31 of the stream (key, step, tag) */
+static inline void noise32(int64_t b, uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag, __m256 z[4]) {
+    const uint64_t j0 = (uint64_t)b * 8u;
+    const __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)j0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i x[4];
+    philox8(c0, step, tag, (uint32_t)(j0 >> 32), k0, k1, x);
+    boxmuller8(x[0], x[1], &z[0], &z[1]);
+    boxmuller8(x[2], x[3], &z[2], &z[3]);
+}
+
+static void normal_row(uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag, float *out, int64_t K) {
+    for (int64_t b = 0; b * 32 < K; b++) {
+        __m256 z[4];
+        noise32(b, k0, k1, step, tag, z);
+        for (int k = 0; k < 4; k++) {
+            const int64_t i = b * 32 + 8 * k;
+            if (i >= K) break;
+            if (i + 8 <= K) {
+                _mm256_storeu_ps(out + i, z[k]);
+            } else {
+                float bz[8];
+                _mm256_storeu_ps(bz, z[k]);
+                memcpy(out + i, bz, (size_t)(K - i) * sizeof(float));
+            }
+        }
+    }
+}
+
+/* the forward of the sample with eps generated inline; eps is also written to eps_out unless it is NULL */
+static void fwd_row_rng(const float *w, const float *ls, uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag,
+                        float *out, float *lac, float *eps_out, int64_t K) {
+    for (int64_t b = 0; b * 32 < K; b++) {
+        __m256 z[4];
+        noise32(b, k0, k1, step, tag, z);
+        for (int k = 0; k < 4; k++) {
+            const int64_t i = b * 32 + 8 * k;
+            if (i >= K) break;
+            if (i + 8 <= K) {
+                fwd8v(w + i, ls + i, z[k], out + i, lac + i);
+                if (eps_out) _mm256_storeu_ps(eps_out + i, z[k]);
+            } else {
+                float bw[8], bl[8], bo[8], bc[8], bz[8];
+                for (int j = 0; j < 8; j++) { bw[j] = TAIL_W; bl[j] = 0.0f; }
+                const int64_t r = K - i;
+                memcpy(bw, w + i, (size_t)r * sizeof(float));
+                memcpy(bl, ls + i, (size_t)r * sizeof(float));
+                fwd8v(bw, bl, z[k], bo, bc);
+                memcpy(out + i, bo, (size_t)r * sizeof(float));
+                memcpy(lac + i, bc, (size_t)r * sizeof(float));
+                if (eps_out) {
+                    _mm256_storeu_ps(bz, z[k]);
+                    memcpy(eps_out + i, bz, (size_t)r * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+/* the backward with eps generated again (the forward did not keep it) */
+static void bwd_row_rng(const float *g, const float *w, const float *lac, uint32_t k0, uint32_t k1, uint32_t step,
+                        uint32_t tag, float scale, float *gw, float *gls, int64_t K) {
+    for (int64_t b = 0; b * 32 < K; b++) {
+        __m256 z[4];
+        noise32(b, k0, k1, step, tag, z);
+        for (int k = 0; k < 4; k++) {
+            const int64_t i = b * 32 + 8 * k;
+            if (i >= K) break;
+            if (i + 8 <= K) {
+                bwd8v(g + i, w + i, lac + i, z[k], scale, gw + i, gls + i);
+            } else {
+                float bg[8], bw[8], bl[8], bgw[8], bgl[8];
+                for (int j = 0; j < 8; j++) { bg[j] = 0.0f; bw[j] = TAIL_W; bl[j] = 0.0f; }
+                const int64_t r = K - i;
+                memcpy(bg, g + i, (size_t)r * sizeof(float));
+                memcpy(bw, w + i, (size_t)r * sizeof(float));
+                memcpy(bl, lac + i, (size_t)r * sizeof(float));
+                bwd8v(bg, bw, bl, z[k], scale, bgw, bgl);
+                memcpy(gw + i, bgw, (size_t)r * sizeof(float));
+                memcpy(gls + i, bgl, (size_t)r * sizeof(float));
+            }
+        }
+    }
+}
+
+/* keys: [N, 2] int64 (the two 32-bit key words of each row's stream); out: [N, K] contiguous */
+int zs_philox_normal(const int64_t *keys, int64_t step, int64_t tag, float *out, int64_t N, int64_t K, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
+#endif
+    for (int64_t n = 0; n < N; n++)
+        normal_row((uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step, (uint32_t)tag, out + n * K, K);
+    (void)nthreads;
+    return 0;
+}
+
+/* as zs_ard_sample_forward, eps of row n from the stream (keys[n], step, tag); eps_out ([N, K] contiguous) may be
+   NULL */
+int zs_ard_sample_forward_rng(const float *w, int64_t ldw, const float *ls, int64_t ldl, const int64_t *keys,
+                              int64_t step, int64_t tag, float *out, float *lac, float *eps_out, int64_t N, int64_t K,
+                              int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
+#endif
+    for (int64_t n = 0; n < N; n++)
+        fwd_row_rng(w + n * ldw, ls + n * ldl, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step,
+                    (uint32_t)tag, out + n * K, lac + n * K, eps_out ? eps_out + n * K : NULL, K);
+    (void)nthreads;
+    return 0;
+}
+
+/* as zs_ard_sample_backward, eps generated again from (keys[n], step, tag) */
+int zs_ard_sample_backward_rng(const float *g, int64_t ldg, const float *w, int64_t ldw, const float *lac,
+                               const int64_t *keys, int64_t step, int64_t tag, float scale, float *gw, float *gls,
+                               int64_t N, int64_t K, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
+#endif
+    for (int64_t n = 0; n < N; n++)
+        bwd_row_rng(g + n * ldg, w + n * ldw, lac + n * K, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1],
+                    (uint32_t)step, (uint32_t)tag, scale, gw + n * K, gls + n * K, K);
     (void)nthreads;
     return 0;
 }

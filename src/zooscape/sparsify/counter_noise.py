@@ -1,0 +1,196 @@
+"""Counter-based Gaussian noise for variational-dropout twins: Philox-4x32-10 + Box-Muller, in PyTorch and native.
+
+A twin's weight noise (the ``"weight"`` estimator's ``eps``) is a pure function of a 64-bit key, the step within
+the epoch and the element index, so the native sample kernel (``train/_native/ard.c``) evaluates it inline (never
+materialised in the forward) and any population, parameter layout or device computes the same numbers. Each
+layer's key is drawn from the model's per-epoch dropout generator when the layer's stream is created (the first
+training step of an epoch; :class:`CounterStream`), so a resumed run continues identically.
+
+Definition (element ``e`` of a model's weight, flattened in row-major order, at step ``s``, key ``(k0, k1)``):
+
+- counter ``j = (e // 32) * 8 + e % 8``; Philox-4x32-10 (Salmon, Moraes, Dror & Shaw 2011, Random123) of the
+  counter ``(j mod 2^32, s, tag, j // 2^32)`` with key ``(k0, k1)`` gives four 32-bit words ``x0..x3``; element
+  ``e`` takes word-pair result ``k = (e % 32) // 8``;
+- Box-Muller (Box & Muller 1958): ``r = sqrt(-2 log u)`` with ``u = ((x0 >> 8) | 1) 2^-24`` (so ``|z| <= 5.8``), angle
+  ``2 pi (x1 >> 8) 2^-24`` reduced exactly in integers to a quadrant ``q`` and ``a = f (pi/2) 2^-22`` in
+  ``[-pi/4, pi/4]``; ``k = 0``: ``r cos``, ``1``: ``r sin`` (of ``x0, x1``), ``2``: ``r cos``, ``3``: ``r sin`` (of
+  ``x2, x3``).
+
+The PyTorch version (:func:`philox4x32`, :func:`counter_normal` with kernels off, any device) computes the
+integers exactly (uint32 words held in int64; a product's high word from the wrapping int64 product, checked once
+per device against a known answer, else from 16-bit halves) and the floats to float32 rounding of the native ones
+(only ``log``, ``sin`` and ``cos`` are different polynomials). Why
+Philox: the counter-based generator of Random123, cuRAND and PyTorch's CUDA RNG; it passes BigCrush, needs only
+32-bit multiplies (AVX2 has them, not 64-bit ones) and its keys are independent streams by construction.
+
+References:
+    Salmon, Moraes, Dror & Shaw (2011), "Parallel random numbers: as easy as 1, 2, 3", SC'11;
+    Box & Muller (1958), "A note on the generation of random normal deviates".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import _native_ard
+
+__all__ = ["TAG_LOCAL", "TAG_WEIGHT", "CounterNoise", "CounterStream", "counter_normal", "draw_keys", "philox4x32"]
+
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+ROUNDS = 10
+TAG_WEIGHT = 0
+"""The counter's third word for weight noise (``"weight"`` estimator)."""
+TAG_LOCAL = 1
+"""Reserved for pre-activation noise (``"local"`` estimator; not used yet)."""
+_MASK32 = 0xFFFFFFFF
+_HALF_PI_2M22 = math.pi / 2 / 4194304.0
+
+
+def _mulhilo(a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """``(hi, lo)`` 32-bit words of ``a * m`` for uint32 values held in int64 (``a``: any shape, ``m`` broadcast);
+    ``a`` is split into 16-bit halves so that no product exceeds 2^49 (no reliance on wrapping overflow)."""
+    x = (a & 0xFFFF) * m
+    y = (a >> 16) * m
+    hi = (y + (x >> 16)) >> 16
+    lo = (((y & 0xFFFF) << 16) + x) & _MASK32
+    return hi, lo
+
+
+def _philox_split(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1: Tensor,
+                  rounds: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Philox with every product split into 16-bit halves (exact on any backend; about 6x slower)."""
+    for r in range(rounds):
+        hi0, lo0 = _mulhilo(c0, torch.tensor(PHILOX_M[0], dtype=torch.int64, device=c0.device))
+        hi1, lo1 = _mulhilo(c2, torch.tensor(PHILOX_M[1], dtype=torch.int64, device=c2.device))
+        kr0, kr1 = (k0 + PHILOX_W[0] * r) & _MASK32, (k1 + PHILOX_W[1] * r) & _MASK32
+        c0, c1, c2, c3 = hi1 ^ c1 ^ kr0, lo1, hi0 ^ c3 ^ kr1, lo0
+    return c0, c1, c2, c3
+
+
+def _philox_wrap(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1: Tensor,
+                 rounds: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Philox with one int64 product per word (its bits 0..63 are the uint64 product's when int64 multiplication
+    wraps, as on PyTorch's CPU and CUDA backends; :func:`_wraps` checks it once per device)."""
+    shape = torch.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape, k0.shape, k1.shape)
+    for r in range(rounds):
+        p0, p1 = c0 * PHILOX_M[0], c2 * PHILOX_M[1]
+        if r == 0:
+            p0, p1 = p0.expand(shape).contiguous(), p1.expand(shape).contiguous()
+        kr0, kr1 = (k0 + PHILOX_W[0] * r) & _MASK32, (k1 + PHILOX_W[1] * r) & _MASK32
+        c0 = (p1 >> 32).bitwise_and_(_MASK32).bitwise_xor_(c1).bitwise_xor_(kr0)
+        c2 = (p0 >> 32).bitwise_and_(_MASK32).bitwise_xor_(c3).bitwise_xor_(kr1)
+        c1, c3 = p1.bitwise_and_(_MASK32), p0.bitwise_and_(_MASK32)
+    return c0, c1, c2, c3
+
+
+_WRAPS: dict[str, bool] = {}
+_KAT = ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD))
+
+
+def _wraps(device: torch.device) -> bool:
+    """Whether int64 multiplication wraps on ``device`` (checked once with Random123's all-ones known answer)."""
+    key = str(device)
+    if key not in _WRAPS:
+        ctr, k, want = (torch.tensor(v, dtype=torch.int64, device=device) for v in _KAT)
+        got = _philox_wrap(*ctr, *k, rounds=ROUNDS)
+        _WRAPS[key] = bool(torch.equal(torch.stack(got).cpu(), want.cpu()))
+    return _WRAPS[key]
+
+
+def philox4x32(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1: Tensor,
+               rounds: int = ROUNDS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Philox-4x32-``rounds`` (Salmon et al. 2011) of the counters ``(c0, c1, c2, c3)`` with keys ``(k0, k1)``:
+    int64 tensors holding uint32 values, broadcast together; returns the four output words (int64, uint32 values).
+    Matches Random123's known-answer vectors."""
+    fn = _philox_wrap if _wraps(c0.device) else _philox_split
+    return fn(c0, c1, c2, c3, k0, k1, rounds)
+
+
+def _box_muller(xa: Tensor, xb: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(r cos, r sin)`` from the radius words ``xa`` and the angle words ``xb`` (as the native kernel)."""
+    u = ((xa >> 8) | 1).to(torch.float32) * 2.0 ** -24
+    r = torch.sqrt(torch.log(u) * -2.0)
+    v = xb >> 8
+    q = (v + (1 << 21)) >> 22
+    a = (v - (q << 22)).to(torch.float32) * torch.tensor(_HALF_PI_2M22, dtype=torch.float32)
+    s, c = torch.sin(a), torch.cos(a)
+    q4 = q & 3
+    odd = (q4 & 1).bool()
+    cq, sq = torch.where(odd, s, c), torch.where(odd, c, s)
+    cq = torch.where(((q4 + 1) & 2).bool(), -cq, cq)
+    sq = torch.where((q4 & 2).bool(), -sq, sq)
+    return (r * cq).to(dtype), (r * sq).to(dtype)
+
+
+def _torch_normal(keys: Tensor, step: int, numel: int, tag: int, dtype: torch.dtype) -> Tensor:
+    n, blocks = keys.shape[0], -(-numel // 32)
+    j = torch.arange(blocks * 8, dtype=torch.int64, device=keys.device).view(1, -1)
+    zero = torch.zeros((), dtype=torch.int64, device=keys.device)
+    x0, x1, x2, x3 = philox4x32(j & _MASK32, zero + step, zero + tag, j >> 32, keys[:, :1], keys[:, 1:])
+    z0, z1 = _box_muller(x0, x1, dtype)
+    z2, z3 = _box_muller(x2, x3, dtype)
+    out = torch.stack([z.reshape(n, blocks, 8) for z in (z0, z1, z2, z3)], 2)  # [N, blocks, 4, 8]
+    return out.reshape(n, blocks * 32)[:, :numel]
+
+
+def counter_normal(keys: Tensor, step: int, numel: int, *, tag: int = TAG_WEIGHT,
+                   dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """Standard normal noise ``[N, numel]`` of the streams ``keys`` (``[N, 2]`` int64, 32-bit words) at ``step``:
+    row ``n`` depends only on ``keys[n]``, ``step``, ``tag`` and the element index (see the module docstring).
+    Native on the CPU in float32 when the kernels are available, else PyTorch (any device, same numbers to float32
+    rounding)."""
+    if not 0 <= step < 2 ** 32 or not 0 <= tag < 2 ** 32:
+        raise ValueError(f"step and tag must be in [0, 2^32), got {step}, {tag}")
+    device = torch.device(device) if device is not None else keys.device
+    if device.type == "cpu" and dtype == torch.float32 and keys.device.type == "cpu" and numel > 0:
+        out = _native_ard.philox_normal(keys, step, numel, tag)
+        if out is not None:
+            return out
+    return _torch_normal(keys.to(device), step, numel, tag, dtype)
+
+
+def draw_keys(generators: list[torch.Generator] | None, n: int = 1, device: torch.device | str = "cpu") -> Tensor:
+    """One stream key per generator (``[len(generators), 2]`` int64, two 32-bit words), one draw from each; with no
+    generators, ``n`` keys from PyTorch's global generator. On ``device`` (CPU by default)."""
+    if generators is None:
+        return torch.randint(0, 1 << 32, (n, 2), dtype=torch.int64).to(device)
+    return torch.stack([torch.randint(0, 1 << 32, (2,), generator=g, device=g.device, dtype=torch.int64).to(device)
+                        for g in generators])
+
+
+@dataclass(frozen=True)
+class CounterNoise:
+    """The standard normal noise of one step of N streams, not materialised: ``keys`` ``[N, 2]`` (int64, on the
+    CPU), ``step`` and ``tag``. :meth:`tensor` materialises it; the native sample kernel evaluates it inline."""
+
+    keys: Tensor
+    step: int
+    tag: int = TAG_WEIGHT
+
+    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> Tensor:
+        """The noise as a tensor ``[N, *shape]`` (:func:`counter_normal`)."""
+        numel = math.prod(shape)
+        return counter_normal(self.keys, self.step, numel, tag=self.tag, dtype=dtype,
+                              device=device).reshape(self.keys.shape[0], *shape)
+
+
+class CounterStream:
+    """A layer's weight noise over one epoch: keys drawn once from the models' generators (one key per model), then
+    one :class:`CounterNoise` per step (step 0, 1, ...). ``ident`` says which generators it was made for (it holds
+    them, so their ids are not reused while it lives)."""
+
+    def __init__(self, generators: list[torch.Generator] | None, ident: tuple, n: int = 1) -> None:
+        self.generators, self.ident = generators, ident
+        self.keys = draw_keys(generators, n)
+        self.step = 0
+
+    def next(self) -> CounterNoise:
+        noise = CounterNoise(self.keys, self.step)
+        self.step += 1
+        return noise
