@@ -1,0 +1,169 @@
+"""Counter-based weight noise (sparsify/counter_noise.py, train/_native/ard.c): Philox-4x32-10 known answers, the
+native generator against its PyTorch twin, the noise's statistics, and a twin's noise independent of its
+population, layout and path."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from zooscape.sparsify import ARDControl, ARDLinear, _native_ard, counter_noise, pop_ard
+from zooscape.sparsify.counter_noise import CounterNoise, CounterStream, counter_normal, philox4x32
+from zooscape.sparsify.pop_ard import PopARDLinear, weight_sample, weight_sample_grads
+from zooscape.train._flags import override
+
+native = pytest.mark.skipif(not _native_ard.usable(torch.zeros(1, 1)), reason="native kernels unavailable")
+
+# Random123 tests/kat_vectors, "philox4x32 10": counter[4], key[2] -> result[4]
+KAT = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+       ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+       ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+
+
+def _t(v):
+    return torch.tensor(v, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("impl", ["wrap", "split", "public"])
+def test_philox_matches_random123_known_answers(impl):
+    fn = {"wrap": counter_noise._philox_wrap, "split": counter_noise._philox_split,
+          "public": lambda *a, rounds: philox4x32(*a, rounds=rounds)}[impl]
+    for ctr, key, want in KAT:
+        got = fn(*map(_t, ctr), *map(_t, key), rounds=10)
+        assert [int(x) for x in got] == list(want)
+    # vectorised over counters and keys: each lane is the scalar result
+    c0 = torch.tensor([0, 0xFFFFFFFF, 0x243F6A88])
+    k = torch.tensor([[0, 0], [0xFFFFFFFF, 0xFFFFFFFF], [0xA4093822, 0x299F31D0]])
+    rest = [torch.tensor([c[i] for c, _, _ in KAT]) for i in (1, 2, 3)]
+    got = fn(c0, *rest, k[:, 0], k[:, 1], rounds=10)
+    assert torch.equal(torch.stack(got, 1), torch.tensor([w for _, _, w in KAT]))
+
+
+def _keys(n, seed=0):
+    return torch.randint(0, 1 << 32, (n, 2), generator=torch.Generator().manual_seed(seed))
+
+
+@native
+@pytest.mark.parametrize("numel", [1, 7, 8, 31, 33, 100, 1000])
+def test_native_noise_equals_pytorch_elementwise(numel):
+    """The native generator and the PyTorch one (kernels off) give the same numbers to float32 rounding; every
+    element, a row's tail included (lengths not a multiple of 8 or 32)."""
+    keys = _keys(5)
+    for step, tag in [(0, 0), (3, 0), (2 ** 32 - 1, 1)]:
+        nat = counter_normal(keys, step, numel, tag=tag)
+        with override(native_kernels=False):
+            ref = counter_normal(keys, step, numel, tag=tag)
+        assert nat.shape == ref.shape == (5, numel)
+        torch.testing.assert_close(nat, ref, rtol=2e-6, atol=2e-6)
+    # a prefix of a longer row is the shorter row (no dependence on the row length)
+    torch.testing.assert_close(counter_normal(keys, 1, 1000)[:, :numel], counter_normal(keys, 1, numel),
+                               rtol=0, atol=0)
+
+
+def test_noise_statistics():
+    """~1e6 draws: mean 0, variance 1, skewness 0, kurtosis 3, a Kolmogorov-Smirnov test against N(0, 1), and no
+    correlation between neighbouring counters (elements 1, 8 and 32 apart), steps, tags or neighbouring keys."""
+    keys = torch.tensor([[1, 2], [1, 3], [2, 2], [123456789, 987654321]])
+    z = counter_normal(keys, 0, 1 << 18).double()  # 4 x 262144
+    flat = z.flatten()
+    n = flat.numel()
+    assert abs(float(flat.mean())) < 5 / math.sqrt(n)
+    assert abs(float(flat.var()) - 1) < 5 * math.sqrt(2 / n)
+    assert abs(float((flat ** 3).mean())) < 5 * math.sqrt(15 / n)
+    assert abs(float((flat ** 4).mean()) - 3) < 5 * math.sqrt(96 / n)
+    assert stats.kstest(flat.numpy(), "norm").pvalue > 1e-3
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+    m = z.shape[1]
+    bound = 5 / math.sqrt(m)
+    for lag in (1, 8, 32):
+        assert abs(corr(z[:, :-lag], z[:, lag:])) < 5 / math.sqrt(z[:, lag:].numel())
+    assert abs(corr(z[0], z[1])) < bound  # keys differing in one bit of one word
+    assert abs(corr(z[0], z[2])) < bound
+    assert abs(corr(z[0], counter_normal(keys[:1], 1, m).double())) < bound  # next step
+    assert abs(corr(z[0], counter_normal(keys[:1], 0, m, tag=1).double())) < bound  # other tag
+    assert abs(corr(z[0] ** 2, z[1] ** 2)) < bound  # not only uncorrelated: squares too
+
+
+@native
+def test_inline_noise_sample_equals_materialised_noise():
+    """The sample with inline noise is bitwise the sample of the materialised noise, both backward variants
+    (eps kept, eps generated again) are bitwise the tensor path's, and a strided view into a flat buffer (the
+    trainer's layout) gives the same numbers."""
+    g = torch.Generator().manual_seed(0)
+    n, shape = 4, (5, 13)
+    w = torch.randn(n, *shape, generator=g) * 0.3
+    ls = torch.empty(n, *shape).uniform_(-14.0, 4.0, generator=g)
+    grad = torch.randn(n, *shape, generator=g)
+    noise = CounterNoise(_keys(n), 7)
+    eps = noise.tensor(shape)
+    ref_out, ref_saved = weight_sample(w, ls, eps)
+    ref = weight_sample_grads(ref_saved, grad, 0.3)
+    flat = torch.zeros(n, 200)
+    wv, lsv = flat[:, 1:66].view(n, *shape), flat[:, 100:165].view(n, *shape)
+    wv.copy_(w)
+    lsv.copy_(ls)
+    for keep in (True, False):
+        pop_ard.KEEP_EPS = keep
+        try:
+            for a, b in ((w, ls), (wv, lsv)):
+                out, saved = weight_sample(a, b, noise)
+                assert saved[0] == ("native" if keep else "rng")
+                assert torch.equal(out, ref_out)
+                for x, y in zip(weight_sample_grads(saved, grad, 0.3), ref):
+                    assert torch.equal(x, y)
+        finally:
+            pop_ard.KEEP_EPS = True
+
+
+@native
+def test_inline_noise_sample_equals_pytorch_fallback():
+    """Kernels off (the PyTorch generator and formula): the same sample and gradients to float32 rounding."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 4, 19, generator=g) * 0.3
+    ls = torch.empty(3, 4, 19).uniform_(-10.0, 2.0, generator=g)
+    grad = torch.randn(3, 4, 19, generator=g)
+    noise = CounterNoise(_keys(3, 1), 2)
+    out, saved = weight_sample(w, ls, noise)
+    got = (out, *weight_sample_grads(saved, grad, 0.1))
+    with override(native_kernels=False):
+        out, saved = weight_sample(w, ls, noise)
+        assert saved[0] == "torch"
+        ref = (out, *weight_sample_grads(saved, grad, 0.1))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_twin_noise_does_not_depend_on_population_or_path():
+    """A model's weight noise is a function of its own generator and the step: the same alone, at any place in a
+    population of any size, as a single layer's stream, with the kernels on or off (the single ARD layers' samples
+    are compared in test_ard.py); a new stream (new generators, as
+    every epoch) starts at step 0 with new keys, and equal generators (a resumed run) give equal noise."""
+    control = ARDControl(estimator="weight")
+    singles = [ARDLinear(9, 5, control=control) for _ in range(3)]
+    pop = PopARDLinear(singles).train()
+    pop_one = PopARDLinear(singles[1:2]).train()
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    pop.noise.set_generators(gens([10, 11, 12]))
+    pop_one.noise.set_generators(gens([11]))
+    steps = [(pop._weight_noise().tensor((5, 9)), pop_one._weight_noise().tensor((5, 9))) for _ in range(3)]
+    for big, one in steps:
+        assert torch.equal(big[1], one[0])
+    stream = CounterStream([torch.Generator().manual_seed(11)], ("a single layer's",))  # as ARDLinear draws it
+    for big, _ in steps:
+        mine = stream.next().tensor((5, 9))[0]
+        assert torch.equal(big[1], mine)
+        with override(native_kernels=False):
+            torch.testing.assert_close(CounterNoise(stream.keys, stream.step - 1).tensor((5, 9))[0], mine,
+                                       rtol=2e-6, atol=2e-6)
+    assert not torch.equal(steps[0][0], steps[1][0])
+    pop.noise.set_generators(gens([10, 11, 12]))  # the next epoch's generators (equal seeds: a resumed epoch)
+    again = pop._weight_noise()
+    assert again.step == 0 and torch.equal(again.tensor((5, 9)), steps[0][0])
