@@ -1,10 +1,20 @@
-"""The ``"weight"`` estimator's native sample kernel (``train/_native/ard.c``) vs its PyTorch formula, per layer.
+"""The ``"weight"`` estimator's native sample kernel (``train/_native/ard.c``) vs its PyTorch formula, per layer,
+and its noise: counter-based noise generated inline against torch's ``normal_`` drawn per model.
 
 For every ARD layer of an N-twin population (CNN-s and the MLP 64-32-32-10, weights as strided views into the
-trainer's flat buffer) the script times the forward and backward formulas of
+trainer's flat buffer) the script times one step's noise, forward and backward of
 :class:`zooscape.sparsify.pop_ard._WeightSample` (the weight sample, ``log alpha`` and the KL gradient; without
-autograd's bookkeeping, which both share), native and PyTorch, interleaved, minimum over rounds of this thread's
-CPU time (robust to other processes on a shared machine), and prints the ratio per layer and for the whole step.
+autograd's bookkeeping, which all share), interleaved, minimum over rounds of this thread's CPU time (robust to
+other processes on a shared machine), for:
+
+- ``torch noise + PyTorch``: the previous noise (each model's generator draws ``normal_`` blocks of up to 64 steps,
+  amortised per step, as ``_NoiseStream`` did before the counter-based noise) and the PyTorch formula;
+- ``torch noise + native``: the same noise, the native kernel (the previous default);
+- ``inline, kept``: counter-based noise generated inside the native forward and written for the backward (default);
+- ``inline, regen``: generated inside the forward and again inside the backward (``pop_ard.KEEP_EPS = False``);
+
+and the ratio of the previous default to the new one, per layer and for the whole step; then the generators alone
+in ns per number (torch ``normal_`` with a generator, the native Philox, its PyTorch twin).
 
 Usage:
     python bench/ard_kernel.py              # N = 64
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import time
 
@@ -23,9 +34,30 @@ import torch
 from zooscape.models import create_model
 from zooscape.sparsify import _native_ard, pop_ard, to_ard
 from zooscape.sparsify.ard import ard_layers
-from zooscape.train import Population
+from zooscape.sparsify.counter_noise import CounterStream, counter_normal
+from zooscape.train import Population, _flags
 
 MODELS = {"cnn_s": dict(name="cnn_s", in_channels=1), "mlp": dict(name="mlp", input_size=64, depth=2, width=32)}
+
+
+class _OldNoise:
+    """The per-model noise before the counter-based generator: every ``steps`` steps one ``normal_`` of
+    ``[steps, *shape]`` per model generator (``steps = max(1, min(64, 2^16 // numel))``)."""
+
+    def __init__(self, n: int, shape: tuple[int, ...]) -> None:
+        self.gens = [torch.Generator().manual_seed(i) for i in range(n)]
+        self.shape = shape
+        self.steps = max(1, min(64, (1 << 16) // max(1, math.prod(shape))))
+        self.cursor, self.block = self.steps, None
+
+    def next(self) -> torch.Tensor:
+        if self.cursor == self.steps:
+            self.block = torch.empty((len(self.gens), self.steps, *self.shape))
+            for i, g in enumerate(self.gens):
+                self.block[i].normal_(generator=g)
+            self.cursor = 0
+        self.cursor += 1
+        return self.block[:, self.cursor - 1]
 
 
 class _Ctx:
@@ -37,18 +69,20 @@ class _Ctx:
         self.saved_tensors = tensors
 
 
-def _step(layer, eps: torch.Tensor, grad: torch.Tensor, native: bool) -> None:
-    """The weight sample's forward and backward (KL scale 0.01), native or the PyTorch formula."""
-    old = pop_ard._native_ard.usable
+def _step(layer, noise, grad: torch.Tensor, native: bool, keep: bool = True) -> None:
+    """One step's noise, the weight sample's forward and backward (KL scale 0.01): ``noise`` an :class:`_OldNoise`
+    (drawn here) or a :class:`CounterStream`; native or the PyTorch formula; ``keep``: ``pop_ard.KEEP_EPS``."""
+    old_usable, old_keep = pop_ard._native_ard.usable, pop_ard.KEEP_EPS
     if not native:
         pop_ard._native_ard.usable = lambda *a: False
+    pop_ard.KEEP_EPS = keep
     try:
         ctx = _Ctx()
         with torch.no_grad():
-            pop_ard._WeightSample.forward(ctx, layer.weight, layer.log_sigma2, eps, 0.01)
+            pop_ard._WeightSample.forward(ctx, layer.weight, layer.log_sigma2, noise.next(), 0.01)
             pop_ard._WeightSample.backward(ctx, grad)
     finally:
-        pop_ard._native_ard.usable = old
+        pop_ard._native_ard.usable, pop_ard.KEEP_EPS = old_usable, old_keep
 
 
 def _cpu_ms(fn, reps: int) -> float:
@@ -68,27 +102,53 @@ def main() -> None:
     if not _native_ard.usable(torch.zeros(1, 1)):
         raise SystemExit("native kernels unavailable: nothing to compare")
     print(f"# torch {torch.__version__}, 1 thread, N = {args.n}, load average {os.getloadavg()}")
-    print("| model | layer weight [N, ...] | native (ms) | PyTorch (ms) | ratio |")
-    print("|---|---|---|---|---|")
+    names = ("torch noise + PyTorch", "torch noise + native", "inline, kept", "inline, regen")
+    print("| model | layer weight [N, ...] | " + " | ".join(f"{x} (ms)" for x in names) + " | native: torch noise / "
+          "inline |")
+    print("|---|---|---|---|---|---|---|")
     for name, kw in MODELS.items():
         kw = dict(kw)
         arch = kw.pop("name")
         pop = Population([to_ard(create_model(arch, seed=i, **kw)) for i in range(args.n)])
         pop.flatten_parameters()  # the trainer's layout: weights are strided views into one [N, P] buffer
-        total = [0.0, 0.0]
+        total = [0.0] * 4
         for _, layer in ard_layers(pop):
             if not hasattr(layer, "n"):
                 continue
-            eps, grad = torch.randn(layer.weight.shape), torch.randn(layer.weight.shape)
-            best = [float("inf"), float("inf")]
+            shape = tuple(layer.weight.shape)
+            grad = torch.randn(shape)
+            gens = [torch.Generator().manual_seed(i) for i in range(args.n)]
+            variants = [(_OldNoise(args.n, shape[1:]), False, True), (_OldNoise(args.n, shape[1:]), True, True),
+                        (CounterStream(gens, ()), True, True), (CounterStream(gens, ()), True, False)]
+            best = [float("inf")] * 4
+            per = variants[0][0].steps  # a timing holds whole blocks of the old noise (its amortised cost)
+            reps = per * max(1, -(-args.reps // per))
             for _ in range(args.rounds):
-                for j, native in enumerate((True, False)):
-                    fn = functools.partial(_step, layer, eps, grad, native)
-                    best[j] = min(best[j], _cpu_ms(fn, args.reps))
-            total = [total[0] + best[0], total[1] + best[1]]
-            print(f"| {name} | {list(layer.weight.shape)} | {best[0]:.3f} | {best[1]:.3f} | {best[1] / best[0]:.2f}x |")
-        print(f"| {name} | whole step | {total[0]:.3f} | {total[1]:.3f} | {total[1] / total[0]:.2f}x |", flush=True)
+                for j, (noise, native, keep) in enumerate(variants):
+                    fn = functools.partial(_step, layer, noise, grad, native, keep)
+                    best[j] = min(best[j], _cpu_ms(fn, reps))
+            total = [a + b for a, b in zip(total, best)]
+            print(f"| {name} | {list(shape)} | " + " | ".join(f"{b:.3f}" for b in best)
+                  + f" | {best[1] / best[2]:.2f}x |")
+        print(f"| {name} | whole step | " + " | ".join(f"{b:.3f}" for b in total)
+              + f" | {total[1] / total[2]:.2f}x |", flush=True)
+    numel = 1 << 16
+    keys = torch.randint(0, 1 << 32, (args.n, 2))
+    gens = [torch.Generator().manual_seed(i) for i in range(args.n)]
+    out = torch.empty(args.n, numel)
 
+    def torch_normal() -> None:
+        for i, g in enumerate(gens):
+            out[i].normal_(generator=g)
+
+    with _flags.override(native_kernels=False):
+        fallback = _cpu_ms(lambda: counter_normal(keys, 0, numel), 1)
+    rates = {"torch normal_ (per-model generator)": min(_cpu_ms(torch_normal, 3) for _ in range(args.rounds)),
+             "native Philox-4x32-10 + Box-Muller": min(_cpu_ms(lambda: counter_normal(keys, 0, numel), 3)
+                                                       for _ in range(args.rounds)),
+             "PyTorch Philox-4x32-10 + Box-Muller (kernels off)": fallback}
+    for k, v in rates.items():
+        print(f"# {k}: {v * 1e6 / (args.n * numel):.2f} ns per number")
 
 if __name__ == "__main__":
     main()
