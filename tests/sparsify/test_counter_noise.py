@@ -167,3 +167,18 @@ def test_twin_noise_does_not_depend_on_population_or_path():
     pop.noise.set_generators(gens([10, 11, 12]))  # the next epoch's generators (equal seeds: a resumed epoch)
     again = pop._weight_noise()
     assert again.step == 0 and torch.equal(again.tensor((5, 9)), steps[0][0])
+
+
+def test_pytorch_generator_blocks_of_steps_equal_single_steps():
+    """Kernels off, a stream's noise is made a block of steps at a time (one set of tensor operations per block):
+    every step, across block boundaries, equals that step made alone (and the native generator's numbers)."""
+    shape = (3, 700)  # 2100 weights per model: blocks of 31 steps
+    assert counter_noise._block_steps(2100) == 31
+    stream = CounterStream([torch.Generator().manual_seed(s) for s in (4, 5)], ())
+    with override(native_kernels=False):
+        got = [stream.next().tensor(shape) for _ in range(33)]
+        alone = [counter_normal(stream.keys, s, 2100).reshape(2, *shape) for s in (0, 30, 31, 32)]
+    for s, ref in zip((0, 30, 31, 32), alone):
+        assert torch.equal(got[s], ref)
+        torch.testing.assert_close(got[s], counter_normal(stream.keys, s, 2100).reshape(2, *shape),
+                                   rtol=2e-6, atol=2e-6)

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from zooscape.train import native
 
-__all__ = ["philox_normal", "sample_backward", "sample_backward_rng", "sample_forward", "sample_forward_rng",
-           "usable"]
+__all__ = ["available", "philox_normal", "sample_backward", "sample_backward_rng", "sample_forward",
+           "sample_forward_rng", "usable"]
 
 _bound: ctypes.CDLL | None = None
 _PLAIN = (Tensor, torch.nn.Parameter)  # (not fake or functional tensors: tracers take the PyTorch formula)
@@ -56,6 +56,11 @@ def _rows(t: Tensor) -> Tensor | None:
     except RuntimeError:
         return None
     return v if v.stride(1) == 1 or v.shape[1] == 1 else None
+
+
+def available() -> bool:
+    """Whether the kernels are built and switched on."""
+    return _lib() is not None
 
 
 def usable(*tensors: Tensor) -> bool:

@@ -31,7 +31,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -49,6 +49,8 @@ TAG_LOCAL = 1
 """Reserved for pre-activation noise (``"local"`` estimator; not used yet)."""
 _MASK32 = 0xFFFFFFFF
 _HALF_PI_2M22 = math.pi / 2 / 4194304.0
+_ROT = torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0]])  # cos, sin of q pi/2, q = 0..3
+_CPU_CHUNK = 1 << 16  # counters per chunk of the PyTorch generator on the CPU (all rows and steps together)
 
 
 def _mulhilo(a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,10 +84,11 @@ def _philox_wrap(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1:
         if r == 0:
             p0, p1 = p0.expand(shape).contiguous(), p1.expand(shape).contiguous()
         kr0, kr1 = (k0 + PHILOX_W[0] * r) & _MASK32, (k1 + PHILOX_W[1] * r) & _MASK32
-        c0 = (p1 >> 32).bitwise_and_(_MASK32).bitwise_xor_(c1).bitwise_xor_(kr0)
-        c2 = (p0 >> 32).bitwise_and_(_MASK32).bitwise_xor_(c3).bitwise_xor_(kr1)
-        c1, c3 = p1.bitwise_and_(_MASK32), p0.bitwise_and_(_MASK32)
-    return c0, c1, c2, c3
+        # c1, c3 (the last products) keep their high bits: masked once after the xors
+        c0 = (p1 >> 32).bitwise_xor_(c1).bitwise_xor_(kr0).bitwise_and_(_MASK32)
+        c2 = (p0 >> 32).bitwise_xor_(c3).bitwise_xor_(kr1).bitwise_and_(_MASK32)
+        c1, c3 = p1, p0
+    return c0, c1 & _MASK32, c2, c3 & _MASK32
 
 
 _WRAPS: dict[str, bool] = {}
@@ -119,23 +122,35 @@ def _box_muller(xa: Tensor, xb: Tensor, dtype: torch.dtype) -> tuple[Tensor, Ten
     q = (v + (1 << 21)) >> 22
     a = (v - (q << 22)).to(torch.float32) * torch.tensor(_HALF_PI_2M22, dtype=torch.float32)
     s, c = torch.sin(a), torch.cos(a)
+    # rotate by q pi/2: (cos, sin) = (c C - s S, s C + c S), C, S = cos, sin(q pi/2) in {-1, 0, 1} (exact)
     q4 = q & 3
-    odd = (q4 & 1).bool()
-    cq, sq = torch.where(odd, s, c), torch.where(odd, c, s)
-    cq = torch.where(((q4 + 1) & 2).bool(), -cq, cq)
-    sq = torch.where((q4 & 2).bool(), -sq, sq)
-    return (r * cq).to(dtype), (r * sq).to(dtype)
+    cq, sq = _ROT[0].to(a.device)[q4], _ROT[1].to(a.device)[q4]
+    return (r * (c * cq - s * sq)).to(dtype), (r * (s * cq + c * sq)).to(dtype)
 
 
-def _torch_normal(keys: Tensor, step: int, numel: int, tag: int, dtype: torch.dtype) -> Tensor:
-    n, blocks = keys.shape[0], -(-numel // 32)
-    j = torch.arange(blocks * 8, dtype=torch.int64, device=keys.device).view(1, -1)
-    zero = torch.zeros((), dtype=torch.int64, device=keys.device)
-    x0, x1, x2, x3 = philox4x32(j & _MASK32, zero + step, zero + tag, j >> 32, keys[:, :1], keys[:, 1:])
-    z0, z1 = _box_muller(x0, x1, dtype)
-    z2, z3 = _box_muller(x2, x3, dtype)
-    out = torch.stack([z.reshape(n, blocks, 8) for z in (z0, z1, z2, z3)], 2)  # [N, blocks, 4, 8]
-    return out.reshape(n, blocks * 32)[:, :numel]
+def _torch_normal(keys: Tensor, steps: Tensor, numel: int, tag: int, dtype: torch.dtype) -> Tensor:
+    """The PyTorch generator: ``[N, S, numel]`` for the ``S`` steps ``steps`` (int64 ``[S]``) at once (one set of
+    tensor operations for a block of steps: on a GPU the launches, not the arithmetic, are the cost); on the CPU in
+    chunks of counters that stay in cache."""
+    n, s, blocks = keys.shape[0], steps.numel(), -(-numel // 32)
+    dev = keys.device
+    out = torch.empty(n, s, blocks, 4, 8, dtype=dtype, device=dev)
+    k0, k1 = keys[:, 0].view(n, 1, 1), keys[:, 1].view(n, 1, 1)
+    c1, c2 = steps.to(device=dev, dtype=torch.int64).view(1, s, 1), torch.full((), tag, dtype=torch.int64, device=dev)
+    per = blocks if dev.type != "cpu" else max(1, _CPU_CHUNK // (8 * n * s))
+    for b0 in range(0, blocks, per):
+        b1 = min(blocks, b0 + per)
+        j = torch.arange(b0 * 8, b1 * 8, dtype=torch.int64, device=dev).view(1, 1, -1)
+        x0, x1, x2, x3 = philox4x32(j & _MASK32, c1, c2, j >> 32, k0, k1)
+        z = (*_box_muller(x0, x1, dtype), *_box_muller(x2, x3, dtype))
+        out[:, :, b0:b1] = torch.stack([zk.reshape(n, s, b1 - b0, 8) for zk in z], 3)
+    return out.view(n, s, blocks * 32)[:, :, :numel]
+
+
+def _block_steps(numel: int) -> int:
+    """Steps of noise the PyTorch generator makes at once for a layer of ``numel`` weights per model (up to 64, at
+    most about 64k numbers per model); only a cost choice: a step's numbers do not depend on it."""
+    return max(1, min(64, (1 << 16) // max(1, numel)))
 
 
 def counter_normal(keys: Tensor, step: int, numel: int, *, tag: int = TAG_WEIGHT,
@@ -151,7 +166,8 @@ def counter_normal(keys: Tensor, step: int, numel: int, *, tag: int = TAG_WEIGHT
         out = _native_ard.philox_normal(keys, step, numel, tag)
         if out is not None:
             return out
-    return _torch_normal(keys.to(device), step, numel, tag, dtype)
+    steps = torch.tensor([step], dtype=torch.int64)
+    return _torch_normal(keys.to(device), steps, numel, tag, dtype)[:, 0]
 
 
 def draw_keys(generators: list[torch.Generator] | None, n: int = 1, device: torch.device | str = "cpu") -> Tensor:
@@ -166,18 +182,32 @@ def draw_keys(generators: list[torch.Generator] | None, n: int = 1, device: torc
 @dataclass(frozen=True)
 class CounterNoise:
     """The standard normal noise of one step of N streams, not materialised: ``keys`` ``[N, 2]`` (int64, on the
-    CPU), ``step`` and ``tag``. :meth:`tensor` materialises it; the native sample kernel evaluates it inline."""
+    CPU), ``step`` and ``tag``. :meth:`tensor` materialises it; the native sample kernel evaluates it inline.
+    ``cache`` (its stream's): where the PyTorch generator keeps the block of steps it made at once."""
 
     keys: Tensor
     step: int
     tag: int = TAG_WEIGHT
+    cache: dict | None = field(default=None, compare=False, repr=False)
 
     def tensor(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
                device: torch.device | str | None = None) -> Tensor:
-        """The noise as a tensor ``[N, *shape]`` (:func:`counter_normal`)."""
+        """The noise as a tensor ``[N, *shape]`` (:func:`counter_normal`; the PyTorch generator makes a block of
+        :func:`_block_steps` steps at once when the noise has a cache)."""
         numel = math.prod(shape)
-        return counter_normal(self.keys, self.step, numel, tag=self.tag, dtype=dtype,
-                              device=device).reshape(self.keys.shape[0], *shape)
+        device = torch.device(device) if device is not None else self.keys.device
+        n = self.keys.shape[0]
+        if self.cache is None or (device.type == "cpu" and dtype == torch.float32 and _native_ard.available()):
+            return counter_normal(self.keys, self.step, numel, tag=self.tag, dtype=dtype,
+                                  device=device).reshape(n, *shape)
+        per = _block_steps(numel)
+        first = self.step - self.step % per
+        ident = (numel, self.tag, dtype, str(device))
+        got = self.cache.get(ident)
+        if got is None or got[0] != first:
+            steps = torch.arange(first, min(first + per, 1 << 32), dtype=torch.int64)
+            got = self.cache[ident] = (first, _torch_normal(self.keys.to(device), steps, numel, self.tag, dtype))
+        return got[1][:, self.step - first].reshape(n, *shape)
 
 
 class CounterStream:
@@ -189,8 +219,9 @@ class CounterStream:
         self.generators, self.ident = generators, ident
         self.keys = draw_keys(generators, n)
         self.step = 0
+        self.cache: dict | None = {} if generators is not None else None  # (fresh keys every step without them)
 
     def next(self) -> CounterNoise:
-        noise = CounterNoise(self.keys, self.step)
+        noise = CounterNoise(self.keys, self.step, cache=self.cache)
         self.step += 1
         return noise
