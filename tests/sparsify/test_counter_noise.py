@@ -182,3 +182,52 @@ def test_pytorch_generator_blocks_of_steps_equal_single_steps():
         assert torch.equal(got[s], ref)
         torch.testing.assert_close(got[s], counter_normal(stream.keys, s, 2100).reshape(2, *shape),
                                    rtol=2e-6, atol=2e-6)
+
+
+@native
+@pytest.mark.parametrize("layout", ["channels_last", "channel", "stacked", "nchw"])
+def test_local_sample_inline_equals_materialised_noise(layout):
+    """The "local" estimator's native sample with inline noise (and its var gradient) equals the materialised noise
+    through sample_preactivation, kernels on or off, in every layout; model n's part is the same alone (N = 1)."""
+    from zooscape.sparsify.ard import sample_preactivation
+    from zooscape.sparsify.counter_noise import TAG_LOCAL, local_noise
+
+    n, g = 3, torch.Generator().manual_seed(2)
+    shape, dim = {"channels_last": ((4, n * 6, 5, 7), 1), "nchw": ((4, n * 6, 5, 7), 1),
+                  "channel": ((5, n * 11), 1), "stacked": ((n * 5, 11), 0)}[layout]
+    mu = torch.randn(shape, generator=g)
+    var = torch.rand(shape, generator=g)
+    if layout == "channels_last":
+        mu, var = (t.contiguous(memory_format=torch.channels_last) for t in (mu, var))
+    keys = _keys(n, 3)
+    noise = CounterNoise(keys, 5, TAG_LOCAL)
+    lay = _native_ard.local_layout(mu, n, dim)
+    assert (lay is None) == (layout == "nchw")
+    grad = torch.randn(shape, generator=g)
+
+    def run(fn):
+        m, v = mu.clone().requires_grad_(), var.clone().requires_grad_()
+        out = fn(m, v)
+        out.backward(grad)
+        return out.detach(), m.grad, v.grad
+
+    ref = run(lambda m, v: sample_preactivation(m, v, local_noise(noise, shape, dim, m)))
+    with override(native_kernels=False):
+        off = run(lambda m, v: sample_preactivation(m, v, local_noise(noise, shape, dim, m)))
+    for a, b in zip(ref, off):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    if lay is None:
+        return
+    got = run(lambda m, v: pop_ard._LocalSample.apply(m, v, noise, lay))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    eps, _ = _native_ard.local_sample(mu, None, keys, 5, TAG_LOCAL, lay)
+    torch.testing.assert_close(eps, local_noise(noise, shape, dim, mu), rtol=0, atol=0)
+    # model 1 alone
+    one = [t.reshape(*t.shape[:dim], n, -1, *t.shape[dim + 1:]).select(dim, 1) for t in (mu, var)]
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    one = [t.contiguous(memory_format=fmt) for t in one]
+    lay1 = _native_ard.local_layout(one[0], 1, dim)
+    alone, _ = _native_ard.local_sample(one[0], one[1], keys[1:2], 5, TAG_LOCAL, lay1)
+    part = got[0].reshape(*shape[:dim], n, -1, *shape[dim + 1:]).select(dim, 1)
+    assert torch.equal(alone, part)

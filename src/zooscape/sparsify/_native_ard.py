@@ -18,8 +18,8 @@ from torch import Tensor
 
 from zooscape.train import native
 
-__all__ = ["available", "philox_normal", "sample_backward", "sample_backward_rng", "sample_forward",
-           "sample_forward_rng", "usable"]
+__all__ = ["available", "local_layout", "local_sample", "philox_normal", "sample_backward", "sample_backward_rng",
+           "sample_forward", "sample_forward_rng", "usable"]
 
 _bound: ctypes.CDLL | None = None
 _PLAIN = (Tensor, torch.nn.Parameter)  # (not fake or functional tensors: tracers take the PyTorch formula)
@@ -43,6 +43,8 @@ def _lib() -> ctypes.CDLL | None:
         lib.zs_ard_sample_forward_rng.restype = i
         lib.zs_ard_sample_backward_rng.argtypes = [p, i64, p, i64, p, p, i64, i64, f, p, p, i64, i64, i]
         lib.zs_ard_sample_backward_rng.restype = i
+        lib.zs_ard_local_sample.argtypes = [p, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i]
+        lib.zs_ard_local_sample.restype = i
         _bound = lib
     return lib
 
@@ -167,3 +169,50 @@ def sample_backward_rng(grad: Tensor, w: Tensor, la_coded: Tensor, keys: Tensor,
                                    kk.data_ptr(), int(step), int(tag), float(scale), gw.data_ptr(), gls.data_ptr(),
                                    n, k, max(1, torch.get_num_threads()))
     return gw, gls
+
+
+def local_layout(mu: Tensor, n: int, dim: int) -> tuple[int, int, int, int] | None:
+    """How model ``n``'s pre-activations lie in a population's ``mu`` (``N`` models along ``dim``), as
+    ``(numel, C, ldr, ldm)`` (elements per model; its stream's rows of ``C`` elements, ``ldr`` apart; models ``ldm``
+    apart), or ``None`` when the kernel does not take this layout: channels-last ``[B, N*C, H, W]`` maps (stream
+    order ``[B, H, W, C]``), contiguous ``[..., N*C]`` (channel layout) or ``[N*B, C]`` (stacked, ``dim`` 0)."""
+    if type(mu) not in _PLAIN or mu.dtype != torch.float32 or mu.device.type != "cpu" or mu.numel() == 0:
+        return None
+    if torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
+        return None
+    if _lib() is None:
+        return None
+    if mu.dim() == 4 and dim == 1 and mu.is_contiguous(memory_format=torch.channels_last):
+        b, nc, h, w = mu.shape
+        return b * h * w * (nc // n), nc // n, nc, nc // n
+    if not mu.is_contiguous():
+        return None
+    if dim == mu.dim() - 1:
+        c = mu.shape[-1] // n
+        return mu.numel() // n, c, mu.shape[-1], c
+    if dim == 0 and mu.dim() == 2:
+        per = mu.numel() // n
+        return per, per, per, per
+    return None
+
+
+def local_sample(mu: Tensor, var: Tensor | None, keys: Tensor, step: int, tag: int,
+                 layout: tuple[int, int, int, int]) -> tuple[Tensor, Tensor | None]:
+    """The local reparameterisation sample ``mu + sqrt(var + 1e-8) eps`` with ``eps`` generated inline (model
+    ``n``'s from ``keys[n]``, ``step``, ``tag``; :mod:`zooscape.sparsify.counter_noise`), and ``h = eps / (2 std)``
+    (``d out / d var``); with ``var`` ``None``: ``eps`` alone in ``mu``'s layout (``h`` ``None``). ``layout`` from
+    :func:`local_layout`; ``var`` must have ``mu``'s strides."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    numel, c, ldr, ldm = layout
+    kk = _keys(keys, keys.shape[0])
+    out = torch.empty_like(mu)
+    h = torch.empty_like(mu) if var is not None else None
+    if var is not None and var.stride() != mu.stride():
+        raise ValueError(f"var strides {var.stride()} differ from mu's {mu.stride()}")
+    lib.zs_ard_local_sample(kk.data_ptr(), int(step), int(tag), mu.data_ptr() if var is not None else None,
+                            var.data_ptr() if var is not None else None, out.data_ptr(),
+                            h.data_ptr() if h is not None else None, kk.shape[0], numel, c, ldr, ldm,
+                            max(1, torch.get_num_threads()))
+    return out, h

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from zooscape.train.layers import PopConv2d, PopLinear
 
-from .counter_noise import CounterStream
+from .counter_noise import TAG_LOCAL, TAG_WEIGHT, CounterNoise, CounterStream, local_noise
 
 __all__ = [
     "ESTIMATORS", "K1", "K2", "K3", "LOG_ALPHA_CLIP", "LOG_SIGMA2_INIT", "THRESHOLD", "ARDConv2d", "ARDControl",
@@ -135,31 +135,33 @@ class _ARDMixin:
         """The weight with pruned entries set to zero."""
         return torch.where(self.mask(), self.weight, torch.zeros_like(self.weight))
 
-    def sampled_weight(self) -> Tensor:
-        """One draw of the weight ``theta + sqrt(alpha) |theta| eps`` (the ``"weight"`` estimator); the weight's
-        shape. ``eps`` is counter-based noise (:mod:`zooscape.sparsify.counter_noise`): a key drawn from
+    def _counter_noise(self, attr: str, tag: int) -> CounterNoise:
+        """This step's noise of the stream ``attr`` (:class:`CounterStream`, counter word ``tag``): a key drawn from
         ``self.generator`` when the stream starts, then one step per call, as the population layer draws it (assign
         a new generator object to restart the stream); a fresh key from the global generator when it is ``None``."""
-        w = self.weight
         gen = self.generator
         if gen is None:
-            noise = CounterStream(None, ()).next()
-        else:
-            stream = getattr(self, "_stream", None)
-            if stream is None or stream.ident != (id(gen),):
-                stream = self._stream = CounterStream([gen], (id(gen),))
-            noise = stream.next()
-        eps = noise.tensor(tuple(w.shape), w.dtype, w.device)[0]
+            return CounterStream(None, (), 1, tag).next()
+        stream = getattr(self, attr, None)
+        if stream is None or stream.ident != (id(gen),):
+            stream = CounterStream([gen], (id(gen),), 1, tag)
+            setattr(self, attr, stream)
+        return stream.next()
+
+    def sampled_weight(self) -> Tensor:
+        """One draw of the weight ``theta + sqrt(alpha) |theta| eps`` (the ``"weight"`` estimator); the weight's
+        shape. ``eps`` is counter-based noise (:mod:`zooscape.sparsify.counter_noise`) from ``self.generator``'s
+        weight stream (see :meth:`_counter_noise`)."""
+        w = self.weight
+        eps = self._counter_noise("_stream", TAG_WEIGHT).tensor(tuple(w.shape), w.dtype, w.device)[0]
         return sample_weight(w, self.log_alpha(), eps)
 
     def _noise(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """Standard normal noise of ``shape``; 4-D maps are drawn in ``[B, H, W, C]`` order (as the population
-        layer draws them, so that a twin's noise does not depend on its population)."""
-        if len(shape) == 4:
-            b, c, h, w = shape
-            return torch.randn((b, h, w, c), generator=self.generator, device=like.device,
-                               dtype=like.dtype).permute(0, 3, 1, 2)
-        return torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
+        """Standard normal pre-activation noise of ``shape`` (``"local"`` estimator) from ``self.generator``'s local
+        stream; 4-D maps run over ``[B, H, W, C]`` (as the population layer's, so that a twin's noise does not
+        depend on its population; :func:`~zooscape.sparsify.counter_noise.local_noise`)."""
+        noise = self._counter_noise("_local_stream", TAG_LOCAL)
+        return local_noise(noise, shape, 1 if len(shape) == 4 else len(shape) - 1, like)
 
 
 class ARDLinear(_ARDMixin, nn.Linear):

@@ -38,7 +38,8 @@ from torch import Tensor
 
 from . import _native_ard
 
-__all__ = ["TAG_LOCAL", "TAG_WEIGHT", "CounterNoise", "CounterStream", "counter_normal", "draw_keys", "philox4x32"]
+__all__ = ["TAG_LOCAL", "TAG_WEIGHT", "CounterNoise", "CounterStream", "counter_normal", "draw_keys", "local_noise",
+           "philox4x32"]
 
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)
@@ -46,7 +47,7 @@ ROUNDS = 10
 TAG_WEIGHT = 0
 """The counter's third word for weight noise (``"weight"`` estimator)."""
 TAG_LOCAL = 1
-"""Reserved for pre-activation noise (``"local"`` estimator; not used yet)."""
+"""The counter's third word for pre-activation noise (``"local"`` estimator)."""
 _MASK32 = 0xFFFFFFFF
 _HALF_PI_2M22 = math.pi / 2 / 4194304.0
 _ROT = torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0]])  # cos, sin of q pi/2, q = 0..3
@@ -215,13 +216,33 @@ class CounterStream:
     one :class:`CounterNoise` per step (step 0, 1, ...). ``ident`` says which generators it was made for (it holds
     them, so their ids are not reused while it lives)."""
 
-    def __init__(self, generators: list[torch.Generator] | None, ident: tuple, n: int = 1) -> None:
-        self.generators, self.ident = generators, ident
+    def __init__(self, generators: list[torch.Generator] | None, ident: tuple, n: int = 1,
+                 tag: int = TAG_WEIGHT) -> None:
+        self.generators, self.ident, self.tag = generators, ident, tag
         self.keys = draw_keys(generators, n)
         self.step = 0
         self.cache: dict | None = {} if generators is not None else None  # (fresh keys every step without them)
 
     def next(self) -> CounterNoise:
-        noise = CounterNoise(self.keys, self.step, cache=self.cache)
+        noise = CounterNoise(self.keys, self.step, self.tag, cache=self.cache)
         self.step += 1
         return noise
+
+
+def local_noise(noise: CounterNoise, shape: tuple[int, ...], dim: int, like: Tensor) -> Tensor:
+    """Pre-activation noise of the ``"local"`` estimator in a population's layout: ``shape`` (``like``'s) holds
+    ``N = noise.keys.shape[0]`` models along ``dim``; model ``n``'s stream runs over its own pre-activations in
+    ``[B, H, W, C]`` order for 4-D maps (``dim`` 1), else in the row-major order of its block. Same dtype, device
+    and (channels-last or contiguous) memory format as ``like``. A single layer is the case ``N = 1``."""
+    n = noise.keys.shape[0]
+    if len(shape) == 4 and dim == 1:  # [B, N*C, H, W]: per model [B, H, W, C]
+        b, nc, h, w = shape
+        per = noise.tensor((b, h, w, nc // n), like.dtype, like.device)  # [N, B, H, W, C]
+        out = per.permute(1, 2, 3, 0, 4).reshape(b, h, w, nc).permute(0, 3, 1, 2)
+        if not like.is_contiguous(memory_format=torch.channels_last) or like.is_contiguous():
+            out = out.contiguous()
+        return out
+    per_shape = list(shape)
+    per_shape[dim] //= n
+    per = noise.tensor(tuple(per_shape), like.dtype, like.device)  # [N, *per_shape]
+    return torch.cat(per.unbind(0), dim) if n > 1 else per[0]

@@ -41,7 +41,7 @@ from .ard import (
     log_alpha,
     sample_preactivation,
 )
-from .counter_noise import CounterNoise, CounterStream
+from .counter_noise import TAG_LOCAL, TAG_WEIGHT, CounterNoise, CounterStream, local_noise
 
 __all__ = ["KEEP_EPS", "PopARDConv2d", "PopARDLinear", "penalized", "weight_sample", "weight_sample_grads"]
 
@@ -116,6 +116,27 @@ class _WeightSample(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         g_w, g_ls = weight_sample_grads(ctx.saved, grad, ctx.scale)
         return g_w, g_ls, None, None
+
+
+#: Whether the "local" estimator's sample runs natively with its noise generated inline (where the kernel takes the
+#: layout); else the noise is materialised for :func:`sample_preactivation`. Measured in ``bench/RESULTS.md``.
+LOCAL_NATIVE = True
+
+
+class _LocalSample(torch.autograd.Function):
+    """``mu + sqrt(var + 1e-8) eps`` in one native pass, ``eps`` generated inline (never stored as a map); the pass
+    also keeps ``h = eps / (2 std)``, so the backward is ``(grad, grad * h)``."""
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, var: Tensor, noise: CounterNoise, layout: tuple) -> Tensor:  # type: ignore[override]
+        out, h = _native_ard.local_sample(mu, var, noise.keys, noise.step, noise.tag, layout)
+        ctx.save_for_backward(h)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (h,) = ctx.saved_tensors
+        return grad, (grad * h if ctx.needs_input_grad[1] else None), None, None
 
 
 class _AddPenalty(torch.autograd.Function):
@@ -224,38 +245,34 @@ class _PopARDMixin:
         finally:
             self._weight_now = None
 
-    def _weight_noise(self) -> CounterNoise:
-        """This step's standard normal weight noise, not materialised: one key per model (``[N, 2]``), drawn from
-        model ``n``'s own generator when the epoch's stream starts (as the single layer draws it; fresh keys from
-        the global generator when none are set), and the step within the epoch. :func:`weight_sample` evaluates it
-        inline; ``.tensor(shape)`` materialises it (``[N, *shape]``)."""
+    def _stream_noise(self, attr: str, tag: int) -> CounterNoise:
+        """This step's noise of the stream ``attr`` (counter word ``tag``): one key per model (``[N, 2]``), drawn
+        from model ``n``'s own generator when the epoch's stream starts (as the single layer draws it; fresh keys
+        from the global generator when none are set), and the step within the epoch."""
         gens = self.noise.generators
         if gens is None:
-            return CounterStream(None, (), self.n).next()
+            return CounterStream(None, (), self.n, tag).next()
         ident = (id(gens), *map(id, gens))  # the trainer hands new generators every epoch
-        stream = getattr(self, "_stream", None)
+        stream = getattr(self, attr, None)
         if stream is None or stream.ident != ident:
-            stream = self._stream = CounterStream(list(gens), ident)
+            stream = CounterStream(list(gens), ident, self.n, tag)
+            setattr(self, attr, stream)
         return stream.next()
 
-    def _model_noise(self, shape: tuple[int, ...], like: Tensor, dim: int) -> Tensor:
-        """Standard normal noise with one block per model along ``dim`` (``shape[dim]`` is ``N`` times the per-model
-        size), each drawn from that model's generator (global RNG when none are set)."""
-        gens = self.noise.generators
-        if gens is None:
-            return torch.randn(shape, device=like.device, dtype=like.dtype)
-        if len(shape) == 4:  # [B, N*C, H, W]: drawn as [B, H, W, C] per model, stacked into channels-last memory
-            b, nc, h, w = shape
-            parts = [torch.randn((b, h, w, nc // self.n), generator=g, device=g.device, dtype=like.dtype)
-                     for g in gens]
-            out = torch.stack(parts, 3).view(b, h, w, nc).permute(0, 3, 1, 2)
-            if not like.is_contiguous(memory_format=torch.channels_last) or like.is_contiguous():
-                out = out.contiguous()
-            return out.to(like.device)
-        per = list(shape)
-        per[dim] //= self.n
-        parts = [torch.randn(per, generator=g, device=g.device, dtype=like.dtype) for g in gens]
-        return torch.cat(parts, dim).to(like.device)
+    def _weight_noise(self) -> CounterNoise:
+        """This step's standard normal weight noise, not materialised (:meth:`_stream_noise`):
+        :func:`weight_sample` evaluates it inline; ``.tensor(shape)`` materialises it (``[N, *shape]``)."""
+        return self._stream_noise("_stream", TAG_WEIGHT)
+
+    def _local_sample(self, mu: Tensor, var: Tensor, dim: int) -> Tensor:
+        """The local reparameterisation sample ``mu + sqrt(var + 1e-8) eps`` of N models along ``dim``, ``eps``
+        from each model's local stream: generated inline by the native kernel when it takes the layout
+        (:func:`_native_ard.local_layout`), else materialised (:func:`local_noise`) for :func:`sample_preactivation`."""
+        noise = self._stream_noise("_local_stream", TAG_LOCAL)
+        layout = _native_ard.local_layout(mu, self.n, dim) if LOCAL_NATIVE else None
+        if layout is not None and var.stride() == mu.stride() and var.dtype == mu.dtype and var.device == mu.device:
+            return _LocalSample.apply(mu, var, noise, layout)
+        return sample_preactivation(mu, var, local_noise(noise, tuple(mu.shape), dim, mu))
 
 
 class PopARDLinear(_PopARDMixin, PopLinear):
@@ -311,8 +328,7 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         la = self.log_alpha()
         mu = self._matmul(x, self.weight, self.bias)
         var = self._matmul(x * x, torch.exp(la) * self.weight * self.weight, None)
-        dim = 0 if self.layout == "stacked" else mu.dim() - 1
-        out = sample_preactivation(mu, var, self._model_noise(tuple(mu.shape), mu, dim))
+        out = self._local_sample(mu, var, 0 if self.layout == "stacked" else mu.dim() - 1)
         return self._penalize(out, la)
 
 
@@ -347,7 +363,7 @@ class PopARDConv2d(_PopARDMixin, PopConv2d):
         la = self.log_alpha()
         mu = self._conv(x, self.weight, self.bias, g)
         var = self._conv(x * x, torch.exp(la) * self.weight * self.weight, None, g)
-        out = sample_preactivation(mu, var, self._model_noise(tuple(mu.shape), mu, 1))
+        out = self._local_sample(mu, var, 1)
         return self._penalize(out, la)
 
 

@@ -417,3 +417,68 @@ int zs_ard_sample_backward_rng(const float *g, int64_t ldg, const float *w, int6
     (void)nthreads;
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * The "local" estimator's sample with its noise generated inline: out = mu + sqrt(var + 1e-8) * eps and, for the
+ * backward (d out / d var = eps / (2 std)), h = eps * (0.5 / std). Model n's element e of its stream (its noise in
+ * [B, H, W, C] order, or [B, C]) is at row e / C, column e % C: at n * ldm + (e / C) * ldr + e % C in memory (the
+ * population's channels-last [B, H, W, N*C] maps: ldr = N*C, ldm = C). With mu == NULL only eps is written (to out).
+ * --------------------------------------------------------------------------------------------------------------- */
+
+#define LOCAL_CHUNK 1024 /* elements of a model's stream generated at once (a multiple of 32) */
+
+static inline void local_seg(const float *mu, const float *var, const float *z, float *out, float *h, int64_t len) {
+    int64_t i = 0;
+    if (mu == NULL) {
+        for (; i + 8 <= len; i += 8) _mm256_storeu_ps(out + i, _mm256_loadu_ps(z + i));
+        for (; i < len; i++) out[i] = z[i];
+        return;
+    }
+    const __m256 tiny = _mm256_set1_ps(1e-8f), half = _mm256_set1_ps(0.5f);
+    for (; i + 8 <= len; i += 8) {
+        const __m256 sd = _mm256_sqrt_ps(_mm256_add_ps(_mm256_loadu_ps(var + i), tiny));
+        const __m256 zv = _mm256_loadu_ps(z + i);
+        _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(mu + i), _mm256_mul_ps(sd, zv)));
+        _mm256_storeu_ps(h + i, _mm256_mul_ps(zv, _mm256_div_ps(half, sd)));
+    }
+    for (; i < len; i++) {  /* the same operations, one at a time (IEEE: the same results) */
+        const float sd = _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(var[i] + 1e-8f)));
+        out[i] = mu[i] + sd * z[i];
+        h[i] = z[i] * (0.5f / sd);
+    }
+}
+
+static void local_model(uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag, int64_t numel, int64_t C, int64_t ldr,
+                        const float *mu, const float *var, float *out, float *h) {
+    float buf[LOCAL_CHUNK] __attribute__((aligned(32)));
+    for (int64_t e0 = 0; e0 < numel; e0 += LOCAL_CHUNK) {
+        const int64_t e1 = e0 + LOCAL_CHUNK < numel ? e0 + LOCAL_CHUNK : numel;
+        for (int64_t b = e0 / 32; b * 32 < e1; b++) {
+            __m256 z[4];
+            noise32(b, k0, k1, step, tag, z);
+            for (int k = 0; k < 4; k++) _mm256_store_ps(buf + (b * 32 - e0) + 8 * k, z[k]);
+        }
+        for (int64_t e = e0; e < e1;) {
+            const int64_t row = e / C, col = e - row * C;
+            const int64_t len = (C - col) < (e1 - e) ? (C - col) : (e1 - e);
+            const int64_t at = row * ldr + col;
+            local_seg(mu ? mu + at : NULL, var ? var + at : NULL, buf + (e - e0), out + at, h ? h + at : NULL, len);
+            e += len;
+        }
+    }
+}
+
+/* keys: [N, 2]; numel: elements per model; the population's memory as above (row length C, rows ldr apart, models
+   ldm apart); mu, var, out, h share that layout; mu == NULL: out = eps */
+int zs_ard_local_sample(const int64_t *keys, int64_t step, int64_t tag, const float *mu, const float *var, float *out,
+                        float *h, int64_t N, int64_t numel, int64_t C, int64_t ldr, int64_t ldm, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * numel >= 65536)
+#endif
+    for (int64_t n = 0; n < N; n++)
+        local_model((uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step, (uint32_t)tag, numel, C, ldr,
+                    mu ? mu + n * ldm : NULL, var ? var + n * ldm : NULL, out + n * ldm, h ? h + n * ldm : NULL);
+    (void)nthreads;
+    return 0;
+}
