@@ -13,6 +13,10 @@ other processes on a shared machine), for:
 - ``inline, kept``: counter-based noise generated inside the native forward and written for the backward (default);
 - ``inline, regen``: generated inside the forward and again inside the backward (``pop_ard.KEEP_EPS = False``);
 
+then the ``"local"`` estimator on CNN-s's convolution maps (noise, sample ``mu + sqrt(var + 1e-8) eps`` and its
+backward): torch ``randn`` per model stacked into the map (previous), counter noise materialised, and the native
+sample with the noise inline (``pop_ard._LocalSample``, the default);
+
 and the ratio of the previous default to the new one, per layer and for the whole step; then the generators alone
 in ns per number (torch ``normal_`` with a generator, the native Philox, its PyTorch twin).
 
@@ -33,8 +37,8 @@ import torch
 
 from zooscape.models import create_model
 from zooscape.sparsify import _native_ard, pop_ard, to_ard
-from zooscape.sparsify.ard import ard_layers
-from zooscape.sparsify.counter_noise import CounterStream, counter_normal
+from zooscape.sparsify.ard import ard_layers, sample_preactivation
+from zooscape.sparsify.counter_noise import TAG_LOCAL, CounterStream, counter_normal, local_noise
 from zooscape.train import Population, _flags
 
 MODELS = {"cnn_s": dict(name="cnn_s", in_channels=1), "mlp": dict(name="mlp", input_size=64, depth=2, width=32)}
@@ -83,6 +87,52 @@ def _step(layer, noise, grad: torch.Tensor, native: bool, keep: bool = True) -> 
             pop_ard._WeightSample.backward(ctx, grad)
     finally:
         pop_ard._native_ard.usable, pop_ard.KEEP_EPS = old_usable, old_keep
+
+
+def _old_local_noise(gens: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    """The local estimator's noise before the counter-based generator: one ``randn`` per model and step, drawn as
+    ``[B, H, W, C]`` and stacked into the channels-last population map ``[B, N*C, H, W]``."""
+    b, nc, h, w = shape
+    parts = [torch.randn((b, h, w, nc // len(gens)), generator=g) for g in gens]
+    return torch.stack(parts, 3).view(b, h, w, nc).permute(0, 3, 1, 2)
+
+
+def _local_step(mu: torch.Tensor, var: torch.Tensor, grad: torch.Tensor, gens, stream, native: bool,
+                pool: dict) -> None:
+    """The local estimator's noise, sample and backward on one layer's maps: ``stream`` ``None`` for the previous
+    noise (torch ``randn`` per model) + :func:`sample_preactivation`; else counter noise, inline when ``native``
+    (``pool``: the layer's buffer for the backward's map, as a population layer keeps it)."""
+    m, v = mu.detach().requires_grad_(), var.detach().requires_grad_()
+    if stream is None:
+        out = sample_preactivation(m, v, _old_local_noise(gens, tuple(mu.shape)))
+    elif native:
+        out = pop_ard._LocalSample.apply(m, v, stream.next(), _native_ard.local_layout(mu, len(gens), 1), pool)
+    else:
+        out = sample_preactivation(m, v, local_noise(stream.next(), tuple(mu.shape), 1, mu))
+    out.backward(grad)
+
+
+def _local_table(n: int, rounds: int, reps: int) -> None:
+    """CNN-s's pre-activation maps (batch 32, channels-last): the local estimator's noise + sample + backward."""
+    print("\n| local: map [B, N*C, H, W] | torch randn + sample (ms) | counter noise materialised + sample | "
+          "inline native | previous / inline |")
+    print("|---|---|---|---|---|")
+    total = [0.0] * 3
+    for c, hw in ((8, 24), (6, 8), (4, 3)):
+        shape = (32, n * c, hw, hw)
+        mu, var, grad = (torch.rand(shape).contiguous(memory_format=torch.channels_last) for _ in range(3))
+        gens = [torch.Generator().manual_seed(i) for i in range(n)]
+        variants = [(None, False), (CounterStream(gens, (), n, TAG_LOCAL), False),
+                    (CounterStream(gens, (), n, TAG_LOCAL), True)]
+        best = [float("inf")] * 3
+        pools: list[dict] = [{}, {}, {}]
+        for _ in range(rounds):
+            for j, (stream, native) in enumerate(variants):
+                fn = functools.partial(_local_step, mu, var, grad, gens, stream, native, pools[j])
+                best[j] = min(best[j], _cpu_ms(fn, max(1, reps // 4)))
+        total = [a + b for a, b in zip(total, best)]
+        print(f"| {list(shape)} | " + " | ".join(f"{b:.3f}" for b in best) + f" | {best[0] / best[2]:.2f}x |")
+    print("| conv maps together | " + " | ".join(f"{b:.3f}" for b in total) + f" | {total[0] / total[2]:.2f}x |")
 
 
 def _cpu_ms(fn, reps: int) -> float:
@@ -141,6 +191,7 @@ def main() -> None:
         for i, g in enumerate(gens):
             out[i].normal_(generator=g)
 
+    _local_table(args.n, args.rounds, args.reps)
     with _flags.override(native_kernels=False):
         fallback = _cpu_ms(lambda: counter_normal(keys, 0, numel), 1)
     rates = {"torch normal_ (per-model generator)": min(_cpu_ms(torch_normal, 3) for _ in range(args.rounds)),

@@ -218,7 +218,7 @@ def test_local_sample_inline_equals_materialised_noise(layout):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     if lay is None:
         return
-    got = run(lambda m, v: pop_ard._LocalSample.apply(m, v, noise, lay))
+    got = run(lambda m, v: pop_ard._LocalSample.apply(m, v, noise, lay, {}))
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     eps, _ = _native_ard.local_sample(mu, None, keys, 5, TAG_LOCAL, lay)
@@ -231,3 +231,51 @@ def test_local_sample_inline_equals_materialised_noise(layout):
     alone, _ = _native_ard.local_sample(one[0], one[1], keys[1:2], 5, TAG_LOCAL, lay1)
     part = got[0].reshape(*shape[:dim], n, -1, *shape[dim + 1:]).select(dim, 1)
     assert torch.equal(alone, part)
+
+
+@native
+def test_local_sample_buffer_is_reused_only_when_free():
+    """The backward's map buffer is reused once its pass has been differentiated, never while a graph still holds
+    it: two passes before any backward, and a graph differentiated again with retain_graph after a later pass,
+    give the gradients of independent passes."""
+    from zooscape.sparsify.counter_noise import TAG_LOCAL
+
+    n, shape = 2, (3, 2 * 8, 4, 4)
+    g = torch.Generator().manual_seed(5)
+    mu = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)
+    var = torch.rand(shape, generator=g).contiguous(memory_format=torch.channels_last)
+    lay = _native_ard.local_layout(mu, n, 1)
+    keys = _keys(n, 4)
+    pool: dict = {}
+
+    def fwd(step):
+        v = var.clone().requires_grad_()
+        return v, pop_ard._LocalSample.apply(mu, v, CounterNoise(keys, step, TAG_LOCAL), lay, pool)
+
+    def ref_grad(step, grad):
+        v = var.clone().requires_grad_()
+        pop_ard._LocalSample.apply(mu, v, CounterNoise(keys, step, TAG_LOCAL), lay, {}).backward(grad)
+        return v.grad
+
+    grad = torch.randn(shape, generator=g)
+    v0, o0 = fwd(0)
+    v1, o1 = fwd(1)  # o0's graph still holds the buffer: a new one
+    assert pool["h"].data_ptr() != 0
+    o0.backward(grad, retain_graph=True)
+    v2, o2 = fwd(2)  # pass 1 not differentiated yet: a new buffer
+    o1.backward(grad)
+    o2.backward(grad)
+    v0.grad = None
+    o0.backward(grad)  # again, after passes 1 and 2
+    for v, step in ((v0, 0), (v1, 1), (v2, 2)):
+        assert torch.equal(v.grad, ref_grad(step, grad))
+    used = pool["h"].data_ptr()
+    v3, o3 = fwd(3)  # pass 2 was differentiated (no retain_graph): its buffer is taken again
+    assert pool["h"].data_ptr() == used
+    o3.backward(grad, retain_graph=True)
+    v4, o4 = fwd(4)  # pass 3's graph was retained: its buffer is not taken
+    assert pool["h"].data_ptr() != used
+    o4.backward(grad)
+    v3.grad = None
+    o3.backward(grad)
+    assert torch.equal(v3.grad, ref_grad(3, grad)) and torch.equal(v4.grad, ref_grad(4, grad))

@@ -197,20 +197,26 @@ def local_layout(mu: Tensor, n: int, dim: int) -> tuple[int, int, int, int] | No
 
 
 def local_sample(mu: Tensor, var: Tensor | None, keys: Tensor, step: int, tag: int,
-                 layout: tuple[int, int, int, int]) -> tuple[Tensor, Tensor | None]:
+                 layout: tuple[int, int, int, int], h: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """The local reparameterisation sample ``mu + sqrt(var + 1e-8) eps`` with ``eps`` generated inline (model
     ``n``'s from ``keys[n]``, ``step``, ``tag``; :mod:`zooscape.sparsify.counter_noise`), and ``h = eps / (2 std)``
     (``d out / d var``); with ``var`` ``None``: ``eps`` alone in ``mu``'s layout (``h`` ``None``). ``layout`` from
-    :func:`local_layout`; ``var`` must have ``mu``'s strides."""
+    :func:`local_layout`; ``var`` must have ``mu``'s strides; ``h``: a buffer of ``mu``'s shape and strides to write
+    ``h`` into (a new one by default)."""
     lib = _lib()
     if lib is None:
         raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
     numel, c, ldr, ldm = layout
     kk = _keys(keys, keys.shape[0])
     out = torch.empty_like(mu)
-    h = torch.empty_like(mu) if var is not None else None
     if var is not None and var.stride() != mu.stride():
         raise ValueError(f"var strides {var.stride()} differ from mu's {mu.stride()}")
+    if var is None:
+        h = None
+    elif h is None:
+        h = torch.empty_like(mu)
+    elif h.shape != mu.shape or h.stride() != mu.stride() or h.dtype != mu.dtype or h.device != mu.device:
+        raise ValueError(f"h buffer {tuple(h.shape)} {h.stride()} does not match mu {tuple(mu.shape)} {mu.stride()}")
     lib.zs_ard_local_sample(kk.data_ptr(), int(step), int(tag), mu.data_ptr() if var is not None else None,
                             var.data_ptr() if var is not None else None, out.data_ptr(),
                             h.data_ptr() if h is not None else None, kk.shape[0], numel, c, ldr, ldm,

@@ -14,6 +14,8 @@ References:
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -125,18 +127,33 @@ LOCAL_NATIVE = True
 
 class _LocalSample(torch.autograd.Function):
     """``mu + sqrt(var + 1e-8) eps`` in one native pass, ``eps`` generated inline (never stored as a map); the pass
-    also keeps ``h = eps / (2 std)``, so the backward is ``(grad, grad * h)``."""
+    also keeps ``h = eps / (2 std)``, so the backward is ``(grad, grad * h)``. ``h`` goes into the layer's buffer
+    (``pool``) once the pass that last used it has been differentiated (its saved tensors freed: a graph kept with
+    ``retain_graph`` keeps its buffer): a fresh map of a population's size (tens of MB) costs more in page faults
+    than the pass itself."""
 
     @staticmethod
-    def forward(ctx, mu: Tensor, var: Tensor, noise: CounterNoise, layout: tuple) -> Tensor:  # type: ignore[override]
-        out, h = _native_ard.local_sample(mu, var, noise.keys, noise.step, noise.tag, layout)
+    def forward(ctx, mu: Tensor, var: Tensor, noise: CounterNoise, layout: tuple,  # type: ignore[override]
+                pool: dict) -> Tensor:
+        buf, last = pool.get("h"), pool.get("ctx")
+        holder = last() if last is not None else None
+        if holder is not None:
+            try:
+                if holder.saved_tensors:  # still held: that graph was not differentiated yet, or was retained
+                    buf = None
+            except RuntimeError:  # freed by its backward
+                pass
+        if buf is not None and (buf.shape != mu.shape or buf.stride() != mu.stride()):
+            buf = None
+        out, h = _native_ard.local_sample(mu, var, noise.keys, noise.step, noise.tag, layout, buf)
+        pool["h"], pool["ctx"] = h, weakref.ref(ctx)
         ctx.save_for_backward(h)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (h,) = ctx.saved_tensors
-        return grad, (grad * h if ctx.needs_input_grad[1] else None), None, None
+        return grad, (grad * h if ctx.needs_input_grad[1] else None), None, None, None
 
 
 class _AddPenalty(torch.autograd.Function):
@@ -271,7 +288,8 @@ class _PopARDMixin:
         noise = self._stream_noise("_local_stream", TAG_LOCAL)
         layout = _native_ard.local_layout(mu, self.n, dim) if LOCAL_NATIVE else None
         if layout is not None and var.stride() == mu.stride() and var.dtype == mu.dtype and var.device == mu.device:
-            return _LocalSample.apply(mu, var, noise, layout)
+            pool = self.__dict__.setdefault("_local_pool", {})
+            return _LocalSample.apply(mu, var, noise, layout, pool)
         return sample_preactivation(mu, var, local_noise(noise, tuple(mu.shape), dim, mu))
 
 

@@ -425,7 +425,7 @@ int zs_ard_sample_backward_rng(const float *g, int64_t ldg, const float *w, int6
  * population's channels-last [B, H, W, N*C] maps: ldr = N*C, ldm = C). With mu == NULL only eps is written (to out).
  * --------------------------------------------------------------------------------------------------------------- */
 
-#define LOCAL_CHUNK 1024 /* elements of a model's stream generated at once (a multiple of 32) */
+#define LOCAL_CHUNK 256 /* elements of a model's stream generated at once (a multiple of 32) */
 
 static inline void local_seg(const float *mu, const float *var, const float *z, float *out, float *h, int64_t len) {
     int64_t i = 0;
@@ -448,23 +448,23 @@ static inline void local_seg(const float *mu, const float *var, const float *z, 
     }
 }
 
-static void local_model(uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag, int64_t numel, int64_t C, int64_t ldr,
-                        const float *mu, const float *var, float *out, float *h) {
+/* elements [e0, e1) of one model's stream (e0 a multiple of 32, e1 - e0 <= LOCAL_CHUNK) */
+static void local_chunk(uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag, int64_t e0, int64_t e1, int64_t C,
+                        int64_t ldr, const float *mu, const float *var, float *out, float *h) {
     float buf[LOCAL_CHUNK] __attribute__((aligned(32)));
-    for (int64_t e0 = 0; e0 < numel; e0 += LOCAL_CHUNK) {
-        const int64_t e1 = e0 + LOCAL_CHUNK < numel ? e0 + LOCAL_CHUNK : numel;
-        for (int64_t b = e0 / 32; b * 32 < e1; b++) {
-            __m256 z[4];
-            noise32(b, k0, k1, step, tag, z);
-            for (int k = 0; k < 4; k++) _mm256_store_ps(buf + (b * 32 - e0) + 8 * k, z[k]);
-        }
-        for (int64_t e = e0; e < e1;) {
-            const int64_t row = e / C, col = e - row * C;
-            const int64_t len = (C - col) < (e1 - e) ? (C - col) : (e1 - e);
-            const int64_t at = row * ldr + col;
-            local_seg(mu ? mu + at : NULL, var ? var + at : NULL, buf + (e - e0), out + at, h ? h + at : NULL, len);
-            e += len;
-        }
+    for (int64_t b = e0 / 32; b * 32 < e1; b++) {
+        __m256 z[4];
+        noise32(b, k0, k1, step, tag, z);
+        for (int k = 0; k < 4; k++) _mm256_store_ps(buf + (b * 32 - e0) + 8 * k, z[k]);
+    }
+    int64_t row = e0 / C, col = e0 - row * C;  /* one division per chunk; then row by row */
+    for (int64_t e = e0; e < e1;) {
+        const int64_t len = (C - col) < (e1 - e) ? (C - col) : (e1 - e);
+        const int64_t at = row * ldr + col;
+        local_seg(mu ? mu + at : NULL, var ? var + at : NULL, buf + (e - e0), out + at, h ? h + at : NULL, len);
+        e += len;
+        col += len;
+        if (col == C) { row++; col = 0; }
     }
 }
 
@@ -473,12 +473,19 @@ static void local_model(uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag, i
 int zs_ard_local_sample(const int64_t *keys, int64_t step, int64_t tag, const float *mu, const float *var, float *out,
                         float *h, int64_t N, int64_t numel, int64_t C, int64_t ldr, int64_t ldm, int nthreads) {
     if (nthreads < 1) nthreads = 1;
+    /* chunk by chunk of every model's stream, models inner: the maps are written in memory order (a model's
+       rows are N*C apart; model by model each row would be a new page) */
+    const int64_t chunks = (numel + LOCAL_CHUNK - 1) / LOCAL_CHUNK;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * numel >= 65536)
 #endif
-    for (int64_t n = 0; n < N; n++)
-        local_model((uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step, (uint32_t)tag, numel, C, ldr,
-                    mu ? mu + n * ldm : NULL, var ? var + n * ldm : NULL, out + n * ldm, h ? h + n * ldm : NULL);
+    for (int64_t k = 0; k < chunks; k++) {
+        const int64_t e0 = k * LOCAL_CHUNK, e1 = e0 + LOCAL_CHUNK < numel ? e0 + LOCAL_CHUNK : numel;
+        for (int64_t n = 0; n < N; n++)
+            local_chunk((uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step, (uint32_t)tag, e0, e1, C,
+                        ldr, mu ? mu + n * ldm : NULL, var ? var + n * ldm : NULL, out + n * ldm,
+                        h ? h + n * ldm : NULL);
+    }
     (void)nthreads;
     return 0;
 }
