@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from zooscape.models import create_model
 from zooscape.sparsify import ARDControl, kl_approx, to_ard, train_twins
+from zooscape.sparsify.counter_noise import counter_normal
 from zooscape.train import Member, Population, TrainConfig
 from zooscape.train._flags import override
 from zooscape.train.losses import gather_rows, task_loss
@@ -39,8 +40,9 @@ def _twins(n, estimator="weight", dtype=torch.float32, depth=2, scale=0.0, **kw)
 def _reference_grads(pop, x, y, scale, seed):
     """An independent slow path: the sample and the KL written out with autograd on the formulas."""
     layers = [m for m in pop.net.modules() if hasattr(m, "log_sigma2")]
-    torch.manual_seed(seed)
-    eps = [torch.randn(m.weight.shape, dtype=m.weight.dtype) for m in layers]
+    torch.manual_seed(seed)  # no generators: each layer draws its twins' stream keys from the global RNG
+    eps = [counter_normal(torch.randint(0, 1 << 32, (m.weight.shape[0], 2), dtype=torch.int64), 0,
+                          m.weight[0].numel(), dtype=m.weight.dtype).reshape(m.weight.shape) for m in layers]
     params = [(m.weight.detach().clone().requires_grad_(), m.log_sigma2.detach().clone().requires_grad_(),
                m.bias.detach().clone().requires_grad_()) for m in layers]
     h = x.reshape(x.shape[0], x.shape[1], -1)
