@@ -37,8 +37,6 @@ def _lib() -> ctypes.CDLL | None:
         lib.zs_ard_sample_forward.restype = i
         lib.zs_ard_sample_backward.argtypes = [p, i64, p, i64, p, p, i64, f, p, p, i64, i64, i]
         lib.zs_ard_sample_backward.restype = i
-        lib.zs_philox_normal.argtypes = [p, i64, i64, p, i64, i64, i]
-        lib.zs_philox_normal.restype = i
         lib.zs_ard_sample_forward_rng.argtypes = [p, i64, p, i64, p, i64, i64, p, p, p, i64, i64, i]
         lib.zs_ard_sample_forward_rng.restype = i
         lib.zs_ard_sample_backward_rng.argtypes = [p, i64, p, i64, p, p, i64, i64, f, p, p, i64, i64, i]
@@ -126,9 +124,9 @@ def philox_normal(keys: Tensor, step: int, numel: int, tag: int) -> Tensor | Non
     if lib is None or type(keys) not in _PLAIN or torch.compiler.is_compiling():
         return None
     k = _keys(keys, keys.shape[0])
-    out = torch.empty(k.shape[0], numel, dtype=torch.float32)
-    lib.zs_philox_normal(k.data_ptr(), int(step), int(tag), out.data_ptr(), k.shape[0], numel,
-                         max(1, torch.get_num_threads()))
+    out = torch.empty(k.shape[0], numel, dtype=torch.float32)  # (the local kernel's noise-only mode, one row each)
+    lib.zs_ard_local_sample(k.data_ptr(), int(step), int(tag), None, None, out.data_ptr(), None, k.shape[0], numel,
+                            numel, numel, numel, max(1, torch.get_num_threads()))
     return out
 
 

@@ -301,90 +301,41 @@ static inline void noise32(int64_t b, uint32_t k0, uint32_t k1, uint32_t step, u
     boxmuller8(x[2], x[3], &z[2], &z[3]);
 }
 
-static void normal_row(uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag, float *out, int64_t K) {
+/* One row of the sample with eps generated inline: the forward (backward == 0: a = ls; o1, o2 = out, lac; eps
+   also written to eps_out unless it is NULL) or the backward with eps generated again (a = lac; o1, o2 = gw,
+   gls). A row's last partial vector goes through the same 8-wide code on padded copies. */
+static void rng_row(int backward, const float *g, const float *w, const float *a, uint32_t k0, uint32_t k1,
+                    uint32_t step, uint32_t tag, float scale, float *o1, float *o2, float *eps_out, int64_t K) {
     for (int64_t b = 0; b * 32 < K; b++) {
         __m256 z[4];
         noise32(b, k0, k1, step, tag, z);
         for (int k = 0; k < 4; k++) {
             const int64_t i = b * 32 + 8 * k;
             if (i >= K) break;
-            if (i + 8 <= K) {
-                _mm256_storeu_ps(out + i, z[k]);
-            } else {
+            const int64_t r = K - i < 8 ? K - i : 8;
+            float bg[8], bw[8], ba[8], b1[8], b2[8];
+            const float *pg = g ? g + i : NULL, *pw = w + i, *pa = a + i;
+            float *p1 = o1 + i, *p2 = o2 + i;
+            if (r < 8) {
+                for (int j = 0; j < 8; j++) { bg[j] = 0.0f; bw[j] = TAIL_W; ba[j] = 0.0f; }
+                if (g) memcpy(bg, g + i, (size_t)r * sizeof(float));
+                memcpy(bw, w + i, (size_t)r * sizeof(float));
+                memcpy(ba, a + i, (size_t)r * sizeof(float));
+                pg = bg; pw = bw; pa = ba; p1 = b1; p2 = b2;
+            }
+            if (backward) bwd8v(pg, pw, pa, z[k], scale, p1, p2);
+            else fwd8v(pw, pa, z[k], p1, p2);
+            if (r < 8) {
+                memcpy(o1 + i, b1, (size_t)r * sizeof(float));
+                memcpy(o2 + i, b2, (size_t)r * sizeof(float));
+            }
+            if (eps_out) {
                 float bz[8];
                 _mm256_storeu_ps(bz, z[k]);
-                memcpy(out + i, bz, (size_t)(K - i) * sizeof(float));
+                memcpy(eps_out + i, bz, (size_t)r * sizeof(float));
             }
         }
     }
-}
-
-/* the forward of the sample with eps generated inline; eps is also written to eps_out unless it is NULL */
-static void fwd_row_rng(const float *w, const float *ls, uint32_t k0, uint32_t k1, uint32_t step, uint32_t tag,
-                        float *out, float *lac, float *eps_out, int64_t K) {
-    for (int64_t b = 0; b * 32 < K; b++) {
-        __m256 z[4];
-        noise32(b, k0, k1, step, tag, z);
-        for (int k = 0; k < 4; k++) {
-            const int64_t i = b * 32 + 8 * k;
-            if (i >= K) break;
-            if (i + 8 <= K) {
-                fwd8v(w + i, ls + i, z[k], out + i, lac + i);
-                if (eps_out) _mm256_storeu_ps(eps_out + i, z[k]);
-            } else {
-                float bw[8], bl[8], bo[8], bc[8], bz[8];
-                for (int j = 0; j < 8; j++) { bw[j] = TAIL_W; bl[j] = 0.0f; }
-                const int64_t r = K - i;
-                memcpy(bw, w + i, (size_t)r * sizeof(float));
-                memcpy(bl, ls + i, (size_t)r * sizeof(float));
-                fwd8v(bw, bl, z[k], bo, bc);
-                memcpy(out + i, bo, (size_t)r * sizeof(float));
-                memcpy(lac + i, bc, (size_t)r * sizeof(float));
-                if (eps_out) {
-                    _mm256_storeu_ps(bz, z[k]);
-                    memcpy(eps_out + i, bz, (size_t)r * sizeof(float));
-                }
-            }
-        }
-    }
-}
-
-/* the backward with eps generated again (the forward did not keep it) */
-static void bwd_row_rng(const float *g, const float *w, const float *lac, uint32_t k0, uint32_t k1, uint32_t step,
-                        uint32_t tag, float scale, float *gw, float *gls, int64_t K) {
-    for (int64_t b = 0; b * 32 < K; b++) {
-        __m256 z[4];
-        noise32(b, k0, k1, step, tag, z);
-        for (int k = 0; k < 4; k++) {
-            const int64_t i = b * 32 + 8 * k;
-            if (i >= K) break;
-            if (i + 8 <= K) {
-                bwd8v(g + i, w + i, lac + i, z[k], scale, gw + i, gls + i);
-            } else {
-                float bg[8], bw[8], bl[8], bgw[8], bgl[8];
-                for (int j = 0; j < 8; j++) { bg[j] = 0.0f; bw[j] = TAIL_W; bl[j] = 0.0f; }
-                const int64_t r = K - i;
-                memcpy(bg, g + i, (size_t)r * sizeof(float));
-                memcpy(bw, w + i, (size_t)r * sizeof(float));
-                memcpy(bl, lac + i, (size_t)r * sizeof(float));
-                bwd8v(bg, bw, bl, z[k], scale, bgw, bgl);
-                memcpy(gw + i, bgw, (size_t)r * sizeof(float));
-                memcpy(gls + i, bgl, (size_t)r * sizeof(float));
-            }
-        }
-    }
-}
-
-/* keys: [N, 2] int64 (the two 32-bit key words of each row's stream); out: [N, K] contiguous */
-int zs_philox_normal(const int64_t *keys, int64_t step, int64_t tag, float *out, int64_t N, int64_t K, int nthreads) {
-    if (nthreads < 1) nthreads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
-#endif
-    for (int64_t n = 0; n < N; n++)
-        normal_row((uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step, (uint32_t)tag, out + n * K, K);
-    (void)nthreads;
-    return 0;
 }
 
 /* as zs_ard_sample_forward, eps of row n from the stream (keys[n], step, tag); eps_out ([N, K] contiguous) may be
@@ -397,8 +348,8 @@ int zs_ard_sample_forward_rng(const float *w, int64_t ldw, const float *ls, int6
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
 #endif
     for (int64_t n = 0; n < N; n++)
-        fwd_row_rng(w + n * ldw, ls + n * ldl, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step,
-                    (uint32_t)tag, out + n * K, lac + n * K, eps_out ? eps_out + n * K : NULL, K);
+        rng_row(0, NULL, w + n * ldw, ls + n * ldl, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step,
+                (uint32_t)tag, 0.0f, out + n * K, lac + n * K, eps_out ? eps_out + n * K : NULL, K);
     (void)nthreads;
     return 0;
 }
@@ -412,8 +363,8 @@ int zs_ard_sample_backward_rng(const float *g, int64_t ldg, const float *w, int6
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
 #endif
     for (int64_t n = 0; n < N; n++)
-        bwd_row_rng(g + n * ldg, w + n * ldw, lac + n * K, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1],
-                    (uint32_t)step, (uint32_t)tag, scale, gw + n * K, gls + n * K, K);
+        rng_row(1, g + n * ldg, w + n * ldw, lac + n * K, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1],
+                (uint32_t)step, (uint32_t)tag, scale, gw + n * K, gls + n * K, NULL, K);
     (void)nthreads;
     return 0;
 }
