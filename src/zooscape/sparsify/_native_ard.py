@@ -1,10 +1,14 @@
-"""The ``"weight"`` estimator's sample and its backward as one native pass each (``train/_native/ard.c``).
+"""The ARD twins' native passes (``train/_native/ard.c``): the ``"weight"`` estimator's sample and its backward,
+the same with the counter-based noise generated inline, the ``"local"`` estimator's sample with inline noise.
 
-:class:`zooscape.sparsify.pop_ard._WeightSample` calls :func:`sample_forward` / :func:`sample_backward` when
-:func:`usable` says so (float32 CPU tensors with unit inner stride, the native kernels built: see
-:mod:`zooscape.train.native`, switch ``ZOOSCAPE_NATIVE_KERNELS=0``), else its PyTorch formula, which computes the
-same function to float32 rounding (the kernel's ``log``/``exp`` are polynomials of about 1 ulp). An element's
-result depends only on its inputs, so a twin computes the same in any population.
+:class:`zooscape.sparsify.pop_ard._WeightSample` calls :func:`sample_forward` / :func:`sample_backward` (noise
+given) or :func:`sample_forward_rng` / :func:`sample_backward_rng` (noise from the streams' keys, step and tag:
+:mod:`zooscape.sparsify.counter_noise`) when :func:`usable` says so (float32 CPU tensors with unit inner stride,
+the native kernels built: see :mod:`zooscape.train.native`, switch ``ZOOSCAPE_NATIVE_KERNELS=0``), else its
+PyTorch formula, which computes the same function to float32 rounding (the kernel's ``log``/``exp``/``sin``/``cos``
+are polynomials of about 1 ulp). :func:`local_sample` is the ``"local"`` estimator's ``mu + sqrt(var + 1e-8) eps``
+on the layouts :func:`local_layout` recognises; :func:`philox_normal` the noise alone. An element's result depends
+only on its inputs (and its stream's key, step and index), so a twin computes the same in any population.
 
 References: Molchanov, Ashukha & Vetrov (2017); Kingma, Salimans & Welling (2015), section 2.3.
 """

@@ -11,6 +11,8 @@
  *             gla -= scale * (k1 k3 s (1 - s) + 0.5 sigmoid(-la)),  s = sigmoid(k2 + k3 la),
  *             sigmoid(-la) = 1 / (1 + exp(la/2)^2)  (la saved by the forward)
  *             gls = gla * [la == u];  gw = g + q * sign(w) - 2 * gls * w / t
+ * The *_rng entries generate eps inline (counter-based Philox-4x32-10 + Box-Muller, below), and
+ * zs_ard_local_sample is the "local" estimator's sample mu + sqrt(var + 1e-8) eps with eps inline.
  * log and exp are Cephes-style polynomials (as in the widely used avx_mathfun; about 1 ulp): results agree with
  * PyTorch's to float32 rounding, not bit for bit. Every element, also in a row's tail, goes through the same
  * 8-wide code, so an element's result depends only on its inputs: a twin computes the same in any population.
