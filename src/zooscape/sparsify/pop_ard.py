@@ -45,7 +45,8 @@ from .ard import (
 )
 from .counter_noise import TAG_LOCAL, TAG_WEIGHT, CounterNoise, CounterStream, local_noise
 
-__all__ = ["KEEP_EPS", "LOCAL_NATIVE", "PopARDConv2d", "PopARDLinear", "penalized", "weight_sample", "weight_sample_grads"]
+__all__ = ["KEEP_EPS", "LOCAL_NATIVE", "PopARDConv2d", "PopARDLinear", "penalized", "weight_sample",
+           "weight_sample_grads"]
 
 
 #: Whether the native sample with inline noise writes ``eps`` for the backward (``True``) or the backward generates
