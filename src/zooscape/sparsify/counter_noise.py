@@ -50,7 +50,6 @@ TAG_LOCAL = 1
 """The counter's third word for pre-activation noise (``"local"`` estimator)."""
 _MASK32 = 0xFFFFFFFF
 _HALF_PI_2M22 = math.pi / 2 / 4194304.0
-_ROT = torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0]])  # cos, sin of q pi/2, q = 0..3
 _CPU_CHUNK = 1 << 16  # counters per chunk of the PyTorch generator on the CPU (all rows and steps together)
 
 
@@ -124,8 +123,9 @@ def _box_muller(xa: Tensor, xb: Tensor, dtype: torch.dtype) -> tuple[Tensor, Ten
     a = (v - (q << 22)).to(torch.float32) * torch.tensor(_HALF_PI_2M22, dtype=torch.float32)
     s, c = torch.sin(a), torch.cos(a)
     # rotate by q pi/2: (cos, sin) = (c C - s S, s C + c S), C, S = cos, sin(q pi/2) in {-1, 0, 1} (exact)
-    q4 = q & 3
-    cq, sq = _ROT[0].to(a.device)[q4], _ROT[1].to(a.device)[q4]
+    qf = (q & 3).to(torch.float32)
+    odd = (q & 1).to(torch.float32)
+    cq, sq = (1.0 - qf) * (1.0 - odd), (2.0 - qf) * odd  # (1, 0, -1, 0) and (0, 1, 0, -1) for q = 0..3
     return (r * (c * cq - s * sq)).to(dtype), (r * (s * cq + c * sq)).to(dtype)
 
 
