@@ -1,27 +1,29 @@
 """Counter-based Gaussian noise for variational-dropout twins: Philox-4x32-10 + Box-Muller, in PyTorch and native.
 
-A twin's weight noise (the ``"weight"`` estimator's ``eps``) is a pure function of a 64-bit key, the step within
-the epoch and the element index, so the native sample kernel (``train/_native/ard.c``) evaluates it inline (never
-materialised in the forward) and any population, parameter layout or device computes the same numbers. Each
-layer's key is drawn from the model's per-epoch dropout generator when the layer's stream is created (the first
-training step of an epoch; :class:`CounterStream`), so a resumed run continues identically.
+A twin's noise (the ``"weight"`` estimator's ``eps`` per weight, the ``"local"`` estimator's per pre-activation) is
+a pure function of a 64-bit key, the step within the epoch and the element index, so the native kernels
+(``train/_native/ard.c``) evaluate it inline (never materialised before the sample) and any population, parameter
+layout or device computes the same numbers. Each layer's key is drawn from the model's per-epoch dropout generator
+when the layer's stream is created (the first training step of an epoch; :class:`CounterStream`), so a resumed run
+continues identically.
 
-Definition (element ``e`` of a model's weight, flattened in row-major order, at step ``s``, key ``(k0, k1)``):
+Definition (element ``e`` of a model's weight in row-major order, or of its pre-activations in ``[B, H, W, C]`` /
+row-major order, at step ``s``, key ``(k0, k1)``, ``tag`` :data:`TAG_WEIGHT` or :data:`TAG_LOCAL`):
 
 - counter ``j = (e // 32) * 8 + e % 8``; Philox-4x32-10 (Salmon, Moraes, Dror & Shaw 2011, Random123) of the
   counter ``(j mod 2^32, s, tag, j // 2^32)`` with key ``(k0, k1)`` gives four 32-bit words ``x0..x3``; element
-  ``e`` takes word-pair result ``k = (e % 32) // 8``;
-- Box-Muller (Box & Muller 1958): ``r = sqrt(-2 log u)`` with ``u = ((x0 >> 8) | 1) 2^-24`` (so ``|z| <= 5.8``), angle
-  ``2 pi (x1 >> 8) 2^-24`` reduced exactly in integers to a quadrant ``q`` and ``a = f (pi/2) 2^-22`` in
+  ``e`` takes result ``k = (e % 32) // 8`` of the two Box-Muller pairs below;
+- Box-Muller (Box & Muller 1958): ``r = sqrt(-2 log u)`` with ``u = ((x0 >> 8) | 1) 2^-24`` (so ``|z| <= 5.8``),
+  angle ``2 pi (x1 >> 8) 2^-24`` reduced exactly in integers to a quadrant ``q`` and ``a = f (pi/2) 2^-22`` in
   ``[-pi/4, pi/4]``; ``k = 0``: ``r cos``, ``1``: ``r sin`` (of ``x0, x1``), ``2``: ``r cos``, ``3``: ``r sin`` (of
   ``x2, x3``).
 
 The PyTorch version (:func:`philox4x32`, :func:`counter_normal` with kernels off, any device) computes the
 integers exactly (uint32 words held in int64; a product's high word from the wrapping int64 product, checked once
 per device against a known answer, else from 16-bit halves) and the floats to float32 rounding of the native ones
-(only ``log``, ``sin`` and ``cos`` are different polynomials). Why
-Philox: the counter-based generator of Random123, cuRAND and PyTorch's CUDA RNG; it passes BigCrush, needs only
-32-bit multiplies (AVX2 has them, not 64-bit ones) and its keys are independent streams by construction.
+(only ``log``, ``sin`` and ``cos`` are different polynomials). Why Philox: the counter-based generator of
+Random123, cuRAND and PyTorch's CUDA RNG; it passes BigCrush, needs only 32-bit multiplies (AVX2 has them, not
+64-bit ones) and its keys are independent streams by construction.
 
 References:
     Salmon, Moraes, Dror & Shaw (2011), "Parallel random numbers: as easy as 1, 2, 3", SC'11;
