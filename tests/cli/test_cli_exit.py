@@ -87,34 +87,29 @@ def test_heavy_imports_switches_the_collector_off_then_freezes_what_it_imported(
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
-def test_zoo_train_imports_no_sklearn_scipy_pandas_matplotlib(tmp_path):
+LIGHT = ("sklearn", "scipy", "pandas", "matplotlib")
+
+
+def _light_run(tmp_path, commands: str) -> list[str]:
+    """Run ``commands`` (calls of ``main`` on ``sys.argv[1]`` = a one-model spec, ``sys.argv[2]`` = its zoo) in a
+    fresh interpreter; returns its output lines, the last one listing which of :data:`LIGHT` got imported."""
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC.replace('"model.width" = [8, 12]', "").replace("[0, 1]", "[0]"))
-    res = _python(
-        "import sys\n"
-        "from zooscape.cli import main\n"
-        "rc = main(['zoo', 'train', sys.argv[1], '--out', sys.argv[2], '--quiet'])\n"
-        "print(rc, [m for m in ('sklearn', 'scipy', 'pandas', 'matplotlib') if m in sys.modules])\n",
-        str(spec), str(tmp_path / "zoo"),
-    )
+    res = _python("import sys\nfrom zooscape.cli import main\n" + commands
+                  + f"print(rc, [m for m in {LIGHT!r} if m in sys.modules])\n", str(spec), str(tmp_path / "zoo"))
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip().splitlines()[-1] == "0 []", res.stdout  # digits read without scikit-learn
+    return res.stdout.strip().splitlines()
+
+
+def test_zoo_train_imports_no_sklearn_scipy_pandas_matplotlib(tmp_path):
+    lines = _light_run(tmp_path, "rc = main(['zoo', 'train', sys.argv[1], '--out', sys.argv[2], '--quiet'])\n")
+    assert lines[-1] == "0 []", lines  # digits read without scikit-learn
 
 
 def test_sparsify_twins_imports_no_sklearn_scipy_pandas_matplotlib(tmp_path):
     """``sparsify twins`` pays for torch only: its summary table is read from the catalog without pandas, and
     importing ``zooscape.sparsify`` (hence ``align``) does not import scipy."""
-    spec = tmp_path / "spec.toml"
-    spec.write_text(SPEC.replace('"model.width" = [8, 12]', "").replace("[0, 1]", "[0]"))
-    res = _python(
-        "import sys\n"
-        "from zooscape.cli import main\n"
-        "assert main(['zoo', 'train', sys.argv[1], '--out', sys.argv[2], '--quiet']) == 0\n"
-        "rc = main(['sparsify', 'twins', sys.argv[2], '--epochs', '1', '--quiet'])\n"
-        "print(rc, [m for m in ('sklearn', 'scipy', 'pandas', 'matplotlib') if m in sys.modules])\n",
-        str(spec), str(tmp_path / "zoo"),
-    )
-    assert res.returncode == 0, res.stderr
-    lines = res.stdout.strip().splitlines()
-    assert lines[-1] == "0 []", res.stdout
-    assert any(line.split()[:1] == ["model_id"] and "sparsity" in line for line in lines), res.stdout  # the summary
+    lines = _light_run(tmp_path, "assert main(['zoo', 'train', sys.argv[1], '--out', sys.argv[2], '--quiet']) == 0\n"
+                                 "rc = main(['sparsify', 'twins', sys.argv[2], '--epochs', '1', '--quiet'])\n")
+    assert lines[-1] == "0 []", lines
+    assert any(line.split()[:1] == ["model_id"] and "sparsity" in line for line in lines), lines  # the summary
