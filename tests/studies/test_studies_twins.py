@@ -106,7 +106,7 @@ def test_interrupted_twins_resume_to_the_same_result(zoo_dir, tmp_path, estimato
     copy = tmp_path / "zoo"
     _sources_only(zoo_dir, copy)
     ref = zoo_dir
-    if estimator != "local":  # the module's zoo holds local twins: an uninterrupted run as the reference
+    if estimator != "weight":  # the module's zoo holds default (weight) twins: an uninterrupted run as reference
         ref = tmp_path / "ref"
         _sources_only(zoo_dir, ref)
         sparsify_twins(ref, epochs=3, kl_scale=20.0, estimator=estimator)

@@ -80,15 +80,15 @@ def kl_weight(epoch: int, epochs: int, kl_scale: float = 1e-2) -> float:
 
 #: Gradient estimators of the training forward pass (:class:`ARDControl` ``estimator``):
 #:
-#: - ``"local"`` (default): the local reparameterisation trick (Kingma, Salimans & Welling 2015), used by
-#:   Molchanov et al. (2017) and the Model Zoos twins: every pre-activation is sampled from
+#: - ``"local"`` (the single ARD layers' default): the local reparameterisation trick (Kingma, Salimans &
+#:   Welling 2015), used by Molchanov et al. (2017) and the Model Zoos twins: every pre-activation is sampled from
 #:   ``N(x theta, x^2 alpha theta^2)``, independent noise per sample; two convolutions/products per layer plus a
 #:   full-resolution noise map.
 #: - ``"weight"``: one weight sample ``w = theta + sqrt(alpha) |theta| eps`` (``eps ~ N(0, 1)`` per weight) per
 #:   model and step, shared by the batch, then the ordinary layer on it (the "direct" estimator Kingma et al. 2015
 #:   compare against, section 2.3: unbiased, with a higher gradient variance because the batch shares the noise).
 #:   One convolution per layer, through the population's fastest routes (native conv + pool kernels), so a twin
-#:   costs about what a zoo model costs.
+#:   costs about what a zoo model costs: the default of :func:`~zooscape.sparsify.train_twins` (docs/sparsify.md).
 ESTIMATORS = ("local", "weight")
 
 
