@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--what", nargs="+", default=["zoo", "weight", "local"], choices=["zoo", "weight", "local"])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32, help="training batch size (Model Zoos: 10)")
     ap.add_argument("--profile", action="store_true", help="also a torch.profiler table per variant")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -43,7 +44,7 @@ def main() -> None:
     arch = mk.pop("name")
     sources = [create_model(arch, seed=s, **mk) for s in range(args.n)]
     members = [Member(seed=s) for s in range(args.n)]
-    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, optimizer="adam", lr=1e-3)
     spent: dict[str, float] = collections.defaultdict(float)
 
     def wrap(owner, name: str, key: str) -> None:
@@ -83,7 +84,7 @@ def main() -> None:
             spent["total"] = time.thread_time() - t
             for k, v in spent.items():
                 best[what][k] = min(best[what].get(k, float("inf")), v)
-    print(f"# {args.case}, N = {args.n}, torch {torch.__version__}, 1 thread, load average {os.getloadavg()}")
+    print(f"# {args.case}, N = {args.n}, batch {args.batch_size}, torch {torch.__version__}, 1 thread, load average {os.getloadavg()}")
     print("ms per model-epoch (CPU), min of", args.rounds, "rounds")
     for what in args.what:
         print(f"{what:>6}: " + "  ".join(f"{k}={v * 1e3 / args.n:.2f}" for k, v in best[what].items()))
