@@ -22,8 +22,8 @@ from torch import Tensor
 
 from zooscape.train import native
 
-__all__ = ["available", "local_layout", "local_sample", "philox_normal", "sample_backward", "sample_backward_rng",
-           "sample_forward", "sample_forward_rng", "usable"]
+__all__ = ["available", "local_layout", "local_sample", "philox_normal", "sample_backward", "sample_backward_kl",
+           "sample_backward_rng", "sample_forward", "sample_forward_kl", "sample_forward_rng", "usable"]
 
 _bound: ctypes.CDLL | None = None
 _PLAIN = (Tensor, torch.nn.Parameter)  # (not fake or functional tensors: tracers take the PyTorch formula)
@@ -47,6 +47,10 @@ def _lib() -> ctypes.CDLL | None:
         lib.zs_ard_sample_backward_rng.restype = i
         lib.zs_ard_local_sample.argtypes = [p, i64, i64, p, p, p, p, i64, i64, i64, i64, i64, i]
         lib.zs_ard_local_sample.restype = i
+        lib.zs_ard_sample_forward_kl.argtypes = [p, i64, p, i64, p, i64, i64, f, p, p, p, i64, i64, i]
+        lib.zs_ard_sample_forward_kl.restype = i
+        lib.zs_ard_sample_backward_kl.argtypes = [p, i64, p, i64, p, p, p, i64, p, i64, i64, i64, i]
+        lib.zs_ard_sample_backward_kl.restype = i
         _bound = lib
     return lib
 
@@ -171,6 +175,57 @@ def sample_backward_rng(grad: Tensor, w: Tensor, la_coded: Tensor, keys: Tensor,
                                    kk.data_ptr(), int(step), int(tag), float(scale), gw.data_ptr(), gls.data_ptr(),
                                    n, k, max(1, torch.get_num_threads()))
     return gw, gls
+
+
+def sample_forward_kl(w: Tensor, log_sigma2: Tensor, keys: Tensor, step: int, tag: int,
+                      scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`sample_forward_rng` in the ``"kl"`` format: the pass also evaluates the KL penalty's gradient, so that
+    :func:`sample_backward_kl` needs no ``exp``. Returns the sample, ``code`` (``scale * dKL/d la`` where the clip
+    of ``la`` passes the gradient, ``+inf`` where it does not) and the noise ``exp(la/2) eps``, each ``[N, ...]``
+    contiguous (shapes and keys as :func:`sample_forward_rng`)."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    rw, rl = _rows(w), _rows(log_sigma2)
+    n, k = rw.shape
+    kk = _keys(keys, n)
+    out, code, noise = (torch.empty(w.shape, dtype=w.dtype) for _ in range(3))
+    lib.zs_ard_sample_forward_kl(rw.data_ptr(), rw.stride(0), rl.data_ptr(), rl.stride(0), kk.data_ptr(), int(step),
+                                 int(tag), float(scale), out.data_ptr(), code.data_ptr(), noise.data_ptr(), n, k,
+                                 max(1, torch.get_num_threads()))
+    return out, code, noise
+
+
+def _out_rows(t: Tensor | None, shape: torch.Size) -> Tensor | None:
+    """``t`` as ``[N, K]`` rows to write into (float32 CPU, ``shape``, unit column stride), else ``None``."""
+    if t is None or type(t) not in _PLAIN or t.shape != shape or t.dtype != torch.float32 or t.device.type != "cpu":
+        return None
+    return _rows(t)
+
+
+def sample_backward_kl(grad: Tensor, w: Tensor, code: Tensor, noise: Tensor, out_w: Tensor | None = None,
+                       out_ls: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Gradients ``(d/dw, d/dlog_sigma2)`` as :func:`sample_backward` (the KL penalty's ``scale`` as given to
+    :func:`sample_forward_kl`) from :func:`sample_forward_kl`'s ``code`` and ``noise``: one pass without
+    transcendental functions. ``out_w``/``out_ls``: tensors of ``w``'s shape to write the gradients into (e.g. views
+    into a flat gradient buffer; rows of unit stride, else a new tensor is returned instead)."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    grad = grad if _rows(grad) is not None else grad.contiguous()
+    rg, rw = _rows(grad), _rows(w)
+    ow, ol = _out_rows(out_w, w.shape), _out_rows(out_ls, w.shape)
+    if ow is None:
+        out_w = torch.empty(w.shape, dtype=w.dtype)
+        ow = out_w.view(rw.shape)
+    if ol is None:
+        out_ls = torch.empty(w.shape, dtype=w.dtype)
+        ol = out_ls.view(rw.shape)
+    n, k = rw.shape
+    lib.zs_ard_sample_backward_kl(rg.data_ptr(), rg.stride(0), rw.data_ptr(), rw.stride(0), code.data_ptr(),
+                                  noise.data_ptr(), ow.data_ptr(), ow.stride(0), ol.data_ptr(), ol.stride(0), n, k,
+                                  max(1, torch.get_num_threads()))
+    return out_w, out_ls
 
 
 def local_layout(mu: Tensor, n: int, dim: int) -> tuple[int, int, int, int] | None:

@@ -45,7 +45,7 @@ from .ard import (
 )
 from .counter_noise import TAG_LOCAL, TAG_WEIGHT, CounterNoise, CounterStream, local_noise
 
-__all__ = ["KEEP_EPS", "LOCAL_NATIVE", "PopARDConv2d", "PopARDLinear", "penalized", "weight_sample",
+__all__ = ["KEEP_EPS", "KL_FORWARD", "LOCAL_NATIVE", "PopARDConv2d", "PopARDLinear", "penalized", "weight_sample",
            "weight_sample_grads"]
 
 
@@ -53,8 +53,14 @@ __all__ = ["KEEP_EPS", "LOCAL_NATIVE", "PopARDConv2d", "PopARDLinear", "penalize
 #: it again (``False``); measured in ``bench/ard_kernel.py`` (see ``bench/RESULTS.md``).
 KEEP_EPS = True
 
+#: Whether the native sample with inline noise also evaluates the KL term's gradient when the penalty's scale is
+#: known at the forward (``"kl"`` format: the backward then needs no ``exp``); measured in ``bench/RESULTS.md``
+#: (branch ``ardfast``).
+KL_FORWARD = True
 
-def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor | CounterNoise) -> tuple[Tensor, tuple]:
+
+def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor | CounterNoise,
+                  scale: float | None = None) -> tuple[Tensor, tuple]:
     """The ``"weight"`` estimator's sample ``w + exp(la/2) |w| eps`` (all ``[N, ...]``), with
     ``la = clip(log sigma^2 - log(w^2 + 1e-8), -10, 10)``, without autograd; returns the sample and what
     :func:`weight_sample_grads` needs.
@@ -62,9 +68,17 @@ def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor | CounterNoise) -> 
     ``eps`` is a noise tensor ``[N, ...]`` or a :class:`~zooscape.sparsify.counter_noise.CounterNoise` (what
     :meth:`_PopARDMixin._weight_noise` returns): then the native kernel generates it inline (one pass, the noise
     never stored before the sample), else it is materialised (:meth:`CounterNoise.tensor`, same numbers to float32
-    rounding) and the tensor path runs. Native (one pass) when :func:`_native_ard.usable`, else PyTorch."""
+    rounding) and the tensor path runs. Native (one pass) when :func:`_native_ard.usable`, else PyTorch.
+
+    ``scale``: the KL penalty's weight the backward will use, when known now. With inline noise (and
+    :data:`KL_FORWARD`) the native forward then also evaluates the KL term's gradient, so the backward is one pass
+    without transcendental functions (:func:`_native_ard.sample_forward_kl`); :func:`weight_sample_grads` must
+    then be given the same ``scale``."""
     if isinstance(eps, CounterNoise):
         if _native_ard.usable(w, log_sigma2) and eps.keys.shape == (w.shape[0], 2):
+            if scale is not None and KL_FORWARD and KEEP_EPS:
+                out, code, noise = _native_ard.sample_forward_kl(w, log_sigma2, eps.keys, eps.step, eps.tag, scale)
+                return out, ("kl", w, code, noise, float(scale))
             out, la_coded, kept = _native_ard.sample_forward_rng(w, log_sigma2, eps.keys, eps.step, eps.tag,
                                                                  keep_eps=KEEP_EPS)
             if kept is not None:
@@ -82,9 +96,17 @@ def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor | CounterNoise) -> 
     return torch.addcmul(w, w.abs(), noise), ("torch", w, t, la, noise, inside)
 
 
-def weight_sample_grads(saved: tuple, grad: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+def weight_sample_grads(saved: tuple, grad: Tensor, scale: float,
+                        out: tuple[Tensor | None, Tensor | None] = (None, None)) -> tuple[Tensor, Tensor]:
     """Gradients ``(d/dw, d/dlog_sigma2)`` of ``sum(grad * sample) + scale * sum(KL(la))`` for a sample of
-    :func:`weight_sample` (``saved``: its second result); no gradient passes the clip of ``la``."""
+    :func:`weight_sample` (``saved``: its second result); no gradient passes the clip of ``la``. ``out``: tensors
+    of the weight's shape the native ``"kl"`` pass may write the two gradients into (it returns them then; other
+    paths return new tensors)."""
+    if saved[0] == "kl":  # no transcendental function left for the backward
+        _, w, code, noise, baked = saved
+        if float(scale) != baked:
+            raise ValueError(f"the sample was drawn for KL scale {baked}, its gradients asked for scale {scale}")
+        return _native_ard.sample_backward_kl(grad, w, code, noise, *out)
     if saved[0] == "native":  # one native pass instead of about eighteen
         _, w, la_coded, eps = saved
         return _native_ard.sample_backward(grad, w, la_coded, eps, scale)
@@ -112,7 +134,7 @@ class _WeightSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: Tensor, log_sigma2: Tensor, eps: Tensor, scale: float) -> Tensor:  # type: ignore[override]
         ctx.scale = scale
-        out, ctx.saved = weight_sample(w.detach(), log_sigma2.detach(), eps)
+        out, ctx.saved = weight_sample(w.detach(), log_sigma2.detach(), eps, scale)
         return out
 
     @staticmethod
@@ -326,8 +348,9 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         keeps what :meth:`manual_weight_grad` needs and the penalty scale); in eval mode the sparse weight."""
         if not self.training:
             return self.sparse_weight().detach()
-        w, saved = weight_sample(self.weight.detach(), self.log_sigma2.detach(), self._weight_noise())
-        self._manual[:] = (float(self.control.penalty_scale), saved)
+        scale = float(self.control.penalty_scale)
+        w, saved = weight_sample(self.weight.detach(), self.log_sigma2.detach(), self._weight_noise(), scale)
+        self._manual[:] = (scale, saved)
         return w
 
     def manual_weight_grad(self, grad_w: Tensor) -> None:
@@ -335,9 +358,12 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         KL penalty gradient (``penalty_scale * dKL/dlog_sigma2``) included (:func:`weight_sample_grads`)."""
         scale, saved = self._manual
         self._manual.clear()
-        g_w, g_ls = weight_sample_grads(saved, grad_w, scale)
-        _set_grad(self.weight, g_w)
-        _set_grad(self.log_sigma2, g_ls)
+        gw_now, gls_now = self.weight.grad, self.log_sigma2.grad
+        g_w, g_ls = weight_sample_grads(saved, grad_w, scale, (gw_now, gls_now))
+        if g_w is not gw_now:  # (the native pass wrote straight into the gradients, e.g. the flat buffer's views)
+            _set_grad(self.weight, g_w)
+        if g_ls is not gls_now:
+            _set_grad(self.log_sigma2, g_ls)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._uses_local():

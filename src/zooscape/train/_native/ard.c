@@ -51,9 +51,8 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-/* log of positive normal numbers (t = w*w + 1e-8 >= 1e-8); NaN and +inf are passed through */
-static inline __m256 log8(__m256 x0) {
-    __m256 x = _mm256_max_ps(x0, _mm256_set1_ps(1.17549435e-38f));
+/* log of finite positive normal numbers (no special cases: log8 below adds them) */
+static inline __m256 log8_normal(__m256 x) {
     __m256i ei = _mm256_srli_epi32(_mm256_castps_si256(x), 23);
     x = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(~0x7f800000)));
     x = _mm256_or_ps(x, _mm256_set1_ps(0.5f));
@@ -78,7 +77,12 @@ static inline __m256 log8(__m256 x0) {
     y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
     y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
     x = _mm256_add_ps(x, y);
-    x = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), x);
+    return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), x);
+}
+
+/* log of positive normal numbers (t = w*w + 1e-8 >= 1e-8); NaN and +inf are passed through */
+static inline __m256 log8(__m256 x0) {
+    const __m256 x = log8_normal(_mm256_max_ps(x0, _mm256_set1_ps(1.17549435e-38f)));
     /* NaN in, NaN out; +inf in, +inf out */
     const __m256 special = _mm256_or_ps(_mm256_cmp_ps(x0, x0, _CMP_UNORD_Q),
                                         _mm256_cmp_ps(x0, _mm256_set1_ps(__builtin_inff()), _CMP_EQ_OQ));
@@ -118,6 +122,53 @@ static inline void fwd8v(const float *w, const float *ls, __m256 epsv, float *ou
 
 static inline void fwd8(const float *w, const float *ls, const float *eps, float *out, float *lac) {
     fwd8v(w, ls, _mm256_loadu_ps(eps), out, lac);
+}
+
+/* The "kl" format (the default with inline noise): the forward also does the backward's transcendental work. It
+   returns the noise n = exp(la/2) eps (written for the backward instead of eps) and writes code = scale * dKL/d la
+   where the clip passes the gradient, +inf where it does not (NaN stays NaN), so the backward needs no exp:
+   gla = 0.5 g n |w| + code (the same formula; the KL term's products rounded in another order). */
+static inline __m256 fwdkl8v(const float *w, const float *ls, __m256 epsv, float scale, float *out, float *code) {
+    __m256 inside, t;
+    const __m256 wv = _mm256_loadu_ps(w);
+    const __m256 la = log_alpha8(wv, _mm256_loadu_ps(ls), &inside, &t);
+    const __m256 e = exp8(_mm256_mul_ps(la, _mm256_set1_ps(0.5f)));
+    const __m256 noise = _mm256_mul_ps(e, epsv);
+    _mm256_storeu_ps(out, _mm256_add_ps(wv, _mm256_mul_ps(absv(wv), noise)));
+    __m256 c = _mm256_setzero_ps();
+    if (scale != 0.0f) {
+        /* scale * (-k1 k3 s (1 - s) - 0.5 sigmoid(-la)) with s = 1 / (1 + a), a = exp(-(k2 + k3 la)), sigmoid(-la)
+           = 1 / m, m = 1 + e^2: -scale (k1 k3 a m + 0.5 p^2) / (p^2 m), p = 1 + a, one division (la in [-10, 10]:
+           no overflow) */
+        const __m256 one = _mm256_set1_ps(1.0f);
+        const __m256 a = exp8(_mm256_fnmadd_ps(la, _mm256_set1_ps(K3), _mm256_set1_ps(-K2)));
+        const __m256 p = _mm256_add_ps(one, a), m = _mm256_fmadd_ps(e, e, one);
+        const __m256 p2 = _mm256_mul_ps(p, p);
+        const __m256 num = _mm256_fmadd_ps(_mm256_mul_ps(a, _mm256_set1_ps(K1 * K3)), m,
+                                           _mm256_mul_ps(p2, _mm256_set1_ps(0.5f)));
+        c = _mm256_mul_ps(_mm256_div_ps(num, _mm256_mul_ps(p2, m)), _mm256_set1_ps(-scale));
+    }
+    /* NaN la: not inside, +inf; the NaN reaches the gradients through n */
+    _mm256_storeu_ps(code, _mm256_blendv_ps(_mm256_set1_ps(__builtin_inff()), c,
+                                            _mm256_cmp_ps(inside, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
+    return noise;
+}
+
+static inline void bwdkl8(const float *g, const float *w, const float *nz, const float *code, float *gw, float *gls) {
+    const __m256 wv = _mm256_loadu_ps(w), gv = _mm256_loadu_ps(g), c = _mm256_loadu_ps(code);
+    const __m256 in = _mm256_cmp_ps(c, _mm256_set1_ps(__builtin_inff()), _CMP_NEQ_OQ);  /* NaN: not inside */
+    const __m256 t = _mm256_add_ps(_mm256_mul_ps(wv, wv), _mm256_set1_ps(1e-8f));
+    const __m256 q = _mm256_mul_ps(gv, _mm256_loadu_ps(nz));
+    __m256 gla = _mm256_mul_ps(_mm256_mul_ps(q, absv(wv)), _mm256_set1_ps(0.5f));
+    gla = _mm256_add_ps(gla, _mm256_and_ps(c, in));
+    const __m256 glsv = _mm256_mul_ps(gla, _mm256_and_ps(in, _mm256_set1_ps(1.0f)));
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 sgn = _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f)),
+                                     _mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_LT_OQ), _mm256_set1_ps(1.0f)));
+    __m256 gwv = _mm256_fmadd_ps(q, sgn, gv);
+    gwv = _mm256_fmadd_ps(_mm256_mul_ps(glsv, _mm256_div_ps(wv, t)), _mm256_set1_ps(-2.0f), gwv);
+    _mm256_storeu_ps(gw, gwv);
+    _mm256_storeu_ps(gls, glsv);
 }
 
 static inline void bwd8v(const float *g, const float *w, const float *lac, __m256 epsv, float scale, float *gw,
@@ -184,6 +235,24 @@ static void bwd_row(const float *g, const float *w, const float *lac, const floa
         memcpy(bl, lac + i, r * sizeof(float));
         memcpy(be, eps + i, r * sizeof(float));
         bwd8(bg, bw, bl, be, scale, bgw, bgl);
+        memcpy(gw + i, bgw, r * sizeof(float));
+        memcpy(gls + i, bgl, r * sizeof(float));
+    }
+}
+
+static void bwdkl_row(const float *g, const float *w, const float *nz, const float *code, float *gw, float *gls,
+                      int64_t K) {
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8) bwdkl8(g + i, w + i, nz + i, code + i, gw + i, gls + i);
+    if (i < K) {
+        float bg[8], bw[8], bn[8], bc[8], bgw[8], bgl[8];
+        for (int j = 0; j < 8; j++) { bg[j] = 0.0f; bw[j] = TAIL_W; bn[j] = 0.0f; bc[j] = 0.0f; }
+        const int64_t r = K - i;
+        memcpy(bg, g + i, r * sizeof(float));
+        memcpy(bw, w + i, r * sizeof(float));
+        memcpy(bn, nz + i, r * sizeof(float));
+        memcpy(bc, code + i, r * sizeof(float));
+        bwdkl8(bg, bw, bn, bc, bgw, bgl);
         memcpy(gw + i, bgw, r * sizeof(float));
         memcpy(gls + i, bgl, r * sizeof(float));
     }
@@ -270,7 +339,7 @@ static inline void philox8(__m256i c0, uint32_t c1s, uint32_t c2s, uint32_t c3s,
 static inline void boxmuller8(__m256i xa, __m256i xb, __m256 *zc, __m256 *zs) {
     const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(xa, 8), _mm256_set1_epi32(1))),
                                    _mm256_set1_ps(5.9604644775390625e-8f));  /* 2^-24 */
-    const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log8(u)));
+    const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log8_normal(u)));  /* u in [2^-24, 1) */
     const __m256i v = _mm256_srli_epi32(xb, 8);                                      /* angle = 2 pi v / 2^24 */
     const __m256i q = _mm256_srli_epi32(_mm256_add_epi32(v, _mm256_set1_epi32(1 << 21)), 22);  /* 0..4 */
     const __m256i f = _mm256_sub_epi32(v, _mm256_slli_epi32(q, 22));                 /* [-2^21, 2^21) */
@@ -303,10 +372,11 @@ static inline void noise32(int64_t b, uint32_t k0, uint32_t k1, uint32_t step, u
     boxmuller8(x[2], x[3], &z[2], &z[3]);
 }
 
-/* One row of the sample with eps generated inline: the forward (backward == 0: a = ls; o1, o2 = out, lac; eps
-   also written to eps_out unless it is NULL) or the backward with eps generated again (a = lac; o1, o2 = gw,
-   gls). A row's last partial vector goes through the same 8-wide code on padded copies. */
-static void rng_row(int backward, const float *g, const float *w, const float *a, uint32_t k0, uint32_t k1,
+/* One row of the sample with eps generated inline: the forward (mode 0: a = ls; o1, o2 = out, lac; eps also
+   written to eps_out unless it is NULL), the backward with eps generated again (mode 1: a = lac; o1, o2 = gw,
+   gls) or the "kl" forward (mode 2: a = ls; o1, o2 = out, code; the noise n written to eps_out). A row's last
+   partial vector goes through the same 8-wide code on padded copies. */
+static void rng_row(int mode, const float *g, const float *w, const float *a, uint32_t k0, uint32_t k1,
                     uint32_t step, uint32_t tag, float scale, float *o1, float *o2, float *eps_out, int64_t K) {
     for (int64_t b = 0; b * 32 < K; b++) {
         __m256 z[4];
@@ -325,7 +395,9 @@ static void rng_row(int backward, const float *g, const float *w, const float *a
                 memcpy(ba, a + i, (size_t)r * sizeof(float));
                 pg = bg; pw = bw; pa = ba; p1 = b1; p2 = b2;
             }
-            if (backward) bwd8v(pg, pw, pa, z[k], scale, p1, p2);
+            __m256 kept = z[k];
+            if (mode == 1) bwd8v(pg, pw, pa, z[k], scale, p1, p2);
+            else if (mode == 2) kept = fwdkl8v(pw, pa, z[k], scale, p1, p2);
             else fwd8v(pw, pa, z[k], p1, p2);
             if (r < 8) {
                 memcpy(o1 + i, b1, (size_t)r * sizeof(float));
@@ -333,7 +405,7 @@ static void rng_row(int backward, const float *g, const float *w, const float *a
             }
             if (eps_out) {
                 float bz[8];
-                _mm256_storeu_ps(bz, z[k]);
+                _mm256_storeu_ps(bz, kept);
                 memcpy(eps_out + i, bz, (size_t)r * sizeof(float));
             }
         }
@@ -367,6 +439,37 @@ int zs_ard_sample_backward_rng(const float *g, int64_t ldg, const float *w, int6
     for (int64_t n = 0; n < N; n++)
         rng_row(1, g + n * ldg, w + n * ldw, lac + n * K, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1],
                 (uint32_t)step, (uint32_t)tag, scale, gw + n * K, gls + n * K, NULL, K);
+    (void)nthreads;
+    return 0;
+}
+
+/* the "kl" format: as zs_ard_sample_forward_rng, writing out, code (scale * dKL/d la or +inf, see fwdkl8v) and
+   the noise n = exp(la/2) eps ([N, K] contiguous each) */
+int zs_ard_sample_forward_kl(const float *w, int64_t ldw, const float *ls, int64_t ldl, const int64_t *keys,
+                             int64_t step, int64_t tag, float scale, float *out, float *code, float *nz, int64_t N,
+                             int64_t K, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
+#endif
+    for (int64_t n = 0; n < N; n++)
+        rng_row(2, NULL, w + n * ldw, ls + n * ldl, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step,
+                (uint32_t)tag, scale, out + n * K, code + n * K, nz + n * K, K);
+    (void)nthreads;
+    return 0;
+}
+
+/* the "kl" format's backward (no transcendental function): g rows ldg apart, w rows ldw apart, code and nz from
+   zs_ard_sample_forward_kl; gw, gls rows ldgw, ldgls apart (e.g. straight into a flat gradient buffer) */
+int zs_ard_sample_backward_kl(const float *g, int64_t ldg, const float *w, int64_t ldw, const float *code,
+                              const float *nz, float *gw, int64_t ldgw, float *gls, int64_t ldgls, int64_t N,
+                              int64_t K, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
+#endif
+    for (int64_t n = 0; n < N; n++)
+        bwdkl_row(g + n * ldg, w + n * ldw, nz + n * K, code + n * K, gw + n * ldgw, gls + n * ldgls, K);
     (void)nthreads;
     return 0;
 }
