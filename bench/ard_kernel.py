@@ -10,14 +10,18 @@ other processes on a shared machine), for:
 - ``torch noise + PyTorch``: the previous noise (each model's generator draws ``normal_`` blocks of up to 64 steps,
   amortised per step, as ``_NoiseStream`` did before the counter-based noise) and the PyTorch formula;
 - ``torch noise + native``: the same noise, the native kernel (the previous default);
-- ``inline, kept``: counter-based noise generated inside the native forward and written for the backward (default);
+- ``inline, kept``: counter-based noise generated inside the native forward and written for the backward, the KL
+  gradient evaluated in the backward (the default before branch ``ardfast``; ``pop_ard.KL_FORWARD = False``);
 - ``inline, regen``: generated inside the forward and again inside the backward (``pop_ard.KEEP_EPS = False``);
+- ``inline, kl``: as ``kept``, the forward also evaluates the KL term's gradient and keeps ``exp(la/2) eps``, the
+  backward has no transcendental function (the ``"kl"`` format, default);
 
 then the ``"local"`` estimator on CNN-s's convolution maps (noise, sample ``mu + sqrt(var + 1e-8) eps`` and its
 backward): torch ``randn`` per model stacked into the map (previous), counter noise materialised, and the native
 sample with the noise inline (``pop_ard._LocalSample``, the default);
 
-and the ratio of the previous default to the new one, per layer and for the whole step; then the generators alone
+and the ratio of the previous default to the new one (weight sample: ``kept / kl``), per layer and for the whole
+step; then the generators alone
 in ns per number (torch ``normal_`` with a generator, the native Philox, its PyTorch twin).
 
 Usage:
@@ -73,20 +77,21 @@ class _Ctx:
         self.saved_tensors = tensors
 
 
-def _step(layer, noise, grad: torch.Tensor, native: bool, keep: bool = True) -> None:
+def _step(layer, noise, grad: torch.Tensor, native: bool, keep: bool = True, kl: bool = False) -> None:
     """One step's noise, the weight sample's forward and backward (KL scale 0.01): ``noise`` an :class:`_OldNoise`
-    (drawn here) or a :class:`CounterStream`; native or the PyTorch formula; ``keep``: ``pop_ard.KEEP_EPS``."""
-    old_usable, old_keep = pop_ard._native_ard.usable, pop_ard.KEEP_EPS
+    (drawn here) or a :class:`CounterStream`; native or the PyTorch formula; ``keep``: ``pop_ard.KEEP_EPS``;
+    ``kl``: ``pop_ard.KL_FORWARD``."""
+    old_usable, old_keep, old_kl = pop_ard._native_ard.usable, pop_ard.KEEP_EPS, pop_ard.KL_FORWARD
     if not native:
         pop_ard._native_ard.usable = lambda *a: False
-    pop_ard.KEEP_EPS = keep
+    pop_ard.KEEP_EPS, pop_ard.KL_FORWARD = keep, kl
     try:
         ctx = _Ctx()
         with torch.no_grad():
             pop_ard._WeightSample.forward(ctx, layer.weight, layer.log_sigma2, noise.next(), 0.01)
             pop_ard._WeightSample.backward(ctx, grad)
     finally:
-        pop_ard._native_ard.usable, pop_ard.KEEP_EPS = old_usable, old_keep
+        pop_ard._native_ard.usable, pop_ard.KEEP_EPS, pop_ard.KL_FORWARD = old_usable, old_keep, old_kl
 
 
 def _old_local_noise(gens: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
@@ -147,41 +152,43 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="population size (default 64)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (minimum taken)")
     ap.add_argument("--reps", type=int, default=20, help="calls per timing")
+    ap.add_argument("--no-local", action="store_true", help="skip the local estimator's table")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if not _native_ard.usable(torch.zeros(1, 1)):
         raise SystemExit("native kernels unavailable: nothing to compare")
     print(f"# torch {torch.__version__}, 1 thread, N = {args.n}, load average {os.getloadavg()}")
-    names = ("torch noise + PyTorch", "torch noise + native", "inline, kept", "inline, regen")
+    names = ("torch noise + PyTorch", "torch noise + native", "inline, kept", "inline, regen", "inline, kl")
     print("| model | layer weight [N, ...] | " + " | ".join(f"{x} (ms)" for x in names) + " | native: torch noise / "
-          "inline |")
-    print("|---|---|---|---|---|---|---|")
+          "inline kept | inline kept / kl |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, kw in MODELS.items():
         kw = dict(kw)
         arch = kw.pop("name")
         pop = Population([to_ard(create_model(arch, seed=i, **kw)) for i in range(args.n)])
         pop.flatten_parameters()  # the trainer's layout: weights are strided views into one [N, P] buffer
-        total = [0.0] * 4
+        total = [0.0] * 5
         for _, layer in ard_layers(pop):
             if not hasattr(layer, "n"):
                 continue
             shape = tuple(layer.weight.shape)
             grad = torch.randn(shape)
             gens = [torch.Generator().manual_seed(i) for i in range(args.n)]
-            variants = [(_OldNoise(args.n, shape[1:]), False, True), (_OldNoise(args.n, shape[1:]), True, True),
-                        (CounterStream(gens, ()), True, True), (CounterStream(gens, ()), True, False)]
-            best = [float("inf")] * 4
+            variants = [(_OldNoise(args.n, shape[1:]), False, True, False),
+                        (_OldNoise(args.n, shape[1:]), True, True, False), (CounterStream(gens, ()), True, True, False),
+                        (CounterStream(gens, ()), True, False, False), (CounterStream(gens, ()), True, True, True)]
+            best = [float("inf")] * 5
             per = variants[0][0].steps  # a timing holds whole blocks of the old noise (its amortised cost)
             reps = per * max(1, -(-args.reps // per))
             for _ in range(args.rounds):
-                for j, (noise, native, keep) in enumerate(variants):
-                    fn = functools.partial(_step, layer, noise, grad, native, keep)
+                for j, (noise, native, keep, kl) in enumerate(variants):
+                    fn = functools.partial(_step, layer, noise, grad, native, keep, kl)
                     best[j] = min(best[j], _cpu_ms(fn, reps))
             total = [a + b for a, b in zip(total, best)]
             print(f"| {name} | {list(shape)} | " + " | ".join(f"{b:.3f}" for b in best)
-                  + f" | {best[1] / best[2]:.2f}x |")
+                  + f" | {best[1] / best[2]:.2f}x | {best[2] / best[4]:.2f}x |")
         print(f"| {name} | whole step | " + " | ".join(f"{b:.3f}" for b in total)
-              + f" | {total[1] / total[2]:.2f}x |", flush=True)
+              + f" | {total[1] / total[2]:.2f}x | {total[2] / total[4]:.2f}x |", flush=True)
     numel = 1 << 16
     keys = torch.randint(0, 1 << 32, (args.n, 2))
     gens = [torch.Generator().manual_seed(i) for i in range(args.n)]
@@ -191,7 +198,8 @@ def main() -> None:
         for i, g in enumerate(gens):
             out[i].normal_(generator=g)
 
-    _local_table(args.n, args.rounds, args.reps)
+    if not args.no_local:
+        _local_table(args.n, args.rounds, args.reps)
     with _flags.override(native_kernels=False):
         fallback = _cpu_ms(lambda: counter_normal(keys, 0, numel), 1)
     rates = {"torch normal_ (per-model generator)": min(_cpu_ms(torch_normal, 3) for _ in range(args.rounds)),

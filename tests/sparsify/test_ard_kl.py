@@ -34,7 +34,8 @@ def _grads(w, ls, noise, grad, scale, kl: bool):
 def test_kl_format_equals_previous_format_pytorch_and_float64(shape, scale):
     """The sample is bitwise the previous native format's; the gradients agree with it and with the PyTorch
     formula (kernels off) to float32 rounding (the KL term is summed in another order), and against float64 the
-    error is no larger than float32 PyTorch's (plus an ulp-sized slack). Row lengths not a multiple of 8 or 32 test the tails."""
+    error is no larger than float32 PyTorch's (plus an ulp-sized slack). Row lengths not a multiple of 8 or 32
+    test the tails."""
     w, ls, noise, grad = _inputs(4, shape)
     got = _grads(w, ls, noise, grad, scale, True)
     prev = _grads(w, ls, noise, grad, scale, False)
@@ -107,3 +108,51 @@ def test_kl_format_switch():
     finally:
         pop_ard.KL_FORWARD = True
     assert saved[0] == "native"
+
+
+def _train(pass_on: bool, epochs: int = 2):
+    from types import SimpleNamespace
+
+    from zooscape.models import create_model
+    from zooscape.sparsify import train_twins
+    from zooscape.train import TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 64, generator=g), torch.randint(0, 10, (300,), generator=g)
+    data = SimpleNamespace(task="classification", train_x=x[:200], train_y=y[:200], val_x=x[200:250],
+                           val_y=y[200:250], test_x=x[250:], test_y=y[250:])
+    sources = [create_model("mlp", input_size=64, depth=2, width=16, seed=s) for s in range(3)]
+    cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=3e-3)
+    old = pop_ard.MANUAL_PASS
+    pop_ard.MANUAL_PASS = pass_on
+    try:
+        with override(manual_mlp=True):
+            return train_twins(sources, data, cfg, estimator="weight", kl_scale=3.0, device="cpu")
+    finally:
+        pop_ard.MANUAL_PASS = old
+
+
+def test_manual_step_pass_equals_the_weight_sample_path(monkeypatch):
+    """The manual MLP step through the checked-once native pass (into its buffers and the flat gradient buffer)
+    trains bitwise as through weight_sample each step; the pass is made again when the keys change (each epoch)."""
+    made = []
+    real = _native_ard.KLPass.make.__func__
+
+    def counting(cls, *a, **kw):
+        made.append(1)
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(_native_ard.KLPass, "make", classmethod(counting))
+    a = _train(True)
+    assert len(made) >= 3 * 2  # three layers, two epochs (new keys each epoch), not once per step
+    assert len(made) <= 3 * 2 * 2
+    made.clear()
+    b = _train(False)
+    assert not made
+    for ha, hb in zip(a.history, b.history):
+        for ra, rb in zip(ha, hb):
+            assert {k: v for k, v in ra.items() if k != "epoch_time_s"} == {
+                k: v for k, v in rb.items() if k != "epoch_time_s"}
+    for sa, sb in zip(a.state_dicts, b.state_dicts):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k

@@ -22,8 +22,9 @@ from torch import Tensor
 
 from zooscape.train import native
 
-__all__ = ["available", "local_layout", "local_sample", "philox_normal", "sample_backward", "sample_backward_kl",
-           "sample_backward_rng", "sample_forward", "sample_forward_kl", "sample_forward_rng", "usable"]
+__all__ = ["KLPass", "available", "local_layout", "local_sample", "philox_normal", "sample_backward",
+           "sample_backward_kl", "sample_backward_rng", "sample_forward", "sample_forward_kl", "sample_forward_rng",
+           "usable"]
 
 _bound: ctypes.CDLL | None = None
 _PLAIN = (Tensor, torch.nn.Parameter)  # (not fake or functional tensors: tracers take the PyTorch formula)
@@ -177,19 +178,24 @@ def sample_backward_rng(grad: Tensor, w: Tensor, la_coded: Tensor, keys: Tensor,
     return gw, gls
 
 
-def sample_forward_kl(w: Tensor, log_sigma2: Tensor, keys: Tensor, step: int, tag: int,
-                      scale: float) -> tuple[Tensor, Tensor, Tensor]:
+def sample_forward_kl(w: Tensor, log_sigma2: Tensor, keys: Tensor, step: int, tag: int, scale: float,
+                      buffers: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`sample_forward_rng` in the ``"kl"`` format: the pass also evaluates the KL penalty's gradient, so that
     :func:`sample_backward_kl` needs no ``exp``. Returns the sample, ``code`` (``scale * dKL/d la`` where the clip
     of ``la`` passes the gradient, ``+inf`` where it does not) and the noise ``exp(la/2) eps``, each ``[N, ...]``
-    contiguous (shapes and keys as :func:`sample_forward_rng`)."""
+    contiguous (shapes and keys as :func:`sample_forward_rng`): written into ``buffers`` (three contiguous float32
+    CPU tensors of ``w``'s shape, returned again) when they fit, else new tensors."""
     lib = _lib()
     if lib is None:
         raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
     rw, rl = _rows(w), _rows(log_sigma2)
     n, k = rw.shape
     kk = _keys(keys, n)
-    out, code, noise = (torch.empty(w.shape, dtype=w.dtype) for _ in range(3))
+    if buffers is not None and all(type(b) in _PLAIN and b.shape == w.shape and b.dtype == torch.float32
+                                   and b.device.type == "cpu" and b.is_contiguous() for b in buffers):
+        out, code, noise = buffers
+    else:
+        out, code, noise = (torch.empty(w.shape, dtype=w.dtype) for _ in range(3))
     lib.zs_ard_sample_forward_kl(rw.data_ptr(), rw.stride(0), rl.data_ptr(), rl.stride(0), kk.data_ptr(), int(step),
                                  int(tag), float(scale), out.data_ptr(), code.data_ptr(), noise.data_ptr(), n, k,
                                  max(1, torch.get_num_threads()))
@@ -226,6 +232,70 @@ def sample_backward_kl(grad: Tensor, w: Tensor, code: Tensor, noise: Tensor, out
                                   noise.data_ptr(), ow.data_ptr(), ow.stride(0), ol.data_ptr(), ol.stride(0), n, k,
                                   max(1, torch.get_num_threads()))
     return out_w, out_ls
+
+
+class KLPass:
+    """One layer's native ``"kl"`` sample and backward (:func:`sample_forward_kl`, :func:`sample_backward_kl`: the
+    same kernels, the same numbers) with their arguments checked once, for a caller that samples the same tensors
+    every step (the manual MLP step: weights, ``log sigma^2`` and gradients are views into the trainer's flat
+    buffers, keys change once per epoch). While :meth:`fits` says so, a step is one ctypes call each way into
+    buffers the pass keeps (the previous step's sample is overwritten). Make it with :meth:`make`."""
+
+    def __init__(self, lib: ctypes.CDLL, w: Tensor, log_sigma2: Tensor, keys: Tensor, grad_w: Tensor,
+                 grad_ls: Tensor) -> None:
+        self.lib, self.keys, self.shape = lib, keys, w.shape
+        self.key = self._key(w, log_sigma2, grad_w, grad_ls)
+        rw, rl, gw, gl = _rows(w), _rows(log_sigma2), _rows(grad_w), _rows(grad_ls)
+        self.n, self.k = rw.shape
+        self.out, self.code, self.noise = (torch.empty(w.shape, dtype=w.dtype) for _ in range(3))
+        self.fwd_args = (rw.data_ptr(), rw.stride(0), rl.data_ptr(), rl.stride(0), keys.data_ptr())
+        self.fwd_out = (self.out.data_ptr(), self.code.data_ptr(), self.noise.data_ptr(), self.n, self.k)
+        self.bwd_args = (rw.data_ptr(), rw.stride(0), self.code.data_ptr(), self.noise.data_ptr(), gw.data_ptr(),
+                         gw.stride(0), gl.data_ptr(), gl.stride(0), self.n, self.k)
+
+    @staticmethod
+    def _key(w: Tensor, log_sigma2: Tensor, grad_w: Tensor, grad_ls: Tensor) -> tuple:
+        return (w.data_ptr(), w.stride(), log_sigma2.data_ptr(), log_sigma2.stride(), grad_w.data_ptr(),
+                grad_w.stride(), grad_ls.data_ptr(), grad_ls.stride())
+
+    @classmethod
+    def make(cls, w: Tensor, log_sigma2: Tensor, keys: Tensor, grad_w: Tensor | None,
+             grad_ls: Tensor | None) -> KLPass | None:
+        """A pass for these tensors (``w``, ``log_sigma2`` and the gradients ``grad_w``, ``grad_ls`` it writes into
+        all of one shape, :func:`usable`, gradients distinct from the inputs; ``keys`` ``[N, 2]`` int64 CPU,
+        contiguous), or ``None`` where the kernels cannot take them."""
+        if grad_w is None or grad_ls is None or not usable(w, log_sigma2, grad_w, grad_ls):
+            return None
+        if (type(keys) not in _PLAIN or keys.shape != (w.shape[0], 2) or keys.dtype != torch.int64
+                or keys.device.type != "cpu" or not keys.is_contiguous()):
+            return None
+        ptrs = {t.data_ptr() for t in (w, log_sigma2, grad_w, grad_ls)}
+        if len(ptrs) < 4:
+            return None
+        return cls(_lib(), w, log_sigma2, keys, grad_w, grad_ls)
+
+    def fits(self, w: Tensor, log_sigma2: Tensor, keys: Tensor, grad_w: Tensor | None,
+             grad_ls: Tensor | None) -> bool:
+        """Whether this pass still applies to these tensors (same memory and strides, same keys object, same
+        kernel library, no dispatch mode)."""
+        return (keys is self.keys and grad_w is not None and grad_ls is not None and _bound is self.lib
+                and native.library() is self.lib and self._key(w, log_sigma2, grad_w, grad_ls) == self.key
+                and torch.utils._python_dispatch._get_current_dispatch_mode() is None)
+
+    def forward(self, step: int, tag: int, scale: float) -> Tensor:
+        """This step's sample ``[N, ...]`` (the pass's buffer), ``scale``: the KL penalty's weight."""
+        self.lib.zs_ard_sample_forward_kl(*self.fwd_args, int(step), int(tag), float(scale), *self.fwd_out,
+                                          max(1, torch.get_num_threads()))
+        return self.out
+
+    def backward(self, grad: Tensor) -> None:
+        """Writes ``d/dw`` and ``d/dlog_sigma2`` of the last :meth:`forward` into the gradients it was made for;
+        ``grad``: ``dL/d sample`` ``[N, ...]``."""
+        if grad.shape != self.shape or grad.dtype != torch.float32 or grad.device.type != "cpu":
+            raise ValueError(f"gradient {tuple(grad.shape)} {grad.dtype} does not match the sample "
+                             f"{tuple(self.shape)} float32 cpu")
+        grad = grad if grad.is_contiguous() else grad.contiguous()
+        self.lib.zs_ard_sample_backward_kl(grad.data_ptr(), self.k, *self.bwd_args, max(1, torch.get_num_threads()))
 
 
 def local_layout(mu: Tensor, n: int, dim: int) -> tuple[int, int, int, int] | None:

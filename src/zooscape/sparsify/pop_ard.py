@@ -45,8 +45,8 @@ from .ard import (
 )
 from .counter_noise import TAG_LOCAL, TAG_WEIGHT, CounterNoise, CounterStream, local_noise
 
-__all__ = ["KEEP_EPS", "KL_FORWARD", "LOCAL_NATIVE", "PopARDConv2d", "PopARDLinear", "penalized", "weight_sample",
-           "weight_sample_grads"]
+__all__ = ["KEEP_EPS", "KL_FORWARD", "LOCAL_NATIVE", "MANUAL_PASS", "PopARDConv2d", "PopARDLinear", "penalized",
+           "weight_sample", "weight_sample_grads"]
 
 
 #: Whether the native sample with inline noise writes ``eps`` for the backward (``True``) or the backward generates
@@ -58,9 +58,13 @@ KEEP_EPS = True
 #: (branch ``ardfast``).
 KL_FORWARD = True
 
+#: Whether the manual MLP step runs the ``"kl"`` pass through :class:`_native_ard.KLPass` (arguments checked once
+#: while the tensors stay the same) instead of :func:`weight_sample` each step; same kernels, same numbers.
+MANUAL_PASS = True
 
-def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor | CounterNoise,
-                  scale: float | None = None) -> tuple[Tensor, tuple]:
+
+def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor | CounterNoise, scale: float | None = None,
+                  buffers: list | None = None) -> tuple[Tensor, tuple]:
     """The ``"weight"`` estimator's sample ``w + exp(la/2) |w| eps`` (all ``[N, ...]``), with
     ``la = clip(log sigma^2 - log(w^2 + 1e-8), -10, 10)``, without autograd; returns the sample and what
     :func:`weight_sample_grads` needs.
@@ -73,11 +77,16 @@ def weight_sample(w: Tensor, log_sigma2: Tensor, eps: Tensor | CounterNoise,
     ``scale``: the KL penalty's weight the backward will use, when known now. With inline noise (and
     :data:`KL_FORWARD`) the native forward then also evaluates the KL term's gradient, so the backward is one pass
     without transcendental functions (:func:`_native_ard.sample_forward_kl`); :func:`weight_sample_grads` must
-    then be given the same ``scale``."""
+    then be given the same ``scale``. ``buffers``: a list the native ``"kl"`` pass keeps its three outputs in and
+    writes into again on the next call (no allocation per step; only where nothing holds the previous sample or its
+    saved tensors any more, as in the manual MLP step)."""
     if isinstance(eps, CounterNoise):
         if _native_ard.usable(w, log_sigma2) and eps.keys.shape == (w.shape[0], 2):
             if scale is not None and KL_FORWARD and KEEP_EPS:
-                out, code, noise = _native_ard.sample_forward_kl(w, log_sigma2, eps.keys, eps.step, eps.tag, scale)
+                out, code, noise = _native_ard.sample_forward_kl(w, log_sigma2, eps.keys, eps.step, eps.tag, scale,
+                                                                 tuple(buffers) if buffers else None)
+                if buffers is not None:
+                    buffers[:] = (out, code, noise)
                 return out, ("kl", w, code, noise, float(scale))
             out, la_coded, kept = _native_ard.sample_forward_rng(w, log_sigma2, eps.keys, eps.step, eps.tag,
                                                                  keep_eps=KEEP_EPS)
@@ -324,6 +333,8 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         super().__init__(layers)
         self._init_ard(layers)
         self._manual: list = []  # the manual step's (penalty scale, saved sample), filled in place (no __setattr__)
+        self._manual_buffers: list = []  # the manual step's sample buffers (weight_sample's buffers)
+        self._kl_pass: _native_ard.KLPass | None = None  # the manual step's native pass (while it fits)
 
     def _matmul(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         if self.layout == "stacked":
@@ -349,7 +360,16 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         if not self.training:
             return self.sparse_weight().detach()
         scale = float(self.control.penalty_scale)
-        w, saved = weight_sample(self.weight.detach(), self.log_sigma2.detach(), self._weight_noise(), scale)
+        noise, w, ls = self._weight_noise(), self.weight, self.log_sigma2
+        if KL_FORWARD and KEEP_EPS and MANUAL_PASS:  # the native pass with its checks made once (same numbers)
+            kp = self._kl_pass
+            if kp is None or not kp.fits(w, ls, noise.keys, w.grad, ls.grad):
+                kp = self._kl_pass = _native_ard.KLPass.make(w, ls, noise.keys, w.grad, ls.grad)
+            if kp is not None:
+                self._manual[:] = (scale, ("pass", kp))
+                return kp.forward(noise.step, noise.tag, scale)
+        w, saved = weight_sample(w.detach(), ls.detach(), noise, scale,
+                                 self._manual_buffers)  # (the step uses the sample only until its backward)
         self._manual[:] = (scale, saved)
         return w
 
@@ -358,6 +378,9 @@ class PopARDLinear(_PopARDMixin, PopLinear):
         KL penalty gradient (``penalty_scale * dKL/dlog_sigma2``) included (:func:`weight_sample_grads`)."""
         scale, saved = self._manual
         self._manual.clear()
+        if saved[0] == "pass":  # written straight into weight.grad and log_sigma2.grad
+            saved[1].backward(grad_w)
+            return
         gw_now, gls_now = self.weight.grad, self.log_sigma2.grad
         g_w, g_ls = weight_sample_grads(saved, grad_w, scale, (gw_now, gls_now))
         if g_w is not gw_now:  # (the native pass wrote straight into the gradients, e.g. the flat buffer's views)
