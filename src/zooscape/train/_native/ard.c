@@ -51,8 +51,9 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-/* log of finite positive normal numbers (no special cases: log8 below adds them) */
-static inline __m256 log8_normal(__m256 x) {
+/* log of positive normal numbers (t = w*w + 1e-8 >= 1e-8); NaN and +inf are passed through */
+static inline __m256 log8(__m256 x0) {
+    __m256 x = _mm256_max_ps(x0, _mm256_set1_ps(1.17549435e-38f));
     __m256i ei = _mm256_srli_epi32(_mm256_castps_si256(x), 23);
     x = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(~0x7f800000)));
     x = _mm256_or_ps(x, _mm256_set1_ps(0.5f));
@@ -77,12 +78,7 @@ static inline __m256 log8_normal(__m256 x) {
     y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
     y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
     x = _mm256_add_ps(x, y);
-    return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), x);
-}
-
-/* log of positive normal numbers (t = w*w + 1e-8 >= 1e-8); NaN and +inf are passed through */
-static inline __m256 log8(__m256 x0) {
-    const __m256 x = log8_normal(_mm256_max_ps(x0, _mm256_set1_ps(1.17549435e-38f)));
+    x = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), x);
     /* NaN in, NaN out; +inf in, +inf out */
     const __m256 special = _mm256_or_ps(_mm256_cmp_ps(x0, x0, _CMP_UNORD_Q),
                                         _mm256_cmp_ps(x0, _mm256_set1_ps(__builtin_inff()), _CMP_EQ_OQ));
@@ -339,7 +335,7 @@ static inline void philox8(__m256i c0, uint32_t c1s, uint32_t c2s, uint32_t c3s,
 static inline void boxmuller8(__m256i xa, __m256i xb, __m256 *zc, __m256 *zs) {
     const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(xa, 8), _mm256_set1_epi32(1))),
                                    _mm256_set1_ps(5.9604644775390625e-8f));  /* 2^-24 */
-    const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log8_normal(u)));  /* u in [2^-24, 1) */
+    const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log8(u)));
     const __m256i v = _mm256_srli_epi32(xb, 8);                                      /* angle = 2 pi v / 2^24 */
     const __m256i q = _mm256_srli_epi32(_mm256_add_epi32(v, _mm256_set1_epi32(1 << 21)), 22);  /* 0..4 */
     const __m256i f = _mm256_sub_epi32(v, _mm256_slli_epi32(q, 22));                 /* [-2^21, 2^21) */
