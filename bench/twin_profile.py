@@ -84,7 +84,8 @@ def main() -> None:
             spent["total"] = time.thread_time() - t
             for k, v in spent.items():
                 best[what][k] = min(best[what].get(k, float("inf")), v)
-    print(f"# {args.case}, N = {args.n}, batch {args.batch_size}, torch {torch.__version__}, 1 thread, load average {os.getloadavg()}")
+    print(f"# {args.case}, N = {args.n}, batch {args.batch_size}, torch {torch.__version__}, 1 thread, "
+          f"load average {os.getloadavg()}")
     print("ms per model-epoch (CPU), min of", args.rounds, "rounds")
     for what in args.what:
         print(f"{what:>6}: " + "  ".join(f"{k}={v * 1e3 / args.n:.2f}" for k, v in best[what].items()))

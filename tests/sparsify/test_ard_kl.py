@@ -4,6 +4,7 @@ previous native format (eps kept, the KL gradient in the backward), the PyTorch 
 
 import pytest
 import torch
+from test_native_ard import _inputs as _native_inputs
 
 from zooscape.sparsify import _native_ard, pop_ard
 from zooscape.sparsify.counter_noise import CounterNoise
@@ -14,13 +15,11 @@ pytestmark = pytest.mark.skipif(not _native_ard.usable(torch.zeros(1, 1)), reaso
 
 
 def _inputs(n: int, shape: tuple[int, ...], seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, *shape, generator=g) * 0.3
-    w.view(n, -1)[0, :4] = torch.tensor([0.0, 1e-6, -2.0, 3.0])  # zero weight, tiny weight
-    ls = torch.empty(n, *shape).uniform_(-14.0, 4.0, generator=g)
-    ls.view(n, -1)[-1, :3] = torch.tensor([40.0, -40.0, 0.0])  # clipped at both ends
-    keys = torch.randint(0, 1 << 32, (n, 2), generator=g)
-    return w, ls, CounterNoise(keys, 3), torch.randn(n, *shape, generator=g)
+    """test_native_ard's weights (a zero and a tiny weight, log alpha clipped at both ends) and gradient, with
+    counter noise instead of its eps."""
+    w, ls, _, grad = _native_inputs(n, shape, seed)
+    keys = torch.randint(0, 1 << 32, (n, 2), generator=torch.Generator().manual_seed(seed + 100))
+    return w, ls, CounterNoise(keys, 3), grad
 
 
 def _grads(w, ls, noise, grad, scale, kl: bool):

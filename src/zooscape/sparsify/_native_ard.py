@@ -67,6 +67,14 @@ def _rows(t: Tensor) -> Tensor | None:
     return v if v.stride(1) == 1 or v.shape[1] == 1 else None
 
 
+def _need() -> ctypes.CDLL:
+    """The kernel library (:func:`_lib`), or a ``RuntimeError`` saying why it is unavailable."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    return lib
+
+
 def available() -> bool:
     """Whether the kernels are built and switched on."""
     return _lib() is not None
@@ -88,9 +96,7 @@ def sample_forward(w: Tensor, log_sigma2: Tensor, eps: Tensor) -> tuple[Tensor, 
     """``w + |w| exp(la/2) eps`` with ``la = clip(log_sigma2 - log(w^2 + 1e-8), -10, 10)``; all ``[N, ...]``
     float32 (:func:`usable`). Returns the sample (a new contiguous tensor of that shape) and ``la`` coded for
     :func:`sample_backward` (a clipped value stored as +-10.5)."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    lib = _need()
     rw, rl, re = _rows(w), _rows(log_sigma2), _rows(eps)
     out = torch.empty(w.shape, dtype=w.dtype)
     lac = torch.empty(w.shape, dtype=w.dtype)
@@ -104,9 +110,7 @@ def sample_backward(grad: Tensor, w: Tensor, la_coded: Tensor, eps: Tensor, scal
     """Gradients ``(d/dw, d/dlog_sigma2)`` of ``sum(grad * sample) + scale * sum(KL(la))`` (the KL approximation
     of Molchanov et al. 2017; no gradient through the clip of ``la``); ``la_coded`` from :func:`sample_forward`,
     shapes as there."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    lib = _need()
     grad = grad if _rows(grad) is not None else grad.contiguous()
     rg, rw, re = _rows(grad), _rows(w), _rows(eps)
     gw = torch.empty(w.shape, dtype=w.dtype)
@@ -144,9 +148,7 @@ def sample_forward_rng(w: Tensor, log_sigma2: Tensor, keys: Tensor, step: int, t
     """:func:`sample_forward` with ``eps`` generated inline from the counter streams ``keys`` (``[N, 2]`` int64) at
     ``step`` (:mod:`zooscape.sparsify.counter_noise`): returns the sample, ``la`` coded, and ``eps`` (``[N, ...]``,
     written in the same pass) when ``keep_eps``, else ``None`` (the backward then generates it again)."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    lib = _need()
     rw, rl = _rows(w), _rows(log_sigma2)
     n, k = rw.shape
     kk = _keys(keys, n)
@@ -163,9 +165,7 @@ def sample_backward_rng(grad: Tensor, w: Tensor, la_coded: Tensor, keys: Tensor,
                         scale: float) -> tuple[Tensor, Tensor]:
     """:func:`sample_backward` with ``eps`` generated again from ``(keys, step, tag)`` (as
     :func:`sample_forward_rng` with ``keep_eps=False`` generated it)."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    lib = _need()
     grad = grad if _rows(grad) is not None else grad.contiguous()
     rg, rw = _rows(grad), _rows(w)
     gw = torch.empty(w.shape, dtype=w.dtype)
@@ -185,9 +185,7 @@ def sample_forward_kl(w: Tensor, log_sigma2: Tensor, keys: Tensor, step: int, ta
     of ``la`` passes the gradient, ``+inf`` where it does not) and the noise ``exp(la/2) eps``, each ``[N, ...]``
     contiguous (shapes and keys as :func:`sample_forward_rng`): written into ``buffers`` (three contiguous float32
     CPU tensors of ``w``'s shape, returned again) when they fit, else new tensors."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    lib = _need()
     rw, rl = _rows(w), _rows(log_sigma2)
     n, k = rw.shape
     kk = _keys(keys, n)
@@ -215,9 +213,7 @@ def sample_backward_kl(grad: Tensor, w: Tensor, code: Tensor, noise: Tensor, out
     :func:`sample_forward_kl`) from :func:`sample_forward_kl`'s ``code`` and ``noise``: one pass without
     transcendental functions. ``out_w``/``out_ls``: tensors of ``w``'s shape to write the gradients into (e.g. views
     into a flat gradient buffer; rows of unit stride, else a new tensor is returned instead)."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    lib = _need()
     grad = grad if _rows(grad) is not None else grad.contiguous()
     rg, rw = _rows(grad), _rows(w)
     ow, ol = _out_rows(out_w, w.shape), _out_rows(out_ls, w.shape)
@@ -330,9 +326,7 @@ def local_sample(mu: Tensor, var: Tensor | None, keys: Tensor, step: int, tag: i
     (``d out / d var``); with ``var`` ``None``: ``eps`` alone in ``mu``'s layout (``h`` ``None``). ``layout`` from
     :func:`local_layout`; ``var`` must have ``mu``'s strides; ``h``: a buffer of ``mu``'s shape and strides to write
     ``h`` into (a new one by default)."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {native.why_not()}")
+    lib = _need()
     numel, c, ldr, ldm = layout
     kk = _keys(keys, keys.shape[0])
     out = torch.empty_like(mu)

@@ -120,6 +120,20 @@ static inline void fwd8(const float *w, const float *ls, const float *eps, float
     fwd8v(w, ls, _mm256_loadu_ps(eps), out, lac);
 }
 
+/* the backward's last step, shared by both formats: gw = g + q sign(w) - 2 gls w / t (t = w*w + 1e-8); stores
+   gw and gls */
+static inline void bwd_out8(__m256 gv, __m256 wv, __m256 q, __m256 glsv, float *gw, float *gls) {
+    const __m256 t = _mm256_add_ps(_mm256_mul_ps(wv, wv), _mm256_set1_ps(1e-8f));
+    /* sign(w): +1, -1, or 0 for w == 0 */
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 sgn = _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f)),
+                                     _mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_LT_OQ), _mm256_set1_ps(1.0f)));
+    __m256 gwv = _mm256_fmadd_ps(q, sgn, gv);
+    gwv = _mm256_fmadd_ps(_mm256_mul_ps(glsv, _mm256_div_ps(wv, t)), _mm256_set1_ps(-2.0f), gwv);
+    _mm256_storeu_ps(gw, gwv);
+    _mm256_storeu_ps(gls, glsv);
+}
+
 /* The "kl" format (the default with inline noise): the forward also does the backward's transcendental work. It
    returns the noise n = exp(la/2) eps (written for the backward instead of eps) and writes code = scale * dKL/d la
    where the clip passes the gradient, +inf where it does not (NaN stays NaN), so the backward needs no exp:
@@ -153,18 +167,10 @@ static inline __m256 fwdkl8v(const float *w, const float *ls, __m256 epsv, float
 static inline void bwdkl8(const float *g, const float *w, const float *nz, const float *code, float *gw, float *gls) {
     const __m256 wv = _mm256_loadu_ps(w), gv = _mm256_loadu_ps(g), c = _mm256_loadu_ps(code);
     const __m256 in = _mm256_cmp_ps(c, _mm256_set1_ps(__builtin_inff()), _CMP_NEQ_OQ);  /* NaN: not inside */
-    const __m256 t = _mm256_add_ps(_mm256_mul_ps(wv, wv), _mm256_set1_ps(1e-8f));
     const __m256 q = _mm256_mul_ps(gv, _mm256_loadu_ps(nz));
     __m256 gla = _mm256_mul_ps(_mm256_mul_ps(q, absv(wv)), _mm256_set1_ps(0.5f));
     gla = _mm256_add_ps(gla, _mm256_and_ps(c, in));
-    const __m256 glsv = _mm256_mul_ps(gla, _mm256_and_ps(in, _mm256_set1_ps(1.0f)));
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256 sgn = _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f)),
-                                     _mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_LT_OQ), _mm256_set1_ps(1.0f)));
-    __m256 gwv = _mm256_fmadd_ps(q, sgn, gv);
-    gwv = _mm256_fmadd_ps(_mm256_mul_ps(glsv, _mm256_div_ps(wv, t)), _mm256_set1_ps(-2.0f), gwv);
-    _mm256_storeu_ps(gw, gwv);
-    _mm256_storeu_ps(gls, glsv);
+    bwd_out8(gv, wv, q, _mm256_mul_ps(gla, _mm256_and_ps(in, _mm256_set1_ps(1.0f))), gw, gls);
 }
 
 static inline void bwd8v(const float *g, const float *w, const float *lac, __m256 epsv, float scale, float *gw,
@@ -174,7 +180,6 @@ static inline void bwd8v(const float *g, const float *w, const float *lac, __m25
     /* inside the clip: |c| <= 10 (NaN: not inside, and NaN propagates through la) */
     const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(absv(c), ten, _CMP_LE_OQ), _mm256_set1_ps(1.0f));
     const __m256 la = _mm256_max_ps(_mm256_set1_ps(-10.0f), _mm256_min_ps(ten, c));
-    const __m256 t = _mm256_add_ps(_mm256_mul_ps(wv, wv), _mm256_set1_ps(1e-8f));
     const __m256 e = exp8(_mm256_mul_ps(la, _mm256_set1_ps(0.5f)));  /* exp(la/2) */
     const __m256 q = _mm256_mul_ps(gv, _mm256_mul_ps(e, epsv));
     __m256 gla = _mm256_mul_ps(_mm256_mul_ps(q, absv(wv)), _mm256_set1_ps(0.5f));
@@ -186,15 +191,7 @@ static inline void bwd8v(const float *g, const float *w, const float *lac, __m25
         const __m256 sneg = _mm256_div_ps(one, _mm256_fmadd_ps(e, e, one));  /* sigmoid(-la) = 1 / (1 + e^la) */
         gla = _mm256_fmadd_ps(sneg, _mm256_set1_ps(-0.5f * scale), gla);
     }
-    const __m256 glsv = _mm256_mul_ps(gla, inside);
-    /* sign(w): +1, -1, or 0 for w == 0 */
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256 sgn = _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f)),
-                                     _mm256_and_ps(_mm256_cmp_ps(wv, zero, _CMP_LT_OQ), _mm256_set1_ps(1.0f)));
-    __m256 gwv = _mm256_fmadd_ps(q, sgn, gv);
-    gwv = _mm256_fmadd_ps(_mm256_mul_ps(glsv, _mm256_div_ps(wv, t)), _mm256_set1_ps(-2.0f), gwv);
-    _mm256_storeu_ps(gw, gwv);
-    _mm256_storeu_ps(gls, glsv);
+    bwd_out8(gv, wv, q, _mm256_mul_ps(gla, inside), gw, gls);
 }
 
 static inline void bwd8(const float *g, const float *w, const float *lac, const float *eps, float scale, float *gw,
@@ -218,41 +215,38 @@ static void fwd_row(const float *w, const float *ls, const float *eps, float *ou
     }
 }
 
-static void bwd_row(const float *g, const float *w, const float *lac, const float *eps, float scale, float *gw,
+/* one row of a backward: the "la coded" format (kl == 0: a = lac, b = eps; bwd8) or the "kl" format (kl == 1:
+   a = nz, b = code; bwdkl8, scale unused); a row's last partial vector through the same code on padded copies */
+static inline void bwd_any8(int kl, const float *g, const float *w, const float *a, const float *b, float scale,
+                            float *gw, float *gls) {
+    if (kl) bwdkl8(g, w, a, b, gw, gls);
+    else bwd8(g, w, a, b, scale, gw, gls);
+}
+
+static void bwd_row(int kl, const float *g, const float *w, const float *a, const float *b, float scale, float *gw,
                     float *gls, int64_t K) {
     int64_t i = 0;
-    for (; i + 8 <= K; i += 8) bwd8(g + i, w + i, lac + i, eps + i, scale, gw + i, gls + i);
+    for (; i + 8 <= K; i += 8) bwd_any8(kl, g + i, w + i, a + i, b + i, scale, gw + i, gls + i);
     if (i < K) {
-        float bg[8], bw[8], bl[8], be[8], bgw[8], bgl[8];
-        for (int j = 0; j < 8; j++) { bg[j] = 0.0f; bw[j] = TAIL_W; bl[j] = 0.0f; be[j] = 0.0f; }
+        float bg[8], bw[8], ba[8], bb[8], bgw[8], bgl[8];
+        for (int j = 0; j < 8; j++) { bg[j] = 0.0f; bw[j] = TAIL_W; ba[j] = 0.0f; bb[j] = 0.0f; }
         const int64_t r = K - i;
         memcpy(bg, g + i, r * sizeof(float));
         memcpy(bw, w + i, r * sizeof(float));
-        memcpy(bl, lac + i, r * sizeof(float));
-        memcpy(be, eps + i, r * sizeof(float));
-        bwd8(bg, bw, bl, be, scale, bgw, bgl);
+        memcpy(ba, a + i, r * sizeof(float));
+        memcpy(bb, b + i, r * sizeof(float));
+        bwd_any8(kl, bg, bw, ba, bb, scale, bgw, bgl);
         memcpy(gw + i, bgw, r * sizeof(float));
         memcpy(gls + i, bgl, r * sizeof(float));
     }
 }
 
-static void bwdkl_row(const float *g, const float *w, const float *nz, const float *code, float *gw, float *gls,
-                      int64_t K) {
-    int64_t i = 0;
-    for (; i + 8 <= K; i += 8) bwdkl8(g + i, w + i, nz + i, code + i, gw + i, gls + i);
-    if (i < K) {
-        float bg[8], bw[8], bn[8], bc[8], bgw[8], bgl[8];
-        for (int j = 0; j < 8; j++) { bg[j] = 0.0f; bw[j] = TAIL_W; bn[j] = 0.0f; bc[j] = 0.0f; }
-        const int64_t r = K - i;
-        memcpy(bg, g + i, r * sizeof(float));
-        memcpy(bw, w + i, r * sizeof(float));
-        memcpy(bn, nz + i, r * sizeof(float));
-        memcpy(bc, code + i, r * sizeof(float));
-        bwdkl8(bg, bw, bn, bc, bgw, bgl);
-        memcpy(gw + i, bgw, r * sizeof(float));
-        memcpy(gls + i, bgl, r * sizeof(float));
-    }
-}
+/* the row loop of an entry point over N rows of K elements, on nthreads OpenMP threads when worth it */
+#ifdef _OPENMP
+#define PARALLEL_ROWS _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)")
+#else
+#define PARALLEL_ROWS
+#endif
 
 int zs_ard_abi(void) { return 2; }
 
@@ -261,9 +255,7 @@ int zs_ard_abi(void) { return 2; }
 int zs_ard_sample_forward(const float *w, int64_t ldw, const float *ls, int64_t ldl, const float *eps, int64_t lde,
                           float *out, float *lac, int64_t N, int64_t K, int nthreads) {
     if (nthreads < 1) nthreads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
-#endif
+    PARALLEL_ROWS
     for (int64_t n = 0; n < N; n++) fwd_row(w + n * ldw, ls + n * ldl, eps + n * lde, out + n * K, lac + n * K, K);
     (void)nthreads;
     return 0;
@@ -274,11 +266,9 @@ int zs_ard_sample_backward(const float *g, int64_t ldg, const float *w, int64_t 
                            const float *eps, int64_t lde, float scale, float *gw, float *gls, int64_t N, int64_t K,
                            int nthreads) {
     if (nthreads < 1) nthreads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
-#endif
+    PARALLEL_ROWS
     for (int64_t n = 0; n < N; n++)
-        bwd_row(g + n * ldg, w + n * ldw, lac + n * K, eps + n * lde, scale, gw + n * K, gls + n * K, K);
+        bwd_row(0, g + n * ldg, w + n * ldw, lac + n * K, eps + n * lde, scale, gw + n * K, gls + n * K, K);
     (void)nthreads;
     return 0;
 }
@@ -414,9 +404,7 @@ int zs_ard_sample_forward_rng(const float *w, int64_t ldw, const float *ls, int6
                               int64_t step, int64_t tag, float *out, float *lac, float *eps_out, int64_t N, int64_t K,
                               int nthreads) {
     if (nthreads < 1) nthreads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
-#endif
+    PARALLEL_ROWS
     for (int64_t n = 0; n < N; n++)
         rng_row(0, NULL, w + n * ldw, ls + n * ldl, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step,
                 (uint32_t)tag, 0.0f, out + n * K, lac + n * K, eps_out ? eps_out + n * K : NULL, K);
@@ -429,9 +417,7 @@ int zs_ard_sample_backward_rng(const float *g, int64_t ldg, const float *w, int6
                                const int64_t *keys, int64_t step, int64_t tag, float scale, float *gw, float *gls,
                                int64_t N, int64_t K, int nthreads) {
     if (nthreads < 1) nthreads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
-#endif
+    PARALLEL_ROWS
     for (int64_t n = 0; n < N; n++)
         rng_row(1, g + n * ldg, w + n * ldw, lac + n * K, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1],
                 (uint32_t)step, (uint32_t)tag, scale, gw + n * K, gls + n * K, NULL, K);
@@ -445,9 +431,7 @@ int zs_ard_sample_forward_kl(const float *w, int64_t ldw, const float *ls, int64
                              int64_t step, int64_t tag, float scale, float *out, float *code, float *nz, int64_t N,
                              int64_t K, int nthreads) {
     if (nthreads < 1) nthreads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
-#endif
+    PARALLEL_ROWS
     for (int64_t n = 0; n < N; n++)
         rng_row(2, NULL, w + n * ldw, ls + n * ldl, (uint32_t)keys[2 * n], (uint32_t)keys[2 * n + 1], (uint32_t)step,
                 (uint32_t)tag, scale, out + n * K, code + n * K, nz + n * K, K);
@@ -461,11 +445,9 @@ int zs_ard_sample_backward_kl(const float *g, int64_t ldg, const float *w, int64
                               const float *nz, float *gw, int64_t ldgw, float *gls, int64_t ldgls, int64_t N,
                               int64_t K, int nthreads) {
     if (nthreads < 1) nthreads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K >= 65536)
-#endif
+    PARALLEL_ROWS
     for (int64_t n = 0; n < N; n++)
-        bwdkl_row(g + n * ldg, w + n * ldw, nz + n * K, code + n * K, gw + n * ldgw, gls + n * ldgls, K);
+        bwd_row(1, g + n * ldg, w + n * ldw, nz + n * K, code + n * K, 0.0f, gw + n * ldgw, gls + n * ldgls, K);
     (void)nthreads;
     return 0;
 }
