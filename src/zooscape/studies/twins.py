@@ -47,7 +47,7 @@ from zooscape.zoo.catalog import FINISHED, Catalog
 from zooscape.zoo.engines import Engine, emit, get_engine
 from zooscape.zoo.recorder import GroupRecorder
 from zooscape.zoo.runner import _Driver
-from zooscape.zoo.task import _write_resume, read_resume
+from zooscape.zoo.task import _EpochLines, _EpochWriter, _start_journal, _write_epoch, read_resume
 
 __all__ = ["PruneTask", "TwinTask", "plan_twins", "prune_zoo", "run_prune_task", "run_twin_group",
            "sparsify_twins", "twin_id"]
@@ -205,25 +205,37 @@ def run_twin_group(task: TwinTask) -> dict[str, Any]:
             raise ValueError(f"resume file of group {task.group_id} lists models {recorder.model_ids}, "
                              f"expected {task.model_ids}")
         emit(recorder.rows())  # replay (idempotent upserts)
+    _start_journal(store, task, recorder)
+
+    writer = _EpochWriter()  # as zoo train: an epoch's files are written in the background, rows sent once on disk
 
     def callback(report: Any) -> None:
-        _, stopped = recorder.observe(report.epoch, report.metrics, report.status, report.reasons)
-        ckpt = recorder.checkpoint_members(report.epoch, stopped)
+        writer.flush()
+        epoch = report.epoch
+        _, stopped = recorder.observe(epoch, report.metrics, report.status, report.reasons)
+        ckpt = recorder.checkpoint_members(epoch, stopped)
+        shards: list[tuple[str, dict[str, Any]]] = []
+        sds = report.state_dicts() if ckpt else None  # copies: training goes on while they are written
         if ckpt:
-            sds = report.state_dicts()
             sparse = {task.model_ids[i]: sparse_state_dict(sds[i], twin["threshold"]) for i in ckpt}
-            rel = store.write_shard(task.group_id, report.epoch, "weights", sparse)
-            recorder.add_shard(report.epoch, "weights", rel, ckpt)
-        emit(recorder.rows([report.epoch]))
-        _write_resume(store, task, report.state(), recorder)
+            shards.append(("weights", sparse))
+            recorder.add_shard(epoch, "weights", store.shard_relpath(task.group_id, epoch, "weights"), ckpt)
+        rows = recorder.rows([epoch])
+        lines = _EpochLines(recorder.journal(), recorder.last_epoch)
+        state = report.state(sds)
+        writer.submit(lambda: _write_epoch(store, task, epoch, shards, state, lines), rows)
 
     finished = all(s != "running" for s in recorder.status)
-    if resumed is None or (recorder.last_epoch < train_cfg.epochs and not finished):
-        train_twins(sources, data, train_cfg, members, kl_scale=twin["kl_scale"],
-                    kl_reduction=twin.get("kl_reduction", _LEGACY_TWIN["kl_reduction"]),
-                    estimator=twin.get("estimator", _LEGACY_TWIN["estimator"]),
-                    log_sigma2_init=twin["log_sigma2_init"], threshold=twin["threshold"], device=task.device,
-                    resume=state, callback=callback)
+    try:
+        if resumed is None or (recorder.last_epoch < train_cfg.epochs and not finished):
+            train_twins(sources, data, train_cfg, members, kl_scale=twin["kl_scale"],
+                        kl_reduction=twin.get("kl_reduction", _LEGACY_TWIN["kl_reduction"]),
+                        estimator=twin.get("estimator", _LEGACY_TWIN["estimator"]),
+                        log_sigma2_init=twin["log_sigma2_init"], threshold=twin["threshold"], device=task.device,
+                        resume=state, callback=callback)
+        writer.flush()
+    finally:
+        writer.close()
     return {"type": "done", "group_id": task.group_id, "statuses": recorder.final_status()}
 
 
